@@ -1,0 +1,181 @@
+using VidKV.Cache;
+using VidKV.Formats;
+using VidKV.Tensors;
+using VidKV.Text;
+
+namespace VidKV.Models;
+
+/// <summary>
+/// A Llama-family decoder (Llama, Qwen2): RMSNorm → GQA attention with RoPE (optional q/k/v biases) → residual →
+/// RMSNorm → SwiGLU feed-forward → residual, then a final norm and the output projection (tied to the token
+/// embedding when <c>output.weight</c> is absent). Activations are f32; weights stay in their stored dtype.
+/// </summary>
+public sealed class DecoderModel : IDisposable
+{
+    sealed class Layer
+    {
+        public required float[] AttentionNorm, FeedForwardNorm;
+        public required WeightMatrix Query, Key, Value, Output, Gate, Up, Down;
+        public float[]? QueryBias, KeyBias, ValueBias;
+    }
+
+    readonly IWeightSource weights;
+    readonly Layer[] layers;
+    readonly WeightMatrix tokenEmbedding, output;
+    readonly float[] outputNorm;
+
+    public DecoderModel(ModelConfig config, IWeightSource weights, Vocabulary vocabulary)
+    {
+        Config = config;
+        this.weights = weights;
+        Vocabulary = vocabulary;
+        Tokenizer = Tokenizer.Create(vocabulary);
+        if (vocabulary.Count > config.VocabSize)
+            throw ModelFormatException.InFile(weights.Path, $"vocabulary has {vocabulary.Count} tokens but token_embd.weight has only {config.VocabSize} rows");
+
+        int e = config.EmbeddingLength, qDim = config.HeadCount * config.HeadDim, kvDim = config.KvHeadCount * config.HeadDim, f = config.FeedForwardLength;
+        tokenEmbedding = weights.Matrix("token_embd.weight", config.VocabSize, e);
+        outputNorm = weights.Vector("output_norm.weight", e);
+        output = weights.Contains("output.weight") ? weights.Matrix("output.weight", config.VocabSize, e) : tokenEmbedding;
+        layers = new Layer[config.LayerCount];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            string p = $"blk.{i}.";
+            layers[i] = new Layer
+            {
+                AttentionNorm = weights.Vector(p + "attn_norm.weight", e),
+                Query = weights.Matrix(p + "attn_q.weight", qDim, e),
+                Key = weights.Matrix(p + "attn_k.weight", kvDim, e),
+                Value = weights.Matrix(p + "attn_v.weight", kvDim, e),
+                QueryBias = weights.Contains(p + "attn_q.bias") ? weights.Vector(p + "attn_q.bias", qDim) : null,
+                KeyBias = weights.Contains(p + "attn_k.bias") ? weights.Vector(p + "attn_k.bias", kvDim) : null,
+                ValueBias = weights.Contains(p + "attn_v.bias") ? weights.Vector(p + "attn_v.bias", kvDim) : null,
+                Output = weights.Matrix(p + "attn_output.weight", e, qDim),
+                FeedForwardNorm = weights.Vector(p + "ffn_norm.weight", e),
+                Gate = weights.Matrix(p + "ffn_gate.weight", f, e),
+                Up = weights.Matrix(p + "ffn_up.weight", f, e),
+                Down = weights.Matrix(p + "ffn_down.weight", e, f),
+            };
+        }
+    }
+
+    public ModelConfig Config { get; }
+    public Vocabulary Vocabulary { get; }
+    public Tokenizer Tokenizer { get; }
+    public string Path => weights.Path;
+    /// <summary>Storage type of the largest matrices (what llama.cpp calls the model's file type).</summary>
+    public GgmlType WeightType => layers.Length > 0 ? layers[0].Gate.Type : output.Type;
+
+    /// <summary>A fresh KV cache and scratch space for one sequence of up to <paramref name="contextLength"/> tokens.</summary>
+    public DecoderState CreateState(int contextLength) =>
+        new(new ContiguousKvCache(Config.LayerCount, Config.KvHeadCount, Config.HeadDim, contextLength), Config);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> at the state's next positions, appends their keys and values to its cache, and
+    /// writes logits: [tokens.Length, vocab] when <paramref name="allLogits"/>, else [vocab] for the last token.
+    /// </summary>
+    public void Forward(DecoderState state, ReadOnlySpan<int> tokens, Span<float> logits, bool allLogits = false)
+    {
+        int n = tokens.Length;
+        if (n == 0) return;
+        var c = Config;
+        int start = state.Cache.Length;
+        if (!state.Cache.Reserve(start + n))
+            throw new InvalidOperationException($"context full: {start} + {n} tokens exceed the context length {state.Cache.ContextLength}");
+        if (logits.Length < (allLogits ? n : 1) * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
+
+        int e = c.EmbeddingLength, qDim = c.HeadCount * c.HeadDim, kvDim = c.KvHeadCount * c.HeadDim, f = c.FeedForwardLength;
+        var s = state.Scratch(n);
+        Span<float> x = s.X.AsSpan(0, n * e), h = s.H.AsSpan(0, n * e), q = s.Q.AsSpan(0, n * qDim), attn = s.Attn.AsSpan(0, n * qDim);
+        Span<float> k = s.K.AsSpan(0, n * kvDim), v = s.V.AsSpan(0, n * kvDim), gate = s.Gate.AsSpan(0, n * f), up = s.Up.AsSpan(0, n * f);
+
+        for (int t = 0; t < n; t++)
+        {
+            if ((uint)tokens[t] >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[t]} at index {t} is outside the vocabulary of {c.VocabSize}");
+            tokenEmbedding.DequantizeRow(tokens[t], x.Slice(t * e, e));
+        }
+
+        float scale = 1f / MathF.Sqrt(c.HeadDim);
+        for (int l = 0; l < layers.Length; l++)
+        {
+            var layer = layers[l];
+            for (int t = 0; t < n; t++) Kernels.RmsNorm(x.Slice(t * e, e), layer.AttentionNorm, c.RmsNormEps, h.Slice(t * e, e));
+            Project(layer.Query, layer.QueryBias, h, n, q);
+            Project(layer.Key, layer.KeyBias, h, n, k);
+            Project(layer.Value, layer.ValueBias, h, n, v);
+            for (int t = 0; t < n; t++)
+            {
+                int position = start + t;
+                for (int head = 0; head < c.HeadCount; head++)
+                    Kernels.Rope(q.Slice(t * qDim + head * c.HeadDim, c.HeadDim), position, c.RopeDims, c.RopeFreqBase, c.RopeMode);
+                for (int head = 0; head < c.KvHeadCount; head++)
+                    Kernels.Rope(k.Slice(t * kvDim + head * c.HeadDim, c.HeadDim), position, c.RopeDims, c.RopeFreqBase, c.RopeMode);
+            }
+            k.CopyTo(state.Cache.Keys(l).Slice(start * kvDim));
+            v.CopyTo(state.Cache.Values(l).Slice(start * kvDim));
+            Attention.Causal(q, state.Cache.Keys(l), state.Cache.Values(l), n, start, c.HeadCount, c.KvHeadCount, c.HeadDim, scale, attn);
+            layer.Output.MatMul(attn, n, h);
+            System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
+
+            for (int t = 0; t < n; t++) Kernels.RmsNorm(x.Slice(t * e, e), layer.FeedForwardNorm, c.RmsNormEps, h.Slice(t * e, e));
+            layer.Gate.MatMul(h, n, gate);
+            layer.Up.MatMul(h, n, up);
+            Kernels.SwiGlu(gate, up, gate);
+            layer.Down.MatMul(gate, n, h);
+            System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
+        }
+        state.Cache.SetLength(start + n);
+
+        int first = allLogits ? 0 : n - 1, count = allLogits ? n : 1;
+        for (int t = 0; t < count; t++) Kernels.RmsNorm(x.Slice((first + t) * e, e), outputNorm, c.RmsNormEps, h.Slice(t * e, e));
+        output.MatMul(h, count, logits);
+    }
+
+    static void Project(WeightMatrix w, float[]? bias, ReadOnlySpan<float> input, int n, Span<float> destination)
+    {
+        w.MatMul(input, n, destination);
+        if (bias == null) return;
+        for (int t = 0; t < n; t++)
+        {
+            var row = destination.Slice(t * w.Rows, w.Rows);
+            System.Numerics.Tensors.TensorPrimitives.Add(row, bias, row);
+        }
+    }
+
+    public void Dispose() => weights.Dispose();
+}
+
+/// <summary>Per-sequence state of a <see cref="DecoderModel"/>: its KV cache and reusable activation buffers.</summary>
+public sealed class DecoderState(ContiguousKvCache cache, ModelConfig config)
+{
+    internal sealed class Buffers
+    {
+        public float[] X = [], H = [], Q = [], Attn = [], K = [], V = [], Gate = [], Up = [];
+    }
+
+    readonly Buffers buffers = new();
+    int batchCapacity;
+
+    public ContiguousKvCache Cache { get; } = cache;
+
+    /// <summary>Tokens already in the cache (the next token's position).</summary>
+    public int Position => Cache.Length;
+
+    internal Buffers Scratch(int tokens)
+    {
+        if (tokens > batchCapacity)
+        {
+            int e = config.EmbeddingLength, qDim = config.HeadCount * config.HeadDim, kvDim = config.KvHeadCount * config.HeadDim, f = config.FeedForwardLength;
+            buffers.X = new float[tokens * e];
+            buffers.H = new float[tokens * e];
+            buffers.Q = new float[tokens * qDim];
+            buffers.Attn = new float[tokens * qDim];
+            buffers.K = new float[tokens * kvDim];
+            buffers.V = new float[tokens * kvDim];
+            buffers.Gate = new float[tokens * f];
+            buffers.Up = new float[tokens * f];
+            batchCapacity = tokens;
+        }
+        return buffers;
+    }
+}

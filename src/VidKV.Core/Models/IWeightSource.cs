@@ -1,0 +1,21 @@
+using VidKV.Tensors;
+
+namespace VidKV.Models;
+
+/// <summary>
+/// Named weights of a model file, addressed by GGUF tensor names (<c>token_embd.weight</c>, <c>blk.3.attn_q.weight</c>).
+/// Matrices stay in their stored dtype; 1-D tensors (norms, biases) are read as f32.
+/// </summary>
+public interface IWeightSource : IDisposable
+{
+    /// <summary>The file or folder the weights come from, for messages.</summary>
+    string Path { get; }
+
+    bool Contains(string name);
+
+    /// <summary>A [rows, columns] matrix; throws <see cref="Formats.ModelFormatException"/> naming the tensor when absent or of another shape.</summary>
+    WeightMatrix Matrix(string name, int rows, int columns);
+
+    /// <summary>A 1-D tensor of <paramref name="length"/> elements as f32.</summary>
+    float[] Vector(string name, int length);
+}

@@ -1,0 +1,25 @@
+using VidKV.Formats;
+using VidKV.Text;
+
+namespace VidKV.Models;
+
+/// <summary>Opens a model file and builds its decoder.</summary>
+public static class ModelLoader
+{
+    /// <summary>Loads a GGUF file. Errors are <see cref="ModelFormatException"/>s naming the file and the problem.</summary>
+    public static DecoderModel Load(string path)
+    {
+        var file = GgufFile.Open(path);
+        try
+        {
+            var config = Architectures.FromGguf(file);
+            var vocabulary = Vocabulary.FromGguf(file);
+            return new DecoderModel(config, new GgufWeights(file), vocabulary);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+}
