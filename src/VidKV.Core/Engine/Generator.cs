@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using VidKV.Models;
+
+namespace VidKV.Engine;
+
+/// <summary>One generated token: its id and the exact bytes it stands for.</summary>
+public readonly record struct GeneratedToken(int Id, byte[] Piece, bool IsEndOfGeneration);
+
+/// <summary>Timing of one generation, in llama.cpp's terms (prompt eval vs eval).</summary>
+public sealed class GenerationStats
+{
+    public int PromptTokens { get; set; }
+    public TimeSpan PromptTime { get; set; }
+    public int GeneratedTokens { get; set; }
+    public TimeSpan GenerationTime { get; set; }
+    public double PromptTokensPerSecond => PromptTokens / Math.Max(PromptTime.TotalSeconds, 1e-9);
+    public double GeneratedTokensPerSecond => GeneratedTokens / Math.Max(GenerationTime.TotalSeconds, 1e-9);
+}
+
+/// <summary>Prefill then token-by-token decode over a <see cref="DecoderState"/>.</summary>
+public static class Generator
+{
+    /// <summary>Prompt tokens go through the model in batches of this many.</summary>
+    public const int DefaultBatchSize = 512;
+
+    /// <summary>
+    /// Feeds <paramref name="prompt"/> and yields up to <paramref name="maxTokens"/> tokens; stops after an
+    /// end-of-generation token (which is yielded with <see cref="GeneratedToken.IsEndOfGeneration"/> set).
+    /// </summary>
+    public static IEnumerable<GeneratedToken> Generate(DecoderModel model, DecoderState state, IReadOnlyList<int> prompt,
+        int maxTokens, Sampler sampler, GenerationStats? stats = null, CancellationToken cancellation = default)
+    {
+        if (prompt.Count == 0) throw new ArgumentException("the prompt has no tokens; generation needs at least one (e.g. BOS)", nameof(prompt));
+        var logits = new float[model.Config.VocabSize];
+        var history = new List<int>(prompt);
+        var clock = Stopwatch.StartNew();
+        Prefill(model, state, prompt, logits, cancellation);
+        if (stats != null) { stats.PromptTokens = prompt.Count; stats.PromptTime = clock.Elapsed; }
+        clock.Restart();
+        var single = new int[1];
+        for (int i = 0; i < maxTokens; i++)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            int token = sampler.Sample(logits, history);
+            bool end = model.Vocabulary.IsEndOfGeneration(token);
+            if (stats != null) { stats.GeneratedTokens = i + 1; stats.GenerationTime = clock.Elapsed; }
+            yield return new GeneratedToken(token, model.Tokenizer.TokenToPiece(token), end);
+            if (end || i + 1 == maxTokens) yield break;
+            history.Add(token);
+            single[0] = token;
+            model.Forward(state, single, logits);
+        }
+    }
+
+    /// <summary>Runs the prompt in batches and leaves the last token's logits in <paramref name="logits"/>.</summary>
+    public static void Prefill(DecoderModel model, DecoderState state, IReadOnlyList<int> prompt, float[] logits, CancellationToken cancellation = default)
+    {
+        int[] tokens = prompt as int[] ?? prompt.ToArray();
+        for (int start = 0; start < tokens.Length; start += DefaultBatchSize)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            int count = Math.Min(DefaultBatchSize, tokens.Length - start);
+            model.Forward(state, tokens.AsSpan(start, count), logits);
+        }
+    }
+}
