@@ -196,7 +196,7 @@ public sealed unsafe class GgufFile : IDisposable
         {
             long at = Position;
             ulong n = U64(what);
-            if (n > (ulong)length) throw ModelFormatException.AtOffset(path, at, $"{what} {n} is larger than the file");
+            if (n > (ulong)length) throw ModelFormatException.AtOffset(path, at, $"truncated header: {what} {n} is larger than the file ({length} bytes)");
             return (long)n;
         }
 

@@ -4,9 +4,9 @@ using VidKV.Tensors;
 namespace VidKV.Formats;
 
 /// <summary>
-/// Writes GGUF v3 files: metadata in the order added, tensor infos, then tensor data, each tensor aligned to
-/// <see cref="GgufFile.DefaultAlignment"/>. Tensor data is produced by a callback at write time, so multi-gigabyte
-/// random models never sit in memory whole.
+/// Writes GGUF files (v3 unless <see cref="Version"/> says 2): metadata in the order added, tensor infos, then tensor
+/// data, each tensor aligned to <c>general.alignment</c> (default <see cref="GgufFile.DefaultAlignment"/>). Tensor data
+/// is produced by a callback at write time, so multi-gigabyte random models never sit in memory whole.
 /// </summary>
 public sealed class GgufWriter
 {
@@ -59,7 +59,8 @@ public sealed class GgufWriter
 
     public void Write(Stream stream)
     {
-        const int alignment = GgufFile.DefaultAlignment;
+        int alignment = metadata.FirstOrDefault(kv => kv.Key == "general.alignment").Value is { } a ? (int)a.AsInt64() : GgufFile.DefaultAlignment;
+        if (alignment <= 0 || (alignment & (alignment - 1)) != 0) throw new InvalidOperationException($"general.alignment {alignment} is not a power of two");
         var w = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
         w.Write(GgufFile.Magic);
         w.Write(Version);

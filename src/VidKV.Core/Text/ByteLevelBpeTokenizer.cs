@@ -20,6 +20,9 @@ public sealed class ByteLevelBpeTokenizer : Tokenizer
 
     readonly Regex splitter;
 
+    /// <summary>The printable character GPT-2's byte-level BPE uses for byte <paramref name="value"/>.</summary>
+    public static char ByteSymbol(byte value) => ByteToChar[value];
+
     public ByteLevelBpeTokenizer(Vocabulary vocabulary) : base(vocabulary)
     {
         string pattern = vocabulary.PreTokenizer switch

@@ -1,0 +1,40 @@
+using System.CommandLine;
+using VidKV.Models;
+using VidKV.Tensors;
+
+namespace VidKV.Cli;
+
+/// <summary>Options shared by several commands, with llama.cpp's names.</summary>
+static class CommonOptions
+{
+    public static Option<string?> Model(bool required) => new("--model", "-m")
+    {
+        Description = required ? "Path of a GGUF model file." : "Path of a GGUF model file (default: a small RANDOM-weight model VidKV writes itself).",
+        Required = required,
+    };
+
+    public static Option<int> ContextSize(int fallback) => new("--ctx-size", "-c")
+    {
+        Description = $"Context length in tokens (default {fallback}; 0 = the model's own).",
+        DefaultValueFactory = _ => fallback,
+    };
+
+    /// <summary>
+    /// The model to use when none is given: a tiny random-weight Qwen2-shaped model written once to the cache folder
+    /// ($VIDKV_CACHE, else ~/.cache/vidkv).
+    /// </summary>
+    public static string DefaultModelPath(TextWriter log)
+    {
+        string cache = Environment.GetEnvironmentVariable("VIDKV_CACHE") is { Length: > 0 } c ? c
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "vidkv");
+        string path = Path.Combine(cache, "random-tiny-q8_0.gguf");
+        log.WriteLine("note: no -m given, so this runs a tiny model with RANDOM weights that VidKV wrote itself: the text is gibberish.");
+        log.WriteLine("      For real output point it at a GGUF, e.g.: vidkv generate -m qwen2.5-0.5b-instruct-q8_0.gguf -p \"Hello\"");
+        if (!File.Exists(path))
+        {
+            log.WriteLine($"      writing {path} ...");
+            RandomModel.Write(path, RandomModelShape.Tiny, GgmlType.Q8_0);
+        }
+        return path;
+    }
+}

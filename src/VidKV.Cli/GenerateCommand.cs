@@ -1,0 +1,72 @@
+using System.CommandLine;
+using VidKV.Engine;
+using VidKV.Models;
+using VidKV.Text;
+
+namespace VidKV.Cli;
+
+/// <summary><c>vidkv generate</c>: continue a prompt; the continuation goes to stdout, statistics to stderr.</summary>
+static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = CommonOptions.Model(required: false);
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "Prompt text (default \"Once upon a time\")." };
+        var file = new Option<string?>("--file", "-f") { Description = "Read the prompt from this file." };
+        var predict = new Option<int>("--n-predict", "-n") { Description = "Tokens to generate (-1 = until end of generation or a full context).", DefaultValueFactory = _ => 128 };
+        var context = CommonOptions.ContextSize(4096);
+        var temperature = new Option<float>("--temp") { Description = "Temperature; 0 = greedy.", DefaultValueFactory = _ => 0.8f };
+        var topK = new Option<int>("--top-k") { Description = "Top-k sampling (0 = off).", DefaultValueFactory = _ => 40 };
+        var topP = new Option<float>("--top-p") { Description = "Top-p sampling (1 = off).", DefaultValueFactory = _ => 0.95f };
+        var minP = new Option<float>("--min-p") { Description = "Min-p sampling (0 = off).", DefaultValueFactory = _ => 0.05f };
+        var repeatPenalty = new Option<float>("--repeat-penalty") { Description = "Penalty for repeated tokens (1 = off).", DefaultValueFactory = _ => 1.0f };
+        var repeatLastN = new Option<int>("--repeat-last-n") { Description = "Tokens the repetition penalty looks back over (-1 = all).", DefaultValueFactory = _ => 64 };
+        var seed = new Option<int>("--seed", "-s") { Description = "Random seed (-1 = random).", DefaultValueFactory = _ => -1 };
+        var chat = new Option<bool>("--chat") { Description = "Wrap the prompt as a user message in the model's chat template (ChatML or Llama-3)." };
+        var system = new Option<string?>("--system") { Description = "System message for --chat." };
+
+        var command = new Command("generate", "Generate text from a prompt (like llama-completion). Without -m it uses a random-weight demo model.")
+            .With(model, prompt, file, predict, context, temperature, topK, topP, minP, repeatPenalty, repeatLastN, seed, chat, system);
+        command.SetAction(r =>
+        {
+            string path = r.GetValue(model) ?? CommonOptions.DefaultModelPath(Console.Error);
+            string text = r.GetValue(file) is { } f ? File.ReadAllText(f) : r.GetValue(prompt) ?? "Once upon a time";
+            using var m = ModelLoader.Load(path);
+            if (r.GetValue(chat))
+            {
+                var messages = new List<ChatMessage>();
+                if (r.GetValue(system) is { } s) messages.Add(new("system", s));
+                messages.Add(new("user", text));
+                text = ChatTemplate.Apply(ChatTemplate.Detect(m.Vocabulary.ChatTemplate), messages);
+            }
+            int ctx = r.GetValue(context) is > 0 and var c ? Math.Min(c, m.Config.ContextLength) : m.Config.ContextLength;
+            var tokens = m.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
+            if (tokens.Count == 0) throw new ArgumentException("the prompt is empty and the model adds no BOS token: give a prompt with -p");
+            if (tokens.Count >= ctx) throw new ArgumentException($"the prompt has {tokens.Count} tokens, which does not fit the context of {ctx} (-c)");
+            int n = r.GetValue(predict) is var p && p >= 0 ? Math.Min(p, ctx - tokens.Count) : ctx - tokens.Count;
+            var options = new SamplingOptions
+            {
+                Temperature = r.GetValue(temperature), TopK = r.GetValue(topK), TopP = r.GetValue(topP), MinP = r.GetValue(minP),
+                RepeatPenalty = r.GetValue(repeatPenalty), RepeatLastN = r.GetValue(repeatLastN),
+                Seed = r.GetValue(seed) is >= 0 and var sd ? sd : null,
+            };
+
+            Console.Error.WriteLine($"model: {path} ({m.Config.Architecture}, {m.Config.LayerCount} layers, {GgmlName(m)}), context {ctx}, prompt {tokens.Count} tokens");
+            var stats = new GenerationStats();
+            using var stdout = Console.OpenStandardOutput();
+            foreach (var token in Generator.Generate(m, m.CreateState(ctx), tokens, n, new Sampler(options), stats))
+            {
+                if (token.IsEndOfGeneration) break;
+                stdout.Write(token.Piece);
+                stdout.Flush();
+            }
+            stdout.Write("\n"u8);
+            Console.Error.WriteLine($"prompt eval: {stats.PromptTokens} tokens in {stats.PromptTime.TotalMilliseconds:F1} ms ({stats.PromptTokensPerSecond:F2} tokens/s)");
+            Console.Error.WriteLine($"eval: {stats.GeneratedTokens} tokens in {stats.GenerationTime.TotalMilliseconds:F1} ms ({stats.GeneratedTokensPerSecond:F2} tokens/s)");
+            return 0;
+        });
+        return command;
+    }
+
+    static string GgmlName(DecoderModel m) => Tensors.GgmlTypes.Name(m.WeightType);
+}

@@ -1,0 +1,33 @@
+using System.Text;
+
+namespace VidKV.Text;
+
+/// <summary>One turn of a conversation.</summary>
+public sealed record ChatMessage(string Role, string Content);
+
+/// <summary>The chat formats VidKV renders.</summary>
+public enum ChatFormat { ChatMl, Llama3 }
+
+/// <summary>
+/// Renders conversations the way llama.cpp's built-in templates do, choosing the format from the model's
+/// <c>tokenizer.chat_template</c> by its marker tokens (ChatML when there is none, as llama.cpp does).
+/// </summary>
+public static class ChatTemplate
+{
+    public static ChatFormat Detect(string? template) =>
+        template != null && template.Contains("<|start_header_id|>", StringComparison.Ordinal) ? ChatFormat.Llama3 : ChatFormat.ChatMl;
+
+    /// <summary>The prompt text; special-token text in it is meant to be tokenised with special parsing on.</summary>
+    public static string Apply(ChatFormat format, IEnumerable<ChatMessage> messages, bool addGenerationPrompt = true)
+    {
+        var sb = new StringBuilder();
+        foreach (var m in messages)
+        {
+            if (format == ChatFormat.ChatMl) sb.Append("<|im_start|>").Append(m.Role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+            else sb.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n").Append(m.Content.Trim()).Append("<|eot_id|>");
+        }
+        if (addGenerationPrompt)
+            sb.Append(format == ChatFormat.ChatMl ? "<|im_start|>assistant\n" : "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        return sb.ToString();
+    }
+}
