@@ -1,0 +1,91 @@
+namespace VidKV.Tensors;
+
+/// <summary>
+/// Plain scalar versions of every kernel (f64 accumulation, no SIMD, no threads). They define what the fast kernels
+/// must compute; tests compare the two on random data of every length 0–256 and large odd sizes.
+/// </summary>
+public static class ReferenceKernels
+{
+    public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> destination)
+    {
+        double sum = 0;
+        foreach (float v in x) sum += (double)v * v;
+        double scale = 1.0 / Math.Sqrt(sum / Math.Max(1, x.Length) + eps);
+        for (int i = 0; i < x.Length; i++) destination[i] = (float)(x[i] * scale * weight[i]);
+    }
+
+    public static void Softmax(Span<float> x)
+    {
+        if (x.IsEmpty) return;
+        double max = double.NegativeInfinity, sum = 0;
+        foreach (float v in x) max = Math.Max(max, v);
+        var e = new double[x.Length];
+        for (int i = 0; i < x.Length; i++) sum += e[i] = Math.Exp(x[i] - max);
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(e[i] / sum);
+    }
+
+    public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
+    {
+        for (int i = 0; i < gate.Length; i++) destination[i] = (float)(gate[i] / (1 + Math.Exp(-gate[i])) * up[i]);
+    }
+
+    /// <summary>Pair i rotates by position · base^(−2i/ropeDims); normal mode pairs (2i, 2i+1), NeoX pairs (i, i + ropeDims/2).</summary>
+    public static void Rope(Span<float> head, int position, int ropeDims, float freqBase, RopeMode mode)
+    {
+        int half = ropeDims / 2;
+        for (int i = 0; i < half; i++)
+        {
+            double theta = position * Math.Pow(freqBase, -2.0 * i / ropeDims);
+            int a = mode == RopeMode.Normal ? 2 * i : i, b = mode == RopeMode.Normal ? 2 * i + 1 : i + half;
+            double x0 = head[a], x1 = head[b];
+            head[a] = (float)(x0 * Math.Cos(theta) - x1 * Math.Sin(theta));
+            head[b] = (float)(x0 * Math.Sin(theta) + x1 * Math.Cos(theta));
+        }
+    }
+
+    /// <summary>y[t, r] = Σ_c dequant(W)[r, c] · x[t, c].</summary>
+    public static void MatMul(WeightMatrix w, ReadOnlySpan<float> x, int tokens, Span<float> y)
+    {
+        var row = new float[w.Columns];
+        for (int r = 0; r < w.Rows; r++)
+        {
+            w.DequantizeRow(r, row);
+            for (int t = 0; t < tokens; t++)
+            {
+                double sum = 0;
+                for (int c = 0; c < w.Columns; c++) sum += (double)row[c] * x[t * w.Columns + c];
+                y[t * w.Rows + r] = (float)sum;
+            }
+        }
+    }
+
+    /// <summary>Causal GQA attention, one query at a time, as <see cref="Attention.Causal"/> specifies.</summary>
+    public static void CausalAttention(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
+        int tokenCount, int startPosition, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination)
+    {
+        int group = headCount / kvHeadCount, kvRow = kvHeadCount * headDim, qRow = headCount * headDim;
+        for (int t = 0; t < tokenCount; t++)
+        {
+            for (int h = 0; h < headCount; h++)
+            {
+                int kvh = h / group, visible = startPosition + t + 1;
+                var p = new double[visible];
+                double max = double.NegativeInfinity, sum = 0;
+                for (int j = 0; j < visible; j++)
+                {
+                    double dot = 0;
+                    for (int d = 0; d < headDim; d++) dot += (double)queries[t * qRow + h * headDim + d] * keys[j * kvRow + kvh * headDim + d];
+                    p[j] = dot * scale;
+                    max = Math.Max(max, p[j]);
+                }
+                for (int j = 0; j < visible; j++) sum += p[j] = Math.Exp(p[j] - max);
+                for (int d = 0; d < headDim; d++)
+                {
+                    double acc = 0;
+                    for (int j = 0; j < visible; j++) acc += p[j] / sum * values[j * kvRow + kvh * headDim + d];
+                    destination[t * qRow + h * headDim + d] = (float)acc;
+                }
+            }
+        }
+    }
+}

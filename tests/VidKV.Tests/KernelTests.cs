@@ -1,0 +1,113 @@
+using System.Runtime.InteropServices;
+using VidKV.Tensors;
+
+namespace VidKV.Tests;
+
+/// <summary>
+/// Fast kernels against <see cref="ReferenceKernels"/> on random data of every length 0–256 and large odd sizes.
+/// CI runs this class again with AVX-512 and AVX2 switched off so every vector path and tail runs.
+/// </summary>
+public class KernelTests
+{
+    public static IEnumerable<int> Lengths => Enumerable.Range(0, 257).Concat([1023, 4099, 10007]);
+
+    static float[] Random(Random rng, int n, float scale = 1f) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * scale).ToArray();
+
+    /// <summary>Max |a−b| relative to the reference's largest magnitude (normalised error, as ggml's test-backend-ops).</summary>
+    static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, float tolerance, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        float scale = 1e-30f, err = 0;
+        for (int i = 0; i < expected.Length; i++) { scale = Math.Max(scale, Math.Abs(expected[i])); err = Math.Max(err, Math.Abs(expected[i] - actual[i])); }
+        Assert.True(err <= tolerance * Math.Max(scale, 1e-3f), $"{what}: max |Δ| {err} against magnitude {scale}");
+    }
+
+    [Fact]
+    public void RmsNormSoftmaxSwiGluAtEveryLength()
+    {
+        var rng = new Random(1);
+        foreach (int n in Lengths)
+        {
+            float[] x = Random(rng, n, 3), w = Random(rng, n), up = Random(rng, n, 2);
+            float[] want = new float[n], got = new float[n];
+            if (n > 0)
+            {
+                ReferenceKernels.RmsNorm(x, w, 1e-5f, want);
+                Kernels.RmsNorm(x, w, 1e-5f, got);
+                AssertClose(want, got, 1e-5f, $"rmsnorm n={n}");
+            }
+
+            float[] s1 = Random(rng, n, 20), s2 = (float[])s1.Clone();
+            ReferenceKernels.Softmax(s1);
+            Kernels.Softmax(s2);
+            AssertClose(s1, s2, 1e-5f, $"softmax n={n}");
+
+            ReferenceKernels.SwiGlu(x, up, want);
+            Kernels.SwiGlu(x, up, got);
+            AssertClose(want, got, 1e-5f, $"swiglu n={n}");
+        }
+    }
+
+    [Theory]
+    [InlineData(RopeMode.Normal)]
+    [InlineData(RopeMode.NeoX)]
+    public void RopeMatchesReference(RopeMode mode)
+    {
+        var rng = new Random((int)mode);
+        foreach (int headDim in new[] { 2, 8, 16, 64, 80, 128 })
+        {
+            foreach (int position in new[] { 0, 1, 7, 511, 4095, 32767 })
+            {
+                int ropeDims = headDim == 80 ? 64 : headDim; // partial rotary: the tail stays as it is
+                float[] want = Random(rng, headDim), got = (float[])want.Clone();
+                ReferenceKernels.Rope(want, position, ropeDims, 1e6f, mode);
+                Kernels.Rope(got, position, ropeDims, 1e6f, mode);
+                // Like ggml, the kernel advances theta by repeated f32 multiplication (for parity); the drift grows with position.
+                AssertClose(want, got, position >= 512 ? 5e-3f : 2e-4f, $"rope {mode} d={headDim} pos={position}");
+            }
+        }
+    }
+
+    public static TheoryData<GgmlType> MatMulTypes => new() { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0 };
+
+    [Theory]
+    [MemberData(nameof(MatMulTypes))]
+    public unsafe void MatMulMatchesReference(GgmlType type)
+    {
+        var rng = new Random((int)type);
+        int block = GgmlTypes.BlockSize(type) == 1 ? 1 : 32;
+        foreach (var (rows, columns, tokens) in new[] { (1, 32, 1), (17, 64, 3), (33, 96, 1), (5, 32 * 37, 7), (129, 256, 2), (3, 1024 + block, 5) })
+        {
+            float[] weights = Random(rng, rows * columns);
+            var bytes = new byte[GgmlTypes.RowBytes(type, columns) * rows];
+            for (int r = 0; r < rows; r++)
+                Quantize.Row(type, weights.AsSpan(r * columns, columns), bytes.AsSpan((int)(r * GgmlTypes.RowBytes(type, columns))));
+            fixed (byte* p = bytes)
+            {
+                var w = new WeightMatrix("w", type, rows, columns, p);
+                float[] x = Random(rng, tokens * columns), want = new float[tokens * rows], got = new float[tokens * rows];
+                ReferenceKernels.MatMul(w, x, tokens, want);
+                w.MatMul(x, tokens, got);
+                AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens}");
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 0, 4, 4, 8)]
+    [InlineData(5, 0, 8, 4, 8)]
+    [InlineData(3, 17, 14, 2, 64)]
+    [InlineData(1, 300, 4, 1, 16)]
+    [InlineData(7, 1, 6, 3, 5)]
+    public void CausalAttentionMatchesReference(int tokens, int start, int heads, int kvHeads, int headDim)
+    {
+        var rng = new Random(tokens * 1000 + start);
+        int positions = start + tokens;
+        float[] q = Random(rng, tokens * heads * headDim, 2), k = Random(rng, positions * kvHeads * headDim, 2), v = Random(rng, positions * kvHeads * headDim);
+        float[] want = new float[q.Length], got = new float[q.Length];
+        float scale = 1f / MathF.Sqrt(headDim);
+        ReferenceKernels.CausalAttention(q, k, v, tokens, start, heads, kvHeads, headDim, scale, want);
+        Attention.Causal(q, k, v, tokens, start, heads, kvHeads, headDim, scale, got);
+        AssertClose(want, got, 1e-5f, $"attention t={tokens} start={start}");
+    }
+}
