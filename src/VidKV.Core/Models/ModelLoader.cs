@@ -3,12 +3,15 @@ using VidKV.Text;
 
 namespace VidKV.Models;
 
-/// <summary>Opens a model file and builds its decoder.</summary>
+/// <summary>Opens a model (a GGUF file, or a Hugging Face folder / its .safetensors file) and builds its decoder.</summary>
 public static class ModelLoader
 {
-    /// <summary>Loads a GGUF file. Errors are <see cref="ModelFormatException"/>s naming the file and the problem.</summary>
+    /// <summary>Loads a model. Errors are <see cref="ModelFormatException"/>s naming the file and the problem.</summary>
     public static DecoderModel Load(string path)
     {
+        if (Directory.Exists(path)) return HuggingFaceModel.Load(path);
+        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            return HuggingFaceModel.Load(Path.GetDirectoryName(Path.GetFullPath(path))!);
         var file = GgufFile.Open(path);
         try
         {
