@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole VidKV test suite, as CI does. Needs only the .NET 10 SDK and ../shared/testdata
-# (or VIDKV_TESTDATA pointing at it).
+# (or VIDKV_TESTDATA pointing at it). The kernel tests run twice more with AVX-512 and then AVX2 switched off,
+# so every vector width and the scalar fallbacks are exercised.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 dotnet test VidKV.slnx -c Release -nologo
+kernels="FullyQualifiedName~KernelTests|FullyQualifiedName~DequantizeTests"
+echo "== kernel tests without AVX-512 =="
+DOTNET_EnableAVX512F=0 dotnet test VidKV.slnx -c Release -nologo --no-build --filter "$kernels"
+echo "== kernel tests without AVX2 =="
+DOTNET_EnableAVX2=0 dotnet test VidKV.slnx -c Release -nologo --no-build --filter "$kernels"

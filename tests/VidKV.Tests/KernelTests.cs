@@ -86,10 +86,56 @@ public class KernelTests
             {
                 var w = new WeightMatrix("w", type, rows, columns, p);
                 float[] x = Random(rng, tokens * columns), want = new float[tokens * rows], got = new float[tokens * rows];
-                ReferenceKernels.MatMul(w, x, tokens, want);
-                w.MatMul(x, tokens, got);
-                AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens}");
+                if (w.UsesQuantizedActivations)
+                {
+                    ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, want);
+                    w.MatMul(x, tokens, got);
+                    AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens} vs quantised-activation reference");
+                    // The stated bound against exact f32: |Δ| ≤ Σ_blocks Σ|w| · max|x_block| / 254 (plus f16 rounding of the scale).
+                    var exact = new float[tokens * rows];
+                    ReferenceKernels.MatMul(w, x, tokens, exact);
+                    var row = new float[columns];
+                    for (int r = 0; r < rows; r++)
+                    {
+                        w.DequantizeRow(r, row);
+                        for (int t = 0; t < tokens; t++)
+                        {
+                            double bound = 0;
+                            for (int b = 0; b < columns / 32; b++)
+                            {
+                                double amax = 0, wsum = 0;
+                                for (int j = 0; j < 32; j++) { amax = Math.Max(amax, Math.Abs(x[t * columns + 32 * b + j])); wsum += Math.Abs(row[32 * b + j]); }
+                                bound += wsum * amax / 254 * 1.002;
+                            }
+                            Assert.True(Math.Abs(exact[t * rows + r] - got[t * rows + r]) <= bound + 1e-5, $"{type} row {r} token {t}: error above the stated bound {bound}");
+                        }
+                    }
+                }
+                else
+                {
+                    ReferenceKernels.MatMul(w, x, tokens, want);
+                    w.MatMul(x, tokens, got);
+                    AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens}");
+                }
             }
+        }
+    }
+
+    [Fact]
+    public void ActivationQuantizationMatchesReferenceExactly()
+    {
+        var rng = new Random(5);
+        foreach (int blocks in new[] { 0, 1, 2, 3, 7, 28, 153 })
+        {
+            float[] x = Random(rng, blocks * 32, 4);
+            if (blocks > 1) x.AsSpan(32, 32).Clear(); // an all-zero block
+            if (blocks > 2) { x[64] = 127f; x[65] = 2.5f; x[66] = -3.5f; } // d = 1: ties round to even
+            sbyte[] q1 = new sbyte[x.Length], q2 = new sbyte[x.Length];
+            float[] s1 = new float[blocks], s2 = new float[blocks];
+            ReferenceKernels.QuantizeActivations(x, q1, s1);
+            QuantizedDot.QuantizeRow(x, q2, s2);
+            Assert.Equal(q1, q2);
+            Assert.Equal(s1, s2);
         }
     }
 

@@ -59,6 +59,36 @@ public static class ReferenceKernels
         }
     }
 
+    /// <summary>Q8_0-style activation quantisation: per 32, d = max|x|/127 rounded to f16, q = round-half-even(x·(1/d)).</summary>
+    public static void QuantizeActivations(ReadOnlySpan<float> x, Span<sbyte> quants, Span<float> scales)
+    {
+        for (int b = 0; b < x.Length / 32; b++)
+        {
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = Math.Max(amax, Math.Abs(x[32 * b + j]));
+            float d = amax / 127f, id = d != 0 ? 1f / d : 0f;
+            scales[b] = (float)(Half)d;
+            for (int j = 0; j < 32; j++) quants[32 * b + j] = (sbyte)MathF.Round(x[32 * b + j] * id, MidpointRounding.ToEven);
+        }
+    }
+
+    /// <summary>
+    /// What the Q8_0/Q4_0 matmul computes: activations quantised by <see cref="QuantizeActivations"/>, then an exact
+    /// dot product of the dequantised values.
+    /// </summary>
+    public static void MatMulQuantizedActivations(WeightMatrix w, ReadOnlySpan<float> x, int tokens, Span<float> y)
+    {
+        var dequantized = new float[tokens * w.Columns];
+        var quants = new sbyte[w.Columns];
+        var scales = new float[w.Columns / 32];
+        for (int t = 0; t < tokens; t++)
+        {
+            QuantizeActivations(x.Slice(t * w.Columns, w.Columns), quants, scales);
+            for (int c = 0; c < w.Columns; c++) dequantized[t * w.Columns + c] = quants[c] * scales[c / 32];
+        }
+        MatMul(w, dequantized, tokens, y);
+    }
+
     /// <summary>Causal GQA attention, one query at a time, as <see cref="Attention.Causal"/> specifies.</summary>
     public static void CausalAttention(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
         int tokenCount, int startPosition, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination)

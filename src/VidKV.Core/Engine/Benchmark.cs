@@ -1,0 +1,77 @@
+using System.Diagnostics;
+using VidKV.Models;
+using VidKV.Tensors;
+
+namespace VidKV.Engine;
+
+/// <summary>One row of a benchmark: a test (ppN or tgN) at a depth and thread count, repeated.</summary>
+public sealed record BenchmarkResult(string Model, string Type, string Test, int Depth, int Threads, int Repetitions,
+    double TokensPerSecond, double TokensPerSecondSd, double[] Samples, long PeakRssBytes);
+
+/// <summary>
+/// llama-bench's measurements: <c>ppN</c> = one prompt of N random tokens in batches of 512, <c>tgN</c> = N tokens
+/// decoded one at a time, each after <c>depth</c> tokens already in the cache (that prefill is not timed; it is done
+/// once per depth and the cache is cut back to it before each repetition). Tokenisation is not involved.
+/// </summary>
+public static class Benchmark
+{
+    public static IEnumerable<BenchmarkResult> Run(DecoderModel model, string modelName, int promptTokens, int generatedTokens,
+        IReadOnlyList<int> depths, IReadOnlyList<int> threadCounts, int repetitions, Action<string>? progress = null)
+    {
+        var rng = new Random(1234);
+        int vocab = model.Config.VocabSize;
+        string type = GgmlTypes.Name(model.WeightType);
+        foreach (int threads in threadCounts)
+        {
+            WorkerPool.SetSharedThreadCount(threads);
+            foreach (int depth in depths)
+            {
+                int context = depth + Math.Max(promptTokens, generatedTokens) + 1;
+                var state = model.CreateState(context);
+                var logits = new float[vocab];
+                if (depth > 0)
+                {
+                    progress?.Invoke($"filling {depth} tokens of context ({threads} threads)");
+                    Generator.Prefill(model, state, RandomTokens(rng, depth, vocab), logits);
+                }
+                if (promptTokens > 0)
+                {
+                    int[] prompt = RandomTokens(rng, promptTokens, vocab);
+                    yield return Measure($"pp{promptTokens}", promptTokens, () => Generator.Prefill(model, state, prompt, logits));
+                }
+                if (generatedTokens > 0)
+                {
+                    var single = new int[1];
+                    yield return Measure($"tg{generatedTokens}", generatedTokens, () =>
+                    {
+                        for (int i = 0; i < generatedTokens; i++)
+                        {
+                            single[0] = rng.Next(vocab);
+                            model.Forward(state, single, logits);
+                        }
+                    });
+                }
+
+                BenchmarkResult Measure(string test, int tokens, Action body)
+                {
+                    progress?.Invoke($"{test} at depth {depth}, {threads} threads");
+                    var samples = new double[repetitions];
+                    for (int r = -1; r < repetitions; r++) // r = -1 is a warm-up run
+                    {
+                        state.Cache.SetLength(depth);
+                        long start = Stopwatch.GetTimestamp();
+                        body();
+                        double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                        if (r >= 0) samples[r] = tokens / seconds;
+                    }
+                    double mean = samples.Average();
+                    double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
+                    using var process = Process.GetCurrentProcess();
+                    return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64);
+                }
+            }
+        }
+    }
+
+    static int[] RandomTokens(Random rng, int count, int vocab) => Enumerable.Range(0, count).Select(_ => rng.Next(vocab)).ToArray();
+}

@@ -1,0 +1,150 @@
+using System.Diagnostics;
+using System.Runtime.ExceptionServices;
+using System.Runtime.Intrinsics.X86;
+
+namespace VidKV.Tensors;
+
+/// <summary>
+/// Persistent worker threads for data-parallel kernels, llama.cpp style: one job at a time, statically split
+/// between <see cref="ThreadCount"/> threads (the caller is thread 0), no Task or delegate allocated per operation.
+/// Between jobs the workers spin briefly (decode issues a job every few microseconds), then sleep.
+/// </summary>
+public sealed unsafe class WorkerPool : IDisposable
+{
+    /// <summary>How long an idle worker spins before it sleeps.</summary>
+    static readonly long SpinTicks = Stopwatch.Frequency / 2000; // 0.5 ms
+
+    static WorkerPool? shared;
+    static readonly object sharedGate = new();
+
+    readonly Thread[] threads;
+    readonly object gate = new();
+    readonly object runGate = new();
+    delegate*<void*, int, int, void> job;
+    void* context;
+    int generation;
+    int pending;
+    int sleepers;
+    volatile bool disposed;
+    ExceptionDispatchInfo? failure;
+
+    public WorkerPool(int threadCount)
+    {
+        if (threadCount < 1) throw new ArgumentOutOfRangeException(nameof(threadCount), "at least one thread");
+        ThreadCount = threadCount;
+        threads = new Thread[threadCount - 1];
+        for (int i = 0; i < threads.Length; i++)
+        {
+            int index = i + 1;
+            threads[i] = new Thread(() => WorkerLoop(index)) { IsBackground = true, Name = $"vidkv-worker-{index}" };
+            threads[i].Start();
+        }
+    }
+
+    public int ThreadCount { get; }
+
+    /// <summary>The pool kernels use: <c>VIDKV_THREADS</c> threads if set, else one per core.</summary>
+    public static WorkerPool Shared
+    {
+        get
+        {
+            if (shared != null) return shared;
+            lock (sharedGate) return shared ??= new WorkerPool(DefaultThreadCount());
+        }
+    }
+
+    public static int DefaultThreadCount() =>
+        int.TryParse(Environment.GetEnvironmentVariable("VIDKV_THREADS"), out int n) && n > 0 ? n : Environment.ProcessorCount;
+
+    /// <summary>Replaces the shared pool with one of <paramref name="threadCount"/> threads (the CLI's -t).</summary>
+    public static void SetSharedThreadCount(int threadCount)
+    {
+        lock (sharedGate)
+        {
+            if (shared?.ThreadCount == threadCount) return;
+            var old = shared;
+            shared = new WorkerPool(threadCount);
+            old?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="function"/>(context, threadIndex, threadCount) on every thread and returns when all are done.
+    /// The context is caller memory (usually a struct on the caller's stack) that must stay valid until then.
+    /// </summary>
+    public void Run(delegate*<void*, int, int, void> function, void* context)
+    {
+        if (ThreadCount == 1)
+        {
+            function(context, 0, 1);
+            return;
+        }
+        lock (runGate)
+        {
+            job = function;
+            this.context = context;
+            Volatile.Write(ref pending, ThreadCount - 1);
+            Interlocked.Increment(ref generation);
+            if (Volatile.Read(ref sleepers) > 0)
+                lock (gate) Monitor.PulseAll(gate);
+            try { function(context, 0, ThreadCount); }
+            finally
+            {
+                while (Volatile.Read(ref pending) != 0) Pause();
+            }
+            if (failure != null)
+            {
+                var f = failure;
+                failure = null;
+                f.Throw();
+            }
+        }
+    }
+
+    /// <summary>The [start, end) share of <paramref name="total"/> items for one thread, boundaries rounded to <paramref name="granularity"/>.</summary>
+    public static (int Start, int End) Split(int total, int thread, int threads, int granularity = 1)
+    {
+        int units = (total + granularity - 1) / granularity;
+        int start = (int)((long)units * thread / threads) * granularity;
+        int end = (int)((long)units * (thread + 1) / threads) * granularity;
+        return (Math.Min(start, total), Math.Min(end, total));
+    }
+
+    void WorkerLoop(int index)
+    {
+        int seen = 0;
+        while (true)
+        {
+            long spinStart = Stopwatch.GetTimestamp();
+            while (Volatile.Read(ref generation) == seen)
+            {
+                if (disposed) return;
+                if (Stopwatch.GetTimestamp() - spinStart < SpinTicks) { Pause(); continue; }
+                lock (gate)
+                {
+                    sleepers++;
+                    while (Volatile.Read(ref generation) == seen && !disposed) Monitor.Wait(gate);
+                    sleepers--;
+                }
+            }
+            if (disposed) return;
+            seen = Volatile.Read(ref generation);
+            try { job(context, index, ThreadCount); }
+            catch (Exception e) { failure ??= ExceptionDispatchInfo.Capture(e); }
+            Interlocked.Decrement(ref pending);
+        }
+    }
+
+    static void Pause()
+    {
+        if (X86Base.IsSupported) X86Base.Pause();
+        else Thread.SpinWait(1);
+    }
+
+    public void Dispose()
+    {
+        disposed = true;
+        lock (gate) Monitor.PulseAll(gate);
+        foreach (var t in threads) t.Join();
+    }
+}
