@@ -76,7 +76,7 @@ public class KernelTests
     {
         var rng = new Random((int)type);
         int block = GgmlTypes.BlockSize(type) == 1 ? 1 : 32;
-        foreach (var (rows, columns, tokens) in new[] { (1, 32, 1), (17, 64, 3), (33, 96, 1), (5, 32 * 37, 7), (129, 256, 2), (3, 1024 + block, 5) })
+        foreach (var (rows, columns, tokens) in new[] { (1, 32, 1), (17, 64, 3), (33, 96, 1), (5, 32 * 37, 7), (129, 256, 2), (3, 1024 + block, 5), (40, 128, 8), (7, 64, 4), (35, 160, 13) })
         {
             float[] weights = Random(rng, rows * columns);
             var bytes = new byte[GgmlTypes.RowBytes(type, columns) * rows];

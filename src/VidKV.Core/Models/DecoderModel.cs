@@ -100,9 +100,10 @@ public sealed class DecoderModel : IDisposable
         {
             var layer = layers[l];
             for (int t = 0; t < n; t++) Kernels.RmsNorm(x.Slice(t * e, e), layer.AttentionNorm, c.RmsNormEps, h.Slice(t * e, e));
-            Project(layer.Query, layer.QueryBias, h, n, q);
-            Project(layer.Key, layer.KeyBias, h, n, k);
-            Project(layer.Value, layer.ValueBias, h, n, v);
+            WeightMatrix.MatMul(h, n, layer.Query, q, layer.Key, k, layer.Value, v);
+            AddBias(layer.QueryBias, n, q);
+            AddBias(layer.KeyBias, n, k);
+            AddBias(layer.ValueBias, n, v);
             for (int t = 0; t < n; t++)
             {
                 int position = start + t;
@@ -118,8 +119,7 @@ public sealed class DecoderModel : IDisposable
             System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
 
             for (int t = 0; t < n; t++) Kernels.RmsNorm(x.Slice(t * e, e), layer.FeedForwardNorm, c.RmsNormEps, h.Slice(t * e, e));
-            layer.Gate.MatMul(h, n, gate);
-            layer.Up.MatMul(h, n, up);
+            WeightMatrix.MatMul(h, n, layer.Gate, gate, layer.Up, up, null, default);
             Kernels.SwiGlu(gate, up, gate);
             layer.Down.MatMul(gate, n, h);
             System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
@@ -131,13 +131,12 @@ public sealed class DecoderModel : IDisposable
         output.MatMul(h, count, logits);
     }
 
-    static void Project(WeightMatrix w, float[]? bias, ReadOnlySpan<float> input, int n, Span<float> destination)
+    static void AddBias(float[]? bias, int n, Span<float> destination)
     {
-        w.MatMul(input, n, destination);
         if (bias == null) return;
         for (int t = 0; t < n; t++)
         {
-            var row = destination.Slice(t * w.Rows, w.Rows);
+            var row = destination.Slice(t * bias.Length, bias.Length);
             System.Numerics.Tensors.TensorPrimitives.Add(row, bias, row);
         }
     }
