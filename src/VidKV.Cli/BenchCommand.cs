@@ -19,9 +19,11 @@ static class BenchCommand
         var repetitions = new Option<int>("--repetitions", "-r") { Description = "Timed repetitions per test (after one warm-up).", DefaultValueFactory = _ => 5 };
         var output = new Option<string>("--output", "-o") { Description = "Output format: md (table) or json.", DefaultValueFactory = _ => "md" };
         output.AcceptOnlyFromAmong("md", "json");
+        var cacheK = CommonOptions.CacheTypeK();
+        var cacheV = CommonOptions.CacheTypeV();
 
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
-            .With(models, prompt, generate, depth, threads, repetitions, output);
+            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV);
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
@@ -31,19 +33,20 @@ static class BenchCommand
             var results = new List<BenchmarkResult>();
             if (!json)
             {
-                Console.WriteLine("| model | type | test | depth | threads | t/s | peak RSS |");
-                Console.WriteLine("| --- | --- | --- | ---: | ---: | ---: | ---: |");
+                Console.WriteLine("| model | type | test | depth | threads | t/s (mean ± sd) | median | peak RSS |");
+                Console.WriteLine("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
             }
             foreach (string path in r.GetValue(models)!)
             {
                 using var model = ModelLoader.Load(path);
                 foreach (var result in Benchmark.Run(model, Path.GetFileName(path), r.GetValue(prompt), r.GetValue(generate), depths, threadCounts, reps,
+                    CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!),
                     message => Console.Error.WriteLine($"  {message}")))
                 {
                     results.Add(result);
                     if (!json)
                         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"| {result.Model} | {result.Type} | {result.Test} | {result.Depth} | {result.Threads} | {result.TokensPerSecond:F2} ± {result.TokensPerSecondSd:F2} | {result.PeakRssBytes / 1048576.0:F0} MiB |"));
+                            $"| {result.Model} | {result.Type} | {result.Test} | {result.Depth} | {result.Threads} | {result.TokensPerSecond:F2} ± {result.TokensPerSecondSd:F2} | {result.TokensPerSecondMedian:F2} | {result.PeakRssBytes / 1048576.0:F0} MiB |"));
                 }
             }
             if (json)
@@ -51,7 +54,8 @@ static class BenchCommand
                 Console.WriteLine(JsonSerializer.Serialize(results.Select(x => new
                 {
                     model = x.Model, type = x.Type, test = x.Test, depth = x.Depth, threads = x.Threads, repetitions = x.Repetitions,
-                    tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, samples = x.Samples, peak_rss_bytes = x.PeakRssBytes,
+                    tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, tokens_per_second_median = x.TokensPerSecondMedian,
+                    samples = x.Samples, peak_rss_bytes = x.PeakRssBytes, kv_bytes = x.KvBytes,
                 }), new JsonSerializerOptions { WriteIndented = true }));
             }
             return 0;

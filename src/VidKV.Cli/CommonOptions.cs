@@ -19,6 +19,24 @@ static class CommonOptions
         DefaultValueFactory = _ => fallback,
     };
 
+    public static Option<string> CacheType(string name, string alias, string what)
+    {
+        var option = new Option<string>(name, alias) { Description = $"KV cache type for {what}: f16 (default, as llama.cpp) or f32 (exact).", DefaultValueFactory = _ => "f16" };
+        option.AcceptOnlyFromAmong("f16", "f32");
+        return option;
+    }
+
+    public static Option<string> CacheTypeK() => CacheType("--cache-type-k", "-ctk", "keys");
+    public static Option<string> CacheTypeV() => CacheType("--cache-type-v", "-ctv", "values");
+
+    public static GgmlType ParseCacheType(string value) => value == "f32" ? GgmlType.F32 : GgmlType.F16;
+
+    public static Option<int> Threads() => new("--threads", "-t")
+    {
+        Description = "Threads for the kernels (default: one per core, or VIDKV_THREADS).",
+        DefaultValueFactory = _ => WorkerPool.DefaultThreadCount(),
+    };
+
     /// <summary>
     /// The model to use when none is given: a tiny random-weight Qwen2-shaped model written once to the cache folder
     /// ($VIDKV_CACHE, else ~/.cache/vidkv).

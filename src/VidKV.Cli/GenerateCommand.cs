@@ -24,11 +24,15 @@ static class GenerateCommand
         var seed = new Option<int>("--seed", "-s") { Description = "Random seed (-1 = random).", DefaultValueFactory = _ => -1 };
         var chat = new Option<bool>("--chat") { Description = "Wrap the prompt as a user message in the model's chat template (ChatML or Llama-3)." };
         var system = new Option<string?>("--system") { Description = "System message for --chat." };
+        var threads = CommonOptions.Threads();
+        var cacheK = CommonOptions.CacheTypeK();
+        var cacheV = CommonOptions.CacheTypeV();
 
         var command = new Command("generate", "Generate text from a prompt (like llama-completion). Without -m it uses a random-weight demo model.")
-            .With(model, prompt, file, predict, context, temperature, topK, topP, minP, repeatPenalty, repeatLastN, seed, chat, system);
+            .With(model, prompt, file, predict, context, temperature, topK, topP, minP, repeatPenalty, repeatLastN, seed, chat, system, threads, cacheK, cacheV);
         command.SetAction(r =>
         {
+            Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
             string path = r.GetValue(model) ?? CommonOptions.DefaultModelPath(Console.Error);
             string text = r.GetValue(file) is { } f ? File.ReadAllText(f) : r.GetValue(prompt) ?? "Once upon a time";
             using var m = ModelLoader.Load(path);
@@ -54,7 +58,8 @@ static class GenerateCommand
             Console.Error.WriteLine($"model: {path} ({m.Config.Architecture}, {m.Config.LayerCount} layers, {GgmlName(m)}), context {ctx}, prompt {tokens.Count} tokens");
             var stats = new GenerationStats();
             using var stdout = Console.OpenStandardOutput();
-            foreach (var token in Generator.Generate(m, m.CreateState(ctx), tokens, n, new Sampler(options), stats))
+            var state = m.CreateState(ctx, CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!));
+            foreach (var token in Generator.Generate(m, state, tokens, n, new Sampler(options), stats))
             {
                 if (token.IsEndOfGeneration) break;
                 stdout.Write(token.Piece);

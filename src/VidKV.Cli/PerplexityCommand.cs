@@ -17,11 +17,14 @@ static class PerplexityCommand
         var batch = new Option<int>("--batch-size", "-b") { Description = "Tokens per forward pass (default: the context size).", DefaultValueFactory = _ => 0 };
         var output = new Option<string>("--output", "-o") { Description = "Output format: text or json.", DefaultValueFactory = _ => "text" };
         output.AcceptOnlyFromAmong("text", "json");
+        var threads = CommonOptions.Threads();
+        var cache = CommonOptions.CacheType("--cache-type", "-ct", "keys and values");
 
         var command = new Command("perplexity", "Perplexity of a model on a text, computed exactly as llama-perplexity does (second half of each chunk scored).")
-            .With(model, file, context, batch, output);
+            .With(model, file, context, batch, output, threads, cache);
         command.SetAction(r =>
         {
+            Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
             using var m = ModelLoader.Load(r.GetValue(model)!);
             string text = File.ReadAllText(r.GetValue(file)!);
             int ctx = r.GetValue(context) is > 0 and var c ? c : m.Config.ContextLength;
@@ -30,7 +33,7 @@ static class PerplexityCommand
             var result = Perplexity.Evaluate(m, text, ctx, b, (chunk, running) =>
             {
                 Console.Error.Write(string.Create(CultureInfo.InvariantCulture, $"[{chunk + 1}]{running:F4},"));
-            });
+            }, CommonOptions.ParseCacheType(r.GetValue(cache)!));
             Console.Error.WriteLine();
             if (json)
             {

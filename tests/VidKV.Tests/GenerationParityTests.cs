@@ -1,6 +1,7 @@
 using System.Text.Json;
 using VidKV.Engine;
 using VidKV.Models;
+using VidKV.Tensors;
 
 namespace VidKV.Tests;
 
@@ -34,7 +35,7 @@ public class GenerationParityTests
             if (precise.GetProperty("same_ids_as_default").GetBoolean())
                 Assert.Equal(TestData.Ints(result.GetProperty("generated_token_ids")), expected);
 
-            var state = model.CreateState(model.Config.ContextLength);
+            var state = model.CreateState(model.Config.ContextLength, GgmlType.F32, GgmlType.F32);
             var generated = Generator.Generate(model, state, tokens, steps.Length, new Sampler(SamplingOptions.Greedy)).ToList();
             for (int i = 0; i < steps.Length; i++)
             {
@@ -52,10 +53,18 @@ public class GenerationParityTests
         Assert.Equal(5, prompts);
     }
 
-    /// <summary>llama-perplexity on story_eval.txt at -c 256 and -c 512: final value within 0.1%, every running value too.</summary>
+    /// <summary>
+    /// llama-perplexity on story_eval.txt at -c 256 and -c 512: final value within 0.1%, every running value too —
+    /// f32 KV against llama.cpp's precise run, f16 KV against its default run.
+    /// </summary>
     [Theory]
-    [MemberData(nameof(Models))]
-    public void PerplexityMatchesLlamaCpp(string name)
+    [InlineData("stories260K", GgmlType.F32)]
+    [InlineData("stories260K", GgmlType.F16)]
+    [InlineData("tiny-qwen2-random", GgmlType.F32)]
+    [InlineData("tiny-qwen2-random", GgmlType.F16)]
+    [InlineData("tiny-qwen2-random-tied", GgmlType.F32)]
+    [InlineData("tiny-qwen2-random-tied", GgmlType.F16)]
+    public void PerplexityMatchesLlamaCpp(string name, GgmlType cacheType)
     {
         using var model = ModelLoader.Load(TestData.Model(name));
         string text = File.ReadAllText(TestData.File_("text/story_eval.txt"));
@@ -63,9 +72,9 @@ public class GenerationParityTests
         int checkedRuns = 0;
         foreach (var run in json.GetProperty("runs").EnumerateArray())
         {
-            if (!run.GetProperty("variant").GetString()!.StartsWith("default", StringComparison.Ordinal)) continue;
+            if (!run.GetProperty("variant").GetString()!.StartsWith(cacheType == GgmlType.F32 ? "precise" : "default", StringComparison.Ordinal)) continue;
             int ctx = run.GetProperty("n_ctx").GetInt32();
-            var result = Perplexity.Evaluate(model, text, ctx);
+            var result = Perplexity.Evaluate(model, text, ctx, cacheType: cacheType);
             Assert.Equal(run.GetProperty("n_chunks").GetInt32(), result.ChunkCount);
             Assert.Equal(run.GetProperty("scored_tokens_per_chunk").GetInt32(), result.ScoredTokensPerChunk);
             double want = run.GetProperty("final_ppl").GetDouble();

@@ -129,8 +129,8 @@ public class HuggingFaceTests
 
         int[] tokens = gguf.Tokenizer.Encode("Once upon a time, there was a little girl named Lily.").ToArray();
         float[] a = new float[tokens.Length * gguf.Config.VocabSize], b = new float[a.Length];
-        gguf.Forward(gguf.CreateState(64), tokens, a, allLogits: true);
-        hf.Forward(hf.CreateState(64), tokens, b, allLogits: true);
+        gguf.Forward(gguf.CreateState(64, GgmlType.F32, GgmlType.F32), tokens, a, allLogits: true);
+        hf.Forward(hf.CreateState(64, GgmlType.F32, GgmlType.F32), tokens, b, allLogits: true);
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-4f, $"logit {i}: gguf {a[i]} vs hf {b[i]}");
     }
 

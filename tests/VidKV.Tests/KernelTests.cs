@@ -155,5 +155,23 @@ public class KernelTests
         ReferenceKernels.CausalAttention(q, k, v, tokens, start, heads, kvHeads, headDim, scale, want);
         Attention.Causal(q, k, v, tokens, start, heads, kvHeads, headDim, scale, got);
         AssertClose(want, got, 1e-5f, $"attention t={tokens} start={start}");
+
+        // f16 keys and/or values: the kernel must equal the reference run on the f16-rounded values.
+        foreach (var (kt, vt) in new[] { (GgmlType.F16, GgmlType.F16), (GgmlType.F16, GgmlType.F32), (GgmlType.F32, GgmlType.F16) })
+        {
+            float[] kr = Round(k, kt), vr = Round(v, vt);
+            ReferenceKernels.CausalAttention(q, kr, vr, tokens, start, heads, kvHeads, headDim, scale, want);
+            Attention.Causal(q, Bytes(k, kt), kt, Bytes(v, vt), vt, tokens, start, heads, kvHeads, headDim, scale, got);
+            AssertClose(want, got, 1e-5f, $"attention {kt}/{vt} t={tokens} start={start}");
+        }
+    }
+
+    static float[] Round(float[] x, GgmlType type) => type == GgmlType.F32 ? x : x.Select(v => (float)(Half)v).ToArray();
+
+    static byte[] Bytes(float[] x, GgmlType type)
+    {
+        var bytes = new byte[GgmlTypes.RowBytes(type, x.Length)];
+        Quantize.Row(type, x, bytes);
+        return bytes;
     }
 }

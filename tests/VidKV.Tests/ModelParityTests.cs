@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using VidKV.Models;
+using VidKV.Tensors;
 
 namespace VidKV.Tests;
 
@@ -28,7 +29,7 @@ public class ModelParityTests
         float[] expected = MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_($"reference/{name}.logits16.precise.f32.bin"))).ToArray();
         Assert.Equal(positions * vocab, expected.Length);
 
-        var state = model.CreateState(512);
+        var state = model.CreateState(512, GgmlType.F32, GgmlType.F32);
         var logits = new float[tokens.Count * vocab];
         model.Forward(state, tokens.ToArray(), logits, allLogits: true);
 
@@ -36,11 +37,40 @@ public class ModelParityTests
         {
             var want = expected.AsSpan(p * vocab, vocab);
             var got = logits.AsSpan(p * vocab, vocab);
-            float maxDiff = 0;
-            for (int j = 0; j < vocab; j++) maxDiff = Math.Max(maxDiff, Math.Abs(want[j] - got[j]));
-            Assert.True(maxDiff <= 1e-3f, $"{name} position {p}: max |Δlogit| = {maxDiff}");
+            Assert.True(MaxDiff(want, got) <= 1e-3f, $"{name} position {p}: max |Δlogit| = {MaxDiff(want, got)}");
             Assert.Equal(TopK(want, 10), TopK(got, 10));
         }
+    }
+
+    /// <summary>
+    /// With the default f16 KV cache the logits stay within 2e-2 of llama.cpp's pure-f32 run (llama.cpp's own f16/FA
+    /// default differs from it by up to 1.2e-2 on these models) and the top-1 token is the same.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void Logits16WithF16CacheStayClose(string name)
+    {
+        using var model = ModelLoader.Load(TestData.Model(name));
+        var json = TestData.Json($"reference/{name}.logits16.json");
+        var tokens = model.Tokenizer.Encode(json.GetProperty("prompt").GetString()!);
+        int vocab = model.Config.VocabSize, positions = json.GetProperty("n_positions").GetInt32();
+        float[] expected = MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_($"reference/{name}.logits16.precise.f32.bin"))).ToArray();
+        var logits = new float[tokens.Count * vocab];
+        model.Forward(model.CreateState(512), tokens.ToArray(), logits, allLogits: true);
+        for (int p = 0; p < positions; p++)
+        {
+            var want = expected.AsSpan(p * vocab, vocab);
+            var got = logits.AsSpan(p * vocab, vocab);
+            Assert.True(MaxDiff(want, got) <= 2e-2f, $"{name} position {p}: max |Δlogit| = {MaxDiff(want, got)}");
+            Assert.Equal(TopK(want, 1), TopK(got, 1));
+        }
+    }
+
+    static float MaxDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        float max = 0;
+        for (int j = 0; j < a.Length; j++) max = Math.Max(max, Math.Abs(a[j] - b[j]));
+        return max;
     }
 
     internal static int[] TopK(ReadOnlySpan<float> logits, int k)

@@ -6,7 +6,17 @@ namespace VidKV.Engine;
 
 /// <summary>One row of a benchmark: a test (ppN or tgN) at a depth and thread count, repeated.</summary>
 public sealed record BenchmarkResult(string Model, string Type, string Test, int Depth, int Threads, int Repetitions,
-    double TokensPerSecond, double TokensPerSecondSd, double[] Samples, long PeakRssBytes);
+    double TokensPerSecond, double TokensPerSecondSd, double[] Samples, long PeakRssBytes, long KvBytes)
+{
+    public double TokensPerSecondMedian
+    {
+        get
+        {
+            var sorted = Samples.Order().ToArray();
+            return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+        }
+    }
+}
 
 /// <summary>
 /// llama-bench's measurements: <c>ppN</c> = one prompt of N random tokens in batches of 512, <c>tgN</c> = N tokens
@@ -16,7 +26,8 @@ public sealed record BenchmarkResult(string Model, string Type, string Test, int
 public static class Benchmark
 {
     public static IEnumerable<BenchmarkResult> Run(DecoderModel model, string modelName, int promptTokens, int generatedTokens,
-        IReadOnlyList<int> depths, IReadOnlyList<int> threadCounts, int repetitions, Action<string>? progress = null)
+        IReadOnlyList<int> depths, IReadOnlyList<int> threadCounts, int repetitions, GgmlType keyType = GgmlType.F16,
+        GgmlType valueType = GgmlType.F16, Action<string>? progress = null)
     {
         var rng = new Random(1234);
         int vocab = model.Config.VocabSize;
@@ -27,7 +38,7 @@ public static class Benchmark
             foreach (int depth in depths)
             {
                 int context = depth + Math.Max(promptTokens, generatedTokens) + 1;
-                var state = model.CreateState(context);
+                var state = model.CreateState(context, keyType, valueType);
                 var logits = new float[vocab];
                 if (depth > 0)
                 {
@@ -67,7 +78,7 @@ public static class Benchmark
                     double mean = samples.Average();
                     double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
                     using var process = Process.GetCurrentProcess();
-                    return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64);
+                    return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes);
                 }
             }
         }

@@ -1,4 +1,5 @@
 using VidKV.Models;
+using VidKV.Tensors;
 
 namespace VidKV.Engine;
 
@@ -15,7 +16,7 @@ public sealed record PerplexityResult(int ContextLength, int ChunkCount, int Sco
 public static class Perplexity
 {
     public static PerplexityResult Evaluate(DecoderModel model, string text, int contextLength, int batchSize = Generator.DefaultBatchSize,
-        Action<int, double>? onChunk = null, CancellationToken cancellation = default)
+        Action<int, double>? onChunk = null, GgmlType cacheType = GgmlType.F16, CancellationToken cancellation = default)
     {
         if (contextLength < 4) throw new ArgumentOutOfRangeException(nameof(contextLength), "context length must be at least 4");
         if (text.EndsWith('\n')) text = text[..^1];
@@ -25,7 +26,7 @@ public static class Perplexity
             throw new ArgumentException($"the text has {tokens.Count} tokens; perplexity at -c {contextLength} needs at least {contextLength}");
 
         int vocab = model.Config.VocabSize, first = contextLength / 2;
-        var state = model.CreateState(contextLength);
+        var state = model.CreateState(contextLength, cacheType, cacheType);
         var logits = new float[Math.Min(batchSize, contextLength) * vocab];
         var chunk = new int[contextLength];
         var running = new double[chunks];

@@ -66,9 +66,12 @@ public sealed class DecoderModel : IDisposable
     /// <summary>Storage type of the largest matrices (what llama.cpp calls the model's file type).</summary>
     public GgmlType WeightType => layers.Length > 0 ? layers[0].Gate.Type : output.Type;
 
-    /// <summary>A fresh KV cache and scratch space for one sequence of up to <paramref name="contextLength"/> tokens.</summary>
-    public DecoderState CreateState(int contextLength) =>
-        new(new ContiguousKvCache(Config.LayerCount, Config.KvHeadCount, Config.HeadDim, contextLength), Config);
+    /// <summary>
+    /// A fresh KV cache and scratch space for one sequence of up to <paramref name="contextLength"/> tokens. The cache
+    /// holds f16 by default (llama.cpp's default; logits move by up to ~1e-2) or f32 (bit-for-bit the precise path).
+    /// </summary>
+    public DecoderState CreateState(int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16) =>
+        new(new ContiguousKvCache(Config.LayerCount, Config.KvHeadCount, Config.HeadDim, contextLength, keyType, valueType), Config);
 
     /// <summary>
     /// Runs <paramref name="tokens"/> at the state's next positions, appends their keys and values to its cache, and
@@ -112,9 +115,9 @@ public sealed class DecoderModel : IDisposable
                 for (int head = 0; head < c.KvHeadCount; head++)
                     Kernels.Rope(k.Slice(t * kvDim + head * c.HeadDim, c.HeadDim), position, c.RopeDims, c.RopeFreqBase, c.RopeMode);
             }
-            k.CopyTo(state.Cache.Keys(l).Slice(start * kvDim));
-            v.CopyTo(state.Cache.Values(l).Slice(start * kvDim));
-            Attention.Causal(q, state.Cache.Keys(l), state.Cache.Values(l), n, start, c.HeadCount, c.KvHeadCount, c.HeadDim, scale, attn);
+            var cache = state.Cache;
+            cache.Write(l, start, n, k, v);
+            Attention.Causal(q, cache.KeyBytes(l), cache.KeyType, cache.ValueBytes(l), cache.ValueType, n, start, c.HeadCount, c.KvHeadCount, c.HeadDim, scale, attn);
             layer.Output.MatMul(attn, n, h);
             System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
 

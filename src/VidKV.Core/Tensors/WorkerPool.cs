@@ -122,9 +122,11 @@ public sealed unsafe class WorkerPool : IDisposable
                 if (Stopwatch.GetTimestamp() - spinStart < SpinTicks) { Pause(); continue; }
                 lock (gate)
                 {
-                    sleepers++;
+                    // A full fence between announcing sleep and re-reading the generation: with a plain store the
+                    // read could pass it (x86 store→load reordering) and Run could miss the sleeper.
+                    Interlocked.Increment(ref sleepers);
                     while (Volatile.Read(ref generation) == seen && !disposed) Monitor.Wait(gate);
-                    sleepers--;
+                    Interlocked.Decrement(ref sleepers);
                 }
             }
             if (disposed) return;
