@@ -17,13 +17,13 @@ public class AllocationTests
     public void DecodingATokenAllocatesNothing(string name, GgmlType cacheType)
     {
         using var model = ModelLoader.Load(TestData.Model(name));
-        var state = model.CreateState(256, cacheType, cacheType);
+        var state = model.CreateState(512, cacheType, cacheType);
         var logits = new float[model.Config.VocabSize];
         var sampler = new Sampler(new SamplingOptions { Seed = 1 });
-        var history = new List<int>(256) { 1, 2, 3, 4 };
+        var history = new List<int>(512) { 1, 2, 3, 4 };
         Generator.Prefill(model, state, history, logits);
         int[] token = [0];
-        for (int i = 0; i < 8; i++) Step(); // warm up: per-thread buffers, JIT tiers
+        for (int i = 0; i < 150; i++) Step(); // warm up: per-thread buffers, JIT tiers
 
         long before = GC.GetTotalAllocatedBytes(precise: true);
         for (int i = 0; i < 32; i++) Step();

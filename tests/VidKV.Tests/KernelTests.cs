@@ -145,6 +145,9 @@ public class KernelTests
     [InlineData(3, 17, 14, 2, 64)]
     [InlineData(1, 300, 4, 1, 16)]
     [InlineData(7, 1, 6, 3, 5)]
+    [InlineData(19, 0, 6, 2, 16)]
+    [InlineData(12, 125, 4, 2, 8)]
+    [InlineData(9, 250, 14, 2, 64)]
     public void CausalAttentionMatchesReference(int tokens, int start, int heads, int kvHeads, int headDim)
     {
         var rng = new Random(tokens * 1000 + start);

@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -22,8 +23,8 @@ public static unsafe class Attention
     /// Causal grouped-query attention for a batch of <paramref name="tokenCount"/> queries at positions
     /// <paramref name="startPosition"/>.. : query t sees keys 0..startPosition+t. Work items are (token, KV head); each
     /// reads its keys and values once for all the query heads that share them, in tiles with an online softmax
-    /// (running max and sum), so memory stays bounded at any context length. Keys and values are f32 or f16; f16 is
-    /// widened in registers (see <see cref="HalfDot"/> for the exact power-of-two scaling that makes this possible).
+    /// (running max and sum), so memory stays bounded at any context length. Keys and values are f32 or f16; an f16
+    /// tile is widened to f32 once and then shared by the query heads of the group.
     /// </summary>
     /// <param name="queries">[tokenCount, headCount, headDim]</param>
     /// <param name="keys">[positions, kvHeadCount, headDim] of <paramref name="keyType"/>, keys already rotated</param>
@@ -38,6 +39,8 @@ public static unsafe class Attention
         if (keys.Length < row * ElementSize(keyType) || values.Length < row * ElementSize(valueType))
             throw new ArgumentException("KV store shorter than the attended positions");
         if (headCount % kvHeadCount != 0) throw new ArgumentException("head count must be a multiple of the KV head count");
+        if (keyType is not (GgmlType.F32 or GgmlType.F16) || valueType is not (GgmlType.F32 or GgmlType.F16))
+            throw new ArgumentException($"KV types {keyType}/{valueType} are not supported (f32, f16)");
         if (tokenCount == 0) return;
         fixed (float* pq = queries, po = destination)
         fixed (byte* pk = keys, pv = values)
@@ -45,17 +48,9 @@ public static unsafe class Attention
             var job = new Job
             {
                 Q = pq, K = pk, V = pv, O = po, Tokens = tokenCount, Start = startPosition, Heads = headCount, KvHeads = kvHeadCount,
-                HeadDim = headDim, Scale = scale,
+                HeadDim = headDim, Scale = scale, KeyType = keyType, ValueType = valueType,
             };
-            delegate*<void*, int, int, void> run = (keyType, valueType) switch
-            {
-                (GgmlType.F32, GgmlType.F32) => &Execute<F32, F32>,
-                (GgmlType.F16, GgmlType.F16) => &Execute<F16, F16>,
-                (GgmlType.F32, GgmlType.F16) => &Execute<F32, F16>,
-                (GgmlType.F16, GgmlType.F32) => &Execute<F16, F32>,
-                _ => throw new ArgumentException($"KV types {keyType}/{valueType} are not supported (f32, f16)"),
-            };
-            (pool ?? WorkerPool.Shared).Run(run, &job);
+            (pool ?? WorkerPool.Shared).Run(&Execute, &job);
         }
     }
 
@@ -67,195 +62,183 @@ public static unsafe class Attention
         public byte* K, V;
         public int Tokens, Start, Heads, KvHeads, HeadDim;
         public float Scale;
-    }
-
-    /// <summary>How one KV element type is read: a dot with an f32 vector and an axpy into an f32 accumulator.</summary>
-    interface IElement
-    {
-        static abstract int Size { get; }
-        /// <summary>Factor to apply to the f32 operand before <see cref="Dot"/>/<see cref="AddScaled"/>; the results carry 1/(InputScale·OutputScale).</summary>
-        static abstract float InputScale { get; }
-        static abstract float OutputScale { get; }
-        static abstract float Dot(float* a, byte* b, int n);
-        static abstract void AddScaled(byte* x, float factor, float* destination, int n);
-    }
-
-    struct F32 : IElement
-    {
-        public static int Size => 4;
-        public static float InputScale => 1f;
-        public static float OutputScale => 1f;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float Dot(float* a, byte* bytes, int n)
-        {
-            float* b = (float*)bytes;
-            int i = 0;
-            float result = 0;
-            if (Vector512.IsHardwareAccelerated && n >= 16)
-            {
-                var acc = Vector512<float>.Zero;
-                for (; i + 16 <= n; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
-                result = Vector512.Sum(acc);
-            }
-            else if (Vector256.IsHardwareAccelerated && n >= 8)
-            {
-                var acc = Vector256<float>.Zero;
-                for (; i + 8 <= n; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
-                result = Vector256.Sum(acc);
-            }
-            for (; i < n; i++) result += a[i] * b[i];
-            return result;
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void AddScaled(byte* bytes, float factor, float* destination, int n)
-        {
-            float* x = (float*)bytes;
-            int i = 0;
-            if (Vector512.IsHardwareAccelerated)
-            {
-                var f = Vector512.Create(factor);
-                for (; i + 16 <= n; i += 16) Vector512.FusedMultiplyAdd(Vector512.Load(x + i), f, Vector512.Load(destination + i)).Store(destination + i);
-            }
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var f = Vector256.Create(factor);
-                for (; i + 8 <= n; i += 8) Vector256.FusedMultiplyAdd(Vector256.Load(x + i), f, Vector256.Load(destination + i)).Store(destination + i);
-            }
-            for (; i < n; i++) destination[i] += x[i] * factor;
-        }
-    }
-
-    /// <summary>f16 elements as f32 bits w·2^−112 (sign extension, shift, mask), made exact by the power-of-two scales.</summary>
-    struct F16 : IElement
-    {
-        public static int Size => 2;
-        public static float InputScale => HalfDot.InputScale;
-        public static float OutputScale => HalfDot.OutputScale;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        static float Bits(ushort h) => BitConverter.Int32BitsToSingle(((short)h << 13) & unchecked((int)0x8FFFFFFF));
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float Dot(float* a, byte* bytes, int n)
-        {
-            ushort* b = (ushort*)bytes;
-            int i = 0;
-            float result = 0;
-            if (Avx512F.IsSupported && n >= 16)
-            {
-                var mask = Vector512.Create(unchecked((int)0x8FFFFFFF));
-                var acc = Vector512<float>.Zero;
-                for (; i + 16 <= n; i += 16)
-                {
-                    var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)(b + i)));
-                    acc = Avx512F.FusedMultiplyAdd(Avx512F.And(Avx512F.ShiftLeftLogical(h, 13), mask).AsSingle(), Avx512F.LoadVector512(a + i), acc);
-                }
-                result = Vector512.Sum(acc);
-            }
-            else if (Avx2.IsSupported && Fma.IsSupported && n >= 8)
-            {
-                var mask = Vector256.Create(unchecked((int)0x8FFFFFFF));
-                var acc = Vector256<float>.Zero;
-                for (; i + 8 <= n; i += 8)
-                {
-                    var h = Avx2.ConvertToVector256Int32(Sse2.LoadVector128((short*)(b + i)));
-                    acc = Fma.MultiplyAdd(Avx2.And(Avx2.ShiftLeftLogical(h, 13), mask).AsSingle(), Avx.LoadVector256(a + i), acc);
-                }
-                result = Vector256.Sum(acc);
-            }
-            for (; i < n; i++) result += a[i] * Bits(b[i]);
-            return result;
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void AddScaled(byte* bytes, float factor, float* destination, int n)
-        {
-            ushort* x = (ushort*)bytes;
-            int i = 0;
-            if (Avx512F.IsSupported)
-            {
-                var mask = Vector512.Create(unchecked((int)0x8FFFFFFF));
-                var f = Vector512.Create(factor);
-                for (; i + 16 <= n; i += 16)
-                {
-                    var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)(x + i)));
-                    Avx512F.FusedMultiplyAdd(Avx512F.And(Avx512F.ShiftLeftLogical(h, 13), mask).AsSingle(), f, Avx512F.LoadVector512(destination + i)).Store(destination + i);
-                }
-            }
-            if (Avx2.IsSupported && Fma.IsSupported)
-            {
-                var mask = Vector256.Create(unchecked((int)0x8FFFFFFF));
-                var f = Vector256.Create(factor);
-                for (; i + 8 <= n; i += 8)
-                {
-                    var h = Avx2.ConvertToVector256Int32(Sse2.LoadVector128((short*)(x + i)));
-                    Fma.MultiplyAdd(Avx2.And(Avx2.ShiftLeftLogical(h, 13), mask).AsSingle(), f, Avx.LoadVector256(destination + i)).Store(destination + i);
-                }
-            }
-            for (; i < n; i++) destination[i] += Bits(x[i]) * factor;
-        }
+        public GgmlType KeyType, ValueType;
     }
 
     [ThreadStatic] static float[]? scratch;
 
-    static void Execute<TK, TV>(void* context, int thread, int threads) where TK : struct, IElement where TV : struct, IElement
+    /// <summary>Consecutive query tokens that share each widened K/V tile (prefill).</summary>
+    const int TokenBlock = 8;
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Execute(void* context, int thread, int threads)
     {
         ref Job job = ref *(Job*)context;
         int group = job.Heads / job.KvHeads, d = job.HeadDim, kvRow = job.KvHeads * d, qRow = job.Heads * d;
-        int need = group * (Tile + 2 * d + 2);
+        int lanes = TokenBlock * group; // (token, head) pairs of one work item
+        int need = lanes * (Tile + 2 * d + 2) + 2 * Tile * d;
         if (scratch == null || scratch.Length < need) scratch = new float[need];
-        var (start, end) = WorkerPool.Split(job.Tokens * job.KvHeads, thread, threads);
-        float queryScale = job.Scale * TK.InputScale, scoreScale = TK.OutputScale;
+        int blocks = (job.Tokens + TokenBlock - 1) / TokenBlock;
+        var (start, end) = WorkerPool.Split(blocks * job.KvHeads, thread, threads);
+        bool keysF32 = job.KeyType == GgmlType.F32, valuesF32 = job.ValueType == GgmlType.F32;
         fixed (float* buffer = scratch)
         {
-            float* scores = buffer, acc = scores + group * Tile, q = acc + group * d, max = q + group * d, sum = max + group;
+            float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + lanes;
+            float* keyTile = sum + lanes, valueTile = keyTile + Tile * d;
             for (int item = start; item < end; item++)
             {
-                int t = item / job.KvHeads, g = item % job.KvHeads, visible = job.Start + t + 1;
-                float* query = job.Q + (long)t * qRow + g * group * d;
-                for (int i = 0; i < group * d; i++) q[i] = query[i] * queryScale;
-                new Span<float>(acc, group * d).Clear();
-                new Span<float>(max, group).Fill(float.NegativeInfinity);
-                new Span<float>(sum, group).Clear();
-                for (int tile = 0; tile < visible; tile += Tile)
+                int g = item % job.KvHeads, t0 = item / job.KvHeads * TokenBlock, t1 = Math.Min(job.Tokens, t0 + TokenBlock);
+                int count = (t1 - t0) * group;
+                for (int t = t0; t < t1; t++)
                 {
-                    int n = Math.Min(Tile, visible - tile);
-                    for (int j = 0; j < n; j++)
+                    float* query = job.Q + (long)t * qRow + g * group * d;
+                    for (int i = 0; i < group * d; i++) q[(t - t0) * group * d + i] = query[i] * job.Scale;
+                }
+                new Span<float>(acc, count * d).Clear();
+                new Span<float>(max, count).Fill(float.NegativeInfinity);
+                new Span<float>(sum, count).Clear();
+                int lastVisible = job.Start + t1; // keys the last token of the block sees
+                for (int tile = 0; tile < lastVisible; tile += Tile)
+                {
+                    int n = Math.Min(Tile, lastVisible - tile);
+                    // Keys of the tile as f32 rows (f16 is widened once here, not once per query head or token).
+                    float* keys;
+                    int keyStride;
+                    if (keysF32) { keys = (float*)job.K + (long)tile * kvRow + g * d; keyStride = kvRow; }
+                    else { Widen((ushort*)job.K + (long)tile * kvRow + g * d, kvRow, n, d, keyTile); keys = keyTile; keyStride = d; }
+                    for (int t = t0; t < t1; t++)
                     {
-                        byte* k = job.K + ((long)(tile + j) * kvRow + g * d) * TK.Size;
-                        for (int h = 0; h < group; h++) scores[h * Tile + j] = TK.Dot(q + h * d, k, d) * scoreScale;
+                        int visible = Math.Min(n, job.Start + t + 1 - tile); // causal: this token's keys in the tile
+                        for (int h = 0; h < group; h++)
+                        {
+                            int lane = (t - t0) * group + h;
+                            float* qh = q + lane * d, sc = scores + lane * Tile;
+                            if (visible <= 0) continue;
+                            for (int j = 0; j < visible; j++) sc[j] = Dot(qh, keys + (long)j * keyStride, d);
+                            // Online softmax: rescale what was accumulated under the old maximum.
+                            var row = new Span<float>(sc, visible);
+                            float newMax = MathF.Max(max[lane], TensorPrimitives.Max(row)), correction = MathF.Exp(max[lane] - newMax);
+                            TensorPrimitives.Subtract(row, newMax, row);
+                            TensorPrimitives.Exp(row, row);
+                            sum[lane] = sum[lane] * correction + TensorPrimitives.Sum(row);
+                            max[lane] = newMax;
+                            if (correction != 1f) TensorPrimitives.Multiply(new Span<float>(acc + lane * d, d), correction, new Span<float>(acc + lane * d, d));
+                        }
                     }
+                    float* values;
+                    int valueStride;
+                    if (valuesF32) { values = (float*)job.V + (long)tile * kvRow + g * d; valueStride = kvRow; }
+                    else { Widen((ushort*)job.V + (long)tile * kvRow + g * d, kvRow, n, d, valueTile); values = valueTile; valueStride = d; }
+                    for (int t = t0; t < t1; t++)
+                    {
+                        int visible = Math.Min(n, job.Start + t + 1 - tile);
+                        if (visible <= 0) continue;
+                        for (int h = 0; h < group; h++)
+                        {
+                            int lane = (t - t0) * group + h;
+                            WeightedSum(scores + lane * Tile, values, valueStride, visible, d, acc + lane * d);
+                        }
+                    }
+                }
+                for (int t = t0; t < t1; t++)
+                {
                     for (int h = 0; h < group; h++)
                     {
-                        float* s = scores + h * Tile;
-                        float tileMax = float.NegativeInfinity;
-                        for (int j = 0; j < n; j++) tileMax = MathF.Max(tileMax, s[j]);
-                        float newMax = MathF.Max(max[h], tileMax), correction = MathF.Exp(max[h] - newMax), total = 0;
-                        for (int j = 0; j < n; j++)
-                        {
-                            float p = MathF.Exp(s[j] - newMax);
-                            total += p;
-                            s[j] = p * TV.InputScale;
-                        }
-                        sum[h] = sum[h] * correction + total;
-                        max[h] = newMax;
-                        if (correction != 1f) for (int i = 0; i < d; i++) acc[h * d + i] *= correction;
+                        int lane = (t - t0) * group + h;
+                        float* o = job.O + (long)t * qRow + (g * group + h) * d;
+                        float factor = 1f / sum[lane];
+                        for (int i = 0; i < d; i++) o[i] = acc[lane * d + i] * factor;
                     }
-                    for (int j = 0; j < n; j++)
-                    {
-                        byte* v = job.V + ((long)(tile + j) * kvRow + g * d) * TV.Size;
-                        for (int h = 0; h < group; h++) TV.AddScaled(v, scores[h * Tile + j], acc + h * d, d);
-                    }
-                }
-                for (int h = 0; h < group; h++)
-                {
-                    float* o = job.O + (long)t * qRow + (g * group + h) * d;
-                    float factor = TV.OutputScale / sum[h];
-                    for (int i = 0; i < d; i++) o[i] = acc[h * d + i] * factor;
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="rows"/> f16 rows of <paramref name="length"/> (source rows <paramref name="stride"/> apart) →
+    /// contiguous f32: sign-extend, shift by 13, mask, multiply by 2^112 — exact for finite values, subnormals included
+    /// (infinities and NaNs, which a sane KV cache never holds, come out finite).
+    /// </summary>
+    static void Widen(ushort* source, int stride, int rows, int length, float* destination)
+    {
+        const float Rebias = 5.192296858534828e+33f; // 2^112
+        for (int j = 0; j < rows; j++)
+        {
+            ushort* h = source + (long)j * stride;
+            float* f = destination + (long)j * length;
+            int i = 0;
+            if (Avx512F.IsSupported)
+            {
+                var mask = Vector512.Create(unchecked((int)0x8FFFFFFF));
+                var rebias = Vector512.Create(Rebias);
+                for (; i + 16 <= length; i += 16)
+                {
+                    var bits = Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)(h + i))), 13), mask);
+                    Avx512F.Multiply(bits.AsSingle(), rebias).Store(f + i);
+                }
+            }
+            else if (Avx2.IsSupported)
+            {
+                var mask = Vector256.Create(unchecked((int)0x8FFFFFFF));
+                var rebias = Vector256.Create(Rebias);
+                for (; i + 8 <= length; i += 8)
+                {
+                    var bits = Avx2.And(Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(Sse2.LoadVector128((short*)(h + i))), 13), mask);
+                    Avx.Multiply(bits.AsSingle(), rebias).Store(f + i);
+                }
+            }
+            for (; i < length; i++) f[i] = (float)BitConverter.UInt16BitsToHalf(h[i]);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float Dot(float* a, float* b, int n)
+    {
+        int i = 0;
+        float result = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i + 16 <= n; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
+            result = Vector512.Sum(acc);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i + 8 <= n; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
+            result = Vector256.Sum(acc);
+        }
+        for (; i < n; i++) result += a[i] * b[i];
+        return result;
+    }
+
+    /// <summary>destination += Σ_j weights[j] · rows[j] over <paramref name="count"/> rows of <paramref name="n"/> floats.</summary>
+    static void WeightedSum(float* weights, float* rows, int stride, int count, int n, float* destination)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; i + 16 <= n; i += 16)
+            {
+                var acc = Vector512.Load(destination + i);
+                for (int j = 0; j < count; j++) acc = Vector512.FusedMultiplyAdd(Vector512.Load(rows + (long)j * stride + i), Vector512.Create(weights[j]), acc);
+                acc.Store(destination + i);
+            }
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= n; i += 8)
+            {
+                var acc = Vector256.Load(destination + i);
+                for (int j = 0; j < count; j++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(rows + (long)j * stride + i), Vector256.Create(weights[j]), acc);
+                acc.Store(destination + i);
+            }
+        }
+        for (; i < n; i++)
+        {
+            float acc = destination[i];
+            for (int j = 0; j < count; j++) acc += weights[j] * rows[(long)j * stride + i];
+            destination[i] = acc;
         }
     }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
@@ -134,6 +135,7 @@ public sealed unsafe class WeightMatrix
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Execute(void* context, int thread, int threads)
     {
         ref Job job = ref *(Job*)context;
@@ -146,6 +148,7 @@ public sealed unsafe class WeightMatrix
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void RunRows(ref Job job, ref Part part, int start, int end)
     {
         int columns = job.Columns, blocks = columns / QuantizedDot.BlockSize;
