@@ -154,41 +154,10 @@ public static unsafe class Attention
         }
     }
 
-    /// <summary>
-    /// <paramref name="rows"/> f16 rows of <paramref name="length"/> (source rows <paramref name="stride"/> apart) →
-    /// contiguous f32: sign-extend, shift by 13, mask, multiply by 2^112 — exact for finite values, subnormals included
-    /// (infinities and NaNs, which a sane KV cache never holds, come out finite).
-    /// </summary>
+    /// <summary><paramref name="rows"/> f16 rows of <paramref name="length"/> (source rows <paramref name="stride"/> apart) → contiguous f32.</summary>
     static void Widen(ushort* source, int stride, int rows, int length, float* destination)
     {
-        const float Rebias = 5.192296858534828e+33f; // 2^112
-        for (int j = 0; j < rows; j++)
-        {
-            ushort* h = source + (long)j * stride;
-            float* f = destination + (long)j * length;
-            int i = 0;
-            if (Avx512F.IsSupported)
-            {
-                var mask = Vector512.Create(unchecked((int)0x8FFFFFFF));
-                var rebias = Vector512.Create(Rebias);
-                for (; i + 16 <= length; i += 16)
-                {
-                    var bits = Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)(h + i))), 13), mask);
-                    Avx512F.Multiply(bits.AsSingle(), rebias).Store(f + i);
-                }
-            }
-            else if (Avx2.IsSupported)
-            {
-                var mask = Vector256.Create(unchecked((int)0x8FFFFFFF));
-                var rebias = Vector256.Create(Rebias);
-                for (; i + 8 <= length; i += 8)
-                {
-                    var bits = Avx2.And(Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(Sse2.LoadVector128((short*)(h + i))), 13), mask);
-                    Avx.Multiply(bits.AsSingle(), rebias).Store(f + i);
-                }
-            }
-            for (; i < length; i++) f[i] = (float)BitConverter.UInt16BitsToHalf(h[i]);
-        }
+        for (int j = 0; j < rows; j++) HalfDot.WidenF16(source + (long)j * stride, destination + (long)j * length, length);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

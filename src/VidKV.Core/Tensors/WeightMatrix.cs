@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
 namespace VidKV.Tensors;
@@ -76,7 +77,7 @@ public sealed unsafe class WeightMatrix
         var scratch = Scratch.ForCurrentThread;
         fixed (float* px = x, pa = ya, pb = yb, pc = yc)
         {
-            var job = new Job { Columns = columns, Tokens = tokens, Type = a.Type, X = px };
+            var job = new Job { Columns = columns, Tokens = tokens, Type = a.Type, X = px, Plain = px };
             job.Add(a, pa);
             if (b != null) job.Add(b, pb);
             if (c != null) job.Add(c, pc);
@@ -123,7 +124,7 @@ public sealed unsafe class WeightMatrix
         public Part P0, P1, P2;
         public int PartCount, TotalRows, Columns, Tokens;
         public GgmlType Type;
-        public float* X, Scales, Sums;
+        public float* X, Plain, Scales, Sums;
         public sbyte* Quants;
 
         public void Add(WeightMatrix w, float* y)
@@ -164,6 +165,11 @@ public sealed unsafe class WeightMatrix
             }
             return;
         }
+        if (job.Tokens >= 4 && job.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && Vector512.IsHardwareAccelerated)
+        {
+            FloatTiles(ref job, ref part, start, end);
+            return;
+        }
         bool simd = Avx2.IsSupported && Fma.IsSupported;
         bool quantized = job.Type is GgmlType.Q8_0 or GgmlType.Q4_0;
         for (int tile = start; tile < end; tile += RowTile)
@@ -193,6 +199,51 @@ public sealed unsafe class WeightMatrix
             for (; t < job.Tokens; t++)
                 for (int r = tile; r < tileEnd; r++)
                     part.Y[(long)t * part.Rows + r] = Dot(ref job, part.Weights + (long)r * part.RowBytes, t);
+        }
+    }
+
+    /// <summary>
+    /// Prefill with float weights: each tile of 16 rows is widened to f32 once (f16/bf16) and multiplied with 4 rows ×
+    /// 4 tokens register blocks; leftover rows and tokens take the plain dot.
+    /// </summary>
+    static void FloatTiles(ref Job job, ref Part part, int start, int end)
+    {
+        int columns = job.Columns;
+        var scratch = Scratch.ForCurrentThread;
+        float[] buffer = scratch.Row(RowTile * columns);
+        fixed (float* tileBuffer = buffer)
+        {
+            for (int tile = start; tile < end; tile += RowTile)
+            {
+                int rows = Math.Min(end, tile + RowTile) - tile;
+                float* w;
+                int stride;
+                if (job.Type == GgmlType.F32) { w = (float*)(part.Weights + (long)tile * part.RowBytes); stride = part.RowBytes / 4; }
+                else
+                {
+                    for (int r = 0; r < rows; r++)
+                    {
+                        var source = (ushort*)(part.Weights + (long)(tile + r) * part.RowBytes);
+                        if (job.Type == GgmlType.F16) HalfDot.WidenF16(source, tileBuffer + r * columns, columns);
+                        else HalfDot.WidenBF16(source, tileBuffer + r * columns, columns);
+                    }
+                    w = tileBuffer;
+                    stride = columns;
+                }
+                int t = 0;
+                for (; t + 4 <= job.Tokens; t += 4)
+                {
+                    int r = 0;
+                    for (; r + 4 <= rows; r += 4)
+                        HalfDot.Tile4x4(w + (long)r * stride, stride, job.Plain + (long)t * columns, columns, columns, part.Y + (long)t * part.Rows + tile + r, part.Rows);
+                    for (; r < rows; r++)
+                        for (int u = t; u < t + 4; u++)
+                            part.Y[(long)u * part.Rows + tile + r] = TensorPrimitives.Dot(new ReadOnlySpan<float>(w + (long)r * stride, columns), new ReadOnlySpan<float>(job.Plain + (long)u * columns, columns));
+                }
+                for (; t < job.Tokens; t++)
+                    for (int r = 0; r < rows; r++)
+                        part.Y[(long)t * part.Rows + tile + r] = TensorPrimitives.Dot(new ReadOnlySpan<float>(w + (long)r * stride, columns), new ReadOnlySpan<float>(job.Plain + (long)t * columns, columns));
+            }
         }
     }
 

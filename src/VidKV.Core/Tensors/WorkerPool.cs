@@ -27,12 +27,14 @@ public sealed unsafe class WorkerPool : IDisposable
     int sleepers;
     volatile bool disposed;
     ExceptionDispatchInfo? failure;
+    readonly long[] workerAllocations;
 
     public WorkerPool(int threadCount)
     {
         if (threadCount < 1) throw new ArgumentOutOfRangeException(nameof(threadCount), "at least one thread");
         ThreadCount = threadCount;
         threads = new Thread[threadCount - 1];
+        workerAllocations = new long[threadCount];
         for (int i = 0; i < threads.Length; i++)
         {
             int index = i + 1;
@@ -101,6 +103,17 @@ public sealed unsafe class WorkerPool : IDisposable
         }
     }
 
+    /// <summary>Managed bytes the worker threads (not the caller) have allocated so far, as of their last finished job.</summary>
+    public long WorkerAllocatedBytes
+    {
+        get
+        {
+            long total = 0;
+            for (int i = 1; i < workerAllocations.Length; i++) total += Volatile.Read(ref workerAllocations[i]);
+            return total;
+        }
+    }
+
     /// <summary>The [start, end) share of <paramref name="total"/> items for one thread, boundaries rounded to <paramref name="granularity"/>.</summary>
     public static (int Start, int End) Split(int total, int thread, int threads, int granularity = 1)
     {
@@ -133,6 +146,7 @@ public sealed unsafe class WorkerPool : IDisposable
             seen = Volatile.Read(ref generation);
             try { job(context, index, ThreadCount); }
             catch (Exception e) { failure ??= ExceptionDispatchInfo.Capture(e); }
+            Volatile.Write(ref workerAllocations[index], GC.GetAllocatedBytesForCurrentThread());
             Interlocked.Decrement(ref pending);
         }
     }
