@@ -68,7 +68,7 @@ public class KernelTests
         }
     }
 
-    public static TheoryData<GgmlType> MatMulTypes => new() { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0 };
+    public static TheoryData<GgmlType> MatMulTypes => new() { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K };
 
     [Theory]
     [MemberData(nameof(MatMulTypes))]
@@ -76,12 +76,19 @@ public class KernelTests
     {
         var rng = new Random((int)type);
         int block = GgmlTypes.BlockSize(type) == 1 ? 1 : 32;
-        foreach (var (rows, columns, tokens) in new[] { (1, 32, 1), (17, 64, 3), (33, 96, 1), (5, 32 * 37, 7), (129, 256, 2), (3, 1024 + block, 5), (40, 128, 8), (7, 64, 4), (35, 160, 13) })
+        var shapes = GgmlTypes.BlockSize(type) == 256
+            ? new[] { (1, 256, 1), (17, 512, 3), (5, 768, 7), (33, 256, 4), (3, 1280, 9) }
+            : new[] { (1, 32, 1), (17, 64, 3), (33, 96, 1), (5, 32 * 37, 7), (129, 256, 2), (3, 1024 + block, 5), (40, 128, 8), (7, 64, 4), (35, 160, 13) };
+        foreach (var (rows, columns, tokens) in shapes)
         {
             float[] weights = Random(rng, rows * columns);
             var bytes = new byte[GgmlTypes.RowBytes(type, columns) * rows];
-            for (int r = 0; r < rows; r++)
-                Quantize.Row(type, weights.AsSpan(r * columns, columns), bytes.AsSpan((int)(r * GgmlTypes.RowBytes(type, columns))));
+            if (Quantize.CanQuantize(type))
+            {
+                for (int r = 0; r < rows; r++)
+                    Quantize.Row(type, weights.AsSpan(r * columns, columns), bytes.AsSpan((int)(r * GgmlTypes.RowBytes(type, columns))));
+            }
+            else RandomKQuantBlocks(rng, type, bytes);
             fixed (byte* p = bytes)
             {
                 var w = new WeightMatrix("w", type, rows, columns, p);
@@ -137,6 +144,16 @@ public class KernelTests
             Assert.Equal(q1, q2);
             Assert.Equal(s1, s2);
         }
+    }
+
+    /// <summary>Random K-quant blocks: any bit pattern is a valid block once its f16 scales are small finite numbers.</summary>
+    static void RandomKQuantBlocks(Random rng, GgmlType type, byte[] bytes)
+    {
+        rng.NextBytes(bytes);
+        int blockBytes = GgmlTypes.BlockBytes(type);
+        int[] halfOffsets = type switch { GgmlType.Q6_K => [208], GgmlType.Q4_K or GgmlType.Q5_K => [0, 2], _ => throw new ArgumentException(type.ToString()) };
+        for (int b = 0; b < bytes.Length; b += blockBytes)
+            foreach (int o in halfOffsets) BitConverter.TryWriteBytes(bytes.AsSpan(b + o), BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 0.02 + 0.001)));
     }
 
     [Theory]

@@ -218,6 +218,121 @@ public static unsafe class QuantizedDot
         y[3 * ldy] = Vector256.Sum(a03) - 8 * offsets.GetElement(3); y[3 * ldy + 1] = Vector256.Sum(a13) - 8 * offsets.GetElement(7);
     }
 
+    /// <summary>
+    /// Σ dequant(w)·dequant(x) over Q4_K super-blocks (256 elements). Each 32-element sub-block j has a 6-bit scale and
+    /// min: its contribution is d·sc_j·d_x·Σq·x_q − dmin·m_j·(d_x·Σx_q). The activation blocks of 32 line up with the
+    /// sub-blocks, so the per-block sums <paramref name="xs"/> of <see cref="QuantizeRow"/> give the min term directly.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    public static float DotQ4_K(byte* w, sbyte* xq, float* xd, float* xs, int superBlocks)
+    {
+        if (!Avx2.IsSupported || !Fma.IsSupported) return DotQ4_KScalar(w, xq, xd, xs, superBlocks);
+        var acc = Vector256<float>.Zero;
+        var ones = Vector256.Create((short)1);
+        var lowMask = Vector256.Create((byte)0x0F);
+        float minimum = 0;
+        for (int sb = 0; sb < superBlocks; sb++, w += 144)
+        {
+            float d = HalfToFloat[*(ushort*)w], dmin = HalfToFloat[*(ushort*)(w + 2)];
+            byte* scales = w + 4;
+            for (int chunk = 0; chunk < 4; chunk++)
+            {
+                int j = 2 * chunk, b = sb * 8 + j;
+                var (s1, m1) = Dequantize.ScaleMinK4(j, new ReadOnlySpan<byte>(scales, 12));
+                var (s2, m2) = Dequantize.ScaleMinK4(j + 1, new ReadOnlySpan<byte>(scales, 12));
+                var packed = Avx.LoadVector256(w + 16 + 32 * chunk);
+                var low = packed & lowMask;
+                var high = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & lowMask;
+                var p0 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(low, Avx.LoadVector256(xq + 32 * b)), ones);
+                var p1 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(high, Avx.LoadVector256(xq + 32 * b + 32)), ones);
+                acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0), Vector256.Create(d * s1 * xd[b]), acc);
+                acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p1), Vector256.Create(d * s2 * xd[b + 1]), acc);
+                minimum += dmin * (m1 * xs[b] + m2 * xs[b + 1]);
+            }
+        }
+        return Vector256.Sum(acc) - minimum;
+    }
+
+    public static float DotQ4_KScalar(byte* w, sbyte* xq, float* xd, float* xs, int superBlocks)
+    {
+        float sum = 0;
+        for (int sb = 0; sb < superBlocks; sb++, w += 144)
+        {
+            float d = HalfToFloat[*(ushort*)w], dmin = HalfToFloat[*(ushort*)(w + 2)];
+            for (int j = 0; j < 8; j++)
+            {
+                var (sc, m) = Dequantize.ScaleMinK4(j, new ReadOnlySpan<byte>(w + 4, 12));
+                int b = sb * 8 + j, dot = 0;
+                byte* qs = w + 16 + 32 * (j / 2);
+                for (int l = 0; l < 32; l++) dot += (j % 2 == 0 ? qs[l] & 0xF : qs[l] >> 4) * xq[32 * b + l];
+                sum += d * sc * xd[b] * dot - dmin * m * xs[b];
+            }
+        }
+        return sum;
+    }
+
+    /// <summary>
+    /// Σ dequant(w)·dequant(x) over Q6_K super-blocks (256 elements): 6-bit values q−32 (low 4 bits in ql, high 2 in qh)
+    /// with a signed 8-bit scale per 16 elements. Each activation block of 32 meets two scales.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    public static float DotQ6_K(byte* w, sbyte* xq, float* xd, int superBlocks)
+    {
+        if (!Avx2.IsSupported || !Fma.IsSupported) return DotQ6_KScalar(w, xq, xd, superBlocks);
+        var acc = Vector256<float>.Zero;
+        var ones = Vector256.Create((short)1);
+        var lowMask = Vector256.Create((byte)0x0F);
+        var three = Vector256.Create((byte)3);
+        var offset = Vector256.Create((byte)32);
+        for (int sb = 0; sb < superBlocks; sb++, w += 210)
+        {
+            float d = HalfToFloat[*(ushort*)(w + 208)];
+            sbyte* scales = (sbyte*)(w + 192);
+            for (int half = 0; half < 2; half++)
+            {
+                byte* ql = w + 64 * half, qh = w + 128 + 32 * half;
+                var high = Avx.LoadVector256(qh);
+                for (int quarter = 0; quarter < 4; quarter++)
+                {
+                    var lowBits = Avx.LoadVector256(ql + (quarter % 2) * 32);
+                    if (quarter >= 2) lowBits = Avx2.ShiftRightLogical(lowBits.AsUInt16(), 4).AsByte();
+                    lowBits &= lowMask;
+                    var highBits = Avx2.ShiftRightLogical(high.AsUInt16(), Vector128.CreateScalar((ushort)(2 * quarter))).AsByte() & three;
+                    var q = Avx2.Subtract(lowBits | Avx2.ShiftLeftLogical(highBits.AsUInt16(), 4).AsByte(), offset).AsSByte();
+                    int b = sb * 8 + half * 4 + quarter;
+                    var x = Avx.LoadVector256(xq + 32 * b);
+                    var p = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(x), Avx2.Sign(q, x)), ones);
+                    // The multiply-adds stay within 128-bit lanes: int32 lanes 0–3 sum elements 0–15, lanes 4–7 elements 16–31.
+                    float s = d * xd[b];
+                    int si = half * 8 + quarter * 2;
+                    var scale = Vector256.Create(s * scales[si], s * scales[si], s * scales[si], s * scales[si],
+                        s * scales[si + 1], s * scales[si + 1], s * scales[si + 1], s * scales[si + 1]);
+                    acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p), scale, acc);
+                }
+            }
+        }
+        return Vector256.Sum(acc);
+    }
+
+    public static float DotQ6_KScalar(byte* w, sbyte* xq, float* xd, int superBlocks)
+    {
+        float sum = 0;
+        for (int sb = 0; sb < superBlocks; sb++, w += 210)
+        {
+            float d = HalfToFloat[*(ushort*)(w + 208)];
+            sbyte* scales = (sbyte*)(w + 192);
+            for (int e = 0; e < 256; e++)
+            {
+                int half = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+                int low = (w[half * 64 + l + (quarter % 2) * 32] >> (quarter >= 2 ? 4 : 0)) & 0xF;
+                int high = (w[128 + half * 32 + l] >> (2 * quarter)) & 3;
+                int b = sb * 8 + e / 32;
+                sum += d * scales[half * 8 + quarter * 2 + l / 16] * xd[b] * ((low | (high << 4)) - 32) * xq[32 * b + l];
+            }
+        }
+        return sum;
+    }
+
     /// <summary>Eight int32 sums of four products each: w·x for 32 signed bytes (|x| ≤ 127), via the unsigned×signed multiply-add.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<int> MulSum(Vector256<sbyte> w, Vector256<sbyte> x) =>

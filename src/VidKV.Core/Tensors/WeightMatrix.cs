@@ -43,11 +43,11 @@ public sealed unsafe class WeightMatrix
     public void DequantizeRow(int row, Span<float> destination) => Dequantize.Row(Type, RowData(row), destination[..Columns]);
 
     /// <summary>True when activations are quantised to 8 bits and multiplied with integer dot products (Q8_0, Q4_0).</summary>
-    public bool UsesQuantizedActivations => Type is GgmlType.Q8_0 or GgmlType.Q4_0;
+    public bool UsesQuantizedActivations => Type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K;
 
     /// <summary>
     /// y[t, r] = Σ_c W[r, c] · x[t, c] for <paramref name="tokens"/> rows of activations, split over the worker pool.
-    /// Q8_0/Q4_0 weights multiply 8-bit quantised activations (see <see cref="QuantizedDot"/>); F16/BF16 convert in
+    /// Q8_0/Q4_0/Q4_K/Q6_K weights multiply 8-bit quantised activations (see <see cref="QuantizedDot"/>); F16/BF16 convert in
     /// registers (<see cref="HalfDot"/>); F32 is a plain dot product; other types dequantise a row at a time.
     /// <paramref name="x"/>: [tokens, Columns]; <paramref name="y"/>: [tokens, Rows].
     /// </summary>
@@ -83,11 +83,12 @@ public sealed unsafe class WeightMatrix
             if (c != null) job.Add(c, pc);
             switch (a.Type)
             {
-                case GgmlType.Q8_0 or GgmlType.Q4_0:
+                case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K:
+                    blocks = columns / QuantizedDot.BlockSize;
                     scratch.Ensure(tokens * columns, tokens * blocks);
                     for (int t = 0; t < tokens; t++)
                         QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns),
-                            scratch.Scales.AsSpan(t * blocks, blocks), a.Type == GgmlType.Q4_0 ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
+                            scratch.Scales.AsSpan(t * blocks, blocks), a.Type is GgmlType.Q4_0 or GgmlType.Q4_K ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
                     break;
                 case GgmlType.F16:
                     scratch.Ensure(tokens * columns, 0);
@@ -153,7 +154,7 @@ public sealed unsafe class WeightMatrix
     static void RunRows(ref Job job, ref Part part, int start, int end)
     {
         int columns = job.Columns, blocks = columns / QuantizedDot.BlockSize;
-        if (job.Type is not (GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+        if (job.Type is not (GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
         {
             // Other dtypes: dequantise each row once into an L1-resident buffer, then dot it with every token.
             float[] buffer = Scratch.ForCurrentThread.Row(columns);
@@ -255,6 +256,8 @@ public sealed unsafe class WeightMatrix
         {
             GgmlType.Q8_0 => QuantizedDot.DotQ8_0(w, job.Quants + (long)t * columns, job.Scales + (long)t * blocks, blocks),
             GgmlType.Q4_0 => QuantizedDot.DotQ4_0(w, job.Quants + (long)t * columns, job.Scales + (long)t * blocks, job.Sums + (long)t * blocks, blocks),
+            GgmlType.Q4_K => QuantizedDot.DotQ4_K(w, job.Quants + (long)t * columns, job.Scales + (long)t * blocks, job.Sums + (long)t * blocks, columns / 256),
+            GgmlType.Q6_K => QuantizedDot.DotQ6_K(w, job.Quants + (long)t * columns, job.Scales + (long)t * blocks, columns / 256),
             GgmlType.F16 => HalfDot.DotF16((ushort*)w, job.X + (long)t * columns, columns),
             GgmlType.BF16 => HalfDot.DotBF16((ushort*)w, job.X + (long)t * columns, columns),
             _ => TensorPrimitives.Dot(new ReadOnlySpan<float>(w, columns), new ReadOnlySpan<float>(job.X + (long)t * columns, columns)),
