@@ -58,7 +58,7 @@ static class GenerateCommand
             Console.Error.WriteLine($"model: {path} ({m.Config.Architecture}, {m.Config.LayerCount} layers, {GgmlName(m)}), context {ctx}, prompt {tokens.Count} tokens");
             var stats = new GenerationStats();
             using var stdout = Console.OpenStandardOutput();
-            var state = m.CreateState(ctx, CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!));
+            using var state = m.CreateState(ctx, CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!));
             foreach (var token in Generator.Generate(m, state, tokens, n, new Sampler(options), stats))
             {
                 if (token.IsEndOfGeneration) break;

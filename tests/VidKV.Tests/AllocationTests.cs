@@ -17,7 +17,7 @@ public class AllocationTests
     public void DecodingATokenAllocatesNothing(string name, GgmlType cacheType)
     {
         using var model = ModelLoader.Load(TestData.Model(name));
-        var state = model.CreateState(512, cacheType, cacheType);
+        using var state = model.CreateState(512, cacheType, cacheType);
         var logits = new float[model.Config.VocabSize];
         var sampler = new Sampler(new SamplingOptions { Seed = 1 });
         var history = new List<int>(512) { 1, 2, 3, 4 };

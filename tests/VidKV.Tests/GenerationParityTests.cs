@@ -35,7 +35,7 @@ public class GenerationParityTests
             if (precise.GetProperty("same_ids_as_default").GetBoolean())
                 Assert.Equal(TestData.Ints(result.GetProperty("generated_token_ids")), expected);
 
-            var state = model.CreateState(model.Config.ContextLength, GgmlType.F32, GgmlType.F32);
+            using var state = model.CreateState(model.Config.ContextLength, GgmlType.F32, GgmlType.F32);
             var generated = Generator.Generate(model, state, tokens, steps.Length, new Sampler(SamplingOptions.Greedy)).ToList();
             for (int i = 0; i < steps.Length; i++)
             {

@@ -143,7 +143,7 @@ public class HuggingFaceTests
         Export(TestData.Model("stories260K"), dir.Path, dtype);
         using var model = ModelLoader.Load(Path.Combine(dir.Path, "model.safetensors"));
         Assert.Equal(dtype, model.WeightType);
-        var state = model.CreateState(64);
+        using var state = model.CreateState(64);
         var tokens = model.Tokenizer.Encode("Once upon a time");
         var logits = new float[model.Config.VocabSize];
         model.Forward(state, tokens.ToArray(), logits);

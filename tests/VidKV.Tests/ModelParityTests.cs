@@ -29,7 +29,7 @@ public class ModelParityTests
         float[] expected = MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_($"reference/{name}.logits16.precise.f32.bin"))).ToArray();
         Assert.Equal(positions * vocab, expected.Length);
 
-        var state = model.CreateState(512, GgmlType.F32, GgmlType.F32);
+        using var state = model.CreateState(512, GgmlType.F32, GgmlType.F32);
         var logits = new float[tokens.Count * vocab];
         model.Forward(state, tokens.ToArray(), logits, allLogits: true);
 

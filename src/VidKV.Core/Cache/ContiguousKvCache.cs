@@ -5,15 +5,16 @@ using VidKV.Tensors;
 namespace VidKV.Cache;
 
 /// <summary>
-/// The simplest KV store: per layer, keys and values of every position in one contiguous array laid out
+/// The simplest KV store: per layer, keys and values of every position in one contiguous native buffer laid out
 /// [position, kvHead, headDim], stored as f16 (llama.cpp's default) or f32. Keys are stored after RoPE. Capacity grows
-/// in chunks up to the context length. The paged store with policies replaces this for long streams.
+/// in chunks up to the context length by reallocation (no garbage left for the GC, so memory stays at what is used);
+/// <see cref="Dispose"/> frees it. The paged store with policies replaces this for long streams.
 /// </summary>
-public sealed class ContiguousKvCache
+public sealed unsafe class ContiguousKvCache : IDisposable
 {
     const int GrowthChunk = 256;
-    readonly byte[][] keys;
-    readonly byte[][] values;
+    readonly byte*[] keys;
+    readonly byte*[] values;
     int capacity;
 
     public ContiguousKvCache(int layerCount, int kvHeadCount, int headDim, int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16)
@@ -26,9 +27,8 @@ public sealed class ContiguousKvCache
         ContextLength = contextLength;
         KeyType = keyType;
         ValueType = valueType;
-        keys = new byte[layerCount][];
-        values = new byte[layerCount][];
-        for (int l = 0; l < layerCount; l++) { keys[l] = []; values[l] = []; }
+        keys = new byte*[layerCount];
+        values = new byte*[layerCount];
     }
 
     public int LayerCount { get; }
@@ -42,7 +42,7 @@ public sealed class ContiguousKvCache
     /// <summary>Positions filled so far (0..Length-1).</summary>
     public int Length { get; private set; }
     /// <summary>Bytes held for keys and values (all layers).</summary>
-    public long AllocatedBytes => keys.Sum(k => (long)k.Length) + values.Sum(v => (long)v.Length);
+    public long AllocatedBytes => (long)capacity * RowLength * LayerCount * (ElementSize(KeyType) + ElementSize(ValueType));
 
     static int ElementSize(GgmlType type) => type == GgmlType.F32 ? 4 : 2;
 
@@ -52,10 +52,11 @@ public sealed class ContiguousKvCache
         if (endPosition > ContextLength) return false;
         if (endPosition <= capacity) return true;
         int newCapacity = Math.Min(ContextLength, (endPosition + GrowthChunk - 1) / GrowthChunk * GrowthChunk);
+        ObjectDisposedException.ThrowIf(disposed, this);
         for (int l = 0; l < LayerCount; l++)
         {
-            Array.Resize(ref keys[l], newCapacity * RowLength * ElementSize(KeyType));
-            Array.Resize(ref values[l], newCapacity * RowLength * ElementSize(ValueType));
+            keys[l] = (byte*)NativeMemory.Realloc(keys[l], (nuint)((long)newCapacity * RowLength * ElementSize(KeyType)));
+            values[l] = (byte*)NativeMemory.Realloc(values[l], (nuint)((long)newCapacity * RowLength * ElementSize(ValueType)));
         }
         capacity = newCapacity;
         return true;
@@ -65,8 +66,8 @@ public sealed class ContiguousKvCache
     public void Write(int layer, int position, int count, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
         if (position + count > capacity) throw new InvalidOperationException($"positions {position}..{position + count} are not reserved (capacity {capacity})");
-        Store(k[..(count * RowLength)], KeyType, keys[layer].AsSpan(position * RowLength * ElementSize(KeyType)));
-        Store(v[..(count * RowLength)], ValueType, values[layer].AsSpan(position * RowLength * ElementSize(ValueType)));
+        Store(k[..(count * RowLength)], KeyType, new Span<byte>(keys[layer] + (long)position * RowLength * ElementSize(KeyType), count * RowLength * ElementSize(KeyType)));
+        Store(v[..(count * RowLength)], ValueType, new Span<byte>(values[layer] + (long)position * RowLength * ElementSize(ValueType), count * RowLength * ElementSize(ValueType)));
     }
 
     static void Store(ReadOnlySpan<float> source, GgmlType type, Span<byte> destination)
@@ -76,8 +77,8 @@ public sealed class ContiguousKvCache
     }
 
     /// <summary>Raw keys of one layer ([position, kvHead, headDim] of <see cref="KeyType"/>).</summary>
-    public ReadOnlySpan<byte> KeyBytes(int layer) => keys[layer].AsSpan(0, capacity * RowLength * ElementSize(KeyType));
-    public ReadOnlySpan<byte> ValueBytes(int layer) => values[layer].AsSpan(0, capacity * RowLength * ElementSize(ValueType));
+    public ReadOnlySpan<byte> KeyBytes(int layer) => new(keys[layer], capacity * RowLength * ElementSize(KeyType));
+    public ReadOnlySpan<byte> ValueBytes(int layer) => new(values[layer], capacity * RowLength * ElementSize(ValueType));
 
     /// <summary>One stored key as f32 (for inspection and tests).</summary>
     public void ReadKey(int layer, int position, Span<float> destination) => Read(KeyBytes(layer), KeyType, position, destination);
@@ -94,4 +95,28 @@ public sealed class ContiguousKvCache
     }
 
     public void Clear() => Length = 0;
+
+    bool disposed;
+
+    public void Dispose()
+    {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    ~ContiguousKvCache() => Free();
+
+    void Free()
+    {
+        if (disposed) return;
+        disposed = true;
+        for (int l = 0; l < LayerCount; l++)
+        {
+            NativeMemory.Free(keys[l]);
+            NativeMemory.Free(values[l]);
+            keys[l] = values[l] = null;
+        }
+        capacity = 0;
+        Length = 0;
+    }
 }

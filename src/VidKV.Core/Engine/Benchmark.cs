@@ -38,7 +38,7 @@ public static class Benchmark
             foreach (int depth in depths)
             {
                 int context = depth + Math.Max(promptTokens, generatedTokens) + 1;
-                var state = model.CreateState(context, keyType, valueType);
+                using var state = model.CreateState(context, keyType, valueType);
                 var logits = new float[vocab];
                 if (depth > 0)
                 {

@@ -26,7 +26,7 @@ public static class Perplexity
             throw new ArgumentException($"the text has {tokens.Count} tokens; perplexity at -c {contextLength} needs at least {contextLength}");
 
         int vocab = model.Config.VocabSize, first = contextLength / 2;
-        var state = model.CreateState(contextLength, cacheType, cacheType);
+        using var state = model.CreateState(contextLength, cacheType, cacheType);
         var logits = new float[Math.Min(batchSize, contextLength) * vocab];
         var chunk = new int[contextLength];
         var running = new double[chunks];

@@ -147,9 +147,11 @@ public sealed class DecoderModel : IDisposable
     public void Dispose() => weights.Dispose();
 }
 
-/// <summary>Per-sequence state of a <see cref="DecoderModel"/>: its KV cache and reusable activation buffers.</summary>
-public sealed class DecoderState(ContiguousKvCache cache, ModelConfig config)
+/// <summary>Per-sequence state of a <see cref="DecoderModel"/>: its KV cache (native memory, freed by Dispose) and reusable activation buffers.</summary>
+public sealed class DecoderState(ContiguousKvCache cache, ModelConfig config) : IDisposable
 {
+    public void Dispose() => Cache.Dispose();
+
     internal sealed class Buffers
     {
         public float[] X = [], H = [], Q = [], Attn = [], K = [], V = [], Gate = [], Up = [];
