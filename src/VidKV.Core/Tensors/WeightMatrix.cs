@@ -73,7 +73,7 @@ public sealed unsafe class WeightMatrix
         c?.Check(x, tokens, yc);
         if (tokens == 0) return;
         pool ??= WorkerPool.Shared;
-        int columns = a.Columns, blocks = columns / GgmlTypes.BlockSize(a.Type);
+        int columns = a.Columns, blocks = columns / QuantizedDot.BlockSize;
         var scratch = Scratch.ForCurrentThread;
         fixed (float* px = x, pa = ya, pb = yb, pc = yc)
         {
@@ -84,7 +84,6 @@ public sealed unsafe class WeightMatrix
             switch (a.Type)
             {
                 case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K:
-                    blocks = columns / QuantizedDot.BlockSize;
                     scratch.Ensure(tokens * columns, tokens * blocks);
                     for (int t = 0; t < tokens; t++)
                         QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns),
