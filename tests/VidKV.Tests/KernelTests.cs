@@ -93,7 +93,7 @@ public class KernelTests
             {
                 var w = new WeightMatrix("w", type, rows, columns, p);
                 float[] x = Random(rng, tokens * columns), want = new float[tokens * rows], got = new float[tokens * rows];
-                if (w.UsesQuantizedActivations)
+                if (w.QuantizesActivations(tokens))
                 {
                     ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, want);
                     w.MatMul(x, tokens, got);
