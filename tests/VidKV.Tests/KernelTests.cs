@@ -23,7 +23,7 @@ public class KernelTests
     }
 
     [Fact]
-    public void RmsNormSoftmaxSwiGluAtEveryLength()
+    public void RmsNormAndSwiGluAtEveryLength()
     {
         var rng = new Random(1);
         foreach (int n in Lengths)
@@ -36,11 +36,6 @@ public class KernelTests
                 Kernels.RmsNorm(x, w, 1e-5f, got);
                 AssertClose(want, got, 1e-5f, $"rmsnorm n={n}");
             }
-
-            float[] s1 = Random(rng, n, 20), s2 = (float[])s1.Clone();
-            ReferenceKernels.Softmax(s1);
-            Kernels.Softmax(s2);
-            AssertClose(s1, s2, 1e-5f, $"softmax n={n}");
 
             ReferenceKernels.SwiGlu(x, up, want);
             Kernels.SwiGlu(x, up, got);

@@ -42,21 +42,6 @@ public static class Kernels
         }
     }
 
-    /// <summary>In-place softmax of one row (max-subtracted, f64 sum as in ggml's soft_max).</summary>
-    public static void Softmax(Span<float> x)
-    {
-        if (x.IsEmpty) return;
-        float max = TensorPrimitives.Max(x);
-        double sum = 0;
-        for (int i = 0; i < x.Length; i++)
-        {
-            float e = MathF.Exp(x[i] - max);
-            x[i] = e;
-            sum += e;
-        }
-        TensorPrimitives.Multiply(x, (float)(1.0 / sum), x);
-    }
-
     /// <summary>destination = silu(gate) · up, the SwiGLU gate of the feed-forward block.</summary>
     public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
     {

@@ -14,16 +14,6 @@ public static class ReferenceKernels
         for (int i = 0; i < x.Length; i++) destination[i] = (float)(x[i] * scale * weight[i]);
     }
 
-    public static void Softmax(Span<float> x)
-    {
-        if (x.IsEmpty) return;
-        double max = double.NegativeInfinity, sum = 0;
-        foreach (float v in x) max = Math.Max(max, v);
-        var e = new double[x.Length];
-        for (int i = 0; i < x.Length; i++) sum += e[i] = Math.Exp(x[i] - max);
-        for (int i = 0; i < x.Length; i++) x[i] = (float)(e[i] / sum);
-    }
-
     public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
     {
         for (int i = 0; i < gate.Length; i++) destination[i] = (float)(gate[i] / (1 + Math.Exp(-gate[i])) * up[i]);
