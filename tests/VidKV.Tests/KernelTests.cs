@@ -181,6 +181,97 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// Attention over masked rows of pages with gaps in positions: equals the reference run on the gathered selected
+    /// rows (dequantised as stored), for f32, f16 and q8_0 pages and prefill batches that see only earlier rows.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 300, 4, 2, 32, 16, GgmlType.F16)]
+    [InlineData(5, 90, 6, 3, 64, 32, GgmlType.F32)]
+    [InlineData(9, 200, 14, 2, 64, 64, GgmlType.Q8_0)]
+    [InlineData(3, 37, 4, 4, 32, 16, GgmlType.Q8_0)]
+    [InlineData(17, 500, 8, 2, 96, 32, GgmlType.F16)]
+    public unsafe void PagedAttentionMatchesReferenceOnSelectedRows(int tokens, int stored, int heads, int kvHeads, int headDim, int pageSize, GgmlType type)
+    {
+        var rng = new Random(tokens * 7919 + stored);
+        int group = heads / kvHeads, rowBytes = (int)GgmlTypes.RowBytes(type, headDim);
+        float[] q = Random(rng, tokens * heads * headDim, 2);
+        // Stored rows per head: positions ascend with random gaps; the batch's own tokens are the last positions.
+        int start = stored * 2;
+        var pins = new List<System.Runtime.InteropServices.GCHandle>();
+        var views = new List<KvPageView>();
+        var headStart = new int[kvHeads + 1];
+        var keysPerHead = new List<float>[kvHeads];
+        var valuesPerHead = new List<float>[kvHeads];
+        var positionsPerHead = new List<int>[kvHeads];
+        for (int g = 0; g < kvHeads; g++)
+        {
+            headStart[g] = views.Count;
+            keysPerHead[g] = []; valuesPerHead[g] = []; positionsPerHead[g] = [];
+            var positions = new List<int>();
+            int p = 0;
+            for (int i = 0; i < stored; i++) { p += 1 + rng.Next(2); if (p < start) positions.Add(p); }
+            for (int t = 0; t < tokens; t++) positions.Add(start + t);
+            for (int first = 0; first < positions.Count; first += pageSize)
+            {
+                int count = Math.Min(pageSize, positions.Count - first);
+                float[] k = Random(rng, count * headDim, 2), v = Random(rng, count * headDim);
+                byte[] kb = Bytes(k, type), vb = Bytes(v, type);
+                int[] pos = positions.GetRange(first, count).ToArray();
+                bool lastPage = first + count == positions.Count;
+                ulong mask = rng.Next(4) == 0 || lastPage ? KvPageView.AllRows : (ulong)rng.NextInt64() & (count == 64 ? ulong.MaxValue : (1UL << count) - 1);
+                if (rng.Next(5) == 0 && !lastPage) continue; // page not selected at all
+                float[] kr = Dequantized(kb, type, count * headDim), vr = Dequantized(vb, type, count * headDim);
+                for (int j = 0; j < count; j++)
+                {
+                    if (mask != KvPageView.AllRows && (mask >> j & 1) == 0) continue;
+                    keysPerHead[g].AddRange(kr.AsSpan(j * headDim, headDim).ToArray());
+                    valuesPerHead[g].AddRange(vr.AsSpan(j * headDim, headDim).ToArray());
+                    positionsPerHead[g].Add(pos[j]);
+                }
+                var hk = System.Runtime.InteropServices.GCHandle.Alloc(kb, System.Runtime.InteropServices.GCHandleType.Pinned);
+                var hv = System.Runtime.InteropServices.GCHandle.Alloc(vb, System.Runtime.InteropServices.GCHandleType.Pinned);
+                var hp = System.Runtime.InteropServices.GCHandle.Alloc(pos, System.Runtime.InteropServices.GCHandleType.Pinned);
+                pins.AddRange([hk, hv, hp]);
+                views.Add(new KvPageView
+                {
+                    Keys = (byte*)hk.AddrOfPinnedObject(), Values = (byte*)hv.AddrOfPinnedObject(), KeyStride = rowBytes, ValueStride = rowBytes,
+                    Positions = (int*)hp.AddrOfPinnedObject(), Count = count, Mask = mask,
+                });
+            }
+        }
+        headStart[kvHeads] = views.Count;
+        try
+        {
+            float[] got = new float[q.Length], want = new float[q.Length];
+            float scale = 1f / MathF.Sqrt(headDim);
+            Attention.Paged(q, tokens, start, heads, kvHeads, headDim, scale, views.ToArray(), headStart, type, type, got);
+            int qRow = heads * headDim;
+            for (int t = 0; t < tokens; t++)
+                for (int h = 0; h < heads; h++)
+                {
+                    int g = h / group;
+                    var rows = positionsPerHead[g].Select((pos, j) => (pos, j)).Where(x => x.pos <= start + t).Select(x => x.j).ToArray();
+                    var scores = rows.Select(j => Enumerable.Range(0, headDim).Sum(i => (double)q[t * qRow + h * headDim + i] * keysPerHead[g][j * headDim + i]) * scale).ToArray();
+                    double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
+                    for (int i = 0; i < headDim; i++)
+                        want[t * qRow + h * headDim + i] = (float)rows.Select((j, r) => Math.Exp(scores[r] - max) / sum * valuesPerHead[g][j * headDim + i]).Sum();
+                }
+            AssertClose(want, got, 1e-5f, $"paged attention {type} t={tokens}");
+        }
+        finally
+        {
+            foreach (var handle in pins) handle.Free();
+        }
+    }
+
+    static float[] Dequantized(byte[] bytes, GgmlType type, int n)
+    {
+        var x = new float[n];
+        Dequantize.Row(type, bytes, x);
+        return x;
+    }
+
     static float[] Round(float[] x, GgmlType type) => type == GgmlType.F32 ? x : x.Select(v => (float)(Half)v).ToArray();
 
     static byte[] Bytes(float[] x, GgmlType type)

@@ -10,7 +10,7 @@ namespace VidKV.Cache;
 /// in chunks up to the context length by reallocation (no garbage left for the GC, so memory stays at what is used);
 /// <see cref="Dispose"/> frees it. The paged store with policies replaces this for long streams.
 /// </summary>
-public sealed unsafe class ContiguousKvCache : IDisposable
+public sealed unsafe class ContiguousKvCache : KvCache
 {
     const int GrowthChunk = 256;
     readonly byte*[] keys;
@@ -34,20 +34,21 @@ public sealed unsafe class ContiguousKvCache : IDisposable
     public int LayerCount { get; }
     public int KvHeadCount { get; }
     public int HeadDim { get; }
-    public int ContextLength { get; }
+    public override int ContextLength { get; }
     public GgmlType KeyType { get; }
     public GgmlType ValueType { get; }
     /// <summary>Elements per position per layer (kvHeads × headDim).</summary>
     public int RowLength => KvHeadCount * HeadDim;
     /// <summary>Positions filled so far (0..Length-1).</summary>
-    public int Length { get; private set; }
+    public override int Length => length;
+    int length;
     /// <summary>Bytes held for keys and values (all layers).</summary>
-    public long AllocatedBytes => (long)capacity * RowLength * LayerCount * (ElementSize(KeyType) + ElementSize(ValueType));
+    public override long AllocatedBytes => (long)capacity * RowLength * LayerCount * (ElementSize(KeyType) + ElementSize(ValueType));
 
     static int ElementSize(GgmlType type) => type == GgmlType.F32 ? 4 : 2;
 
     /// <summary>Makes room for positions up to <paramref name="endPosition"/> (exclusive). Returns false past the context length.</summary>
-    public bool Reserve(int endPosition)
+    public override bool Reserve(int endPosition)
     {
         if (endPosition > ContextLength) return false;
         if (endPosition <= capacity) return true;
@@ -87,18 +88,26 @@ public sealed unsafe class ContiguousKvCache : IDisposable
     void Read(ReadOnlySpan<byte> data, GgmlType type, int position, Span<float> destination) =>
         Dequantize.Row(type, data.Slice(position * RowLength * ElementSize(type), RowLength * ElementSize(type)), destination[..RowLength]);
 
-    /// <summary>Marks positions below <paramref name="length"/> as filled.</summary>
-    public void SetLength(int length)
+    public override void Append(int layer, int position, int count, ReadOnlySpan<float> k, ReadOnlySpan<float> v) => Write(layer, position, count, k, v);
+
+    public override void Attend(int layer, ReadOnlySpan<float> queries, int position, int count, int headCount, float scale, Span<float> destination) =>
+        Attention.Causal(queries, KeyBytes(layer), KeyType, ValueBytes(layer), ValueType, count, position, headCount, KvHeadCount, HeadDim, scale, destination);
+
+    public override void Commit(int length)
     {
         if (length < 0 || length > capacity) throw new ArgumentOutOfRangeException(nameof(length));
-        Length = length;
+        this.length = length;
     }
 
-    public void Clear() => Length = 0;
+    public override void Truncate(int length)
+    {
+        if (length < 0 || length > this.length) throw new ArgumentOutOfRangeException(nameof(length));
+        this.length = length;
+    }
 
     bool disposed;
 
-    public void Dispose()
+    public override void Dispose()
     {
         Free();
         GC.SuppressFinalize(this);
@@ -117,6 +126,6 @@ public sealed unsafe class ContiguousKvCache : IDisposable
             keys[l] = values[l] = null;
         }
         capacity = 0;
-        Length = 0;
+        length = 0;
     }
 }

@@ -69,7 +69,7 @@ public static class Benchmark
                     var samples = new double[repetitions];
                     for (int r = -1; r < repetitions; r++) // r = -1 is a warm-up run
                     {
-                        state.Cache.SetLength(depth);
+                        state.Cache.Truncate(depth);
                         long start = Stopwatch.GetTimestamp();
                         body();
                         double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;

@@ -73,6 +73,13 @@ public sealed class DecoderModel : IDisposable
     public DecoderState CreateState(int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16) =>
         new(new ContiguousKvCache(Config.LayerCount, Config.KvHeadCount, Config.HeadDim, contextLength, keyType, valueType), Config);
 
+    /// <summary>A state over a given cache (a <see cref="PagedKvCache"/> with policies, for one); the state owns and disposes it.</summary>
+    public DecoderState CreateState(KvCache cache) => new(cache, Config);
+
+    /// <summary>Options for a paged store shaped for this model.</summary>
+    public PagedKvOptions PagedOptions(int pageSize = 32, GgmlType type = GgmlType.F16) =>
+        new() { LayerCount = Config.LayerCount, KvHeadCount = Config.KvHeadCount, HeadDim = Config.HeadDim, PageSize = pageSize, KeyType = type, ValueType = type };
+
     /// <summary>
     /// Runs <paramref name="tokens"/> at the state's next positions, appends their keys and values to its cache, and
     /// writes logits: [tokens.Length, vocab] when <paramref name="allLogits"/>, else [vocab] for the last token.
@@ -115,9 +122,8 @@ public sealed class DecoderModel : IDisposable
                 for (int head = 0; head < c.KvHeadCount; head++)
                     Kernels.Rope(k.Slice(t * kvDim + head * c.HeadDim, c.HeadDim), position, c.RopeDims, c.RopeFreqBase, c.RopeMode);
             }
-            var cache = state.Cache;
-            cache.Write(l, start, n, k, v);
-            Attention.Causal(q, cache.KeyBytes(l), cache.KeyType, cache.ValueBytes(l), cache.ValueType, n, start, c.HeadCount, c.KvHeadCount, c.HeadDim, scale, attn);
+            state.Cache.Append(l, start, n, k, v);
+            state.Cache.Attend(l, q, start, n, c.HeadCount, scale, attn);
             layer.Output.MatMul(attn, n, h);
             System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
 
@@ -127,7 +133,7 @@ public sealed class DecoderModel : IDisposable
             layer.Down.MatMul(gate, n, h);
             System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
         }
-        state.Cache.SetLength(start + n);
+        state.Cache.Commit(start + n);
 
         int first = allLogits ? 0 : n - 1, count = allLogits ? n : 1;
         for (int t = 0; t < count; t++) Kernels.RmsNorm(x.Slice((first + t) * e, e), outputNorm, c.RmsNormEps, h.Slice(t * e, e));
@@ -148,7 +154,7 @@ public sealed class DecoderModel : IDisposable
 }
 
 /// <summary>Per-sequence state of a <see cref="DecoderModel"/>: its KV cache (native memory, freed by Dispose) and reusable activation buffers.</summary>
-public sealed class DecoderState(ContiguousKvCache cache, ModelConfig config) : IDisposable
+public sealed class DecoderState(KvCache cache, ModelConfig config) : IDisposable
 {
     public void Dispose() => Cache.Dispose();
 
@@ -160,7 +166,7 @@ public sealed class DecoderState(ContiguousKvCache cache, ModelConfig config) : 
     readonly Buffers buffers = new();
     int batchCapacity;
 
-    public ContiguousKvCache Cache { get; } = cache;
+    public KvCache Cache { get; } = cache;
 
     /// <summary>Tokens already in the cache (the next token's position).</summary>
     public int Position => Cache.Length;

@@ -5,7 +5,27 @@ using System.Runtime.Intrinsics.X86;
 
 namespace VidKV.Tensors;
 
-/// <summary>Scaled dot-product attention kernels over a contiguous KV store of f32 or f16 elements.</summary>
+/// <summary>
+/// One page of one KV head as the attention kernel reads it: <see cref="Count"/> rows of keys and values (each row
+/// one token, headDim elements of the kernel's key/value type) <see cref="KeyStride"/>/<see cref="ValueStride"/> bytes
+/// apart, their original positions, and a mask of the rows to read. A contiguous cache is one view per head with
+/// implicit positions; the paged store gives one view per selected page.
+/// </summary>
+public unsafe struct KvPageView
+{
+    public byte* Keys, Values;
+    public int KeyStride, ValueStride;
+    /// <summary>Original position of each row; null means <see cref="FirstPosition"/> + row.</summary>
+    public int* Positions;
+    public int FirstPosition;
+    public int Count;
+    /// <summary>Bit j selects row j; <see cref="AllRows"/> selects every row whatever the count (otherwise Count ≤ 64).</summary>
+    public ulong Mask;
+
+    public const ulong AllRows = ulong.MaxValue;
+}
+
+/// <summary>Scaled dot-product attention kernels over KV rows of f32, f16 or q8_0.</summary>
 public static unsafe class Attention
 {
     /// <summary>Keys per tile of the online softmax.</summary>
@@ -20,11 +40,9 @@ public static unsafe class Attention
             tokenCount, startPosition, headCount, kvHeadCount, headDim, scale, destination, pool);
 
     /// <summary>
-    /// Causal grouped-query attention for a batch of <paramref name="tokenCount"/> queries at positions
-    /// <paramref name="startPosition"/>.. : query t sees keys 0..startPosition+t. Work items are (token, KV head); each
-    /// reads its keys and values once for all the query heads that share them, in tiles with an online softmax
-    /// (running max and sum), so memory stays bounded at any context length. Keys and values are f32 or f16; an f16
-    /// tile is widened to f32 once and then shared by the query heads of the group.
+    /// Causal grouped-query attention over a contiguous KV store for a batch of <paramref name="tokenCount"/> queries at
+    /// positions <paramref name="startPosition"/>.. : query t sees keys 0..startPosition+t. One page view per KV head
+    /// over the whole store, then <see cref="Paged"/>.
     /// </summary>
     /// <param name="queries">[tokenCount, headCount, headDim]</param>
     /// <param name="keys">[positions, kvHeadCount, headDim] of <paramref name="keyType"/>, keys already rotated</param>
@@ -35,31 +53,76 @@ public static unsafe class Attention
         WorkerPool? pool = null)
     {
         int positions = startPosition + tokenCount;
-        long row = (long)positions * kvHeadCount * headDim;
-        if (keys.Length < row * ElementSize(keyType) || values.Length < row * ElementSize(valueType))
+        CheckType(keyType, headDim);
+        CheckType(valueType, headDim);
+        int keyRow = (int)GgmlTypes.RowBytes(keyType, headDim), valueRow = (int)GgmlTypes.RowBytes(valueType, headDim);
+        if (keys.Length < (long)positions * kvHeadCount * keyRow || values.Length < (long)positions * kvHeadCount * valueRow)
             throw new ArgumentException("KV store shorter than the attended positions");
+        if (kvHeadCount > 256) throw new ArgumentException("more than 256 KV heads");
+        Span<KvPageView> views = stackalloc KvPageView[kvHeadCount];
+        Span<int> starts = stackalloc int[kvHeadCount + 1];
+        fixed (byte* pk = keys, pv = values)
+        {
+            for (int g = 0; g < kvHeadCount; g++)
+            {
+                views[g] = new KvPageView
+                {
+                    Keys = pk + g * keyRow, Values = pv + g * valueRow, KeyStride = kvHeadCount * keyRow, ValueStride = kvHeadCount * valueRow,
+                    Count = positions, Mask = KvPageView.AllRows,
+                };
+                starts[g + 1] = g + 1;
+            }
+            Paged(queries, tokenCount, startPosition, headCount, kvHeadCount, headDim, scale, views, starts, keyType, valueType, destination, pool);
+        }
+    }
+
+    static void CheckType(GgmlType type, int headDim)
+    {
+        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.Q8_0))
+            throw new ArgumentException($"KV type {GgmlTypes.Name(type)} is not supported (f32, f16, q8_0)");
+        if (headDim % GgmlTypes.BlockSize(type) != 0)
+            throw new ArgumentException($"head dimension {headDim} is not a whole number of {GgmlTypes.Name(type)} blocks");
+    }
+
+    /// <summary>
+    /// Grouped-query attention of a batch of queries at positions <paramref name="startPosition"/>.. over selected rows
+    /// of pages: KV head g reads the pages <paramref name="headPageStart"/>[g] .. [g+1]−1, the rows of each page its mask
+    /// selects, and query t only the rows whose original position is at most startPosition+t (causal). Rows must come in
+    /// ascending position across a head's pages. Work items are (block of tokens, KV head); rows are gathered into tiles
+    /// of f32 once and shared by every query head of the group and token of the block, with an online softmax (running
+    /// max and sum) so memory stays bounded. With every row selected this is exactly <see cref="Causal(ReadOnlySpan{float}, ReadOnlySpan{byte}, GgmlType, ReadOnlySpan{byte}, GgmlType, int, int, int, int, int, float, Span{float}, WorkerPool?)"/>.
+    /// A query that sees no row gets zeros.
+    /// </summary>
+    public static void Paged(ReadOnlySpan<float> queries, int tokenCount, int startPosition, int headCount, int kvHeadCount, int headDim, float scale,
+        ReadOnlySpan<KvPageView> pages, ReadOnlySpan<int> headPageStart, GgmlType keyType, GgmlType valueType, Span<float> destination,
+        WorkerPool? pool = null)
+    {
         if (headCount % kvHeadCount != 0) throw new ArgumentException("head count must be a multiple of the KV head count");
-        if (keyType is not (GgmlType.F32 or GgmlType.F16) || valueType is not (GgmlType.F32 or GgmlType.F16))
-            throw new ArgumentException($"KV types {keyType}/{valueType} are not supported (f32, f16)");
+        CheckType(keyType, headDim);
+        CheckType(valueType, headDim);
+        if (headPageStart.Length < kvHeadCount + 1 || headPageStart[kvHeadCount] > pages.Length)
+            throw new ArgumentException("page ranges do not cover the KV heads");
+        if (queries.Length < (long)tokenCount * headCount * headDim || destination.Length < (long)tokenCount * headCount * headDim)
+            throw new ArgumentException("queries or destination shorter than tokens × heads × headDim");
         if (tokenCount == 0) return;
         fixed (float* pq = queries, po = destination)
-        fixed (byte* pk = keys, pv = values)
+        fixed (KvPageView* pp = pages)
+        fixed (int* ps = headPageStart)
         {
             var job = new Job
             {
-                Q = pq, K = pk, V = pv, O = po, Tokens = tokenCount, Start = startPosition, Heads = headCount, KvHeads = kvHeadCount,
+                Q = pq, O = po, Pages = pp, HeadPageStart = ps, Tokens = tokenCount, Start = startPosition, Heads = headCount, KvHeads = kvHeadCount,
                 HeadDim = headDim, Scale = scale, KeyType = keyType, ValueType = valueType,
             };
             (pool ?? WorkerPool.Shared).Run(&Execute, &job);
         }
     }
 
-    static int ElementSize(GgmlType type) => type == GgmlType.F32 ? 4 : 2;
-
     struct Job
     {
         public float* Q, O;
-        public byte* K, V;
+        public KvPageView* Pages;
+        public int* HeadPageStart;
         public int Tokens, Start, Heads, KvHeads, HeadDim;
         public float Scale;
         public GgmlType KeyType, ValueType;
@@ -74,17 +137,17 @@ public static unsafe class Attention
     static void Execute(void* context, int thread, int threads)
     {
         ref Job job = ref *(Job*)context;
-        int group = job.Heads / job.KvHeads, d = job.HeadDim, kvRow = job.KvHeads * d, qRow = job.Heads * d;
+        int group = job.Heads / job.KvHeads, d = job.HeadDim, qRow = job.Heads * d;
         int lanes = TokenBlock * group; // (token, head) pairs of one work item
-        int need = lanes * (Tile + 2 * d + 2) + 2 * Tile * d;
+        int need = lanes * (Tile + 2 * d + 2) + 2 * Tile * d + Tile;
         if (scratch == null || scratch.Length < need) scratch = new float[need];
         int blocks = (job.Tokens + TokenBlock - 1) / TokenBlock;
         var (start, end) = WorkerPool.Split(blocks * job.KvHeads, thread, threads);
-        bool keysF32 = job.KeyType == GgmlType.F32, valuesF32 = job.ValueType == GgmlType.F32;
         fixed (float* buffer = scratch)
         {
             float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + lanes;
             float* keyTile = sum + lanes, valueTile = keyTile + Tile * d;
+            int* tilePositions = (int*)(valueTile + Tile * d);
             for (int item = start; item < end; item++)
             {
                 int g = item % job.KvHeads, t0 = item / job.KvHeads * TokenBlock, t1 = Math.Min(job.Tokens, t0 + TokenBlock);
@@ -97,46 +160,49 @@ public static unsafe class Attention
                 new Span<float>(acc, count * d).Clear();
                 new Span<float>(max, count).Fill(float.NegativeInfinity);
                 new Span<float>(sum, count).Clear();
-                int lastVisible = job.Start + t1; // keys the last token of the block sees
-                for (int tile = 0; tile < lastVisible; tile += Tile)
+                int lastPosition = job.Start + t1 - 1; // the last token of the block sees rows up to here
+                int page = job.HeadPageStart[g], pageEnd = job.HeadPageStart[g + 1], row = 0;
+                while (true)
                 {
-                    int n = Math.Min(Tile, lastVisible - tile);
-                    // Keys of the tile as f32 rows (f16 is widened once here, not once per query head or token).
-                    float* keys;
-                    int keyStride;
-                    if (keysF32) { keys = (float*)job.K + (long)tile * kvRow + g * d; keyStride = kvRow; }
-                    else { Widen((ushort*)job.K + (long)tile * kvRow + g * d, kvRow, n, d, keyTile); keys = keyTile; keyStride = d; }
+                    // Gather the next tile of selected, possibly visible rows as f32.
+                    int n = 0;
+                    while (n < Tile && page < pageEnd)
+                    {
+                        KvPageView* view = job.Pages + page;
+                        if (view->Mask != KvPageView.AllRows)
+                        {
+                            ulong rest = row < 64 ? view->Mask & (ulong.MaxValue << row) : 0;
+                            if (rest == 0) { page++; row = 0; continue; }
+                            row = System.Numerics.BitOperations.TrailingZeroCount(rest);
+                        }
+                        if (row >= view->Count) { page++; row = 0; continue; }
+                        int position = view->Positions == null ? view->FirstPosition + row : view->Positions[row];
+                        if (position > lastPosition) { page = pageEnd; break; }
+                        WidenRow(job.KeyType, view->Keys + (long)row * view->KeyStride, keyTile + n * d, d);
+                        WidenRow(job.ValueType, view->Values + (long)row * view->ValueStride, valueTile + n * d, d);
+                        tilePositions[n++] = position;
+                        row++;
+                    }
+                    if (n == 0) break;
                     for (int t = t0; t < t1; t++)
                     {
-                        int visible = Math.Min(n, job.Start + t + 1 - tile); // causal: this token's keys in the tile
+                        int visible = n, own = job.Start + t;
+                        while (visible > 0 && tilePositions[visible - 1] > own) visible--;
+                        if (visible == 0) continue;
                         for (int h = 0; h < group; h++)
                         {
                             int lane = (t - t0) * group + h;
                             float* qh = q + lane * d, sc = scores + lane * Tile;
-                            if (visible <= 0) continue;
-                            for (int j = 0; j < visible; j++) sc[j] = Dot(qh, keys + (long)j * keyStride, d);
+                            for (int j = 0; j < visible; j++) sc[j] = Dot(qh, keyTile + j * d, d);
                             // Online softmax: rescale what was accumulated under the old maximum.
-                            var row = new Span<float>(sc, visible);
-                            float newMax = MathF.Max(max[lane], TensorPrimitives.Max(row)), correction = MathF.Exp(max[lane] - newMax);
-                            TensorPrimitives.Subtract(row, newMax, row);
-                            TensorPrimitives.Exp(row, row);
-                            sum[lane] = sum[lane] * correction + TensorPrimitives.Sum(row);
+                            var scoreRow = new Span<float>(sc, visible);
+                            float newMax = MathF.Max(max[lane], TensorPrimitives.Max(scoreRow)), correction = MathF.Exp(max[lane] - newMax);
+                            TensorPrimitives.Subtract(scoreRow, newMax, scoreRow);
+                            TensorPrimitives.Exp(scoreRow, scoreRow);
+                            sum[lane] = sum[lane] * correction + TensorPrimitives.Sum(scoreRow);
                             max[lane] = newMax;
                             if (correction != 1f) TensorPrimitives.Multiply(new Span<float>(acc + lane * d, d), correction, new Span<float>(acc + lane * d, d));
-                        }
-                    }
-                    float* values;
-                    int valueStride;
-                    if (valuesF32) { values = (float*)job.V + (long)tile * kvRow + g * d; valueStride = kvRow; }
-                    else { Widen((ushort*)job.V + (long)tile * kvRow + g * d, kvRow, n, d, valueTile); values = valueTile; valueStride = d; }
-                    for (int t = t0; t < t1; t++)
-                    {
-                        int visible = Math.Min(n, job.Start + t + 1 - tile);
-                        if (visible <= 0) continue;
-                        for (int h = 0; h < group; h++)
-                        {
-                            int lane = (t - t0) * group + h;
-                            WeightedSum(scores + lane * Tile, values, valueStride, visible, d, acc + lane * d);
+                            WeightedSum(sc, valueTile, d, visible, d, acc + lane * d);
                         }
                     }
                 }
@@ -146,7 +212,7 @@ public static unsafe class Attention
                     {
                         int lane = (t - t0) * group + h;
                         float* o = job.O + (long)t * qRow + (g * group + h) * d;
-                        float factor = 1f / sum[lane];
+                        float factor = sum[lane] > 0 ? 1f / sum[lane] : 0f;
                         for (int i = 0; i < d; i++) o[i] = acc[lane * d + i] * factor;
                     }
                 }
@@ -154,10 +220,12 @@ public static unsafe class Attention
         }
     }
 
-    /// <summary><paramref name="rows"/> f16 rows of <paramref name="length"/> (source rows <paramref name="stride"/> apart) → contiguous f32.</summary>
-    static void Widen(ushort* source, int stride, int rows, int length, float* destination)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void WidenRow(GgmlType type, byte* source, float* destination, int n)
     {
-        for (int j = 0; j < rows; j++) HalfDot.WidenF16(source + (long)j * stride, destination + (long)j * length, length);
+        if (type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, destination, n);
+        else if (type == GgmlType.F32) Buffer.MemoryCopy(source, destination, n * 4, n * 4);
+        else Dequantize.Row(type, new ReadOnlySpan<byte>(source, (int)GgmlTypes.RowBytes(type, n)), new Span<float>(destination, n));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -1,0 +1,44 @@
+namespace VidKV.Cache;
+
+/// <summary>
+/// Which policy runs each (layer, KV head): one default, overridden per layer and per head (DuoAttention's retrieval
+/// vs streaming heads, LongGen's per-layer kinds). Each distinct policy object is attached to the store once.
+/// </summary>
+public sealed class KvPolicyMap
+{
+    readonly KvPolicy[] policies;
+
+    public KvPolicyMap(int layerCount, int kvHeadCount, KvPolicy defaultPolicy)
+    {
+        LayerCount = layerCount;
+        KvHeadCount = kvHeadCount;
+        policies = new KvPolicy[layerCount * kvHeadCount];
+        Array.Fill(policies, defaultPolicy);
+    }
+
+    public int LayerCount { get; }
+    public int KvHeadCount { get; }
+
+    public KvPolicy this[int layer, int head]
+    {
+        get => policies[layer * KvHeadCount + head];
+        set => policies[layer * KvHeadCount + head] = value;
+    }
+
+    /// <summary>The distinct policies in use.</summary>
+    public IEnumerable<KvPolicy> Distinct => policies.Distinct();
+
+    /// <summary>A short description: the default, or every distinct policy with how many heads run it.</summary>
+    public string Describe()
+    {
+        var groups = policies.GroupBy(p => p).ToList();
+        return groups.Count == 1 ? groups[0].Key.Name : string.Join("; ", groups.Select(g => $"{g.Key.Name} ×{g.Count()}"));
+    }
+
+    internal void Attach(PagedKvStore store)
+    {
+        if (store.LayerCount != LayerCount || store.KvHeadCount != KvHeadCount)
+            throw new ArgumentException($"policy map is for {LayerCount} layers × {KvHeadCount} KV heads, the store has {store.LayerCount} × {store.KvHeadCount}");
+        foreach (var policy in Distinct) policy.Attach(store);
+    }
+}

@@ -1,0 +1,135 @@
+using System.Runtime.InteropServices;
+using VidKV.Tensors;
+
+namespace VidKV.Cache;
+
+/// <summary>
+/// A decoder's KV cache over a <see cref="PagedKvStore"/> (mechanism) run by a <see cref="KvPolicyMap"/> (policy):
+/// append stores the batch in pages; attend asks each (layer, KV head)'s policy which pages and rows to read, brings
+/// cold ones back, runs <see cref="Attention.Paged"/>, then lets the policy evict or move pages. With
+/// <see cref="FullPolicy"/> everywhere this computes exactly what <see cref="ContiguousKvCache"/> does.
+/// </summary>
+public sealed unsafe class PagedKvCache : KvCache
+{
+    readonly PagedKvStore store;
+    readonly KvPolicyMap policies;
+    readonly PageSelection[] selections;
+    KvPageView[] views = new KvPageView[256];
+    readonly int[] headStart;
+    readonly List<int> recalled = [];
+    float[] groupQueries = [];
+    int length;
+    long steps;
+
+    public PagedKvCache(PagedKvStore store, KvPolicyMap policies, int contextLength = int.MaxValue)
+    {
+        this.store = store;
+        this.policies = policies;
+        ContextLength = contextLength;
+        policies.Attach(store);
+        selections = new PageSelection[store.KvHeadCount];
+        for (int i = 0; i < selections.Length; i++) selections[i] = new PageSelection();
+        headStart = new int[store.KvHeadCount + 1];
+    }
+
+    public PagedKvStore Store => store;
+    public KvPolicyMap Policies => policies;
+    public override int Length => length;
+    public override int ContextLength { get; }
+    public override long AllocatedBytes => store.AllocatedBytes;
+    /// <summary>Bytes of KV rows attention read, summed over all steps, layers and heads.</summary>
+    public long RowBytesRead { get; private set; }
+    /// <summary>Bytes brought back from the cold tier, summed over all steps.</summary>
+    public long RecalledBytes { get; private set; }
+
+    /// <summary>Called after every (layer, KV head) attention with what was read, for evaluation tools.</summary>
+    public Action<int, int, ReadOnlySpan<KvPageView>>? Observer { get; set; }
+
+    public override bool Reserve(int endPosition) => endPosition <= ContextLength;
+
+    public override void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values)
+    {
+        if (!store.Append(layer, position, count, keys, values))
+            throw new InvalidOperationException(
+                $"KV hot tier full: layer {layer} needs pages for {count} more tokens at position {position} ({store.HotPageCount} pages of {store.Options.MaxHotPages} in use); use a policy that evicts or moves pages cold, or raise the page limit");
+    }
+
+    public override void Attend(int layer, ReadOnlySpan<float> queries, int position, int count, int headCount, float scale, Span<float> destination)
+    {
+        int kvHeads = store.KvHeadCount, group = headCount / kvHeads, d = store.HeadDim;
+        int groupLength = count * group * d;
+        if (groupQueries.Length < groupLength) groupQueries = new float[groupLength];
+        int total = 0;
+        for (int g = 0; g < kvHeads; g++)
+        {
+            var step = MakeStep(layer, g, queries, position, count, group, headCount, scale);
+            var selection = selections[g];
+            selection.Clear();
+            policies[layer, g].Select(step, selection);
+            selection.Normalize();
+            total += selection.Count;
+        }
+        if (views.Length < total) views = new KvPageView[Math.Max(total, 2 * views.Length)];
+        int v = 0;
+        for (int g = 0; g < kvHeads; g++)
+        {
+            headStart[g] = v;
+            var table = store.Table(layer, g);
+            var selection = selections[g];
+            for (int i = 0; i < selection.Count; i++)
+            {
+                int page = table[selection.Indices[i]];
+                if (!store.IsHot(page))
+                {
+                    if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
+                    recalled.Add(page);
+                    RecalledBytes += store.FrameBytes;
+                }
+                ulong mask = selection.Masks[i];
+                views[v++] = new KvPageView
+                {
+                    Keys = store.KeyRows(page), Values = store.ValueRows(page), KeyStride = store.KeyRowBytes, ValueStride = store.ValueRowBytes,
+                    Positions = store.PositionPointer(page), Count = store.Count(page), Mask = mask,
+                };
+                int rows = mask == KvPageView.AllRows ? store.Count(page) : System.Numerics.BitOperations.PopCount(mask);
+                RowBytesRead += (long)rows * (store.KeyRowBytes + store.ValueRowBytes);
+            }
+        }
+        headStart[kvHeads] = v;
+        Attention.Paged(queries, count, position, headCount, kvHeads, d, scale, views.AsSpan(0, v), headStart, store.KeyType, store.ValueType, destination);
+        if (Observer != null)
+            for (int g = 0; g < kvHeads; g++) Observer(layer, g, views.AsSpan(headStart[g], headStart[g + 1] - headStart[g]));
+
+        // Pages recalled only for this step go back to the cold tier (their clean copy is still there: nothing is written).
+        foreach (int page in recalled) if (store.IsHot(page)) store.MoveCold(page);
+        recalled.Clear();
+        for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(MakeStep(layer, g, queries, position, count, group, headCount, scale));
+    }
+
+    KvStep MakeStep(int layer, int g, ReadOnlySpan<float> queries, int position, int count, int group, int headCount, float scale)
+    {
+        int d = store.HeadDim, qRow = headCount * d;
+        var mine = groupQueries.AsSpan(0, count * group * d);
+        for (int t = 0; t < count; t++) queries.Slice(t * qRow + g * group * d, group * d).CopyTo(mine.Slice(t * group * d));
+        return new KvStep
+        {
+            Layer = layer, Head = g, Position = position, Count = count, Group = group, Queries = mine, Scale = scale,
+            Table = store.Table(layer, g), StepIndex = steps,
+        };
+    }
+
+    public override void Commit(int length)
+    {
+        this.length = length;
+        steps++;
+    }
+
+    public override void Truncate(int length)
+    {
+        if (length < 0 || length > this.length) throw new ArgumentOutOfRangeException(nameof(length));
+        store.Truncate(length);
+        this.length = length;
+    }
+
+    public override void Dispose() => store.Dispose();
+}

@@ -1,0 +1,137 @@
+namespace VidKV.Cache;
+
+/// <summary>
+/// FreeKV (Liu et al., "FreeKV: Boosting KV Cache Retrieval for Efficient LLM Inference", 2025): a budget of sink
+/// pages + recent pages + retrieved pages. Pages are scored with the centre ± radius digest
+/// (c = (max+min)/2, r = mean|k−c|). Speculative retrieval: step t reads the pages chosen with q_{t−1}; per KV head,
+/// if the mean cosine similarity of q_t and q_{t−1} over its query heads falls below τ, that head is corrected by
+/// selecting again with q_t. Then the selection for t+1 is made with q_t (the paper overlaps it, and the recall of
+/// its pages from the cold tier, with the step's compute). τ = 1 reproduces exact selection. Defaults (paper's system
+/// path): budget 2048 = sink 512 + recent 512 + retrieved; here sink and recent default to a quarter of the budget
+/// each, which is the paper's ratio at its budget. Pages holding the step's own tokens are always read.
+/// </summary>
+public sealed class FreeKvPolicy : KvPolicy
+{
+    float[] scores = [], scratch = [], keys = [];
+    int[] order = [];
+    // Per (layer, head): q of the previous step ([group, d]), the speculative selection for this step (table indices), its table version.
+    float[][] previousQuery = [];
+    int[][] speculative = [];
+    int[] speculativeCount = [], speculativeVersion = [], speculativeStart = [], speculativeEnd = [];
+    bool[] hasPrevious = [];
+
+    public FreeKvPolicy(int budget, int? sinks = null, int? recent = null, float tau = 0.8f)
+    {
+        if (budget < 1) throw new ArgumentOutOfRangeException(nameof(budget), $"budget must be at least 1 token, not {budget}");
+        if (tau is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(tau), $"tau must be in [0, 1], not {tau}");
+        Budget = budget;
+        Sinks = sinks ?? budget / 4;
+        Recent = recent ?? budget / 4;
+        if (Sinks < 0 || Recent < 0 || Sinks + Recent > budget)
+            throw new ArgumentOutOfRangeException(nameof(sinks), $"sink {Sinks} + recent {Recent} tokens exceed the budget {budget}");
+        Tau = tau;
+    }
+
+    public int Budget { get; }
+    public int Sinks { get; }
+    public int Recent { get; }
+    public float Tau { get; }
+    public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}";
+
+    /// <summary>Head-steps that reused the speculative selection, and those corrected with the current query.</summary>
+    public long Reused { get; private set; }
+    public long Corrected { get; private set; }
+
+    public override void Attach(PagedKvStore store)
+    {
+        base.Attach(store);
+        int heads = store.LayerCount * store.KvHeadCount;
+        previousQuery = new float[heads][];
+        speculative = new int[heads][];
+        for (int i = 0; i < heads; i++) speculative[i] = [];
+        speculativeCount = new int[heads];
+        speculativeVersion = new int[heads];
+        speculativeStart = new int[heads];
+        speculativeEnd = new int[heads];
+        hasPrevious = new bool[heads];
+    }
+
+    public override void Select(in KvStep step, PageSelection selection)
+    {
+        var table = step.Table;
+        int head = step.Layer * Store.KvHeadCount + step.Head;
+        var q = step.LastQueries;
+        if (table.TokenCount <= Budget)
+        {
+            selection.AddAll(table.Count);
+            Remember(head, q);
+            hasPrevious[head] = false; // nothing speculative to reuse yet
+            return;
+        }
+        // Sink pages from the front and recent pages from the back, whole pages, then retrieved pages in between.
+        int sinkEnd = 0, tokens = 0;
+        while (sinkEnd < table.Count && tokens < Sinks) tokens += Store.Count(table[sinkEnd++]);
+        int recentStart = Math.Min(table.Count, FirstPageOfStep(step));
+        tokens = 0;
+        for (int i = recentStart; i < table.Count; i++) tokens += Store.Count(table[i]);
+        while (recentStart > sinkEnd && tokens < Recent) tokens += Store.Count(table[--recentStart]);
+        int k = Math.Max(0, (Budget - Sinks - Recent) / Store.PageSize);
+
+        // Reuse needs the same candidate pages as when it was chosen (a page crossing out of the recent window forces a fresh choice).
+        bool reuse = step.Count == 1 && hasPrevious[head] && speculativeVersion[head] == table.Version
+            && speculativeStart[head] == sinkEnd && speculativeEnd[head] == recentStart
+            && MeanCosine(q, previousQuery[head], step.Group) >= Tau;
+        if (reuse) Reused++;
+        else
+        {
+            Corrected++;
+            Choose(head, step, sinkEnd, recentStart, k, q);
+        }
+        selection.AddRange(0, sinkEnd);
+        foreach (int index in speculative[head].AsSpan(0, speculativeCount[head])) selection.Add(index);
+        selection.AddRange(recentStart, table.Count);
+
+        // Selection for the next step with this step's query.
+        if (reuse) Choose(head, step, sinkEnd, recentStart, k, q);
+        Remember(head, q);
+        hasPrevious[head] = true;
+    }
+
+    void Choose(int head, in KvStep step, int start, int end, int k, ReadOnlySpan<float> q)
+    {
+        int n = Math.Max(0, end - start);
+        Grow(n);
+        PageScoring.GroupScores(Store, step.Table, start, end, q, step.Group, step.Scale, PageScoring.Bound.CentreRadius, scores, scratch);
+        int picked = PageScoring.TopK(scores.AsSpan(0, n), k, order, keys);
+        if (speculative[head].Length < picked) speculative[head] = new int[Math.Max(picked, 2 * speculative[head].Length)];
+        for (int i = 0; i < picked; i++) speculative[head][i] = start + order[i];
+        speculativeCount[head] = picked;
+        speculativeVersion[head] = step.Table.Version;
+        speculativeStart[head] = start;
+        speculativeEnd[head] = end;
+    }
+
+    void Remember(int head, ReadOnlySpan<float> q)
+    {
+        if (previousQuery[head] == null || previousQuery[head].Length != q.Length) previousQuery[head] = new float[q.Length];
+        q.CopyTo(previousQuery[head]);
+    }
+
+    static float MeanCosine(ReadOnlySpan<float> a, ReadOnlySpan<float> b, int group)
+    {
+        int d = a.Length / group;
+        float sum = 0;
+        for (int h = 0; h < group; h++) sum += System.Numerics.Tensors.TensorPrimitives.CosineSimilarity(a.Slice(h * d, d), b.Slice(h * d, d));
+        return sum / group;
+    }
+
+    void Grow(int n)
+    {
+        if (scores.Length >= n) return;
+        int size = Math.Max(n, scores.Length * 2);
+        scores = new float[size];
+        scratch = new float[size];
+        keys = new float[size];
+        order = new int[size];
+    }
+}

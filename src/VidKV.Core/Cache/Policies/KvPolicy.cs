@@ -1,0 +1,185 @@
+using VidKV.Tensors;
+
+namespace VidKV.Cache;
+
+/// <summary>
+/// What a policy sees for one (layer, KV head) in one forward step: the queries of the step's tokens for the head's
+/// query group ([Count, Group, HeadDim], rotated, unscaled), their first position, and the head's page table.
+/// </summary>
+public readonly ref struct KvStep
+{
+    public required int Layer { get; init; }
+    public required int Head { get; init; }
+    /// <summary>Position of the step's first token.</summary>
+    public required int Position { get; init; }
+    /// <summary>Tokens in the step (1 when decoding).</summary>
+    public required int Count { get; init; }
+    /// <summary>Query heads that share this KV head.</summary>
+    public required int Group { get; init; }
+    public required ReadOnlySpan<float> Queries { get; init; }
+    /// <summary>1/√headDim.</summary>
+    public required float Scale { get; init; }
+    public required PageTable Table { get; init; }
+    /// <summary>Forward steps the cache has run (counts decode steps and batches alike).</summary>
+    public required long StepIndex { get; init; }
+
+    /// <summary>Queries of the step's last token ([Group, HeadDim]).</summary>
+    public ReadOnlySpan<float> LastQueries => Queries.Slice((Count - 1) * Group * (Queries.Length / (Count * Group)), Queries.Length / Count);
+}
+
+/// <summary>
+/// A KV cache policy behind one interface (like kvpress's presses): hooks after append (evict, merge, compress, move
+/// cold) and on select (which pages and rows a head reads for the current queries). A policy may serve many
+/// (layer, head) pairs; it keeps any per-head state itself, sized in <see cref="Attach"/>. Policies compose with
+/// <see cref="ComposedPolicy"/> (an ingest-time reducer, then a query-time retriever).
+/// </summary>
+public abstract class KvPolicy
+{
+    PagedKvStore? store;
+
+    /// <summary>The name and options as a spec string (<c>quest:budget=2048</c>).</summary>
+    public abstract string Name { get; }
+
+    protected PagedKvStore Store => store ?? throw new InvalidOperationException($"policy {Name} is not attached to a store");
+
+    /// <summary>Called once per store before any step; allocate per-(layer, head) state here.</summary>
+    public virtual void Attach(PagedKvStore store) => this.store = store;
+
+    /// <summary>After the step's tokens were appended and attended for (layer, head): evict, merge or move pages cold.</summary>
+    public virtual void OnAppended(in KvStep step) { }
+
+    /// <summary>Adds the pages and rows (layer, head) reads for this step. The default reads everything.</summary>
+    public virtual void Select(in KvStep step, PageSelection selection) => selection.AddAll(step.Table.Count);
+
+    /// <summary>
+    /// The pages a step must read whatever the scores: those holding the step's own tokens (positions ≥
+    /// <see cref="KvStep.Position"/>), so every query sees itself. Returns the table index of the first of them.
+    /// </summary>
+    protected int FirstPageOfStep(in KvStep step)
+    {
+        var table = step.Table;
+        int index = table.Count;
+        while (index > 0 && Store.LastPosition(table[index - 1]) >= step.Position) index--;
+        return index;
+    }
+}
+
+/// <summary>Reads every page; the reference every other policy is measured against.</summary>
+public sealed class FullPolicy : KvPolicy
+{
+    public override string Name => "full";
+}
+
+/// <summary>The pages (by index into the head's table) and rows one head reads in one step.</summary>
+public sealed class PageSelection
+{
+    int[] indices = new int[64];
+    ulong[] masks = new ulong[64];
+
+    public int Count { get; private set; }
+    public ReadOnlySpan<int> Indices => indices.AsSpan(0, Count);
+    public ReadOnlySpan<ulong> Masks => masks.AsSpan(0, Count);
+    /// <summary>True when the last <see cref="AddAll"/> selected the whole table.</summary>
+    public bool IsAll { get; private set; }
+
+    public void Clear()
+    {
+        Count = 0;
+        IsAll = false;
+    }
+
+    /// <summary>Selects rows <paramref name="mask"/> of table page <paramref name="index"/> (all rows by default).</summary>
+    public void Add(int index, ulong mask = KvPageView.AllRows)
+    {
+        if (Count == indices.Length)
+        {
+            Array.Resize(ref indices, Count * 2);
+            Array.Resize(ref masks, Count * 2);
+        }
+        indices[Count] = index;
+        masks[Count++] = mask;
+    }
+
+    public void AddRange(int start, int end)
+    {
+        for (int i = start; i < end; i++) Add(i);
+    }
+
+    public void AddAll(int pageCount)
+    {
+        Clear();
+        AddRange(0, pageCount);
+        IsAll = true;
+    }
+
+    /// <summary>
+    /// Selects the rows holding <paramref name="sortedPositions"/> (ascending; positions not in the table are
+    /// ignored): one binary search over the pages per position.
+    /// </summary>
+    public void AddPositions(PagedKvStore store, PageTable table, ReadOnlySpan<int> sortedPositions)
+    {
+        int index = 0, row = 0;
+        ulong mask = 0;
+        int current = -1;
+        foreach (int position in sortedPositions)
+        {
+            // Advance to the page holding the position: pages ascend, so search only forward.
+            if (current < 0 || position > store.LastPosition(table[current]))
+            {
+                if (current >= 0 && mask != 0) Add(current, mask);
+                mask = 0;
+                int lo = current + 1, hi = table.Count - 1;
+                while (lo < hi)
+                {
+                    int mid = (lo + hi) / 2;
+                    if (store.LastPosition(table[mid]) < position) lo = mid + 1; else hi = mid;
+                }
+                if (lo >= table.Count) { current = -1; break; }
+                current = lo;
+                row = 0;
+            }
+            var rows = store.Positions(table[current]);
+            while (row < rows.Length && rows[row] < position) row++;
+            if (row < rows.Length && rows[row] == position) mask |= 1UL << row;
+            index++;
+        }
+        if (current >= 0 && mask != 0) Add(current, mask);
+    }
+
+    /// <summary>Sorts by table index and merges duplicates (OR of masks), as the attention kernel needs.</summary>
+    public void Normalize()
+    {
+        if (IsAll || Count < 2) return;
+        Array.Sort(indices, masks, 0, Count);
+        int write = 0;
+        for (int i = 0; i < Count; i++)
+        {
+            if (write > 0 && indices[write - 1] == indices[i]) masks[write - 1] |= masks[i];
+            else { indices[write] = indices[i]; masks[write] = masks[i]; write++; }
+        }
+        Count = write;
+    }
+}
+
+/// <summary>A reducer at ingest composed with a retriever at query time: appends go through both, selection is the retriever's.</summary>
+public sealed class ComposedPolicy(KvPolicy reducer, KvPolicy retriever) : KvPolicy
+{
+    public KvPolicy Reducer { get; } = reducer;
+    public KvPolicy Retriever { get; } = retriever;
+    public override string Name => Reducer.Name + "+" + Retriever.Name;
+
+    public override void Attach(PagedKvStore store)
+    {
+        base.Attach(store);
+        Reducer.Attach(store);
+        Retriever.Attach(store);
+    }
+
+    public override void OnAppended(in KvStep step)
+    {
+        Reducer.OnAppended(step);
+        Retriever.OnAppended(step);
+    }
+
+    public override void Select(in KvStep step, PageSelection selection) => Retriever.Select(step, selection);
+}

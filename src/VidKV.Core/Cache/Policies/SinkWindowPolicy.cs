@@ -1,0 +1,32 @@
+namespace VidKV.Cache;
+
+/// <summary>
+/// StreamingLLM (Xiao et al., "Efficient Streaming Language Models with Attention Sinks", 2023): keep the first
+/// <see cref="Sinks"/> tokens and the most recent <see cref="Window"/>, evict the rest at append. The floor every
+/// retriever must beat, and the control for "sinks matter". Kept count is exactly min(tokens, sinks + window).
+/// </summary>
+public sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
+{
+    public int Sinks { get; } = sinks >= 0 ? sinks : throw new ArgumentOutOfRangeException(nameof(sinks));
+    public int Window { get; } = window >= 1 ? window : throw new ArgumentOutOfRangeException(nameof(window));
+    public override string Name => $"sinkwindow:sinks={Sinks},window={Window}";
+
+    public override void OnAppended(in KvStep step)
+    {
+        var table = step.Table;
+        int excess = table.TokenCount - Sinks - Window, skip = Sinks, index = 0;
+        while (excess > 0 && index < table.Count)
+        {
+            int page = table[index], n = Store.Count(page);
+            if (skip >= n) { skip -= n; index++; continue; }
+            int remove = Math.Min(excess, n - skip);
+            excess -= remove;
+            if (skip == 0 && remove == n) { Store.RemovePage(step.Layer, step.Head, index); continue; }
+            if (!Store.IsHot(page) && !Store.Recall(page)) throw new InvalidOperationException("no hot frame free to trim a cold page");
+            ulong mask = (remove == 64 ? ulong.MaxValue : (1UL << remove) - 1) << skip;
+            Store.RemoveRows(step.Layer, step.Head, index, mask);
+            skip = 0;
+            index++;
+        }
+    }
+}
