@@ -20,7 +20,10 @@ public sealed class ColdTier : IDisposable
         SlotBytes = slotBytes;
         try
         {
-            file = File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
+            // A device (such as /dev/full in tests) is used as it is; a regular file is created and deleted on close.
+            bool device = File.Exists(path) && (File.GetAttributes(path) & FileAttributes.Device) != 0 || path.StartsWith("/dev/", StringComparison.Ordinal);
+            file = device ? File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite)
+                : File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -55,6 +55,7 @@ public static class KvPolicies
         }
         catch (ArgumentOutOfRangeException e)
         {
+            options.EnsureAllUsed();
             throw new KvConfigException($"policy '{name}': {e.Message.Split(" (Parameter")[0]}");
         }
         options.EnsureAllUsed();
@@ -78,6 +79,7 @@ public static class KvPolicies
         readonly string policy;
         readonly Dictionary<string, string> values = [];
         readonly HashSet<string> used = [];
+        string? missing;
 
         public Options(string policy, string text)
         {
@@ -94,7 +96,11 @@ public static class KvPolicies
         {
             used.Add(name);
             if (!values.TryGetValue(name, out var text))
-                return fallback ?? throw new KvConfigException($"policy '{policy}': option '{name}' is required (or give --budget)");
+            {
+                if (fallback is int f) return f;
+                missing ??= name; // reported after unknown options, which are the likelier mistake
+                return 1;
+            }
             return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) ? value
                 : throw new KvConfigException($"policy '{policy}': option '{name}': '{text}' is not an integer");
         }
@@ -111,6 +117,7 @@ public static class KvPolicies
         {
             foreach (var name in values.Keys)
                 if (!used.Contains(name)) throw new KvConfigException($"policy '{policy}': unknown option '{name}' (value '{values[name]}')");
+            if (missing != null) throw new KvConfigException($"policy '{policy}': option '{missing}' is required (or give --budget)");
         }
     }
 }

@@ -3,6 +3,9 @@ using VidKV.Tensors;
 
 namespace VidKV.Cache;
 
+/// <summary>Sees one (layer, KV head) step: its queries and the rows attention read.</summary>
+public delegate void KvObserver(in KvStep step, ReadOnlySpan<KvPageView> read);
+
 /// <summary>
 /// A decoder's KV cache over a <see cref="PagedKvStore"/> (mechanism) run by a <see cref="KvPolicyMap"/> (policy):
 /// append stores the batch in pages; attend asks each (layer, KV head)'s policy which pages and rows to read, brings
@@ -42,8 +45,8 @@ public sealed unsafe class PagedKvCache : KvCache
     /// <summary>Bytes brought back from the cold tier, summed over all steps.</summary>
     public long RecalledBytes { get; private set; }
 
-    /// <summary>Called after every (layer, KV head) attention with what was read, for evaluation tools.</summary>
-    public Action<int, int, ReadOnlySpan<KvPageView>>? Observer { get; set; }
+    /// <summary>Called after every (layer, KV head) attention with the group's queries and what was read, for evaluation tools.</summary>
+    public KvObserver? Observer { get; set; }
 
     public override bool Reserve(int endPosition) => endPosition <= ContextLength;
 
@@ -98,7 +101,11 @@ public sealed unsafe class PagedKvCache : KvCache
         headStart[kvHeads] = v;
         Attention.Paged(queries, count, position, headCount, kvHeads, d, scale, views.AsSpan(0, v), headStart, store.KeyType, store.ValueType, destination);
         if (Observer != null)
-            for (int g = 0; g < kvHeads; g++) Observer(layer, g, views.AsSpan(headStart[g], headStart[g + 1] - headStart[g]));
+            for (int g = 0; g < kvHeads; g++)
+            {
+                var step = MakeStep(layer, g, queries, position, count, group, headCount, scale);
+                Observer(step, views.AsSpan(headStart[g], headStart[g + 1] - headStart[g]));
+            }
 
         // Pages recalled only for this step go back to the cold tier (their clean copy is still there: nothing is written).
         foreach (int page in recalled) if (store.IsHot(page)) store.MoveCold(page);

@@ -1,0 +1,343 @@
+using VidKV.Cache;
+using VidKV.Models;
+using VidKV.Tensors;
+
+namespace VidKV.Tests;
+
+/// <summary>The paged KV store and every policy, on the real stories260K model (5 layers, 4 KV heads, head dim 8).</summary>
+public class KvCacheTests
+{
+    static DecoderModel Stories() => ModelLoader.Load(TestData.Model("stories260K"));
+
+    static int[] StoryTokens(DecoderModel model, int count)
+    {
+        var tokens = model.Tokenizer.Encode(File.ReadAllText(TestData.File_("text/story_eval.txt")), addSpecial: true, parseSpecial: false);
+        Assert.True(tokens.Count >= count, $"story_eval.txt has {tokens.Count} tokens, the test needs {count}");
+        return tokens.Take(count).ToArray();
+    }
+
+    static PagedKvCache Paged(DecoderModel model, string spec, int pageSize = 16, GgmlType type = GgmlType.F32, int? budget = null) =>
+        new KvCacheConfig { Default = spec, PageSize = pageSize, Type = type, Budget = budget }
+            .CreateCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim);
+
+    /// <summary>Runs a prefill batch then decodes the rest one token at a time; returns every step's last logits.</summary>
+    static float[][] Run(DecoderModel model, KvCache cache, int[] tokens, int prefill, Action<int>? afterStep = null)
+    {
+        using var state = model.CreateState(cache);
+        int vocab = model.Config.VocabSize;
+        var result = new List<float[]>();
+        var logits = new float[vocab];
+        model.Forward(state, tokens.AsSpan(0, prefill), logits);
+        result.Add((float[])logits.Clone());
+        afterStep?.Invoke(prefill);
+        for (int i = prefill; i < tokens.Length; i++)
+        {
+            model.Forward(state, tokens.AsSpan(i, 1), logits);
+            result.Add((float[])logits.Clone());
+            afterStep?.Invoke(i + 1);
+        }
+        return [.. result];
+    }
+
+    [Theory]
+    [InlineData(16, GgmlType.F32)]
+    [InlineData(32, GgmlType.F16)]
+    [InlineData(64, GgmlType.F16)]
+    public void PagedFullIsBitwiseTheContiguousCache(int pageSize, GgmlType type)
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 300);
+        var want = Run(model, new ContiguousKvCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim, 512, type, type), tokens, 200);
+        var got = Run(model, Paged(model, "full", pageSize, type), tokens, 200);
+        for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"step {i}: logits differ");
+    }
+
+    public static TheoryData<string> Specs => new()
+    {
+        "sinkwindow", "quest", "lserve", "freekv", "freekv:tau=1", "clusterkv", "sinkwindow:window=150+quest", "sinkwindow:window=150+freekv",
+    };
+
+    /// <summary>With a budget at least the context, every policy reads everything: logits identical to Full.</summary>
+    [Theory]
+    [MemberData(nameof(Specs))]
+    public void BudgetCoveringTheContextIsFull(string spec)
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 180);
+        var want = Run(model, Paged(model, "full"), tokens, 100);
+        var got = Run(model, Paged(model, spec.Replace("window=150", "window=500"), budget: 512), tokens, 100);
+        for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"{spec} step {i}: logits differ from full");
+    }
+
+    /// <summary>
+    /// At a small budget, every step of every (layer, head): the step's own token is read; only stored tokens are read;
+    /// an evicted token never comes back; sinks are read; and the kept or read counts are exactly what the policy says.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Specs))]
+    public void PolicyInvariantsHoldEveryStep(string spec)
+    {
+        const int budget = 64;
+        using var model = Stories();
+        var tokens = StoryTokens(model, 260);
+        using var cache = Paged(model, spec, budget: budget);
+        var store = cache.Store;
+        int heads = model.Config.LayerCount * model.Config.KvHeadCount;
+        var everStored = Enumerable.Range(0, heads).Select(_ => new HashSet<int>()).ToArray();
+        var evicted = Enumerable.Range(0, heads).Select(_ => new HashSet<int>()).ToArray();
+        var policy = cache.Policies[0, 0];
+        var reducer = (policy as ComposedPolicy)?.Reducer as SinkWindowPolicy ?? policy as SinkWindowPolicy;
+        var retriever = policy is ComposedPolicy c ? c.Retriever : policy;
+        int checkedSteps = 0;
+
+        cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
+        {
+            var stored = StoredPositions(store, step.Table);
+            var selected = SelectedPositions(read);
+            string where = $"{spec} layer {step.Layer} head {step.Head} position {step.Position}";
+            Assert.Contains(step.Position + step.Count - 1, selected);
+            Assert.True(selected.IsSubsetOf(stored), $"{where}: read a token that is not stored");
+            Assert.Equal(selected.Count, SelectedCount(read));
+            int tokensStored = stored.Count;
+            switch (retriever)
+            {
+                case ClusterKvPolicy cluster:
+                    Assert.Equal(Math.Min(tokensStored, cluster.Budget), selected.Count);
+                    if (tokensStored > cluster.Budget) Assert.True(FirstStored(stored, cluster.Sinks).IsSubsetOf(selected), $"{where}: sinks not read");
+                    break;
+                case QuestPolicy quest when tokensStored > quest.Budget:
+                    int k = Math.Max(3, quest.Budget / store.PageSize) - 1;
+                    Assert.InRange(read.Length, Math.Min(step.Table.Count, k + 1), Math.Min(step.Table.Count, k + 1 + (quest.Reuse - 1)));
+                    break;
+                case FreeKvPolicy free when tokensStored > free.Budget:
+                    Assert.True(FirstStored(stored, free.Sinks).IsSubsetOf(selected), $"{where}: sinks not read");
+                    Assert.True(stored.Order().TakeLast(free.Recent).ToHashSet().IsSubsetOf(selected), $"{where}: recent tokens not read");
+                    Assert.InRange(selected.Count, 1, free.Budget + 2 * store.PageSize);
+                    break;
+                case FullPolicy or SinkWindowPolicy or QuestPolicy or FreeKvPolicy:
+                    Assert.Equal(tokensStored, selected.Count);
+                    break;
+            }
+            checkedSteps++;
+        };
+        Run(model, cache, tokens, 16, position =>
+        {
+            for (int l = 0; l < model.Config.LayerCount; l++)
+                for (int h = 0; h < model.Config.KvHeadCount; h++)
+                {
+                    int i = l * model.Config.KvHeadCount + h;
+                    var stored = StoredPositions(store, store.Table(l, h));
+                    Assert.False(stored.Overlaps(evicted[i]), $"{spec} layer {l} head {h}: an evicted token came back");
+                    evicted[i].UnionWith(everStored[i].Except(stored));
+                    everStored[i].UnionWith(stored);
+                    Assert.Equal(store.Table(l, h).TokenCount, stored.Count);
+                    if (reducer != null)
+                    {
+                        Assert.Equal(Math.Min(position, reducer.Sinks + reducer.Window), stored.Count);
+                        Assert.True(Enumerable.Range(0, reducer.Sinks).All(stored.Contains), $"{spec}: a sink was evicted");
+                    }
+                    else Assert.Equal(position, stored.Count);
+                }
+        });
+        Assert.Equal(245 * heads, checkedSteps);
+    }
+
+    static HashSet<int> FirstStored(HashSet<int> stored, int count) => stored.Order().Take(count).ToHashSet();
+
+    static HashSet<int> StoredPositions(PagedKvStore store, PageTable table)
+    {
+        var set = new HashSet<int>();
+        foreach (int page in table.Pages) foreach (int p in store.Positions(page)) Assert.True(set.Add(p), $"position {p} stored twice");
+        return set;
+    }
+
+    static unsafe HashSet<int> SelectedPositions(ReadOnlySpan<KvPageView> read)
+    {
+        var set = new HashSet<int>();
+        foreach (var view in read)
+            for (int j = 0; j < view.Count; j++)
+                if (view.Mask == KvPageView.AllRows || (view.Mask >> j & 1) != 0) set.Add(view.Positions[j]);
+        return set;
+    }
+
+    static int SelectedCount(ReadOnlySpan<KvPageView> read)
+    {
+        int n = 0;
+        foreach (var view in read) n += view.Mask == KvPageView.AllRows ? view.Count : System.Numerics.BitOperations.PopCount(view.Mask);
+        return n;
+    }
+
+    /// <summary>Quest's page bound is never below the true max q·k over the stored (rounded) keys of its page.</summary>
+    [Theory]
+    [InlineData(16, GgmlType.F16)]
+    [InlineData(32, GgmlType.Q8_0)]
+    [InlineData(64, GgmlType.F32)]
+    public void QuestBoundIsNeverBelowTheTrueMax(int pageSize, GgmlType type)
+    {
+        const int d = 64, tokens = 1000;
+        var rng = new Random(pageSize);
+        using var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = pageSize, KeyType = type, ValueType = type });
+        var k = new float[d];
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int i = 0; i < d; i++) k[i] = (float)(rng.NextDouble() * 4 - 2 + (i % 7 == 0 ? 3 : 0));
+            Assert.True(store.Append(0, t * 2, 1, k, k));
+        }
+        var q = new float[d];
+        var key = new float[d];
+        for (int trial = 0; trial < 50; trial++)
+        {
+            for (int i = 0; i < d; i++) q[i] = (float)(rng.NextDouble() * 2 - 1);
+            foreach (int page in store.Table(0, 0).Pages)
+            {
+                float max = float.NegativeInfinity;
+                for (int j = 0; j < store.Count(page); j++)
+                {
+                    store.ReadKey(page, j, key);
+                    max = MathF.Max(max, (float)Enumerable.Range(0, d).Sum(i => (double)q[i] * key[i]));
+                }
+                float bound = PageScoring.QuestBound(store, page, q);
+                Assert.True(bound >= max - 1e-4f * MathF.Abs(max), $"page {page}: bound {bound} < true max {max}");
+            }
+        }
+    }
+
+    /// <summary>FreeKV with τ = 1 reads exactly the pages an exact selection with the current query reads (recomputed here from the stored keys).</summary>
+    [Fact]
+    public void FreeKvWithTauOneIsExactSelection()
+    {
+        const int budget = 64;
+        using var model = Stories();
+        var tokens = StoryTokens(model, 200);
+        using var cache = Paged(model, "freekv:tau=1", budget: budget);
+        var store = cache.Store;
+        var policy = (FreeKvPolicy)cache.Policies[0, 0];
+        int compared = 0;
+        cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
+        {
+            if (step.Table.TokenCount <= budget) return;
+            var table = step.Table;
+            int d = store.HeadDim, pages = table.Count;
+            int sinkEnd = 0, seen = 0;
+            while (seen < policy.Sinks) seen += store.Count(table[sinkEnd++]);
+            int recentStart = pages - 1;
+            seen = store.Count(table[recentStart]);
+            while (recentStart > sinkEnd && seen < policy.Recent) seen += store.Count(table[--recentStart]);
+            // Scalar centre ± radius digest from the keys, scores softmaxed per query head and averaged.
+            var candidates = Enumerable.Range(sinkEnd, recentStart - sinkEnd).ToArray();
+            var average = new double[candidates.Length];
+            var queries = step.LastQueries.ToArray();
+            float scale = step.Scale;
+            for (int h = 0; h < step.Group; h++)
+            {
+                var raw = candidates.Select(index =>
+                {
+                    int page = table[index], n = store.Count(page);
+                    var keys = new float[n * d];
+                    store.ReadKeys(page, keys);
+                    double s = 0;
+                    for (int i = 0; i < d; i++)
+                    {
+                        var column = Enumerable.Range(0, n).Select(j => keys[j * d + i]).ToArray();
+                        double c = (column.Min() + column.Max()) / 2.0, r = column.Average(x => Math.Abs(x - c));
+                        double qi = queries[h * d + i];
+                        s += Math.Max(qi * (c - r), qi * (c + r));
+                    }
+                    return s * scale;
+                }).ToArray();
+                double max = raw.Max(), sum = raw.Sum(x => Math.Exp(x - max));
+                for (int i = 0; i < raw.Length; i++) average[i] += Math.Exp(raw[i] - max) / sum / step.Group;
+            }
+            int k = (budget - policy.Sinks - policy.Recent) / store.PageSize;
+            var want = Enumerable.Range(0, sinkEnd).Concat(Enumerable.Range(recentStart, pages - recentStart))
+                .Concat(candidates.Select((index, i) => (index, score: average[i])).OrderByDescending(x => x.score).Take(k).Select(x => x.index)).Order().ToArray();
+            var got = new List<int>();
+            foreach (var view in read)
+                unsafe { got.Add(IndexOfPage(store, table, view.Positions[0])); }
+            Assert.Equal(want, got.ToArray());
+            compared++;
+        };
+        Run(model, cache, tokens, 8);
+        Assert.True(compared > 100 * model.Config.LayerCount * model.Config.KvHeadCount, $"only {compared} selections compared");
+        Assert.Equal(0, policy.Reused);
+    }
+
+    static int IndexOfPage(PagedKvStore store, PageTable table, int firstPosition)
+    {
+        for (int i = 0; i < table.Count; i++) if (store.FirstPosition(table[i]) == firstPosition) return i;
+        return -1;
+    }
+
+    [Theory]
+    [InlineData("{\"default\": \"qest\"}", "unknown policy")]
+    [InlineData("{\"default\": \"quest:budget=abc\"}", "option 'budget': 'abc' is not an integer")]
+    [InlineData("{\"default\": \"quest:bugdet=12\"}", "unknown option 'bugdet'")]
+    [InlineData("{\"default\": \"quest\"}", "option 'budget' is required")]
+    [InlineData("{\"page_size\": 20}", "field 'page_size': 20")]
+    [InlineData("{\"type\": \"q4_0\"}", "field 'type': 'q4_0'")]
+    [InlineData("{\"layers\": {\"2-x\": \"full\"}}", "field 'layers': key '2-x'")]
+    [InlineData("{\"heads\": {\"9.0\": \"full\"}}", "9.0 is past the model")]
+    [InlineData("{\"budget\": \"big\"}", "field 'budget': \"big\" is not an integer")]
+    [InlineData("{\"colour\": 1}", "unknown field 'colour'")]
+    [InlineData("{\"default\": \"freekv:budget=64,tau=2\"}", "tau must be in [0, 1], not 2")]
+    public void BadConfigNamesTheFieldAndValue(string json, string expected)
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => KvCacheConfig.Parse(json, "test.json").BuildPolicies(5, 4));
+        Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>Per-layer and per-head overrides land where the config says.</summary>
+    [Fact]
+    public void ConfigAssignsPoliciesPerLayerAndHead()
+    {
+        var map = KvCacheConfig.Parse("{\"budget\": 64, \"default\": \"quest\", \"layers\": {\"0-1\": \"full\"}, \"heads\": {\"3.2\": \"sinkwindow+freekv\"}}").BuildPolicies(5, 4);
+        Assert.IsType<FullPolicy>(map[0, 3]);
+        Assert.IsType<FullPolicy>(map[1, 0]);
+        Assert.IsType<QuestPolicy>(map[2, 0]);
+        var composed = Assert.IsType<ComposedPolicy>(map[3, 2]);
+        Assert.IsType<SinkWindowPolicy>(composed.Reducer);
+        Assert.Equal(60, ((SinkWindowPolicy)composed.Reducer).Window);
+        Assert.IsType<QuestPolicy>(map[3, 1]);
+    }
+
+    /// <summary>Pages moved to the cold file and recalled come back bit for bit; a failing cold write keeps the page hot.</summary>
+    [Fact]
+    public void ColdTierRoundTripsAndAFullDiskKeepsPagesHot()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
+        var rng = new Random(3);
+        var k = new float[2 * 32];
+        using (var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 2, HeadDim = 32, PageSize = 16, ColdPath = path }))
+        {
+            for (int t = 0; t < 50; t++)
+            {
+                for (int i = 0; i < k.Length; i++) k[i] = (float)rng.NextDouble();
+                store.Append(0, t, 1, k, k);
+            }
+            var table = store.Table(0, 1);
+            var before = new float[store.Count(table[1]) * 32];
+            store.ReadKeys(table[1], before);
+            store.MoveCold(table[1]);
+            Assert.False(store.IsHot(table[1]));
+            Assert.Equal(store.FrameBytes, store.ColdBytes);
+            Assert.True(store.Recall(table[1]));
+            var after = new float[before.Length];
+            store.ReadKeys(table[1], after);
+            Assert.Equal(before, after);
+        }
+        Assert.False(File.Exists(path), "the cold file outlived its store");
+
+        var missing = Assert.Throws<IOException>(() => new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = 32, ColdPath = "/nonexistent-dir/cold.bin" }));
+        Assert.Contains("/nonexistent-dir/cold.bin", missing.Message);
+
+        using var full = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = 32, PageSize = 16, ColdPath = "/dev/full" });
+        for (int t = 0; t < 20; t++) full.Append(0, t, 1, k, k);
+        int page = full.Table(0, 0)[0];
+        var e = Assert.Throws<IOException>(() => full.MoveCold(page));
+        Assert.Contains("/dev/full", e.Message);
+        Assert.True(full.IsHot(page));
+        var row = new float[32];
+        full.ReadKey(page, 3, row);
+        Assert.Equal((float)(Half)k[0], row[0]);
+    }
+}
