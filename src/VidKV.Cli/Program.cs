@@ -14,6 +14,7 @@ namespace VidKV.Cli
             PerplexityCommand.Create(),
             TokenizeCommand.Create(),
             ModelCommands.Create(),
+            KvCommands.Create(),
             BenchCommand.Create(),
         };
     }

@@ -340,4 +340,29 @@ public class KvCacheTests
         full.ReadKey(page, 3, row);
         Assert.Equal((float)(Half)k[0], row[0]);
     }
+
+    /// <summary>
+    /// Fidelity on the real model (stories260K, story_eval.txt, -c 512, budget 128, every step decoded under the
+    /// policy): Quest, ClusterKV and FreeKV stay within 5% of Full's perplexity; SinkWindow, the floor, is evaluated
+    /// alongside and the retrievers must not be worse than it by more than noise.
+    /// </summary>
+    [Fact]
+    public void RetrieversStayWithinFivePercentOfFullOnStories()
+    {
+        using var model = Stories();
+        string text = File.ReadAllText(TestData.File_("text/story_eval.txt"));
+        var rows = Engine.KvEvaluation.Run(model, text, 512, ["sinkwindow", "quest", "clusterkv", "freekv"], [128], maxChunks: 2, attentionMetrics: false);
+        var full = rows.Single(r => r.Policy == "full");
+        Assert.Equal(1.0, full.PerplexityRatio, 12);
+        Assert.Equal(1.0, full.Top1Agreement);
+        foreach (var name in new[] { "quest", "clusterkv", "freekv" })
+        {
+            var row = rows.Single(r => r.Policy == name);
+            Assert.True(row.PerplexityRatio <= 1.05, $"{name}: perplexity {row.Perplexity:F4} is {row.PerplexityRatio:F4}× full {full.Perplexity:F4}");
+            Assert.True(row.BytesPerStep < 0.5 * full.BytesPerStep, $"{name} read {row.BytesPerStep} bytes per step, full {full.BytesPerStep}");
+        }
+        var floor = rows.Single(r => r.Policy == "sinkwindow");
+        Assert.Equal(128, floor.KeptTokensPerHead);
+        Assert.True(floor.PerplexityRatio > 1.0, "evicting all but 128 tokens should cost something");
+    }
 }

@@ -1,0 +1,63 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using VidKV.Cache;
+using VidKV.Engine;
+using VidKV.Models;
+
+namespace VidKV.Cli;
+
+/// <summary><c>vidkv kv</c>: tools for the paged KV cache and its policies.</summary>
+static class KvCommands
+{
+    public static Command Create()
+    {
+        var command = new Command("kv", "Paged KV cache policies: evaluate them against the full cache.");
+        command.Subcommands.Add(Eval());
+        return command;
+    }
+
+    static Command Eval()
+    {
+        var model = CommonOptions.Model(required: true);
+        var file = new Option<string>("--file", "-f") { Description = "Text to decode (e.g. story_eval.txt).", Required = true };
+        var context = CommonOptions.ContextSize(512);
+        var policy = new Option<string[]>("--policy") { Description = "Policy spec, repeatable: " + string.Join(", ", KvPolicies.Known.Select(k => k.Name)) + " (name:option=value,…; reducer+retriever composes).", Required = true, AllowMultipleArgumentsPerToken = true };
+        var budget = new Option<int[]>("--budget") { Description = "Token budget per KV head, repeatable (e.g. --budget 64 128).", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [128] };
+        var pageSize = new Option<int>("--page-size") { Description = "Tokens per page: 16, 32 or 64.", DefaultValueFactory = _ => 16 };
+        var chunks = new Option<int>("--chunks") { Description = "Chunks of the text to evaluate (0 = all).", DefaultValueFactory = _ => 0 };
+        var output = new Option<string>("--output", "-o") { Description = "Output format: md or json.", DefaultValueFactory = _ => "md" };
+        output.AcceptOnlyFromAmong("md", "json");
+        var threads = CommonOptions.Threads();
+        var cache = CommonOptions.CacheType("--cache-type", "-ct", "keys and values");
+
+        var command = new Command("eval", "Decode a text token by token under each policy × budget in lockstep with the full cache, and report perplexity, KL, top-1 agreement, attention recall, output error and KV bytes read per step.")
+            .With(model, file, context, policy, budget, pageSize, chunks, output, threads, cache);
+        command.SetAction(r =>
+        {
+            Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
+            using var m = ModelLoader.Load(r.GetValue(model)!);
+            string text = File.ReadAllText(r.GetValue(file)!);
+            int ctx = r.GetValue(context) is > 0 and var c ? c : m.Config.ContextLength;
+            var rows = KvEvaluation.Run(m, text, ctx, r.GetValue(policy)!, r.GetValue(budget)!, r.GetValue(pageSize),
+                CommonOptions.ParseCacheType(r.GetValue(cache)!), r.GetValue(chunks), what => Console.Error.WriteLine($"  evaluating {what}"));
+            if (r.GetValue(output) == "json")
+            {
+                Console.WriteLine(JsonSerializer.Serialize(rows.Select(x => new
+                {
+                    model = Path.GetFileName(r.GetValue(model)), n_ctx = ctx, policy = x.Policy, budget = x.Budget, steps = x.Steps, ppl = x.Perplexity,
+                    ppl_ratio = x.PerplexityRatio, kl = x.KlDivergence, top1_agreement = x.Top1Agreement, recall_mean = x.RecallMean,
+                    recall_p5 = x.RecallP5, output_error_mean = x.OutputErrorMean, kv_bytes_per_step = x.BytesPerStep, kept_tokens_per_head = x.KeptTokensPerHead,
+                })));
+                return 0;
+            }
+            Console.WriteLine("| policy | budget | ppl | ppl / full | KL | top-1 agree | recall mean | recall p5 | out err | KV bytes/step | kept/head |");
+            Console.WriteLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            foreach (var x in rows)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {x.Policy} | {(x.Budget is int b ? b.ToString(CultureInfo.InvariantCulture) : "-")} | {x.Perplexity:F4} | {x.PerplexityRatio:F4} | {x.KlDivergence:F5} | {x.Top1Agreement:P1} | {x.RecallMean:F4} | {x.RecallP5:F4} | {x.OutputErrorMean:F4} | {x.BytesPerStep:N0} | {x.KeptTokensPerHead:F0} |"));
+            return 0;
+        });
+        return command;
+    }
+}

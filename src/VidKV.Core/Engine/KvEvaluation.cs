@@ -1,0 +1,183 @@
+using VidKV.Cache;
+using VidKV.Models;
+using VidKV.Tensors;
+
+namespace VidKV.Engine;
+
+/// <summary>One row of <see cref="KvEvaluation"/>: a policy at a budget against the full cache.</summary>
+public sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, double Perplexity, double PerplexityRatio, double KlDivergence,
+    double Top1Agreement, double RecallMean, double RecallP5, double OutputErrorMean, double BytesPerStep, double KeptTokensPerHead);
+
+/// <summary>
+/// Judges KV policies against the full cache on a text (ALGORITHMS.md, "How to judge a policy"). Each chunk of
+/// <c>contextLength</c> tokens is decoded one token at a time (teacher forcing, BOS first), so every step runs
+/// under the policy, in lockstep with a Full run. Over the second half of each chunk (llama-perplexity's scored
+/// half): perplexity, KL(full ‖ policy) and top-1 agreement of the next-token distributions; per layer, KV head, query
+/// head and step, the attention recall R(S) = Σ_{i∈S} p_i of the rows the policy read, with p the softmax of the
+/// policy's query over the full run's keys, and the relative output error ‖o_S − o‖/‖o‖ with o_S the same attention
+/// renormalised over S (skipped when <c>attentionMetrics</c> is false); and KV bytes read per step.
+/// </summary>
+public static class KvEvaluation
+{
+    public static List<KvEvaluationRow> Run(DecoderModel model, string text, int contextLength, IReadOnlyList<string> policies,
+        IReadOnlyList<int> budgets, int pageSize = 16, GgmlType type = GgmlType.F16, int maxChunks = 0, Action<string>? progress = null, bool attentionMetrics = true)
+    {
+        if (contextLength < 4) throw new ArgumentOutOfRangeException(nameof(contextLength), "context length must be at least 4");
+        if (text.EndsWith('\n')) text = text[..^1];
+        var tokens = model.Tokenizer.Encode(text, addSpecial: true, parseSpecial: false);
+        int chunks = tokens.Count / contextLength;
+        if (chunks == 0) throw new ArgumentException($"the text has {tokens.Count} tokens; -c {contextLength} needs at least {contextLength}");
+        if (maxChunks > 0) chunks = Math.Min(chunks, maxChunks);
+        var config = new KvCacheConfig { PageSize = pageSize, Type = type };
+        // Parse every spec before any work, so a typo fails at once.
+        foreach (var spec in policies) foreach (int b in budgets) config.with(spec, b).BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount);
+
+        var rows = new List<KvEvaluationRow>();
+        var runs = new List<(string Spec, int? Budget)> { ("full", null) };
+        foreach (var spec in policies.Where(p => p != "full")) foreach (int b in budgets) runs.Add((spec, b));
+        double fullNll = 0;
+        foreach (var (spec, budget) in runs)
+        {
+            progress?.Invoke(budget is int bb ? $"{spec} at budget {bb}" : spec);
+            var stats = new Stats();
+            for (int c = 0; c < chunks; c++)
+            {
+                var chunk = tokens.Skip(c * contextLength).Take(contextLength).ToArray();
+                if (model.Vocabulary.AddBos && model.Vocabulary.BosId >= 0) chunk[0] = model.Vocabulary.BosId;
+                RunChunk(model, config.with(spec, budget), chunk, stats, attentionMetrics);
+            }
+            double nll = stats.Nll / stats.Scored;
+            if (budget == null) fullNll = nll;
+            rows.Add(new KvEvaluationRow(budget == null ? "full" : spec, budget, (int)stats.Scored, Math.Exp(nll), Math.Exp(nll - fullNll),
+                stats.Kl / stats.Scored, stats.Agree / (double)stats.Scored, stats.Recall.Count > 0 ? stats.Recall.Average() : 1,
+                Percentile(stats.Recall, 0.05), stats.Error.Count > 0 ? stats.Error.Average() : 0, stats.Bytes / (double)stats.Steps, stats.Kept / stats.KeptSamples));
+        }
+        return rows;
+    }
+
+    static KvCacheConfig with(this KvCacheConfig config, string spec, int? budget) => config with { Default = spec, Budget = budget };
+
+    sealed class Stats
+    {
+        public double Nll, Kl, Kept;
+        public long Scored, Agree, Steps, KeptSamples;
+        public double Bytes;
+        public readonly List<double> Recall = [], Error = [];
+    }
+
+    static void RunChunk(DecoderModel model, KvCacheConfig config, int[] chunk, Stats stats, bool attentionMetrics)
+    {
+        var c = model.Config;
+        using var full = model.CreateState(new KvCacheConfig { PageSize = config.PageSize, Type = config.Type }.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim));
+        var cache = config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim);
+        using var state = model.CreateState(cache);
+        var fullStore = ((PagedKvCache)full.Cache).Store;
+        int vocab = c.VocabSize, first = chunk.Length / 2, d = c.HeadDim;
+        var fullLogits = new float[vocab];
+        var logits = new float[vocab];
+        bool scoring = false;
+        var keys = new float[fullStore.PageSize * d];
+        var values = new float[fullStore.PageSize * d];
+        cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
+        {
+            if (!scoring || !attentionMetrics) return;
+            var selected = new HashSet<int>();
+            unsafe
+            {
+                foreach (var view in read)
+                    for (int j = 0; j < view.Count; j++)
+                        if (view.Mask == KvPageView.AllRows || (view.Mask >> j & 1) != 0) selected.Add(view.Positions[j]);
+            }
+            var table = fullStore.Table(step.Layer, step.Head);
+            int n = table.TokenCount;
+            var scores = new double[n];
+            var inSet = new bool[n];
+            var v = new double[n * d];
+            var q = step.LastQueries;
+            for (int h = 0; h < step.Group; h++)
+            {
+                int i = 0;
+                foreach (int page in table.Pages)
+                {
+                    fullStore.ReadKeys(page, keys);
+                    int count = fullStore.Count(page);
+                    var positions = fullStore.Positions(page);
+                    for (int j = 0; j < count; j++, i++)
+                    {
+                        double s = 0;
+                        for (int e = 0; e < d; e++) s += (double)q[h * d + e] * keys[j * d + e];
+                        scores[i] = s * step.Scale;
+                        inSet[i] = selected.Contains(positions[j]);
+                        if (h == 0)
+                        {
+                            fullStore.ReadValue(page, j, values);
+                            for (int e = 0; e < d; e++) v[i * d + e] = values[e];
+                        }
+                    }
+                }
+                double max = scores.Max(), total = 0, kept = 0;
+                var o = new double[d];
+                var oS = new double[d];
+                for (int j = 0; j < n; j++)
+                {
+                    double p = Math.Exp(scores[j] - max);
+                    total += p;
+                    if (inSet[j]) kept += p;
+                    for (int e = 0; e < d; e++)
+                    {
+                        o[e] += p * v[j * d + e];
+                        if (inSet[j]) oS[e] += p * v[j * d + e];
+                    }
+                }
+                double diff = 0, norm = 0;
+                for (int e = 0; e < d; e++)
+                {
+                    double a = o[e] / total, b = kept > 0 ? oS[e] / kept : 0;
+                    diff += (a - b) * (a - b);
+                    norm += a * a;
+                }
+                stats.Recall.Add(kept / total);
+                stats.Error.Add(norm > 0 ? Math.Sqrt(diff / norm) : 0);
+            }
+        };
+        for (int t = 0; t < chunk.Length - 1; t++)
+        {
+            scoring = t >= first;
+            model.Forward(full, chunk.AsSpan(t, 1), fullLogits);
+            long before = cache.RowBytesRead;
+            model.Forward(state, chunk.AsSpan(t, 1), logits);
+            if (!scoring) continue;
+            stats.Steps++;
+            stats.Bytes += cache.RowBytesRead - before;
+            stats.Nll += Perplexity.NegativeLogLikelihood(logits, chunk[t + 1]);
+            stats.Kl += KlDivergence(fullLogits, logits);
+            if (TensorPrimitivesArgMax(fullLogits) == TensorPrimitivesArgMax(logits)) stats.Agree++;
+            stats.Scored++;
+        }
+        for (int l = 0; l < c.LayerCount; l++)
+            for (int h = 0; h < c.KvHeadCount; h++) { stats.Kept += cache.Store.Table(l, h).TokenCount; stats.KeptSamples++; }
+    }
+
+    static int TensorPrimitivesArgMax(ReadOnlySpan<float> x) => System.Numerics.Tensors.TensorPrimitives.IndexOfMax(x);
+
+    /// <summary>KL(p ‖ q) of the softmaxes of two logit vectors, in f64.</summary>
+    public static double KlDivergence(ReadOnlySpan<float> p, ReadOnlySpan<float> q)
+    {
+        double pMax = System.Numerics.Tensors.TensorPrimitives.Max(p), qMax = System.Numerics.Tensors.TensorPrimitives.Max(q), pSum = 0, qSum = 0;
+        for (int i = 0; i < p.Length; i++) { pSum += Math.Exp(p[i] - pMax); qSum += Math.Exp(q[i] - qMax); }
+        double logP = Math.Log(pSum), logQ = Math.Log(qSum), kl = 0;
+        for (int i = 0; i < p.Length; i++)
+        {
+            double lp = p[i] - pMax - logP, lq = q[i] - qMax - logQ;
+            kl += Math.Exp(lp) * (lp - lq);
+        }
+        return Math.Max(0, kl);
+    }
+
+    static double Percentile(List<double> values, double fraction)
+    {
+        if (values.Count == 0) return 1;
+        var sorted = values.Order().ToArray();
+        return sorted[(int)Math.Floor(fraction * (sorted.Length - 1))];
+    }
+}
