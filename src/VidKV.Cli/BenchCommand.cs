@@ -22,31 +22,48 @@ static class BenchCommand
         var cacheK = CommonOptions.CacheTypeK();
         var cacheV = CommonOptions.CacheTypeV();
 
+        var policy = new Option<string[]>("--policy") { Description = "Paged KV policy spec(s) to compare, repeatable (e.g. full, freekv, quest; 'contiguous' = the plain cache, the default).", AllowMultipleArgumentsPerToken = true };
+        var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policies." };
+        var pageSize = new Option<int>("--page-size") { Description = "Tokens per KV page: 16, 32 or 64.", DefaultValueFactory = _ => 32 };
+        var kvConfig = new Option<string?>("--kv-config") { Description = "JSON file with a paged KV cache config (policies per layer/head); see KvCacheConfig." };
+        var coldDir = new Option<string?>("--cold-dir") { Description = "Folder for the cold-tier file of paged caches (pages policies move out of RAM)." };
+
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
-            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV);
+            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir);
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
             int reps = r.GetValue(repetitions);
             if (reps < 1) throw new ArgumentException("-r must be at least 1");
             bool json = r.GetValue(output) == "json";
+            var caches = new List<Cache.KvCacheConfig?>();
+            int index = 0;
+            string? ColdPath() => r.GetValue(coldDir) is string dir ? Path.Combine(dir, $"vidkv-cold-{Environment.ProcessId}-{index++}.bin") : null;
+            if (r.GetValue(kvConfig) is string configPath) caches.Add(Cache.KvCacheConfig.Load(configPath) is var loaded && r.GetValue(coldDir) != null ? loaded with { ColdPath = ColdPath() } : loaded);
+            foreach (string spec in r.GetValue(policy) ?? [])
+                caches.Add(spec == "contiguous" ? null : new Cache.KvCacheConfig
+                {
+                    Default = spec, Budget = r.GetValue(budget), PageSize = r.GetValue(pageSize), Type = CommonOptions.ParseCacheType(r.GetValue(cacheK)!), ColdPath = ColdPath(),
+                });
+            if (caches.Count == 0) caches.Add(null);
+            foreach (var config in caches) config?.BuildPolicies(1, 1); // a bad spec fails before any model loads
             var results = new List<BenchmarkResult>();
             if (!json)
             {
-                Console.WriteLine("| model | type | test | depth | threads | t/s (mean ± sd) | median | peak RSS |");
-                Console.WriteLine("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
+                Console.WriteLine("| model | type | kv | test | depth | threads | t/s (mean ± sd) | median | hot KV | cold KV | peak RSS |");
+                Console.WriteLine("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
             }
             foreach (string path in r.GetValue(models)!)
             {
                 using var model = ModelLoader.Load(path);
                 foreach (var result in Benchmark.Run(model, Path.GetFileName(path), r.GetValue(prompt), r.GetValue(generate), depths, threadCounts, reps,
                     CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!),
-                    message => Console.Error.WriteLine($"  {message}")))
+                    message => Console.Error.WriteLine($"  {message}"), caches))
                 {
                     results.Add(result);
                     if (!json)
                         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"| {result.Model} | {result.Type} | {result.Test} | {result.Depth} | {result.Threads} | {result.TokensPerSecond:F2} ± {result.TokensPerSecondSd:F2} | {result.TokensPerSecondMedian:F2} | {result.PeakRssBytes / 1048576.0:F0} MiB |"));
+                            $"| {result.Model} | {result.Type} | {result.Policy} | {result.Test} | {result.Depth} | {result.Threads} | {result.TokensPerSecond:F2} ± {result.TokensPerSecondSd:F2} | {result.TokensPerSecondMedian:F2} | {result.HotKvBytes / 1048576.0:F0} MiB | {result.ColdKvBytes / 1048576.0:F0} MiB | {result.PeakRssBytes / 1048576.0:F0} MiB |"));
                 }
             }
             if (json)
@@ -56,6 +73,7 @@ static class BenchCommand
                     model = x.Model, type = x.Type, test = x.Test, depth = x.Depth, threads = x.Threads, repetitions = x.Repetitions,
                     tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, tokens_per_second_median = x.TokensPerSecondMedian,
                     samples = x.Samples, peak_rss_bytes = x.PeakRssBytes, kv_bytes = x.KvBytes,
+                    kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes,
                 }), new JsonSerializerOptions { WriteIndented = true }));
             }
             return 0;

@@ -477,6 +477,9 @@ public sealed unsafe class PagedKvStore : IDisposable
         return true;
     }
 
+    /// <summary>Set when a cold write failed (the message names the file and offset); pages then stay in RAM.</summary>
+    public string? ColdError { get; set; }
+
     /// <summary>Bytes the cold file holds.</summary>
     public long ColdFileBytes => cold?.FileBytes ?? 0;
 

@@ -8,6 +8,12 @@ namespace VidKV.Engine;
 public sealed record BenchmarkResult(string Model, string Type, string Test, int Depth, int Threads, int Repetitions,
     double TokensPerSecond, double TokensPerSecondSd, double[] Samples, long PeakRssBytes, long KvBytes)
 {
+    /// <summary>KV policy of a paged cache ("contiguous" for the plain cache).</summary>
+    public string Policy { get; init; } = "contiguous";
+    /// <summary>KV bytes in RAM and in the cold file after the test (paged caches).</summary>
+    public long HotKvBytes { get; init; }
+    public long ColdKvBytes { get; init; }
+
     public double TokensPerSecondMedian
     {
         get
@@ -27,18 +33,23 @@ public static class Benchmark
 {
     public static IEnumerable<BenchmarkResult> Run(DecoderModel model, string modelName, int promptTokens, int generatedTokens,
         IReadOnlyList<int> depths, IReadOnlyList<int> threadCounts, int repetitions, GgmlType keyType = GgmlType.F16,
-        GgmlType valueType = GgmlType.F16, Action<string>? progress = null)
+        GgmlType valueType = GgmlType.F16, Action<string>? progress = null, IReadOnlyList<Cache.KvCacheConfig?>? caches = null)
     {
+        caches ??= [null];
         var rng = new Random(1234);
         int vocab = model.Config.VocabSize;
         string type = GgmlTypes.Name(model.WeightType);
         foreach (int threads in threadCounts)
         {
             WorkerPool.SetSharedThreadCount(threads);
+            foreach (var kv in caches)
             foreach (int depth in depths)
             {
                 int context = depth + Math.Max(promptTokens, generatedTokens) + 1;
-                using var state = model.CreateState(context, keyType, valueType);
+                var c = model.Config;
+                using var state = kv == null ? model.CreateState(context, keyType, valueType)
+                    : model.CreateState(kv.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, context));
+                var paged = state.Cache as Cache.PagedKvCache;
                 var logits = new float[vocab];
                 if (depth > 0)
                 {
@@ -78,7 +89,12 @@ public static class Benchmark
                     double mean = samples.Average();
                     double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
                     using var process = Process.GetCurrentProcess();
-                    return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes);
+                    return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
+                    {
+                        Policy = paged?.Policies.Describe() ?? "contiguous",
+                        HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
+                        ColdKvBytes = paged?.Store.ColdBytes ?? 0,
+                    };
                 }
             }
         }

@@ -97,6 +97,28 @@ public sealed class FreeKvPolicy : KvPolicy
         hasPrevious[head] = true;
     }
 
+    /// <summary>
+    /// With a cold tier, pages between the sinks and the recent window leave RAM once the context passes the budget
+    /// (they come back for the steps that select them). A failing cold write (full or unwritable disk) is recorded on
+    /// the store and stops offloading; the pages stay hot and the session goes on.
+    /// </summary>
+    public override void OnAppended(in KvStep step)
+    {
+        var table = step.Table;
+        if (!Store.HasColdTier || Store.ColdError != null || table.TokenCount <= Budget) return;
+        int sinkEnd = 0, tokens = 0;
+        while (sinkEnd < table.Count && tokens < Sinks) tokens += Store.Count(table[sinkEnd++]);
+        int recentStart = table.Count;
+        tokens = 0;
+        while (recentStart > sinkEnd && tokens < Recent) tokens += Store.Count(table[--recentStart]);
+        // Walk back from the window's edge: pages further back were moved on earlier steps.
+        for (int i = recentStart - 1; i >= sinkEnd && Store.IsHot(table[i]); i--)
+        {
+            try { Store.MoveCold(table[i]); }
+            catch (IOException e) { Store.ColdError = e.Message; return; }
+        }
+    }
+
     void Choose(int head, in KvStep step, int start, int end, int k, ReadOnlySpan<float> q)
     {
         int n = Math.Max(0, end - start);
