@@ -197,6 +197,15 @@ public class KvCacheTests
                     max = MathF.Max(max, (float)Enumerable.Range(0, d).Sum(i => (double)q[i] * key[i]));
                 }
                 float bound = PageScoring.QuestBound(store, page, q);
+                // The vectorised bound equals the plain formula over the page's 16-token blocks.
+                double scalar = double.NegativeInfinity;
+                for (int b = 0; b < store.DigestBlockCount(page); b++)
+                {
+                    var lo = store.MinKey(page, b).ToArray();
+                    var hi = store.MaxKey(page, b).ToArray();
+                    scalar = Math.Max(scalar, Enumerable.Range(0, d).Sum(i => Math.Max((double)q[i] * lo[i], (double)q[i] * hi[i])));
+                }
+                Assert.True(Math.Abs(bound - scalar) <= 1e-4 * (1 + Math.Abs(scalar)), $"page {page}: bound {bound}, scalar {scalar}");
                 Assert.True(bound >= max - 1e-4f * MathF.Abs(max), $"page {page}: bound {bound} < true max {max}");
             }
         }

@@ -14,21 +14,47 @@ public static class PageScoring
         float best = float.NegativeInfinity;
         for (int b = 0; b < store.DigestBlockCount(page); b++)
         {
-            var min = store.MinKey(page, b);
-            var max = store.MaxKey(page, b);
-            float s = 0;
-            for (int i = 0; i < q.Length; i++) s += MathF.Max(q[i] * min[i], q[i] * max[i]);
-            best = MathF.Max(best, s);
+            best = MathF.Max(best, BlockBound(q, store.MinKey(page, b), store.MaxKey(page, b)));
         }
         return best;
+    }
+
+    /// <summary>Σ_d max(q_d·min_d, q_d·max_d), vectorised.</summary>
+    public static float BlockBound(ReadOnlySpan<float> q, ReadOnlySpan<float> min, ReadOnlySpan<float> max)
+    {
+        int i = 0, n = q.Length;
+        float s = 0;
+        if (System.Numerics.Vector.IsHardwareAccelerated && n >= System.Numerics.Vector<float>.Count)
+        {
+            var acc = System.Numerics.Vector<float>.Zero;
+            for (; i + System.Numerics.Vector<float>.Count <= n; i += System.Numerics.Vector<float>.Count)
+            {
+                var qv = new System.Numerics.Vector<float>(q[i..]);
+                acc += System.Numerics.Vector.Max(qv * new System.Numerics.Vector<float>(min[i..]), qv * new System.Numerics.Vector<float>(max[i..]));
+            }
+            s = System.Numerics.Vector.Sum(acc);
+        }
+        for (; i < n; i++) s += MathF.Max(q[i] * min[i], q[i] * max[i]);
+        return s;
     }
 
     /// <summary>FreeKV's score with the centre ± radius digest: Σ_d max(q_d(c_d−r_d), q_d(c_d+r_d)) = q·c + Σ_d |q_d|·r_d.</summary>
     public static float CentreRadiusScore(PagedKvStore store, int page, ReadOnlySpan<float> q)
     {
         store.Digest(page, out var c, out var r);
-        float s = TensorPrimitives.Dot(q, c);
-        for (int i = 0; i < q.Length; i++) s += MathF.Abs(q[i]) * r[i];
+        int i = 0, n = q.Length;
+        float s = 0;
+        if (System.Numerics.Vector.IsHardwareAccelerated && n >= System.Numerics.Vector<float>.Count)
+        {
+            var acc = System.Numerics.Vector<float>.Zero;
+            for (; i + System.Numerics.Vector<float>.Count <= n; i += System.Numerics.Vector<float>.Count)
+            {
+                var qv = new System.Numerics.Vector<float>(q[i..]);
+                acc += qv * new System.Numerics.Vector<float>(c[i..]) + System.Numerics.Vector.Abs(qv) * new System.Numerics.Vector<float>(r[i..]);
+            }
+            s = System.Numerics.Vector.Sum(acc);
+        }
+        for (; i < n; i++) s += q[i] * c[i] + MathF.Abs(q[i]) * r[i];
         return s;
     }
 
