@@ -12,8 +12,7 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class FreeKvPolicy : KvPolicy
 {
-    float[] scores = [], scratch = [], keys = [];
-    int[] order = [];
+    readonly PagePicker picker = new();
     // Per (layer, head): q of the previous step ([group, d]), the speculative selection for this step (table indices), its table version.
     float[][] previousQuery = [];
     int[][] speculative = [];
@@ -121,13 +120,10 @@ public sealed class FreeKvPolicy : KvPolicy
 
     void Choose(int head, in KvStep step, int start, int end, int k, ReadOnlySpan<float> q)
     {
-        int n = Math.Max(0, end - start);
-        Grow(n);
-        PageScoring.GroupScores(Store, step.Table, start, end, q, step.Group, step.Scale, PageScoring.Bound.CentreRadius, scores, scratch);
-        int picked = PageScoring.TopK(scores.AsSpan(0, n), k, order, keys);
-        if (speculative[head].Length < picked) speculative[head] = new int[Math.Max(picked, 2 * speculative[head].Length)];
-        for (int i = 0; i < picked; i++) speculative[head][i] = start + order[i];
-        speculativeCount[head] = picked;
+        var picked = picker.Choose(Store, step.Table, start, end, q, step.Group, step.Scale, PageScoring.Bound.CentreRadius, k);
+        if (speculative[head].Length < picked.Length) speculative[head] = new int[Math.Max(picked.Length, 2 * speculative[head].Length)];
+        picked.CopyTo(speculative[head]);
+        speculativeCount[head] = picked.Length;
         speculativeVersion[head] = step.Table.Version;
         speculativeStart[head] = start;
         speculativeEnd[head] = end;
@@ -147,13 +143,4 @@ public sealed class FreeKvPolicy : KvPolicy
         return sum / group;
     }
 
-    void Grow(int n)
-    {
-        if (scores.Length >= n) return;
-        int size = Math.Max(n, scores.Length * 2);
-        scores = new float[size];
-        scratch = new float[size];
-        keys = new float[size];
-        order = new int[size];
-    }
 }

@@ -100,3 +100,32 @@ public static class PageScoring
         return k;
     }
 }
+
+/// <summary>
+/// Picks the top pages of a table range for a GQA group (<see cref="PageScoring.GroupScores"/> then
+/// <see cref="PageScoring.TopK"/>) with buffers reused across steps.
+/// </summary>
+public sealed class PagePicker
+{
+    float[] scores = [], scratch = [], keys = [];
+    int[] order = [];
+
+    /// <summary>Table indices of the <paramref name="k"/> best pages in [start, end), ascending.</summary>
+    public ReadOnlySpan<int> Choose(PagedKvStore store, PageTable table, int start, int end, ReadOnlySpan<float> queries, int group, float scale,
+        PageScoring.Bound bound, int k)
+    {
+        int n = Math.Max(0, end - start);
+        if (scores.Length < n)
+        {
+            int size = Math.Max(n, scores.Length * 2);
+            scores = new float[size];
+            scratch = new float[size];
+            keys = new float[size];
+            order = new int[size];
+        }
+        PageScoring.GroupScores(store, table, start, end, queries, group, scale, bound, scores, scratch);
+        int picked = PageScoring.TopK(scores.AsSpan(0, n), k, order, keys);
+        for (int i = 0; i < picked; i++) order[i] += start;
+        return order.AsSpan(0, picked);
+    }
+}

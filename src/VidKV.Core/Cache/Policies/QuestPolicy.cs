@@ -12,8 +12,7 @@ namespace VidKV.Cache;
 public sealed class QuestPolicy : KvPolicy
 {
     readonly string name;
-    float[] scores = [], scratch = [], keys = [];
-    int[] order = [];
+    readonly PagePicker picker = new();
     // Per (layer, head): the pages chosen last time (table indices), and the table version, first own page and step then.
     int[][] chosen = [];
     int[] chosenCount = [], chosenVersion = [], chosenOwn = [];
@@ -62,12 +61,10 @@ public sealed class QuestPolicy : KvPolicy
             && chosenOwn[head] <= own;
         if (!reusable)
         {
-            Grow(own);
-            PageScoring.GroupScores(Store, table, 0, own, step.LastQueries, step.Group, step.Scale, PageScoring.Bound.Quest, scores, scratch);
-            int picked = PageScoring.TopK(scores.AsSpan(0, own), k, order, keys);
-            if (chosen[head].Length < picked) chosen[head] = new int[Math.Max(picked, 2 * chosen[head].Length)];
-            order.AsSpan(0, picked).CopyTo(chosen[head]);
-            chosenCount[head] = picked;
+            var picked = picker.Choose(Store, table, 0, own, step.LastQueries, step.Group, step.Scale, PageScoring.Bound.Quest, k);
+            if (chosen[head].Length < picked.Length) chosen[head] = new int[Math.Max(picked.Length, 2 * chosen[head].Length)];
+            picked.CopyTo(chosen[head]);
+            chosenCount[head] = picked.Length;
             chosenVersion[head] = table.Version;
             chosenOwn[head] = own;
             chosenStep[head] = step.StepIndex;
@@ -77,13 +74,4 @@ public sealed class QuestPolicy : KvPolicy
         selection.AddRange(chosenOwn[head], table.Count);
     }
 
-    void Grow(int n)
-    {
-        if (scores.Length >= n) return;
-        int size = Math.Max(n, scores.Length * 2);
-        scores = new float[size];
-        scratch = new float[size];
-        keys = new float[size];
-        order = new int[size];
-    }
 }
