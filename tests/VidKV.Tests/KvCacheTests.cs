@@ -142,6 +142,30 @@ public class KvCacheTests
         Assert.Equal(245 * heads, checkedSteps);
     }
 
+    /// <summary>A cache rewound to the start and fed the same tokens again gives exactly the logits of a fresh one (no stale policy state).</summary>
+    [Theory]
+    [MemberData(nameof(Specs))]
+    public void RewoundCacheEqualsAFreshOne(string spec)
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 160);
+        var want = Run(model, Paged(model, spec, budget: 64), tokens, 8);
+        using var cache = Paged(model, spec, budget: 64);
+        using var state = model.CreateState(cache);
+        var logits = new float[model.Config.VocabSize];
+        foreach (int t in tokens) model.Forward(state, [t], logits);
+        cache.Truncate(0);
+        var got = new List<float[]>();
+        model.Forward(state, tokens.AsSpan(0, 8), logits);
+        got.Add((float[])logits.Clone());
+        for (int i = 8; i < tokens.Length; i++)
+        {
+            model.Forward(state, tokens.AsSpan(i, 1), logits);
+            got.Add((float[])logits.Clone());
+        }
+        for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"{spec} step {i}: rewound cache differs from a fresh one");
+    }
+
     static HashSet<int> FirstStored(HashSet<int> stored, int count) => stored.Order().Take(count).ToHashSet();
 
     static HashSet<int> StoredPositions(PagedKvStore store, PageTable table)

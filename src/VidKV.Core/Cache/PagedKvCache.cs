@@ -135,6 +135,7 @@ public sealed unsafe class PagedKvCache : KvCache
     {
         if (length < 0 || length > this.length) throw new ArgumentOutOfRangeException(nameof(length));
         store.Truncate(length);
+        foreach (var policy in policies.Distinct) policy.OnTruncated(length);
         this.length = length;
     }
 

@@ -55,6 +55,12 @@ public sealed class ClusterKvPolicy : KvPolicy
         for (int i = 0; i < heads.Length; i++) heads[i] = new HeadState();
     }
 
+    /// <summary>Clusters hold positions; after a rewind they are rebuilt from what is stored.</summary>
+    public override void OnTruncated(int length)
+    {
+        for (int i = 0; i < heads.Length; i++) heads[i] = new HeadState();
+    }
+
     public override void Select(in KvStep step, PageSelection selection)
     {
         var table = step.Table;

@@ -55,6 +55,8 @@ public sealed class FreeKvPolicy : KvPolicy
         hasPrevious = new bool[heads];
     }
 
+    public override void OnTruncated(int length) => Array.Clear(hasPrevious);
+
     public override void Select(in KvStep step, PageSelection selection)
     {
         var table = step.Table;

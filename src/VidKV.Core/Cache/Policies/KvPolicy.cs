@@ -48,6 +48,9 @@ public abstract class KvPolicy
     /// <summary>After the step's tokens were appended and attended for (layer, head): evict, merge or move pages cold.</summary>
     public virtual void OnAppended(in KvStep step) { }
 
+    /// <summary>The cache was rewound to <paramref name="length"/> positions: forget state about later ones. The default forgets nothing.</summary>
+    public virtual void OnTruncated(int length) { }
+
     /// <summary>Adds the pages and rows (layer, head) reads for this step. The default reads everything.</summary>
     public virtual void Select(in KvStep step, PageSelection selection) => selection.AddAll(step.Table.Count);
 
@@ -182,4 +185,10 @@ public sealed class ComposedPolicy(KvPolicy reducer, KvPolicy retriever) : KvPol
     }
 
     public override void Select(in KvStep step, PageSelection selection) => Retriever.Select(step, selection);
+
+    public override void OnTruncated(int length)
+    {
+        Reducer.OnTruncated(length);
+        Retriever.OnTruncated(length);
+    }
 }

@@ -49,6 +49,8 @@ public sealed class QuestPolicy : KvPolicy
         chosenStep.AsSpan().Fill(long.MinValue / 2);
     }
 
+    public override void OnTruncated(int length) => chosenStep.AsSpan().Fill(long.MinValue / 2);
+
     public override void Select(in KvStep step, PageSelection selection)
     {
         var table = step.Table;
