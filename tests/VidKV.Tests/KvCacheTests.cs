@@ -166,6 +166,29 @@ public class KvCacheTests
         for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"{spec} step {i}: rewound cache differs from a fresh one");
     }
 
+    /// <summary>FreeKV with a cold tier (pages leave RAM past the recent window and come back when selected) gives exactly the logits of FreeKV in RAM, with fewer pages hot.</summary>
+    [Theory]
+    [InlineData(16)]
+    [InlineData(32)]
+    public void ColdTierChangesNoLogits(int pageSize)
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 300);
+        var want = Run(model, Paged(model, "freekv", pageSize, GgmlType.F16, budget: 96), tokens, 40);
+        string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
+        using var cache = new KvCacheConfig { Default = "freekv", PageSize = pageSize, Type = GgmlType.F16, Budget = 96, ColdPath = path }
+            .CreateCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim);
+        int maxHot = 0;
+        var got = Run(model, cache, tokens, 40, _ => maxHot = Math.Max(maxHot, cache.Store.HotPageCount));
+        for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"step {i}: logits differ with the cold tier");
+        Assert.True(cache.Store.ColdOnlyPageCount > 0, "nothing went cold");
+        Assert.True(cache.RecalledBytes > 0, "nothing was recalled");
+        int heads = model.Config.LayerCount * model.Config.KvHeadCount;
+        // Hot per head: sink and recent pages plus the retrieved ones, at most the budget in pages plus a partial page at each end.
+        Assert.True(maxHot <= heads * (96 / pageSize + 3), $"{maxHot} pages hot for {heads} heads");
+        Assert.Null(cache.Store.ColdError);
+    }
+
     static HashSet<int> FirstStored(HashSet<int> stored, int count) => stored.Order().Take(count).ToHashSet();
 
     static HashSet<int> StoredPositions(PagedKvStore store, PageTable table)

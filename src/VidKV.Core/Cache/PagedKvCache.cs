@@ -19,7 +19,9 @@ public sealed unsafe class PagedKvCache : KvCache
     readonly PageSelection[] selections;
     KvPageView[] views = new KvPageView[256];
     readonly int[] headStart;
-    readonly List<int> recalled = [];
+    // Per layer: pages brought back from the cold tier that are still hot, and the step each page was last read at.
+    readonly List<(int Page, int Generation)>[] recalled;
+    long[] lastRead = [];
     float[] groupQueries = [];
     int length;
     long steps;
@@ -33,6 +35,8 @@ public sealed unsafe class PagedKvCache : KvCache
         selections = new PageSelection[store.KvHeadCount];
         for (int i = 0; i < selections.Length; i++) selections[i] = new PageSelection();
         headStart = new int[store.KvHeadCount + 1];
+        recalled = new List<(int, int)>[store.LayerCount];
+        for (int l = 0; l < recalled.Length; l++) recalled[l] = [];
     }
 
     public PagedKvStore Store => store;
@@ -85,9 +89,11 @@ public sealed unsafe class PagedKvCache : KvCache
                 if (!store.IsHot(page))
                 {
                     if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
-                    recalled.Add(page);
+                    recalled[layer].Add((page, store.Generation(page)));
                     RecalledBytes += store.FrameBytes;
                 }
+                if (lastRead.Length <= page) Array.Resize(ref lastRead, Math.Max(page + 1, 2 * lastRead.Length));
+                lastRead[page] = steps;
                 ulong mask = selection.Masks[i];
                 views[v++] = new KvPageView
                 {
@@ -107,9 +113,17 @@ public sealed unsafe class PagedKvCache : KvCache
                 Observer(step, views.AsSpan(headStart[g], headStart[g + 1] - headStart[g]));
             }
 
-        // Pages recalled only for this step go back to the cold tier (their clean copy is still there: nothing is written).
-        foreach (int page in recalled) if (store.IsHot(page)) store.MoveCold(page);
-        recalled.Clear();
+        // Recalled pages stay hot while they keep being selected (only newly selected pages move); one not read this
+        // step goes back to the cold tier, where its clean copy still is, so nothing is written. Hot stays ≤ what was read.
+        var list = recalled[layer];
+        for (int i = list.Count - 1; i >= 0; i--)
+        {
+            var (page, generation) = list[i];
+            bool alive = store.Generation(page) == generation && store.Count(page) > 0;
+            if (alive && lastRead[page] == steps) continue;
+            if (alive && store.IsHot(page)) store.MoveCold(page);
+            list.RemoveAt(i);
+        }
         for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(MakeStep(layer, g, queries, position, count, group, headCount, scale));
     }
 

@@ -59,7 +59,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     // Page metadata, indexed by page id (struct of arrays, grown by doubling; no per-token allocation).
     int pageCapacity, pageHigh;
     readonly Stack<int> freePages = new();
-    int[] count = [], frameOf = [], coldSlotOf = [], ownerOf = [];
+    int[] count = [], frameOf = [], coldSlotOf = [], ownerOf = [], generation = [];
     int* positions; // [page, PageSize], native so page views can point at it
     int[] frameIds = [];
     ulong[] hashes = [];
@@ -134,6 +134,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Sum of the page's stored keys (divide by <see cref="Count"/> for the mean key).</summary>
     public ReadOnlySpan<float> KeySum(int page) => keySums.AsSpan(page * d, d);
     public bool IsHot(int page) => frameOf[page] >= 0;
+    /// <summary>Changes each time the id is given to a new page, so a remembered id can tell it was freed and reused.</summary>
+    public int Generation(int page) => generation[page];
 
     /// <summary>FreeKV's digest: centre c = (max+min)/2 and radius r = mean over tokens of |k − c|, per dimension.</summary>
     public void Digest(int page, out ReadOnlySpan<float> centre, out ReadOnlySpan<float> radius)
@@ -310,6 +312,7 @@ public sealed unsafe class PagedKvStore : IDisposable
             page = pageHigh++;
         }
         count[page] = 0;
+        generation[page]++;
         ownerOf[page] = owner;
         coldSlotOf[page] = -1;
         frameOf[page] = AllocateFrame();
@@ -325,6 +328,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         Array.Resize(ref frameOf, capacity);
         Array.Resize(ref coldSlotOf, capacity);
         Array.Resize(ref ownerOf, capacity);
+        Array.Resize(ref generation, capacity);
         Array.Resize(ref frameIds, capacity * p);
         Array.Resize(ref hashes, capacity * p);
         Array.Resize(ref minKeys, capacity * blocksPerPage * d);
