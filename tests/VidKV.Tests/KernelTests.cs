@@ -191,6 +191,8 @@ public class KernelTests
     [InlineData(9, 200, 14, 2, 64, 64, GgmlType.Q8_0)]
     [InlineData(3, 37, 4, 4, 32, 16, GgmlType.Q8_0)]
     [InlineData(17, 500, 8, 2, 96, 32, GgmlType.F16)]
+    [InlineData(4, 70, 6, 2, 20, 16, GgmlType.F16)]
+    [InlineData(2, 45, 3, 3, 5, 64, GgmlType.F32)]
     public unsafe void PagedAttentionMatchesReferenceOnSelectedRows(int tokens, int stored, int heads, int kvHeads, int headDim, int pageSize, GgmlType type)
     {
         var rng = new Random(tokens * 7919 + stored);

@@ -30,7 +30,7 @@ public static class KvEvaluation
         if (maxChunks > 0) chunks = Math.Min(chunks, maxChunks);
         var config = new KvCacheConfig { PageSize = pageSize, Type = type };
         // Parse every spec before any work, so a typo fails at once.
-        foreach (var spec in policies) foreach (int b in budgets) config.with(spec, b).BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount);
+        foreach (var spec in policies) foreach (int b in budgets) config.For(spec, b).BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount);
 
         var rows = new List<KvEvaluationRow>();
         var runs = new List<(string Spec, int? Budget)> { ("full", null) };
@@ -44,7 +44,7 @@ public static class KvEvaluation
             {
                 var chunk = tokens.Skip(c * contextLength).Take(contextLength).ToArray();
                 if (model.Vocabulary.AddBos && model.Vocabulary.BosId >= 0) chunk[0] = model.Vocabulary.BosId;
-                RunChunk(model, config.with(spec, budget), chunk, stats, attentionMetrics);
+                RunChunk(model, config.For(spec, budget), chunk, stats, attentionMetrics);
             }
             double nll = stats.Nll / stats.Scored;
             if (budget == null) fullNll = nll;
@@ -55,7 +55,7 @@ public static class KvEvaluation
         return rows;
     }
 
-    static KvCacheConfig with(this KvCacheConfig config, string spec, int? budget) => config with { Default = spec, Budget = budget };
+    static KvCacheConfig For(this KvCacheConfig config, string spec, int? budget) => config with { Default = spec, Budget = budget };
 
     sealed class Stats
     {

@@ -70,12 +70,7 @@ public sealed class FreeKvPolicy : KvPolicy
             return;
         }
         // Sink pages from the front and recent pages from the back, whole pages, then retrieved pages in between.
-        int sinkEnd = 0, tokens = 0;
-        while (sinkEnd < table.Count && tokens < Sinks) tokens += Store.Count(table[sinkEnd++]);
-        int recentStart = Math.Min(table.Count, FirstPageOfStep(step));
-        tokens = 0;
-        for (int i = recentStart; i < table.Count; i++) tokens += Store.Count(table[i]);
-        while (recentStart > sinkEnd && tokens < Recent) tokens += Store.Count(table[--recentStart]);
+        var (sinkEnd, recentStart) = SinkAndRecent(table, FirstPageOfStep(step));
         int k = Math.Max(0, (Budget - Sinks - Recent) / Store.PageSize);
 
         // Reuse needs the same candidate pages as when it was chosen (a page crossing out of the recent window forces a fresh choice).
@@ -107,17 +102,29 @@ public sealed class FreeKvPolicy : KvPolicy
     {
         var table = step.Table;
         if (!Store.HasColdTier || Store.ColdError != null || table.TokenCount <= Budget) return;
-        int sinkEnd = 0, tokens = 0;
-        while (sinkEnd < table.Count && tokens < Sinks) tokens += Store.Count(table[sinkEnd++]);
-        int recentStart = table.Count;
-        tokens = 0;
-        while (recentStart > sinkEnd && tokens < Recent) tokens += Store.Count(table[--recentStart]);
+        var (sinkEnd, recentStart) = SinkAndRecent(table, table.Count);
         // Walk back from the window's edge: pages further back were moved on earlier steps.
         for (int i = recentStart - 1; i >= sinkEnd && Store.IsHot(table[i]); i--)
         {
             try { Store.MoveCold(table[i]); }
             catch (IOException e) { Store.ColdError = e.Message; return; }
         }
+    }
+
+    /// <summary>
+    /// Table indices where the sink pages end (whole pages from the front holding at least <see cref="Sinks"/> tokens)
+    /// and the recent pages start (pages from <paramref name="alwaysRecent"/> on, plus earlier ones until they hold at
+    /// least <see cref="Recent"/> tokens).
+    /// </summary>
+    (int SinkEnd, int RecentStart) SinkAndRecent(PageTable table, int alwaysRecent)
+    {
+        int sinkEnd = 0, tokens = 0;
+        while (sinkEnd < table.Count && tokens < Sinks) tokens += Store.Count(table[sinkEnd++]);
+        int recentStart = Math.Min(table.Count, alwaysRecent);
+        tokens = 0;
+        for (int i = recentStart; i < table.Count; i++) tokens += Store.Count(table[i]);
+        while (recentStart > sinkEnd && tokens < Recent) tokens += Store.Count(table[--recentStart]);
+        return (sinkEnd, recentStart);
     }
 
     void Choose(int head, in KvStep step, int start, int end, int k, ReadOnlySpan<float> q)

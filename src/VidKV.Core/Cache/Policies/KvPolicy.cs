@@ -121,7 +121,7 @@ public sealed class PageSelection
     /// </summary>
     public void AddPositions(PagedKvStore store, PageTable table, ReadOnlySpan<int> sortedPositions)
     {
-        int index = 0, row = 0;
+        int row = 0;
         ulong mask = 0;
         int current = -1;
         foreach (int position in sortedPositions)
@@ -144,7 +144,6 @@ public sealed class PageSelection
             var rows = store.Positions(table[current]);
             while (row < rows.Length && rows[row] < position) row++;
             if (row < rows.Length && rows[row] == position) mask |= 1UL << row;
-            index++;
         }
         if (current >= 0 && mask != 0) Add(current, mask);
     }
