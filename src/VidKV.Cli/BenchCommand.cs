@@ -73,7 +73,7 @@ static class BenchCommand
                     model = x.Model, type = x.Type, test = x.Test, depth = x.Depth, threads = x.Threads, repetitions = x.Repetitions,
                     tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, tokens_per_second_median = x.TokensPerSecondMedian,
                     samples = x.Samples, peak_rss_bytes = x.PeakRssBytes, kv_bytes = x.KvBytes,
-                    kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes,
+                    kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes, kv_ms_per_token = x.KvMsPerToken,
                 }), new JsonSerializerOptions { WriteIndented = true }));
             }
             return 0;

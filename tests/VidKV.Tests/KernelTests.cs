@@ -282,4 +282,60 @@ public class KernelTests
         Quantize.Row(type, x, bytes);
         return bytes;
     }
+
+    /// <summary>The small product behind attention and page scoring against a double-precision loop, odd sizes, with and without accumulate.</summary>
+    [Theory]
+    [InlineData(1, 1, 1)]
+    [InlineData(3, 5, 7)]
+    [InlineData(4, 64, 16)]
+    [InlineData(5, 20, 17)]
+    [InlineData(7, 64, 130)]
+    [InlineData(8, 129, 8)]
+    [InlineData(9, 3, 33)]
+    [InlineData(17, 128, 64)]
+    [InlineData(56, 64, 15)]
+    public unsafe void SmallMatrixMultiplyMatchesScalar(int rows, int k, int n)
+    {
+        var rng = new Random(rows * 1000 + k * 10 + n);
+        int lda = k + 3, ldb = n + 5, ldc = n + 2;
+        float[] a = Random(rng, rows * lda), b = Random(rng, k * ldb), start = Random(rng, rows * ldc);
+        foreach (bool accumulate in new[] { false, true })
+        {
+            var c = (float[])start.Clone();
+            fixed (float* pa = a, pb = b, pc = c) SmallMatrix.Multiply(pa, lda, rows, pb, ldb, k, n, pc, ldc, accumulate);
+            for (int r = 0; r < rows; r++)
+            {
+                var want = new float[n];
+                for (int j = 0; j < n; j++)
+                {
+                    double sum = accumulate ? start[r * ldc + j] : 0;
+                    for (int i = 0; i < k; i++) sum += (double)a[r * lda + i] * b[i * ldb + j];
+                    want[j] = (float)sum;
+                }
+                AssertClose(want, c.AsSpan(r * ldc, n), 1e-5f, $"row {r} accumulate={accumulate}");
+                // Columns past n are not touched.
+                Assert.Equal(start.AsSpan(r * ldc + n, ldc - n).ToArray(), c.AsSpan(r * ldc + n, ldc - n).ToArray());
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(15, 5)]
+    [InlineData(16, 16)]
+    [InlineData(17, 20)]
+    [InlineData(50, 64)]
+    [InlineData(128, 130)]
+    public unsafe void SmallMatrixTransposeIsExact(int rows, int columns)
+    {
+        var rng = new Random(rows * 31 + columns);
+        int padded = (rows + 15) & ~15, stride = padded + 3;
+        float[] source = new float[padded * columns], destination = new float[columns * stride];
+        Random(rng, rows * columns).CopyTo(source, 0);
+        var original = (float[])source.Clone();
+        fixed (float* ps = source, pd = destination) SmallMatrix.Transpose(ps, rows, columns, pd, stride);
+        for (int r = 0; r < padded; r++)
+            for (int c = 0; c < columns; c++)
+                Assert.Equal(r < rows ? original[r * columns + c] : 0f, destination[c * stride + r]);
+    }
 }

@@ -214,6 +214,52 @@ public class KvCacheTests
         return n;
     }
 
+    /// <summary>The batched centre ± radius scores (gather, transpose, small product) equal the per-page formula.</summary>
+    [Theory]
+    [InlineData(16, 7, 64, 300)]
+    [InlineData(32, 2, 20, 45)]
+    [InlineData(64, 3, 5, 700)]
+    public void CentreRadiusScoresMatchThePerPageFormula(int pageSize, int group, int d, int tokens)
+    {
+        var rng = new Random(pageSize + d);
+        using var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = pageSize });
+        var k = new float[d];
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int i = 0; i < d; i++) k[i] = (float)(rng.NextDouble() * 4 - 2);
+            Assert.True(store.Append(0, t, 1, k, k));
+        }
+        var table = store.Table(0, 0);
+        var q = Enumerable.Range(0, group * d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        int start = 1, end = table.Count, n = end - start;
+        var scores = new float[group * n];
+        PageScoring.CentreRadiusScores(store, table, start, end, q, group, 0.3f, scores, new float[PageScoring.CentreRadiusScratch(d, group)]);
+        for (int h = 0; h < group; h++)
+            for (int i = 0; i < n; i++)
+            {
+                float want = 0.3f * PageScoring.CentreRadiusScore(store, table[start + i], q.AsSpan(h * d, d));
+                Assert.True(Math.Abs(scores[h * n + i] - want) <= 1e-4f * (1 + Math.Abs(want)), $"head {h} page {i}: {scores[h * n + i]} vs {want}");
+            }
+    }
+
+    /// <summary>Top-k by quickselect equals sorting by (score descending, index ascending), ties included.</summary>
+    [Fact]
+    public void TopKEqualsSortedSelectionWithTies()
+    {
+        var rng = new Random(5);
+        foreach (int n in new[] { 1, 2, 7, 64, 333, 1000 })
+            foreach (int levels in new[] { 2, 5, 1000 })
+                foreach (int k in new[] { 1, n / 3, n - 1, n, n + 4 })
+                {
+                    if (k <= 0) continue;
+                    var scores = Enumerable.Range(0, n).Select(_ => (float)rng.Next(levels)).ToArray();
+                    var result = new int[n];
+                    int picked = PageScoring.TopK(scores, k, result, new float[n]);
+                    var want = Enumerable.Range(0, n).OrderByDescending(i => scores[i]).ThenBy(i => i).Take(k).Order().ToArray();
+                    Assert.Equal(want, result.AsSpan(0, picked).ToArray());
+                }
+    }
+
     /// <summary>Quest's page bound is never below the true max q·k over the stored (rounded) keys of its page.</summary>
     [Theory]
     [InlineData(16, GgmlType.F16)]

@@ -1,7 +1,20 @@
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using VidKV.Tensors;
 
 namespace VidKV.Cache;
+
+/// <summary>
+/// Stopwatch ticks a paged cache spent per phase of attention: choosing pages (policies' Select and building views),
+/// reading pages back from the cold tier, the attention kernel, and the policies' updates after it (eviction, moving
+/// pages cold).
+/// </summary>
+public struct KvPhaseTimes
+{
+    public long Select, Recall, Attention, Update;
+
+    public static double Milliseconds(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
+}
 
 /// <summary>Sees one (layer, KV head) step: its queries and the rows attention read.</summary>
 public delegate void KvObserver(in KvStep step, ReadOnlySpan<KvPageView> read);
@@ -49,6 +62,9 @@ public sealed unsafe class PagedKvCache : KvCache
     /// <summary>Bytes brought back from the cold tier, summed over all steps.</summary>
     public long RecalledBytes { get; private set; }
 
+    /// <summary>Time spent in each phase of <see cref="Attend"/>, summed over all calls (for profiles; see <see cref="KvPhaseTimes"/>).</summary>
+    public KvPhaseTimes Times;
+
     /// <summary>Called after every (layer, KV head) attention with the group's queries and what was read, for evaluation tools.</summary>
     public KvObserver? Observer { get; set; }
 
@@ -67,6 +83,7 @@ public sealed unsafe class PagedKvCache : KvCache
         int groupLength = count * group * d;
         if (groupQueries.Length < groupLength) groupQueries = new float[groupLength];
         int total = 0;
+        long clock = Stopwatch.GetTimestamp(), recallTicks = 0;
         for (int g = 0; g < kvHeads; g++)
         {
             var step = MakeStep(layer, g, queries, position, count, group, headCount, scale);
@@ -76,6 +93,8 @@ public sealed unsafe class PagedKvCache : KvCache
             selection.Normalize();
             total += selection.Count;
         }
+        Times.Select += Stopwatch.GetTimestamp() - clock;
+        clock = Stopwatch.GetTimestamp();
         if (views.Length < total) views = new KvPageView[Math.Max(total, 2 * views.Length)];
         int v = 0;
         for (int g = 0; g < kvHeads; g++)
@@ -88,9 +107,11 @@ public sealed unsafe class PagedKvCache : KvCache
                 int page = table[selection.Indices[i]];
                 if (!store.IsHot(page))
                 {
+                    long recallStart = Stopwatch.GetTimestamp();
                     if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
                     recalled[layer].Add((page, store.Generation(page)));
                     RecalledBytes += store.FrameBytes;
+                    recallTicks += Stopwatch.GetTimestamp() - recallStart;
                 }
                 if (lastRead.Length <= page) Array.Resize(ref lastRead, Math.Max(page + 1, 2 * lastRead.Length));
                 lastRead[page] = steps;
@@ -105,7 +126,12 @@ public sealed unsafe class PagedKvCache : KvCache
             }
         }
         headStart[kvHeads] = v;
+        long gathered = Stopwatch.GetTimestamp();
+        Times.Recall += recallTicks;
+        Times.Select += gathered - clock - recallTicks;
         Attention.Paged(queries, count, position, headCount, kvHeads, d, scale, views.AsSpan(0, v), headStart, store.KeyType, store.ValueType, destination);
+        clock = Stopwatch.GetTimestamp();
+        Times.Attention += clock - gathered;
         if (Observer != null)
             for (int g = 0; g < kvHeads; g++)
             {
@@ -125,6 +151,7 @@ public sealed unsafe class PagedKvCache : KvCache
             list.RemoveAt(i);
         }
         for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(MakeStep(layer, g, queries, position, count, group, headCount, scale));
+        Times.Update += Stopwatch.GetTimestamp() - clock;
     }
 
     KvStep MakeStep(int layer, int g, ReadOnlySpan<float> queries, int position, int count, int group, int headCount, float scale)

@@ -13,6 +13,8 @@ public sealed record BenchmarkResult(string Model, string Type, string Test, int
     /// <summary>KV bytes in RAM and in the cold file after the test (paged caches).</summary>
     public long HotKvBytes { get; init; }
     public long ColdKvBytes { get; init; }
+    /// <summary>Milliseconds per token in each phase of a paged cache's attention (select, recall, attention, update); null for the plain cache.</summary>
+    public IReadOnlyDictionary<string, double>? KvMsPerToken { get; init; }
 
     public double TokensPerSecondMedian
     {
@@ -78,6 +80,7 @@ public static class Benchmark
                 {
                     progress?.Invoke($"{test} at depth {depth}, {threads} threads");
                     var samples = new double[repetitions];
+                    var before = paged?.Times ?? default;
                     for (int r = -1; r < repetitions; r++) // r = -1 is a warm-up run
                     {
                         state.Cache.Truncate(depth);
@@ -89,11 +92,25 @@ public static class Benchmark
                     double mean = samples.Average();
                     double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
                     using var process = Process.GetCurrentProcess();
+                    Dictionary<string, double>? phases = null;
+                    if (paged != null)
+                    {
+                        var after = paged.Times;
+                        double perToken = 1.0 / ((repetitions + 1) * (double)tokens);
+                        phases = new()
+                        {
+                            ["select"] = Cache.KvPhaseTimes.Milliseconds(after.Select - before.Select) * perToken,
+                            ["recall"] = Cache.KvPhaseTimes.Milliseconds(after.Recall - before.Recall) * perToken,
+                            ["attention"] = Cache.KvPhaseTimes.Milliseconds(after.Attention - before.Attention) * perToken,
+                            ["update"] = Cache.KvPhaseTimes.Milliseconds(after.Update - before.Update) * perToken,
+                        };
+                    }
                     return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
                     {
                         Policy = paged?.Policies.Describe() ?? "contiguous",
                         HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
                         ColdKvBytes = paged?.Store.ColdBytes ?? 0,
+                        KvMsPerToken = phases,
                     };
                 }
             }

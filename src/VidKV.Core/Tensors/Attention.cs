@@ -133,20 +133,27 @@ public static unsafe class Attention
     /// <summary>Consecutive query tokens that share each widened K/V tile (prefill).</summary>
     const int TokenBlock = 8;
 
+    /// <summary>
+    /// One work item = (block of up to <see cref="TokenBlock"/> tokens, KV head). Its query heads and tokens are the
+    /// "lanes". Per tile of up to <see cref="Tile"/> selected rows: widen keys and values to f32, transpose the keys
+    /// (K^T, so a score is a vector FMA over keys instead of a horizontal sum per key), scores = Q·K^T for all lanes at
+    /// once, causal mask, online softmax (running max and sum per lane), then acc += P·V. Both products are
+    /// <see cref="SmallMatrix.Multiply"/>: every load of K^T or V feeds the FMAs of up to eight lanes.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Execute(void* context, int thread, int threads)
     {
         ref Job job = ref *(Job*)context;
         int group = job.Heads / job.KvHeads, d = job.HeadDim, qRow = job.Heads * d;
         int lanes = TokenBlock * group; // (token, head) pairs of one work item
-        int need = lanes * (Tile + 2 * d + 2) + 2 * Tile * d + Tile;
+        int need = lanes * (Tile + 2 * d + 2) + 3 * Tile * d + Tile;
         if (scratch == null || scratch.Length < need) scratch = new float[need];
         int blocks = (job.Tokens + TokenBlock - 1) / TokenBlock;
         var (start, end) = WorkerPool.Split(blocks * job.KvHeads, thread, threads);
         fixed (float* buffer = scratch)
         {
             float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + lanes;
-            float* keyTile = sum + lanes, valueTile = keyTile + Tile * d;
+            float* keyTile = sum + lanes, keyT = keyTile + Tile * d, valueTile = keyT + Tile * d;
             int* tilePositions = (int*)(valueTile + Tile * d);
             for (int item = start; item < end; item++)
             {
@@ -184,27 +191,29 @@ public static unsafe class Attention
                         row++;
                     }
                     if (n == 0) break;
+                    SmallMatrix.Transpose(keyTile, n, d, keyT, Tile);
+                    SmallMatrix.Multiply(q, d, count, keyT, Tile, d, n, scores, Tile, accumulate: false);
                     for (int t = t0; t < t1; t++)
                     {
                         int visible = n, own = job.Start + t;
                         while (visible > 0 && tilePositions[visible - 1] > own) visible--;
-                        if (visible == 0) continue;
                         for (int h = 0; h < group; h++)
                         {
                             int lane = (t - t0) * group + h;
-                            float* qh = q + lane * d, sc = scores + lane * Tile;
-                            for (int j = 0; j < visible; j++) sc[j] = Dot(qh, keyTile + j * d, d);
+                            float* sc = scores + lane * Tile;
+                            if (visible == 0) { new Span<float>(sc, n).Clear(); continue; }
+                            new Span<float>(sc + visible, n - visible).Fill(float.NegativeInfinity);
                             // Online softmax: rescale what was accumulated under the old maximum.
-                            var scoreRow = new Span<float>(sc, visible);
-                            float newMax = MathF.Max(max[lane], TensorPrimitives.Max(scoreRow)), correction = MathF.Exp(max[lane] - newMax);
+                            var scoreRow = new Span<float>(sc, n);
+                            float newMax = MathF.Max(max[lane], TensorPrimitives.Max(scoreRow.Slice(0, visible))), correction = MathF.Exp(max[lane] - newMax);
                             TensorPrimitives.Subtract(scoreRow, newMax, scoreRow);
                             TensorPrimitives.Exp(scoreRow, scoreRow);
                             sum[lane] = sum[lane] * correction + TensorPrimitives.Sum(scoreRow);
                             max[lane] = newMax;
                             if (correction != 1f) TensorPrimitives.Multiply(new Span<float>(acc + lane * d, d), correction, new Span<float>(acc + lane * d, d));
-                            WeightedSum(sc, valueTile, d, visible, d, acc + lane * d);
                         }
                     }
+                    SmallMatrix.Multiply(scores, Tile, count, valueTile, d, n, d, acc, d, accumulate: true);
                 }
                 for (int t = t0; t < t1; t++)
                 {
@@ -226,56 +235,5 @@ public static unsafe class Attention
         if (type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, destination, n);
         else if (type == GgmlType.F32) Buffer.MemoryCopy(source, destination, n * 4, n * 4);
         else Dequantize.Row(type, new ReadOnlySpan<byte>(source, (int)GgmlTypes.RowBytes(type, n)), new Span<float>(destination, n));
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float Dot(float* a, float* b, int n)
-    {
-        int i = 0;
-        float result = 0;
-        if (Vector512.IsHardwareAccelerated && n >= 16)
-        {
-            var acc = Vector512<float>.Zero;
-            for (; i + 16 <= n; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
-            result = Vector512.Sum(acc);
-        }
-        else if (Vector256.IsHardwareAccelerated && n >= 8)
-        {
-            var acc = Vector256<float>.Zero;
-            for (; i + 8 <= n; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
-            result = Vector256.Sum(acc);
-        }
-        for (; i < n; i++) result += a[i] * b[i];
-        return result;
-    }
-
-    /// <summary>destination += Σ_j weights[j] · rows[j] over <paramref name="count"/> rows of <paramref name="n"/> floats.</summary>
-    static void WeightedSum(float* weights, float* rows, int stride, int count, int n, float* destination)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
-        {
-            for (; i + 16 <= n; i += 16)
-            {
-                var acc = Vector512.Load(destination + i);
-                for (int j = 0; j < count; j++) acc = Vector512.FusedMultiplyAdd(Vector512.Load(rows + (long)j * stride + i), Vector512.Create(weights[j]), acc);
-                acc.Store(destination + i);
-            }
-        }
-        if (Vector256.IsHardwareAccelerated)
-        {
-            for (; i + 8 <= n; i += 8)
-            {
-                var acc = Vector256.Load(destination + i);
-                for (int j = 0; j < count; j++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(rows + (long)j * stride + i), Vector256.Create(weights[j]), acc);
-                acc.Store(destination + i);
-            }
-        }
-        for (; i < n; i++)
-        {
-            float acc = destination[i];
-            for (int j = 0; j < count; j++) acc += weights[j] * rows[(long)j * stride + i];
-            destination[i] = acc;
-        }
     }
 }

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using VidKV.Tensors;
 
 namespace VidKV.Cache;
 
@@ -61,43 +62,121 @@ public static class PageScoring
     public enum Bound { Quest, CentreRadius }
 
     /// <summary>
+    /// FreeKV's score for every query head of a group and every page of table [start, end) at once:
+    /// scores[h, i] = scale·(q_h·c_i + |q_h|·r_i), one small product [q_h, |q_h|] · [c_i; r_i]ᵀ. The digests of up to
+    /// 128 pages are gathered into a tile, transposed, and multiplied like attention scores (see <see cref="SmallMatrix"/>).
+    /// </summary>
+    /// <param name="scores">[group, end − start]</param>
+    /// <param name="scratch">at least <see cref="CentreRadiusScratch"/>(headDim, group) floats</param>
+    public static unsafe void CentreRadiusScores(PagedKvStore store, PageTable table, int start, int end, ReadOnlySpan<float> queries, int group,
+        float scale, Span<float> scores, Span<float> scratch)
+    {
+        int n = end - start, d = store.HeadDim, k = 2 * d;
+        if (n <= 0) return;
+        if (scratch.Length < CentreRadiusScratch(d, group) || scores.Length < group * n || queries.Length < group * d)
+            throw new ArgumentException("scores, queries or scratch too short");
+        fixed (float* buffer = scratch, output = scores)
+        {
+            float* lanes = buffer, rows = lanes + group * k, transposed = rows + ScoreChunk * k;
+            for (int h = 0; h < group; h++)
+                for (int i = 0; i < d; i++)
+                {
+                    float q = scale * queries[h * d + i];
+                    lanes[h * k + i] = q;
+                    lanes[h * k + d + i] = MathF.Abs(q);
+                }
+            for (int c0 = 0; c0 < n; c0 += ScoreChunk)
+            {
+                int m = Math.Min(ScoreChunk, n - c0);
+                for (int i = 0; i < m; i++)
+                {
+                    store.Digest(table[start + c0 + i], out var centre, out var radius);
+                    centre.CopyTo(new Span<float>(rows + i * k, d));
+                    radius.CopyTo(new Span<float>(rows + i * k + d, d));
+                }
+                SmallMatrix.Transpose(rows, m, k, transposed, ScoreChunk);
+                SmallMatrix.Multiply(lanes, k, group, transposed, ScoreChunk, k, m, output + c0, n, accumulate: false);
+            }
+        }
+    }
+
+    const int ScoreChunk = 128;
+
+    /// <summary>Floats of scratch <see cref="CentreRadiusScores"/> needs.</summary>
+    public static int CentreRadiusScratch(int headDim, int group) => 2 * headDim * (group + 2 * ScoreChunk);
+
+    /// <summary>
     /// Scores of table pages [start, end) for a GQA group: each query head's scaled page scores are turned into a
     /// softmax over the candidates, and the group's softmaxes are averaged (LServe's and FreeKV's GQA rule), so one
-    /// selection serves every query head of the KV head. <paramref name="queries"/> is [group, headDim].
+    /// selection serves every query head of the KV head. <paramref name="queries"/> is [group, headDim];
+    /// <paramref name="perHead"/> holds [group, end − start] floats and <paramref name="scratch"/>
+    /// <see cref="CentreRadiusScratch"/> floats.
     /// </summary>
     public static void GroupScores(PagedKvStore store, PageTable table, int start, int end, ReadOnlySpan<float> queries, int group, float scale,
-        Bound bound, Span<float> scores, Span<float> scratch)
+        Bound bound, Span<float> scores, Span<float> perHead, Span<float> scratch)
     {
         int n = end - start, d = queries.Length / group;
         if (n <= 0) return;
+        if (bound == Bound.CentreRadius) CentreRadiusScores(store, table, start, end, queries, group, scale, perHead, scratch);
+        else
+            for (int h = 0; h < group; h++)
+            {
+                var q = queries.Slice(h * d, d);
+                for (int i = 0; i < n; i++) perHead[h * n + i] = scale * QuestBound(store, table[start + i], q);
+            }
         scores[..n].Clear();
-        var row = scratch[..n];
         for (int h = 0; h < group; h++)
         {
-            var q = queries.Slice(h * d, d);
-            for (int i = 0; i < n; i++)
-            {
-                int page = table[start + i];
-                row[i] = scale * (bound == Bound.Quest ? QuestBound(store, page, q) : CentreRadiusScore(store, page, q));
-            }
+            var row = perHead.Slice(h * n, n);
             TensorPrimitives.SoftMax(row, row);
             TensorPrimitives.Add(scores[..n], row, scores[..n]);
         }
         TensorPrimitives.Divide(scores[..n], group, scores[..n]);
     }
 
-    /// <summary>Indices of the <paramref name="k"/> largest scores, in ascending index order (ties to the lower index).</summary>
+    /// <summary>
+    /// Indices of the <paramref name="k"/> largest scores, in ascending index order; among equal scores at the cut the
+    /// lower indices win. Expected linear time: the k-th largest value is found by quickselect on a copy.
+    /// </summary>
     public static int TopK(ReadOnlySpan<float> scores, int k, Span<int> result, Span<float> keyScratch)
     {
         int n = scores.Length;
         k = Math.Min(k, n);
         if (k <= 0) return 0;
-        var order = result[..n];
-        var keys = keyScratch[..n];
-        for (int i = 0; i < n; i++) { order[i] = i; keys[i] = -scores[i]; }
-        keys.Sort(order); // unstable, but ties only swap equal scores
-        order[..k].Sort();
-        return k;
+        var values = keyScratch[..n];
+        scores.CopyTo(values);
+        float threshold = KthLargest(values, k);
+        int above = 0;
+        for (int i = 0; i < n; i++) if (scores[i] > threshold) above++;
+        int picked = 0, ties = k - above;
+        for (int i = 0; i < n && picked < k; i++)
+        {
+            if (scores[i] > threshold) result[picked++] = i;
+            else if (scores[i] == threshold && ties > 0) { result[picked++] = i; ties--; }
+        }
+        return picked;
+    }
+
+    /// <summary>The k-th largest value (1-based) of <paramref name="values"/>, which it reorders (Hoare quickselect, middle pivot).</summary>
+    static float KthLargest(Span<float> values, int k)
+    {
+        int lo = 0, hi = values.Length - 1, target = k - 1; // position in descending order
+        while (lo < hi)
+        {
+            float pivot = values[lo + (hi - lo) / 2];
+            int i = lo, j = hi;
+            while (i <= j)
+            {
+                while (values[i] > pivot) i++;
+                while (values[j] < pivot) j--;
+                if (i <= j) { (values[i], values[j]) = (values[j], values[i]); i++; j--; }
+            }
+            // Now [lo, j] ≥ pivot ≥ [i, hi], and everything strictly between j and i equals the pivot.
+            if (target <= j) hi = j;
+            else if (target >= i) lo = i;
+            else return pivot;
+        }
+        return values[target];
     }
 }
 
@@ -107,7 +186,7 @@ public static class PageScoring
 /// </summary>
 public sealed class PagePicker
 {
-    float[] scores = [], scratch = [], keys = [];
+    float[] scores = [], perHead = [], scratch = [], keys = [];
     int[] order = [];
 
     /// <summary>Table indices of the <paramref name="k"/> best pages in [start, end), ascending.</summary>
@@ -119,11 +198,13 @@ public sealed class PagePicker
         {
             int size = Math.Max(n, scores.Length * 2);
             scores = new float[size];
-            scratch = new float[size];
             keys = new float[size];
             order = new int[size];
         }
-        PageScoring.GroupScores(store, table, start, end, queries, group, scale, bound, scores, scratch);
+        if (perHead.Length < group * n) perHead = new float[Math.Max(group * n, 2 * perHead.Length)];
+        int need = PageScoring.CentreRadiusScratch(store.HeadDim, group);
+        if (scratch.Length < need) scratch = new float[need];
+        PageScoring.GroupScores(store, table, start, end, queries, group, scale, bound, scores, perHead, scratch);
         int picked = PageScoring.TopK(scores.AsSpan(0, n), k, order, keys);
         for (int i = 0; i < picked; i++) order[i] += start;
         return order.AsSpan(0, picked);

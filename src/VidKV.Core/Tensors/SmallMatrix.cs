@@ -1,0 +1,191 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace VidKV.Tensors;
+
+/// <summary>
+/// Small dense products for attention and page scoring: a row-major C (+)= A·B where A has a handful of rows (query
+/// heads × tokens) and each vector load of B feeds all of them, and the transpose that lets keys be B.
+/// </summary>
+public static unsafe class SmallMatrix
+{
+    /// <summary>
+    /// destination[c, r] = source[r, c] for r &lt; roundUp(rows, 16), c &lt; columns. Source rows are
+    /// <paramref name="columns"/> floats and the source must have room for roundUp(rows, 16) of them: the rows past
+    /// <paramref name="rows"/> are set to zero, so whole 16×16 blocks can be transposed in registers.
+    /// </summary>
+    public static void Transpose(float* source, int rows, int columns, float* destination, int destinationStride)
+    {
+        int padded = (rows + 15) & ~15;
+        new Span<float>(source + rows * columns, (padded - rows) * columns).Clear();
+        int c = 0;
+        if (Avx512F.IsSupported)
+            for (; c + 16 <= columns; c += 16)
+                for (int r = 0; r < padded; r += 16)
+                    Transpose16(source + r * columns + c, columns, destination + c * destinationStride + r, destinationStride);
+        for (; c < columns; c++)
+            for (int r = 0; r < padded; r++)
+                destination[c * destinationStride + r] = source[r * columns + c];
+    }
+
+    /// <summary>In-register transpose of a 16×16 block of floats: unpack pairs, then pairs of pairs, then two 128-bit lane shuffles.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Transpose16(float* source, int sourceStride, float* destination, int destinationStride)
+    {
+        // Stage 1: t[2i], t[2i+1] interleave rows 2i and 2i+1 (elements 0,1 and 2,3 of each 128-bit lane).
+        var t0 = Avx512F.UnpackLow(Vector512.Load(source), Vector512.Load(source + sourceStride));
+        var t1 = Avx512F.UnpackHigh(Vector512.Load(source), Vector512.Load(source + sourceStride));
+        var t2 = Avx512F.UnpackLow(Vector512.Load(source + 2 * sourceStride), Vector512.Load(source + 3 * sourceStride));
+        var t3 = Avx512F.UnpackHigh(Vector512.Load(source + 2 * sourceStride), Vector512.Load(source + 3 * sourceStride));
+        var t4 = Avx512F.UnpackLow(Vector512.Load(source + 4 * sourceStride), Vector512.Load(source + 5 * sourceStride));
+        var t5 = Avx512F.UnpackHigh(Vector512.Load(source + 4 * sourceStride), Vector512.Load(source + 5 * sourceStride));
+        var t6 = Avx512F.UnpackLow(Vector512.Load(source + 6 * sourceStride), Vector512.Load(source + 7 * sourceStride));
+        var t7 = Avx512F.UnpackHigh(Vector512.Load(source + 6 * sourceStride), Vector512.Load(source + 7 * sourceStride));
+        var t8 = Avx512F.UnpackLow(Vector512.Load(source + 8 * sourceStride), Vector512.Load(source + 9 * sourceStride));
+        var t9 = Avx512F.UnpackHigh(Vector512.Load(source + 8 * sourceStride), Vector512.Load(source + 9 * sourceStride));
+        var t10 = Avx512F.UnpackLow(Vector512.Load(source + 10 * sourceStride), Vector512.Load(source + 11 * sourceStride));
+        var t11 = Avx512F.UnpackHigh(Vector512.Load(source + 10 * sourceStride), Vector512.Load(source + 11 * sourceStride));
+        var t12 = Avx512F.UnpackLow(Vector512.Load(source + 12 * sourceStride), Vector512.Load(source + 13 * sourceStride));
+        var t13 = Avx512F.UnpackHigh(Vector512.Load(source + 12 * sourceStride), Vector512.Load(source + 13 * sourceStride));
+        var t14 = Avx512F.UnpackLow(Vector512.Load(source + 14 * sourceStride), Vector512.Load(source + 15 * sourceStride));
+        var t15 = Avx512F.UnpackHigh(Vector512.Load(source + 14 * sourceStride), Vector512.Load(source + 15 * sourceStride));
+        // Stage 2: u[4k + c] holds, in 128-bit lane L, rows 4k..4k+3 of column 4L + c.
+        var u0 = Avx512F.UnpackLow(t0.AsDouble(), t2.AsDouble()).AsSingle();
+        var u1 = Avx512F.UnpackHigh(t0.AsDouble(), t2.AsDouble()).AsSingle();
+        var u2 = Avx512F.UnpackLow(t1.AsDouble(), t3.AsDouble()).AsSingle();
+        var u3 = Avx512F.UnpackHigh(t1.AsDouble(), t3.AsDouble()).AsSingle();
+        var u4 = Avx512F.UnpackLow(t4.AsDouble(), t6.AsDouble()).AsSingle();
+        var u5 = Avx512F.UnpackHigh(t4.AsDouble(), t6.AsDouble()).AsSingle();
+        var u6 = Avx512F.UnpackLow(t5.AsDouble(), t7.AsDouble()).AsSingle();
+        var u7 = Avx512F.UnpackHigh(t5.AsDouble(), t7.AsDouble()).AsSingle();
+        var u8 = Avx512F.UnpackLow(t8.AsDouble(), t10.AsDouble()).AsSingle();
+        var u9 = Avx512F.UnpackHigh(t8.AsDouble(), t10.AsDouble()).AsSingle();
+        var u10 = Avx512F.UnpackLow(t9.AsDouble(), t11.AsDouble()).AsSingle();
+        var u11 = Avx512F.UnpackHigh(t9.AsDouble(), t11.AsDouble()).AsSingle();
+        var u12 = Avx512F.UnpackLow(t12.AsDouble(), t14.AsDouble()).AsSingle();
+        var u13 = Avx512F.UnpackHigh(t12.AsDouble(), t14.AsDouble()).AsSingle();
+        var u14 = Avx512F.UnpackLow(t13.AsDouble(), t15.AsDouble()).AsSingle();
+        var u15 = Avx512F.UnpackHigh(t13.AsDouble(), t15.AsDouble()).AsSingle();
+        // Stages 3 and 4: gather lane L of u[c], u[4+c], u[8+c], u[12+c] into output column 4L + c.
+        StoreColumns(u0, u4, u8, u12, destination, destinationStride);
+        StoreColumns(u1, u5, u9, u13, destination + destinationStride, destinationStride);
+        StoreColumns(u2, u6, u10, u14, destination + 2 * destinationStride, destinationStride);
+        StoreColumns(u3, u7, u11, u15, destination + 3 * destinationStride, destinationStride);
+    }
+
+    /// <summary>Columns c, 4+c, 8+c, 12+c (at <paramref name="destination"/> + 0, 4, 8, 12 strides) from the four stage-2 vectors of column c.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void StoreColumns(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> e, float* destination, int stride)
+    {
+        var even = Avx512F.Shuffle4x128(a, b, 0x88); // a0 a2 b0 b2
+        var odd = Avx512F.Shuffle4x128(a, b, 0xDD);  // a1 a3 b1 b3
+        var evenHigh = Avx512F.Shuffle4x128(c, e, 0x88);
+        var oddHigh = Avx512F.Shuffle4x128(c, e, 0xDD);
+        Avx512F.Shuffle4x128(even, evenHigh, 0x88).Store(destination);              // lane 0
+        Avx512F.Shuffle4x128(odd, oddHigh, 0x88).Store(destination + 4 * stride);   // lane 1
+        Avx512F.Shuffle4x128(even, evenHigh, 0xDD).Store(destination + 8 * stride); // lane 2
+        Avx512F.Shuffle4x128(odd, oddHigh, 0xDD).Store(destination + 12 * stride);  // lane 3
+    }
+
+    interface ILanes { static abstract int Count { get; } }
+    struct Four : ILanes { public static int Count => 4; }
+    struct Eight : ILanes { public static int Count => 8; }
+
+    /// <summary>
+    /// c[r, 0..n) = (accumulate ? c[r, 0..n) : 0) + Σ_k a[r, k] · b[k, 0..n) for r &lt; rows: a small row-major
+    /// product where each vector load of b feeds the FMAs of up to eight rows of a (the attention lanes).
+    /// </summary>
+    public static void Multiply(float* a, int lda, int rows, float* b, int ldb, int k, int n, float* c, int ldc, bool accumulate)
+    {
+        for (int r = 0; r < rows; r += 8)
+        {
+            int m = Math.Min(8, rows - r);
+            if (m > 4) GemmBlock<Eight>(a + r * lda, lda, m, b, ldb, k, n, c + r * ldc, ldc, accumulate);
+            else GemmBlock<Four>(a + r * lda, lda, m, b, ldb, k, n, c + r * ldc, ldc, accumulate);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Multiply"/> for one block of <paramref name="m"/> ≤ <typeparamref name="TLanes"/>.Count rows;
+    /// missing rows repeat the last one (they compute and store the same values). The lane count is a constant per
+    /// instantiation, so the unused accumulators of <see cref="Four"/> are compiled away.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void GemmBlock<TLanes>(float* a, int lda, int m, float* b, int ldb, int k, int n, float* c, int ldc, bool accumulate)
+        where TLanes : struct, ILanes
+    {
+        float* a0 = a, a1 = a + Math.Min(1, m - 1) * lda, a2 = a + Math.Min(2, m - 1) * lda, a3 = a + Math.Min(3, m - 1) * lda;
+        float* a4 = a + Math.Min(4, m - 1) * lda, a5 = a + Math.Min(5, m - 1) * lda, a6 = a + Math.Min(6, m - 1) * lda, a7 = a + Math.Min(7, m - 1) * lda;
+        float* c0 = c, c1 = c + Math.Min(1, m - 1) * ldc, c2 = c + Math.Min(2, m - 1) * ldc, c3 = c + Math.Min(3, m - 1) * ldc;
+        float* c4 = c + Math.Min(4, m - 1) * ldc, c5 = c + Math.Min(5, m - 1) * ldc, c6 = c + Math.Min(6, m - 1) * ldc, c7 = c + Math.Min(7, m - 1) * ldc;
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; j + 16 <= n; j += 16)
+            {
+                Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
+                if (accumulate)
+                {
+                    s0 = Vector512.Load(c0 + j); s1 = Vector512.Load(c1 + j); s2 = Vector512.Load(c2 + j); s3 = Vector512.Load(c3 + j);
+                    if (TLanes.Count > 4) { s4 = Vector512.Load(c4 + j); s5 = Vector512.Load(c5 + j); s6 = Vector512.Load(c6 + j); s7 = Vector512.Load(c7 + j); }
+                }
+                float* bj = b + j;
+                for (int i = 0; i < k; i++, bj += ldb)
+                {
+                    var v = Vector512.Load(bj);
+                    s0 = Vector512.FusedMultiplyAdd(Vector512.Create(a0[i]), v, s0);
+                    s1 = Vector512.FusedMultiplyAdd(Vector512.Create(a1[i]), v, s1);
+                    s2 = Vector512.FusedMultiplyAdd(Vector512.Create(a2[i]), v, s2);
+                    s3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[i]), v, s3);
+                    if (TLanes.Count > 4)
+                    {
+                        s4 = Vector512.FusedMultiplyAdd(Vector512.Create(a4[i]), v, s4);
+                        s5 = Vector512.FusedMultiplyAdd(Vector512.Create(a5[i]), v, s5);
+                        s6 = Vector512.FusedMultiplyAdd(Vector512.Create(a6[i]), v, s6);
+                        s7 = Vector512.FusedMultiplyAdd(Vector512.Create(a7[i]), v, s7);
+                    }
+                }
+                s0.Store(c0 + j); s1.Store(c1 + j); s2.Store(c2 + j); s3.Store(c3 + j);
+                if (TLanes.Count > 4) { s4.Store(c4 + j); s5.Store(c5 + j); s6.Store(c6 + j); s7.Store(c7 + j); }
+            }
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; j + 8 <= n; j += 8)
+            {
+                Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
+                if (accumulate)
+                {
+                    s0 = Vector256.Load(c0 + j); s1 = Vector256.Load(c1 + j); s2 = Vector256.Load(c2 + j); s3 = Vector256.Load(c3 + j);
+                    if (TLanes.Count > 4) { s4 = Vector256.Load(c4 + j); s5 = Vector256.Load(c5 + j); s6 = Vector256.Load(c6 + j); s7 = Vector256.Load(c7 + j); }
+                }
+                float* bj = b + j;
+                for (int i = 0; i < k; i++, bj += ldb)
+                {
+                    var v = Vector256.Load(bj);
+                    s0 = Vector256.FusedMultiplyAdd(Vector256.Create(a0[i]), v, s0);
+                    s1 = Vector256.FusedMultiplyAdd(Vector256.Create(a1[i]), v, s1);
+                    s2 = Vector256.FusedMultiplyAdd(Vector256.Create(a2[i]), v, s2);
+                    s3 = Vector256.FusedMultiplyAdd(Vector256.Create(a3[i]), v, s3);
+                    if (TLanes.Count > 4)
+                    {
+                        s4 = Vector256.FusedMultiplyAdd(Vector256.Create(a4[i]), v, s4);
+                        s5 = Vector256.FusedMultiplyAdd(Vector256.Create(a5[i]), v, s5);
+                        s6 = Vector256.FusedMultiplyAdd(Vector256.Create(a6[i]), v, s6);
+                        s7 = Vector256.FusedMultiplyAdd(Vector256.Create(a7[i]), v, s7);
+                    }
+                }
+                s0.Store(c0 + j); s1.Store(c1 + j); s2.Store(c2 + j); s3.Store(c3 + j);
+                if (TLanes.Count > 4) { s4.Store(c4 + j); s5.Store(c5 + j); s6.Store(c6 + j); s7.Store(c7 + j); }
+            }
+        }
+        for (; j < n; j++)
+            for (int r = 0; r < m; r++)
+            {
+                float sum = accumulate ? c[r * ldc + j] : 0f;
+                for (int i = 0; i < k; i++) sum = MathF.FusedMultiplyAdd(a[r * lda + i], b[(long)i * ldb + j], sum);
+                c[r * ldc + j] = sum;
+            }
+    }
+}
