@@ -166,17 +166,23 @@ public class KvCacheTests
         for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"{spec} step {i}: rewound cache differs from a fresh one");
     }
 
-    /// <summary>FreeKV with a cold tier (pages leave RAM past the recent window and come back when selected) gives exactly the logits of FreeKV in RAM, with fewer pages hot.</summary>
+    /// <summary>
+    /// FreeKV with a cold tier (pages leave RAM past the recent window and come back when selected) gives exactly the
+    /// logits of FreeKV in RAM, with fewer pages hot, whether the next step's pages are recalled in the background
+    /// (prefetch) or only when selected.
+    /// </summary>
     [Theory]
-    [InlineData(16)]
-    [InlineData(32)]
-    public void ColdTierChangesNoLogits(int pageSize)
+    [InlineData(16, true)]
+    [InlineData(32, true)]
+    [InlineData(32, false)]
+    public void ColdTierChangesNoLogits(int pageSize, bool prefetch)
     {
         using var model = Stories();
         var tokens = StoryTokens(model, 300);
         var want = Run(model, Paged(model, "freekv", pageSize, GgmlType.F16, budget: 96), tokens, 40);
         string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
-        using var cache = new KvCacheConfig { Default = "freekv", PageSize = pageSize, Type = GgmlType.F16, Budget = 96, ColdPath = path }
+        string spec = prefetch ? "freekv" : "freekv:prefetch=0";
+        using var cache = new KvCacheConfig { Default = spec, PageSize = pageSize, Type = GgmlType.F16, Budget = 96, ColdPath = path }
             .CreateCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim);
         int maxHot = 0;
         var got = Run(model, cache, tokens, 40, _ => maxHot = Math.Max(maxHot, cache.Store.HotPageCount));
@@ -184,9 +190,64 @@ public class KvCacheTests
         Assert.True(cache.Store.ColdOnlyPageCount > 0, "nothing went cold");
         Assert.True(cache.RecalledBytes > 0, "nothing was recalled");
         int heads = model.Config.LayerCount * model.Config.KvHeadCount;
-        // Hot per head: sink and recent pages plus the retrieved ones, at most the budget in pages plus a partial page at each end.
-        Assert.True(maxHot <= heads * (96 / pageSize + 3), $"{maxHot} pages hot for {heads} heads");
+        // Hot per head: sink and recent pages plus the retrieved ones, at most the budget in pages plus a partial page
+        // at each end; prefetching adds at most the next step's retrieved pages (the second buffer).
+        int retrieved = (96 - 2 * 24) / pageSize;
+        Assert.True(maxHot <= heads * (96 / pageSize + 3 + (prefetch ? retrieved : 0)), $"{maxHot} pages hot for {heads} heads");
+        if (prefetch)
+        {
+            Assert.True(cache.PrefetchHits > 0, $"no prefetched page was used ({cache.PrefetchedPages} prefetched)");
+            Assert.True(cache.PrefetchHits <= cache.PrefetchedPages);
+        }
+        else Assert.Equal(0, cache.PrefetchedPages);
         Assert.Null(cache.Store.ColdError);
+    }
+
+    /// <summary>A background recall brings back the same rows as a direct one; cancelling or removing a page with a read in flight frees its frame.</summary>
+    [Fact]
+    public void PrefetchedPagesMatchDirectRecall()
+    {
+        const int d = 16;
+        string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
+        var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = 16, ColdPath = path });
+        var rng = new Random(3);
+        var k = new float[d];
+        var v = new float[d];
+        for (int t = 0; t < 160; t++)
+        {
+            for (int i = 0; i < d; i++) { k[i] = (float)rng.NextDouble(); v[i] = (float)rng.NextDouble(); }
+            Assert.True(store.Append(0, t, 1, k, v));
+        }
+        var table = store.Table(0, 0);
+        var pages = table.Pages.ToArray();
+        var before = pages.Select(p => Rows(store, p)).ToArray();
+        foreach (int page in pages) store.MoveCold(page);
+        Assert.Equal(0, store.HotPageCount);
+        for (int i = 0; i < pages.Length; i++) Assert.True(store.Prefetch(pages[i]));
+        Assert.False(store.Prefetch(pages[0])); // already on its way
+        Assert.Equal(pages.Length, store.HotPageCount); // the frames being filled count as hot
+        store.CancelPrefetch(pages[1]);
+        Assert.False(store.IsHot(pages[1]));
+        Assert.Equal(pages.Length - 1, store.HotPageCount);
+        store.RemovePage(0, 0, table.Count - 1); // the last page, with its read in flight
+        Assert.Equal(pages.Length - 2, store.HotPageCount);
+        for (int i = 0; i < pages.Length - 1; i++)
+        {
+            Assert.True(store.Recall(pages[i]));
+            Assert.Equal(before[i], Rows(store, pages[i]));
+        }
+        for (int i = 0; i < 3; i++) store.MoveCold(pages[i]);
+        for (int i = 0; i < 3; i++) Assert.True(store.Prefetch(pages[i]));
+        store.Dispose(); // reads in flight finish before the frames are freed
+        Assert.False(File.Exists(path));
+
+        static float[] Rows(PagedKvStore store, int page)
+        {
+            var row = new float[d];
+            var all = new List<float>();
+            for (int j = 0; j < store.Count(page); j++) { store.ReadKey(page, j, row); all.AddRange(row); store.ReadValue(page, j, row); all.AddRange(row); }
+            return all.ToArray();
+        }
     }
 
     static HashSet<int> FirstStored(HashSet<int> stored, int count) => stored.Order().Take(count).ToHashSet();

@@ -7,12 +7,22 @@ namespace VidKV.Cache;
 /// recall is one positional read. The file is read and written with positional I/O (pread/pwrite) rather than a
 /// writable memory map: a full disk then surfaces as an <see cref="IOException"/> on the write that hit it instead
 /// of a SIGBUS, and cold pages do not count toward the process's resident memory. The file is deleted on dispose.
+/// Reads can also be queued (<see cref="ReadAsync"/>) to one background thread, FreeKV's asynchronous recall: the
+/// caller gets a ticket and waits on it only when it needs the page.
 /// </summary>
-public sealed class ColdTier : IDisposable
+public sealed unsafe class ColdTier : IDisposable
 {
     readonly SafeFileHandle file;
     readonly Stack<long> free = new();
     long slots;
+
+    // Background reads: a ring of requests served in order; ticket t is the t-th request (from 1).
+    readonly object gate = new();
+    (int Slot, nint Destination)[] ring = new (int, nint)[256];
+    long submitted, completed;
+    Thread? reader;
+    bool stopping;
+    Dictionary<long, string>? failures;
 
     public ColdTier(string path, int slotBytes)
     {
@@ -62,5 +72,73 @@ public sealed class ColdTier : IDisposable
         }
     }
 
-    public void Dispose() => file.Dispose();
+    /// <summary>
+    /// Queues a read of <paramref name="slot"/> into <paramref name="destination"/> (<see cref="SlotBytes"/> bytes that
+    /// must stay valid until <see cref="Wait"/> returns for the ticket) and returns the ticket.
+    /// </summary>
+    public long ReadAsync(int slot, byte* destination)
+    {
+        lock (gate)
+        {
+            if (submitted - Volatile.Read(ref completed) == ring.Length)
+            {
+                // Full ring: grow it (requests are served in ticket order, so copy them in that order).
+                var grown = new (int, nint)[ring.Length * 2];
+                for (long t = completed; t < submitted; t++) grown[t % grown.Length] = ring[t % ring.Length];
+                ring = grown;
+            }
+            ring[submitted % ring.Length] = (slot, (nint)destination);
+            submitted++;
+            if (reader == null)
+            {
+                reader = new Thread(ReadLoop) { IsBackground = true, Name = "vidkv-cold-reader" };
+                reader.Start();
+            }
+            Monitor.Pulse(gate);
+            return submitted;
+        }
+    }
+
+    /// <summary>Returns once the read of <paramref name="ticket"/> is done; throws the read's <see cref="IOException"/> if it failed.</summary>
+    public void Wait(long ticket)
+    {
+        var spin = new SpinWait();
+        while (Volatile.Read(ref completed) < ticket) spin.SpinOnce();
+        if (failures != null)
+            lock (gate)
+                if (failures.Remove(ticket, out var message)) throw new IOException(message);
+    }
+
+    void ReadLoop()
+    {
+        while (true)
+        {
+            int slot;
+            nint destination;
+            lock (gate)
+            {
+                while (completed == submitted && !stopping) Monitor.Wait(gate);
+                if (completed == submitted) return;
+                (slot, destination) = ring[completed % ring.Length];
+            }
+            try { Read(slot, new Span<byte>((void*)destination, SlotBytes)); }
+            catch (IOException e)
+            {
+                lock (gate) (failures ??= [])[completed + 1] = e.Message;
+            }
+            Volatile.Write(ref completed, completed + 1);
+        }
+    }
+
+    /// <summary>Finishes queued reads, stops the reader thread and closes (deletes) the file.</summary>
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            stopping = true;
+            Monitor.Pulse(gate);
+        }
+        reader?.Join();
+        file.Dispose();
+    }
 }

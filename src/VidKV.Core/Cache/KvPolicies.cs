@@ -20,7 +20,7 @@ public static class KvPolicies
         ("sinkwindow", "sinks=4, window=budget−sinks", "StreamingLLM: sinks + recent window, evicting the rest"),
         ("quest", "budget, reuse=1, dense=0", "Quest: min/max key pages, top pages by upper bound"),
         ("lserve", "budget=4096, reuse=4, dense=0", "LServe: Quest on logical 16-token pages, selection reused 4 steps"),
-        ("freekv", "budget, sinks=budget/4, recent=budget/4, tau=0.8", "FreeKV: centre±radius pages chosen with q(t−1), corrected below tau"),
+        ("freekv", "budget, sinks=budget/4, recent=budget/4, tau=0.8, prefetch=1", "FreeKV: centre±radius pages chosen with q(t−1), corrected below tau, next pages recalled in the background"),
         ("clusterkv", "budget, clusters=400, iterations=20, sinks=16, window=320, new=8", "ClusterKV: cosine k-means clusters of keys"),
     ];
 
@@ -71,7 +71,7 @@ public static class KvPolicies
     static FreeKvPolicy FreeKv(Options options, int? budget)
     {
         int b = options.Int("budget", budget);
-        return new FreeKvPolicy(b, options.Int("sinks", b / 4), options.Int("recent", b / 4), options.Float("tau", 0.8f));
+        return new FreeKvPolicy(b, options.Int("sinks", b / 4), options.Int("recent", b / 4), options.Float("tau", 0.8f), options.Int("prefetch", 1) != 0);
     }
 
     sealed class Options

@@ -34,6 +34,8 @@ public sealed unsafe class PagedKvCache : KvCache
     readonly int[] headStart;
     // Per layer: pages brought back from the cold tier that are still hot, and the step each page was last read at.
     readonly List<(int Page, int Generation)>[] recalled;
+    // Per layer: pages whose background recall was started after the previous step (for the policies' predicted pages).
+    readonly List<(int Page, int Generation)>[] prefetched;
     long[] lastRead = [];
     float[] groupQueries = [];
     int length;
@@ -50,6 +52,8 @@ public sealed unsafe class PagedKvCache : KvCache
         headStart = new int[store.KvHeadCount + 1];
         recalled = new List<(int, int)>[store.LayerCount];
         for (int l = 0; l < recalled.Length; l++) recalled[l] = [];
+        prefetched = new List<(int, int)>[store.LayerCount];
+        for (int l = 0; l < prefetched.Length; l++) prefetched[l] = [];
     }
 
     public PagedKvStore Store => store;
@@ -59,6 +63,9 @@ public sealed unsafe class PagedKvCache : KvCache
     public override long AllocatedBytes => store.AllocatedBytes;
     /// <summary>Bytes of KV rows attention read, summed over all steps, layers and heads.</summary>
     public long RowBytesRead { get; private set; }
+    /// <summary>Background recalls started for pages the policies predicted, and how many of those pages were then read.</summary>
+    public long PrefetchedPages { get; private set; }
+    public long PrefetchHits { get; private set; }
     /// <summary>Bytes brought back from the cold tier, summed over all steps.</summary>
     public long RecalledBytes { get; private set; }
 
@@ -108,6 +115,7 @@ public sealed unsafe class PagedKvCache : KvCache
                 if (!store.IsHot(page))
                 {
                     long recallStart = Stopwatch.GetTimestamp();
+                    if (store.IsPrefetching(page)) PrefetchHits++;
                     if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
                     recalled[layer].Add((page, store.Generation(page)));
                     RecalledBytes += store.FrameBytes;
@@ -126,6 +134,10 @@ public sealed unsafe class PagedKvCache : KvCache
             }
         }
         headStart[kvHeads] = v;
+        // Predicted pages this step did not select go back to waiting in the cold tier.
+        foreach (var (page, generation) in prefetched[layer])
+            if (store.Generation(page) == generation && store.IsPrefetching(page)) store.CancelPrefetch(page);
+        prefetched[layer].Clear();
         long gathered = Stopwatch.GetTimestamp();
         Times.Recall += recallTicks;
         Times.Select += gathered - clock - recallTicks;
@@ -151,6 +163,20 @@ public sealed unsafe class PagedKvCache : KvCache
             list.RemoveAt(i);
         }
         for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(MakeStep(layer, g, queries, position, count, group, headCount, scale));
+        // Start reading the cold pages the policies expect to need next step; by the time this layer runs again they are in.
+        if (store.HasColdTier)
+            for (int g = 0; g < kvHeads; g++)
+            {
+                var table = store.Table(layer, g);
+                foreach (int index in policies[layer, g].NextPages(layer, g))
+                {
+                    if (index >= table.Count) continue;
+                    int page = table[index];
+                    if (!store.Prefetch(page)) continue;
+                    prefetched[layer].Add((page, store.Generation(page)));
+                    PrefetchedPages++;
+                }
+            }
         Times.Update += Stopwatch.GetTimestamp() - clock;
     }
 
@@ -175,6 +201,12 @@ public sealed unsafe class PagedKvCache : KvCache
     public override void Truncate(int length)
     {
         if (length < 0 || length > this.length) throw new ArgumentOutOfRangeException(nameof(length));
+        foreach (var list in prefetched)
+        {
+            foreach (var (page, generation) in list)
+                if (store.Generation(page) == generation) store.CancelPrefetch(page);
+            list.Clear();
+        }
         store.Truncate(length);
         foreach (var policy in policies.Distinct) policy.OnTruncated(length);
         this.length = length;

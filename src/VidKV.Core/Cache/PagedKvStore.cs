@@ -65,6 +65,9 @@ public sealed unsafe class PagedKvStore : IDisposable
     ulong[] hashes = [];
     float[] minKeys = [], maxKeys = [], keySums = [], centres = [], radii = [];
     bool[] digestValid = [];
+    // Background recalls in flight: the ticket of the read (0 = none) and the frame it fills.
+    long[] pendingTicket = [];
+    int[] pendingFrame = [];
 
     // Hot frames: slabs never move, so a frame's address is stable.
     readonly List<nint> slabs = [];
@@ -337,6 +340,8 @@ public sealed unsafe class PagedKvStore : IDisposable
         Array.Resize(ref centres, capacity * d);
         Array.Resize(ref radii, capacity * d);
         Array.Resize(ref digestValid, capacity);
+        Array.Resize(ref pendingTicket, capacity);
+        Array.Resize(ref pendingFrame, capacity);
         positions = (int*)NativeMemory.Realloc(positions, (nuint)((long)capacity * p * sizeof(int)));
         pageCapacity = capacity;
     }
@@ -414,6 +419,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     {
         var table = Table(layer, head);
         int page = table[index];
+        CancelPrefetch(page);
         table.TokenCount -= count[page];
         table.RemoveAt(index);
         if (frameOf[page] >= 0) FreeFrame(frameOf[page]);
@@ -469,16 +475,57 @@ public sealed unsafe class PagedKvStore : IDisposable
         ColdOnlyPageCount++;
     }
 
-    /// <summary>Brings a cold page back into a hot frame (keeping its clean cold copy); false when no frame is free.</summary>
+    /// <summary>
+    /// Brings a cold page back into a hot frame (keeping its clean cold copy); false when no frame is free. A page with
+    /// a <see cref="Prefetch"/> in flight waits for that read instead of reading again.
+    /// </summary>
     public bool Recall(int page)
     {
         if (IsHot(page)) return true;
+        if (pendingTicket[page] != 0)
+        {
+            long ticket = pendingTicket[page];
+            int pending = pendingFrame[page];
+            pendingTicket[page] = 0;
+            try { cold!.Wait(ticket); }
+            catch (IOException) { FreeFrame(pending); throw; }
+            frameOf[page] = pending;
+            ColdOnlyPageCount--;
+            return true;
+        }
         if (!CanAllocateFrames(1)) return false;
         int frame = AllocateFrame();
         cold!.Read(coldSlotOf[page], new Span<byte>(FramePointer(frame), FrameBytes));
         frameOf[page] = frame;
         ColdOnlyPageCount--;
         return true;
+    }
+
+    /// <summary>
+    /// Starts reading a cold page back on the cold tier's background thread into a newly allocated frame (which counts
+    /// as hot from now on); <see cref="Recall"/> later waits for it, or <see cref="CancelPrefetch"/> gives the frame
+    /// back. False (and nothing started) when the page is hot, already on its way, or no frame is free.
+    /// </summary>
+    public bool Prefetch(int page)
+    {
+        if (cold == null || IsHot(page) || pendingTicket[page] != 0 || !CanAllocateFrames(1)) return false;
+        int frame = AllocateFrame();
+        pendingFrame[page] = frame;
+        pendingTicket[page] = cold.ReadAsync(coldSlotOf[page], FramePointer(frame));
+        return true;
+    }
+
+    /// <summary>Whether a <see cref="Prefetch"/> of the page is in flight (not yet recalled or cancelled).</summary>
+    public bool IsPrefetching(int page) => pendingTicket[page] != 0;
+
+    /// <summary>Drops an unused prefetch: waits for its read to finish (the frame is being written) and frees the frame; the page stays cold.</summary>
+    public void CancelPrefetch(int page)
+    {
+        if (pendingTicket[page] == 0) return;
+        try { cold!.Wait(pendingTicket[page]); }
+        catch (IOException) { } // the page is still cold and intact; nothing was lost
+        pendingTicket[page] = 0;
+        FreeFrame(pendingFrame[page]);
     }
 
     /// <summary>Set when a cold write failed (the message names the file and offset); pages then stay in RAM.</summary>
@@ -501,11 +548,11 @@ public sealed unsafe class PagedKvStore : IDisposable
     {
         if (disposed) return;
         disposed = true;
+        cold?.Dispose(); // first: its reader thread may still be filling a frame
         foreach (var slab in slabs) NativeMemory.Free((void*)slab);
         slabs.Clear();
         NativeMemory.Free(positions);
         positions = null;
-        cold?.Dispose();
     }
 }
 

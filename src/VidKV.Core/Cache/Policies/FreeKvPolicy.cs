@@ -8,7 +8,9 @@ namespace VidKV.Cache;
 /// selecting again with q_t. Then the selection for t+1 is made with q_t (the paper overlaps it, and the recall of
 /// its pages from the cold tier, with the step's compute). τ = 1 reproduces exact selection. Defaults (paper's system
 /// path): budget 2048 = sink 512 + recent 512 + retrieved; here sink and recent default to a quarter of the budget
-/// each, which is the paper's ratio at its budget. Pages holding the step's own tokens are always read.
+/// each, which is the paper's ratio at its budget. Pages holding the step's own tokens are always read. With
+/// <c>prefetch</c> (default) the pages chosen for t+1 are announced through <see cref="NextPages"/>, and the cache
+/// recalls the cold ones on a background thread while the rest of the step runs (the paper's double-buffered recall).
 /// </summary>
 public sealed class FreeKvPolicy : KvPolicy
 {
@@ -19,8 +21,9 @@ public sealed class FreeKvPolicy : KvPolicy
     int[] speculativeCount = [], speculativeVersion = [], speculativeStart = [], speculativeEnd = [];
     bool[] hasPrevious = [];
 
-    public FreeKvPolicy(int budget, int? sinks = null, int? recent = null, float tau = 0.8f)
+    public FreeKvPolicy(int budget, int? sinks = null, int? recent = null, float tau = 0.8f, bool prefetch = true)
     {
+        Prefetch = prefetch;
         if (budget < 1) throw new ArgumentOutOfRangeException(nameof(budget), $"budget must be at least 1 token, not {budget}");
         if (tau is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(tau), $"tau must be in [0, 1], not {tau}");
         Budget = budget;
@@ -35,7 +38,15 @@ public sealed class FreeKvPolicy : KvPolicy
     public int Sinks { get; }
     public int Recent { get; }
     public float Tau { get; }
-    public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}";
+    /// <summary>Whether the next step's pages are announced for background recall.</summary>
+    public bool Prefetch { get; }
+    public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}" + (Prefetch ? "" : ",prefetch=0");
+
+    public override ReadOnlySpan<int> NextPages(int layer, int head)
+    {
+        int index = layer * Store.KvHeadCount + head;
+        return Prefetch && hasPrevious[index] ? speculative[index].AsSpan(0, speculativeCount[index]) : default;
+    }
 
     /// <summary>Head-steps that reused the speculative selection, and those corrected with the current query.</summary>
     public long Reused { get; private set; }

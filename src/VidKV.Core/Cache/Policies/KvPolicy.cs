@@ -51,6 +51,12 @@ public abstract class KvPolicy
     /// <summary>The cache was rewound to <paramref name="length"/> positions: forget state about later ones. The default forgets nothing.</summary>
     public virtual void OnTruncated(int length) { }
 
+    /// <summary>
+    /// Table indices of the pages (layer, head) expects to read on the next step (FreeKV's speculative selection), asked
+    /// after each step so the cache can start bringing cold ones back in the background. The default predicts nothing.
+    /// </summary>
+    public virtual ReadOnlySpan<int> NextPages(int layer, int head) => default;
+
     /// <summary>Adds the pages and rows (layer, head) reads for this step. The default reads everything.</summary>
     public virtual void Select(in KvStep step, PageSelection selection) => selection.AddAll(step.Table.Count);
 
@@ -184,6 +190,8 @@ public sealed class ComposedPolicy(KvPolicy reducer, KvPolicy retriever) : KvPol
     }
 
     public override void Select(in KvStep step, PageSelection selection) => Retriever.Select(step, selection);
+
+    public override ReadOnlySpan<int> NextPages(int layer, int head) => Retriever.NextPages(layer, head);
 
     public override void OnTruncated(int length)
     {
