@@ -12,8 +12,9 @@ static class KvCommands
 {
     public static Command Create()
     {
-        var command = new Command("kv", "Paged KV cache policies: evaluate them against the full cache.");
+        var command = new Command("kv", "Paged KV cache policies: evaluate them against the full cache, calibrate head patterns.");
         command.Subcommands.Add(Eval());
+        command.Subcommands.Add(Calibrate());
         return command;
     }
 
@@ -30,9 +31,12 @@ static class KvCommands
         output.AcceptOnlyFromAmong("md", "json");
         var threads = CommonOptions.Threads();
         var cache = CommonOptions.CacheType("--cache-type", "-ct", "keys and values");
+        var repeat = new Option<int>("--repeat") { Description = "Repeat the text this many times (long synthetic contexts, with a large -c).", DefaultValueFactory = _ => 1 };
+        var prefill = new Option<bool>("--prefill") { Description = "Prefill the unscored first half of each chunk in batches of 512 instead of token by token (fast for long contexts)." };
+        var noAttention = new Option<bool>("--no-attention-metrics") { Description = "Skip attention recall and output error (they cost O(context) per head and step in double precision)." };
 
         var command = new Command("eval", "Decode a text token by token under each policy × budget in lockstep with the full cache, and report perplexity, KL, top-1 agreement, attention recall, output error and KV bytes read per step.")
-            .With(model, file, context, policy, budget, pageSize, chunks, output, threads, cache);
+            .With(model, file, context, policy, budget, pageSize, chunks, output, threads, cache, repeat, prefill, noAttention);
         command.SetAction(r =>
         {
             Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
@@ -40,7 +44,8 @@ static class KvCommands
             string text = File.ReadAllText(r.GetValue(file)!);
             int ctx = r.GetValue(context) is > 0 and var c ? c : m.Config.ContextLength;
             var rows = KvEvaluation.Run(m, text, ctx, r.GetValue(policy)!, r.GetValue(budget)!, r.GetValue(pageSize),
-                CommonOptions.ParseCacheType(r.GetValue(cache)!), r.GetValue(chunks), what => Console.Error.WriteLine($"  evaluating {what}"));
+                CommonOptions.ParseCacheType(r.GetValue(cache)!), r.GetValue(chunks), what => Console.Error.WriteLine($"  evaluating {what}"),
+                attentionMetrics: !r.GetValue(noAttention), repeat: r.GetValue(repeat), prefillFirstHalf: r.GetValue(prefill));
             if (r.GetValue(output) == "json")
             {
                 Console.WriteLine(JsonSerializer.Serialize(rows.Select(x => new
@@ -56,6 +61,39 @@ static class KvCommands
             foreach (var x in rows)
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"| {x.Policy} | {(x.Budget is int b ? b.ToString(CultureInfo.InvariantCulture) : "-")} | {x.Perplexity:F4} | {x.PerplexityRatio:F4} | {x.KlDivergence:F5} | {x.Top1Agreement:P1} | {x.RecallMean:F4} | {x.RecallP5:F4} | {x.OutputErrorMean:F4} | {x.BytesPerStep:N0} | {x.KeptTokensPerHead:F0} |"));
+            return 0;
+        });
+        return command;
+    }
+
+    static Command Calibrate()
+    {
+        var model = CommonOptions.Model(required: true);
+        var file = new Option<string>("--file", "-f") { Description = "Calibration text (e.g. story_eval.txt).", Required = true };
+        var context = CommonOptions.ContextSize(512);
+        var sinks = new Option<int>("--sinks") { Description = "Sink tokens a streaming head keeps.", DefaultValueFactory = _ => 64 };
+        var recent = new Option<int>("--recent") { Description = "Recent tokens a streaming head keeps.", DefaultValueFactory = _ => 256 };
+        var chunks = new Option<int>("--chunks") { Description = "Chunks of the text to use (0 = all).", DefaultValueFactory = _ => 0 };
+        var output = new Option<string>("--output", "-o") { Description = "Pattern file to write (one line per layer, one score per KV head).", Required = true };
+        var threads = CommonOptions.Threads();
+        var command = new Command("calibrate", "Rank heads for DuoAttention without training: decode the text with the full cache and score each (layer, KV head) by the output error it would have as a streaming head (sinks + recent only). Writes a pattern file for the 'duo' policy (duo:pattern=FILE,fraction=0.5).")
+            .With(model, file, context, sinks, recent, chunks, output, threads);
+        command.SetAction(r =>
+        {
+            Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
+            using var m = ModelLoader.Load(r.GetValue(model)!);
+            string text = File.ReadAllText(r.GetValue(file)!);
+            int ctx = r.GetValue(context) is > 0 and var c ? c : m.Config.ContextLength;
+            int s = r.GetValue(sinks), w = r.GetValue(recent);
+            if (s < 0 || w < 1) throw new ArgumentException($"--sinks must be ≥ 0 and --recent ≥ 1 (got {s} and {w})");
+            var scores = HeadCalibration.Run(m, text, ctx, s, w, r.GetValue(chunks), what => Console.Error.WriteLine($"  calibrating: {what}"));
+            string path = r.GetValue(output)!;
+            PatternFile.Write(path, scores, $"DuoAttention head pattern (training-free proxy) for {Path.GetFileName(r.GetValue(model))}\n" +
+                $"mean relative output error of streaming ({s} sinks + {w} recent) vs full attention, -c {ctx}; higher = retrieval head\n" +
+                $"{scores.GetLength(0)} layers x {scores.GetLength(1)} KV heads");
+            for (int l = 0; l < scores.GetLength(0); l++)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layer {l,3}: {string.Join("  ", Enumerable.Range(0, scores.GetLength(1)).Select(h => scores[l, h].ToString("F4", CultureInfo.InvariantCulture)))}"));
+            Console.Error.WriteLine($"wrote {path}");
             return 0;
         });
         return command;

@@ -1,4 +1,5 @@
 using VidKV.Cache;
+using VidKV.Engine;
 using VidKV.Models;
 using VidKV.Tensors;
 
@@ -181,7 +182,7 @@ public class KvCacheTests
         var tokens = StoryTokens(model, 300);
         var want = Run(model, Paged(model, "freekv", pageSize, GgmlType.F16, budget: 96), tokens, 40);
         string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
-        string spec = prefetch ? "freekv" : "freekv:prefetch=0";
+        string spec = prefetch ? "freekv:prefetch=1" : "freekv:prefetch=0";
         using var cache = new KvCacheConfig { Default = spec, PageSize = pageSize, Type = GgmlType.F16, Budget = 96, ColdPath = path }
             .CreateCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim);
         int maxHot = 0;
@@ -273,6 +274,103 @@ public class KvCacheTests
         int n = 0;
         foreach (var view in read) n += view.Mask == KvPageView.AllRows ? view.Count : System.Numerics.BitOperations.PopCount(view.Mask);
         return n;
+    }
+
+    static string WritePattern(float[,] pattern)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"vidkv-pattern-{Environment.ProcessId}-{Guid.NewGuid():N}.tsv");
+        PatternFile.Write(path, pattern, "test pattern");
+        return path;
+    }
+
+    /// <summary>
+    /// DuoAttention: the top half of the pattern's heads keep every token, the others exactly sinks + recent; with
+    /// fraction 1 the logits are Full's, with fraction 0 they are StreamingLLM's with the same sinks and window.
+    /// </summary>
+    [Fact]
+    public void DuoKeepsTheTopHeadsFullAndStreamsTheRest()
+    {
+        using var model = Stories();
+        var c = model.Config;
+        var tokens = StoryTokens(model, 200);
+        var rng = new Random(9);
+        var pattern = new float[c.LayerCount, c.KvHeadCount];
+        for (int l = 0; l < c.LayerCount; l++) for (int h = 0; h < c.KvHeadCount; h++) pattern[l, h] = (float)rng.NextDouble();
+        string path = WritePattern(pattern);
+        try
+        {
+            var ranked = Enumerable.Range(0, c.LayerCount * c.KvHeadCount).OrderByDescending(i => pattern[i / c.KvHeadCount, i % c.KvHeadCount]).ToArray();
+            var retrieval = ranked.Take(ranked.Length / 2).ToHashSet();
+            using var cache = Paged(model, $"duo:pattern={path},fraction=0.5,sinks=4,recent=32");
+            Run(model, cache, tokens, 100, length =>
+            {
+                for (int l = 0; l < c.LayerCount; l++)
+                    for (int h = 0; h < c.KvHeadCount; h++)
+                        Assert.Equal(retrieval.Contains(l * c.KvHeadCount + h) ? length : Math.Min(length, 36), cache.Store.Table(l, h).TokenCount);
+            });
+            var full = Run(model, Paged(model, "full"), tokens, 100);
+            var allRetrieve = Run(model, Paged(model, $"duo:pattern={path},fraction=1"), tokens, 100);
+            var streaming = Run(model, Paged(model, "sinkwindow:sinks=4,window=32"), tokens, 100);
+            var allStream = Run(model, Paged(model, $"duo:pattern={path},fraction=0,sinks=4,recent=32"), tokens, 100);
+            for (int i = 0; i < full.Length; i++)
+            {
+                Assert.True(full[i].AsSpan().SequenceEqual(allRetrieve[i]), $"step {i}: fraction 1 differs from full");
+                Assert.True(streaming[i].AsSpan().SequenceEqual(allStream[i]), $"step {i}: fraction 0 differs from sinkwindow");
+            }
+        }
+        finally { File.Delete(path); }
+    }
+
+    /// <summary>
+    /// The calibrated pattern (streaming error per head) picks better retrieval heads than its inverse: with half the
+    /// heads streaming, keeping the heads it ranks highest loses less (KL to full) than keeping the lowest.
+    /// </summary>
+    [Fact]
+    public void CalibratedPatternBeatsItsInverse()
+    {
+        using var model = Stories();
+        string text = File.ReadAllText(TestData.File_("text/story_eval.txt"));
+        var scores = HeadCalibration.Run(model, text, 256, sinks: 4, recent: 28, maxChunks: 2);
+        var c = model.Config;
+        var inverse = new float[c.LayerCount, c.KvHeadCount];
+        for (int l = 0; l < c.LayerCount; l++)
+            for (int h = 0; h < c.KvHeadCount; h++)
+            {
+                Assert.True(float.IsFinite(scores[l, h]) && scores[l, h] >= 0, $"layer {l} head {h}: score {scores[l, h]}");
+                inverse[l, h] = -scores[l, h];
+            }
+        string best = WritePattern(scores), worst = WritePattern(inverse);
+        try
+        {
+            var read = PatternFile.Read(best);
+            for (int l = 0; l < c.LayerCount; l++) for (int h = 0; h < c.KvHeadCount; h++) Assert.Equal(scores[l, h], read[l, h]);
+            var rows = KvEvaluation.Run(model, text, 256, [$"duo:pattern={best},sinks=4,recent=28", $"duo:pattern={worst},sinks=4,recent=28"], [0],
+                maxChunks: 2, attentionMetrics: false);
+            Assert.True(rows[1].KlDivergence < rows[2].KlDivergence, $"calibrated KL {rows[1].KlDivergence} vs inverse {rows[2].KlDivergence}");
+        }
+        finally { File.Delete(best); File.Delete(worst); }
+    }
+
+    [Theory]
+    [InlineData("1\t2\n3\tx\n", "line 2, column 2: 'x' is not a number")]
+    [InlineData("1\t2\n3\n", "line 2 has 1 heads")]
+    [InlineData("# nothing\n", "no layers")]
+    [InlineData("1\t2\t3\t4\n", "has 1 layers × 4 KV heads, the model 5 × 4")]
+    public void BadPatternFileNamesTheLineAndField(string content, string expected)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"vidkv-pattern-{Environment.ProcessId}-{Guid.NewGuid():N}.tsv");
+        File.WriteAllText(path, content);
+        try
+        {
+            var e = Assert.ThrowsAny<ArgumentException>(() =>
+            {
+                var map = KvCacheConfig.Parse($"{{\"default\": \"duo:pattern={path}\"}}", "test.json").BuildPolicies(5, 4);
+                using var cache = new PagedKvCache(new PagedKvStore(new PagedKvOptions { LayerCount = 5, KvHeadCount = 4, HeadDim = 8, PageSize = 16 }), map);
+            });
+            Assert.Contains(expected, e.Message);
+            Assert.Contains(path, e.Message);
+        }
+        finally { File.Delete(path); }
     }
 
     /// <summary>The batched centre ± radius scores (gather, transpose, small product) equal the per-page formula.</summary>
@@ -442,6 +540,8 @@ public class KvCacheTests
     [InlineData("{\"heads\": {\"9.0\": \"full\"}}", "9.0 is past the model")]
     [InlineData("{\"budget\": \"big\"}", "field 'budget': \"big\" is not an integer")]
     [InlineData("{\"colour\": 1}", "unknown field 'colour'")]
+    [InlineData("{\"default\": \"freekv:budget=64,prefetch=maybe\"}", "option 'prefetch': 'maybe' is not 1, 0 or auto")]
+    [InlineData("{\"default\": \"duo\"}", "option 'pattern' is required")]
     [InlineData("{\"default\": \"freekv:budget=64,tau=2\"}", "tau must be in [0, 1], not 2")]
     public void BadConfigNamesTheFieldAndValue(string json, string expected)
     {

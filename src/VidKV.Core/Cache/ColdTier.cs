@@ -16,13 +16,16 @@ public sealed unsafe class ColdTier : IDisposable
     readonly Stack<long> free = new();
     long slots;
 
-    // Background reads: a ring of requests served in order; ticket t is the t-th request (from 1).
-    readonly object gate = new();
-    (int Slot, nint Destination)[] ring = new (int, nint)[256];
+    // Background reads: one producer (the cache's thread) and one consumer (the reader) share a ring of requests without
+    // a lock; ticket t is the t-th request (from 1). The reader sleeps on a semaphore only when the ring is empty.
+    const int RingSize = 4096;
+    readonly (int Slot, nint Destination)[] ring = new (int, nint)[RingSize];
     long submitted, completed;
+    int readerSleeping;
+    readonly SemaphoreSlim wake = new(0);
     Thread? reader;
-    bool stopping;
-    Dictionary<long, string>? failures;
+    volatile bool stopping;
+    readonly System.Collections.Concurrent.ConcurrentDictionary<long, string> failures = new();
 
     public ColdTier(string path, int slotBytes)
     {
@@ -74,29 +77,21 @@ public sealed unsafe class ColdTier : IDisposable
 
     /// <summary>
     /// Queues a read of <paramref name="slot"/> into <paramref name="destination"/> (<see cref="SlotBytes"/> bytes that
-    /// must stay valid until <see cref="Wait"/> returns for the ticket) and returns the ticket.
+    /// must stay valid until <see cref="Wait"/> returns for the ticket) and returns the ticket. One thread at a time.
     /// </summary>
     public long ReadAsync(int slot, byte* destination)
     {
-        lock (gate)
+        if (reader == null)
         {
-            if (submitted - Volatile.Read(ref completed) == ring.Length)
-            {
-                // Full ring: grow it (requests are served in ticket order, so copy them in that order).
-                var grown = new (int, nint)[ring.Length * 2];
-                for (long t = completed; t < submitted; t++) grown[t % grown.Length] = ring[t % ring.Length];
-                ring = grown;
-            }
-            ring[submitted % ring.Length] = (slot, (nint)destination);
-            submitted++;
-            if (reader == null)
-            {
-                reader = new Thread(ReadLoop) { IsBackground = true, Name = "vidkv-cold-reader" };
-                reader.Start();
-            }
-            Monitor.Pulse(gate);
-            return submitted;
+            reader = new Thread(ReadLoop) { IsBackground = true, Name = "vidkv-cold-reader" };
+            reader.Start();
         }
+        long ticket = submitted + 1;
+        if (ticket - Volatile.Read(ref completed) > RingSize) Wait(ticket - RingSize); // full: the oldest slot must be free
+        ring[(ticket - 1) % RingSize] = (slot, (nint)destination);
+        Volatile.Write(ref submitted, ticket);
+        if (Interlocked.CompareExchange(ref readerSleeping, 0, 1) == 1) wake.Release();
+        return ticket;
     }
 
     /// <summary>Returns once the read of <paramref name="ticket"/> is done; throws the read's <see cref="IOException"/> if it failed.</summary>
@@ -104,41 +99,38 @@ public sealed unsafe class ColdTier : IDisposable
     {
         var spin = new SpinWait();
         while (Volatile.Read(ref completed) < ticket) spin.SpinOnce();
-        if (failures != null)
-            lock (gate)
-                if (failures.Remove(ticket, out var message)) throw new IOException(message);
+        if (!failures.IsEmpty && failures.TryRemove(ticket, out var message)) throw new IOException(message);
     }
 
     void ReadLoop()
     {
         while (true)
         {
-            int slot;
-            nint destination;
-            lock (gate)
+            long next = completed + 1;
+            if (Volatile.Read(ref submitted) < next)
             {
-                while (completed == submitted && !stopping) Monitor.Wait(gate);
-                if (completed == submitted) return;
-                (slot, destination) = ring[completed % ring.Length];
+                if (stopping) return;
+                // Announce the sleep, then look again: a request queued in between either sees the flag or is seen here.
+                Volatile.Write(ref readerSleeping, 1);
+                Interlocked.MemoryBarrier();
+                if (Volatile.Read(ref submitted) < next && !stopping) wake.Wait();
+                else Volatile.Write(ref readerSleeping, 0);
+                continue;
             }
+            var (slot, destination) = ring[(next - 1) % RingSize];
             try { Read(slot, new Span<byte>((void*)destination, SlotBytes)); }
-            catch (IOException e)
-            {
-                lock (gate) (failures ??= [])[completed + 1] = e.Message;
-            }
-            Volatile.Write(ref completed, completed + 1);
+            catch (IOException e) { failures[next] = e.Message; }
+            Volatile.Write(ref completed, next);
         }
     }
 
     /// <summary>Finishes queued reads, stops the reader thread and closes (deletes) the file.</summary>
     public void Dispose()
     {
-        lock (gate)
-        {
-            stopping = true;
-            Monitor.Pulse(gate);
-        }
+        stopping = true;
+        wake.Release();
         reader?.Join();
+        wake.Dispose();
         file.Dispose();
     }
 }

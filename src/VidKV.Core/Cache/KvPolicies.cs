@@ -20,8 +20,9 @@ public static class KvPolicies
         ("sinkwindow", "sinks=4, window=budget−sinks", "StreamingLLM: sinks + recent window, evicting the rest"),
         ("quest", "budget, reuse=1, dense=0", "Quest: min/max key pages, top pages by upper bound"),
         ("lserve", "budget=4096, reuse=4, dense=0", "LServe: Quest on logical 16-token pages, selection reused 4 steps"),
-        ("freekv", "budget, sinks=budget/4, recent=budget/4, tau=0.8, prefetch=1", "FreeKV: centre±radius pages chosen with q(t−1), corrected below tau, next pages recalled in the background"),
+        ("freekv", "budget, sinks=budget/4, recent=budget/4, tau=0.8, prefetch=auto|1|0", "FreeKV: centre±radius pages chosen with q(t−1), corrected below tau, next pages recalled in the background"),
         ("clusterkv", "budget, clusters=400, iterations=20, sinks=16, window=320, new=8", "ClusterKV: cosine k-means clusters of keys"),
+        ("duo", "pattern, fraction=0.5, sinks=64, recent=256", "DuoAttention: top heads of a pattern file (vidkv kv calibrate) read everything, the rest keep sinks + recent"),
     ];
 
     public static KvPolicy Parse(string spec, int? budget = null)
@@ -48,6 +49,7 @@ public static class KvPolicies
                 "quest" => new QuestPolicy(options.Int("budget", budget), options.Int("reuse", 1), options.Int("dense", 0)),
                 "lserve" => new QuestPolicy(options.Int("budget", budget ?? 4096), options.Int("reuse", 4), options.Int("dense", 0), "lserve"),
                 "freekv" => FreeKv(options, budget),
+                "duo" or "duoattention" => Duo(options),
                 "clusterkv" => new ClusterKvPolicy(options.Int("budget", budget), options.Int("clusters", 400), options.Int("iterations", 20),
                     options.Int("sinks", 16), options.Int("window", 320), options.Int("new", 8)),
                 _ => throw new KvConfigException($"policy '{name}': unknown policy (known: {string.Join(", ", Known.Select(k => k.Name))})"),
@@ -68,10 +70,17 @@ public static class KvPolicies
         return new SinkWindowPolicy(sinks, options.Int("window", budget is int b ? b - sinks : null));
     }
 
+    static DuoAttentionPolicy Duo(Options options)
+    {
+        string path = options.String("pattern")
+            ?? throw new KvConfigException("policy 'duo': option 'pattern' is required (a head pattern file, e.g. from `vidkv kv calibrate`)");
+        return new DuoAttentionPolicy(PatternFile.Read(path), options.Float("fraction", 0.5f), options.Int("sinks", 64), options.Int("recent", 256), path);
+    }
+
     static FreeKvPolicy FreeKv(Options options, int? budget)
     {
         int b = options.Int("budget", budget);
-        return new FreeKvPolicy(b, options.Int("sinks", b / 4), options.Int("recent", b / 4), options.Float("tau", 0.8f), options.Int("prefetch", 1) != 0);
+        return new FreeKvPolicy(b, options.Int("sinks", b / 4), options.Int("recent", b / 4), options.Float("tau", 0.8f), options.Switch("prefetch"));
     }
 
     sealed class Options
@@ -103,6 +112,26 @@ public static class KvPolicies
             }
             return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) ? value
                 : throw new KvConfigException($"policy '{policy}': option '{name}': '{text}' is not an integer");
+        }
+
+        /// <summary>An on/off option: 1/0, true/false, on/off, or auto (null) when absent or "auto".</summary>
+        public bool? Switch(string name)
+        {
+            used.Add(name);
+            if (!values.TryGetValue(name, out var text)) return null;
+            return text.ToLowerInvariant() switch
+            {
+                "auto" => null,
+                "1" or "true" or "on" => true,
+                "0" or "false" or "off" => false,
+                _ => throw new KvConfigException($"policy '{policy}': option '{name}': '{text}' is not 1, 0 or auto"),
+            };
+        }
+
+        public string? String(string name)
+        {
+            used.Add(name);
+            return values.TryGetValue(name, out var text) ? text : null;
         }
 
         public float Float(string name, float fallback)

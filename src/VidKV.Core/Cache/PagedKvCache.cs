@@ -40,6 +40,8 @@ public sealed unsafe class PagedKvCache : KvCache
     float[] groupQueries = [];
     int length;
     long steps;
+    // A weak handle to this cache for the worker-pool job that runs the heads' Select.
+    nint self;
 
     public PagedKvCache(PagedKvStore store, KvPolicyMap policies, int contextLength = int.MaxValue)
     {
@@ -50,6 +52,7 @@ public sealed unsafe class PagedKvCache : KvCache
         selections = new PageSelection[store.KvHeadCount];
         for (int i = 0; i < selections.Length; i++) selections[i] = new PageSelection();
         headStart = new int[store.KvHeadCount + 1];
+        self = GCHandle.ToIntPtr(GCHandle.Alloc(this, GCHandleType.Weak));
         recalled = new List<(int, int)>[store.LayerCount];
         for (int l = 0; l < recalled.Length; l++) recalled[l] = [];
         prefetched = new List<(int, int)>[store.LayerCount];
@@ -87,19 +90,22 @@ public sealed unsafe class PagedKvCache : KvCache
     public override void Attend(int layer, ReadOnlySpan<float> queries, int position, int count, int headCount, float scale, Span<float> destination)
     {
         int kvHeads = store.KvHeadCount, group = headCount / kvHeads, d = store.HeadDim;
-        int groupLength = count * group * d;
+        int groupLength = kvHeads * count * group * d;
         if (groupQueries.Length < groupLength) groupQueries = new float[groupLength];
-        int total = 0;
         long clock = Stopwatch.GetTimestamp(), recallTicks = 0;
-        for (int g = 0; g < kvHeads; g++)
-        {
-            var step = MakeStep(layer, g, queries, position, count, group, headCount, scale);
-            var selection = selections[g];
-            selection.Clear();
-            policies[layer, g].Select(step, selection);
-            selection.Normalize();
-            total += selection.Count;
-        }
+        // Heads choose their pages independently: on the worker pool when every policy of the layer allows it.
+        bool concurrent = kvHeads > 1 && WorkerPool.Shared.ThreadCount > 1;
+        for (int g = 0; g < kvHeads && concurrent; g++) concurrent = policies[layer, g].ConcurrentSelect;
+        if (concurrent)
+            fixed (float* q = queries)
+            {
+                var job = new SelectJob { Cache = self, Queries = q, Length = queries.Length, Layer = layer, Position = position, Count = count, HeadCount = headCount, Scale = scale };
+                WorkerPool.Shared.Run(&RunSelect, &job);
+            }
+        else
+            for (int g = 0; g < kvHeads; g++) SelectHead(layer, g, queries, position, count, headCount, scale);
+        int total = 0;
+        for (int g = 0; g < kvHeads; g++) total += selections[g].Count;
         Times.Select += Stopwatch.GetTimestamp() - clock;
         clock = Stopwatch.GetTimestamp();
         if (views.Length < total) views = new KvPageView[Math.Max(total, 2 * views.Length)];
@@ -180,10 +186,37 @@ public sealed unsafe class PagedKvCache : KvCache
         Times.Update += Stopwatch.GetTimestamp() - clock;
     }
 
+    struct SelectJob
+    {
+        public nint Cache;
+        public float* Queries;
+        public int Length, Layer, Position, Count, HeadCount;
+        public float Scale;
+    }
+
+    static void RunSelect(void* context, int thread, int threads)
+    {
+        ref var job = ref *(SelectJob*)context;
+        var cache = (PagedKvCache)GCHandle.FromIntPtr(job.Cache).Target!;
+        var (start, end) = WorkerPool.Split(cache.store.KvHeadCount, thread, threads);
+        for (int g = start; g < end; g++)
+            cache.SelectHead(job.Layer, g, new ReadOnlySpan<float>(job.Queries, job.Length), job.Position, job.Count, job.HeadCount, job.Scale);
+    }
+
+    void SelectHead(int layer, int g, ReadOnlySpan<float> queries, int position, int count, int headCount, float scale)
+    {
+        var step = MakeStep(layer, g, queries, position, count, headCount / store.KvHeadCount, headCount, scale);
+        var selection = selections[g];
+        selection.Clear();
+        policies[layer, g].Select(step, selection);
+        selection.Normalize();
+    }
+
+    /// <summary>The step of KV head <paramref name="g"/>, its group's queries copied into that head's own slice of the buffer.</summary>
     KvStep MakeStep(int layer, int g, ReadOnlySpan<float> queries, int position, int count, int group, int headCount, float scale)
     {
         int d = store.HeadDim, qRow = headCount * d;
-        var mine = groupQueries.AsSpan(0, count * group * d);
+        var mine = groupQueries.AsSpan(g * count * group * d, count * group * d);
         for (int t = 0; t < count; t++) queries.Slice(t * qRow + g * group * d, group * d).CopyTo(mine.Slice(t * group * d));
         return new KvStep
         {
@@ -212,5 +245,10 @@ public sealed unsafe class PagedKvCache : KvCache
         this.length = length;
     }
 
-    public override void Dispose() => store.Dispose();
+    public override void Dispose()
+    {
+        store.Dispose();
+        if (self != 0) GCHandle.FromIntPtr(self).Free();
+        self = 0;
+    }
 }

@@ -74,7 +74,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     readonly Stack<int> freeFrames = new();
     int frameHigh, hotFrames;
     readonly ColdTier? cold;
-    readonly float[] rowScratch, highScratch;
+    readonly float[] rowScratch;
     byte[]? coldStaging;
 
     public PagedKvStore(PagedKvOptions options)
@@ -91,7 +91,6 @@ public sealed unsafe class PagedKvStore : IDisposable
         var rng = new Random(0x5EED);
         for (int i = 0; i < hashPlanes.Length; i++) hashPlanes[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
         rowScratch = new float[d];
-        highScratch = new float[d];
         FrameBytes = options.PageSize * (keyRow + valueRow);
         if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, FrameBytes);
     }
@@ -148,13 +147,14 @@ public sealed unsafe class PagedKvStore : IDisposable
         radius = radii.AsSpan(page * d, d);
     }
 
+    /// <summary>Centre and radius of a page; safe to run for different pages at once (policies score heads in parallel).</summary>
     void ComputeDigest(int page)
     {
         var c = centres.AsSpan(page * d, d);
         var r = radii.AsSpan(page * d, d);
         c.Fill(float.PositiveInfinity);
-        var hi = highScratch;
-        hi.AsSpan().Fill(float.NegativeInfinity);
+        Span<float> hi = stackalloc float[d], row = stackalloc float[d];
+        hi.Fill(float.NegativeInfinity);
         for (int b = 0; b < DigestBlockCount(page); b++)
         {
             System.Numerics.Tensors.TensorPrimitives.Min(c, MinKey(page, b), c);
@@ -163,17 +163,23 @@ public sealed unsafe class PagedKvStore : IDisposable
         for (int i = 0; i < d; i++) c[i] = (c[i] + hi[i]) / 2;
         r.Clear();
         bool wasHot = IsHot(page);
-        byte* frame = wasHot ? FramePointer(frameOf[page]) : null;
-        var staging = wasHot ? null : coldStaging ??= new byte[FrameBytes];
-        if (!wasHot) cold!.Read(coldSlotOf[page], staging);
-        fixed (byte* s = staging)
+        byte[]? staging = wasHot ? null : System.Buffers.ArrayPool<byte>.Shared.Rent(FrameBytes);
+        try
         {
-            byte* rows = wasHot ? frame : s;
-            for (int j = 0; j < count[page]; j++)
+            if (!wasHot) cold!.Read(coldSlotOf[page], staging);
+            fixed (byte* s = staging)
             {
-                Dequantize.Row(options.KeyType, new ReadOnlySpan<byte>(rows + (long)j * keyRow, keyRow), rowScratch);
-                for (int i = 0; i < d; i++) r[i] += MathF.Abs(rowScratch[i] - c[i]);
+                byte* rows = wasHot ? FramePointer(frameOf[page]) : s;
+                for (int j = 0; j < count[page]; j++)
+                {
+                    Dequantize.Row(options.KeyType, new ReadOnlySpan<byte>(rows + (long)j * keyRow, keyRow), row);
+                    for (int i = 0; i < d; i++) r[i] += MathF.Abs(row[i] - c[i]);
+                }
             }
+        }
+        finally
+        {
+            if (staging != null) System.Buffers.ArrayPool<byte>.Shared.Return(staging);
         }
         System.Numerics.Tensors.TensorPrimitives.Divide(r, count[page], r);
         digestValid[page] = true;
@@ -463,6 +469,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     {
         if (cold == null) throw new InvalidOperationException("this store has no cold tier (set ColdPath)");
         int frame = HotFrame(page);
+        if (!digestValid[page]) ComputeDigest(page); // while the rows are in RAM: scoring a cold page then reads nothing
         if (coldSlotOf[page] < 0)
         {
             int slot = cold.Allocate();

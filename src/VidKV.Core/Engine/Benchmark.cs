@@ -28,8 +28,9 @@ public sealed record BenchmarkResult(string Model, string Type, string Test, int
 
 /// <summary>
 /// llama-bench's measurements: <c>ppN</c> = one prompt of N random tokens in batches of 512, <c>tgN</c> = N tokens
-/// decoded one at a time, each after <c>depth</c> tokens already in the cache (that prefill is not timed; it is done
-/// once per depth and the cache is cut back to it before each repetition). Tokenisation is not involved.
+/// decoded one at a time, each after <c>depth</c> tokens already in the cache (that prefill is not timed; depths are
+/// filled in ascending order into one cache, which is cut back to the depth before each repetition). Tokenisation is
+/// not involved.
 /// </summary>
 public static class Benchmark
 {
@@ -45,73 +46,78 @@ public static class Benchmark
         {
             WorkerPool.SetSharedThreadCount(threads);
             foreach (var kv in caches)
-            foreach (int depth in depths)
             {
-                int context = depth + Math.Max(promptTokens, generatedTokens) + 1;
+                // One cache for all depths, filled incrementally in ascending order (deep contexts take minutes to fill).
+                int[] ordered = depths.Distinct().Order().ToArray();
+                int context = ordered[^1] + Math.Max(promptTokens, generatedTokens) + 1;
                 var c = model.Config;
                 using var state = kv == null ? model.CreateState(context, keyType, valueType)
                     : model.CreateState(kv.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, context));
                 var paged = state.Cache as Cache.PagedKvCache;
                 var logits = new float[vocab];
-                if (depth > 0)
+                foreach (int depth in ordered)
                 {
-                    progress?.Invoke($"filling {depth} tokens of context ({threads} threads)");
-                    Generator.Prefill(model, state, RandomTokens(rng, depth, vocab), logits);
-                }
-                if (promptTokens > 0)
-                {
-                    int[] prompt = RandomTokens(rng, promptTokens, vocab);
-                    yield return Measure($"pp{promptTokens}", promptTokens, () => Generator.Prefill(model, state, prompt, logits));
-                }
-                if (generatedTokens > 0)
-                {
-                    var single = new int[1];
-                    yield return Measure($"tg{generatedTokens}", generatedTokens, () =>
+                    state.Cache.Truncate(Math.Min(state.Cache.Length, depth));
+                    if (depth > state.Cache.Length)
                     {
-                        for (int i = 0; i < generatedTokens; i++)
-                        {
-                            single[0] = rng.Next(vocab);
-                            model.Forward(state, single, logits);
-                        }
-                    });
-                }
-
-                BenchmarkResult Measure(string test, int tokens, Action body)
-                {
-                    progress?.Invoke($"{test} at depth {depth}, {threads} threads");
-                    var samples = new double[repetitions];
-                    var before = paged?.Times ?? default;
-                    for (int r = -1; r < repetitions; r++) // r = -1 is a warm-up run
-                    {
-                        state.Cache.Truncate(depth);
-                        long start = Stopwatch.GetTimestamp();
-                        body();
-                        double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
-                        if (r >= 0) samples[r] = tokens / seconds;
+                        progress?.Invoke($"filling {depth} tokens of context ({threads} threads)");
+                        Generator.Prefill(model, state, RandomTokens(rng, depth - state.Cache.Length, vocab), logits);
                     }
-                    double mean = samples.Average();
-                    double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
-                    using var process = Process.GetCurrentProcess();
-                    Dictionary<string, double>? phases = null;
-                    if (paged != null)
+                    if (promptTokens > 0)
                     {
-                        var after = paged.Times;
-                        double perToken = 1.0 / ((repetitions + 1) * (double)tokens);
-                        phases = new()
+                        int[] prompt = RandomTokens(rng, promptTokens, vocab);
+                        yield return Measure($"pp{promptTokens}", promptTokens, () => Generator.Prefill(model, state, prompt, logits));
+                    }
+                    if (generatedTokens > 0)
+                    {
+                        var single = new int[1];
+                        yield return Measure($"tg{generatedTokens}", generatedTokens, () =>
                         {
-                            ["select"] = Cache.KvPhaseTimes.Milliseconds(after.Select - before.Select) * perToken,
-                            ["recall"] = Cache.KvPhaseTimes.Milliseconds(after.Recall - before.Recall) * perToken,
-                            ["attention"] = Cache.KvPhaseTimes.Milliseconds(after.Attention - before.Attention) * perToken,
-                            ["update"] = Cache.KvPhaseTimes.Milliseconds(after.Update - before.Update) * perToken,
+                            for (int i = 0; i < generatedTokens; i++)
+                            {
+                                single[0] = rng.Next(vocab);
+                                model.Forward(state, single, logits);
+                            }
+                        });
+                    }
+
+                    BenchmarkResult Measure(string test, int tokens, Action body)
+                    {
+                        progress?.Invoke($"{test} at depth {depth}, {threads} threads");
+                        var samples = new double[repetitions];
+                        var before = paged?.Times ?? default;
+                        for (int r = -1; r < repetitions; r++) // r = -1 is a warm-up run
+                        {
+                            state.Cache.Truncate(depth);
+                            long start = Stopwatch.GetTimestamp();
+                            body();
+                            double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                            if (r >= 0) samples[r] = tokens / seconds;
+                        }
+                        double mean = samples.Average();
+                        double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
+                        using var process = Process.GetCurrentProcess();
+                        Dictionary<string, double>? phases = null;
+                        if (paged != null)
+                        {
+                            var after = paged.Times;
+                            double perToken = 1.0 / ((repetitions + 1) * (double)tokens);
+                            phases = new()
+                            {
+                                ["select"] = Cache.KvPhaseTimes.Milliseconds(after.Select - before.Select) * perToken,
+                                ["recall"] = Cache.KvPhaseTimes.Milliseconds(after.Recall - before.Recall) * perToken,
+                                ["attention"] = Cache.KvPhaseTimes.Milliseconds(after.Attention - before.Attention) * perToken,
+                                ["update"] = Cache.KvPhaseTimes.Milliseconds(after.Update - before.Update) * perToken,
+                            };
+                        }
+                        return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
+                        {
+                            Policy = paged?.Policies.Describe() ?? "contiguous",
+                            HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
+                            ColdKvBytes = paged?.Store.ColdBytes ?? 0,
+                            KvMsPerToken = phases,
                         };
                     }
-                    return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
-                    {
-                        Policy = paged?.Policies.Describe() ?? "contiguous",
-                        HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
-                        ColdKvBytes = paged?.Store.ColdBytes ?? 0,
-                        KvMsPerToken = phases,
-                    };
                 }
             }
         }

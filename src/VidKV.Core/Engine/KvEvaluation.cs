@@ -16,14 +16,19 @@ public sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, doub
 /// head and step, the attention recall R(S) = Σ_{i∈S} p_i of the rows the policy read, with p the softmax of the
 /// policy's query over the full run's keys, and the relative output error ‖o_S − o‖/‖o‖ with o_S the same attention
 /// renormalised over S (skipped when <c>attentionMetrics</c> is false); and KV bytes read per step.
+/// For long synthetic contexts the text can be repeated (<c>repeat</c>) and the unscored first half of each chunk
+/// prefilled in batches of 512 (<c>prefillFirstHalf</c>) under both caches instead of token by token.
 /// </summary>
 public static class KvEvaluation
 {
     public static List<KvEvaluationRow> Run(DecoderModel model, string text, int contextLength, IReadOnlyList<string> policies,
-        IReadOnlyList<int> budgets, int pageSize = 16, GgmlType type = GgmlType.F16, int maxChunks = 0, Action<string>? progress = null, bool attentionMetrics = true)
+        IReadOnlyList<int> budgets, int pageSize = 16, GgmlType type = GgmlType.F16, int maxChunks = 0, Action<string>? progress = null, bool attentionMetrics = true,
+        int repeat = 1, bool prefillFirstHalf = false)
     {
         if (contextLength < 4) throw new ArgumentOutOfRangeException(nameof(contextLength), "context length must be at least 4");
+        if (repeat < 1) throw new ArgumentOutOfRangeException(nameof(repeat), $"repeat must be at least 1, not {repeat}");
         if (text.EndsWith('\n')) text = text[..^1];
+        if (repeat > 1) text = string.Join("\n", Enumerable.Repeat(text, repeat));
         var tokens = model.Tokenizer.Encode(text, addSpecial: true, parseSpecial: false);
         int chunks = tokens.Count / contextLength;
         if (chunks == 0) throw new ArgumentException($"the text has {tokens.Count} tokens; -c {contextLength} needs at least {contextLength}");
@@ -44,7 +49,7 @@ public static class KvEvaluation
             {
                 var chunk = tokens.Skip(c * contextLength).Take(contextLength).ToArray();
                 if (model.Vocabulary.AddBos && model.Vocabulary.BosId >= 0) chunk[0] = model.Vocabulary.BosId;
-                RunChunk(model, config.For(spec, budget), chunk, stats, attentionMetrics);
+                RunChunk(model, config.For(spec, budget), chunk, stats, attentionMetrics, prefillFirstHalf);
             }
             double nll = stats.Nll / stats.Scored;
             if (budget == null) fullNll = nll;
@@ -65,19 +70,17 @@ public static class KvEvaluation
         public readonly List<double> Recall = [], Error = [];
     }
 
-    static void RunChunk(DecoderModel model, KvCacheConfig config, int[] chunk, Stats stats, bool attentionMetrics)
+    static void RunChunk(DecoderModel model, KvCacheConfig config, int[] chunk, Stats stats, bool attentionMetrics, bool prefillFirstHalf)
     {
         var c = model.Config;
         using var full = model.CreateState(new KvCacheConfig { PageSize = config.PageSize, Type = config.Type }.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim));
         var cache = config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim);
         using var state = model.CreateState(cache);
         var fullStore = ((PagedKvCache)full.Cache).Store;
-        int vocab = c.VocabSize, first = chunk.Length / 2, d = c.HeadDim;
+        int vocab = c.VocabSize, first = chunk.Length / 2;
         var fullLogits = new float[vocab];
         var logits = new float[vocab];
         bool scoring = false;
-        var keys = new float[fullStore.PageSize * d];
-        var values = new float[fullStore.PageSize * d];
         cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
         {
             if (!scoring || !attentionMetrics) return;
@@ -88,59 +91,18 @@ public static class KvEvaluation
                     for (int j = 0; j < view.Count; j++)
                         if (view.Mask == KvPageView.AllRows || (view.Mask >> j & 1) != 0) selected.Add(view.Positions[j]);
             }
-            var table = fullStore.Table(step.Layer, step.Head);
-            int n = table.TokenCount;
-            var scores = new double[n];
-            var inSet = new bool[n];
-            var v = new double[n * d];
-            var q = step.LastQueries;
-            for (int h = 0; h < step.Group; h++)
-            {
-                int i = 0;
-                foreach (int page in table.Pages)
-                {
-                    fullStore.ReadKeys(page, keys);
-                    int count = fullStore.Count(page);
-                    var positions = fullStore.Positions(page);
-                    for (int j = 0; j < count; j++, i++)
-                    {
-                        double s = 0;
-                        for (int e = 0; e < d; e++) s += (double)q[h * d + e] * keys[j * d + e];
-                        scores[i] = s * step.Scale;
-                        inSet[i] = selected.Contains(positions[j]);
-                        if (h == 0)
-                        {
-                            fullStore.ReadValue(page, j, values);
-                            for (int e = 0; e < d; e++) v[i * d + e] = values[e];
-                        }
-                    }
-                }
-                double max = scores.Max(), total = 0, kept = 0;
-                var o = new double[d];
-                var oS = new double[d];
-                for (int j = 0; j < n; j++)
-                {
-                    double p = Math.Exp(scores[j] - max);
-                    total += p;
-                    if (inSet[j]) kept += p;
-                    for (int e = 0; e < d; e++)
-                    {
-                        o[e] += p * v[j * d + e];
-                        if (inSet[j]) oS[e] += p * v[j * d + e];
-                    }
-                }
-                double diff = 0, norm = 0;
-                for (int e = 0; e < d; e++)
-                {
-                    double a = o[e] / total, b = kept > 0 ? oS[e] / kept : 0;
-                    diff += (a - b) * (a - b);
-                    norm += a * a;
-                }
-                stats.Recall.Add(kept / total);
-                stats.Error.Add(norm > 0 ? Math.Sqrt(diff / norm) : 0);
-            }
+            AttentionComparison.Compare(fullStore, fullStore.Table(step.Layer, step.Head), step.LastQueries, step.Group, step.Scale,
+                selected.Contains, stats.Recall, stats.Error);
         };
-        for (int t = 0; t < chunk.Length - 1; t++)
+        int start = 0;
+        if (prefillFirstHalf && first > 1)
+        {
+            var head = chunk.AsSpan(0, first).ToArray();
+            Generator.Prefill(model, full, head, fullLogits);
+            Generator.Prefill(model, state, head, logits);
+            start = first;
+        }
+        for (int t = start; t < chunk.Length - 1; t++)
         {
             scoring = t >= first;
             model.Forward(full, chunk.AsSpan(t, 1), fullLogits);

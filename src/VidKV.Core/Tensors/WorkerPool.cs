@@ -7,12 +7,16 @@ namespace VidKV.Tensors;
 /// <summary>
 /// Persistent worker threads for data-parallel kernels, llama.cpp style: one job at a time, statically split
 /// between <see cref="ThreadCount"/> threads (the caller is thread 0), no Task or delegate allocated per operation.
-/// Between jobs the workers spin briefly (decode issues a job every few microseconds), then sleep.
+/// Between jobs the workers spin for a few milliseconds (decode issues a job every few microseconds), then sleep.
 /// </summary>
 public sealed unsafe class WorkerPool : IDisposable
 {
-    /// <summary>How long an idle worker spins before it sleeps.</summary>
-    static readonly long SpinTicks = Stopwatch.Frequency / 2000; // 0.5 ms
+    /// <summary>
+    /// How long an idle worker spins before it sleeps. Waking a sleeping worker costs ~50 µs and, on a busy virtual
+    /// machine, sometimes milliseconds; the KV cache's serial work between kernels (page selection, recalls) can take
+    /// a few hundred microseconds per layer, so the spin must outlast it.
+    /// </summary>
+    static readonly long SpinTicks = Stopwatch.Frequency / 250; // 4 ms
 
     static WorkerPool? shared;
     static readonly object sharedGate = new();
@@ -129,10 +133,17 @@ public sealed unsafe class WorkerPool : IDisposable
         while (true)
         {
             long spinStart = Stopwatch.GetTimestamp();
+            int spins = 0;
             while (Volatile.Read(ref generation) == seen)
             {
                 if (disposed) return;
-                if (Stopwatch.GetTimestamp() - spinStart < SpinTicks) { Pause(); continue; }
+                if (Stopwatch.GetTimestamp() - spinStart < SpinTicks)
+                {
+                    // Now and then let another runnable thread on this core (the cold tier's reader) have it.
+                    if (++spins % 64 == 0) Thread.Yield();
+                    else Pause();
+                    continue;
+                }
                 lock (gate)
                 {
                     // A full fence between announcing sleep and re-reading the generation: with a plain store the

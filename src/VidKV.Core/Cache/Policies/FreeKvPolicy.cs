@@ -9,19 +9,21 @@ namespace VidKV.Cache;
 /// its pages from the cold tier, with the step's compute). τ = 1 reproduces exact selection. Defaults (paper's system
 /// path): budget 2048 = sink 512 + recent 512 + retrieved; here sink and recent default to a quarter of the budget
 /// each, which is the paper's ratio at its budget. Pages holding the step's own tokens are always read. With
-/// <c>prefetch</c> (default) the pages chosen for t+1 are announced through <see cref="NextPages"/>, and the cache
-/// recalls the cold ones on a background thread while the rest of the step runs (the paper's double-buffered recall).
+/// <c>prefetch</c> the pages chosen for t+1 are announced through <see cref="NextPages"/>, and the cache recalls the
+/// cold ones on a background thread while the rest of the step runs (the paper's double-buffered recall). By default
+/// (<c>auto</c>) that happens only when a core is left over beside the worker pool: on a machine whose cores all
+/// run kernels, the reader thread preempts them and costs more than the synchronous reads it saves (measured: 2 cores,
+/// cold file in the page cache, 8192 tokens, budget 2048: 28.1 t/s with prefetch against 33.9 without).
 /// </summary>
 public sealed class FreeKvPolicy : KvPolicy
 {
-    readonly PagePicker picker = new();
     // Per (layer, head): q of the previous step ([group, d]), the speculative selection for this step (table indices), its table version.
     float[][] previousQuery = [];
     int[][] speculative = [];
     int[] speculativeCount = [], speculativeVersion = [], speculativeStart = [], speculativeEnd = [];
     bool[] hasPrevious = [];
 
-    public FreeKvPolicy(int budget, int? sinks = null, int? recent = null, float tau = 0.8f, bool prefetch = true)
+    public FreeKvPolicy(int budget, int? sinks = null, int? recent = null, float tau = 0.8f, bool? prefetch = null)
     {
         Prefetch = prefetch;
         if (budget < 1) throw new ArgumentOutOfRangeException(nameof(budget), $"budget must be at least 1 token, not {budget}");
@@ -38,19 +40,23 @@ public sealed class FreeKvPolicy : KvPolicy
     public int Sinks { get; }
     public int Recent { get; }
     public float Tau { get; }
-    /// <summary>Whether the next step's pages are announced for background recall.</summary>
-    public bool Prefetch { get; }
-    public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}" + (Prefetch ? "" : ",prefetch=0");
+    /// <summary>Whether the next step's pages are announced for background recall; null = when a core is free beside the worker pool.</summary>
+    public bool? Prefetch { get; }
+    public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}" + Prefetch switch { true => ",prefetch=1", false => ",prefetch=0", _ => "" };
 
     public override ReadOnlySpan<int> NextPages(int layer, int head)
     {
         int index = layer * Store.KvHeadCount + head;
-        return Prefetch && hasPrevious[index] ? speculative[index].AsSpan(0, speculativeCount[index]) : default;
+        bool prefetch = Prefetch ?? Environment.ProcessorCount > Tensors.WorkerPool.Shared.ThreadCount;
+        return prefetch && hasPrevious[index] ? speculative[index].AsSpan(0, speculativeCount[index]) : default;
     }
 
     /// <summary>Head-steps that reused the speculative selection, and those corrected with the current query.</summary>
-    public long Reused { get; private set; }
-    public long Corrected { get; private set; }
+    public long Reused => Interlocked.Read(ref reused);
+    public long Corrected => Interlocked.Read(ref corrected);
+    long reused, corrected;
+
+    public override bool ConcurrentSelect => true;
 
     public override void Attach(PagedKvStore store)
     {
@@ -88,10 +94,10 @@ public sealed class FreeKvPolicy : KvPolicy
         bool reuse = step.Count == 1 && hasPrevious[head] && speculativeVersion[head] == table.Version
             && speculativeStart[head] == sinkEnd && speculativeEnd[head] == recentStart
             && MeanCosine(q, previousQuery[head], step.Group) >= Tau;
-        if (reuse) Reused++;
+        if (reuse) Interlocked.Increment(ref reused);
         else
         {
-            Corrected++;
+            Interlocked.Increment(ref corrected);
             Choose(head, step, sinkEnd, recentStart, k, q);
         }
         selection.AddRange(0, sinkEnd);
@@ -140,7 +146,7 @@ public sealed class FreeKvPolicy : KvPolicy
 
     void Choose(int head, in KvStep step, int start, int end, int k, ReadOnlySpan<float> q)
     {
-        var picked = picker.Choose(Store, step.Table, start, end, q, step.Group, step.Scale, PageScoring.Bound.CentreRadius, k);
+        var picked = PagePicker.ForCurrentThread.Choose(Store, step.Table, start, end, q, step.Group, step.Scale, PageScoring.Bound.CentreRadius, k);
         if (speculative[head].Length < picked.Length) speculative[head] = new int[Math.Max(picked.Length, 2 * speculative[head].Length)];
         picked.CopyTo(speculative[head]);
         speculativeCount[head] = picked.Length;

@@ -57,6 +57,12 @@ public abstract class KvPolicy
     /// </summary>
     public virtual ReadOnlySpan<int> NextPages(int layer, int head) => default;
 
+    /// <summary>
+    /// Whether <see cref="Select"/> may run for different KV heads of one layer at the same time (on the worker pool):
+    /// true for a policy whose Select touches only that head's state and thread-local scratch.
+    /// </summary>
+    public virtual bool ConcurrentSelect => false;
+
     /// <summary>Adds the pages and rows (layer, head) reads for this step. The default reads everything.</summary>
     public virtual void Select(in KvStep step, PageSelection selection) => selection.AddAll(step.Table.Count);
 
@@ -77,6 +83,7 @@ public abstract class KvPolicy
 public sealed class FullPolicy : KvPolicy
 {
     public override string Name => "full";
+    public override bool ConcurrentSelect => true;
 }
 
 /// <summary>The pages (by index into the head's table) and rows one head reads in one step.</summary>
@@ -192,6 +199,8 @@ public sealed class ComposedPolicy(KvPolicy reducer, KvPolicy retriever) : KvPol
     public override void Select(in KvStep step, PageSelection selection) => Retriever.Select(step, selection);
 
     public override ReadOnlySpan<int> NextPages(int layer, int head) => Retriever.NextPages(layer, head);
+
+    public override bool ConcurrentSelect => Retriever.ConcurrentSelect;
 
     public override void OnTruncated(int length)
     {

@@ -186,6 +186,11 @@ public static class PageScoring
 /// </summary>
 public sealed class PagePicker
 {
+    [ThreadStatic] static PagePicker? current;
+
+    /// <summary>This thread's picker (policies choose pages for several heads at once on the worker pool).</summary>
+    public static PagePicker ForCurrentThread => current ??= new PagePicker();
+
     float[] scores = [], perHead = [], scratch = [], keys = [];
     int[] order = [];
 

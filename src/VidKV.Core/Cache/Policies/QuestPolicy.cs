@@ -12,7 +12,6 @@ namespace VidKV.Cache;
 public sealed class QuestPolicy : KvPolicy
 {
     readonly string name;
-    readonly PagePicker picker = new();
     // Per (layer, head): the pages chosen last time (table indices), and the table version, first own page and step then.
     int[][] chosen = [];
     int[] chosenCount = [], chosenVersion = [], chosenOwn = [];
@@ -49,6 +48,8 @@ public sealed class QuestPolicy : KvPolicy
         chosenStep.AsSpan().Fill(long.MinValue / 2);
     }
 
+    public override bool ConcurrentSelect => true;
+
     public override void OnTruncated(int length) => chosenStep.AsSpan().Fill(long.MinValue / 2);
 
     public override void Select(in KvStep step, PageSelection selection)
@@ -63,7 +64,7 @@ public sealed class QuestPolicy : KvPolicy
             && chosenOwn[head] <= own;
         if (!reusable)
         {
-            var picked = picker.Choose(Store, table, 0, own, step.LastQueries, step.Group, step.Scale, PageScoring.Bound.Quest, k);
+            var picked = PagePicker.ForCurrentThread.Choose(Store, table, 0, own, step.LastQueries, step.Group, step.Scale, PageScoring.Bound.Quest, k);
             if (chosen[head].Length < picked.Length) chosen[head] = new int[Math.Max(picked.Length, 2 * chosen[head].Length)];
             picked.CopyTo(chosen[head]);
             chosenCount[head] = picked.Length;

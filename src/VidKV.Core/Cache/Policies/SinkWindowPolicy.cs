@@ -10,6 +10,7 @@ public sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
     public int Sinks { get; } = sinks >= 0 ? sinks : throw new ArgumentOutOfRangeException(nameof(sinks));
     public int Window { get; } = window >= 1 ? window : throw new ArgumentOutOfRangeException(nameof(window));
     public override string Name => $"sinkwindow:sinks={Sinks},window={Window}";
+    public override bool ConcurrentSelect => true;
 
     public override void OnAppended(in KvStep step)
     {
