@@ -399,6 +399,29 @@ public class KvCacheTests
                 float want = 0.3f * PageScoring.CentreRadiusScore(store, table[start + i], q.AsSpan(h * d, d));
                 Assert.True(Math.Abs(scores[h * n + i] - want) <= 1e-4f * (1 + Math.Abs(want)), $"head {h} page {i}: {scores[h * n + i]} vs {want}");
             }
+
+        // The kept digest matrix gives bitwise the same scores, and follows pages whose keys change or that leave the table.
+        var matrix = new DigestMatrix(d);
+        for (int round = 0; round < 3; round++)
+        {
+            table = store.Table(0, 0);
+            end = table.Count;
+            n = end - start;
+            var gathered = new float[group * n];
+            var kept = new float[group * n];
+            var scratch = new float[PageScoring.CentreRadiusScratch(d, group)];
+            PageScoring.CentreRadiusScores(store, table, start, end, q, group, 0.3f, gathered, scratch);
+            matrix.Update(store, table, end);
+            PageScoring.CentreRadiusScores(matrix, start, end, q, group, 0.3f, kept, scratch);
+            Assert.Equal(gathered, kept);
+            if (round == 0) store.RemoveRows(0, 0, 2, 0b1011); // page 2 loses rows: its digest changes
+            if (round == 1) store.RemovePage(0, 0, 1); // every later page moves one slot down
+            for (int t = 0; t < 40; t++)
+            {
+                for (int i = 0; i < d; i++) k[i] = (float)(rng.NextDouble() * 4 - 2);
+                Assert.True(store.Append(0, tokens + round * 40 + t, 1, k, k));
+            }
+        }
     }
 
     /// <summary>Top-k by quickselect equals sorting by (score descending, index ascending), ties included.</summary>

@@ -65,6 +65,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     ulong[] hashes = [];
     float[] minKeys = [], maxKeys = [], keySums = [], centres = [], radii = [];
     bool[] digestValid = [];
+    int[] digestStamp = [];
     // Background recalls in flight: the ticket of the read (0 = none) and the frame it fills.
     long[] pendingTicket = [];
     int[] pendingFrame = [];
@@ -138,6 +139,14 @@ public sealed unsafe class PagedKvStore : IDisposable
     public bool IsHot(int page) => frameOf[page] >= 0;
     /// <summary>Changes each time the id is given to a new page, so a remembered id can tell it was freed and reused.</summary>
     public int Generation(int page) => generation[page];
+    /// <summary>Changes whenever the page's keys change (rows appended or removed, id reused), so a copy of its digest can tell it went stale.</summary>
+    public int DigestStamp(int page) => digestStamp[page];
+
+    void InvalidateDigest(int page)
+    {
+        digestValid[page] = false;
+        digestStamp[page]++;
+    }
 
     /// <summary>FreeKV's digest: centre c = (max+min)/2 and radius r = mean over tokens of |k − c|, per dimension.</summary>
     public void Digest(int page, out ReadOnlySpan<float> centre, out ReadOnlySpan<float> radius)
@@ -284,7 +293,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         Dequantize.Row(options.KeyType, keyBytes, rowScratch);
         AddToDigest(page, j, rowScratch);
         hashes[page * options.PageSize + j] = SimHash(rowScratch);
-        digestValid[page] = false;
+        InvalidateDigest(page);
     }
 
     void AddToDigest(int page, int row, ReadOnlySpan<float> key)
@@ -326,7 +335,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         coldSlotOf[page] = -1;
         frameOf[page] = AllocateFrame();
         keySums.AsSpan(page * d, d).Clear();
-        digestValid[page] = false;
+        InvalidateDigest(page);
         return page;
     }
 
@@ -346,6 +355,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         Array.Resize(ref centres, capacity * d);
         Array.Resize(ref radii, capacity * d);
         Array.Resize(ref digestValid, capacity);
+        Array.Resize(ref digestStamp, capacity);
         Array.Resize(ref pendingTicket, capacity);
         Array.Resize(ref pendingFrame, capacity);
         positions = (int*)NativeMemory.Realloc(positions, (nuint)((long)capacity * p * sizeof(int)));
@@ -417,7 +427,7 @@ public sealed unsafe class PagedKvStore : IDisposable
             ReadKey(page, j, rowScratch);
             AddToDigest(page, j, rowScratch);
         }
-        digestValid[page] = false;
+        InvalidateDigest(page);
     }
 
     /// <summary>Removes page <paramref name="index"/> of (layer, head) with all its tokens, in either tier.</summary>

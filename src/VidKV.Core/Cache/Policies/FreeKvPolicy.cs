@@ -22,6 +22,7 @@ public sealed class FreeKvPolicy : KvPolicy
     int[][] speculative = [];
     int[] speculativeCount = [], speculativeVersion = [], speculativeStart = [], speculativeEnd = [];
     bool[] hasPrevious = [];
+    DigestMatrix[] digests = [];
 
     public FreeKvPolicy(int budget, int? sinks = null, int? recent = null, float tau = 0.8f, bool? prefetch = null)
     {
@@ -70,6 +71,8 @@ public sealed class FreeKvPolicy : KvPolicy
         speculativeStart = new int[heads];
         speculativeEnd = new int[heads];
         hasPrevious = new bool[heads];
+        digests = new DigestMatrix[heads];
+        for (int i = 0; i < heads; i++) digests[i] = new DigestMatrix(store.HeadDim);
     }
 
     public override void OnTruncated(int length) => Array.Clear(hasPrevious);
@@ -146,7 +149,7 @@ public sealed class FreeKvPolicy : KvPolicy
 
     void Choose(int head, in KvStep step, int start, int end, int k, ReadOnlySpan<float> q)
     {
-        var picked = PagePicker.ForCurrentThread.Choose(Store, step.Table, start, end, q, step.Group, step.Scale, PageScoring.Bound.CentreRadius, k);
+        var picked = PagePicker.ForCurrentThread.Choose(Store, step.Table, start, end, q, step.Group, step.Scale, PageScoring.Bound.CentreRadius, k, digests[head]);
         if (speculative[head].Length < picked.Length) speculative[head] = new int[Math.Max(picked.Length, 2 * speculative[head].Length)];
         picked.CopyTo(speculative[head]);
         speculativeCount[head] = picked.Length;

@@ -102,6 +102,31 @@ public static class PageScoring
 
     const int ScoreChunk = 128;
 
+    /// <summary>
+    /// <see cref="CentreRadiusScores(PagedKvStore, PageTable, int, int, ReadOnlySpan{float}, int, float, Span{float}, Span{float})"/>
+    /// over a head's <see cref="DigestMatrix"/> (already transposed and in table order): one product, no gather.
+    /// </summary>
+    public static unsafe void CentreRadiusScores(DigestMatrix digests, int start, int end, ReadOnlySpan<float> queries, int group, float scale,
+        Span<float> scores, Span<float> scratch)
+    {
+        int n = end - start, d = digests.HeadDim, k = 2 * d;
+        if (n <= 0) return;
+        if (end > digests.Columns) throw new ArgumentOutOfRangeException(nameof(end), $"digest matrix holds {digests.Columns} pages, not {end}");
+        if (scratch.Length < group * k || scores.Length < group * n || queries.Length < group * d)
+            throw new ArgumentException("scores, queries or scratch too short");
+        fixed (float* lanes = scratch, output = scores, matrix = digests.Data)
+        {
+            for (int h = 0; h < group; h++)
+                for (int i = 0; i < d; i++)
+                {
+                    float q = scale * queries[h * d + i];
+                    lanes[h * k + i] = q;
+                    lanes[h * k + d + i] = MathF.Abs(q);
+                }
+            SmallMatrix.Multiply(lanes, k, group, matrix + start, digests.Capacity, k, n, output, n, accumulate: false);
+        }
+    }
+
     /// <summary>Floats of scratch <see cref="CentreRadiusScores"/> needs.</summary>
     public static int CentreRadiusScratch(int headDim, int group) => 2 * headDim * (group + 2 * ScoreChunk);
 
@@ -113,11 +138,16 @@ public static class PageScoring
     /// <see cref="CentreRadiusScratch"/> floats.
     /// </summary>
     public static void GroupScores(PagedKvStore store, PageTable table, int start, int end, ReadOnlySpan<float> queries, int group, float scale,
-        Bound bound, Span<float> scores, Span<float> perHead, Span<float> scratch)
+        Bound bound, Span<float> scores, Span<float> perHead, Span<float> scratch, DigestMatrix? digests = null)
     {
         int n = end - start, d = queries.Length / group;
         if (n <= 0) return;
-        if (bound == Bound.CentreRadius) CentreRadiusScores(store, table, start, end, queries, group, scale, perHead, scratch);
+        if (bound == Bound.CentreRadius && digests != null)
+        {
+            digests.Update(store, table, end);
+            CentreRadiusScores(digests, start, end, queries, group, scale, perHead, scratch);
+        }
+        else if (bound == Bound.CentreRadius) CentreRadiusScores(store, table, start, end, queries, group, scale, perHead, scratch);
         else
             for (int h = 0; h < group; h++)
             {
@@ -195,8 +225,9 @@ public sealed class PagePicker
     int[] order = [];
 
     /// <summary>Table indices of the <paramref name="k"/> best pages in [start, end), ascending.</summary>
+    /// <param name="digests">the head's digest matrix, for <see cref="PageScoring.Bound.CentreRadius"/> without a gather</param>
     public ReadOnlySpan<int> Choose(PagedKvStore store, PageTable table, int start, int end, ReadOnlySpan<float> queries, int group, float scale,
-        PageScoring.Bound bound, int k)
+        PageScoring.Bound bound, int k, DigestMatrix? digests = null)
     {
         int n = Math.Max(0, end - start);
         if (scores.Length < n)
@@ -209,9 +240,60 @@ public sealed class PagePicker
         if (perHead.Length < group * n) perHead = new float[Math.Max(group * n, 2 * perHead.Length)];
         int need = PageScoring.CentreRadiusScratch(store.HeadDim, group);
         if (scratch.Length < need) scratch = new float[need];
-        PageScoring.GroupScores(store, table, start, end, queries, group, scale, bound, scores, perHead, scratch);
+        PageScoring.GroupScores(store, table, start, end, queries, group, scale, bound, scores, perHead, scratch, digests);
         int picked = PageScoring.TopK(scores.AsSpan(0, n), k, order, keys);
         for (int i = 0; i < picked; i++) order[i] += start;
         return order.AsSpan(0, picked);
+    }
+}
+
+/// <summary>
+/// One head's centre ± radius page digests (FreeKV), transposed and in table order: row e &lt; headDim holds c_e of
+/// every page, row headDim + e holds r_e, column i is table page i. Kept across steps so that scoring all candidate
+/// pages is one small product without gathering them (at 65536 tokens a head has 2048 pages of 32). A column is
+/// rewritten when its table slot holds another page or the page's keys changed (<see cref="PagedKvStore.DigestStamp"/>).
+/// </summary>
+public sealed class DigestMatrix(int headDim)
+{
+    float[] data = [];
+    int[] pageOf = [], stampOf = [];
+
+    public int HeadDim { get; } = headDim;
+    /// <summary>Floats per row (≥ <see cref="Columns"/>).</summary>
+    public int Capacity { get; private set; }
+    /// <summary>Columns that are current (after the last <see cref="Update"/>).</summary>
+    public int Columns { get; private set; }
+    public float[] Data => data;
+
+    /// <summary>Makes columns [0, <paramref name="end"/>) the current digests of the table's first pages.</summary>
+    public void Update(PagedKvStore store, PageTable table, int end)
+    {
+        if (end > Capacity) Grow(Math.Max(end, 2 * Capacity));
+        int d = HeadDim;
+        for (int i = 0; i < end; i++)
+        {
+            int page = table[i], stamp = store.DigestStamp(page);
+            if (i < Columns && pageOf[i] == page && stampOf[i] == stamp) continue;
+            store.Digest(page, out var centre, out var radius);
+            for (int e = 0; e < d; e++)
+            {
+                data[e * Capacity + i] = centre[e];
+                data[(d + e) * Capacity + i] = radius[e];
+            }
+            pageOf[i] = page;
+            stampOf[i] = stamp;
+        }
+        Columns = end;
+    }
+
+    void Grow(int capacity)
+    {
+        capacity = Math.Max(capacity, 64);
+        var grown = new float[2 * HeadDim * capacity];
+        for (int row = 0; row < 2 * HeadDim; row++) Array.Copy(data, row * Capacity, grown, row * capacity, Columns);
+        data = grown;
+        Array.Resize(ref pageOf, capacity);
+        Array.Resize(ref stampOf, capacity);
+        Capacity = capacity;
     }
 }
