@@ -288,7 +288,9 @@ public sealed class DigestMatrix(int headDim)
 
     void Grow(int capacity)
     {
-        capacity = Math.Max(capacity, 64);
+        // Rows a multiple of 4 KiB apart would all fall in the same cache sets (the product walks 2·headDim rows per
+        // column block), so the row length is padded off the power of two.
+        capacity = (Math.Max(capacity, 64) + 15 & ~15) + 16;
         var grown = new float[2 * HeadDim * capacity];
         for (int row = 0; row < 2 * HeadDim; row++) Array.Copy(data, row * Capacity, grown, row * capacity, Columns);
         data = grown;
