@@ -60,11 +60,13 @@ static class KvCommands
             Console.WriteLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
             foreach (var x in rows)
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {x.Policy} | {(x.Budget is int b ? b.ToString(CultureInfo.InvariantCulture) : "-")} | {x.Perplexity:F4} | {x.PerplexityRatio:F4} | {x.KlDivergence:F5} | {x.Top1Agreement:P1} | {x.RecallMean:F4} | {x.RecallP5:F4} | {x.OutputErrorMean:F4} | {x.BytesPerStep:N0} | {x.KeptTokensPerHead:F0} |"));
+                    $"| {x.Policy} | {(x.Budget is int b ? b.ToString(CultureInfo.InvariantCulture) : "-")} | {x.Perplexity:F4} | {x.PerplexityRatio:F4} | {x.KlDivergence:F5} | {x.Top1Agreement:P1} | {Metric(x.RecallMean)} | {Metric(x.RecallP5)} | {Metric(x.OutputErrorMean)} | {x.BytesPerStep:N0} | {x.KeptTokensPerHead:F0} |"));
             return 0;
         });
         return command;
     }
+
+    static string Metric(double? value) => value is double v ? v.ToString("F4", CultureInfo.InvariantCulture) : "-";
 
     static Command Calibrate()
     {

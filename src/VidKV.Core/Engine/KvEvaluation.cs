@@ -6,7 +6,7 @@ namespace VidKV.Engine;
 
 /// <summary>One row of <see cref="KvEvaluation"/>: a policy at a budget against the full cache.</summary>
 public sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, double Perplexity, double PerplexityRatio, double KlDivergence,
-    double Top1Agreement, double RecallMean, double RecallP5, double OutputErrorMean, double BytesPerStep, double KeptTokensPerHead);
+    double Top1Agreement, double? RecallMean, double? RecallP5, double? OutputErrorMean, double BytesPerStep, double KeptTokensPerHead);
 
 /// <summary>
 /// Judges KV policies against the full cache on a text (ALGORITHMS.md, "How to judge a policy"). Each chunk of
@@ -54,8 +54,8 @@ public static class KvEvaluation
             double nll = stats.Nll / stats.Scored;
             if (budget == null) fullNll = nll;
             rows.Add(new KvEvaluationRow(budget == null ? "full" : spec, budget, (int)stats.Scored, Math.Exp(nll), Math.Exp(nll - fullNll),
-                stats.Kl / stats.Scored, stats.Agree / (double)stats.Scored, stats.Recall.Count > 0 ? stats.Recall.Average() : 1,
-                Percentile(stats.Recall, 0.05), stats.Error.Count > 0 ? stats.Error.Average() : 0, stats.Bytes / (double)stats.Steps, stats.Kept / stats.KeptSamples));
+                stats.Kl / stats.Scored, stats.Agree / (double)stats.Scored, stats.Recall.Count > 0 ? stats.Recall.Average() : null,
+                Percentile(stats.Recall, 0.05), stats.Error.Count > 0 ? stats.Error.Average() : null, stats.Bytes / (double)stats.Steps, stats.Kept / stats.KeptSamples));
         }
         return rows;
     }
@@ -136,9 +136,10 @@ public static class KvEvaluation
         return Math.Max(0, kl);
     }
 
-    static double Percentile(List<double> values, double fraction)
+    /// <summary>The value at <paramref name="fraction"/> of the sorted list; null when it is empty (attention metrics skipped).</summary>
+    static double? Percentile(List<double> values, double fraction)
     {
-        if (values.Count == 0) return 1;
+        if (values.Count == 0) return null;
         var sorted = values.Order().ToArray();
         return sorted[(int)Math.Floor(fraction * (sorted.Length - 1))];
     }
