@@ -63,56 +63,18 @@ public static class PageScoring
 
     /// <summary>
     /// FreeKV's score for every query head of a group and every page of table [start, end) at once:
-    /// scores[h, i] = scale·(q_h·c_i + |q_h|·r_i), one small product [q_h, |q_h|] · [c_i; r_i]ᵀ. The digests of up to
-    /// 128 pages are gathered into a tile, transposed, and multiplied like attention scores (see <see cref="SmallMatrix"/>).
+    /// scores[h, i] = scale·(q_h·c_i + |q_h|·r_i), one small product [q_h, |q_h|] · [c_i; r_i] over the head's
+    /// <see cref="DigestMatrix"/> (digests kept transposed in table order; see <see cref="SmallMatrix"/>).
     /// </summary>
     /// <param name="scores">[group, end − start]</param>
     /// <param name="scratch">at least <see cref="CentreRadiusScratch"/>(headDim, group) floats</param>
-    public static unsafe void CentreRadiusScores(PagedKvStore store, PageTable table, int start, int end, ReadOnlySpan<float> queries, int group,
-        float scale, Span<float> scores, Span<float> scratch)
-    {
-        int n = end - start, d = store.HeadDim, k = 2 * d;
-        if (n <= 0) return;
-        if (scratch.Length < CentreRadiusScratch(d, group) || scores.Length < group * n || queries.Length < group * d)
-            throw new ArgumentException("scores, queries or scratch too short");
-        fixed (float* buffer = scratch, output = scores)
-        {
-            float* lanes = buffer, rows = lanes + group * k, transposed = rows + ScoreChunk * k;
-            for (int h = 0; h < group; h++)
-                for (int i = 0; i < d; i++)
-                {
-                    float q = scale * queries[h * d + i];
-                    lanes[h * k + i] = q;
-                    lanes[h * k + d + i] = MathF.Abs(q);
-                }
-            for (int c0 = 0; c0 < n; c0 += ScoreChunk)
-            {
-                int m = Math.Min(ScoreChunk, n - c0);
-                for (int i = 0; i < m; i++)
-                {
-                    store.Digest(table[start + c0 + i], out var centre, out var radius);
-                    centre.CopyTo(new Span<float>(rows + i * k, d));
-                    radius.CopyTo(new Span<float>(rows + i * k + d, d));
-                }
-                SmallMatrix.Transpose(rows, m, k, transposed, ScoreChunk);
-                SmallMatrix.Multiply(lanes, k, group, transposed, ScoreChunk, k, m, output + c0, n, accumulate: false);
-            }
-        }
-    }
-
-    const int ScoreChunk = 128;
-
-    /// <summary>
-    /// <see cref="CentreRadiusScores(PagedKvStore, PageTable, int, int, ReadOnlySpan{float}, int, float, Span{float}, Span{float})"/>
-    /// over a head's <see cref="DigestMatrix"/> (already transposed and in table order): one product, no gather.
-    /// </summary>
     public static unsafe void CentreRadiusScores(DigestMatrix digests, int start, int end, ReadOnlySpan<float> queries, int group, float scale,
         Span<float> scores, Span<float> scratch)
     {
         int n = end - start, d = digests.HeadDim, k = 2 * d;
         if (n <= 0) return;
         if (end > digests.Columns) throw new ArgumentOutOfRangeException(nameof(end), $"digest matrix holds {digests.Columns} pages, not {end}");
-        if (scratch.Length < group * k || scores.Length < group * n || queries.Length < group * d)
+        if (scratch.Length < CentreRadiusScratch(d, group) || scores.Length < group * n || queries.Length < group * d)
             throw new ArgumentException("scores, queries or scratch too short");
         fixed (float* lanes = scratch, output = scores, matrix = digests.Data)
         {
@@ -128,7 +90,7 @@ public static class PageScoring
     }
 
     /// <summary>Floats of scratch <see cref="CentreRadiusScores"/> needs.</summary>
-    public static int CentreRadiusScratch(int headDim, int group) => 2 * headDim * (group + 2 * ScoreChunk);
+    public static int CentreRadiusScratch(int headDim, int group) => 2 * headDim * group;
 
     /// <summary>
     /// Scores of table pages [start, end) for a GQA group: each query head's scaled page scores are turned into a
@@ -142,12 +104,12 @@ public static class PageScoring
     {
         int n = end - start, d = queries.Length / group;
         if (n <= 0) return;
-        if (bound == Bound.CentreRadius && digests != null)
+        if (bound == Bound.CentreRadius)
         {
+            if (digests == null) throw new ArgumentNullException(nameof(digests), "centre ± radius scores need the head's digest matrix");
             digests.Update(store, table, end);
             CentreRadiusScores(digests, start, end, queries, group, scale, perHead, scratch);
         }
-        else if (bound == Bound.CentreRadius) CentreRadiusScores(store, table, start, end, queries, group, scale, perHead, scratch);
         else
             for (int h = 0; h < group; h++)
             {
