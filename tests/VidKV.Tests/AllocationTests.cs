@@ -1,3 +1,4 @@
+using VidKV.Cache;
 using VidKV.Engine;
 using VidKV.Models;
 using VidKV.Tensors;
@@ -35,6 +36,37 @@ public class AllocationTests
         {
             token[0] = sampler.Sample(logits, history);
             history.Add(token[0]);
+            model.Forward(state, token, logits);
+        }
+    }
+
+    /// <summary>
+    /// The same for paged caches under the policies decode runs with: after the warm-up no buffer of the store, the
+    /// cache or the policy grows (the window stays inside the capacities the warm-up reached), so nothing is allocated.
+    /// </summary>
+    [Theory]
+    [InlineData("full")]
+    [InlineData("freekv:budget=64")]
+    [InlineData("quest:budget=64")]
+    public void PagedDecodingAllocatesNothing(string spec)
+    {
+        using var model = ModelLoader.Load(TestData.Model("stories260K"));
+        var c = model.Config;
+        using var state = model.CreateState(new KvCacheConfig { Default = spec, PageSize = 16 }.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, 512));
+        var logits = new float[c.VocabSize];
+        Generator.Prefill(model, state, [1, 2, 3, 4], logits);
+        int[] token = [0];
+        for (int i = 0; i < 150; i++) Step(i);
+
+        long Allocated() => GC.GetAllocatedBytesForCurrentThread() + WorkerPool.Shared.WorkerAllocatedBytes;
+        long before = Allocated();
+        for (int i = 0; i < 32; i++) Step(i);
+        long allocated = Allocated() - before;
+        Assert.True(allocated == 0, $"decoding 32 tokens under {spec} allocated {allocated} bytes");
+
+        void Step(int i)
+        {
+            token[0] = 3 + i % 200;
             model.Forward(state, token, logits);
         }
     }
