@@ -153,7 +153,7 @@ public sealed unsafe class PagedKvCache : KvCache
         if (Observer != null)
             for (int g = 0; g < kvHeads; g++)
             {
-                var step = MakeStep(layer, g, queries, position, count, group, headCount, scale);
+                var step = Step(layer, g, position, count, group, scale);
                 Observer(step, views.AsSpan(headStart[g], headStart[g + 1] - headStart[g]));
             }
 
@@ -168,7 +168,7 @@ public sealed unsafe class PagedKvCache : KvCache
             if (alive && store.IsHot(page)) store.MoveCold(page);
             list.RemoveAt(i);
         }
-        for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(MakeStep(layer, g, queries, position, count, group, headCount, scale));
+        for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(Step(layer, g, position, count, group, scale));
         // Start reading the cold pages the policies expect to need next step; by the time this layer runs again they are in.
         if (store.HasColdTier)
             for (int g = 0; g < kvHeads; g++)
@@ -218,9 +218,16 @@ public sealed unsafe class PagedKvCache : KvCache
         int d = store.HeadDim, qRow = headCount * d;
         var mine = groupQueries.AsSpan(g * count * group * d, count * group * d);
         for (int t = 0; t < count; t++) queries.Slice(t * qRow + g * group * d, group * d).CopyTo(mine.Slice(t * group * d));
+        return Step(layer, g, position, count, group, scale);
+    }
+
+    /// <summary>The step of KV head <paramref name="g"/> over the queries <see cref="MakeStep"/> already copied this call.</summary>
+    KvStep Step(int layer, int g, int position, int count, int group, float scale)
+    {
+        int length = count * group * store.HeadDim;
         return new KvStep
         {
-            Layer = layer, Head = g, Position = position, Count = count, Group = group, Queries = mine, Scale = scale,
+            Layer = layer, Head = g, Position = position, Count = count, Group = group, Queries = groupQueries.AsSpan(g * length, length), Scale = scale,
             Table = store.Table(layer, g), StepIndex = steps,
         };
     }

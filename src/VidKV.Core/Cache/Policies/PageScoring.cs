@@ -39,23 +39,15 @@ public static class PageScoring
         return s;
     }
 
-    /// <summary>FreeKV's score with the centre ± radius digest: Σ_d max(q_d(c_d−r_d), q_d(c_d+r_d)) = q·c + Σ_d |q_d|·r_d.</summary>
+    /// <summary>
+    /// FreeKV's score of one page with the centre ± radius digest, Σ_d max(q_d(c_d−r_d), q_d(c_d+r_d)) = q·c + Σ_d |q_d|·r_d,
+    /// as a plain loop: the reference the batched <see cref="CentreRadiusScores"/> is tested against.
+    /// </summary>
     public static float CentreRadiusScore(PagedKvStore store, int page, ReadOnlySpan<float> q)
     {
         store.Digest(page, out var c, out var r);
-        int i = 0, n = q.Length;
         float s = 0;
-        if (System.Numerics.Vector.IsHardwareAccelerated && n >= System.Numerics.Vector<float>.Count)
-        {
-            var acc = System.Numerics.Vector<float>.Zero;
-            for (; i + System.Numerics.Vector<float>.Count <= n; i += System.Numerics.Vector<float>.Count)
-            {
-                var qv = new System.Numerics.Vector<float>(q[i..]);
-                acc += qv * new System.Numerics.Vector<float>(c[i..]) + System.Numerics.Vector.Abs(qv) * new System.Numerics.Vector<float>(r[i..]);
-            }
-            s = System.Numerics.Vector.Sum(acc);
-        }
-        for (; i < n; i++) s += q[i] * c[i] + MathF.Abs(q[i]) * r[i];
+        for (int i = 0; i < q.Length; i++) s += q[i] * c[i] + MathF.Abs(q[i]) * r[i];
         return s;
     }
 
