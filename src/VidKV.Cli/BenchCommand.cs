@@ -27,9 +27,10 @@ static class BenchCommand
         var pageSize = new Option<int>("--page-size") { Description = "Tokens per KV page: 16, 32 or 64.", DefaultValueFactory = _ => 32 };
         var kvConfig = new Option<string?>("--kv-config") { Description = "JSON file with a paged KV cache config (policies per layer/head); see KvCacheConfig." };
         var coldDir = new Option<string?>("--cold-dir") { Description = "Folder for the cold-tier file of paged caches (pages policies move out of RAM)." };
+        var roofline = new Option<bool>("--roofline") { Description = "Also measure this machine's read bandwidth and f32 FMA throughput (a few seconds per thread count) and show each full-attention test's bound: decode ≤ bandwidth ÷ bytes read per token, prefill ≤ FLOP/s ÷ FLOPs per token." };
 
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
-            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir);
+            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline);
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
@@ -48,22 +49,24 @@ static class BenchCommand
             if (caches.Count == 0) caches.Add(null);
             foreach (var config in caches) config?.BuildPolicies(1, 1); // a bad spec fails before any model loads
             var results = new List<BenchmarkResult>();
+            bool withRoofline = r.GetValue(roofline);
             if (!json)
             {
-                Console.WriteLine("| model | type | kv | test | depth | threads | t/s (mean ± sd) | median | hot KV | cold KV | peak RSS |");
-                Console.WriteLine("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+                Console.WriteLine("| model | type | kv | test | depth | threads | t/s (mean ± sd) | median | hot KV | cold KV | peak RSS |" + (withRoofline ? " bound t/s | of bound |" : ""));
+                Console.WriteLine("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (withRoofline ? " ---: | ---: |" : ""));
             }
             foreach (string path in r.GetValue(models)!)
             {
                 using var model = ModelLoader.Load(path);
                 foreach (var result in Benchmark.Run(model, Path.GetFileName(path), r.GetValue(prompt), r.GetValue(generate), depths, threadCounts, reps,
                     CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!),
-                    message => Console.Error.WriteLine($"  {message}"), caches))
+                    message => Console.Error.WriteLine($"  {message}"), caches, withRoofline))
                 {
                     results.Add(result);
                     if (!json)
                         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"| {result.Model} | {result.Type} | {result.Policy} | {result.Test} | {result.Depth} | {result.Threads} | {result.TokensPerSecond:F2} ± {result.TokensPerSecondSd:F2} | {result.TokensPerSecondMedian:F2} | {result.HotKvBytes / 1048576.0:F0} MiB | {result.ColdKvBytes / 1048576.0:F0} MiB | {result.PeakRssBytes / 1048576.0:F0} MiB |"));
+                            $"| {result.Model} | {result.Type} | {result.Policy} | {result.Test} | {result.Depth} | {result.Threads} | {result.TokensPerSecond:F2} ± {result.TokensPerSecondSd:F2} | {result.TokensPerSecondMedian:F2} | {result.HotKvBytes / 1048576.0:F0} MiB | {result.ColdKvBytes / 1048576.0:F0} MiB | {result.PeakRssBytes / 1048576.0:F0} MiB |")
+                            + (withRoofline ? string.Create(CultureInfo.InvariantCulture, $" {Optional(result.CeilingTokensPerSecond, "F1")} | {Optional(result.FractionOfCeiling * 100, "F0")}{(result.FractionOfCeiling is null ? "" : " %")} |") : ""));
                 }
             }
             if (json)
@@ -74,12 +77,16 @@ static class BenchCommand
                     tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, tokens_per_second_median = x.TokensPerSecondMedian,
                     samples = x.Samples, peak_rss_bytes = x.PeakRssBytes, kv_bytes = x.KvBytes,
                     kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes, kv_ms_per_token = x.KvMsPerToken,
+                    read_bytes_per_second = x.ReadBytesPerSecond, fma_flops_per_second = x.FlopsPerSecond,
+                    ceiling_tokens_per_second = x.CeilingTokensPerSecond, fraction_of_ceiling = x.FractionOfCeiling,
                 }), new JsonSerializerOptions { WriteIndented = true }));
             }
             return 0;
         });
         return command;
     }
+
+    static string Optional(double? value, string format) => value is double v ? v.ToString(format, CultureInfo.InvariantCulture) : "-";
 
     static int[] ParseList(string text, string option, int min)
     {

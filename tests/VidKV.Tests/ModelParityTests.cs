@@ -80,3 +80,26 @@ public class ModelParityTests
         return indices.OrderByDescending(i => values[i]).ThenBy(i => i).Take(k).ToArray();
     }
 }
+
+/// <summary>The roofline inputs of <c>vidkv bench --roofline</c> agree with the GGUF tensor table.</summary>
+public class ModelCostTests
+{
+    [Theory]
+    [InlineData("tiny-qwen2-random")]
+    [InlineData("tiny-qwen2-random-tied")]
+    [InlineData("stories260K")]
+    public void BytesAndFlopsPerTokenMatchTheTensorTable(string name)
+    {
+        using var file = VidKV.Formats.GgufFile.Open(TestData.Model(name));
+        string[] matrices = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+        var layerMatrices = file.Tensors.Where(t => t.Name.StartsWith("blk.") && t.Name.EndsWith(".weight") && matrices.Contains(t.Name.Split('.')[2])).ToArray();
+        var outputMatrix = file.Tensors.SingleOrDefault(t => t.Name == "output.weight") ?? file.Tensors.Single(t => t.Name == "token_embd.weight");
+
+        using var model = ModelLoader.Load(TestData.Model(name));
+        Assert.Equal(7 * model.Config.LayerCount, layerMatrices.Length);
+        Assert.Equal(layerMatrices.Sum(t => t.ByteCount) + outputMatrix.ByteCount, model.WeightBytesPerToken);
+        Assert.Equal(2 * layerMatrices.Sum(t => t.ElementCount), model.MatMulFlopsPerToken);
+        var c = model.Config;
+        Assert.Equal(2L * 2 * c.HeadCount * c.HeadDim * 100 * c.LayerCount, model.AttentionFlopsPerToken(100));
+    }
+}

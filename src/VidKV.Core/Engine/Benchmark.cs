@@ -15,6 +15,15 @@ public sealed record BenchmarkResult(string Model, string Type, string Test, int
     public long ColdKvBytes { get; init; }
     /// <summary>Milliseconds per token in each phase of a paged cache's attention (select, recall, attention, update); null for the plain cache.</summary>
     public IReadOnlyDictionary<string, double>? KvMsPerToken { get; init; }
+    /// <summary>
+    /// The roofline bound of this test on this machine (when measured): decode = read bandwidth ÷ (weight bytes + KV
+    /// bytes read per token), prefill = f32 FMA FLOP/s ÷ (matrix + attention FLOPs per token). Only for full attention.
+    /// </summary>
+    public double? CeilingTokensPerSecond { get; init; }
+    public double? FractionOfCeiling => CeilingTokensPerSecond is double c && c > 0 ? TokensPerSecondMedian / c : null;
+    /// <summary>The measured machine limits behind <see cref="CeilingTokensPerSecond"/>.</summary>
+    public double? ReadBytesPerSecond { get; init; }
+    public double? FlopsPerSecond { get; init; }
 
     public double TokensPerSecondMedian
     {
@@ -36,7 +45,8 @@ public static class Benchmark
 {
     public static IEnumerable<BenchmarkResult> Run(DecoderModel model, string modelName, int promptTokens, int generatedTokens,
         IReadOnlyList<int> depths, IReadOnlyList<int> threadCounts, int repetitions, GgmlType keyType = GgmlType.F16,
-        GgmlType valueType = GgmlType.F16, Action<string>? progress = null, IReadOnlyList<Cache.KvCacheConfig?>? caches = null)
+        GgmlType valueType = GgmlType.F16, Action<string>? progress = null, IReadOnlyList<Cache.KvCacheConfig?>? caches = null,
+        bool roofline = false)
     {
         caches ??= [null];
         var rng = new Random(1234);
@@ -45,6 +55,12 @@ public static class Benchmark
         foreach (int threads in threadCounts)
         {
             WorkerPool.SetSharedThreadCount(threads);
+            (double ReadBytesPerSecond, double FlopsPerSecond)? limits = null;
+            if (roofline)
+            {
+                progress?.Invoke($"measuring read bandwidth and FMA throughput ({threads} threads)");
+                limits = MachineLimits.Measure(WorkerPool.Shared);
+            }
             foreach (var kv in caches)
             {
                 // One cache for all depths, filled incrementally in ascending order (deep contexts take minutes to fill).
@@ -66,7 +82,8 @@ public static class Benchmark
                     if (promptTokens > 0)
                     {
                         int[] prompt = RandomTokens(rng, promptTokens, vocab);
-                        yield return Measure($"pp{promptTokens}", promptTokens, () => Generator.Prefill(model, state, prompt, logits));
+                        yield return Measure($"pp{promptTokens}", promptTokens, () => Generator.Prefill(model, state, prompt, logits),
+                            limits?.FlopsPerSecond / (model.MatMulFlopsPerToken + model.AttentionFlopsPerToken(depth + promptTokens / 2)));
                     }
                     if (generatedTokens > 0)
                     {
@@ -78,10 +95,10 @@ public static class Benchmark
                                 single[0] = rng.Next(vocab);
                                 model.Forward(state, single, logits);
                             }
-                        });
+                        }, limits?.ReadBytesPerSecond / (model.WeightBytesPerToken + KvBytesPerToken(model, depth + generatedTokens / 2, keyType, valueType)));
                     }
 
-                    BenchmarkResult Measure(string test, int tokens, Action body)
+                    BenchmarkResult Measure(string test, int tokens, Action body, double? ceiling)
                     {
                         progress?.Invoke($"{test} at depth {depth}, {threads} threads");
                         var samples = new double[repetitions];
@@ -116,11 +133,21 @@ public static class Benchmark
                             HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
                             ColdKvBytes = paged?.Store.ColdBytes ?? 0,
                             KvMsPerToken = phases,
+                            CeilingTokensPerSecond = kv == null ? ceiling : null,
+                            ReadBytesPerSecond = limits?.ReadBytesPerSecond,
+                            FlopsPerSecond = limits?.FlopsPerSecond,
                         };
                     }
                 }
             }
         }
+    }
+
+    /// <summary>KV bytes one decoded token reads with full attention over <paramref name="keys"/> cached tokens.</summary>
+    static long KvBytesPerToken(DecoderModel model, int keys, GgmlType keyType, GgmlType valueType)
+    {
+        var c = model.Config;
+        return (long)keys * c.LayerCount * c.KvHeadCount * (GgmlTypes.RowBytes(keyType, c.HeadDim) + GgmlTypes.RowBytes(valueType, c.HeadDim));
     }
 
     static int[] RandomTokens(Random rng, int count, int vocab) => Enumerable.Range(0, count).Select(_ => rng.Next(vocab)).ToArray();

@@ -76,6 +76,17 @@ public sealed class DecoderModel : IDisposable
     /// <summary>A state over a given cache (a <see cref="PagedKvCache"/> with policies, for one); the state owns and disposes it.</summary>
     public DecoderState CreateState(KvCache cache) => new(cache, Config);
 
+    /// <summary>Weight bytes one decoded token reads: every layer matrix and the output matrix once (what bounds decode).</summary>
+    public long WeightBytesPerToken =>
+        layers.Sum(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }.Sum(m => (long)m.RowBytes * m.Rows)) + (long)output.RowBytes * output.Rows;
+
+    /// <summary>FLOPs of the layer matrix products per prompt token (2 per weight; prefill computes the output matrix once per batch, so it is left out).</summary>
+    public long MatMulFlopsPerToken =>
+        layers.Sum(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }.Sum(m => 2L * m.Rows * m.Columns));
+
+    /// <summary>FLOPs of attention for one query over <paramref name="keys"/> cached tokens in every layer (scores and weighted sum, 2 each).</summary>
+    public long AttentionFlopsPerToken(int keys) => 4L * Config.HeadCount * Config.HeadDim * keys * Config.LayerCount;
+
     /// <summary>Options for a paged store shaped for this model.</summary>
     public PagedKvOptions PagedOptions(int pageSize = 32, GgmlType type = GgmlType.F16) =>
         new() { LayerCount = Config.LayerCount, KvHeadCount = Config.KvHeadCount, HeadDim = Config.HeadDim, PageSize = pageSize, KeyType = type, ValueType = type };
