@@ -46,10 +46,12 @@ public sealed unsafe class WeightMatrix
     public bool UsesQuantizedActivations => Type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K;
 
     /// <summary>
-    /// Prefill (4+ tokens) with AVX-512 widens each tile of 16 rows to f32 once and runs the 4×4 f32 micro-kernel, for
-    /// every type: on this Zen 4 machine it beat the int8 2×4 kernels (maddubs+madd, no VNNI in .NET): Q8_0 pp512
-    /// 180 vs 133 t/s, Q4_0 167 vs 160 (`vidkv bench -p 512 -n 0 -t 2 -r 3`, medians, before/after). Activations then
-    /// stay f32 (exact); decode keeps the int8 path, and machines without AVX-512 keep the int8 tiles.
+    /// Prefill (4+ tokens) with AVX-512 widens each tile of 32 rows to f32 once and runs the f32 panel kernel, for
+    /// every type: on this Zen 4 machine f32 FMAs beat the int8 2×4 kernels (maddubs+madd, no VNNI in .NET) even with
+    /// the first f32 kernel (Q8_0 pp512 180 vs 133 t/s, Q4_0 167 vs 160); the panel kernel then took Q8_0/F16/Q4_0
+    /// pp512 from 179/162/137 and 144/134/148 to 221/214/208 and 226/216/205 t/s (`vidkv bench -m … -p 512 -n 0 -t 2
+    /// -r 3`, medians, old and new builds alternated twice). Activations stay f32 (exact); decode keeps the int8
+    /// path, and machines without AVX-512 keep the int8 tiles.
     /// </summary>
     static bool UsesFloatTiles(int tokens) => tokens >= 4 && Vector512.IsHardwareAccelerated;
 
@@ -151,7 +153,7 @@ public sealed unsafe class WeightMatrix
     static void Execute(void* context, int thread, int threads)
     {
         ref Job job = ref *(Job*)context;
-        var (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, RowTile);
+        var (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, UsesFloatTiles(job.Tokens) ? PanelRows : RowTile);
         for (int i = 0; i < job.PartCount; i++)
         {
             ref Part part = ref i == 0 ? ref job.P0 : ref i == 1 ? ref job.P1 : ref job.P2;
@@ -213,50 +215,109 @@ public sealed unsafe class WeightMatrix
         }
     }
 
+    /// <summary>Rows per tile of the AVX-512 prefill: two panels of 16 (one Vector512 each).</summary>
+    const int PanelRows = 32;
+    /// <summary>Tokens per block of the AVX-512 prefill kernel.</summary>
+    const int PanelTokens = 8;
+
     /// <summary>
-    /// Prefill: each tile of 16 rows is widened to f32 once (f16/bf16 in registers, other types dequantised) and
-    /// multiplied with 4 rows × 4 tokens register blocks; leftover rows and tokens take the plain dot.
+    /// Prefill with AVX-512. Each tile of 32 rows is widened to f32 once (f16/bf16 in registers, other types
+    /// dequantised) and packed column-major in two panels of 16 rows, [column][16]. Then, 8 tokens at a time, each
+    /// column's two weight vectors meet each token's activation broadcast: 16 FMAs per 10 loads, and the 16
+    /// accumulators are the 8 × 32 outputs themselves, stored without horizontal sums (the layout of BLIS-style
+    /// micro-kernels; Van Zee and van de Geijn, TOMS 2015). A tail of fewer than 8 tokens runs on a zero-padded copy.
     /// </summary>
     static void FloatTiles(ref Job job, ref Part part, int start, int end)
     {
-        int columns = job.Columns;
+        int columns = job.Columns, tokens = job.Tokens, whole = tokens / PanelTokens * PanelTokens;
         var scratch = Scratch.ForCurrentThread;
-        float[] buffer = scratch.Row(RowTile * columns);
-        fixed (float* tileBuffer = buffer)
+        float[] rowBuffer = scratch.Row(PanelRows * columns);
+        float[] packedBuffer = scratch.Packed(PanelRows * columns);
+        float[] tailBuffer = scratch.Tail(tokens > whole ? PanelTokens * columns : 0);
+        float* output = stackalloc float[PanelTokens * PanelRows];
+        fixed (float* rowsF32 = rowBuffer, packed = packedBuffer, tail = tailBuffer)
         {
-            for (int tile = start; tile < end; tile += RowTile)
+            if (tokens > whole)
             {
-                int rows = Math.Min(end, tile + RowTile) - tile;
-                float* w;
-                int stride;
-                if (job.Type == GgmlType.F32) { w = (float*)(part.Weights + (long)tile * part.RowBytes); stride = part.RowBytes / 4; }
-                else
+                new Span<float>(job.Plain + (long)whole * columns, (tokens - whole) * columns).CopyTo(new Span<float>(tail, PanelTokens * columns));
+                new Span<float>(tail + (tokens - whole) * columns, (PanelTokens - tokens + whole) * columns).Clear();
+            }
+            for (int tile = start; tile < end; tile += PanelRows)
+            {
+                int rows = Math.Min(end, tile + PanelRows) - tile;
+                for (int r = 0; r < rows; r++)
                 {
-                    for (int r = 0; r < rows; r++)
+                    byte* source = part.Weights + (long)(tile + r) * part.RowBytes;
+                    float* row = rowsF32 + r * columns;
+                    if (job.Type == GgmlType.F32) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(row, columns));
+                    else if (job.Type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, row, columns);
+                    else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16((ushort*)source, row, columns);
+                    else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(row, columns));
+                }
+                SmallMatrix.Transpose(rowsF32, Math.Min(rows, 16), columns, packed, 16);
+                if (rows > 16) SmallMatrix.Transpose(rowsF32 + 16 * columns, rows - 16, columns, packed + 16 * columns, 16);
+                else new Span<float>(packed + 16 * columns, 16 * columns).Clear();
+
+                float* y = part.Y + tile;
+                for (int t = 0; t < whole; t += PanelTokens)
+                {
+                    if (rows == PanelRows) Panel32x8(packed, job.Plain + (long)t * columns, columns, y + (long)t * part.Rows, part.Rows);
+                    else
                     {
-                        var source = (ushort*)(part.Weights + (long)(tile + r) * part.RowBytes);
-                        if (job.Type == GgmlType.F16) HalfDot.WidenF16(source, tileBuffer + r * columns, columns);
-                        else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16(source, tileBuffer + r * columns, columns);
-                        else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(tileBuffer + r * columns, columns));
+                        Panel32x8(packed, job.Plain + (long)t * columns, columns, output, PanelRows);
+                        CopyOut(output, PanelTokens, rows, y + (long)t * part.Rows, part.Rows);
                     }
-                    w = tileBuffer;
-                    stride = columns;
                 }
-                int t = 0;
-                for (; t + 4 <= job.Tokens; t += 4)
+                if (tokens > whole)
                 {
-                    int r = 0;
-                    for (; r + 4 <= rows; r += 4)
-                        HalfDot.Tile4x4(w + (long)r * stride, stride, job.Plain + (long)t * columns, columns, columns, part.Y + (long)t * part.Rows + tile + r, part.Rows);
-                    for (; r < rows; r++)
-                        for (int u = t; u < t + 4; u++)
-                            part.Y[(long)u * part.Rows + tile + r] = TensorPrimitives.Dot(new ReadOnlySpan<float>(w + (long)r * stride, columns), new ReadOnlySpan<float>(job.Plain + (long)u * columns, columns));
+                    Panel32x8(packed, tail, columns, output, PanelRows);
+                    CopyOut(output, tokens - whole, rows, y + (long)whole * part.Rows, part.Rows);
                 }
-                for (; t < job.Tokens; t++)
-                    for (int r = 0; r < rows; r++)
-                        part.Y[(long)t * part.Rows + tile + r] = TensorPrimitives.Dot(new ReadOnlySpan<float>(w + (long)r * stride, columns), new ReadOnlySpan<float>(job.Plain + (long)t * columns, columns));
             }
         }
+    }
+
+    static void CopyOut(float* output, int tokens, int rows, float* y, int ldy)
+    {
+        for (int t = 0; t < tokens; t++)
+            new ReadOnlySpan<float>(output + t * PanelRows, rows).CopyTo(new Span<float>(y + (long)t * ldy, rows));
+    }
+
+    /// <summary>
+    /// y[t·ldy + r] = Σ_c panel(c, r) · x[t·columns + c] for 8 tokens and 32 rows; <paramref name="packed"/> holds rows 0–15
+    /// as [column][16] and then rows 16–31 the same way.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    static void Panel32x8(float* packed, float* x, int columns, float* y, int ldy)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
+        // Token j's activation is at x0 + j·stride (j < 4) or x4 + (j − 4)·stride: two bases and three byte offsets
+        // keep every broadcast a single addressed load.
+        nint stride = (nint)columns * 4, stride2 = 2 * stride, stride3 = 3 * stride;
+        byte* x0 = (byte*)x, x4 = (byte*)(x + 4L * columns);
+        float* low = packed, high = packed + 16L * columns;
+        for (int c = 0; c < columns; c++, x0 += 4, x4 += 4)
+        {
+            var w = Vector512.Load(low + 16 * c);
+            var u = Vector512.Load(high + 16 * c);
+            var v = Vector512.Create(*(float*)x0); a0 = Vector512.FusedMultiplyAdd(w, v, a0); b0 = Vector512.FusedMultiplyAdd(u, v, b0);
+            v = Vector512.Create(*(float*)(x0 + stride)); a1 = Vector512.FusedMultiplyAdd(w, v, a1); b1 = Vector512.FusedMultiplyAdd(u, v, b1);
+            v = Vector512.Create(*(float*)(x0 + stride2)); a2 = Vector512.FusedMultiplyAdd(w, v, a2); b2 = Vector512.FusedMultiplyAdd(u, v, b2);
+            v = Vector512.Create(*(float*)(x0 + stride3)); a3 = Vector512.FusedMultiplyAdd(w, v, a3); b3 = Vector512.FusedMultiplyAdd(u, v, b3);
+            v = Vector512.Create(*(float*)x4); a4 = Vector512.FusedMultiplyAdd(w, v, a4); b4 = Vector512.FusedMultiplyAdd(u, v, b4);
+            v = Vector512.Create(*(float*)(x4 + stride)); a5 = Vector512.FusedMultiplyAdd(w, v, a5); b5 = Vector512.FusedMultiplyAdd(u, v, b5);
+            v = Vector512.Create(*(float*)(x4 + stride2)); a6 = Vector512.FusedMultiplyAdd(w, v, a6); b6 = Vector512.FusedMultiplyAdd(u, v, b6);
+            v = Vector512.Create(*(float*)(x4 + stride3)); a7 = Vector512.FusedMultiplyAdd(w, v, a7); b7 = Vector512.FusedMultiplyAdd(u, v, b7);
+        }
+        a0.Store(y); b0.Store(y + 16); y += ldy;
+        a1.Store(y); b1.Store(y + 16); y += ldy;
+        a2.Store(y); b2.Store(y + 16); y += ldy;
+        a3.Store(y); b3.Store(y + 16); y += ldy;
+        a4.Store(y); b4.Store(y + 16); y += ldy;
+        a5.Store(y); b5.Store(y + 16); y += ldy;
+        a6.Store(y); b6.Store(y + 16); y += ldy;
+        a7.Store(y); b7.Store(y + 16);
     }
 
     /// <summary>One row of weights against one token's prepared activations.</summary>
@@ -283,7 +344,7 @@ public sealed unsafe class WeightMatrix
 
         public sbyte[] Quants = [];
         public float[] Scales = [], Sums = [], Floats = [];
-        float[] row = [];
+        float[] row = [], packed = [], tail = [];
 
         public void Ensure(int elements, int blocks)
         {
@@ -292,5 +353,7 @@ public sealed unsafe class WeightMatrix
         }
 
         public float[] Row(int length) => row.Length >= length ? row : row = new float[length];
+        public float[] Packed(int length) => packed.Length >= length ? packed : packed = new float[length];
+        public float[] Tail(int length) => tail.Length >= length ? tail : tail = new float[length];
     }
 }
