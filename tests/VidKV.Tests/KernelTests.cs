@@ -40,6 +40,15 @@ public class KernelTests
             ReferenceKernels.SwiGlu(x, up, want);
             Kernels.SwiGlu(x, up, got);
             AssertClose(want, got, 1e-5f, $"swiglu n={n}");
+            Kernels.SwiGlu(x, up, x); // in place, as the decoder calls it
+            AssertClose(want, x, 1e-5f, $"swiglu in place n={n}");
+        }
+        foreach (int n in new[] { 1023, 1024, 1025, 4864, 9999 }) // across the kernel's internal chunks
+        {
+            float[] x = Random(rng, n, 8), up = Random(rng, n, 2), want = new float[n];
+            ReferenceKernels.SwiGlu(x, up, want);
+            Kernels.SwiGlu(x, up, x);
+            AssertClose(want, x, 1e-5f, $"swiglu in place n={n}");
         }
     }
 

@@ -117,6 +117,9 @@ public sealed class DecoderModel : IDisposable
         }
 
         float scale = 1f / MathF.Sqrt(c.HeadDim);
+        int half = c.RopeDims / 2;
+        Span<float> cos = s.RopeCos.AsSpan(0, n * half), sin = s.RopeSin.AsSpan(0, n * half);
+        for (int t = 0; t < n; t++) Kernels.RopeAngles(start + t, c.RopeDims, c.RopeFreqBase, cos.Slice(t * half, half), sin.Slice(t * half, half));
         for (int l = 0; l < layers.Length; l++)
         {
             var layer = layers[l];
@@ -127,11 +130,11 @@ public sealed class DecoderModel : IDisposable
             AddBias(layer.ValueBias, n, v);
             for (int t = 0; t < n; t++)
             {
-                int position = start + t;
+                ReadOnlySpan<float> tokenCos = cos.Slice(t * half, half), tokenSin = sin.Slice(t * half, half);
                 for (int head = 0; head < c.HeadCount; head++)
-                    Kernels.Rope(q.Slice(t * qDim + head * c.HeadDim, c.HeadDim), position, c.RopeDims, c.RopeFreqBase, c.RopeMode);
+                    Kernels.Rope(q.Slice(t * qDim + head * c.HeadDim, c.HeadDim), tokenCos, tokenSin, c.RopeMode);
                 for (int head = 0; head < c.KvHeadCount; head++)
-                    Kernels.Rope(k.Slice(t * kvDim + head * c.HeadDim, c.HeadDim), position, c.RopeDims, c.RopeFreqBase, c.RopeMode);
+                    Kernels.Rope(k.Slice(t * kvDim + head * c.HeadDim, c.HeadDim), tokenCos, tokenSin, c.RopeMode);
             }
             state.Cache.Append(l, start, n, k, v);
             state.Cache.Attend(l, q, start, n, c.HeadCount, scale, attn);
@@ -171,7 +174,7 @@ public sealed class DecoderState(KvCache cache, ModelConfig config) : IDisposabl
 
     internal sealed class Buffers
     {
-        public float[] X = [], H = [], Q = [], Attn = [], K = [], V = [], Gate = [], Up = [];
+        public float[] X = [], H = [], Q = [], Attn = [], K = [], V = [], Gate = [], Up = [], RopeCos = [], RopeSin = [];
     }
 
     readonly Buffers buffers = new();
@@ -195,6 +198,8 @@ public sealed class DecoderState(KvCache cache, ModelConfig config) : IDisposabl
             buffers.V = new float[tokens * kvDim];
             buffers.Gate = new float[tokens * f];
             buffers.Up = new float[tokens * f];
+            buffers.RopeCos = new float[tokens * (config.RopeDims / 2)];
+            buffers.RopeSin = new float[tokens * (config.RopeDims / 2)];
             batchCapacity = tokens;
         }
         return buffers;

@@ -27,28 +27,66 @@ public static class Kernels
     /// </summary>
     public static void Rope(Span<float> head, int position, int ropeDims, float freqBase, RopeMode mode)
     {
-        int half = ropeDims / 2;
+        Span<float> cos = stackalloc float[ropeDims / 2], sin = stackalloc float[ropeDims / 2];
+        RopeAngles(position, ropeDims, freqBase, cos, sin);
+        Rope(head, cos, sin, mode);
+    }
+
+    /// <summary>
+    /// cos and sin of the ropeDims/2 angles of <paramref name="position"/>, computed once and shared by every head of a
+    /// token. Like ggml, theta advances by repeated f32 multiplication with base^(−2/ropeDims) (for parity).
+    /// </summary>
+    public static void RopeAngles(int position, int ropeDims, float freqBase, Span<float> cos, Span<float> sin)
+    {
         float thetaScale = MathF.Pow(freqBase, -2f / ropeDims);
         float theta = position;
-        for (int i = 0; i < half; i++)
+        for (int i = 0; i < ropeDims / 2; i++)
         {
-            float cos = MathF.Cos(theta), sin = MathF.Sin(theta);
-            int a = mode == RopeMode.Normal ? 2 * i : i;
-            int b = mode == RopeMode.Normal ? 2 * i + 1 : i + half;
-            float x0 = head[a], x1 = head[b];
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
+            (sin[i], cos[i]) = MathF.SinCos(theta);
             theta *= thetaScale;
         }
     }
 
-    /// <summary>destination = silu(gate) · up, the SwiGLU gate of the feed-forward block.</summary>
+    /// <summary>Rotates one head vector in place by precomputed angles (<see cref="RopeAngles"/>).</summary>
+    public static void Rope(Span<float> head, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, RopeMode mode)
+    {
+        int half = cos.Length;
+        for (int i = 0; i < half; i++)
+        {
+            int a = mode == RopeMode.Normal ? 2 * i : i;
+            int b = mode == RopeMode.Normal ? 2 * i + 1 : i + half;
+            float x0 = head[a], x1 = head[b];
+            head[a] = x0 * cos[i] - x1 * sin[i];
+            head[b] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+
+    /// <summary>
+    /// destination = silu(gate) · up = gate · σ(gate) · up, the SwiGLU gate of the feed-forward block, vectorised
+    /// (TensorPrimitives' σ; a few ulp from the scalar x / (1 + e^−x)). Destination may alias gate.
+    /// </summary>
     public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
     {
-        for (int i = 0; i < gate.Length; i++)
+        const int Chunk = 1024; // stays in L1 between the passes
+        Span<float> copy = stackalloc float[Chunk];
+        for (int i = 0; i < gate.Length; i += Chunk)
         {
-            float g = gate[i];
-            destination[i] = g / (1f + MathF.Exp(-g)) * up[i];
+            int n = Math.Min(Chunk, gate.Length - i);
+            Span<float> d = destination.Slice(i, n);
+            ReadOnlySpan<float> g = gate.Slice(i, n);
+            if (!d.Overlaps(g))
+            {
+                System.Numerics.Tensors.TensorPrimitives.Sigmoid(g, d);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(d, g, d);
+            }
+            else
+            {
+                // In place: silu(g) = g · σ(g) needs g after σ overwrote it, so go through a stack copy.
+                g.CopyTo(copy);
+                System.Numerics.Tensors.TensorPrimitives.Sigmoid(copy[..n], d);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(d, copy[..n], d);
+            }
+            System.Numerics.Tensors.TensorPrimitives.Multiply(d, up.Slice(i, n), d);
         }
     }
 }
