@@ -32,8 +32,10 @@ public sealed unsafe class PagedKvCache : KvCache
     readonly PageSelection[] selections;
     KvPageView[] views = new KvPageView[256];
     readonly int[] headStart;
-    // Per layer: pages brought back from the cold tier that are still hot, and the step each page was last read at.
+    // Per (layer, KV head): pages brought back from the cold tier that are still hot; lastRead: the step each page was last read at.
     readonly List<(int Page, int Generation)>[] recalled;
+    // Per KV head, for the current layer: what its select job recalled (heads run concurrently).
+    readonly long[] headRecallTicks, headRecalledBytes;
     // Per layer: pages whose background recall was started after the previous step (for the policies' predicted pages).
     readonly List<(int Page, int Generation)>[] prefetched;
     long[] lastRead = [];
@@ -53,8 +55,10 @@ public sealed unsafe class PagedKvCache : KvCache
         for (int i = 0; i < selections.Length; i++) selections[i] = new PageSelection();
         headStart = new int[store.KvHeadCount + 1];
         self = GCHandle.ToIntPtr(GCHandle.Alloc(this, GCHandleType.Weak));
-        recalled = new List<(int, int)>[store.LayerCount];
+        recalled = new List<(int, int)>[store.LayerCount * store.KvHeadCount];
         for (int l = 0; l < recalled.Length; l++) recalled[l] = [];
+        headRecallTicks = new long[store.KvHeadCount];
+        headRecalledBytes = new long[store.KvHeadCount];
         prefetched = new List<(int, int)>[store.LayerCount];
         for (int l = 0; l < prefetched.Length; l++) prefetched[l] = [];
     }
@@ -105,8 +109,15 @@ public sealed unsafe class PagedKvCache : KvCache
         else
             for (int g = 0; g < kvHeads; g++) SelectHead(layer, g, queries, position, count, headCount, scale);
         int total = 0;
-        for (int g = 0; g < kvHeads; g++) total += selections[g].Count;
-        Times.Select += Stopwatch.GetTimestamp() - clock;
+        for (int g = 0; g < kvHeads; g++)
+        {
+            total += selections[g].Count;
+            recallTicks = Math.Max(recallTicks, headRecallTicks[g]); // the heads recalled side by side
+            RecalledBytes += headRecalledBytes[g];
+        }
+        Times.Select += Stopwatch.GetTimestamp() - clock - recallTicks;
+        Times.Recall += recallTicks;
+        recallTicks = 0;
         clock = Stopwatch.GetTimestamp();
         if (views.Length < total) views = new KvPageView[Math.Max(total, 2 * views.Length)];
         int v = 0;
@@ -118,12 +129,12 @@ public sealed unsafe class PagedKvCache : KvCache
             for (int i = 0; i < selection.Count; i++)
             {
                 int page = table[selection.Indices[i]];
-                if (!store.IsHot(page))
+                if (!store.IsHot(page)) // a page whose background read is in flight: the select job left it for here
                 {
                     long recallStart = Stopwatch.GetTimestamp();
                     if (store.IsPrefetching(page)) PrefetchHits++;
                     if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
-                    recalled[layer].Add((page, store.Generation(page)));
+                    recalled[layer * kvHeads + g].Add((page, store.Generation(page)));
                     RecalledBytes += store.FrameBytes;
                     recallTicks += Stopwatch.GetTimestamp() - recallStart;
                 }
@@ -159,14 +170,17 @@ public sealed unsafe class PagedKvCache : KvCache
 
         // Recalled pages stay hot while they keep being selected (only newly selected pages move); one not read this
         // step goes back to the cold tier, where its clean copy still is, so nothing is written. Hot stays ≤ what was read.
-        var list = recalled[layer];
-        for (int i = list.Count - 1; i >= 0; i--)
+        for (int g = 0; g < kvHeads; g++)
         {
-            var (page, generation) = list[i];
-            bool alive = store.Generation(page) == generation && store.Count(page) > 0;
-            if (alive && lastRead[page] == steps) continue;
-            if (alive && store.IsHot(page)) store.MoveCold(page);
-            list.RemoveAt(i);
+            var list = recalled[layer * kvHeads + g];
+            for (int i = list.Count - 1; i >= 0; i--)
+            {
+                var (page, generation) = list[i];
+                bool alive = store.Generation(page) == generation && store.Count(page) > 0;
+                if (alive && lastRead[page] == steps) continue;
+                if (alive && store.IsHot(page)) store.MoveCold(page);
+                list.RemoveAt(i);
+            }
         }
         for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(Step(layer, g, position, count, group, scale));
         // Start reading the cold pages the policies expect to need next step; by the time this layer runs again they are in.
@@ -210,6 +224,31 @@ public sealed unsafe class PagedKvCache : KvCache
         selection.Clear();
         policies[layer, g].Select(step, selection);
         selection.Normalize();
+        RecallSelected(layer, g);
+    }
+
+    /// <summary>
+    /// Reads this head's newly selected cold pages back into hot frames, inside its select job so the heads' reads run
+    /// side by side. Pages with a background read in flight are left to the serial pass, which waits for them.
+    /// </summary>
+    void RecallSelected(int layer, int g)
+    {
+        headRecallTicks[g] = headRecalledBytes[g] = 0;
+        if (!store.HasColdTier) return;
+        var table = store.Table(layer, g);
+        var selection = selections[g];
+        var list = recalled[layer * store.KvHeadCount + g];
+        long start = Stopwatch.GetTimestamp(), bytes = 0;
+        for (int i = 0; i < selection.Count; i++)
+        {
+            int page = table[selection.Indices[i]];
+            if (store.IsHot(page) || store.IsPrefetching(page)) continue;
+            if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
+            list.Add((page, store.Generation(page)));
+            bytes += store.FrameBytes;
+        }
+        if (bytes > 0) headRecallTicks[g] = Stopwatch.GetTimestamp() - start;
+        headRecalledBytes[g] = bytes;
     }
 
     /// <summary>The step of KV head <paramref name="g"/>, its group's queries copied into that head's own slice of the buffer.</summary>

@@ -70,8 +70,10 @@ public sealed unsafe class PagedKvStore : IDisposable
     long[] pendingTicket = [];
     int[] pendingFrame = [];
 
-    // Hot frames: slabs never move, so a frame's address is stable.
-    readonly List<nint> slabs = [];
+    // Hot frames: slabs never move, so a frame's address is stable. The slab array is replaced by a larger copy when
+    // it fills (entries in use never change), so threads recalling pages can read it while another allocates.
+    nint[] slabs = [];
+    int slabCount;
     readonly Stack<int> freeFrames = new();
     int frameHigh, hotFrames;
     readonly ColdTier? cold;
@@ -110,13 +112,14 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Pages in RAM now.</summary>
     public int HotPageCount => hotFrames;
     /// <summary>Pages whose only copy is in the cold file.</summary>
-    public int ColdOnlyPageCount { get; private set; }
+    public int ColdOnlyPageCount => coldOnlyPages;
+    int coldOnlyPages;
     /// <summary>Bytes of KV rows in RAM (frames in use).</summary>
     public long HotBytes => (long)hotFrames * FrameBytes;
     /// <summary>Bytes of KV rows held only in the cold file.</summary>
     public long ColdBytes => (long)ColdOnlyPageCount * FrameBytes;
     /// <summary>Bytes allocated for frames (used or free).</summary>
-    public long AllocatedBytes => (long)slabs.Count * FramesPerSlab * FrameBytes;
+    public long AllocatedBytes => (long)slabCount * FramesPerSlab * FrameBytes;
     public bool HasColdTier => cold != null;
 
     /// <summary>Pages of (layer, head) in position order.</summary>
@@ -195,7 +198,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     }
 
     // ---- rows ----
-    byte* FramePointer(int frame) => (byte*)slabs[frame / FramesPerSlab] + (long)(frame % FramesPerSlab) * FrameBytes;
+    byte* FramePointer(int frame) => (byte*)Volatile.Read(ref slabs)[frame / FramesPerSlab] + (long)(frame % FramesPerSlab) * FrameBytes;
 
     /// <summary>Key rows of a hot page ([PageSize, headDim] of <see cref="KeyType"/>).</summary>
     public byte* KeyRows(int page) => FramePointer(HotFrame(page));
@@ -362,23 +365,44 @@ public sealed unsafe class PagedKvStore : IDisposable
         pageCapacity = capacity;
     }
 
-    int AllocateFrame()
+    // Frames are taken and given back under a lock: heads recall their pages concurrently (see Recall).
+    readonly object frameGate = new();
+
+    int AllocateFrame() => TryAllocateFrame(int.MaxValue, out int frame) ? frame : throw new InvalidOperationException("no frame");
+
+    bool TryAllocateFrame(int limit, out int frame)
     {
-        int frame;
-        if (freeFrames.Count > 0) frame = freeFrames.Pop();
-        else
+        lock (frameGate)
         {
-            if (frameHigh == slabs.Count * FramesPerSlab) slabs.Add((nint)NativeMemory.Alloc((nuint)((long)FramesPerSlab * FrameBytes)));
-            frame = frameHigh++;
+            frame = -1;
+            if (hotFrames >= limit) return false;
+            if (freeFrames.Count > 0) frame = freeFrames.Pop();
+            else
+            {
+                if (frameHigh == slabCount * FramesPerSlab)
+                {
+                    if (slabCount == slabs.Length)
+                    {
+                        var grown = new nint[Math.Max(16, 2 * slabs.Length)];
+                        slabs.AsSpan(0, slabCount).CopyTo(grown);
+                        Volatile.Write(ref slabs, grown);
+                    }
+                    slabs[slabCount++] = (nint)NativeMemory.Alloc((nuint)((long)FramesPerSlab * FrameBytes));
+                }
+                frame = frameHigh++;
+            }
+            hotFrames++;
+            return true;
         }
-        hotFrames++;
-        return frame;
     }
 
     void FreeFrame(int frame)
     {
-        freeFrames.Push(frame);
-        hotFrames--;
+        lock (frameGate)
+        {
+            freeFrames.Push(frame);
+            hotFrames--;
+        }
     }
 
     // ---- eviction ----
@@ -439,7 +463,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         table.TokenCount -= count[page];
         table.RemoveAt(index);
         if (frameOf[page] >= 0) FreeFrame(frameOf[page]);
-        else ColdOnlyPageCount--;
+        else Interlocked.Decrement(ref coldOnlyPages);
         if (coldSlotOf[page] >= 0) cold!.Free(coldSlotOf[page]);
         frameOf[page] = coldSlotOf[page] = -1;
         count[page] = 0;
@@ -489,12 +513,13 @@ public sealed unsafe class PagedKvStore : IDisposable
         }
         FreeFrame(frame);
         frameOf[page] = -1;
-        ColdOnlyPageCount++;
+        Interlocked.Increment(ref coldOnlyPages);
     }
 
     /// <summary>
     /// Brings a cold page back into a hot frame (keeping its clean cold copy); false when no frame is free. A page with
-    /// a <see cref="Prefetch"/> in flight waits for that read instead of reading again.
+    /// a <see cref="Prefetch"/> in flight waits for that read instead of reading again. Distinct pages that are not
+    /// being prefetched may be recalled from several threads at once (the heads of a layer do).
     /// </summary>
     public bool Recall(int page)
     {
@@ -507,14 +532,14 @@ public sealed unsafe class PagedKvStore : IDisposable
             try { cold!.Wait(ticket); }
             catch (IOException) { FreeFrame(pending); throw; }
             frameOf[page] = pending;
-            ColdOnlyPageCount--;
+            Interlocked.Decrement(ref coldOnlyPages);
             return true;
         }
-        if (!CanAllocateFrames(1)) return false;
-        int frame = AllocateFrame();
-        cold!.Read(coldSlotOf[page], new Span<byte>(FramePointer(frame), FrameBytes));
+        if (!TryAllocateFrame(options.MaxHotPages == 0 ? int.MaxValue : options.MaxHotPages, out int frame)) return false;
+        try { cold!.Read(coldSlotOf[page], new Span<byte>(FramePointer(frame), FrameBytes)); }
+        catch { FreeFrame(frame); throw; }
         frameOf[page] = frame;
-        ColdOnlyPageCount--;
+        Interlocked.Decrement(ref coldOnlyPages);
         return true;
     }
 
@@ -566,8 +591,9 @@ public sealed unsafe class PagedKvStore : IDisposable
         if (disposed) return;
         disposed = true;
         cold?.Dispose(); // first: its reader thread may still be filling a frame
-        foreach (var slab in slabs) NativeMemory.Free((void*)slab);
-        slabs.Clear();
+        for (int i = 0; i < slabCount; i++) NativeMemory.Free((void*)slabs[i]);
+        slabs = [];
+        slabCount = 0;
         NativeMemory.Free(positions);
         positions = null;
     }
