@@ -56,6 +56,7 @@ public class KvCacheTests
     public static TheoryData<string> Specs => new()
     {
         "sinkwindow", "quest", "lserve", "freekv", "freekv:tau=1", "clusterkv", "sinkwindow:window=150+quest", "sinkwindow:window=150+freekv",
+        "snapkv", "snapkv:slack=0,window=8", "h2o", "h2o:recent=0", "keynorm:ratio=1", "h2o+quest",
     };
 
     /// <summary>With a budget at least the context, every policy reads everything: logits identical to Full.</summary>
@@ -88,6 +89,8 @@ public class KvCacheTests
         var evicted = Enumerable.Range(0, heads).Select(_ => new HashSet<int>()).ToArray();
         var policy = cache.Policies[0, 0];
         var reducer = (policy as ComposedPolicy)?.Reducer as SinkWindowPolicy ?? policy as SinkWindowPolicy;
+        var snap = policy as SnapKvPolicy;
+        var h2o = (policy as ComposedPolicy)?.Reducer as H2OPolicy ?? policy as H2OPolicy;
         var retriever = policy is ComposedPolicy c ? c.Retriever : policy;
         int checkedSteps = 0;
 
@@ -115,7 +118,7 @@ public class KvCacheTests
                     Assert.True(stored.Order().TakeLast(free.Recent).ToHashSet().IsSubsetOf(selected), $"{where}: recent tokens not read");
                     Assert.InRange(selected.Count, 1, free.Budget + 2 * store.PageSize);
                     break;
-                case FullPolicy or SinkWindowPolicy or QuestPolicy or FreeKvPolicy:
+                case FullPolicy or SinkWindowPolicy or QuestPolicy or FreeKvPolicy or SnapKvPolicy or H2OPolicy or KeyNormPolicy:
                     Assert.Equal(tokensStored, selected.Count);
                     break;
             }
@@ -137,10 +140,155 @@ public class KvCacheTests
                         Assert.Equal(Math.Min(position, reducer.Sinks + reducer.Window), stored.Count);
                         Assert.True(Enumerable.Range(0, reducer.Sinks).All(stored.Contains), $"{spec}: a sink was evicted");
                     }
+                    else if (snap != null)
+                    {
+                        // Cut back to exactly the budget whenever it passes budget + slack; the window's tokens always stay.
+                        Assert.InRange(stored.Count, Math.Min(position, snap.Budget), Math.Min(position, snap.Budget + snap.Slack));
+                        Assert.True(Enumerable.Range(Math.Max(0, position - snap.Window), Math.Min(position, snap.Window)).All(stored.Contains), $"{spec}: a token of the observation window was evicted");
+                    }
+                    else if (h2o != null)
+                    {
+                        Assert.Equal(Math.Min(position, h2o.Budget), stored.Count);
+                        Assert.True(Enumerable.Range(Math.Max(0, position - h2o.Recent), Math.Min(position, h2o.Recent)).All(stored.Contains), $"{spec}: a recent token was evicted");
+                    }
                     else Assert.Equal(position, stored.Count);
                 }
         });
         Assert.Equal(245 * heads, checkedSteps);
+    }
+
+    /// <summary>
+    /// Key norm (QuickPrefill): a prefill group of 16 keeps exactly the 8 tokens whose keys have the smallest norm averaged
+    /// over the layer's KV heads — recomputed here from a Full cache's keys — the same 8 in every head; decode tokens all stay.
+    /// </summary>
+    [Fact]
+    public void KeyNormKeepsTheSmallestMeanNormsOfEachGroup()
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 40);
+        int layers = model.Config.LayerCount, kvHeads = model.Config.KvHeadCount, d = model.Config.HeadDim;
+        var expected = new HashSet<int>[layers];
+        using (var full = Paged(model, "full", type: GgmlType.F16))
+            Run(model, full, tokens[..16], 16, _ =>
+            {
+                for (int l = 0; l < layers; l++)
+                {
+                    var mean = new double[16];
+                    for (int h = 0; h < kvHeads; h++)
+                        foreach (int page in full.Store.Table(l, h).Pages)
+                        {
+                            var keys = new float[full.Store.Count(page) * d];
+                            full.Store.ReadKeys(page, keys);
+                            var positions = full.Store.Positions(page);
+                            for (int j = 0; j < positions.Length; j++)
+                                mean[positions[j]] += Math.Sqrt(keys.AsSpan(j * d, d).ToArray().Sum(x => (double)x * x)) / kvHeads;
+                        }
+                    expected[l] = Enumerable.Range(0, 16).OrderBy(t => mean[t]).Take(8).ToHashSet();
+                }
+            });
+        using var cache = Paged(model, "keynorm", type: GgmlType.F16);
+        int checkedLayers = 0;
+        Run(model, cache, tokens, 16, position =>
+        {
+            for (int l = 0; l < layers; l++)
+                for (int h = 0; h < kvHeads; h++)
+                {
+                    var stored = StoredPositions(cache.Store, cache.Store.Table(l, h));
+                    Assert.Equal(8 + position - 16, stored.Count);
+                    Assert.True(expected[l].SetEquals(stored.Where(p => p < 16)), $"layer {l} head {h}: kept {string.Join(",", stored.Where(p => p < 16).Order())}, want {string.Join(",", expected[l].Order())}");
+                    Assert.True(Enumerable.Range(16, position - 16).All(stored.Contains), $"layer {l} head {h}: a decode token was dropped");
+                    checkedLayers++;
+                }
+        });
+        Assert.Equal(25 * layers * kvHeads, checkedLayers);
+    }
+
+    /// <summary>
+    /// SnapKV and H2O keep the tokens their scores say: recomputed here in f64 from the stored keys (f32 pages) and the
+    /// queries the policy saw, the evicted tokens of the first compression are exactly the lowest-scored ones.
+    /// </summary>
+    [Theory]
+    [InlineData("snapkv:budget=40,window=8,slack=0")]
+    [InlineData("h2o:budget=40,recent=10")]
+    public void TokenScorersEvictTheLowestScored(string spec)
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 60);
+        using var cache = Paged(model, spec);
+        var store = cache.Store;
+        var policy = cache.Policies[0, 0];
+        int d = model.Config.HeadDim, group = model.Config.HeadCount / model.Config.KvHeadCount;
+        // Per (layer 0, head 0): the queries of every step, and the f32 keys of every position while still stored.
+        var queries = new List<(int Position, float[] Q)>();
+        var keys = new Dictionary<int, float[]>();
+        var h2oScores = new Dictionary<int, double>();
+        bool compared = false, checkedCompression = false;
+        HashSet<int>? pending = null;
+        cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
+        {
+            if (step.Layer != 0 || step.Head != 0 || compared) return;
+            int rowLength = group * d;
+            for (int t = 0; t < step.Count; t++) queries.Add((step.Position + t, step.Queries.Slice(t * rowLength, rowLength).ToArray()));
+            foreach (int page in step.Table.Pages)
+            {
+                var k = new float[store.Count(page) * d];
+                store.ReadKeys(page, k);
+                var positions = store.Positions(page);
+                for (int j = 0; j < positions.Length; j++) keys[positions[j]] = k.AsSpan(j * d, d).ToArray();
+            }
+            var before = StoredPositions(store, step.Table).Order().ToArray();
+            if (policy is H2OPolicy)
+                for (int t = 0; t < step.Count; t++)
+                    foreach (var (p, prob) in Probabilities(queries[^(step.Count - t)].Q, step.Position + t, before))
+                        h2oScores[p] = h2oScores.GetValueOrDefault(p) + prob;
+            if (before.Length <= 40) return;
+            // This step compresses (after the observer): predict what stays.
+            HashSet<int> want;
+            if (policy is SnapKvPolicy snap)
+            {
+                var window = queries.TakeLast(snap.Window).ToArray();
+                int candidates = before.Length - snap.Window;
+                var votes = new double[candidates];
+                foreach (var (qp, q) in window)
+                    foreach (var (p, prob) in Probabilities(q, qp, before))
+                    {
+                        int i = Array.IndexOf(before, p);
+                        if (i < candidates) votes[i] += prob;
+                    }
+                var pooled = Enumerable.Range(0, candidates).Select(i => Enumerable.Range(Math.Max(0, i - 3), Math.Min(candidates, i + 4) - Math.Max(0, i - 3)).Max(j => votes[j])).ToArray();
+                want = Enumerable.Range(0, candidates).OrderByDescending(i => pooled[i]).ThenBy(i => i).Take(40 - snap.Window).Select(i => before[i])
+                    .Concat(before.TakeLast(snap.Window)).ToHashSet();
+            }
+            else
+            {
+                var h2o = (H2OPolicy)policy;
+                int candidates = before.Length - h2o.Recent;
+                var evict = before.Take(candidates).OrderBy(p => h2oScores[p]).ThenBy(p => p).Take(before.Length - 40).ToHashSet();
+                want = before.Where(p => !evict.Contains(p)).ToHashSet();
+            }
+            pending = want;
+            compared = true;
+        };
+        Run(model, cache, tokens, 16, position =>
+        {
+            if (pending == null) return;
+            var stored = StoredPositions(store, store.Table(0, 0));
+            Assert.True(pending.SetEquals(stored), $"{spec} at {position}: kept {string.Join(",", stored.Order())}, want {string.Join(",", pending.Order())}");
+            pending = null;
+            checkedCompression = true;
+        });
+        Assert.True(checkedCompression, "no compression happened");
+
+        IEnumerable<(int Position, double Probability)> Probabilities(float[] q, int queryPosition, int[] stored)
+        {
+            var visible = stored.Where(p => p <= queryPosition).ToArray();
+            for (int h = 0; h < group; h++)
+            {
+                var logits = visible.Select(p => Enumerable.Range(0, d).Sum(i => (double)q[h * d + i] * keys[p][i]) / Math.Sqrt(d)).ToArray();
+                double max = logits.Max(), sum = logits.Sum(x => Math.Exp(x - max));
+                for (int i = 0; i < visible.Length; i++) yield return (visible[i], Math.Exp(logits[i] - max) / sum);
+            }
+        }
     }
 
     /// <summary>A cache rewound to the start and fed the same tokens again gives exactly the logits of a fresh one (no stale policy state).</summary>
@@ -558,6 +706,9 @@ public class KvCacheTests
     [InlineData("{\"default\": \"freekv:budget=64,prefetch=maybe\"}", "option 'prefetch': 'maybe' is not 1, 0 or auto")]
     [InlineData("{\"default\": \"duo\"}", "option 'pattern' is required")]
     [InlineData("{\"default\": \"freekv:budget=64,tau=2\"}", "tau must be in [0, 1], not 2")]
+    [InlineData("{\"default\": \"snapkv:budget=64,kernel=4\"}", "kernel must be odd and at least 1, not 4")]
+    [InlineData("{\"default\": \"h2o:budget=64,recent=65\"}", "recent must be in [0, budget], not 65")]
+    [InlineData("{\"default\": \"keynorm:ratio=0\"}", "ratio must be in (0, 1], not 0")]
     public void BadConfigNamesTheFieldAndValue(string json, string expected)
     {
         var e = Assert.ThrowsAny<ArgumentException>(() => KvCacheConfig.Parse(json, "test.json").BuildPolicies(5, 4));

@@ -23,6 +23,9 @@ public static class KvPolicies
         ("freekv", "budget, sinks=budget/4, recent=budget/4, tau=0.8, prefetch=auto|1|0", "FreeKV: centre±radius pages chosen with q(t−1), corrected below tau, next pages recalled in the background"),
         ("clusterkv", "budget, clusters=400, iterations=20, sinks=16, window=320, new=8", "ClusterKV: cosine k-means clusters of keys"),
         ("duo", "pattern, fraction=0.5, sinks=64, recent=256", "DuoAttention: top heads of a pattern file (vidkv kv calibrate) read everything, the rest keep sinks + recent"),
+        ("snapkv", "budget, window=32, kernel=7, slack=window", "SnapKV: the last window of queries votes (max-pooled) for the tokens kept beside it, whenever a head passes budget + slack"),
+        ("h2o", "budget, recent=budget/2", "H2O: evict the tokens with the least accumulated attention, keeping the recent ones"),
+        ("keynorm", "ratio=0.5, group=2", "QuickPrefill: of each appended group keep the tokens with the smallest key norm (shared by the layer's heads)"),
     ];
 
     public static KvPolicy Parse(string spec, int? budget = null)
@@ -50,6 +53,9 @@ public static class KvPolicies
                 "lserve" => new QuestPolicy(options.Int("budget", budget ?? 4096), options.Int("reuse", 4), options.Int("dense", 0), "lserve"),
                 "freekv" => FreeKv(options, budget),
                 "duo" or "duoattention" => Duo(options),
+                "snapkv" => new SnapKvPolicy(options.Int("budget", budget), options.Int("window", 32), options.Int("kernel", 7), options.OptionalInt("slack")),
+                "h2o" => new H2OPolicy(options.Int("budget", budget), options.OptionalInt("recent")),
+                "keynorm" => new KeyNormPolicy(options.Float("ratio", 0.5f), options.Int("group", 2)),
                 "clusterkv" => new ClusterKvPolicy(options.Int("budget", budget), options.Int("clusters", 400), options.Int("iterations", 20),
                     options.Int("sinks", 16), options.Int("window", 320), options.Int("new", 8)),
                 _ => throw new KvConfigException($"policy '{name}': unknown policy (known: {string.Join(", ", Known.Select(k => k.Name))})"),
@@ -112,6 +118,15 @@ public static class KvPolicies
             }
             return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) ? value
                 : throw new KvConfigException($"policy '{policy}': option '{name}': '{text}' is not an integer");
+        }
+
+        /// <summary>An integer option whose absence means "the policy's own default" (null).</summary>
+        public int? OptionalInt(string name) => values.ContainsKey(name) ? Int(name, null) : Used(name);
+
+        int? Used(string name)
+        {
+            used.Add(name);
+            return null;
         }
 
         /// <summary>An on/off option: 1/0, true/false, on/off, or auto (null) when absent or "auto".</summary>

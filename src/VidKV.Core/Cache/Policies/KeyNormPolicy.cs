@@ -1,0 +1,92 @@
+namespace VidKV.Cache;
+
+/// <summary>
+/// The key-norm reducer of QuickPrefill (QuickVideo, Tang et al., 2025), after Devoto et al., "A Simple and Effective
+/// L2 Norm-Based Strategy for KV Cache Compression" (EMNLP 2024): after each group of at least <see cref="MinGroup"/>
+/// tokens is appended (a group of frames, a prompt chunk), keep the ⌈<see cref="Ratio"/> · n⌉ of its n tokens whose
+/// keys have the smallest L2 norm averaged over the layer's KV heads — one selection shared by every head of the layer —
+/// and drop the rest. Low-norm keys are the ones attention concentrates on (value norm scores much worse). Single
+/// decode tokens are always kept. The selection is made once per (layer, step), at the first head's call, from the
+/// keys as appended; heads served by another policy instance make their own, from the heads still holding the group.
+/// </summary>
+public sealed class KeyNormPolicy : KvPolicy
+{
+    int decidedLayer = -1;
+    long decidedStep = -1;
+    float[] norms = [], counts = [], key = [], scratch = [];
+    int[] order = [];
+    bool[] drop = [];
+
+    public KeyNormPolicy(float ratio = 0.5f, int minGroup = 2)
+    {
+        Ratio = ratio is > 0 and <= 1 ? ratio : throw new ArgumentOutOfRangeException(nameof(ratio), $"ratio must be in (0, 1], not {ratio}");
+        MinGroup = minGroup >= 2 ? minGroup : throw new ArgumentOutOfRangeException(nameof(minGroup), $"group must be at least 2, not {minGroup}");
+    }
+
+    public float Ratio { get; }
+    public int MinGroup { get; }
+    public override string Name => FormattableString.Invariant($"keynorm:ratio={Ratio},group={MinGroup}");
+    public override bool ConcurrentSelect => true;
+
+    /// <summary>Tokens of an appended group of <paramref name="n"/> that stay.</summary>
+    public int Kept(int n) => n < MinGroup ? n : (int)Math.Ceiling(Ratio * n - 1e-6);
+
+    public override void OnAppended(in KvStep step)
+    {
+        int n = step.Count;
+        if (n < MinGroup) return;
+        if (decidedLayer != step.Layer || decidedStep != step.StepIndex) Decide(step);
+        // Drop this head's flagged tokens of the group (the tail of its table), walking back so indices stay valid.
+        var table = step.Table;
+        for (int index = table.Count - 1; index >= 0; index--)
+        {
+            int page = table[index];
+            if (Store.LastPosition(page) < step.Position) break;
+            var positions = Store.Positions(page);
+            ulong mask = 0;
+            for (int j = 0; j < positions.Length; j++)
+            {
+                int t = positions[j] - step.Position;
+                if (t >= 0 && t < n && drop[t]) mask |= 1UL << j;
+            }
+            if (mask == 0) continue;
+            if (System.Numerics.BitOperations.PopCount(mask) == positions.Length) { Store.RemovePage(step.Layer, step.Head, index); continue; }
+            if (!Store.IsHot(page) && !Store.Recall(page)) throw new InvalidOperationException($"no hot frame free to compact cold page {page}");
+            Store.RemoveRows(step.Layer, step.Head, index, mask);
+        }
+    }
+
+    void Decide(in KvStep step)
+    {
+        int n = step.Count, d = Store.HeadDim;
+        if (norms.Length < n) { norms = new float[n]; counts = new float[n]; order = new int[n]; scratch = new float[n]; drop = new bool[n]; }
+        if (key.Length < d) key = new float[d];
+        norms.AsSpan(0, n).Clear();
+        counts.AsSpan(0, n).Clear();
+        for (int h = 0; h < Store.KvHeadCount; h++)
+        {
+            var table = Store.Table(step.Layer, h);
+            for (int index = table.Count - 1; index >= 0; index--)
+            {
+                int page = table[index];
+                if (Store.LastPosition(page) < step.Position) break;
+                var positions = Store.Positions(page);
+                for (int j = 0; j < positions.Length; j++)
+                {
+                    int t = positions[j] - step.Position;
+                    if (t < 0 || t >= n) continue;
+                    Store.ReadKey(page, j, key);
+                    norms[t] += System.Numerics.Tensors.TensorPrimitives.Norm(key.AsSpan(0, d));
+                    counts[t]++;
+                }
+            }
+        }
+        // Largest mean norms go; a token no head holds any more counts as largest (it is gone already).
+        for (int t = 0; t < n; t++) norms[t] = counts[t] > 0 ? norms[t] / counts[t] : float.PositiveInfinity;
+        int removed = PageScoring.TopK(norms.AsSpan(0, n), n - Kept(n), order, scratch);
+        drop.AsSpan(0, n).Clear();
+        for (int i = 0; i < removed; i++) drop[order[i]] = true;
+        decidedLayer = step.Layer;
+        decidedStep = step.StepIndex;
+    }
+}

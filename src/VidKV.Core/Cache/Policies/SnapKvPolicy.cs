@@ -1,0 +1,103 @@
+namespace VidKV.Cache;
+
+/// <summary>
+/// SnapKV (Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation", NeurIPS 2024). The last
+/// <see cref="Window"/> queries (the observation window) vote for the earlier tokens with their attention
+/// probabilities, summed over the window and the head's query group; the votes are max-pooled over
+/// <see cref="Kernel"/> neighbours so kept tokens come in runs; the top budget − window earlier tokens stay, with the
+/// window's own tokens. The paper compresses the prompt once. For a stream the window is the last queries this head
+/// has seen (a ring, prefill and decode alike), and compression runs whenever the head holds more than budget +
+/// <see cref="Slack"/> tokens, cutting it back to exactly <see cref="Budget"/> — with the default slack of one window
+/// the O(window · tokens) scoring runs once per window of steps.
+/// </summary>
+public sealed class SnapKvPolicy : KvPolicy
+{
+    readonly TokenScoring scoring = new();
+    // Per (layer, KV head): the last Window steps' queries ([Window][group × headDim]) and positions, oldest first from `next`.
+    float[][] ringQueries = [];
+    int[][] ringPositions = [];
+    int[] ringCount = [], ringNext = [];
+    float[] windowQueries = [];
+    int[] windowPositions = [];
+
+    public SnapKvPolicy(int budget, int window = 32, int kernel = 7, int? slack = null)
+    {
+        Budget = budget >= 1 ? budget : throw new ArgumentOutOfRangeException(nameof(budget), "budget must be at least 1");
+        Window = window >= 1 ? Math.Min(window, budget) : throw new ArgumentOutOfRangeException(nameof(window), "window must be at least 1");
+        Kernel = kernel >= 1 && kernel % 2 == 1 ? kernel : throw new ArgumentOutOfRangeException(nameof(kernel), $"kernel must be odd and at least 1, not {kernel}");
+        Slack = slack ?? Window;
+        if (Slack < 0) throw new ArgumentOutOfRangeException(nameof(slack), "slack must be at least 0");
+    }
+
+    public int Budget { get; }
+    public int Window { get; }
+    public int Kernel { get; }
+    public int Slack { get; }
+    public override string Name => $"snapkv:budget={Budget},window={Window},kernel={Kernel},slack={Slack}";
+    public override bool ConcurrentSelect => true;
+
+    public override void Attach(PagedKvStore store)
+    {
+        base.Attach(store);
+        int heads = store.LayerCount * store.KvHeadCount;
+        ringQueries = new float[heads][];
+        ringPositions = new int[heads][];
+        ringCount = new int[heads];
+        ringNext = new int[heads];
+    }
+
+    public override void OnAppended(in KvStep step)
+    {
+        int head = step.Layer * Store.KvHeadCount + step.Head, d = Store.HeadDim, row = step.Group * d;
+        var queries = ringQueries[head] ??= new float[Window * row];
+        var positions = ringPositions[head] ??= new int[Window];
+        for (int t = Math.Max(0, step.Count - Window); t < step.Count; t++)
+        {
+            int slot = ringNext[head];
+            step.Queries.Slice(t * row, row).CopyTo(queries.AsSpan(slot * row, row));
+            positions[slot] = step.Position + t;
+            ringNext[head] = (slot + 1) % Window;
+            ringCount[head] = Math.Min(Window, ringCount[head] + 1);
+        }
+
+        var table = step.Table;
+        if (table.TokenCount <= Budget + Slack) return;
+        scoring.Gather(Store, table);
+        int stored = scoring.Count, recent = Math.Min(Window, stored), candidates = stored - recent;
+        int keep = Budget - recent;
+        if (candidates <= keep) return;
+
+        // The window's queries in time order, for the causal mask.
+        int m = ringCount[head];
+        if (windowQueries.Length < m * row) windowQueries = new float[Window * row];
+        if (windowPositions.Length < m) windowPositions = new int[Window];
+        for (int i = 0; i < m; i++)
+        {
+            int slot = (ringNext[head] - m + i + Window) % Window;
+            queries.AsSpan(slot * row, row).CopyTo(windowQueries.AsSpan(i * row, row));
+            windowPositions[i] = positions[slot];
+        }
+        var votes = scoring.ClearScores();
+        scoring.AddAttention(windowQueries.AsSpan(0, m * row), windowPositions.AsSpan(0, m), step.Group, d, step.Scale, votes);
+        var pooled = scoring.MaxPool(votes[..candidates], Kernel);
+        var kept = scoring.Top(pooled, keep);
+        var remove = scoring.ClearFlags();
+        remove[..candidates].Fill(true);
+        foreach (int i in kept) remove[i] = false;
+        scoring.RemoveFlagged(Store, step.Layer, step.Head, table);
+    }
+
+    public override void OnTruncated(int length)
+    {
+        // Forget the window's queries at or after the cut (they are the newest in each ring).
+        for (int head = 0; head < ringCount.Length; head++)
+        {
+            var positions = ringPositions[head];
+            while (ringCount[head] > 0 && positions[(ringNext[head] - 1 + Window) % Window] >= length)
+            {
+                ringNext[head] = (ringNext[head] - 1 + Window) % Window;
+                ringCount[head]--;
+            }
+        }
+    }
+}
