@@ -408,6 +408,21 @@ public sealed unsafe class PagedKvStore : IDisposable
     // ---- eviction ----
 
     /// <summary>
+    /// Evicts the rows of page <paramref name="index"/> of (layer, head) that <paramref name="mask"/> selects, in either
+    /// tier: a page losing every row is freed without being read (it leaves the table); a cold page losing some is
+    /// recalled to be compacted, which throws when no hot frame is free for it.
+    /// </summary>
+    public void Evict(int layer, int head, int index, ulong mask)
+    {
+        int page = Table(layer, head)[index], n = count[page];
+        if (n < 64) mask &= (1UL << n) - 1;
+        if (mask == 0) return;
+        if (System.Numerics.BitOperations.PopCount(mask) == n) { RemovePage(layer, head, index); return; }
+        if (!IsHot(page) && !Recall(page)) throw new InvalidOperationException($"no hot frame free to compact cold page {page} of layer {layer} head {head}");
+        RemoveRows(layer, head, index, mask);
+    }
+
+    /// <summary>
     /// Removes the rows of page <paramref name="index"/> of (layer, head) that <paramref name="removeMask"/> selects:
     /// later rows move down (order kept), metadata is rebuilt, and an emptied page is freed and leaves the table.
     /// The page must be hot. Evicted tokens are gone for good.

@@ -49,10 +49,7 @@ public sealed class KeyNormPolicy : KvPolicy
                 int t = positions[j] - step.Position;
                 if (t >= 0 && t < n && drop[t]) mask |= 1UL << j;
             }
-            if (mask == 0) continue;
-            if (System.Numerics.BitOperations.PopCount(mask) == positions.Length) { Store.RemovePage(step.Layer, step.Head, index); continue; }
-            if (!Store.IsHot(page) && !Store.Recall(page)) throw new InvalidOperationException($"no hot frame free to compact cold page {page}");
-            Store.RemoveRows(step.Layer, step.Head, index, mask);
+            Store.Evict(step.Layer, step.Head, index, mask);
         }
     }
 

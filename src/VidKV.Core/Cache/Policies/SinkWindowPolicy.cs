@@ -22,10 +22,8 @@ public sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
             if (skip >= n) { skip -= n; index++; continue; }
             int remove = Math.Min(excess, n - skip);
             excess -= remove;
-            if (skip == 0 && remove == n) { Store.RemovePage(step.Layer, step.Head, index); continue; }
-            if (!Store.IsHot(page) && !Store.Recall(page)) throw new InvalidOperationException("no hot frame free to trim a cold page");
-            ulong mask = (remove == 64 ? ulong.MaxValue : (1UL << remove) - 1) << skip;
-            Store.RemoveRows(step.Layer, step.Head, index, mask);
+            Store.Evict(step.Layer, step.Head, index, (remove == 64 ? ulong.MaxValue : (1UL << remove) - 1) << skip);
+            if (skip == 0 && remove == n) continue; // the whole page went: the next one moved into this index
             skip = 0;
             index++;
         }

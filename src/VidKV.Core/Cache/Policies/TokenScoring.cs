@@ -13,8 +13,6 @@ public sealed class TokenScoring
     int[] positions = [], picked = [];
     bool[] remove = [];
 
-    /// <summary>Keys [count, headDim] of the last <see cref="Gather"/>.</summary>
-    public ReadOnlySpan<float> Keys => keys;
     /// <summary>Original positions of the gathered tokens (ascending).</summary>
     public ReadOnlySpan<int> Positions => positions.AsSpan(0, Count);
     /// <summary>Tokens gathered by the last <see cref="Gather"/>.</summary>
@@ -105,8 +103,8 @@ public sealed class TokenScoring
     }
 
     /// <summary>
-    /// Evicts the flagged tokens (flags in table order, as gathered): whole pages are freed, partial pages compacted
-    /// (a cold page is recalled first). Walks the table backwards so earlier indices stay valid.
+    /// Evicts the flagged tokens (flags in table order, as gathered; see <see cref="PagedKvStore.Evict"/>), walking the
+    /// table backwards so earlier indices stay valid.
     /// </summary>
     public void RemoveFlagged(PagedKvStore store, int layer, int head, PageTable table)
     {
@@ -118,10 +116,7 @@ public sealed class TokenScoring
             ordinal -= n;
             ulong mask = 0;
             for (int j = 0; j < n; j++) if (flags[ordinal + j]) mask |= 1UL << j;
-            if (mask == 0) continue;
-            if (mask == (n == 64 ? ulong.MaxValue : (1UL << n) - 1)) { store.RemovePage(layer, head, index); continue; }
-            if (!store.IsHot(page) && !store.Recall(page)) throw new InvalidOperationException($"no hot frame free to compact cold page {page} of layer {layer} head {head}");
-            store.RemoveRows(layer, head, index, mask);
+            store.Evict(layer, head, index, mask);
         }
     }
 
