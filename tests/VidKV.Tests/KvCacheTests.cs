@@ -544,16 +544,21 @@ public class KvCacheTests
         for (int round = 0; round < 3; round++)
         {
             var table = store.Table(0, 0);
-            int start = 1, end = table.Count, n = end - start;
-            var scores = new float[group * n];
-            matrix.Update(store, table, end);
-            PageScoring.CentreRadiusScores(matrix, start, end, q, group, 0.3f, scores, new float[PageScoring.CentreRadiusScratch(d, group)]);
-            for (int h = 0; h < group; h++)
-                for (int i = 0; i < n; i++)
-                {
-                    float want = 0.3f * PageScoring.CentreRadiusScore(store, table[start + i], q.AsSpan(h * d, d));
-                    Assert.True(Math.Abs(scores[h * n + i] - want) <= 1e-4f * (1 + Math.Abs(want)), $"round {round} head {h} page {i}: {scores[h * n + i]} vs {want}");
-                }
+            matrix.Update(store, table, table.Count);
+            // Ranges starting and ending inside, at and across the 16-page panels.
+            foreach (var (start, end) in new[] { (1, table.Count), (0, table.Count), (17, table.Count - 1), (3, 5), (16, 32) })
+            {
+                if (end > table.Count || start >= end) continue;
+                int n = end - start;
+                var scores = new float[group * n];
+                PageScoring.CentreRadiusScores(matrix, start, end, q, group, 0.3f, scores, new float[PageScoring.CentreRadiusScratch(d, group)]);
+                for (int h = 0; h < group; h++)
+                    for (int i = 0; i < n; i++)
+                    {
+                        float want = 0.3f * PageScoring.CentreRadiusScore(store, table[start + i], q.AsSpan(h * d, d));
+                        Assert.True(Math.Abs(scores[h * n + i] - want) <= 1e-4f * (1 + Math.Abs(want)), $"round {round} [{start}, {end}) head {h} page {i}: {scores[h * n + i]} vs {want}");
+                    }
+            }
             if (round == 0) store.RemoveRows(0, 0, 2, 0b1011); // page 2 loses rows: its digest changes
             if (round == 1) store.RemovePage(0, 0, 1); // every later page moves one slot down
             for (int t = 0; t < 40; t++)
