@@ -96,7 +96,7 @@ public sealed unsafe class PagedKvCache : KvCache
         int kvHeads = store.KvHeadCount, group = headCount / kvHeads, d = store.HeadDim;
         int groupLength = kvHeads * count * group * d;
         if (groupQueries.Length < groupLength) groupQueries = new float[groupLength];
-        long clock = Stopwatch.GetTimestamp(), recallTicks = 0;
+        long clock = Stopwatch.GetTimestamp(), jobRecallTicks = 0, recallTicks = 0;
         // Heads choose their pages independently: on the worker pool when every policy of the layer allows it.
         bool concurrent = kvHeads > 1 && WorkerPool.Shared.ThreadCount > 1;
         for (int g = 0; g < kvHeads && concurrent; g++) concurrent = policies[layer, g].ConcurrentSelect;
@@ -112,12 +112,11 @@ public sealed unsafe class PagedKvCache : KvCache
         for (int g = 0; g < kvHeads; g++)
         {
             total += selections[g].Count;
-            recallTicks = Math.Max(recallTicks, headRecallTicks[g]); // the heads recalled side by side
+            jobRecallTicks = Math.Max(jobRecallTicks, headRecallTicks[g]); // the heads recalled side by side
             RecalledBytes += headRecalledBytes[g];
         }
-        Times.Select += Stopwatch.GetTimestamp() - clock - recallTicks;
-        Times.Recall += recallTicks;
-        recallTicks = 0;
+        Times.Select += Stopwatch.GetTimestamp() - clock - jobRecallTicks;
+        Times.Recall += jobRecallTicks;
         clock = Stopwatch.GetTimestamp();
         if (views.Length < total) views = new KvPageView[Math.Max(total, 2 * views.Length)];
         int v = 0;

@@ -68,7 +68,7 @@ public static class Kernels
     public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
     {
         const int Chunk = 1024; // stays in L1 between the passes
-        Span<float> copy = stackalloc float[Chunk];
+        Span<float> copy = destination.Overlaps(gate) ? stackalloc float[Chunk] : default;
         for (int i = 0; i < gate.Length; i += Chunk)
         {
             int n = Math.Min(Chunk, gate.Length - i);

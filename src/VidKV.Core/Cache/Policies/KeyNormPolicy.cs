@@ -13,7 +13,8 @@ public sealed class KeyNormPolicy : KvPolicy
 {
     int decidedLayer = -1;
     long decidedStep = -1;
-    float[] norms = [], counts = [], key = [], scratch = [];
+    float[] norms = [], key = [], scratch = [];
+    int[] counts = [];
     int[] order = [];
     bool[] drop = [];
 
@@ -56,7 +57,7 @@ public sealed class KeyNormPolicy : KvPolicy
     void Decide(in KvStep step)
     {
         int n = step.Count, d = Store.HeadDim;
-        if (norms.Length < n) { norms = new float[n]; counts = new float[n]; order = new int[n]; scratch = new float[n]; drop = new bool[n]; }
+        if (norms.Length < n) { norms = new float[n]; counts = new int[n]; order = new int[n]; scratch = new float[n]; drop = new bool[n]; }
         if (key.Length < d) key = new float[d];
         norms.AsSpan(0, n).Clear();
         counts.AsSpan(0, n).Clear();
