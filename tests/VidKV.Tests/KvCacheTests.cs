@@ -316,33 +316,49 @@ public class KvCacheTests
     }
 
     /// <summary>
-    /// FreeKV with a cold tier (pages leave RAM past the recent window and come back when selected) gives exactly the
-    /// logits of FreeKV in RAM, with fewer pages hot, whether the next step's pages are recalled in the background
-    /// (prefetch) or only when selected.
+    /// FreeKV with a cold tier (pages leave RAM past the recent window) gives exactly the logits of FreeKV in RAM, with
+    /// fewer pages hot, whether selected cold pages are read in place in the mapped file, copied back when selected, or
+    /// copied back in the background for the next step (prefetch).
     /// </summary>
     [Theory]
-    [InlineData(16, true)]
-    [InlineData(32, true)]
-    [InlineData(32, false)]
-    public void ColdTierChangesNoLogits(int pageSize, bool prefetch)
+    [InlineData(16, "mapped")]
+    [InlineData(32, "mapped")]
+    [InlineData(16, "prefetch")]
+    [InlineData(32, "prefetch")]
+    [InlineData(32, "recall")]
+    public void ColdTierChangesNoLogits(int pageSize, string mode)
     {
         using var model = Stories();
         var tokens = StoryTokens(model, 300);
         var want = Run(model, Paged(model, "freekv", pageSize, GgmlType.F16, budget: 96), tokens, 40);
         string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
+        bool prefetch = mode == "prefetch", mapped = mode == "mapped";
         string spec = prefetch ? "freekv:prefetch=1" : "freekv:prefetch=0";
-        using var cache = new KvCacheConfig { Default = spec, PageSize = pageSize, Type = GgmlType.F16, Budget = 96, ColdPath = path }
+        using var cache = new KvCacheConfig { Default = spec, PageSize = pageSize, Type = GgmlType.F16, Budget = 96, ColdPath = path, ColdMapped = mapped }
             .CreateCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim);
+        Assert.Equal(mapped, cache.Store.ReadsColdInPlace);
         int maxHot = 0;
         var got = Run(model, cache, tokens, 40, _ => maxHot = Math.Max(maxHot, cache.Store.HotPageCount));
         for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"step {i}: logits differ with the cold tier");
         Assert.True(cache.Store.ColdOnlyPageCount > 0, "nothing went cold");
-        Assert.True(cache.RecalledBytes > 0, "nothing was recalled");
         int heads = model.Config.LayerCount * model.Config.KvHeadCount;
-        // Hot per head: sink and recent pages plus the retrieved ones, at most the budget in pages plus a partial page
-        // at each end; prefetching adds at most the next step's retrieved pages (the second buffer).
         int retrieved = (96 - 2 * 24) / pageSize;
-        Assert.True(maxHot <= heads * (96 / pageSize + 3 + (prefetch ? retrieved : 0)), $"{maxHot} pages hot for {heads} heads");
+        if (mapped)
+        {
+            // Nothing is copied back: retrieved pages are read where they lie, so only sink and recent pages (plus a
+            // partial page at each end) are hot.
+            Assert.Equal(0, cache.RecalledBytes);
+            Assert.True(cache.ColdBytesReadInPlace > 0, "no cold page was read");
+            Assert.True(maxHot <= heads * (96 / pageSize - retrieved + 3), $"{maxHot} pages hot for {heads} heads");
+        }
+        else
+        {
+            Assert.True(cache.RecalledBytes > 0, "nothing was recalled");
+            Assert.Equal(0, cache.ColdBytesReadInPlace);
+            // Hot per head: sink and recent pages plus the retrieved ones, at most the budget in pages plus a partial
+            // page at each end; prefetching adds at most the next step's retrieved pages (the second buffer).
+            Assert.True(maxHot <= heads * (96 / pageSize + 3 + (prefetch ? retrieved : 0)), $"{maxHot} pages hot for {heads} heads");
+        }
         if (prefetch)
         {
             Assert.True(cache.PrefetchHits > 0, $"no prefetched page was used ({cache.PrefetchedPages} prefetched)");
@@ -358,7 +374,7 @@ public class KvCacheTests
     {
         const int d = 16;
         string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
-        var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = 16, ColdPath = path });
+        var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = 16, ColdPath = path, MapColdTier = false });
         var rng = new Random(3);
         var k = new float[d];
         var v = new float[d];
@@ -754,8 +770,23 @@ public class KvCacheTests
             store.MoveCold(table[1]);
             Assert.False(store.IsHot(table[1]));
             Assert.Equal(store.FrameBytes, store.ColdBytes);
-            Assert.True(store.Recall(table[1]));
             var after = new float[before.Length];
+            if (OperatingSystem.IsLinux())
+            {
+                // Read in place through the mapping, while the page is cold; a page written after the mapping was made is seen too.
+                Assert.True(store.ReadsColdInPlace);
+                unsafe { Assert.True(store.ReadableRows(table[1]) != null); }
+                store.ReadKeys(table[1], after);
+                Assert.Equal(before, after);
+                var first = new float[store.Count(table[0]) * 32];
+                store.ReadKeys(table[0], first);
+                store.MoveCold(table[0]);
+                var firstCold = new float[first.Length];
+                store.ReadKeys(table[0], firstCold);
+                Assert.Equal(first, firstCold);
+            }
+            Assert.True(store.Recall(table[1]));
+            Array.Clear(after);
             store.ReadKeys(table[1], after);
             Assert.Equal(before, after);
         }

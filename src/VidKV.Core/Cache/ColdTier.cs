@@ -1,17 +1,26 @@
+using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace VidKV.Cache;
 
 /// <summary>
-/// The cold tier: a file of fixed-size slots, one page of one KV head each (keys then values, contiguous), so a
-/// recall is one positional read. The file is read and written with positional I/O (pread/pwrite) rather than a
-/// writable memory map: a full disk then surfaces as an <see cref="IOException"/> on the write that hit it instead
-/// of a SIGBUS, and cold pages do not count toward the process's resident memory. The file is deleted on dispose.
-/// Reads can also be queued (<see cref="ReadAsync"/>) to one background thread, FreeKV's asynchronous recall: the
-/// caller gets a ticket and waits on it only when it needs the page.
+/// The cold tier: a file of fixed-size slots, one page of one KV head each (keys then values, contiguous), so a page
+/// of a head is one contiguous read. Writes are positional (pwrite), never through a writable memory map, so a full
+/// disk surfaces as an <see cref="IOException"/> on the write that hit it instead of a SIGBUS. On Linux and macOS the
+/// file is also mapped read-only (<see cref="SlotPointer"/>): attention reads a cold page where it lies in the page
+/// cache, with no system call and no copy, and the kernel may drop those pages under memory pressure (they are file
+/// pages, not the process's own memory; they do show in RSS while mapped). The mapping reserves
+/// <see cref="MappedBytes"/> of address space up front (a shared read-only file mapping commits no memory), and only
+/// slots already written are touched, never past the end of the file. Without a mapping (other systems, devices)
+/// pages are copied back with pread: <see cref="Read"/>, or <see cref="ReadAsync"/> on one background thread
+/// (FreeKV's asynchronous recall: the caller gets a ticket and waits on it only when it needs the page).
+/// The file is deleted on dispose.
 /// </summary>
-public sealed unsafe class ColdTier : IDisposable
+public sealed unsafe partial class ColdTier : IDisposable
 {
+    /// <summary>Address space reserved for the read-only mapping of the file: slots past it are read with pread.</summary>
+    public const long MappedBytes = 1L << 40;
+    byte* map;
     readonly SafeFileHandle file;
     readonly Stack<long> free = new();
     long slots;
@@ -27,7 +36,7 @@ public sealed unsafe class ColdTier : IDisposable
     volatile bool stopping;
     readonly System.Collections.Concurrent.ConcurrentDictionary<long, string> failures = new();
 
-    public ColdTier(string path, int slotBytes)
+    public ColdTier(string path, int slotBytes, bool mapped = true)
     {
         Path = path;
         SlotBytes = slotBytes;
@@ -42,6 +51,34 @@ public sealed unsafe class ColdTier : IDisposable
         {
             throw new IOException($"cold tier '{path}': cannot create the file: {e.Message}", e);
         }
+        if (mapped && (OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) && !file.IsInvalid && File.Exists(path)
+            && (File.GetAttributes(path) & FileAttributes.Device) == 0)
+        {
+            nint address = Mmap(0, unchecked((nuint)MappedBytes), ProtRead, MapShared, (int)file.DangerousGetHandle(), 0);
+            if (address != -1) map = (byte*)address; // otherwise every read is a pread
+        }
+    }
+
+    const int ProtRead = 1, MapShared = 1;
+
+    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+    private static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+    private static partial int Munmap(nint address, nuint length);
+
+    /// <summary>Whether slots can be read in place through the mapping.</summary>
+    public bool IsMapped => map != null;
+
+    /// <summary>
+    /// The slot's bytes in the read-only mapping, valid until the slot is freed and rewritten or the tier is disposed;
+    /// null without a mapping. Only for a slot that <see cref="Write"/> has filled (reading past the file's end through
+    /// a mapping is a fatal signal, not an exception).
+    /// </summary>
+    public byte* SlotPointer(int slot)
+    {
+        long offset = (long)slot * SlotBytes;
+        return map == null || offset + SlotBytes > MappedBytes ? null : map + offset;
     }
 
     public string Path { get; }
@@ -131,6 +168,8 @@ public sealed unsafe class ColdTier : IDisposable
         wake.Release();
         reader?.Join();
         wake.Dispose();
+        if (map != null) Munmap((nint)map, unchecked((nuint)MappedBytes));
+        map = null;
         file.Dispose();
     }
 }

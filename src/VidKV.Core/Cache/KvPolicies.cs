@@ -171,7 +171,7 @@ public static class KvPolicies
 /// <code>
 /// { "page_size": 32, "type": "f16", "budget": 2048, "default": "freekv",
 ///   "layers": { "0-1": "full" }, "heads": { "5.1": "sinkwindow:window=256" },
-///   "max_hot_pages": 0, "cold_path": "/tmp/vidkv-cold.bin" }
+///   "max_hot_pages": 0, "cold_path": "/tmp/vidkv-cold.bin", "cold_mapped": true }
 /// </code>
 /// <c>layers</c> keys are a layer or an inclusive range; <c>heads</c> keys are layer.kvHead. Later entries win.
 /// </summary>
@@ -185,6 +185,8 @@ public sealed record KvCacheConfig
     public IReadOnlyList<(int Layer, int Head, string Spec)> Heads { get; init; } = [];
     public int MaxHotPages { get; init; }
     public string? ColdPath { get; init; }
+    /// <summary>Read cold pages in place through a read-only mapping (default) rather than copying them back; see <see cref="PagedKvOptions.MapColdTier"/>.</summary>
+    public bool ColdMapped { get; init; } = true;
 
     /// <summary>Reads a JSON config; every error names the file, the field and the value.</summary>
     public static KvCacheConfig Load(string path)
@@ -224,6 +226,16 @@ public sealed record KvCacheConfig
                 case "default": config = config with { Default = String(field.Value, where) }; break;
                 case "max_hot_pages": config = config with { MaxHotPages = Integer(field.Value, where) }; break;
                 case "cold_path": config = config with { ColdPath = String(field.Value, where) }; break;
+                case "cold_mapped":
+                    config = config with
+                    {
+                        ColdMapped = field.Value.ValueKind switch
+                        {
+                            JsonValueKind.True => true, JsonValueKind.False => false,
+                            _ => throw new KvConfigException($"{where}: {field.Value.GetRawText()} is not true or false"),
+                        },
+                    };
+                    break;
                 case "layers":
                     foreach (var entry in Object(field.Value, where))
                     {
@@ -242,7 +254,7 @@ public sealed record KvCacheConfig
                         heads.Add((layer, head, String(entry.Value, $"{where}.{entry.Name}")));
                     }
                     break;
-                default: throw new KvConfigException($"{source}: unknown field '{field.Name}' (known: page_size, type, budget, default, layers, heads, max_hot_pages, cold_path)");
+                default: throw new KvConfigException($"{source}: unknown field '{field.Name}' (known: page_size, type, budget, default, layers, heads, max_hot_pages, cold_path, cold_mapped)");
             }
         }
         if (config.PageSize is not (16 or 32 or 64)) throw new KvConfigException($"{source}: field 'page_size': {config.PageSize} is not 16, 32 or 64");
@@ -284,7 +296,7 @@ public sealed record KvCacheConfig
         var store = new PagedKvStore(new PagedKvOptions
         {
             LayerCount = layerCount, KvHeadCount = kvHeadCount, HeadDim = headDim, PageSize = PageSize, KeyType = Type, ValueType = Type,
-            MaxHotPages = MaxHotPages, ColdPath = ColdPath,
+            MaxHotPages = MaxHotPages, ColdPath = ColdPath, MapColdTier = ColdMapped,
         });
         return new PagedKvCache(store, policies, contextLength);
     }

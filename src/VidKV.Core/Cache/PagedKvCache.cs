@@ -22,7 +22,7 @@ public delegate void KvObserver(in KvStep step, ReadOnlySpan<KvPageView> read);
 /// <summary>
 /// A decoder's KV cache over a <see cref="PagedKvStore"/> (mechanism) run by a <see cref="KvPolicyMap"/> (policy):
 /// append stores the batch in pages; attend asks each (layer, KV head)'s policy which pages and rows to read, brings
-/// cold ones back, runs <see cref="Attention.Paged"/>, then lets the policy evict or move pages. With
+/// cold ones back (or reads them in place in the mapped cold file), runs <see cref="Attention.Paged"/>, then lets the policy evict or move pages. With
 /// <see cref="FullPolicy"/> everywhere this computes exactly what <see cref="ContiguousKvCache"/> does.
 /// </summary>
 public sealed unsafe class PagedKvCache : KvCache
@@ -73,8 +73,10 @@ public sealed unsafe class PagedKvCache : KvCache
     /// <summary>Background recalls started for pages the policies predicted, and how many of those pages were then read.</summary>
     public long PrefetchedPages { get; private set; }
     public long PrefetchHits { get; private set; }
-    /// <summary>Bytes brought back from the cold tier, summed over all steps.</summary>
+    /// <summary>Bytes copied back from the cold tier into hot frames, summed over all steps.</summary>
     public long RecalledBytes { get; private set; }
+    /// <summary>Bytes of cold pages attention read in place in the mapped cold file, summed over all steps.</summary>
+    public long ColdBytesReadInPlace { get; private set; }
 
     /// <summary>Time spent in each phase of <see cref="Attend"/>, summed over all calls (for profiles; see <see cref="KvPhaseTimes"/>).</summary>
     public KvPhaseTimes Times;
@@ -128,7 +130,8 @@ public sealed unsafe class PagedKvCache : KvCache
             for (int i = 0; i < selection.Count; i++)
             {
                 int page = table[selection.Indices[i]];
-                if (!store.IsHot(page)) // a page whose background read is in flight: the select job left it for here
+                byte* rows = store.ReadableRows(page); // hot, or in the mapped cold file
+                if (rows == null) // a page whose background read is in flight: the select job left it for here
                 {
                     long recallStart = Stopwatch.GetTimestamp();
                     if (store.IsPrefetching(page)) PrefetchHits++;
@@ -136,17 +139,19 @@ public sealed unsafe class PagedKvCache : KvCache
                     recalled[layer * kvHeads + g].Add((page, store.Generation(page)));
                     RecalledBytes += store.FrameBytes;
                     recallTicks += Stopwatch.GetTimestamp() - recallStart;
+                    rows = store.ReadableRows(page);
                 }
+                else if (!store.IsHot(page)) ColdBytesReadInPlace += store.FrameBytes;
                 if (lastRead.Length <= page) Array.Resize(ref lastRead, Math.Max(page + 1, 2 * lastRead.Length));
                 lastRead[page] = steps;
                 ulong mask = selection.Masks[i];
                 views[v++] = new KvPageView
                 {
-                    Keys = store.KeyRows(page), Values = store.ValueRows(page), KeyStride = store.KeyRowBytes, ValueStride = store.ValueRowBytes,
+                    Keys = rows, Values = rows + (long)store.PageSize * store.KeyRowBytes, KeyStride = store.KeyRowBytes, ValueStride = store.ValueRowBytes,
                     Positions = store.PositionPointer(page), Count = store.Count(page), Mask = mask,
                 };
-                int rows = mask == KvPageView.AllRows ? store.Count(page) : System.Numerics.BitOperations.PopCount(mask);
-                RowBytesRead += (long)rows * (store.KeyRowBytes + store.ValueRowBytes);
+                int selectedRows = mask == KvPageView.AllRows ? store.Count(page) : System.Numerics.BitOperations.PopCount(mask);
+                RowBytesRead += (long)selectedRows * (store.KeyRowBytes + store.ValueRowBytes);
             }
         }
         headStart[kvHeads] = v;
@@ -228,12 +233,13 @@ public sealed unsafe class PagedKvCache : KvCache
 
     /// <summary>
     /// Reads this head's newly selected cold pages back into hot frames, inside its select job so the heads' reads run
-    /// side by side. Pages with a background read in flight are left to the serial pass, which waits for them.
+    /// side by side. Pages with a background read in flight are left to the serial pass, which waits for them. Nothing
+    /// to do when the cold tier is mapped: attention reads those pages where they are.
     /// </summary>
     void RecallSelected(int layer, int g)
     {
         headRecallTicks[g] = headRecalledBytes[g] = 0;
-        if (!store.HasColdTier) return;
+        if (!store.HasColdTier || store.ReadsColdInPlace) return;
         var table = store.Table(layer, g);
         var selection = selections[g];
         var list = recalled[layer * store.KvHeadCount + g];

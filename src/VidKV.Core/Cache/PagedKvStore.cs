@@ -18,6 +18,11 @@ public sealed record PagedKvOptions
     public int MaxHotPages { get; init; }
     /// <summary>File of the cold tier; null keeps every page in RAM.</summary>
     public string? ColdPath { get; init; }
+    /// <summary>
+    /// Read cold pages in place through a read-only mapping of the cold file where the system has one (default);
+    /// false copies each selected cold page back into a hot frame first (FreeKV's recall).
+    /// </summary>
+    public bool MapColdTier { get; init; } = true;
     /// <summary>Bits of the per-token SimHash (ReSV): 0 (off) to 64.</summary>
     public int SimHashBits { get; init; } = 32;
 
@@ -95,7 +100,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         for (int i = 0; i < hashPlanes.Length; i++) hashPlanes[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
         rowScratch = new float[d];
         FrameBytes = options.PageSize * (keyRow + valueRow);
-        if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, FrameBytes);
+        if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, FrameBytes, options.MapColdTier);
     }
 
     public PagedKvOptions Options => options;
@@ -121,6 +126,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Bytes allocated for frames (used or free).</summary>
     public long AllocatedBytes => (long)slabCount * FramesPerSlab * FrameBytes;
     public bool HasColdTier => cold != null;
+    /// <summary>Whether cold pages are read where they lie in the mapped cold file (<see cref="ReadableRows"/>) instead of being recalled.</summary>
+    public bool ReadsColdInPlace => cold?.IsMapped == true;
 
     /// <summary>Pages of (layer, head) in position order.</summary>
     public PageTable Table(int layer, int head) => tables[layer * options.KvHeadCount + head];
@@ -174,14 +181,14 @@ public sealed unsafe class PagedKvStore : IDisposable
         }
         for (int i = 0; i < d; i++) c[i] = (c[i] + hi[i]) / 2;
         r.Clear();
-        bool wasHot = IsHot(page);
-        byte[]? staging = wasHot ? null : System.Buffers.ArrayPool<byte>.Shared.Rent(FrameBytes);
+        byte* readable = ReadableRows(page);
+        byte[]? staging = readable != null ? null : System.Buffers.ArrayPool<byte>.Shared.Rent(FrameBytes);
         try
         {
-            if (!wasHot) cold!.Read(coldSlotOf[page], staging);
+            if (readable == null) cold!.Read(coldSlotOf[page], staging);
             fixed (byte* s = staging)
             {
-                byte* rows = wasHot ? FramePointer(frameOf[page]) : s;
+                byte* rows = readable != null ? readable : s;
                 for (int j = 0; j < count[page]; j++)
                 {
                     Dequantize.Row(options.KeyType, new ReadOnlySpan<byte>(rows + (long)j * keyRow, keyRow), row);
@@ -205,6 +212,18 @@ public sealed unsafe class PagedKvStore : IDisposable
     public byte* ValueRows(int page) => FramePointer(HotFrame(page)) + (long)options.PageSize * keyRow;
     public int* PositionPointer(int page) => positions + (long)page * options.PageSize;
 
+    /// <summary>
+    /// The page's rows ([keys PageSize × headDim][values PageSize × headDim]) where they can be read now: its hot frame,
+    /// or its slot in the mapped cold file; null for a cold page without a mapping (recall it first). A mapped slot
+    /// stays valid until the page is removed or compacted.
+    /// </summary>
+    public byte* ReadableRows(int page)
+    {
+        int frame = frameOf[page];
+        if (frame >= 0) return FramePointer(frame);
+        return cold != null && coldSlotOf[page] >= 0 ? cold.SlotPointer(coldSlotOf[page]) : null;
+    }
+
     int HotFrame(int page)
     {
         int frame = frameOf[page];
@@ -215,9 +234,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>All stored keys of a page as f32 ([Count, headDim]), from either tier.</summary>
     public void ReadKeys(int page, Span<float> destination)
     {
-        byte* rows;
-        if (IsHot(page)) rows = KeyRows(page);
-        else
+        byte* rows = ReadableRows(page);
+        if (rows == null)
         {
             coldStaging ??= new byte[FrameBytes];
             cold!.Read(coldSlotOf[page], coldStaging);
@@ -561,11 +579,12 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>
     /// Starts reading a cold page back on the cold tier's background thread into a newly allocated frame (which counts
     /// as hot from now on); <see cref="Recall"/> later waits for it, or <see cref="CancelPrefetch"/> gives the frame
-    /// back. False (and nothing started) when the page is hot, already on its way, or no frame is free.
+    /// back. False (and nothing started) when the page is hot, already on its way, read in place (mapped cold tier), or
+    /// no frame is free.
     /// </summary>
     public bool Prefetch(int page)
     {
-        if (cold == null || IsHot(page) || pendingTicket[page] != 0 || !CanAllocateFrames(1)) return false;
+        if (cold == null || cold.IsMapped || IsHot(page) || pendingTicket[page] != 0 || !CanAllocateFrames(1)) return false;
         int frame = AllocateFrame();
         pendingFrame[page] = frame;
         pendingTicket[page] = cold.ReadAsync(coldSlotOf[page], FramePointer(frame));
