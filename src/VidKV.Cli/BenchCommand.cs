@@ -22,7 +22,7 @@ static class BenchCommand
         var cacheK = CommonOptions.CacheTypeK();
         var cacheV = CommonOptions.CacheTypeV();
 
-        var policy = new Option<string[]>("--policy") { Description = "Paged KV policy spec(s) to compare, repeatable (e.g. full, freekv, quest; 'contiguous' = the plain cache, the default).", AllowMultipleArgumentsPerToken = true };
+        var policy = new Option<string[]>("--policy") { Description = "KV policy spec(s) to compare, repeatable (e.g. full, freekv, quest, sinkwindow); default: full attention (every token kept), as llama-bench measures.", AllowMultipleArgumentsPerToken = true };
         var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policies." };
         var pageSize = new Option<int>("--page-size") { Description = "Tokens per KV page: 16, 32 or 64.", DefaultValueFactory = _ => 32 };
         var kvConfig = new Option<string?>("--kv-config") { Description = "JSON file with a paged KV cache config (policies per layer/head); see KvCacheConfig." };
@@ -42,7 +42,7 @@ static class BenchCommand
             string? ColdPath() => r.GetValue(coldDir) is string dir ? Path.Combine(dir, $"vidkv-cold-{Environment.ProcessId}-{index++}.bin") : null;
             if (r.GetValue(kvConfig) is string configPath) caches.Add(Cache.KvCacheConfig.Load(configPath) is var loaded && r.GetValue(coldDir) != null ? loaded with { ColdPath = ColdPath() } : loaded);
             foreach (string spec in r.GetValue(policy) ?? [])
-                caches.Add(spec == "contiguous" ? null : new Cache.KvCacheConfig
+                caches.Add(new Cache.KvCacheConfig
                 {
                     Default = spec, Budget = r.GetValue(budget), PageSize = r.GetValue(pageSize), Type = CommonOptions.ParseCacheType(r.GetValue(cacheK)!), ColdPath = ColdPath(),
                 });

@@ -40,17 +40,54 @@ public class KvCacheTests
         return [.. result];
     }
 
+    /// <summary>
+    /// The paged Full cache (the decoder's default) gives bit for bit the logits of plain causal attention over one
+    /// contiguous store (<see cref="ContiguousReference"/>), whatever the page size: pages change where rows live, not
+    /// what is computed.
+    /// </summary>
     [Theory]
     [InlineData(16, GgmlType.F32)]
     [InlineData(32, GgmlType.F16)]
     [InlineData(64, GgmlType.F16)]
-    public void PagedFullIsBitwiseTheContiguousCache(int pageSize, GgmlType type)
+    public void PagedFullIsBitwiseOneContiguousStore(int pageSize, GgmlType type)
     {
         using var model = Stories();
         var tokens = StoryTokens(model, 300);
-        var want = Run(model, new ContiguousKvCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim, 512, type, type), tokens, 200);
+        var want = Run(model, new ContiguousReference(model.Config.LayerCount, model.Config.KvHeadCount * model.Config.HeadDim, 512, type), tokens, 200);
         var got = Run(model, Paged(model, "full", pageSize, type), tokens, 200);
         for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"step {i}: logits differ");
+        using var state = model.CreateState(512, type, type);
+        Assert.Equal("full", Assert.IsType<PagedKvCache>(state.Cache).Policies.Describe());
+    }
+
+    /// <summary>Every position of a layer in one [position, kvHead, headDim] buffer, read by <see cref="Attention.Causal(ReadOnlySpan{float}, ReadOnlySpan{byte}, GgmlType, ReadOnlySpan{byte}, GgmlType, int, int, int, int, int, float, Span{float}, WorkerPool?)"/>.</summary>
+    sealed class ContiguousReference(int layers, int rowLength, int context, GgmlType type) : KvCache
+    {
+        readonly byte[][] keys = Enumerable.Range(0, layers).Select(_ => new byte[context * (int)GgmlTypes.RowBytes(type, rowLength)]).ToArray();
+        readonly byte[][] values = Enumerable.Range(0, layers).Select(_ => new byte[context * (int)GgmlTypes.RowBytes(type, rowLength)]).ToArray();
+        int length;
+        readonly int row = (int)GgmlTypes.RowBytes(type, rowLength);
+
+        public override int Length => length;
+        public override int ContextLength => context;
+        public override long AllocatedBytes => 2L * layers * context * row;
+        public override bool Reserve(int endPosition) => endPosition <= context;
+
+        public override void Append(int layer, int position, int count, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+        {
+            for (int t = 0; t < count; t++)
+            {
+                Quantize.Row(type, k.Slice(t * rowLength, rowLength), keys[layer].AsSpan((position + t) * row, row));
+                Quantize.Row(type, v.Slice(t * rowLength, rowLength), values[layer].AsSpan((position + t) * row, row));
+            }
+        }
+
+        public override void Attend(int layer, ReadOnlySpan<float> queries, int position, int count, int headCount, float scale, Span<float> destination) =>
+            Attention.Causal(queries, keys[layer], type, values[layer], type, count, position, headCount, rowLength / (queries.Length / count / headCount), queries.Length / count / headCount, scale, destination);
+
+        public override void Commit(int length) => this.length = length;
+        public override void Truncate(int length) => this.length = length;
+        public override void Dispose() { }
     }
 
     public static TheoryData<string> Specs => new()

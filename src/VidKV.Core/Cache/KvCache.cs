@@ -4,8 +4,8 @@ namespace VidKV.Cache;
 
 /// <summary>
 /// What a decoder needs from a KV cache: append the keys and values of a batch for one layer, attend with that
-/// batch's queries, and commit the new length once every layer ran. <see cref="ContiguousKvCache"/> keeps every
-/// position; <see cref="PagedKvCache"/> keeps pages under policies that may evict, move cold and select.
+/// batch's queries, and commit the new length once every layer ran. <see cref="PagedKvCache"/> keeps pages under
+/// policies that may evict, move cold and select (<see cref="FullPolicy"/> keeps every position).
 /// </summary>
 public abstract class KvCache : IDisposable
 {

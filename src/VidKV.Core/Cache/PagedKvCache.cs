@@ -22,8 +22,10 @@ public delegate void KvObserver(in KvStep step, ReadOnlySpan<KvPageView> read);
 /// <summary>
 /// A decoder's KV cache over a <see cref="PagedKvStore"/> (mechanism) run by a <see cref="KvPolicyMap"/> (policy):
 /// append stores the batch in pages; attend asks each (layer, KV head)'s policy which pages and rows to read, brings
-/// cold ones back (or reads them in place in the mapped cold file), runs <see cref="Attention.Paged"/>, then lets the policy evict or move pages. With
-/// <see cref="FullPolicy"/> everywhere this computes exactly what <see cref="ContiguousKvCache"/> does.
+/// cold ones back (or reads them in place in the mapped cold file), runs <see cref="Attention.Paged"/>, then lets the
+/// policy evict or move pages. With <see cref="FullPolicy"/> everywhere this is plain causal attention over every
+/// position (<see cref="Attention.Causal(ReadOnlySpan{float}, ReadOnlySpan{byte}, GgmlType, ReadOnlySpan{byte}, GgmlType, int, int, int, int, int, float, Span{float}, WorkerPool?)"/>
+/// over one contiguous store, bit for bit), and the decoder's default cache.
 /// </summary>
 public sealed unsafe class PagedKvCache : KvCache
 {

@@ -8,8 +8,8 @@ namespace VidKV.Engine;
 public sealed record BenchmarkResult(string Model, string Type, string Test, int Depth, int Threads, int Repetitions,
     double TokensPerSecond, double TokensPerSecondSd, double[] Samples, long PeakRssBytes, long KvBytes)
 {
-    /// <summary>KV policy of a paged cache ("contiguous" for the plain cache).</summary>
-    public string Policy { get; init; } = "contiguous";
+    /// <summary>KV policy of the cache ("full" for the default cache).</summary>
+    public string Policy { get; init; } = "full";
     /// <summary>KV bytes in RAM and in the cold file after the test (paged caches).</summary>
     public long HotKvBytes { get; init; }
     public long ColdKvBytes { get; init; }
@@ -129,7 +129,7 @@ public static class Benchmark
                         }
                         return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
                         {
-                            Policy = paged?.Policies.Describe() ?? "contiguous",
+                            Policy = paged?.Policies.Describe() ?? "full",
                             HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
                             ColdKvBytes = paged?.Store.ColdBytes ?? 0,
                             KvMsPerToken = phases,

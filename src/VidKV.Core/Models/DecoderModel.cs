@@ -67,11 +67,15 @@ public sealed class DecoderModel : IDisposable
     public GgmlType WeightType => layers.Length > 0 ? layers[0].Gate.Type : output.Type;
 
     /// <summary>
-    /// A fresh KV cache and scratch space for one sequence of up to <paramref name="contextLength"/> tokens. The cache
-    /// holds f16 by default (llama.cpp's default; logits move by up to ~1e-2) or f32 (bit-for-bit the precise path).
+    /// A fresh KV cache and scratch space for one sequence of up to <paramref name="contextLength"/> tokens: a paged
+    /// cache (32-token pages) that keeps every token (<see cref="FullPolicy"/>). Keys and values are f16 by default
+    /// (llama.cpp's default; logits move by up to ~1e-2), f32 (bit-for-bit the precise path) or q8_0.
     /// </summary>
-    public DecoderState CreateState(int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16) =>
-        new(new ContiguousKvCache(Config.LayerCount, Config.KvHeadCount, Config.HeadDim, contextLength, keyType, valueType), Config);
+    public DecoderState CreateState(int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16)
+    {
+        var store = new PagedKvStore(PagedOptions() with { KeyType = keyType, ValueType = valueType });
+        return new(new PagedKvCache(store, new KvPolicyMap(Config.LayerCount, Config.KvHeadCount, new FullPolicy()), contextLength), Config);
+    }
 
     /// <summary>A state over a given cache (a <see cref="PagedKvCache"/> with policies, for one); the state owns and disposes it.</summary>
     public DecoderState CreateState(KvCache cache) => new(cache, Config);

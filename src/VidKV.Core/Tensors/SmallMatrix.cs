@@ -90,6 +90,7 @@ public static unsafe class SmallMatrix
 
     interface ILanes { static abstract int Count { get; } }
     struct Four : ILanes { public static int Count => 4; }
+    struct Seven : ILanes { public static int Count => 7; }
     struct Eight : ILanes { public static int Count => 8; }
 
     /// <summary>
@@ -101,7 +102,8 @@ public static unsafe class SmallMatrix
         for (int r = 0; r < rows; r += 8)
         {
             int m = Math.Min(8, rows - r);
-            if (m > 4) GemmBlock<Eight>(a + r * lda, lda, m, b, ldb, k, n, c + r * ldc, ldc, accumulate);
+            if (m == 8) GemmBlock<Eight>(a + r * lda, lda, m, b, ldb, k, n, c + r * ldc, ldc, accumulate);
+            else if (m > 4) GemmBlock<Seven>(a + r * lda, lda, m, b, ldb, k, n, c + r * ldc, ldc, accumulate);
             else GemmBlock<Four>(a + r * lda, lda, m, b, ldb, k, n, c + r * ldc, ldc, accumulate);
         }
     }
@@ -109,7 +111,8 @@ public static unsafe class SmallMatrix
     /// <summary>
     /// <see cref="Multiply"/> for one block of <paramref name="m"/> ≤ <typeparamref name="TLanes"/>.Count rows;
     /// missing rows repeat the last one (they compute and store the same values). The lane count is a constant per
-    /// instantiation, so the unused accumulators of <see cref="Four"/> are compiled away.
+    /// instantiation, so the unused accumulators of <see cref="Four"/> and <see cref="Seven"/> are compiled away (a GQA
+    /// group of 7 query heads, as in Qwen2-0.5B, computes no eighth lane).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void GemmBlock<TLanes>(float* a, int lda, int m, float* b, int ldb, int k, int n, float* c, int ldc, bool accumulate)
@@ -128,7 +131,8 @@ public static unsafe class SmallMatrix
                 if (accumulate)
                 {
                     s0 = Vector512.Load(c0 + j); s1 = Vector512.Load(c1 + j); s2 = Vector512.Load(c2 + j); s3 = Vector512.Load(c3 + j);
-                    if (TLanes.Count > 4) { s4 = Vector512.Load(c4 + j); s5 = Vector512.Load(c5 + j); s6 = Vector512.Load(c6 + j); s7 = Vector512.Load(c7 + j); }
+                    if (TLanes.Count > 4) { s4 = Vector512.Load(c4 + j); s5 = Vector512.Load(c5 + j); s6 = Vector512.Load(c6 + j); }
+                    if (TLanes.Count > 7) s7 = Vector512.Load(c7 + j);
                 }
                 float* bj = b + j;
                 for (int i = 0; i < k; i++, bj += ldb)
@@ -143,11 +147,12 @@ public static unsafe class SmallMatrix
                         s4 = Vector512.FusedMultiplyAdd(Vector512.Create(a4[i]), v, s4);
                         s5 = Vector512.FusedMultiplyAdd(Vector512.Create(a5[i]), v, s5);
                         s6 = Vector512.FusedMultiplyAdd(Vector512.Create(a6[i]), v, s6);
-                        s7 = Vector512.FusedMultiplyAdd(Vector512.Create(a7[i]), v, s7);
                     }
+                    if (TLanes.Count > 7) s7 = Vector512.FusedMultiplyAdd(Vector512.Create(a7[i]), v, s7);
                 }
                 s0.Store(c0 + j); s1.Store(c1 + j); s2.Store(c2 + j); s3.Store(c3 + j);
-                if (TLanes.Count > 4) { s4.Store(c4 + j); s5.Store(c5 + j); s6.Store(c6 + j); s7.Store(c7 + j); }
+                if (TLanes.Count > 4) { s4.Store(c4 + j); s5.Store(c5 + j); s6.Store(c6 + j); }
+                if (TLanes.Count > 7) s7.Store(c7 + j);
             }
         }
         if (Vector256.IsHardwareAccelerated)
@@ -158,7 +163,8 @@ public static unsafe class SmallMatrix
                 if (accumulate)
                 {
                     s0 = Vector256.Load(c0 + j); s1 = Vector256.Load(c1 + j); s2 = Vector256.Load(c2 + j); s3 = Vector256.Load(c3 + j);
-                    if (TLanes.Count > 4) { s4 = Vector256.Load(c4 + j); s5 = Vector256.Load(c5 + j); s6 = Vector256.Load(c6 + j); s7 = Vector256.Load(c7 + j); }
+                    if (TLanes.Count > 4) { s4 = Vector256.Load(c4 + j); s5 = Vector256.Load(c5 + j); s6 = Vector256.Load(c6 + j); }
+                    if (TLanes.Count > 7) s7 = Vector256.Load(c7 + j);
                 }
                 float* bj = b + j;
                 for (int i = 0; i < k; i++, bj += ldb)
@@ -173,11 +179,12 @@ public static unsafe class SmallMatrix
                         s4 = Vector256.FusedMultiplyAdd(Vector256.Create(a4[i]), v, s4);
                         s5 = Vector256.FusedMultiplyAdd(Vector256.Create(a5[i]), v, s5);
                         s6 = Vector256.FusedMultiplyAdd(Vector256.Create(a6[i]), v, s6);
-                        s7 = Vector256.FusedMultiplyAdd(Vector256.Create(a7[i]), v, s7);
                     }
+                    if (TLanes.Count > 7) s7 = Vector256.FusedMultiplyAdd(Vector256.Create(a7[i]), v, s7);
                 }
                 s0.Store(c0 + j); s1.Store(c1 + j); s2.Store(c2 + j); s3.Store(c3 + j);
-                if (TLanes.Count > 4) { s4.Store(c4 + j); s5.Store(c5 + j); s6.Store(c6 + j); s7.Store(c7 + j); }
+                if (TLanes.Count > 4) { s4.Store(c4 + j); s5.Store(c5 + j); s6.Store(c6 + j); }
+                if (TLanes.Count > 7) s7.Store(c7 + j);
             }
         }
         for (; j < n; j++)
