@@ -8,9 +8,11 @@ namespace VidKV.Cache;
 /// selecting again with q_t. Then the selection for t+1 is made with q_t (the paper overlaps it, and the recall of
 /// its pages from the cold tier, with the step's compute). τ = 1 reproduces exact selection. Defaults (paper's system
 /// path): budget 2048 = sink 512 + recent 512 + retrieved; here sink and recent default to a quarter of the budget
-/// each, which is the paper's ratio at its budget. Pages holding the step's own tokens are always read. With
-/// <c>prefetch</c> the pages chosen for t+1 are announced through <see cref="NextPages"/>, and the cache recalls the
-/// cold ones on a background thread while the rest of the step runs (the paper's double-buffered recall). By default
+/// each, which is the paper's ratio at its budget. Pages holding the step's own tokens are always read. With a mapped
+/// cold tier (the default on Linux and macOS) selected cold pages are read in place and nothing is recalled. Without
+/// one, with <c>prefetch</c> the pages chosen for t+1 are announced through <see cref="NextPages"/>, and the cache
+/// recalls the cold ones on a background thread while the rest of the step runs (the paper's double-buffered
+/// recall). By default
 /// (<c>auto</c>) that happens only when a core is left over beside the worker pool: on a machine whose cores all
 /// run kernels, the reader thread preempts them and costs more than the synchronous reads it saves (measured: 2 cores,
 /// cold file in the page cache, 8192 tokens, budget 2048: 28.1 t/s with prefetch against 33.9 without).
