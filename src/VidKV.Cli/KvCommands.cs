@@ -32,11 +32,12 @@ static class KvCommands
         var threads = CommonOptions.Threads();
         var cache = CommonOptions.CacheType("--cache-type", "-ct", "keys and values");
         var repeat = new Option<int>("--repeat") { Description = "Repeat the text this many times (long synthetic contexts, with a large -c).", DefaultValueFactory = _ => 1 };
-        var prefill = new Option<bool>("--prefill") { Description = "Prefill the unscored first half of each chunk in batches of 512 instead of token by token (fast for long contexts)." };
+        var prefill = new Option<bool>("--prefill") { Description = "Prefill the unscored part of each chunk (its first half, or all but --score) in batches of 512 instead of decoding it token by token (fast for long contexts)." };
         var noAttention = new Option<bool>("--no-attention-metrics") { Description = "Skip attention recall and output error (they cost O(context) per head and step in double precision)." };
+        var score = new Option<int>("--score") { Description = "Score only the last N next-token predictions of each chunk (0 = its second half); with --prefill the tokens before them are prefilled, so long contexts take minutes.", DefaultValueFactory = _ => 0 };
 
         var command = new Command("eval", "Decode a text token by token under each policy × budget in lockstep with the full cache, and report perplexity, KL, top-1 agreement, attention recall, output error and KV bytes read per step.")
-            .With(model, file, context, policy, budget, pageSize, chunks, output, threads, cache, repeat, prefill, noAttention);
+            .With(model, file, context, policy, budget, pageSize, chunks, output, threads, cache, repeat, prefill, noAttention, score);
         command.SetAction(r =>
         {
             Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
@@ -45,7 +46,7 @@ static class KvCommands
             int ctx = r.GetValue(context) is > 0 and var c ? c : m.Config.ContextLength;
             var rows = KvEvaluation.Run(m, text, ctx, r.GetValue(policy)!, r.GetValue(budget)!, r.GetValue(pageSize),
                 CommonOptions.ParseCacheType(r.GetValue(cache)!), r.GetValue(chunks), what => Console.Error.WriteLine($"  evaluating {what}"),
-                attentionMetrics: !r.GetValue(noAttention), repeat: r.GetValue(repeat), prefillFirstHalf: r.GetValue(prefill));
+                attentionMetrics: !r.GetValue(noAttention), repeat: r.GetValue(repeat), prefillFirstHalf: r.GetValue(prefill), scoredTokens: r.GetValue(score));
             if (r.GetValue(output) == "json")
             {
                 Console.WriteLine(JsonSerializer.Serialize(rows.Select(x => new

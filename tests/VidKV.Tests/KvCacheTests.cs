@@ -867,4 +867,26 @@ public class KvCacheTests
         Assert.Equal(128, floor.KeptTokensPerHead);
         Assert.True(floor.PerplexityRatio > 1.0, "evicting all but 128 tokens should cost something");
     }
+
+    /// <summary>
+    /// Scoring only the last N predictions after a prefilled head: N steps per chunk for every policy; Full's row, run
+    /// on one cache, is exact against itself; a window policy still differs; N must leave a first token.
+    /// </summary>
+    [Fact]
+    public void EvaluationScoresTheLastTokensAfterAPrefill()
+    {
+        using var model = Stories();
+        string text = File.ReadAllText(TestData.File_("text/story_eval.txt"));
+        var rows = Engine.KvEvaluation.Run(model, text, 256, ["full", "sinkwindow"], [64], maxChunks: 2, attentionMetrics: false, prefillFirstHalf: true, scoredTokens: 40);
+        Assert.Equal(2, rows.Count);
+        Assert.All(rows, r => Assert.Equal(2 * 40, r.Steps));
+        var full = rows.Single(r => r.Policy == "full");
+        Assert.Equal(0, full.KlDivergence);
+        Assert.Equal(1.0, full.Top1Agreement);
+        var window = rows.Single(r => r.Policy == "sinkwindow");
+        Assert.True(window.KlDivergence > 0, "a 64-token window at positions 215..255 must change some distribution");
+        Assert.Equal(64, window.KeptTokensPerHead);
+        var bad = Assert.Throws<ArgumentOutOfRangeException>(() => Engine.KvEvaluation.Run(model, text, 256, ["full"], [64], scoredTokens: 255));
+        Assert.Contains("not 255", bad.Message);
+    }
 }

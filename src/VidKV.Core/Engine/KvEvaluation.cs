@@ -16,15 +16,20 @@ public sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, doub
 /// head and step, the attention recall R(S) = Σ_{i∈S} p_i of the rows the policy read, with p the softmax of the
 /// policy's query over the full run's keys, and the relative output error ‖o_S − o‖/‖o‖ with o_S the same attention
 /// renormalised over S (skipped when <c>attentionMetrics</c> is false); and KV bytes read per step.
-/// For long synthetic contexts the text can be repeated (<c>repeat</c>) and the unscored first half of each chunk
-/// prefilled in batches of 512 (<c>prefillFirstHalf</c>) under both caches instead of token by token.
+/// For long synthetic contexts the text can be repeated (<c>repeat</c>), the unscored part of each chunk prefilled in
+/// batches of 512 (<c>prefillFirstHalf</c>) under both caches instead of token by token, and only the last
+/// <c>scoredTokens</c> predictions of each chunk scored instead of its second half (a 16384-token context then costs
+/// two prefills and a few hundred decode steps per policy, not 8192 steps). Full's own row runs one cache: its
+/// numbers against itself are exact by definition (KL 0, top-1 agreement 1).
 /// </summary>
 public static class KvEvaluation
 {
     public static List<KvEvaluationRow> Run(DecoderModel model, string text, int contextLength, IReadOnlyList<string> policies,
         IReadOnlyList<int> budgets, int pageSize = 16, GgmlType type = GgmlType.F16, int maxChunks = 0, Action<string>? progress = null, bool attentionMetrics = true,
-        int repeat = 1, bool prefillFirstHalf = false)
+        int repeat = 1, bool prefillFirstHalf = false, int scoredTokens = 0)
     {
+        if (scoredTokens < 0 || scoredTokens > contextLength - 2)
+            throw new ArgumentOutOfRangeException(nameof(scoredTokens), $"scored tokens must be 0 (the second half) to {contextLength - 2} (context {contextLength} less the first token and the last), not {scoredTokens}");
         if (contextLength < 4) throw new ArgumentOutOfRangeException(nameof(contextLength), "context length must be at least 4");
         if (repeat < 1) throw new ArgumentOutOfRangeException(nameof(repeat), $"repeat must be at least 1, not {repeat}");
         if (text.EndsWith('\n')) text = text[..^1];
@@ -49,7 +54,7 @@ public static class KvEvaluation
             {
                 var chunk = tokens.Skip(c * contextLength).Take(contextLength).ToArray();
                 if (model.Vocabulary.AddBos && model.Vocabulary.BosId >= 0) chunk[0] = model.Vocabulary.BosId;
-                RunChunk(model, config.For(spec, budget), chunk, stats, attentionMetrics, prefillFirstHalf);
+                RunChunk(model, config.For(spec, budget), chunk, stats, attentionMetrics, prefillFirstHalf, scoredTokens);
             }
             double nll = stats.Nll / stats.Scored;
             if (budget == null) fullNll = nll;
@@ -70,14 +75,17 @@ public static class KvEvaluation
         public readonly List<double> Recall = [], Error = [];
     }
 
-    static void RunChunk(DecoderModel model, KvCacheConfig config, int[] chunk, Stats stats, bool attentionMetrics, bool prefillFirstHalf)
+    static void RunChunk(DecoderModel model, KvCacheConfig config, int[] chunk, Stats stats, bool attentionMetrics, bool prefillFirstHalf, int scoredTokens)
     {
         var c = model.Config;
-        using var full = model.CreateState(new KvCacheConfig { PageSize = config.PageSize, Type = config.Type }.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim));
-        var cache = config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim);
-        using var state = model.CreateState(cache);
+        var fullConfig = new KvCacheConfig { PageSize = config.PageSize, Type = config.Type };
+        // Full against itself: one cache serves both sides.
+        bool reference = config.Default == "full" && config.Layers.Count == 0 && config.Heads.Count == 0 && config.ColdPath == null && config.MaxHotPages == 0;
+        using var full = model.CreateState(fullConfig.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim));
+        var cache = reference ? (PagedKvCache)full.Cache : config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim);
+        using var state = reference ? null : model.CreateState(cache);
         var fullStore = ((PagedKvCache)full.Cache).Store;
-        int vocab = c.VocabSize, first = chunk.Length / 2;
+        int vocab = c.VocabSize, first = scoredTokens > 0 ? chunk.Length - 1 - scoredTokens : chunk.Length / 2;
         var fullLogits = new float[vocab];
         var logits = new float[vocab];
         bool scoring = false;
@@ -99,15 +107,16 @@ public static class KvEvaluation
         {
             var head = chunk.AsSpan(0, first).ToArray();
             Generator.Prefill(model, full, head, fullLogits);
-            Generator.Prefill(model, state, head, logits);
+            if (state != null) Generator.Prefill(model, state, head, logits);
             start = first;
         }
         for (int t = start; t < chunk.Length - 1; t++)
         {
             scoring = t >= first;
-            model.Forward(full, chunk.AsSpan(t, 1), fullLogits);
             long before = cache.RowBytesRead;
-            model.Forward(state, chunk.AsSpan(t, 1), logits);
+            model.Forward(full, chunk.AsSpan(t, 1), fullLogits);
+            if (state != null) model.Forward(state, chunk.AsSpan(t, 1), logits);
+            else fullLogits.CopyTo(logits);
             if (!scoring) continue;
             stats.Steps++;
             stats.Bytes += cache.RowBytesRead - before;
