@@ -40,10 +40,10 @@ public sealed unsafe partial class ColdTier : IDisposable
     {
         Path = path;
         SlotBytes = slotBytes;
+        // A device (such as /dev/full in tests) is used as it is and never mapped; a regular file is created and deleted on close.
+        bool device = File.Exists(path) && (File.GetAttributes(path) & FileAttributes.Device) != 0 || path.StartsWith("/dev/", StringComparison.Ordinal);
         try
         {
-            // A device (such as /dev/full in tests) is used as it is; a regular file is created and deleted on close.
-            bool device = File.Exists(path) && (File.GetAttributes(path) & FileAttributes.Device) != 0 || path.StartsWith("/dev/", StringComparison.Ordinal);
             file = device ? File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite)
                 : File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
         }
@@ -51,8 +51,7 @@ public sealed unsafe partial class ColdTier : IDisposable
         {
             throw new IOException($"cold tier '{path}': cannot create the file: {e.Message}", e);
         }
-        if (mapped && (OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) && !file.IsInvalid && File.Exists(path)
-            && (File.GetAttributes(path) & FileAttributes.Device) == 0)
+        if (mapped && !device && (OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()))
         {
             nint address = Mmap(0, unchecked((nuint)MappedBytes), ProtRead, MapShared, (int)file.DangerousGetHandle(), 0);
             if (address != -1) map = (byte*)address; // otherwise every read is a pread

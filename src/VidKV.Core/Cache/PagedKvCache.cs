@@ -124,6 +124,8 @@ public sealed unsafe class PagedKvCache : KvCache
         clock = Stopwatch.GetTimestamp();
         if (views.Length < total) views = new KvPageView[Math.Max(total, 2 * views.Length)];
         int v = 0;
+        // lastRead matters only for pages that can be recalled (copy-back cold tier): default Full decode skips it.
+        bool recalls = store.HasColdTier && !store.ReadsColdInPlace;
         for (int g = 0; g < kvHeads; g++)
         {
             headStart[g] = v;
@@ -133,6 +135,7 @@ public sealed unsafe class PagedKvCache : KvCache
             {
                 int page = table[selection.Indices[i]];
                 byte* rows = store.ReadableRows(page); // hot, or in the mapped cold file
+                bool track = recalls;
                 if (rows == null) // a page whose background read is in flight: the select job left it for here
                 {
                     long recallStart = Stopwatch.GetTimestamp();
@@ -142,10 +145,14 @@ public sealed unsafe class PagedKvCache : KvCache
                     RecalledBytes += store.FrameBytes;
                     recallTicks += Stopwatch.GetTimestamp() - recallStart;
                     rows = store.ReadableRows(page);
+                    track = true;
                 }
                 else if (!store.IsHot(page)) ColdBytesReadInPlace += store.FrameBytes;
-                if (lastRead.Length <= page) Array.Resize(ref lastRead, Math.Max(page + 1, 2 * lastRead.Length));
-                lastRead[page] = steps;
+                if (track)
+                {
+                    if (lastRead.Length <= page) Array.Resize(ref lastRead, Math.Max(page + 1, 2 * lastRead.Length));
+                    lastRead[page] = steps;
+                }
                 ulong mask = selection.Masks[i];
                 views[v++] = new KvPageView
                 {
