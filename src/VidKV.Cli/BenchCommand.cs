@@ -29,8 +29,10 @@ static class BenchCommand
         var coldDir = new Option<string?>("--cold-dir") { Description = "Folder for the cold-tier file of paged caches (pages policies move out of RAM)." };
         var roofline = new Option<bool>("--roofline") { Description = "Also measure this machine's read bandwidth and f32 FMA throughput (a few seconds per thread count) and show each full-attention test's bound: decode ≤ bandwidth ÷ bytes read per token, prefill ≤ FLOP/s ÷ FLOPs per token." };
 
+        var interleave = new Option<bool>("--interleave") { Description = "Give every (policy, depth) its own cache and take the repetitions of a test in turns across them, so rows of one run compare under the same machine conditions (costs a separate fill per depth)." };
+
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
-            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline);
+            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline, interleave);
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
@@ -60,7 +62,7 @@ static class BenchCommand
                 using var model = ModelLoader.Load(path);
                 foreach (var result in Benchmark.Run(model, Path.GetFileName(path), r.GetValue(prompt), r.GetValue(generate), depths, threadCounts, reps,
                     CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!),
-                    message => Console.Error.WriteLine($"  {message}"), caches, withRoofline))
+                    message => Console.Error.WriteLine($"  {message}"), caches, withRoofline, r.GetValue(interleave)))
                 {
                     results.Add(result);
                     if (!json)
@@ -76,7 +78,7 @@ static class BenchCommand
                     model = x.Model, type = x.Type, test = x.Test, depth = x.Depth, threads = x.Threads, repetitions = x.Repetitions,
                     tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, tokens_per_second_median = x.TokensPerSecondMedian,
                     samples = x.Samples, peak_rss_bytes = x.PeakRssBytes, kv_bytes = x.KvBytes,
-                    kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes, kv_ms_per_token = x.KvMsPerToken,
+                    kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes, kv_ms_per_token = x.KvMsPerToken, ms_per_token = x.MsPerToken,
                     read_bytes_per_second = x.ReadBytesPerSecond, fma_flops_per_second = x.FlopsPerSecond,
                     ceiling_tokens_per_second = x.CeilingTokensPerSecond, fraction_of_ceiling = x.FractionOfCeiling,
                 }), new JsonSerializerOptions { WriteIndented = true }));

@@ -328,6 +328,47 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// The int16-pair panel product behind page scoring against a scalar loop: the integer sums are exact, so every
+    /// instruction set gives the same bits; odd row and pair counts, the largest values whose sums still fit int32.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(3, 5)]
+    [InlineData(4, 64)]
+    [InlineData(5, 129)]
+    [InlineData(7, 128)]
+    [InlineData(8, 3)]
+    [InlineData(9, 17)]
+    [InlineData(17, 64)]
+    public unsafe void SmallMatrixMultiplyPairsMatchesScalar(int rows, int pairs)
+    {
+        var rng = new Random(rows * 100 + pairs);
+        const int columns = SmallMatrix.PairPanelColumns;
+        int lda = pairs + 1, ldc = columns + 3;
+        int levels = (int)Math.Min(short.MaxValue, Math.Sqrt(int.MaxValue / (2.0 * pairs)));
+        var a = new int[rows * lda];
+        var b = new short[pairs * 2 * columns];
+        for (int i = 0; i < a.Length; i++) a[i] = (ushort)rng.Next(-levels, levels + 1) | rng.Next(-levels, levels + 1) << 16;
+        for (int i = 0; i < b.Length; i++) b[i] = (short)rng.Next(-levels, levels + 1);
+        b[0] = (short)levels; a[0] = (ushort)levels | levels << 16; // the extremes
+        float[] rowScale = Random(rng, rows), columnScale = Random(rng, columns), c = Random(rng, rows * ldc), start = (float[])c.Clone();
+        fixed (int* pa = a) fixed (short* pb = b) fixed (float* pr = rowScale, pcs = columnScale, pc = c)
+            SmallMatrix.MultiplyPairs(pa, lda, rows, pb, pairs, pr, pcs, pc, ldc);
+        for (int r = 0; r < rows; r++)
+        {
+            for (int j = 0; j < columns; j++)
+            {
+                long sum = 0;
+                for (int p = 0; p < pairs; p++)
+                    sum += (long)(short)a[r * lda + p] * b[p * 2 * columns + 2 * j] + (long)(a[r * lda + p] >> 16) * b[p * 2 * columns + 2 * j + 1];
+                Assert.InRange(sum, int.MinValue, int.MaxValue);
+                Assert.Equal((float)sum * (rowScale[r] * columnScale[j]), c[r * ldc + j]);
+            }
+            Assert.Equal(start.AsSpan(r * ldc + columns, ldc - columns).ToArray(), c.AsSpan(r * ldc + columns, ldc - columns).ToArray());
+        }
+    }
+
     [Theory]
     [InlineData(1, 1)]
     [InlineData(15, 5)]

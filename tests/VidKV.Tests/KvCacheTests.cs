@@ -609,7 +609,14 @@ public class KvCacheTests
                     for (int i = 0; i < n; i++)
                     {
                         float want = 0.3f * PageScoring.CentreRadiusScore(store, table[start + i], q.AsSpan(h * d, d));
-                        Assert.True(Math.Abs(scores[h * n + i] - want) <= 1e-4f * (1 + Math.Abs(want)), $"round {round} [{start}, {end}) head {h} page {i}: {scores[h * n + i]} vs {want}");
+                        // The quantisation bound of CentreRadiusScores: half a step of each side times the other side, summed.
+                        store.Digest(table[start + i], out var c, out var r);
+                        var x = q.AsSpan(h * d, d).ToArray().Select(v => 0.3 * v).ToArray();
+                        var v = c.ToArray().Concat(r.ToArray()).Select(e => (double)e).ToArray();
+                        double queryStep = x.Max(Math.Abs) / matrix.Levels, pageStep = v.Max(Math.Abs) / matrix.Levels;
+                        double bound = Enumerable.Range(0, 2 * d).Sum(e => (Math.Abs(x[e % d]) * pageStep + Math.Abs(v[e]) * queryStep + queryStep * pageStep / 2) / 2);
+                        Assert.True(Math.Abs(scores[h * n + i] - want) <= bound + 1e-5 * (1 + Math.Abs(want)),
+                            $"round {round} [{start}, {end}) head {h} page {i}: {scores[h * n + i]} vs {want}, bound {bound}");
                     }
             }
             if (round == 0) store.RemoveRows(0, 0, 2, 0b1011); // page 2 loses rows: its digest changes
@@ -622,17 +629,25 @@ public class KvCacheTests
         }
     }
 
-    /// <summary>Top-k by quickselect equals sorting by (score descending, index ascending), ties included.</summary>
+    /// <summary>
+    /// Top-k equals sorting by (score descending, index ascending), ties included: integer levels with many ties,
+    /// negative and positive values with −0 and +0 counted as equal, infinities, and spread-out floats.
+    /// </summary>
     [Fact]
     public void TopKEqualsSortedSelectionWithTies()
     {
         var rng = new Random(5);
-        foreach (int n in new[] { 1, 2, 7, 64, 333, 1000 })
-            foreach (int levels in new[] { 2, 5, 1000 })
+        var special = new[] { 0f, -0f, float.PositiveInfinity, float.NegativeInfinity, float.Epsilon, -float.Epsilon, float.MaxValue, -float.MaxValue };
+        foreach (int n in new[] { 1, 2, 7, 64, 333, 1000, 2016 })
+            foreach (int levels in new[] { 2, 5, 1000, 0 })
                 foreach (int k in new[] { 1, n / 3, n - 1, n, n + 4 })
                 {
                     if (k <= 0) continue;
-                    var scores = Enumerable.Range(0, n).Select(_ => (float)rng.Next(levels)).ToArray();
+                    var scores = Enumerable.Range(0, n).Select(_ => levels switch
+                    {
+                        0 => rng.Next(8) == 0 ? special[rng.Next(special.Length)] : (float)(rng.NextDouble() * 2 - 1) * MathF.Pow(10, rng.Next(-30, 30)),
+                        _ => (float)rng.Next(levels) - levels / 2, // negative, zero and positive
+                    }).ToArray();
                     var result = new int[n];
                     int picked = PageScoring.TopK(scores, k, result, new float[n]);
                     var want = Enumerable.Range(0, n).OrderByDescending(i => scores[i]).ThenBy(i => i).Take(k).Order().ToArray();
@@ -684,6 +699,76 @@ public class KvCacheTests
         }
     }
 
+    /// <summary>
+    /// The forward profile behind <c>vidkv bench</c>'s <c>ms_per_token</c>: every weight product and the cache's phases
+    /// are timed, the phases do not overlap (their sum fits in the time measured around the calls), and tokens are counted.
+    /// </summary>
+    [Fact]
+    public void ForwardTimesCoverEveryPhaseOnce()
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 40);
+        using var state = model.CreateState(64);
+        var logits = new float[model.Config.VocabSize];
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        model.Forward(state, tokens.AsSpan(0, 32), logits);
+        for (int i = 32; i < tokens.Length; i++) model.Forward(state, tokens.AsSpan(i, 1), logits);
+        long elapsed = System.Diagnostics.Stopwatch.GetTimestamp() - start;
+        var t = state.Times;
+        Assert.Equal(40, t.Tokens);
+        foreach (var (name, ticks) in new[] { ("qkv", t.QkvProjection), ("append", t.KvAppend), ("attention", t.Attention), ("output", t.OutputProjection),
+            ("gate/up", t.GateUp), ("down", t.Down), ("head", t.LmHead), ("other", t.Other) })
+            Assert.True(ticks > 0, $"{name} was not timed");
+        Assert.InRange(t.Total, 1, elapsed);
+        var perToken = t.MillisecondsPerToken(default);
+        Assert.Equal(8, perToken.Count);
+        Assert.Equal(t.Total * 1000.0 / System.Diagnostics.Stopwatch.Frequency / 40, perToken.Values.Sum(), 6);
+    }
+
+    /// <summary>
+    /// <c>vidkv bench</c>'s runner, back to back and interleaved: one row per (policy, depth) and test, each reporting its
+    /// own cache (the deeper row holds more KV), its samples and its phase times; interleaved rows each own a cache,
+    /// with a cold file of their own.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void BenchmarkRowsReportTheirOwnCache(bool interleave)
+    {
+        using var model = Stories();
+        string dir = Directory.CreateTempSubdirectory("vidkv-bench-").FullName;
+        try
+        {
+            var caches = new KvCacheConfig?[] { null, new KvCacheConfig { Default = "freekv", Budget = 64, PageSize = 16, ColdPath = Path.Combine(dir, "cold.bin") } };
+            var rows = new List<BenchmarkResult>();
+            int coldFiles = 0;
+            foreach (var row in Benchmark.Run(model, "stories", 8, 3, [40, 130], [1], repetitions: 2, caches: caches, interleave: interleave))
+            {
+                if (rows.Count == 0) coldFiles = Directory.GetFiles(dir).Length; // while the caches are open
+                rows.Add(row);
+            }
+            Assert.Equal(2 * 2 * 2, rows.Count); // caches × depths × tests
+            foreach (var policyRows in rows.GroupBy(r => r.Policy))
+                foreach (var test in new[] { "pp8", "tg3" })
+                {
+                    var byDepth = policyRows.Where(r => r.Test == test).OrderBy(r => r.Depth).ToArray();
+                    Assert.Equal([40, 130], byDepth.Select(r => r.Depth));
+                    Assert.True(byDepth[1].HotKvBytes + byDepth[1].ColdKvBytes > byDepth[0].HotKvBytes + byDepth[0].ColdKvBytes, $"{policyRows.Key} {test}: the deeper row reports no more KV");
+                    foreach (var row in byDepth)
+                    {
+                        Assert.Equal(2, row.Samples.Length);
+                        Assert.All(row.Samples, sample => Assert.True(sample > 0));
+                        Assert.NotNull(row.MsPerToken);
+                        Assert.True(row.MsPerToken!["qkv_projection"] > 0);
+                        Assert.NotNull(row.KvMsPerToken); // the default cache is paged too
+                    }
+                }
+            // Interleaved, each depth's FreeKV cache has a cold file of its own.
+            Assert.Equal(interleave ? 2 : 1, coldFiles);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
     /// <summary>FreeKV with τ = 1 reads exactly the pages an exact selection with the current query reads (recomputed here from the stored keys).</summary>
     [Fact]
     public void FreeKvWithTauOneIsExactSelection()
@@ -705,28 +790,38 @@ public class KvCacheTests
             int recentStart = pages - 1;
             seen = store.Count(table[recentStart]);
             while (recentStart > sinkEnd && seen < policy.Recent) seen += store.Count(table[--recentStart]);
-            // Scalar centre ± radius digest from the keys, scores softmaxed per query head and averaged.
+            // Scalar centre ± radius digest from the keys, quantised as PageScoring.CentreRadiusScores defines the score
+            // (both sides to `levels` steps of their largest magnitude), scores softmaxed per query head and averaged.
             var candidates = Enumerable.Range(sinkEnd, recentStart - sinkEnd).ToArray();
             var average = new double[candidates.Length];
             var queries = step.LastQueries.ToArray();
             float scale = step.Scale;
+            int levels = new DigestMatrix(d).Levels;
+            static (int[] Values, double Step) Quantise(float[] v, int levels)
+            {
+                float max = v.Max(MathF.Abs), inverse = max > 0 ? levels / max : 0;
+                return (v.Select(e => (int)MathF.Round(e * inverse)).ToArray(), max > 0 ? max / levels : 0);
+            }
+            var digests = candidates.Select(index =>
+            {
+                int page = table[index], n = store.Count(page);
+                var keys = new float[n * d];
+                store.ReadKeys(page, keys);
+                var v = new float[2 * d];
+                for (int i = 0; i < d; i++)
+                {
+                    var column = Enumerable.Range(0, n).Select(j => keys[j * d + i]).ToArray();
+                    double c = (column.Min() + column.Max()) / 2.0, r = column.Average(x => Math.Abs(x - c));
+                    v[i] = (float)c;
+                    v[d + i] = (float)r;
+                }
+                return Quantise(v, levels);
+            }).ToArray();
             for (int h = 0; h < step.Group; h++)
             {
-                var raw = candidates.Select(index =>
-                {
-                    int page = table[index], n = store.Count(page);
-                    var keys = new float[n * d];
-                    store.ReadKeys(page, keys);
-                    double s = 0;
-                    for (int i = 0; i < d; i++)
-                    {
-                        var column = Enumerable.Range(0, n).Select(j => keys[j * d + i]).ToArray();
-                        double c = (column.Min() + column.Max()) / 2.0, r = column.Average(x => Math.Abs(x - c));
-                        double qi = queries[h * d + i];
-                        s += Math.Max(qi * (c - r), qi * (c + r));
-                    }
-                    return s * scale;
-                }).ToArray();
+                var x = Enumerable.Range(0, 2 * d).Select(e => e < d ? scale * queries[h * d + e] : MathF.Abs(scale * queries[h * d + e - d])).ToArray();
+                var (qx, queryStep) = Quantise(x, levels);
+                var raw = digests.Select(p => (double)Enumerable.Range(0, 2 * d).Sum(e => (long)qx[e] * p.Values[e]) * queryStep * p.Step).ToArray();
                 double max = raw.Max(), sum = raw.Sum(x => Math.Exp(x - max));
                 for (int i = 0; i < raw.Length; i++) average[i] += Math.Exp(raw[i] - max) / sum / step.Group;
             }

@@ -472,6 +472,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         }
         count[page] = write;
         table.TokenCount -= removed;
+        table.Edited();
         if (coldSlotOf[page] >= 0) { cold!.Free(coldSlotOf[page]); coldSlotOf[page] = -1; } // the cold copy is stale now
         RebuildDigest(page);
     }
@@ -653,9 +654,18 @@ public sealed class PageTable
     /// <summary>Counts removals, so a cached list of table indices can tell it went stale.</summary>
     public int Version { get; private set; }
 
+    /// <summary>
+    /// Counts changes other than appending at the end (pages or rows removed), so a copy of per-page data kept in
+    /// table order knows that, while it is unchanged, only its last page and the pages after it can differ.
+    /// </summary>
+    public int Edits { get; private set; }
+
+    internal void Edited() => Edits++;
+
     internal void RemoveAt(int index)
     {
         Version++;
+        Edits++;
         Array.Copy(pages, index + 1, pages, index, Count - index - 1);
         Count--;
     }

@@ -15,6 +15,8 @@ public sealed record BenchmarkResult(string Model, string Type, string Test, int
     public long ColdKvBytes { get; init; }
     /// <summary>Milliseconds per token in each phase of a paged cache's attention (select, recall, attention, update); null for the plain cache.</summary>
     public IReadOnlyDictionary<string, double>? KvMsPerToken { get; init; }
+    /// <summary>Milliseconds per token in each phase of the forward pass (weight products, KV append and attention, the rest); see <see cref="ForwardTimes"/>.</summary>
+    public IReadOnlyDictionary<string, double>? MsPerToken { get; init; }
     /// <summary>
     /// The roofline bound of this test on this machine (when measured): decode = read bandwidth ÷ (weight bytes + KV
     /// bytes read per token), prefill = f32 FMA FLOP/s ÷ (matrix + attention FLOPs per token). Only for full attention.
@@ -39,19 +41,22 @@ public sealed record BenchmarkResult(string Model, string Type, string Test, int
 /// llama-bench's measurements: <c>ppN</c> = one prompt of N random tokens in batches of 512, <c>tgN</c> = N tokens
 /// decoded one at a time, each after <c>depth</c> tokens already in the cache (that prefill is not timed; depths are
 /// filled in ascending order into one cache, which is cut back to the depth before each repetition). Tokenisation is
-/// not involved.
+/// not involved. With <c>interleave</c> every (cache, depth) gets its own cache and the repetitions of one test take
+/// turns across them (the first cache's sample, the second's, …, then the next round), so on a machine whose speed
+/// drifts by tens of percent within minutes the rows of one run are compared under the same conditions.
 /// </summary>
 public static class Benchmark
 {
     public static IEnumerable<BenchmarkResult> Run(DecoderModel model, string modelName, int promptTokens, int generatedTokens,
         IReadOnlyList<int> depths, IReadOnlyList<int> threadCounts, int repetitions, GgmlType keyType = GgmlType.F16,
         GgmlType valueType = GgmlType.F16, Action<string>? progress = null, IReadOnlyList<Cache.KvCacheConfig?>? caches = null,
-        bool roofline = false)
+        bool roofline = false, bool interleave = false)
     {
         caches ??= [null];
         var rng = new Random(1234);
         int vocab = model.Config.VocabSize;
-        string type = GgmlTypes.Name(model.WeightType);
+        int[] ordered = depths.Distinct().Order().ToArray();
+        int context = ordered[^1] + Math.Max(promptTokens, generatedTokens) + 1;
         foreach (int threads in threadCounts)
         {
             WorkerPool.SetSharedThreadCount(threads);
@@ -61,85 +66,144 @@ public static class Benchmark
                 progress?.Invoke($"measuring read bandwidth and FMA throughput ({threads} threads)");
                 limits = MachineLimits.Measure(WorkerPool.Shared);
             }
-            foreach (var kv in caches)
+            // Sequential: one cache per config for all depths, filled incrementally in ascending order (deep contexts
+            // take minutes to fill), each test's repetitions back to back. Interleaved: a cache per (config, depth).
+            var groups = interleave ? caches.SelectMany(kv => ordered.Select(depth => (Kv: kv, Depths: new[] { depth }))).ToList()
+                : caches.Select(kv => (Kv: kv, Depths: ordered)).ToList();
+            var cells = new List<Cell>();
+            try
             {
-                // One cache for all depths, filled incrementally in ascending order (deep contexts take minutes to fill).
-                int[] ordered = depths.Distinct().Order().ToArray();
-                int context = ordered[^1] + Math.Max(promptTokens, generatedTokens) + 1;
-                var c = model.Config;
-                using var state = kv == null ? model.CreateState(context, keyType, valueType)
-                    : model.CreateState(kv.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, context));
-                var paged = state.Cache as Cache.PagedKvCache;
-                var logits = new float[vocab];
-                foreach (int depth in ordered)
+                foreach (var (kv, groupDepths) in groups)
                 {
-                    state.Cache.Truncate(Math.Min(state.Cache.Length, depth));
-                    if (depth > state.Cache.Length)
+                    var config = interleave && kv?.ColdPath is string cold ? kv with { ColdPath = $"{cold}.{groupDepths[0]}" } : kv;
+                    var c = model.Config;
+                    var state = config == null ? model.CreateState(context, keyType, valueType)
+                        : model.CreateState(config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, context));
+                    bool owner = true;
+                    foreach (int depth in groupDepths)
                     {
-                        progress?.Invoke($"filling {depth} tokens of context ({threads} threads)");
-                        Generator.Prefill(model, state, RandomTokens(rng, depth - state.Cache.Length, vocab), logits);
-                    }
-                    if (promptTokens > 0)
-                    {
-                        int[] prompt = RandomTokens(rng, promptTokens, vocab);
-                        yield return Measure($"pp{promptTokens}", promptTokens, () => Generator.Prefill(model, state, prompt, logits),
-                            limits?.FlopsPerSecond / (model.MatMulFlopsPerToken + model.AttentionFlopsPerToken(depth + promptTokens / 2)));
-                    }
-                    if (generatedTokens > 0)
-                    {
-                        var single = new int[1];
-                        yield return Measure($"tg{generatedTokens}", generatedTokens, () =>
-                        {
-                            for (int i = 0; i < generatedTokens; i++)
-                            {
-                                single[0] = rng.Next(vocab);
-                                model.Forward(state, single, logits);
-                            }
-                        }, limits?.ReadBytesPerSecond / (model.WeightBytesPerToken + KvBytesPerToken(model, depth + generatedTokens / 2, keyType, valueType)));
-                    }
-
-                    BenchmarkResult Measure(string test, int tokens, Action body, double? ceiling)
-                    {
-                        progress?.Invoke($"{test} at depth {depth}, {threads} threads");
-                        var samples = new double[repetitions];
-                        var before = paged?.Times ?? default;
-                        for (int r = -1; r < repetitions; r++) // r = -1 is a warm-up run
-                        {
-                            state.Cache.Truncate(depth);
-                            long start = Stopwatch.GetTimestamp();
-                            body();
-                            double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
-                            if (r >= 0) samples[r] = tokens / seconds;
-                        }
-                        double mean = samples.Average();
-                        double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
-                        using var process = Process.GetCurrentProcess();
-                        Dictionary<string, double>? phases = null;
-                        if (paged != null)
-                        {
-                            var after = paged.Times;
-                            double perToken = 1.0 / ((repetitions + 1) * (double)tokens);
-                            phases = new()
-                            {
-                                ["select"] = Cache.KvPhaseTimes.Milliseconds(after.Select - before.Select) * perToken,
-                                ["recall"] = Cache.KvPhaseTimes.Milliseconds(after.Recall - before.Recall) * perToken,
-                                ["attention"] = Cache.KvPhaseTimes.Milliseconds(after.Attention - before.Attention) * perToken,
-                                ["update"] = Cache.KvPhaseTimes.Milliseconds(after.Update - before.Update) * perToken,
-                            };
-                        }
-                        return new BenchmarkResult(modelName, type, test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
-                        {
-                            Policy = paged?.Policies.Describe() ?? "full",
-                            HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
-                            ColdKvBytes = paged?.Store.ColdBytes ?? 0,
-                            KvMsPerToken = phases,
-                            CeilingTokensPerSecond = kv == null ? ceiling : null,
-                            ReadBytesPerSecond = limits?.ReadBytesPerSecond,
-                            FlopsPerSecond = limits?.FlopsPerSecond,
-                        };
+                        var cell = new Cell(state, config, depth, owner);
+                        owner = false;
+                        if (interleave) cell.Fill(model, rng, progress, threads);
+                        cells.Add(cell);
                     }
                 }
+                var logits = new float[vocab];
+                var tests = new List<(string Name, int Tokens, Action<DecoderState> Body, Func<int, double?> Ceiling)>();
+                if (promptTokens > 0)
+                {
+                    int[] prompt = RandomTokens(rng, promptTokens, vocab);
+                    tests.Add(($"pp{promptTokens}", promptTokens, state => Generator.Prefill(model, state, prompt, logits),
+                        depth => limits?.FlopsPerSecond / (model.MatMulFlopsPerToken + model.AttentionFlopsPerToken(depth + promptTokens / 2))));
+                }
+                if (generatedTokens > 0)
+                {
+                    var single = new int[1];
+                    tests.Add(($"tg{generatedTokens}", generatedTokens, state =>
+                    {
+                        for (int i = 0; i < generatedTokens; i++)
+                        {
+                            single[0] = rng.Next(vocab);
+                            model.Forward(state, single, logits);
+                        }
+                    }, depth => limits?.ReadBytesPerSecond / (model.WeightBytesPerToken + KvBytesPerToken(model, depth + generatedTokens / 2, keyType, valueType))));
+                }
+                if (interleave)
+                    foreach (var test in tests)
+                    {
+                        progress?.Invoke($"{test.Name} at depths {string.Join(", ", ordered)}, {threads} threads, interleaved");
+                        foreach (var cell in cells) cell.Begin(repetitions);
+                        for (int r = -1; r < repetitions; r++) // r = -1 is a warm-up round
+                            foreach (var cell in cells) cell.Sample(r, test.Tokens, test.Body);
+                        foreach (var cell in cells) yield return cell.Result(model, modelName, test.Name, test.Tokens, threads, repetitions, test.Ceiling(cell.Depth), limits);
+                    }
+                else
+                    foreach (var cell in cells)
+                    {
+                        cell.Fill(model, rng, progress, threads);
+                        foreach (var test in tests)
+                        {
+                            progress?.Invoke($"{test.Name} at depth {cell.Depth}, {threads} threads");
+                            cell.Begin(repetitions);
+                            for (int r = -1; r < repetitions; r++) cell.Sample(r, test.Tokens, test.Body);
+                            yield return cell.Result(model, modelName, test.Name, test.Tokens, threads, repetitions, test.Ceiling(cell.Depth), limits);
+                        }
+                    }
             }
+            finally
+            {
+                foreach (var cell in cells) if (cell.OwnsState) cell.State.Dispose();
+            }
+        }
+    }
+
+    /// <summary>One cache at one depth: its fill, the samples of the test being measured and the phase times before it.</summary>
+    sealed class Cell(DecoderState state, Cache.KvCacheConfig? config, int depth, bool ownsState)
+    {
+        public DecoderState State => state;
+        public int Depth => depth;
+        public bool OwnsState => ownsState;
+        Cache.PagedKvCache? Paged => state.Cache as Cache.PagedKvCache;
+        double[] samples = [];
+        Cache.KvPhaseTimes kvBefore;
+        ForwardTimes forwardBefore;
+
+        public void Fill(DecoderModel model, Random rng, Action<string>? progress, int threads)
+        {
+            state.Cache.Truncate(Math.Min(state.Cache.Length, depth));
+            if (depth <= state.Cache.Length) return;
+            progress?.Invoke($"filling {depth} tokens of context ({threads} threads)");
+            Generator.Prefill(model, state, RandomTokens(rng, depth - state.Cache.Length, model.Config.VocabSize), new float[model.Config.VocabSize]);
+        }
+
+        public void Begin(int repetitions)
+        {
+            samples = new double[repetitions];
+            kvBefore = Paged?.Times ?? default;
+            forwardBefore = state.Times;
+        }
+
+        /// <summary>Runs the test once from the depth; repetition −1 is the warm-up and is not kept.</summary>
+        public void Sample(int repetition, int tokens, Action<DecoderState> body)
+        {
+            state.Cache.Truncate(depth);
+            long start = Stopwatch.GetTimestamp();
+            body(state);
+            double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            if (repetition >= 0) samples[repetition] = tokens / seconds;
+        }
+
+        public BenchmarkResult Result(DecoderModel model, string modelName, string test, int tokens, int threads, int repetitions, double? ceiling,
+            (double ReadBytesPerSecond, double FlopsPerSecond)? limits)
+        {
+            double mean = samples.Average();
+            double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
+            using var process = Process.GetCurrentProcess();
+            Dictionary<string, double>? phases = null;
+            var paged = Paged;
+            if (paged != null)
+            {
+                var after = paged.Times;
+                double perToken = 1.0 / ((repetitions + 1) * (double)tokens);
+                phases = new()
+                {
+                    ["select"] = Cache.KvPhaseTimes.Milliseconds(after.Select - kvBefore.Select) * perToken,
+                    ["recall"] = Cache.KvPhaseTimes.Milliseconds(after.Recall - kvBefore.Recall) * perToken,
+                    ["attention"] = Cache.KvPhaseTimes.Milliseconds(after.Attention - kvBefore.Attention) * perToken,
+                    ["update"] = Cache.KvPhaseTimes.Milliseconds(after.Update - kvBefore.Update) * perToken,
+                };
+            }
+            return new BenchmarkResult(modelName, GgmlTypes.Name(model.WeightType), test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
+            {
+                Policy = paged?.Policies.Describe() ?? "full",
+                HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
+                ColdKvBytes = paged?.Store.ColdBytes ?? 0,
+                KvMsPerToken = phases,
+                MsPerToken = state.Times.MillisecondsPerToken(forwardBefore),
+                CeilingTokensPerSecond = config == null ? ceiling : null,
+                ReadBytesPerSecond = limits?.ReadBytesPerSecond,
+                FlopsPerSecond = limits?.FlopsPerSecond,
+            };
         }
     }
 

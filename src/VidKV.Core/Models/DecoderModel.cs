@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using VidKV.Cache;
 using VidKV.Formats;
 using VidKV.Tensors;
@@ -124,11 +125,16 @@ public sealed class DecoderModel : IDisposable
         int half = c.RopeDims / 2;
         Span<float> cos = s.RopeCos.AsSpan(0, n * half), sin = s.RopeSin.AsSpan(0, n * half);
         for (int t = 0; t < n; t++) Kernels.RopeAngles(start + t, c.RopeDims, c.RopeFreqBase, cos.Slice(t * half, half), sin.Slice(t * half, half));
+        ref var times = ref state.Times;
+        long clock = Stopwatch.GetTimestamp();
+        times.Other += Lap(ref clock);
         for (int l = 0; l < layers.Length; l++)
         {
             var layer = layers[l];
             for (int t = 0; t < n; t++) Kernels.RmsNorm(x.Slice(t * e, e), layer.AttentionNorm, c.RmsNormEps, h.Slice(t * e, e));
+            times.Other += Lap(ref clock);
             WeightMatrix.MatMul(h, n, layer.Query, q, layer.Key, k, layer.Value, v);
+            times.QkvProjection += Lap(ref clock);
             AddBias(layer.QueryBias, n, q);
             AddBias(layer.KeyBias, n, k);
             AddBias(layer.ValueBias, n, v);
@@ -140,22 +146,41 @@ public sealed class DecoderModel : IDisposable
                 for (int head = 0; head < c.KvHeadCount; head++)
                     Kernels.Rope(k.Slice(t * kvDim + head * c.HeadDim, c.HeadDim), tokenCos, tokenSin, c.RopeMode);
             }
+            times.Other += Lap(ref clock);
             state.Cache.Append(l, start, n, k, v);
+            times.KvAppend += Lap(ref clock);
             state.Cache.Attend(l, q, start, n, c.HeadCount, scale, attn);
+            times.Attention += Lap(ref clock);
             layer.Output.MatMul(attn, n, h);
+            times.OutputProjection += Lap(ref clock);
             System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
 
             for (int t = 0; t < n; t++) Kernels.RmsNorm(x.Slice(t * e, e), layer.FeedForwardNorm, c.RmsNormEps, h.Slice(t * e, e));
+            times.Other += Lap(ref clock);
             WeightMatrix.MatMul(h, n, layer.Gate, gate, layer.Up, up, null, default);
+            times.GateUp += Lap(ref clock);
             Kernels.SwiGlu(gate, up, gate);
+            times.Other += Lap(ref clock);
             layer.Down.MatMul(gate, n, h);
+            times.Down += Lap(ref clock);
             System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
         }
         state.Cache.Commit(start + n);
 
         int first = allLogits ? 0 : n - 1, count = allLogits ? n : 1;
         for (int t = 0; t < count; t++) Kernels.RmsNorm(x.Slice((first + t) * e, e), outputNorm, c.RmsNormEps, h.Slice(t * e, e));
+        times.Other += Lap(ref clock);
         output.MatMul(h, count, logits);
+        times.LmHead += Lap(ref clock);
+        times.Tokens += n;
+    }
+
+    /// <summary>Ticks since <paramref name="clock"/>, which moves to now.</summary>
+    static long Lap(ref long clock)
+    {
+        long now = Stopwatch.GetTimestamp(), elapsed = now - clock;
+        clock = now;
+        return elapsed;
     }
 
     static void AddBias(float[]? bias, int n, Span<float> destination)
@@ -184,6 +209,9 @@ public sealed class DecoderState(KvCache cache, ModelConfig config) : IDisposabl
     readonly Buffers buffers = new();
     int batchCapacity;
 
+    /// <summary>Time <see cref="DecoderModel.Forward"/> spent per phase for this sequence, summed over all calls (profiles).</summary>
+    public ForwardTimes Times;
+
     public KvCache Cache { get; } = cache;
 
     /// <summary>Tokens already in the cache (the next token's position).</summary>
@@ -207,5 +235,36 @@ public sealed class DecoderState(KvCache cache, ModelConfig config) : IDisposabl
             batchCapacity = tokens;
         }
         return buffers;
+    }
+}
+
+/// <summary>
+/// Stopwatch ticks of <see cref="DecoderModel.Forward"/> per phase, summed: the weight products (q/k/v, attention output,
+/// feed-forward gate and up, down, the output head), the KV cache's append and attention (its own split is
+/// <see cref="KvPhaseTimes"/>), and everything else (embedding, norms, RoPE, biases, SwiGLU, residuals).
+/// </summary>
+public struct ForwardTimes
+{
+    public long QkvProjection, KvAppend, Attention, OutputProjection, GateUp, Down, LmHead, Other;
+    /// <summary>Tokens the forward passes ran.</summary>
+    public long Tokens;
+
+    public readonly long Total => QkvProjection + KvAppend + Attention + OutputProjection + GateUp + Down + LmHead + Other;
+
+    /// <summary>Milliseconds per token of each phase since <paramref name="before"/>, by name (for JSON).</summary>
+    public readonly Dictionary<string, double> MillisecondsPerToken(in ForwardTimes before)
+    {
+        double perTick = 1000.0 / Stopwatch.Frequency / Math.Max(1, Tokens - before.Tokens);
+        return new()
+        {
+            ["qkv_projection"] = (QkvProjection - before.QkvProjection) * perTick,
+            ["kv_append"] = (KvAppend - before.KvAppend) * perTick,
+            ["attention"] = (Attention - before.Attention) * perTick,
+            ["output_projection"] = (OutputProjection - before.OutputProjection) * perTick,
+            ["ffn_gate_up"] = (GateUp - before.GateUp) * perTick,
+            ["ffn_down"] = (Down - before.Down) * perTick,
+            ["lm_head"] = (LmHead - before.LmHead) * perTick,
+            ["other"] = (Other - before.Other) * perTick,
+        };
     }
 }

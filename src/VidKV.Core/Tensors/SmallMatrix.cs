@@ -88,6 +88,118 @@ public static unsafe class SmallMatrix
         Avx512F.Shuffle4x128(odd, oddHigh, 0xDD).Store(destination + 12 * stride);  // lane 3
     }
 
+    /// <summary>Columns of one panel of <see cref="MultiplyPairs"/>.</summary>
+    public const int PairPanelColumns = 16;
+
+    /// <summary>
+    /// One panel of an integer product with float scales: c[r, j] = rowScale[r] · columnScale[j] · Σ_p a[r, p] · b[p, j]
+    /// for r &lt; rows and j &lt; 16, where each a[r, p] is an int32 packing two int16 (low, high) and each b[p, j] is the
+    /// int16 pair at b + 32p + 2j. The pairs multiply and add in 32 bits (vpmaddwd: 32 products per 512-bit
+    /// instruction, twice the f32 FMA rate), so the caller keeps |Σ| below 2³¹ by its choice of ranges. Results go
+    /// to c + r·ldc + j.
+    /// </summary>
+    public static void MultiplyPairs(int* a, int lda, int rows, short* b, int pairs, float* rowScale, float* columnScale, float* c, int ldc)
+    {
+        for (int r = 0; r < rows; r += 8)
+        {
+            int m = Math.Min(8, rows - r);
+            if (m == 8) PairBlock<Eight>(a + r * lda, lda, m, b, pairs, rowScale + r, columnScale, c + r * ldc, ldc);
+            else if (m > 4) PairBlock<Seven>(a + r * lda, lda, m, b, pairs, rowScale + r, columnScale, c + r * ldc, ldc);
+            else PairBlock<Four>(a + r * lda, lda, m, b, pairs, rowScale + r, columnScale, c + r * ldc, ldc);
+        }
+    }
+
+    /// <summary><see cref="MultiplyPairs"/> for up to <typeparamref name="TLanes"/>.Count rows; missing rows repeat the last.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void PairBlock<TLanes>(int* a, int lda, int m, short* b, int pairs, float* rowScale, float* columnScale, float* c, int ldc)
+        where TLanes : struct, ILanes
+    {
+        int* a0 = a, a1 = a + Math.Min(1, m - 1) * lda, a2 = a + Math.Min(2, m - 1) * lda, a3 = a + Math.Min(3, m - 1) * lda;
+        int* a4 = a + Math.Min(4, m - 1) * lda, a5 = a + Math.Min(5, m - 1) * lda, a6 = a + Math.Min(6, m - 1) * lda, a7 = a + Math.Min(7, m - 1) * lda;
+        if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported)
+        {
+            Vector512<int> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
+            short* bp = b;
+            for (int p = 0; p < pairs; p++, bp += 2 * PairPanelColumns)
+            {
+                var v = Vector512.Load(bp);
+                s0 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a0[p]).AsInt16());
+                s1 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a1[p]).AsInt16());
+                s2 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a2[p]).AsInt16());
+                s3 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a3[p]).AsInt16());
+                if (TLanes.Count > 4)
+                {
+                    s4 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a4[p]).AsInt16());
+                    s5 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a5[p]).AsInt16());
+                    s6 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a6[p]).AsInt16());
+                }
+                if (TLanes.Count > 7) s7 += Avx512BW.MultiplyAddAdjacent(v, Vector512.Create(a7[p]).AsInt16());
+            }
+            var cs = Vector512.Load(columnScale);
+            StoreScaled(s0, cs * rowScale[0], c, ldc, 0, m);
+            StoreScaled(s1, cs * rowScale[Math.Min(1, m - 1)], c, ldc, 1, m);
+            StoreScaled(s2, cs * rowScale[Math.Min(2, m - 1)], c, ldc, 2, m);
+            StoreScaled(s3, cs * rowScale[Math.Min(3, m - 1)], c, ldc, 3, m);
+            if (TLanes.Count > 4)
+            {
+                StoreScaled(s4, cs * rowScale[Math.Min(4, m - 1)], c, ldc, 4, m);
+                StoreScaled(s5, cs * rowScale[Math.Min(5, m - 1)], c, ldc, 5, m);
+                StoreScaled(s6, cs * rowScale[Math.Min(6, m - 1)], c, ldc, 6, m);
+            }
+            if (TLanes.Count > 7) StoreScaled(s7, cs * rowScale[7], c, ldc, 7, m);
+            return;
+        }
+        if (Avx2.IsSupported)
+        {
+            // Two passes of 8 columns: sixteen 256-bit accumulators would not leave registers for the operands.
+            int* sums = stackalloc int[8 * 8];
+            for (int half = 0; half < 2; half++)
+            {
+                Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
+                short* bp = b + 16 * half;
+                for (int p = 0; p < pairs; p++, bp += 2 * PairPanelColumns)
+                {
+                    var v = Vector256.Load(bp);
+                    s0 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a0[p]).AsInt16());
+                    s1 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a1[p]).AsInt16());
+                    s2 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a2[p]).AsInt16());
+                    s3 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a3[p]).AsInt16());
+                    if (TLanes.Count > 4)
+                    {
+                        s4 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a4[p]).AsInt16());
+                        s5 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a5[p]).AsInt16());
+                        s6 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a6[p]).AsInt16());
+                    }
+                    if (TLanes.Count > 7) s7 += Avx2.MultiplyAddAdjacent(v, Vector256.Create(a7[p]).AsInt16());
+                }
+                s0.Store(sums); s1.Store(sums + 8); s2.Store(sums + 16); s3.Store(sums + 24);
+                if (TLanes.Count > 4) { s4.Store(sums + 32); s5.Store(sums + 40); s6.Store(sums + 48); }
+                if (TLanes.Count > 7) s7.Store(sums + 56);
+                for (int r = 0; r < m; r++)
+                    for (int j = 0; j < 8; j++)
+                        c[r * ldc + 8 * half + j] = sums[r * 8 + j] * (rowScale[r] * columnScale[8 * half + j]);
+            }
+            return;
+        }
+        for (int r = 0; r < m; r++)
+            for (int j = 0; j < PairPanelColumns; j++)
+            {
+                int sum = 0;
+                for (int p = 0; p < pairs; p++)
+                {
+                    int packed = a[r * lda + p];
+                    sum += (short)packed * b[p * 2 * PairPanelColumns + 2 * j] + (packed >> 16) * b[p * 2 * PairPanelColumns + 2 * j + 1];
+                }
+                c[r * ldc + j] = sum * (rowScale[r] * columnScale[j]);
+            }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void StoreScaled(Vector512<int> sums, Vector512<float> scale, float* c, int ldc, int row, int m)
+    {
+        if (row < m) (Vector512.ConvertToSingle(sums) * scale).Store(c + row * ldc);
+    }
+
     interface ILanes { static abstract int Count { get; } }
     struct Four : ILanes { public static int Count => 4; }
     struct Seven : ILanes { public static int Count => 7; }

@@ -165,6 +165,9 @@ public sealed class PageSelection
     public void Normalize()
     {
         if (IsAll || Count < 2) return;
+        int ascending = 1;
+        while (ascending < Count && indices[ascending - 1] < indices[ascending]) ascending++;
+        if (ascending == Count) return; // already sorted and unique (ranges and top-k picks added in order)
         Array.Sort(indices, masks, 0, Count);
         int write = 0;
         for (int i = 0; i < Count; i++)
