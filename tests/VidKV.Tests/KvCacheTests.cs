@@ -742,7 +742,7 @@ public class KvCacheTests
             var caches = new KvCacheConfig?[] { null, new KvCacheConfig { Default = "freekv", Budget = 64, PageSize = 16, ColdPath = Path.Combine(dir, "cold.bin") } };
             var rows = new List<BenchmarkResult>();
             int coldFiles = 0;
-            foreach (var row in Benchmark.Run(model, "stories", 8, 3, [40, 130], [1], repetitions: 2, caches: caches, interleave: interleave))
+            foreach (var row in Benchmark.Run(model, "stories", 8, 3, [40, 130], [WorkerPool.Shared.ThreadCount], repetitions: 2, caches: caches, interleave: interleave))
             {
                 if (rows.Count == 0) coldFiles = Directory.GetFiles(dir).Length; // while the caches are open
                 rows.Add(row);

@@ -43,6 +43,17 @@ public unsafe class WorkerPoolTests
         Assert.All(perThread, n => Assert.Equal(2000, n));
     }
 
+    /// <summary>Runs <paramref name="jobs"/> counting jobs on <paramref name="pool"/> (see <see cref="Count"/>).</summary>
+    internal static void RunCountingJobs(WorkerPool pool, long[] items, int[] perThread, int jobs)
+    {
+        fixed (int* pt = perThread)
+        fixed (long* pi = items)
+        {
+            var counts = new Counts { PerThread = pt, Items = pi, Total = items.Length };
+            for (int job = 0; job < jobs; job++) pool.Run(&Count, &counts);
+        }
+    }
+
     [Fact]
     public void SplitCoversTheRangeWithoutOverlap()
     {
@@ -60,5 +71,29 @@ public unsafe class WorkerPoolTests
                     }
                     Assert.Equal(total, next);
                 }
+    }
+}
+
+public class WorkerPoolDisposeTests
+{
+    /// <summary>
+    /// A pool disposed while another thread keeps running jobs on it (SetSharedThreadCount replacing the shared pool
+    /// under a caller) finishes the job in flight, then runs each later job on the caller alone: every item still
+    /// runs exactly once per job and nothing waits for the stopped workers.
+    /// </summary>
+    [Fact]
+    public async Task DisposingUnderARunningCallerNeitherHangsNorDropsWork()
+    {
+        var pool = new WorkerPool(3);
+        var items = new long[101];
+        var perThread = new int[3];
+        const int jobs = 200_000; // far more than run before Dispose returns, even on a loaded machine
+        var runner = Task.Run(() => WorkerPoolTests.RunCountingJobs(pool, items, perThread, jobs));
+        while (Volatile.Read(ref items[0]) < 1000) Thread.Yield();
+        pool.Dispose();
+        await runner.WaitAsync(TimeSpan.FromMinutes(2)); // throws TimeoutException if jobs on the disposed pool hang
+        Assert.All(items, n => Assert.Equal(jobs, n));
+        Assert.Equal(jobs, perThread[0]); // thread 0 (the caller) takes part in every job
+        Assert.True(perThread[1] < jobs, "workers ran every job although the pool was disposed mid-way");
     }
 }

@@ -149,6 +149,7 @@ public static unsafe class Attention
         int need = lanes * (Tile + 2 * d + 2) + 3 * Tile * d + Tile;
         if (scratch == null || scratch.Length < need) scratch = new float[need];
         int blocks = (job.Tokens + TokenBlock - 1) / TokenBlock;
+        int keyRowBytes = (int)GgmlTypes.RowBytes(job.KeyType, d), valueRowBytes = (int)GgmlTypes.RowBytes(job.ValueType, d);
         var (start, end) = WorkerPool.Split(blocks * job.KvHeads, thread, threads);
         fixed (float* buffer = scratch)
         {
@@ -176,6 +177,22 @@ public static unsafe class Attention
                     while (n < Tile && page < pageEnd)
                     {
                         KvPageView* view = job.Pages + page;
+                        // A whole page that is visible, fits and lies row after row: widened with one call per side.
+                        if (row == 0 && view->Mask == KvPageView.AllRows && view->Count > 0 && n + view->Count <= Tile
+                            && view->KeyStride == keyRowBytes && view->ValueStride == valueRowBytes)
+                        {
+                            int rows = view->Count;
+                            int last = view->Positions == null ? view->FirstPosition + rows - 1 : view->Positions[rows - 1];
+                            if (last <= lastPosition)
+                            {
+                                WidenRow(job.KeyType, view->Keys, keyTile + n * d, rows * d);
+                                WidenRow(job.ValueType, view->Values, valueTile + n * d, rows * d);
+                                for (int j = 0; j < rows; j++) tilePositions[n + j] = view->Positions == null ? view->FirstPosition + j : view->Positions[j];
+                                n += rows;
+                                page++;
+                                continue;
+                            }
+                        }
                         if (view->Mask != KvPageView.AllRows)
                         {
                             ulong rest = row < 64 ? view->Mask & (ulong.MaxValue << row) : 0;

@@ -76,7 +76,9 @@ public sealed unsafe class WorkerPool : IDisposable
 
     /// <summary>
     /// Runs <paramref name="function"/>(context, threadIndex, threadCount) on every thread and returns when all are done.
-    /// The context is caller memory (usually a struct on the caller's stack) that must stay valid until then.
+    /// The context is caller memory (usually a struct on the caller's stack) that must stay valid until then. On a
+    /// disposed pool (a caller that took <see cref="Shared"/> just before <see cref="SetSharedThreadCount"/> replaced
+    /// it) the job runs on the caller alone, as (context, 0, 1), instead of waiting for workers that are gone.
     /// </summary>
     public void Run(delegate*<void*, int, int, void> function, void* context)
     {
@@ -87,6 +89,11 @@ public sealed unsafe class WorkerPool : IDisposable
         }
         lock (runGate)
         {
+            if (disposed)
+            {
+                function(context, 0, 1);
+                return;
+            }
             job = function;
             this.context = context;
             Volatile.Write(ref pending, ThreadCount - 1);
@@ -168,9 +175,10 @@ public sealed unsafe class WorkerPool : IDisposable
         else Thread.SpinWait(1);
     }
 
+    /// <summary>Stops the workers after the job in flight, if any, has finished.</summary>
     public void Dispose()
     {
-        disposed = true;
+        lock (runGate) disposed = true;
         lock (gate) Monitor.PulseAll(gate);
         foreach (var t in threads) t.Join();
     }
