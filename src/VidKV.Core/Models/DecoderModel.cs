@@ -104,6 +104,7 @@ public sealed class DecoderModel : IDisposable
     {
         int n = tokens.Length;
         if (n == 0) return;
+        long clock = Stopwatch.GetTimestamp();
         var c = Config;
         int start = state.Cache.Length;
         if (!state.Cache.Reserve(start + n))
@@ -126,8 +127,7 @@ public sealed class DecoderModel : IDisposable
         Span<float> cos = s.RopeCos.AsSpan(0, n * half), sin = s.RopeSin.AsSpan(0, n * half);
         for (int t = 0; t < n; t++) Kernels.RopeAngles(start + t, c.RopeDims, c.RopeFreqBase, cos.Slice(t * half, half), sin.Slice(t * half, half));
         ref var times = ref state.Times;
-        long clock = Stopwatch.GetTimestamp();
-        times.Other += Lap(ref clock);
+        times.Other += Lap(ref clock); // embedding lookup and RoPE angles
         for (int l = 0; l < layers.Length; l++)
         {
             var layer = layers[l];
