@@ -99,7 +99,7 @@ public static class PageScoring
             for (int c = start; c < end;)
             {
                 int first = c / panel * panel, panelEnd = Math.Min(end, first + panel);
-                short* b = matrix + (long)(first / panel) * 2 * d * panel;
+                short* b = matrix + digests.Offset(first, 0);
                 if (c == first && panelEnd == first + panel)
                     SmallMatrix.MultiplyPairs(a, pairs, group, b, pairs, rowScales, columnScales + first, output + (c - start), n);
                 else
@@ -328,9 +328,8 @@ public sealed class DigestMatrix
             float max = Math.Max(MathF.Abs(TensorPrimitives.MaxMagnitude(centre)), MathF.Abs(TensorPrimitives.MaxMagnitude(radius)));
             float inverse = max > 0 ? Levels / max : 0;
             scales[i] = max > 0 ? max / Levels : 0;
-            int panel = i / PanelColumns * (2 * d * PanelColumns) + i % PanelColumns * 2;
             for (int e = 0; e < 2 * d; e++)
-                data[panel + e / 2 * (2 * PanelColumns) + (e & 1)] = (short)MathF.Round((e < d ? centre[e] : radius[e - d]) * inverse);
+                data[Offset(i, e)] = (short)MathF.Round((e < d ? centre[e] : radius[e - d]) * inverse);
             pageOf[i] = page;
             stampOf[i] = stamp;
         }
