@@ -132,6 +132,49 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// The integer prefill tiles (<see cref="IntegerTiles"/>) at the edges of their int16 accumulators: every weight code
+    /// at an extreme (Q4_0 nibbles 0/15, Q8_0 bytes −128/127) and every activation quantised to ±127, signs arranged so
+    /// whole blocks add up in one direction. A saturating vpmaddubsw or an overflowing int16 sum would show as a wrong
+    /// result; rows and tokens that are not whole tiles or groups take the buffered path.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q8_0)]
+    public unsafe void IntegerPrefillTilesAtExtremeCodes(GgmlType type)
+    {
+        var rng = new Random(11);
+        foreach (var (rows, columns, tokens) in new[] { (64, 256, 8), (35, 96, 6), (32, 32 * 21, 5) })
+        {
+            int blocks = columns / 32, blockBytes = (int)GgmlTypes.RowBytes(type, 32);
+            var bytes = new byte[blocks * blockBytes * rows];
+            for (int r = 0; r < rows; r++)
+                for (int b = 0; b < blocks; b++)
+                {
+                    int at = (r * blocks + b) * blockBytes;
+                    BitConverter.TryWriteBytes(bytes.AsSpan(at), BitConverter.HalfToUInt16Bits((Half)(0.5 + rng.NextDouble())));
+                    int pattern = rng.Next(3); // 0: all high, 1: all low, 2: mixed
+                    for (int j = 0; j < blockBytes - 2; j++)
+                    {
+                        bool high = pattern == 0 || (pattern == 2 && rng.Next(2) == 0);
+                        bytes[at + 2 + j] = type == GgmlType.Q4_0 ? (byte)(high ? 0xFF : 0x00) : (byte)(high ? 127 : 0x80);
+                    }
+                }
+            // |x| equal within a block (every code ±127), one sign for most blocks.
+            float[] x = new float[tokens * columns];
+            for (int i = 0; i < x.Length; i++) x[i] = (i / 32 % 3 == 2 && rng.Next(2) == 0 ? -1f : 1f) * (1 + i / 32 % 5);
+            fixed (byte* p = bytes)
+            {
+                var w = new WeightMatrix("w", type, rows, columns, p);
+                Assert.True(w.QuantizesActivations(tokens));
+                float[] want = new float[tokens * rows], got = new float[tokens * rows];
+                ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, want);
+                w.MatMul(x, tokens, got);
+                AssertClose(want, got, 1e-6f, $"{type} [{rows}x{columns}] x {tokens} at extreme codes");
+            }
+        }
+    }
+
     [Fact]
     public void ActivationQuantizationMatchesReferenceExactly()
     {
