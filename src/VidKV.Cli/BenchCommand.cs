@@ -31,11 +31,14 @@ static class BenchCommand
 
         var interleave = new Option<bool>("--interleave") { Description = "Give every (policy, depth) its own cache and take the repetitions of a test in turns across them, so rows of one run compare under the same machine conditions (costs a separate fill per depth)." };
 
+        var noRepack = new Option<string>("--no-repack", "-nr") { Description = "Comma-separated 0/1: 1 keeps weights as stored instead of repacking them at load (Q4_0 rows interleaved by 16 with AVX-512BW), as llama-bench's -nr; 0,1 measures both in one run.", DefaultValueFactory = _ => "0" };
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
-            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline, interleave);
+            .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline, interleave, noRepack);
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
+            int[] repackModes = ParseList(r.GetValue(noRepack)!, "-nr", min: 0);
+            if (repackModes.Any(m => m > 1)) throw new ArgumentException("-nr takes 0 or 1");
             int reps = r.GetValue(repetitions);
             if (reps < 1) throw new ArgumentException("-r must be at least 1");
             bool json = r.GetValue(output) == "json";
@@ -50,7 +53,7 @@ static class BenchCommand
                 });
             if (caches.Count == 0) caches.Add(null);
             foreach (var config in caches) config?.BuildPolicies(1, 1); // a bad spec fails before any model loads
-            var results = new List<BenchmarkResult>();
+            var results = new List<(BenchmarkResult Result, bool NoRepack)>();
             bool withRoofline = r.GetValue(roofline);
             if (!json)
             {
@@ -58,13 +61,16 @@ static class BenchCommand
                 Console.WriteLine("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (withRoofline ? " ---: | ---: |" : ""));
             }
             foreach (string path in r.GetValue(models)!)
+            foreach (int mode in repackModes)
             {
-                using var model = ModelLoader.Load(path);
-                foreach (var result in Benchmark.Run(model, Path.GetFileName(path), r.GetValue(prompt), r.GetValue(generate), depths, threadCounts, reps,
+                bool keepStored = mode == 1;
+                using var model = ModelLoader.Load(path, repack: !keepStored);
+                string label = Path.GetFileName(path) + (keepStored && repackModes.Length > 1 ? " (no repack)" : "");
+                foreach (var result in Benchmark.Run(model, label, r.GetValue(prompt), r.GetValue(generate), depths, threadCounts, reps,
                     CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!),
                     message => Console.Error.WriteLine($"  {message}"), caches, withRoofline, r.GetValue(interleave)))
                 {
-                    results.Add(result);
+                    results.Add((result, keepStored));
                     if (!json)
                         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                             $"| {result.Model} | {result.Type} | {result.Policy} | {result.Test} | {result.Depth} | {result.Threads} | {result.TokensPerSecond:F2} ± {result.TokensPerSecondSd:F2} | {result.TokensPerSecondMedian:F2} | {result.HotKvBytes / 1048576.0:F0} MiB | {result.ColdKvBytes / 1048576.0:F0} MiB | {result.PeakRssBytes / 1048576.0:F0} MiB |")
@@ -73,20 +79,23 @@ static class BenchCommand
             }
             if (json)
             {
-                Console.WriteLine(JsonSerializer.Serialize(results.Select(x => new
-                {
-                    model = x.Model, type = x.Type, test = x.Test, depth = x.Depth, threads = x.Threads, repetitions = x.Repetitions,
-                    tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, tokens_per_second_median = x.TokensPerSecondMedian,
-                    samples = x.Samples, peak_rss_bytes = x.PeakRssBytes, kv_bytes = x.KvBytes,
-                    kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes, kv_ms_per_token = x.KvMsPerToken, ms_per_token = x.MsPerToken,
-                    read_bytes_per_second = x.ReadBytesPerSecond, fma_flops_per_second = x.FlopsPerSecond,
-                    ceiling_tokens_per_second = x.CeilingTokensPerSecond, fraction_of_ceiling = x.FractionOfCeiling,
-                }), new JsonSerializerOptions { WriteIndented = true }));
+                Console.WriteLine(JsonSerializer.Serialize(results.Select(pair => JsonRow(pair.Result, pair.NoRepack)), new JsonSerializerOptions { WriteIndented = true }));
             }
             return 0;
         });
         return command;
     }
+
+    /// <summary>One result as llama-bench's JSON fields plus ours.</summary>
+    static object JsonRow(BenchmarkResult x, bool noRepack) => new
+    {
+        model = x.Model, type = x.Type, test = x.Test, depth = x.Depth, threads = x.Threads, repetitions = x.Repetitions,
+        tokens_per_second = x.TokensPerSecond, tokens_per_second_sd = x.TokensPerSecondSd, tokens_per_second_median = x.TokensPerSecondMedian,
+        samples = x.Samples, peak_rss_bytes = x.PeakRssBytes, kv_bytes = x.KvBytes,
+        kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes, kv_ms_per_token = x.KvMsPerToken, ms_per_token = x.MsPerToken,
+        read_bytes_per_second = x.ReadBytesPerSecond, fma_flops_per_second = x.FlopsPerSecond,
+        ceiling_tokens_per_second = x.CeilingTokensPerSecond, fraction_of_ceiling = x.FractionOfCeiling, no_repack = noRepack,
+    };
 
     static string Optional(double? value, string format) => value is double v ? v.ToString(format, CultureInfo.InvariantCulture) : "-";
 

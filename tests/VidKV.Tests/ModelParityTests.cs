@@ -103,3 +103,44 @@ public class ModelCostTests
         Assert.Equal(2L * 2 * c.HeadCount * c.HeadDim * 100 * c.LayerCount, model.AttentionFlopsPerToken(100));
     }
 }
+
+/// <summary>
+/// Repacking at load (<see cref="ModelLoader.Load(string, bool)"/>) changes layouts, not results: a Q4_0 model (its tied
+/// output matrix repacked too, so token lookups read the file's pages after they were handed back) gives the same
+/// logits as the stored layout, for a prefill and for token-by-token decoding, up to the order of f32 sums.
+/// </summary>
+public class RepackTests
+{
+    [Fact]
+    public void RepackedQ4_0ModelMatchesTheStoredLayout()
+    {
+        using var dir = new TempDirectory();
+        string path = dir.File("q4_0.gguf");
+        RandomModel.Write(path, RandomModelShape.Small, GgmlType.Q4_0, seed: 7);
+        using var stored = ModelLoader.Load(path, repack: false);
+        using var repacked = ModelLoader.Load(path, repack: true);
+        Assert.False(stored.IsRepacked);
+        Assert.Equal(VidKV.Tensors.InterleavedQ4_0.IsSupported, repacked.IsRepacked);
+        int vocab = stored.Config.VocabSize;
+        int[] prompt = [1, 17, 300, 4095, 5, 999, 8000, 2, 64], next = [77, 6000, 3];
+        float[] want = new float[vocab * prompt.Length], got = new float[vocab * prompt.Length];
+        using var a = stored.CreateState(64, GgmlType.F32, GgmlType.F32);
+        using var b = repacked.CreateState(64, GgmlType.F32, GgmlType.F32);
+        stored.Forward(a, prompt, want, allLogits: true);
+        repacked.Forward(b, prompt, got, allLogits: true);
+        AssertClose(want, got, "prefill");
+        foreach (int token in next)
+        {
+            stored.Forward(a, [token], want.AsSpan(0, vocab));
+            repacked.Forward(b, [token], got.AsSpan(0, vocab));
+            AssertClose(want.AsSpan(0, vocab), got.AsSpan(0, vocab), $"decode of {token}");
+        }
+    }
+
+    static void AssertClose(ReadOnlySpan<float> want, ReadOnlySpan<float> got, string what)
+    {
+        float scale = 0, error = 0;
+        for (int i = 0; i < want.Length; i++) { scale = Math.Max(scale, Math.Abs(want[i])); error = Math.Max(error, Math.Abs(want[i] - got[i])); }
+        Assert.True(scale > 0 && error <= 1e-4f * scale, $"{what}: max |Δ| {error} against magnitude {scale}");
+    }
+}

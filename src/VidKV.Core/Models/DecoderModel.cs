@@ -25,7 +25,12 @@ public sealed unsafe class DecoderModel : IDisposable
     readonly WeightMatrix tokenEmbedding, output;
     readonly float[] outputNorm;
 
-    public DecoderModel(ModelConfig config, IWeightSource weights, Vocabulary vocabulary)
+    /// <param name="repack">
+    /// Repack weights into the layouts the kernels read fastest where this machine has such kernels (Q4_0 rows
+    /// interleaved by 16 with AVX-512BW; see <see cref="WeightMatrix.Interleave"/>), as llama.cpp's runtime repack;
+    /// false keeps every matrix as stored (llama-bench's <c>--no-repack</c>).
+    /// </param>
+    public DecoderModel(ModelConfig config, IWeightSource weights, Vocabulary vocabulary, bool repack = true)
     {
         Config = config;
         this.weights = weights;
@@ -58,6 +63,23 @@ public sealed unsafe class DecoderModel : IDisposable
                 Down = weights.Matrix(p + "ffn_down.weight", e, f),
             };
         }
+        if (repack)
+        {
+            // Only a GGUF file's mapping may give its pages back once a matrix is repacked.
+            bool mapped = weights is GgufWeights;
+            foreach (var matrix in Matrices()) matrix.Interleave(releaseStoredPages: mapped);
+        }
+    }
+
+    /// <summary>Whether any matrix was repacked at load (<see cref="WeightMatrix.Interleave"/>).</summary>
+    public bool IsRepacked => Matrices().Any(m => m.IsInterleaved);
+
+    /// <summary>Every matrix the forward pass multiplies with (an untied token embedding is only looked up by rows).</summary>
+    IEnumerable<WeightMatrix> Matrices()
+    {
+        foreach (var l in layers)
+            foreach (var m in new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }) yield return m;
+        yield return output;
     }
 
     public ModelConfig Config { get; }
@@ -262,7 +284,11 @@ public sealed unsafe class DecoderModel : IDisposable
         }
     }
 
-    public void Dispose() => weights.Dispose();
+    public void Dispose()
+    {
+        foreach (var matrix in Matrices()) matrix.Dispose();
+        weights.Dispose();
+    }
 }
 
 /// <summary>Per-sequence state of a <see cref="DecoderModel"/>: its KV cache (native memory, freed by Dispose) and reusable activation buffers.</summary>

@@ -11,7 +11,7 @@ namespace VidKV.Tensors;
 /// <see cref="Columns"/> input features (ggml's ne0 = columns, ne1 = rows). The memory belongs to the owner
 /// (a memory-mapped model file or a native buffer) and must outlive this view.
 /// </summary>
-public sealed unsafe class WeightMatrix
+public sealed unsafe partial class WeightMatrix : IDisposable
 {
     /// <summary>Rows per unit of work: a tile stays in L1 while every token passes over it.</summary>
     const int RowTile = 16;
@@ -28,6 +28,68 @@ public sealed unsafe class WeightMatrix
         Columns = columns;
         RowBytes = (int)GgmlTypes.RowBytes(type, columns);
         this.data = data;
+    }
+
+    /// <summary>A copy of a Q4_0 matrix with 16 rows interleaved (<see cref="InterleavedQ4_0"/>), owned; null when not made.</summary>
+    byte* interleaved;
+
+    /// <summary>Whether <see cref="Interleave"/> made a repacked copy that the products read instead of the stored rows.</summary>
+    public bool IsInterleaved => interleaved != null;
+
+    /// <summary>
+    /// Repacks a Q4_0 matrix (of whole groups of 16 rows, on a machine with AVX-512BW) into the interleaved layout of
+    /// <see cref="InterleavedQ4_0"/>, which decode and prefill then read; the stored rows stay for row lookups
+    /// (<see cref="RowData"/>, <see cref="DequantizeRow"/>). With <paramref name="releaseStoredPages"/> — only for rows in
+    /// a read-only file mapping, never managed or anonymous memory, which it would zero — the stored rows' pages are
+    /// handed back to the kernel (madvise DONTNEED: they leave this process's resident set and fault back in from the
+    /// file on a lookup), so the model is not resident twice. Returns whether it repacked; the copy is freed by
+    /// <see cref="Dispose"/>.
+    /// </summary>
+    public bool Interleave(WorkerPool? pool = null, bool releaseStoredPages = false)
+    {
+        if (interleaved != null) return true;
+        if (Type != GgmlType.Q4_0 || !InterleavedQ4_0.IsSupported || Rows % InterleavedQ4_0.Group != 0) return false;
+        int blocks = Columns / 32;
+        long bytes = InterleavedQ4_0.Bytes(Rows, blocks);
+        var copy = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 64);
+        var job = new RepackJob { Source = data, RowBytes = RowBytes, Rows = Rows, Blocks = blocks, Destination = copy };
+        (pool ?? WorkerPool.Shared).Run(&RepackGroups, &job);
+        interleaved = copy;
+        if (releaseStoredPages) ReleasePages(data, (long)Rows * RowBytes);
+        return true;
+    }
+
+    struct RepackJob
+    {
+        public byte* Source, Destination;
+        public int RowBytes, Rows, Blocks;
+    }
+
+    static void RepackGroups(void* context, int thread, int threads)
+    {
+        ref RepackJob job = ref *(RepackJob*)context;
+        var (first, end) = WorkerPool.Split(job.Rows / InterleavedQ4_0.Group, thread, threads);
+        InterleavedQ4_0.Repack(job.Source, job.RowBytes, job.Rows, job.Blocks, job.Destination, first, end);
+    }
+
+    /// <summary>madvise(MADV_DONTNEED) over the whole pages inside [start, start + length) (Linux; a no-op elsewhere).</summary>
+    static void ReleasePages(byte* start, long length)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        long page = Environment.SystemPageSize;
+        long from = ((long)start + page - 1) / page * page, to = ((long)start + length) / page * page;
+        if (to > from) _ = Madvise((void*)from, (nuint)(to - from), 4 /* MADV_DONTNEED */);
+    }
+
+    [LibraryImport("libc", EntryPoint = "madvise")]
+    private static partial int Madvise(void* address, nuint length, int advice);
+
+    /// <summary>Frees the interleaved copy, if any (the stored rows belong to the model file).</summary>
+    public void Dispose()
+    {
+        var copy = interleaved;
+        interleaved = null;
+        if (copy != null) NativeMemory.AlignedFree(copy);
     }
 
     public string Name { get; }
@@ -97,7 +159,7 @@ public sealed unsafe class WeightMatrix
         var scratch = Scratch.ForCurrentThread;
         fixed (float* px = x, pa = ya, pb = yb, pc = yc)
         {
-            var job = new Job { Columns = columns, Tokens = tokens, Type = a.Type, X = px, Plain = px };
+            var job = new Job { Columns = columns, Tokens = tokens, Type = a.Type, X = px, Plain = px, InterleavedDecode = UsesInterleavedDecode(a, b, c, tokens) };
             job.Add(a, pa);
             if (b != null) job.Add(b, pb);
             if (c != null) job.Add(c, pc);
@@ -115,6 +177,18 @@ public sealed unsafe class WeightMatrix
                     fixed (sbyte* q = scratch.Quants)
                     fixed (int* sums = scratch.BlockSums)
                         IntegerTiles.BlockSums(q, padded * blocks, sums);
+                    break;
+                }
+                case GgmlType.Q4_0 when UsesInterleavedDecode(a, b, c, tokens):
+                {
+                    scratch.Ensure(tokens * columns, tokens * blocks);
+                    for (int t = 0; t < tokens; t++)
+                        QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks));
+                    fixed (sbyte* q = scratch.Quants)
+                    fixed (int* sums = scratch.BlockSums)
+                        IntegerTiles.BlockSums(q, tokens * blocks, sums);
+                    // The interleaved kernel widens f16 scales as d·2^−112 (HalfDot's trick); 2^112 goes on the activations.
+                    TensorPrimitives.Multiply(scratch.Scales.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Scales.AsSpan(0, tokens * blocks));
                     break;
                 }
                 case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K when !UsesFloatTiles(tokens):
@@ -142,6 +216,10 @@ public sealed unsafe class WeightMatrix
         }
     }
 
+    /// <summary>Decode (fewer than 4 tokens) of interleaved Q4_0 matrices: every matrix of the job must have the copy.</summary>
+    static bool UsesInterleavedDecode(WeightMatrix a, WeightMatrix? b, WeightMatrix? c, int tokens) =>
+        !UsesIntegerTiles(a.Type, tokens) && a.IsInterleaved && (b == null || b.IsInterleaved) && (c == null || c.IsInterleaved);
+
     void Check(ReadOnlySpan<float> x, int tokens, Span<float> y)
     {
         if (x.Length < tokens * Columns || y.Length < tokens * Rows)
@@ -150,7 +228,7 @@ public sealed unsafe class WeightMatrix
 
     struct Part
     {
-        public byte* Weights;
+        public byte* Weights, Interleaved;
         public int RowBytes, Rows, FirstRow;
         public float* Y;
     }
@@ -160,13 +238,14 @@ public sealed unsafe class WeightMatrix
         public Part P0, P1, P2;
         public int PartCount, TotalRows, Columns, Tokens;
         public GgmlType Type;
+        public bool InterleavedDecode;
         public float* X, Plain, Scales, Sums;
         public sbyte* Quants;
         public int* BlockSums;
 
         public void Add(WeightMatrix w, float* y)
         {
-            var part = new Part { Weights = w.data, RowBytes = w.RowBytes, Rows = w.Rows, FirstRow = TotalRows, Y = y };
+            var part = new Part { Weights = w.data, Interleaved = w.interleaved, RowBytes = w.RowBytes, Rows = w.Rows, FirstRow = TotalRows, Y = y };
             if (PartCount == 0) P0 = part; else if (PartCount == 1) P1 = part; else P2 = part;
             PartCount++;
             TotalRows += w.Rows;
@@ -179,12 +258,24 @@ public sealed unsafe class WeightMatrix
         ref Job job = ref *(Job*)context;
         var (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, UsesFloatTiles(job.Tokens) ? PanelRows : RowTile);
         bool integer = UsesIntegerTiles(job.Type, job.Tokens);
+        if (job.InterleavedDecode)
+        {
+            // Whole groups of 16 per thread (every part has whole groups, so every part starts at a multiple of 16).
+            (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, InterleavedQ4_0.Group);
+        }
         for (int i = 0; i < job.PartCount; i++)
         {
             ref Part part = ref i == 0 ? ref job.P0 : ref i == 1 ? ref job.P1 : ref job.P2;
             int from = Math.Max(start, part.FirstRow) - part.FirstRow, to = Math.Min(end, part.FirstRow + part.Rows) - part.FirstRow;
             if (from >= to) continue;
-            if (integer) RunIntegerTiles(ref job, ref part, from, to);
+            if (job.InterleavedDecode)
+            {
+                int blocks = job.Columns / 32;
+                for (int t = 0; t < job.Tokens; t++)
+                    InterleavedQ4_0.Dot(part.Interleaved, blocks, from / InterleavedQ4_0.Group, to / InterleavedQ4_0.Group,
+                        job.Quants + (long)t * job.Columns, job.Scales + (long)t * blocks, job.BlockSums + (long)t * blocks, part.Y + (long)t * part.Rows);
+            }
+            else if (integer) RunIntegerTiles(ref job, ref part, from, to);
             else RunRows(ref job, ref part, from, to);
         }
     }
@@ -330,7 +421,9 @@ public sealed unsafe class WeightMatrix
             for (int tile = start; tile < end; tile += IntegerTiles.Rows)
             {
                 int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
-                IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales);
+                if (part.Interleaved != null)
+                    InterleavedQ4_0.PackTile(part.Interleaved, blocks, tile / InterleavedQ4_0.Group, rows > InterleavedQ4_0.Group, packed, scales);
+                else IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales);
                 // Full groups of a full tile write straight into y; the rest (a partial tile's groups, the last short group)
                 // into the buffer, one group at a time over all chunks.
                 int direct = rows == IntegerTiles.Rows ? whole : 0;
