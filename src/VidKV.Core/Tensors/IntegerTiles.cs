@@ -132,53 +132,44 @@ public static unsafe class IntegerTiles
         nint stride = columns;
         for (int b = 0; b < count; b++, packed += 2048, xq += Block)
         {
-            // Four tokens × two halves × two planes would need 16 accumulators beside the 8 outputs; the planes run one
-            // after the other instead and the high plane's int32 sums wait in registers.
-            Vector512<int> h0, h1, h2, h3, g0, g1, g2, g3;
+            // Both planes in one pass: each broadcast activation meets four weight vectors (high and low plane × two
+            // halves); 16 int16 accumulators, 8 outputs and 4 weights fit the 32 registers.
+            Vector512<short> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
+            Vector512<short> l0 = default, l1 = default, l2 = default, l3 = default, m0 = default, m1 = default, m2 = default, m3 = default;
+            for (int s = 0; s < 8; s++)
             {
-                Vector512<short> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
-                for (int s = 0; s < 8; s++)
-                {
-                    var w = Vector512.Load(packed + s * 128);
-                    var u = Vector512.Load(packed + s * 128 + 64);
-                    sbyte* x = xq + 4 * s;
-                    var v = Vector512.Create(*(int*)x).AsSByte(); c0 += Avx512BW.MultiplyAddAdjacent(w, v); e0 += Avx512BW.MultiplyAddAdjacent(u, v);
-                    v = Vector512.Create(*(int*)(x + stride)).AsSByte(); c1 += Avx512BW.MultiplyAddAdjacent(w, v); e1 += Avx512BW.MultiplyAddAdjacent(u, v);
-                    v = Vector512.Create(*(int*)(x + 2 * stride)).AsSByte(); c2 += Avx512BW.MultiplyAddAdjacent(w, v); e2 += Avx512BW.MultiplyAddAdjacent(u, v);
-                    v = Vector512.Create(*(int*)(x + 3 * stride)).AsSByte(); c3 += Avx512BW.MultiplyAddAdjacent(w, v); e3 += Avx512BW.MultiplyAddAdjacent(u, v);
-                }
-                h0 = Avx512BW.MultiplyAddAdjacent(c0, sixteen); g0 = Avx512BW.MultiplyAddAdjacent(e0, sixteen);
-                h1 = Avx512BW.MultiplyAddAdjacent(c1, sixteen); g1 = Avx512BW.MultiplyAddAdjacent(e1, sixteen);
-                h2 = Avx512BW.MultiplyAddAdjacent(c2, sixteen); g2 = Avx512BW.MultiplyAddAdjacent(e2, sixteen);
-                h3 = Avx512BW.MultiplyAddAdjacent(c3, sixteen); g3 = Avx512BW.MultiplyAddAdjacent(e3, sixteen);
-            }
-            {
-                byte* low = packed + 1024;
-                Vector512<short> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
-                for (int s = 0; s < 8; s++)
-                {
-                    var w = Vector512.Load(low + s * 128);
-                    var u = Vector512.Load(low + s * 128 + 64);
-                    sbyte* x = xq + 4 * s;
-                    var v = Vector512.Create(*(int*)x).AsSByte(); c0 += Avx512BW.MultiplyAddAdjacent(w, v); e0 += Avx512BW.MultiplyAddAdjacent(u, v);
-                    v = Vector512.Create(*(int*)(x + stride)).AsSByte(); c1 += Avx512BW.MultiplyAddAdjacent(w, v); e1 += Avx512BW.MultiplyAddAdjacent(u, v);
-                    v = Vector512.Create(*(int*)(x + 2 * stride)).AsSByte(); c2 += Avx512BW.MultiplyAddAdjacent(w, v); e2 += Avx512BW.MultiplyAddAdjacent(u, v);
-                    v = Vector512.Create(*(int*)(x + 3 * stride)).AsSByte(); c3 += Avx512BW.MultiplyAddAdjacent(w, v); e3 += Avx512BW.MultiplyAddAdjacent(u, v);
-                }
-                h0 += Avx512BW.MultiplyAddAdjacent(c0, ones); g0 += Avx512BW.MultiplyAddAdjacent(e0, ones);
-                h1 += Avx512BW.MultiplyAddAdjacent(c1, ones); g1 += Avx512BW.MultiplyAddAdjacent(e1, ones);
-                h2 += Avx512BW.MultiplyAddAdjacent(c2, ones); g2 += Avx512BW.MultiplyAddAdjacent(e2, ones);
-                h3 += Avx512BW.MultiplyAddAdjacent(c3, ones); g3 += Avx512BW.MultiplyAddAdjacent(e3, ones);
+                var w = Vector512.Load(packed + s * 128);
+                var u = Vector512.Load(packed + s * 128 + 64);
+                var wl = Vector512.Load(packed + 1024 + s * 128);
+                var ul = Vector512.Load(packed + 1024 + s * 128 + 64);
+                sbyte* x = xq + 4 * s;
+                var v = Vector512.Create(*(int*)x).AsSByte();
+                c0 += Avx512BW.MultiplyAddAdjacent(w, v); e0 += Avx512BW.MultiplyAddAdjacent(u, v);
+                l0 += Avx512BW.MultiplyAddAdjacent(wl, v); m0 += Avx512BW.MultiplyAddAdjacent(ul, v);
+                v = Vector512.Create(*(int*)(x + stride)).AsSByte();
+                c1 += Avx512BW.MultiplyAddAdjacent(w, v); e1 += Avx512BW.MultiplyAddAdjacent(u, v);
+                l1 += Avx512BW.MultiplyAddAdjacent(wl, v); m1 += Avx512BW.MultiplyAddAdjacent(ul, v);
+                v = Vector512.Create(*(int*)(x + 2 * stride)).AsSByte();
+                c2 += Avx512BW.MultiplyAddAdjacent(w, v); e2 += Avx512BW.MultiplyAddAdjacent(u, v);
+                l2 += Avx512BW.MultiplyAddAdjacent(wl, v); m2 += Avx512BW.MultiplyAddAdjacent(ul, v);
+                v = Vector512.Create(*(int*)(x + 3 * stride)).AsSByte();
+                c3 += Avx512BW.MultiplyAddAdjacent(w, v); e3 += Avx512BW.MultiplyAddAdjacent(u, v);
+                l3 += Avx512BW.MultiplyAddAdjacent(wl, v); m3 += Avx512BW.MultiplyAddAdjacent(ul, v);
             }
             var d0 = Vector512.Load(scales + b * Rows);
             var d1 = Vector512.Load(scales + b * Rows + 16);
-            Finish(ref a0, ref b0, h0, g0, d0, d1, xd[b], 128 * xs[b]);
-            Finish(ref a1, ref b1, h1, g1, d0, d1, xd[blocks + b], 128 * xs[blocks + b]);
-            Finish(ref a2, ref b2, h2, g2, d0, d1, xd[2 * blocks + b], 128 * xs[2 * blocks + b]);
-            Finish(ref a3, ref b3, h3, g3, d0, d1, xd[3 * blocks + b], 128 * xs[3 * blocks + b]);
+            Finish(ref a0, ref b0, Combine(c0, l0, sixteen, ones), Combine(e0, m0, sixteen, ones), d0, d1, xd[b], 128 * xs[b]);
+            Finish(ref a1, ref b1, Combine(c1, l1, sixteen, ones), Combine(e1, m1, sixteen, ones), d0, d1, xd[blocks + b], 128 * xs[blocks + b]);
+            Finish(ref a2, ref b2, Combine(c2, l2, sixteen, ones), Combine(e2, m2, sixteen, ones), d0, d1, xd[2 * blocks + b], 128 * xs[2 * blocks + b]);
+            Finish(ref a3, ref b3, Combine(c3, l3, sixteen, ones), Combine(e3, m3, sixteen, ones), d0, d1, xd[3 * blocks + b], 128 * xs[3 * blocks + b]);
         }
         Store(y, ldy, a0, b0, a1, b1, a2, b2, a3, b3);
     }
+
+    /// <summary>16·Σ high + Σ low as int32 (a Q8_0 block's offset byte from its two nibble planes).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> Combine(Vector512<short> high, Vector512<short> low, Vector512<short> sixteen, Vector512<short> ones) =>
+        Avx512BW.MultiplyAddAdjacent(high, sixteen) + Avx512BW.MultiplyAddAdjacent(low, ones);
 
     /// <summary>a += (Σ − bias)·d_w·d_x for both 16-row halves of one token's block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
