@@ -176,48 +176,51 @@ public class KernelTests
     }
 
     /// <summary>
-    /// Q4_0 repacked with 16 rows interleaved (<see cref="InterleavedQ4_0"/>): decode (1–3 tokens) and prefill (its
+    /// Q4_0 and Q8_0 repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and prefill (its
     /// tiles packed from the interleaved copy, 16-row and 32-row tiles) against the quantised-activation reference on
-    /// odd widths; row lookups still read the stored rows, and <see cref="InterleavedQ4_0.ReadRow"/> gives them back.
+    /// odd widths; row lookups still read the stored rows, and <see cref="Interleaved.ReadRow"/> gives them back.
     /// </summary>
-    [Fact]
-    public unsafe void InterleavedQ4_0MatchesReference()
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q8_0)]
+    public unsafe void InterleavedMatchesReference(GgmlType type)
     {
         var rng = new Random(12);
         foreach (var (rows, columns) in new[] { (16, 32), (48, 96), (80, 32 * 37), (32, 1024 + 32) })
         {
             float[] weights = Random(rng, rows * columns);
-            int rowBytes = (int)GgmlTypes.RowBytes(GgmlType.Q4_0, columns);
+            int rowBytes = (int)GgmlTypes.RowBytes(type, columns), blocks = columns / 32;
             var bytes = new byte[rowBytes * rows];
-            for (int r = 0; r < rows; r++) Quantize.Row(GgmlType.Q4_0, weights.AsSpan(r * columns, columns), bytes.AsSpan(r * rowBytes));
+            for (int r = 0; r < rows; r++) Quantize.Row(type, weights.AsSpan(r * columns, columns), bytes.AsSpan(r * rowBytes));
+            if (type == GgmlType.Q8_0) bytes[2] = 0x80; // a −128 code (llama.cpp's quantiser never writes one; files may hold it)
             fixed (byte* p = bytes)
             {
-                var copy = new byte[InterleavedQ4_0.Bytes(rows, columns / 32)];
+                var copy = new byte[Interleaved.Bytes(type, rows, blocks)];
                 var back = new byte[rowBytes];
                 fixed (byte* pc = copy, pb = back)
                 {
-                    InterleavedQ4_0.Repack(p, rowBytes, rows, columns / 32, pc, 0, rows / InterleavedQ4_0.Group);
+                    Interleaved.Repack(type, p, rowBytes, blocks, pc, 0, rows / Interleaved.Group);
                     for (int r = 0; r < rows; r++)
                     {
-                        InterleavedQ4_0.ReadRow(pc, columns / 32, r, pb);
-                        Assert.True(back.AsSpan().SequenceEqual(bytes.AsSpan(r * rowBytes, rowBytes)), $"row {r} of [{rows}x{columns}] does not round-trip");
+                        Interleaved.ReadRow(type, pc, blocks, r, pb);
+                        Assert.True(back.AsSpan().SequenceEqual(bytes.AsSpan(r * rowBytes, rowBytes)), $"{type} row {r} of [{rows}x{columns}] does not round-trip");
                     }
                 }
-                using var w = new WeightMatrix("w", GgmlType.Q4_0, rows, columns, p);
+                using var w = new WeightMatrix("w", type, rows, columns, p);
                 // Only machines with AVX-512BW repack; elsewhere the same products run from the stored rows.
-                Assert.Equal(InterleavedQ4_0.IsSupported, w.Interleave());
-                Assert.Equal(InterleavedQ4_0.IsSupported, w.IsInterleaved);
+                Assert.Equal(Interleaved.Supports(type), w.Interleave());
+                Assert.Equal(Interleaved.Supports(type), w.IsInterleaved);
                 foreach (int tokens in new[] { 1, 2, 3, 4, 7, 9 })
                 {
                     float[] x = Random(rng, tokens * columns), want = new float[tokens * rows], got = new float[tokens * rows];
                     ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, want);
                     w.MatMul(x, tokens, got);
-                    AssertClose(want, got, 1e-5f, $"interleaved Q4_0 [{rows}x{columns}] x {tokens}");
+                    AssertClose(want, got, 1e-5f, $"interleaved {type} [{rows}x{columns}] x {tokens}");
                 }
                 var row = new float[columns];
                 w.DequantizeRow(rows - 1, row);
                 var expected = new float[columns];
-                Dequantize.Row(GgmlType.Q4_0, bytes.AsSpan((rows - 1) * rowBytes, rowBytes), expected);
+                Dequantize.Row(type, bytes.AsSpan((rows - 1) * rowBytes, rowBytes), expected);
                 Assert.Equal(expected, row);
             }
         }

@@ -105,22 +105,24 @@ public class ModelCostTests
 }
 
 /// <summary>
-/// Repacking at load (<see cref="ModelLoader.Load(string, bool)"/>) changes layouts, not results: a Q4_0 model (its tied
+/// Repacking at load (<see cref="ModelLoader.Load(string, bool)"/>) changes layouts, not results: a Q4_0 or Q8_0 model (its tied
 /// output matrix repacked too, so token lookups read the file's pages after they were handed back) gives the same
 /// logits as the stored layout, for a prefill and for token-by-token decoding, up to the order of f32 sums.
 /// </summary>
 public class RepackTests
 {
-    [Fact]
-    public void RepackedQ4_0ModelMatchesTheStoredLayout()
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q8_0)]
+    public void RepackedModelMatchesTheStoredLayout(GgmlType type)
     {
         using var dir = new TempDirectory();
-        string path = dir.File("q4_0.gguf");
-        RandomModel.Write(path, RandomModelShape.Small, GgmlType.Q4_0, seed: 7);
+        string path = dir.File("model.gguf");
+        RandomModel.Write(path, RandomModelShape.Small, type, seed: 7);
         using var stored = ModelLoader.Load(path, repack: false);
         using var repacked = ModelLoader.Load(path, repack: true);
         Assert.False(stored.IsRepacked);
-        Assert.Equal(VidKV.Tensors.InterleavedQ4_0.IsSupported, repacked.IsRepacked);
+        Assert.Equal(Interleaved.Supports(type), repacked.IsRepacked);
         int vocab = stored.Config.VocabSize;
         int[] prompt = [1, 17, 300, 4095, 5, 999, 8000, 2, 64], next = [77, 6000, 3];
         float[] want = new float[vocab * prompt.Length], got = new float[vocab * prompt.Length];

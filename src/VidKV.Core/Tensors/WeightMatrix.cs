@@ -30,15 +30,15 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         this.data = data;
     }
 
-    /// <summary>A copy of a Q4_0 matrix with 16 rows interleaved (<see cref="InterleavedQ4_0"/>), owned; null when not made.</summary>
+    /// <summary>A copy of a Q4_0/Q8_0 matrix with 16 rows interleaved (<see cref="Interleaved"/>), owned; null when not made.</summary>
     byte* interleaved;
 
     /// <summary>Whether <see cref="Interleave"/> made a repacked copy that the products read instead of the stored rows.</summary>
     public bool IsInterleaved => interleaved != null;
 
     /// <summary>
-    /// Repacks a Q4_0 matrix (of whole groups of 16 rows, on a machine with AVX-512BW) into the interleaved layout of
-    /// <see cref="InterleavedQ4_0"/>, which decode and prefill then read; the stored rows stay for row lookups
+    /// Repacks a Q4_0 or Q8_0 matrix (of whole groups of 16 rows, on a machine with AVX-512BW) into the interleaved
+    /// layout of <see cref="Interleaved"/>, which decode and prefill then read; the stored rows stay for row lookups
     /// (<see cref="RowData"/>, <see cref="DequantizeRow"/>). With <paramref name="releaseStoredPages"/> — only for rows in
     /// a read-only file mapping, never managed or anonymous memory, which it would zero — the stored rows' pages are
     /// handed back to the kernel (madvise DONTNEED: they leave this process's resident set and fault back in from the
@@ -48,11 +48,11 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     public bool Interleave(WorkerPool? pool = null, bool releaseStoredPages = false)
     {
         if (interleaved != null) return true;
-        if (Type != GgmlType.Q4_0 || !InterleavedQ4_0.IsSupported || Rows % InterleavedQ4_0.Group != 0) return false;
+        if (!Interleaved.Supports(Type) || Rows % Interleaved.Group != 0) return false;
         int blocks = Columns / 32;
-        long bytes = InterleavedQ4_0.Bytes(Rows, blocks);
+        long bytes = Interleaved.Bytes(Type, Rows, blocks);
         var copy = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 64);
-        var job = new RepackJob { Source = data, RowBytes = RowBytes, Rows = Rows, Blocks = blocks, Destination = copy };
+        var job = new RepackJob { Type = Type, Source = data, RowBytes = RowBytes, Rows = Rows, Blocks = blocks, Destination = copy };
         (pool ?? WorkerPool.Shared).Run(&RepackGroups, &job);
         interleaved = copy;
         if (releaseStoredPages) ReleasePages(data, (long)Rows * RowBytes);
@@ -61,6 +61,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
 
     struct RepackJob
     {
+        public GgmlType Type;
         public byte* Source, Destination;
         public int RowBytes, Rows, Blocks;
     }
@@ -68,8 +69,8 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     static void RepackGroups(void* context, int thread, int threads)
     {
         ref RepackJob job = ref *(RepackJob*)context;
-        var (first, end) = WorkerPool.Split(job.Rows / InterleavedQ4_0.Group, thread, threads);
-        InterleavedQ4_0.Repack(job.Source, job.RowBytes, job.Rows, job.Blocks, job.Destination, first, end);
+        var (first, end) = WorkerPool.Split(job.Rows / Interleaved.Group, thread, threads);
+        Interleaved.Repack(job.Type, job.Source, job.RowBytes, job.Blocks, job.Destination, first, end);
     }
 
     /// <summary>madvise(MADV_DONTNEED) over the whole pages inside [start, start + length) (Linux; a no-op elsewhere).</summary>
@@ -179,7 +180,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                         IntegerTiles.BlockSums(q, padded * blocks, sums);
                     break;
                 }
-                case GgmlType.Q4_0 when UsesInterleavedDecode(a, b, c, tokens):
+                case GgmlType.Q4_0 or GgmlType.Q8_0 when UsesInterleavedDecode(a, b, c, tokens):
                 {
                     scratch.Ensure(tokens * columns, tokens * blocks);
                     for (int t = 0; t < tokens; t++)
@@ -216,7 +217,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         }
     }
 
-    /// <summary>Decode (fewer than 4 tokens) of interleaved Q4_0 matrices: every matrix of the job must have the copy.</summary>
+    /// <summary>Decode (fewer than 4 tokens) of interleaved Q4_0/Q8_0 matrices: every matrix of the job must have the copy.</summary>
     static bool UsesInterleavedDecode(WeightMatrix a, WeightMatrix? b, WeightMatrix? c, int tokens) =>
         !UsesIntegerTiles(a.Type, tokens) && a.IsInterleaved && (b == null || b.IsInterleaved) && (c == null || c.IsInterleaved);
 
@@ -261,7 +262,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         if (job.InterleavedDecode)
         {
             // Whole groups of 16 per thread (every part has whole groups, so every part starts at a multiple of 16).
-            (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, InterleavedQ4_0.Group);
+            (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, Interleaved.Group);
         }
         for (int i = 0; i < job.PartCount; i++)
         {
@@ -272,7 +273,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
             {
                 int blocks = job.Columns / 32;
                 for (int t = 0; t < job.Tokens; t++)
-                    InterleavedQ4_0.Dot(part.Interleaved, blocks, from / InterleavedQ4_0.Group, to / InterleavedQ4_0.Group,
+                    Interleaved.Dot(job.Type, part.Interleaved, blocks, from / Interleaved.Group, to / Interleaved.Group,
                         job.Quants + (long)t * job.Columns, job.Scales + (long)t * blocks, job.BlockSums + (long)t * blocks, part.Y + (long)t * part.Rows);
             }
             else if (integer) RunIntegerTiles(ref job, ref part, from, to);
@@ -422,7 +423,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
             {
                 int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
                 if (part.Interleaved != null)
-                    InterleavedQ4_0.PackTile(part.Interleaved, blocks, tile / InterleavedQ4_0.Group, rows > InterleavedQ4_0.Group, packed, scales);
+                    Interleaved.PackTile(job.Type, part.Interleaved, blocks, tile / Interleaved.Group, rows > Interleaved.Group, packed, scales);
                 else IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales);
                 // Full groups of a full tile write straight into y; the rest (a partial tile's groups, the last short group)
                 // into the buffer, one group at a time over all chunks.
