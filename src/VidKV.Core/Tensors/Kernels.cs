@@ -62,31 +62,8 @@ public static class Kernels
     }
 
     /// <summary>
-    /// destination = silu(gate) · up = gate · σ(gate) · up, the SwiGLU gate of the feed-forward block, vectorised
-    /// (TensorPrimitives' σ; a few ulp from the scalar x / (1 + e^−x)). Destination may alias gate.
+    /// destination = silu(gate) · up = gate / (1 + e^−gate) · up, the SwiGLU gate of the feed-forward block, vectorised
+    /// with <see cref="VectorMath"/>'s exp (a few ulp from the scalar formula). Destination may alias gate.
     /// </summary>
-    public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
-    {
-        const int Chunk = 1024; // stays in L1 between the passes
-        Span<float> copy = destination.Overlaps(gate) ? stackalloc float[Chunk] : default;
-        for (int i = 0; i < gate.Length; i += Chunk)
-        {
-            int n = Math.Min(Chunk, gate.Length - i);
-            Span<float> d = destination.Slice(i, n);
-            ReadOnlySpan<float> g = gate.Slice(i, n);
-            if (!d.Overlaps(g))
-            {
-                System.Numerics.Tensors.TensorPrimitives.Sigmoid(g, d);
-                System.Numerics.Tensors.TensorPrimitives.Multiply(d, g, d);
-            }
-            else
-            {
-                // In place: silu(g) = g · σ(g) needs g after σ overwrote it, so go through a stack copy.
-                g.CopyTo(copy);
-                System.Numerics.Tensors.TensorPrimitives.Sigmoid(copy[..n], d);
-                System.Numerics.Tensors.TensorPrimitives.Multiply(d, copy[..n], d);
-            }
-            System.Numerics.Tensors.TensorPrimitives.Multiply(d, up.Slice(i, n), d);
-        }
-    }
+    public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination) => VectorMath.SwiGlu(gate, up, destination);
 }

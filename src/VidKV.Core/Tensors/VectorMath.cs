@@ -1,0 +1,126 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace VidKV.Tensors;
+
+/// <summary>
+/// e^x for f32 vectors, written here because <c>TensorPrimitives.Exp</c>/<c>Sigmoid</c> (System.Numerics.Tensors 11)
+/// measured 1.6 / 2.2 ns per element on this machine — a fifth of decode attention at 4096 keys and most of SwiGLU —
+/// where a vector polynomial takes about a tenth of that.
+/// <para>
+/// Method (Cephes' expf, as ggml's vector exp also does): n = round(x·log₂e), r = x − n·ln2 with ln2 split in two so
+/// the reduction is exact, e^r by a degree-6 polynomial on |r| ≤ ln2/2, and 2^n added to the exponent bits. Error ≤ 2
+/// ulp over the normal range (tested against f64). x below −87.33 (where e^x leaves the normal f32 range) gives 0,
+/// −∞ gives 0, x above 88.72 and +∞ give +∞, NaN stays NaN.
+/// </para>
+/// </summary>
+public static class VectorMath
+{
+    const float Log2E = 1.44269504088896341f, Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
+    const float Highest = 88.7228394f, Lowest = -87.3365479f;
+    const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f, P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
+
+    /// <summary>e^x per lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Exp(Vector512<float> x)
+    {
+        var clamped = Vector512.Min(Vector512.Max(x, Vector512.Create(Lowest)), Vector512.Create(Highest));
+        var n = Vector512.Round(clamped * Vector512.Create(Log2E));
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), clamped);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
+        // 2^n: n ∈ [−126, 128] after the clamp; split in two factors so n = 128 does not overflow the exponent field.
+        var half = Vector512.ShiftRightArithmetic(Vector512.ConvertToInt32(n), 1);
+        var a = Vector512.ShiftLeft(half + Vector512.Create(127), 23).AsSingle();
+        var b = Vector512.ShiftLeft(Vector512.ConvertToInt32(n) - half + Vector512.Create(127), 23).AsSingle();
+        var result = p * a * b;
+        result = Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(Lowest)), Vector512<float>.Zero, result);
+        result = Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512.Create(Highest)), Vector512.Create(float.PositiveInfinity), result);
+        return Vector512.ConditionalSelect(Vector512.Equals(x, x), result, x); // NaN stays NaN
+    }
+
+    /// <summary>e^x per lane (the same method on 256-bit vectors).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Exp(Vector256<float> x)
+    {
+        var clamped = Vector256.Min(Vector256.Max(x, Vector256.Create(Lowest)), Vector256.Create(Highest));
+        var n = Vector256.Round(clamped * Vector256.Create(Log2E));
+        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), clamped);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
+        var p = Vector256.FusedMultiplyAdd(Vector256.Create(P0), r, Vector256.Create(P1));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P2));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P3));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P4));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P5));
+        p = Vector256.FusedMultiplyAdd(p, r * r, r) + Vector256<float>.One;
+        var half = Vector256.ShiftRightArithmetic(Vector256.ConvertToInt32(n), 1);
+        var a = Vector256.ShiftLeft(half + Vector256.Create(127), 23).AsSingle();
+        var b = Vector256.ShiftLeft(Vector256.ConvertToInt32(n) - half + Vector256.Create(127), 23).AsSingle();
+        var result = p * a * b;
+        result = Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256.Create(Lowest)), Vector256<float>.Zero, result);
+        result = Vector256.ConditionalSelect(Vector256.GreaterThan(x, Vector256.Create(Highest)), Vector256.Create(float.PositiveInfinity), result);
+        return Vector256.ConditionalSelect(Vector256.Equals(x, x), result, x);
+    }
+
+    /// <summary>The scalar form of the same method (tails and machines without vectors), so every lane agrees.</summary>
+    public static float Exp(float x)
+    {
+        if (float.IsNaN(x)) return x;
+        if (x < Lowest) return 0f;
+        if (x > Highest) return float.PositiveInfinity;
+        float n = MathF.Round(x * Log2E);
+        float r = MathF.FusedMultiplyAdd(n, -Ln2Hi, x);
+        r = MathF.FusedMultiplyAdd(n, -Ln2Lo, r);
+        float p = MathF.FusedMultiplyAdd(P0, r, P1);
+        p = MathF.FusedMultiplyAdd(p, r, P2);
+        p = MathF.FusedMultiplyAdd(p, r, P3);
+        p = MathF.FusedMultiplyAdd(p, r, P4);
+        p = MathF.FusedMultiplyAdd(p, r, P5);
+        p = MathF.FusedMultiplyAdd(p, r * r, r) + 1f;
+        int k = (int)n, half = k >> 1;
+        return p * BitConverter.Int32BitsToSingle((half + 127) << 23) * BitConverter.Int32BitsToSingle((k - half + 127) << 23);
+    }
+
+    /// <summary>destination[i] = e^source[i] (may alias).</summary>
+    public static unsafe void Exp(ReadOnlySpan<float> source, Span<float> destination)
+    {
+        if (destination.Length < source.Length) throw new ArgumentException("destination shorter than source", nameof(destination));
+        fixed (float* s = source, d = destination)
+        {
+            int n = source.Length, i = 0;
+            if (Vector512.IsHardwareAccelerated)
+                for (; i + 16 <= n; i += 16) Exp(Vector512.Load(s + i)).Store(d + i);
+            if (Vector256.IsHardwareAccelerated)
+                for (; i + 8 <= n; i += 8) Exp(Vector256.Load(s + i)).Store(d + i);
+            for (; i < n; i++) d[i] = Exp(s[i]);
+        }
+    }
+
+    /// <summary>destination[i] = silu(gate[i])·up[i] = gate/(1 + e^−gate)·up (may alias gate), the SwiGLU of ggml.</summary>
+    public static unsafe void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
+    {
+        if (up.Length < gate.Length || destination.Length < gate.Length) throw new ArgumentException("up or destination shorter than gate");
+        fixed (float* g = gate, u = up, d = destination)
+        {
+            int n = gate.Length, i = 0;
+            if (Vector512.IsHardwareAccelerated)
+                for (; i + 16 <= n; i += 16)
+                {
+                    var x = Vector512.Load(g + i);
+                    (x / (Vector512<float>.One + Exp(-x)) * Vector512.Load(u + i)).Store(d + i);
+                }
+            if (Vector256.IsHardwareAccelerated)
+                for (; i + 8 <= n; i += 8)
+                {
+                    var x = Vector256.Load(g + i);
+                    (x / (Vector256<float>.One + Exp(-x)) * Vector256.Load(u + i)).Store(d + i);
+                }
+            for (; i < n; i++) d[i] = g[i] / (1f + Exp(-g[i])) * u[i];
+        }
+    }
+}
