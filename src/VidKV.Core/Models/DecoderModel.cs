@@ -67,7 +67,15 @@ public sealed unsafe class DecoderModel : IDisposable
         {
             // Only a GGUF file's mapping may give its pages back once a matrix is repacked.
             bool mapped = weights is GgufWeights;
-            foreach (var matrix in Matrices()) matrix.Interleave(releaseStoredPages: mapped);
+            try
+            {
+                foreach (var matrix in Matrices()) matrix.Interleave(releaseStoredPages: mapped);
+            }
+            catch
+            {
+                foreach (var matrix in Matrices()) matrix.Dispose(); // the caller disposes the weights
+                throw;
+            }
         }
     }
 
