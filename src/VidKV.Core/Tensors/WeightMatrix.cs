@@ -38,8 +38,8 @@ public sealed unsafe partial class WeightMatrix : IDisposable
 
     /// <summary>
     /// Repacks a Q4_0 or Q8_0 matrix (of whole groups of 16 rows, on a machine with AVX-512BW) into the interleaved
-    /// layout of <see cref="Interleaved"/>, which decode and prefill then read; the stored rows stay for row lookups
-    /// (<see cref="RowData"/>, <see cref="DequantizeRow"/>). With <paramref name="releaseStoredPages"/> — only for rows in
+    /// layout of <see cref="Interleaved"/>, which decode, prefill and <see cref="DequantizeRow"/> then read; the stored
+    /// rows stay readable through <see cref="RowData"/>. With <paramref name="releaseStoredPages"/> — only for rows in
     /// a read-only file mapping, never managed or anonymous memory, which it would zero — the stored rows' pages are
     /// handed back to the kernel (madvise DONTNEED: they leave this process's resident set and fault back in from the
     /// file on a lookup), so the model is not resident twice. Returns whether it repacked; the copy is freed by
@@ -102,8 +102,22 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     /// <summary>The stored bytes of row <paramref name="row"/>.</summary>
     public ReadOnlySpan<byte> RowData(int row) => new(data + (long)row * RowBytes, RowBytes);
 
-    /// <summary>Row <paramref name="row"/> as f32 (an embedding lookup).</summary>
-    public void DequantizeRow(int row, Span<float> destination) => Dequantize.Row(Type, RowData(row), destination[..Columns]);
+    /// <summary>
+    /// Row <paramref name="row"/> as f32 (an embedding lookup). A repacked matrix reads its copy, so lookups do not fault
+    /// the file's pages back in (a tied embedding would otherwise be resident twice after a long random prompt).
+    /// </summary>
+    public void DequantizeRow(int row, Span<float> destination)
+    {
+        if ((uint)row >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(row), $"{Name}: row {row} of {Rows}");
+        if (interleaved == null)
+        {
+            Dequantize.Row(Type, RowData(row), destination[..Columns]);
+            return;
+        }
+        Span<byte> stored = RowBytes <= 16384 ? stackalloc byte[RowBytes] : new byte[RowBytes]; // 16 KiB: Q8_0 rows of 15 000 columns
+        fixed (byte* p = stored) Interleaved.ReadRow(Type, interleaved, Columns / 32, row, p);
+        Dequantize.Row(Type, stored, destination[..Columns]);
+    }
 
     /// <summary>True for the types whose decode multiplies 8-bit quantised activations with integer dot products.</summary>
     public bool UsesQuantizedActivations => Type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K;
