@@ -252,6 +252,24 @@ public class KernelTests
                 var expected = new float[columns];
                 Dequantize.Row(type, bytes.AsSpan((rows - 1) * rowBytes, rowBytes), expected);
                 Assert.Equal(expected, row);
+
+                // One job with a stored matrix of 40 rows first: the interleaved part's tiles then start mid-group.
+                var firstBytes = new byte[rowBytes * 40];
+                for (int r = 0; r < 40; r++) Quantize.Row(type, Random(rng, columns), firstBytes.AsSpan(r * rowBytes));
+                fixed (byte* pf = firstBytes)
+                {
+                    var first = new WeightMatrix("first", type, 40, columns, pf);
+                    foreach (int tokens in new[] { 1, 5 })
+                    {
+                        float[] x = Random(rng, tokens * columns), want0 = new float[tokens * 40], want1 = new float[tokens * rows];
+                        float[] got0 = new float[tokens * 40], got1 = new float[tokens * rows];
+                        ReferenceKernels.MatMulQuantizedActivations(first, x, tokens, want0);
+                        ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, want1);
+                        WeightMatrix.MatMul(x, tokens, first, got0, w, got1, null, default);
+                        AssertClose(want0, got0, 1e-5f, $"stored {type} [40x{columns}] beside an interleaved one x {tokens}");
+                        AssertClose(want1, got1, 1e-5f, $"interleaved {type} [{rows}x{columns}] behind a stored one x {tokens}");
+                    }
+                }
             }
         }
     }

@@ -149,8 +149,8 @@ public static unsafe class QuantizedDot
     }
 
     /// <summary>
-    /// Two Q8_0 rows against four tokens (prefill): each weight block is loaded once for four tokens and each activation
-    /// block (and its absolute value) once for two rows. Results go to <paramref name="y"/>[token·ldy + row].
+    /// Two Q8_0 rows against four tokens (prefill): each weight block (and its absolute value) is loaded once for four
+    /// tokens and each activation block once for two rows. Results go to <paramref name="y"/>[token·ldy + row].
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     public static void DotQ8_0Tile2x4(byte* w, int rowBytes, sbyte* xq, float* xd, int columns, int blocks, float* y, int ldy)
@@ -164,21 +164,22 @@ public static unsafe class QuantizedDot
         float* d0 = xd, d1 = xd + blocks, d2 = xd + 2 * blocks, d3 = xd + 3 * blocks;
         for (int b = 0; b < blocks; b++, w0 += 34, w1 += 34)
         {
-            var q0 = Avx.LoadVector256((sbyte*)(w0 + 2));
-            var q1 = Avx.LoadVector256((sbyte*)(w1 + 2));
+            // |w| once per row, x·sign(w) per row and token (see MulSum for why the sign goes on x).
+            var q0 = Avx.LoadVector256((sbyte*)(w0 + 2)); var a0 = Avx2.Abs(q0);
+            var q1 = Avx.LoadVector256((sbyte*)(w1 + 2)); var a1 = Avx2.Abs(q1);
             float s0 = toFloat[*(ushort*)w0], s1 = toFloat[*(ushort*)w1];
-            var x = Avx.LoadVector256(x0 + 32 * b); var ax = Avx2.Abs(x);
-            a00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q0, x)), ones)), Vector256.Create(s0 * d0[b]), a00);
-            a10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q1, x)), ones)), Vector256.Create(s1 * d0[b]), a10);
-            x = Avx.LoadVector256(x1 + 32 * b); ax = Avx2.Abs(x);
-            a01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q0, x)), ones)), Vector256.Create(s0 * d1[b]), a01);
-            a11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q1, x)), ones)), Vector256.Create(s1 * d1[b]), a11);
-            x = Avx.LoadVector256(x2 + 32 * b); ax = Avx2.Abs(x);
-            a02 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q0, x)), ones)), Vector256.Create(s0 * d2[b]), a02);
-            a12 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q1, x)), ones)), Vector256.Create(s1 * d2[b]), a12);
-            x = Avx.LoadVector256(x3 + 32 * b); ax = Avx2.Abs(x);
-            a03 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q0, x)), ones)), Vector256.Create(s0 * d3[b]), a03);
-            a13 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(ax, Avx2.Sign(q1, x)), ones)), Vector256.Create(s1 * d3[b]), a13);
+            var x = Avx.LoadVector256(x0 + 32 * b);
+            a00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a0, Avx2.Sign(x, q0)), ones)), Vector256.Create(s0 * d0[b]), a00);
+            a10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a1, Avx2.Sign(x, q1)), ones)), Vector256.Create(s1 * d0[b]), a10);
+            x = Avx.LoadVector256(x1 + 32 * b);
+            a01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a0, Avx2.Sign(x, q0)), ones)), Vector256.Create(s0 * d1[b]), a01);
+            a11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a1, Avx2.Sign(x, q1)), ones)), Vector256.Create(s1 * d1[b]), a11);
+            x = Avx.LoadVector256(x2 + 32 * b);
+            a02 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a0, Avx2.Sign(x, q0)), ones)), Vector256.Create(s0 * d2[b]), a02);
+            a12 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a1, Avx2.Sign(x, q1)), ones)), Vector256.Create(s1 * d2[b]), a12);
+            x = Avx.LoadVector256(x3 + 32 * b);
+            a03 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a0, Avx2.Sign(x, q0)), ones)), Vector256.Create(s0 * d3[b]), a03);
+            a13 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a1, Avx2.Sign(x, q1)), ones)), Vector256.Create(s1 * d3[b]), a13);
         }
         y[0] = Vector256.Sum(a00); y[1] = Vector256.Sum(a10);
         y[ldy] = Vector256.Sum(a01); y[ldy + 1] = Vector256.Sum(a11);
@@ -343,10 +344,15 @@ public static unsafe class QuantizedDot
         return sum;
     }
 
-    /// <summary>Eight int32 sums of four products each: w·x for 32 signed bytes (|x| ≤ 127), via the unsigned×signed multiply-add.</summary>
+    /// <summary>
+    /// Eight int32 sums of four products each: w·x for 32 signed bytes, via the unsigned×signed multiply-add on |w| and
+    /// x·sign(w). The sign goes on the activations (|x| ≤ 127, so negating is safe) and the absolute value on the
+    /// weights (|−128| = 128 read unsigned): the other way round a weight of −128 — legal in a Q8_0 file — negated to
+    /// itself and the product came out with the wrong sign.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<int> MulSum(Vector256<sbyte> w, Vector256<sbyte> x) =>
-        Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(x), Avx2.Sign(w, x)), Vector256.Create((short)1));
+        Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(w), Avx2.Sign(x, w)), Vector256.Create((short)1));
 
     /// <summary>The 32 unsigned 4-bit values of a Q4_0 block: low nibbles first, then high nibbles.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

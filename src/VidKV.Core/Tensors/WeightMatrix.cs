@@ -436,7 +436,8 @@ public sealed unsafe partial class WeightMatrix : IDisposable
             for (int tile = start; tile < end; tile += IntegerTiles.Rows)
             {
                 int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
-                if (part.Interleaved != null)
+                // A part behind one of rows not a multiple of 16 can start its tiles mid-group: those pack from the stored rows.
+                if (part.Interleaved != null && tile % Interleaved.Group == 0)
                     Interleaved.PackTile(job.Type, part.Interleaved, blocks, tile / Interleaved.Group, rows > Interleaved.Group, packed, scales);
                 else IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales);
                 // Full groups of a full tile write straight into y; the rest (a partial tile's groups, the last short group)
