@@ -27,7 +27,7 @@ static class BenchCommand
         var pageSize = new Option<int>("--page-size") { Description = "Tokens per KV page: 16, 32 or 64.", DefaultValueFactory = _ => 32 };
         var kvConfig = new Option<string?>("--kv-config") { Description = "JSON file with a paged KV cache config (policies per layer/head); see KvCacheConfig." };
         var coldDir = new Option<string?>("--cold-dir") { Description = "Folder for the cold-tier file of paged caches (pages policies move out of RAM)." };
-        var roofline = new Option<bool>("--roofline") { Description = "Also measure this machine's read bandwidth and f32 FMA throughput (a few seconds per thread count) and show each full-attention test's bound: decode ≤ bandwidth ÷ bytes read per token, prefill ≤ FLOP/s ÷ FLOPs per token." };
+        var roofline = new Option<bool>("--roofline") { Description = "Also measure this machine's read bandwidth and f32 FMA throughput (a few seconds per thread count) and show each full-attention test's bound: decode ≤ bandwidth ÷ bytes read per token, prefill ≤ FLOP/s ÷ FLOPs per token (f32-FMA products only: Q4_0/Q8_0 prefill on AVX-512BW uses integer tiles and gets no bound)." };
 
         var interleave = new Option<bool>("--interleave") { Description = "Give every (policy, depth) its own cache and take the repetitions of a test in turns across them, so rows of one run compare under the same machine conditions (costs a separate fill per depth)." };
 

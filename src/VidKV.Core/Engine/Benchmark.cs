@@ -94,7 +94,9 @@ public static class Benchmark
                 {
                     int[] prompt = RandomTokens(rng, promptTokens, vocab);
                     tests.Add(($"pp{promptTokens}", promptTokens, state => Generator.Prefill(model, state, prompt, logits),
-                        depth => limits?.FlopsPerSecond / (model.MatMulFlopsPerToken + model.AttentionFlopsPerToken(depth + promptTokens / 2))));
+                        // The f32 FMA roofline bounds f32-FMA products only: Q4_0/Q8_0 prefill runs on integer tiles (no bound given).
+                        depth => IntegerTiles.Supports(model.WeightType) ? null
+                            : limits?.FlopsPerSecond / (model.MatMulFlopsPerToken + model.AttentionFlopsPerToken(depth + promptTokens / 2))));
                 }
                 if (generatedTokens > 0)
                 {
