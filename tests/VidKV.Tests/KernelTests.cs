@@ -206,22 +206,29 @@ public class KernelTests
     }
 
     /// <summary>
-    /// Q4_0 and Q8_0 repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and prefill (its
+    /// Q4_0, Q8_0 and Q4_K repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and prefill (its
     /// tiles packed from the interleaved copy, 16-row and 32-row tiles) against the quantised-activation reference on
     /// odd widths; row lookups still read the stored rows, and <see cref="Interleaved.ReadRow"/> gives them back.
     /// </summary>
     [Theory]
     [InlineData(GgmlType.Q4_0)]
     [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K)]
     public unsafe void InterleavedMatchesReference(GgmlType type)
     {
         var rng = new Random(12);
-        foreach (var (rows, columns) in new[] { (16, 32), (48, 96), (80, 32 * 37), (32, 1024 + 32) })
+        bool kQuant = type == GgmlType.Q4_K;
+        var shapes = kQuant ? new[] { (16, 256), (48, 512), (32, 256 * 7) } : new[] { (16, 32), (48, 96), (80, 32 * 37), (32, 1024 + 32) };
+        foreach (var (rows, columns) in shapes)
         {
-            float[] weights = Random(rng, rows * columns);
-            int rowBytes = (int)GgmlTypes.RowBytes(type, columns), blocks = columns / 32;
+            int rowBytes = (int)GgmlTypes.RowBytes(type, columns), blocks = columns / Interleaved.BlockColumns(type);
             var bytes = new byte[rowBytes * rows];
-            for (int r = 0; r < rows; r++) Quantize.Row(type, weights.AsSpan(r * columns, columns), bytes.AsSpan(r * rowBytes));
+            void Fill(byte[] target, int count)
+            {
+                if (kQuant) RandomKQuantBlocks(rng, type, target);
+                else for (int r = 0; r < count; r++) Quantize.Row(type, Random(rng, columns), target.AsSpan(r * rowBytes));
+            }
+            Fill(bytes, rows);
             if (type == GgmlType.Q8_0) bytes[2] = 0x80; // a −128 code (llama.cpp's quantiser never writes one; files may hold it)
             fixed (byte* p = bytes)
             {
@@ -243,7 +250,7 @@ public class KernelTests
                 foreach (int tokens in new[] { 1, 2, 3, 4, 7, 9 })
                 {
                     float[] x = Random(rng, tokens * columns), want = new float[tokens * rows], got = new float[tokens * rows];
-                    ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, want);
+                    Reference(w, x, tokens, want);
                     w.MatMul(x, tokens, got);
                     AssertClose(want, got, 1e-5f, $"interleaved {type} [{rows}x{columns}] x {tokens}");
                 }
@@ -255,7 +262,7 @@ public class KernelTests
 
                 // One job with a stored matrix of 40 rows first: the interleaved part's tiles then start mid-group.
                 var firstBytes = new byte[rowBytes * 40];
-                for (int r = 0; r < 40; r++) Quantize.Row(type, Random(rng, columns), firstBytes.AsSpan(r * rowBytes));
+                Fill(firstBytes, 40);
                 fixed (byte* pf = firstBytes)
                 {
                     var first = new WeightMatrix("first", type, 40, columns, pf);
@@ -263,8 +270,8 @@ public class KernelTests
                     {
                         float[] x = Random(rng, tokens * columns), want0 = new float[tokens * 40], want1 = new float[tokens * rows];
                         float[] got0 = new float[tokens * 40], got1 = new float[tokens * rows];
-                        ReferenceKernels.MatMulQuantizedActivations(first, x, tokens, want0);
-                        ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, want1);
+                        Reference(first, x, tokens, want0);
+                        Reference(w, x, tokens, want1);
                         WeightMatrix.MatMul(x, tokens, first, got0, w, got1, null, default);
                         AssertClose(want0, got0, 1e-5f, $"stored {type} [40x{columns}] beside an interleaved one x {tokens}");
                         AssertClose(want1, got1, 1e-5f, $"interleaved {type} [{rows}x{columns}] behind a stored one x {tokens}");
@@ -272,6 +279,13 @@ public class KernelTests
                 }
             }
         }
+    }
+
+    /// <summary>The scalar reference a product is held to: with 8-bit activations where the kernel quantises them.</summary>
+    static void Reference(WeightMatrix w, float[] x, int tokens, float[] y)
+    {
+        if (w.QuantizesActivations(tokens)) ReferenceKernels.MatMulQuantizedActivations(w, x, tokens, y);
+        else ReferenceKernels.MatMul(w, x, tokens, y);
     }
 
     [Fact]

@@ -5,10 +5,11 @@ using System.Runtime.Intrinsics.X86;
 namespace VidKV.Tensors;
 
 /// <summary>
-/// Q4_0 and Q8_0 weights repacked at load time with 16 rows interleaved (what llama.cpp calls a runtime repack, as its
-/// <c>block_q4_0x8</c>). Per group of 16 rows and per block of 32 columns: the 16 f16 scales (32 bytes), then vectors
-/// of 64 bytes, vector p holding the p-th 4-byte word of every row's quants — four for Q4_0 (288 bytes in all, the
-/// same as 16 GGUF blocks), eight for Q8_0 (544 bytes), whose bytes are stored plus 128 (unsigned).
+/// Q4_0, Q8_0 and Q4_K weights repacked at load time with 16 rows interleaved (what llama.cpp calls a runtime repack,
+/// as its <c>block_q4_0x8</c>). Per group of 16 rows and per block of 32 columns: the 16 f16 scales (32 bytes), then
+/// vectors of 64 bytes, vector p holding the p-th 4-byte word of every row's quants — four for Q4_0 (288 bytes in all,
+/// the same as 16 GGUF blocks), eight for Q8_0 (544 bytes), whose bytes are stored plus 128 (unsigned). Q4_K keeps
+/// its super-blocks of 256 columns (see <see cref="BlockBytes"/>); its prefill widens rows read back from the copy.
 /// <para>
 /// A Q4_0 word's low nibbles are columns 4p … 4p+3 and its high nibbles columns 16+4p …; a Q8_0 word's high and low
 /// nibbles are the two planes of <see cref="IntegerTiles"/> for columns 4p …. One AND (or a shift and an AND) gives
@@ -23,14 +24,24 @@ public static unsafe class Interleaved
     /// <summary>Rows per interleaved group.</summary>
     public const int Group = 16;
 
-    /// <summary>Whether this machine repacks <paramref name="type"/> (Q4_0 and Q8_0 with AVX-512BW).</summary>
-    public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0;
+    /// <summary>Whether this machine repacks <paramref name="type"/> (Q4_0, Q8_0 and Q4_K with AVX-512BW).</summary>
+    public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K;
 
-    /// <summary>Quant words (of 4 bytes) per row and block: 4 for Q4_0, 8 for Q8_0.</summary>
-    static int Words(GgmlType type) => type == GgmlType.Q8_0 ? 8 : 4;
+    /// <summary>Quant words (of 4 bytes) per row and block: 4 for Q4_0, 8 for Q8_0, 32 for a Q4_K super-block.</summary>
+    static int Words(GgmlType type) => type switch { GgmlType.Q8_0 => 8, GgmlType.Q4_K => 32, _ => 4 };
 
-    /// <summary>Bytes of one group's block: 16 f16 scales and a 64-byte vector per quant word.</summary>
-    public static int BlockBytes(GgmlType type) => 32 + 64 * Words(type);
+    /// <summary>
+    /// Bytes of one group's block: 16 f16 scales and a 64-byte vector per quant word. A Q4_K super-block (256 columns)
+    /// has 16 f16 d, 16 f16 dmin, its 12 packed scale bytes as 12 vectors of 16 (byte k of every row), then the words:
+    /// 2304 bytes, as 16 GGUF blocks.
+    /// </summary>
+    public static int BlockBytes(GgmlType type) => type == GgmlType.Q4_K ? 2304 : 32 + 64 * Words(type);
+
+    /// <summary>Columns per block of <paramref name="type"/>: 256 for Q4_K, else 32.</summary>
+    public static int BlockColumns(GgmlType type) => type == GgmlType.Q4_K ? 256 : 32;
+
+    /// <summary>Offset of the quant words in a block.</summary>
+    static int WordsOffset(GgmlType type) => type == GgmlType.Q4_K ? 256 : 32;
 
     /// <summary>Bytes of the interleaved copy of <paramref name="rows"/> rows (a whole number of groups) of <paramref name="blocks"/> blocks.</summary>
     public static long Bytes(GgmlType type, int rows, int blocks) => (long)(rows / Group) * blocks * BlockBytes(type);
@@ -38,36 +49,48 @@ public static unsafe class Interleaved
     /// <summary>Repacks groups [<paramref name="firstGroup"/>, <paramref name="endGroup"/>) of GGUF rows into <paramref name="destination"/>.</summary>
     public static void Repack(GgmlType type, byte* source, int rowBytes, int blocks, byte* destination, int firstGroup, int endGroup)
     {
-        int words = Words(type), blockBytes = BlockBytes(type), sourceBlock = 2 + 4 * words;
-        uint offset = type == GgmlType.Q8_0 ? 0x80808080u : 0;
+        int blockBytes = BlockBytes(type), sourceBlock = (int)GgmlTypes.BlockBytes(type);
         for (int g = firstGroup; g < endGroup; g++)
-        {
-            byte* group = destination + (long)g * blocks * blockBytes;
             for (int r = 0; r < Group; r++)
             {
                 byte* row = source + (long)(g * Group + r) * rowBytes;
                 for (int b = 0; b < blocks; b++)
-                {
-                    byte* target = group + (long)b * blockBytes, block = row + b * sourceBlock;
-                    ((ushort*)target)[r] = *(ushort*)block;
-                    for (int p = 0; p < words; p++) ((uint*)(target + 32))[p * Group + r] = ((uint*)(block + 2))[p] ^ offset;
-                }
+                    Move(type, row + b * sourceBlock, destination + ((long)g * blocks + b) * blockBytes, r, toInterleaved: true);
             }
-        }
     }
 
     /// <summary>Row <paramref name="row"/> back in its GGUF form into <paramref name="destination"/>.</summary>
     public static void ReadRow(GgmlType type, byte* interleaved, int blocks, int row, byte* destination)
     {
-        int words = Words(type), blockBytes = BlockBytes(type), r = row % Group;
-        uint offset = type == GgmlType.Q8_0 ? 0x80808080u : 0;
+        int blockBytes = BlockBytes(type), sourceBlock = (int)GgmlTypes.BlockBytes(type);
         byte* group = interleaved + (long)(row / Group) * blocks * blockBytes;
         for (int b = 0; b < blocks; b++)
+            Move(type, destination + b * sourceBlock, group + (long)b * blockBytes, row % Group, toInterleaved: false);
+    }
+
+    /// <summary>Copies row <paramref name="r"/>'s share of one block between its GGUF form and the interleaved block.</summary>
+    static void Move(GgmlType type, byte* block, byte* target, int r, bool toInterleaved)
+    {
+        int words = Words(type), wordsAt = WordsOffset(type);
+        uint offset = type == GgmlType.Q8_0 ? 0x80808080u : 0;
+        // (GGUF byte offset, interleaved byte offset) of each 2-byte scale and each packed scale byte.
+        if (type == GgmlType.Q4_K)
         {
-            byte* source = group + (long)b * blockBytes, block = destination + b * (2 + 4 * words);
-            *(ushort*)block = ((ushort*)source)[r];
-            for (int p = 0; p < words; p++) ((uint*)(block + 2))[p] = ((uint*)(source + 32))[p * Group + r] ^ offset;
+            Swap16(block, target + 2 * r, toInterleaved);
+            Swap16(block + 2, target + 32 + 2 * r, toInterleaved);
+            for (int k = 0; k < 12; k++)
+                if (toInterleaved) target[64 + 16 * k + r] = block[4 + k]; else block[4 + k] = target[64 + 16 * k + r];
         }
+        else Swap16(block, target + 2 * r, toInterleaved);
+        uint* packed = (uint*)(block + (type == GgmlType.Q4_K ? 16 : 2));
+        uint* vectors = (uint*)(target + wordsAt);
+        for (int p = 0; p < words; p++)
+            if (toInterleaved) vectors[p * Group + r] = packed[p] ^ offset; else packed[p] = vectors[p * Group + r] ^ offset;
+    }
+
+    static void Swap16(byte* gguf, byte* interleaved, bool toInterleaved)
+    {
+        if (toInterleaved) *(ushort*)interleaved = *(ushort*)gguf; else *(ushort*)gguf = *(ushort*)interleaved;
     }
 
     /// <summary>
@@ -76,10 +99,74 @@ public static unsafe class Interleaved
     /// pre-multiplied by 2^112 (the f16 scales widen as d·2^−112, see <see cref="HalfDot"/>) and integer sums
     /// <paramref name="xs"/>.
     /// </summary>
-    public static void Dot(GgmlType type, byte* interleaved, int blocks, int firstGroup, int endGroup, sbyte* xq, float* xd, int* xs, float* y)
+    /// <remarks>For Q4_K, <paramref name="blocks"/> counts super-blocks and <paramref name="sums"/> (not
+    /// <paramref name="xs"/>) holds d_x·Σq per block of 32, also pre-multiplied by 2^112.</remarks>
+    public static void Dot(GgmlType type, byte* interleaved, int blocks, int firstGroup, int endGroup, sbyte* xq, float* xd, int* xs, float* sums, float* y)
     {
         if (type == GgmlType.Q8_0) DotQ8_0(interleaved, blocks, firstGroup, endGroup, xq, xd, xs, y);
+        else if (type == GgmlType.Q4_K) DotQ4_K(interleaved, blocks, firstGroup, endGroup, xq, xd, sums, y);
         else DotQ4_0(interleaved, blocks, firstGroup, endGroup, xq, xd, xs, y);
+    }
+
+    /// <summary>
+    /// Q4_K: per super-block, the 6-bit scales and mins of all 16 rows come out of the 12 byte vectors at once (the
+    /// unpacking of <see cref="Dequantize.ScaleMinK4"/>, lane-wise); each block of 32 columns is 8 vpmaddubsw steps on
+    /// nibbles (int16 sums ≤ 30 480, as Q4_0), then Σ += d·sc·d_x·Σq·x − dmin·m·d_x·Σq_x for 16 rows.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    static void DotQ4_K(byte* interleaved, int blocks, int firstGroup, int endGroup, sbyte* xq, float* xd, float* sums, float* y)
+    {
+        const int BlockBytes = 2304;
+        var nibble = Vector512.Create((byte)15);
+        var ones = Vector512.Create((short)1);
+        var signAndMagnitude = Vector512.Create(unchecked((int)0x8FFFFFFF));
+        var six = Vector128.Create((byte)63);
+        var four = Vector128.Create((byte)15);
+        for (int g = firstGroup; g < endGroup; g++)
+        {
+            byte* p = interleaved + (long)g * blocks * BlockBytes;
+            var acc = Vector512<float>.Zero;
+            for (int b = 0; b < blocks; b++, p += BlockBytes)
+            {
+                var d = Scales(p, signAndMagnitude);
+                var dmin = Scales(p + 32, signAndMagnitude);
+                byte* s = p + 64;
+                for (int j = 0; j < 8; j++)
+                {
+                    // Dequantize.ScaleMinK4, one byte per row: j < 4 reads bytes j and j+4; j ≥ 4 adds the top bits of j−4 and j.
+                    Vector128<byte> scale, min;
+                    if (j < 4)
+                    {
+                        scale = Vector128.Load(s + 16 * j) & six;
+                        min = Vector128.Load(s + 16 * (j + 4)) & six;
+                    }
+                    else
+                    {
+                        var low = Vector128.Load(s + 16 * (j + 4));
+                        scale = (low & four) | (Vector128.ShiftRightLogical(Vector128.Load(s + 16 * (j - 4)).AsUInt16(), 6).AsByte() & Vector128.Create((byte)3)) << 4;
+                        min = (Vector128.ShiftRightLogical(low.AsUInt16(), 4).AsByte() & four) | (Vector128.ShiftRightLogical(Vector128.Load(s + 16 * j).AsUInt16(), 6).AsByte() & Vector128.Create((byte)3)) << 4;
+                    }
+                    int column = 32 * (8 * b + j);
+                    // Block j's columns: the low nibbles (j even) or high nibbles (j odd) of words 8·(j/2) … 8·(j/2)+7.
+                    byte* words = p + 256 + 512 * (j >> 1);
+                    sbyte* x = xq + column;
+                    Vector512<short> c = default;
+                    for (int w = 0; w < 8; w++)
+                    {
+                        var v = Vector512.Load(words + 64 * w);
+                        var q = (j & 1) == 0 ? v & nibble : High(v, nibble);
+                        c += Avx512BW.MultiplyAddAdjacent(q, Vector512.Create(*(int*)(x + 4 * w)).AsSByte());
+                    }
+                    var dot = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(c, ones));
+                    var sc = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(scale));
+                    var m = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(min));
+                    int block = 8 * b + j;
+                    acc = Avx512F.FusedMultiplyAdd(dot, d * sc * Vector512.Create(xd[block]), acc);
+                    acc = Avx512F.FusedMultiplyAddNegated(dmin * m, Vector512.Create(sums[block]), acc);
+                }
+            }
+            acc.Store(y + g * Group);
+        }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
