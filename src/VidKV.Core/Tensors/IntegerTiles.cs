@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics.X86;
 namespace VidKV.Tensors;
 
 /// <summary>
-/// Prefill products of Q4_0 and Q8_0 weights with 8-bit quantised activations on AVX-512BW, without VNNI (.NET 10
+/// Prefill products of Q4_0, Q4_K and Q8_0 weights with 8-bit quantised activations on AVX-512BW, without VNNI (.NET 10
 /// exposes no vpdpbusd on this Zen 4: <c>AvxVnni</c> needs the VEX form Zen 4 lacks and <c>Avx10v1</c> needs AVX10).
 /// <para>
 /// A tile of 32 weight rows is repacked once into unsigned nibble planes laid out for vpmaddubsw: per block of 32
@@ -20,7 +20,8 @@ namespace VidKV.Tensors;
 /// do 64 MACs where an FMA does 16).
 /// </para>
 /// <para>
-/// Q4_0 is one plane: q ∈ [0, 15], value = q − 8. Q8_0 is two planes of its offset byte u = w + 128 = 16·h + l
+/// Q4_0 is one plane: q ∈ [0, 15], value = q − 8. Q4_K is one plane per sub-block of 32 with a scale and a min per
+/// row (value = d·sc·q − dmin·m). Q8_0 is two planes of its offset byte u = w + 128 = 16·h + l
 /// (h, l ∈ [0, 15]): Σ w·x = 16·Σ h·x + Σ l·x − 128·Σ x. Integer sums are exact, so the result equals the
 /// quantised-activation reference up to the order of the f32 additions across blocks.
 /// </para>
@@ -34,7 +35,7 @@ public static unsafe class IntegerTiles
     const int Block = 32;
 
     /// <summary>Whether this machine runs the integer tiles for <paramref name="type"/>.</summary>
-    public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0;
+    public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K;
 
     /// <summary>Nibble planes per weight: 1 for Q4_0, 2 for Q8_0.</summary>
     public static int Planes(GgmlType type) => type == GgmlType.Q8_0 ? 2 : 1;
@@ -45,9 +46,10 @@ public static unsafe class IntegerTiles
     /// <summary>
     /// Repacks <paramref name="rows"/> ≤ 32 weight rows (row stride <paramref name="rowBytes"/>) into
     /// <paramref name="packed"/> ([block][plane][step][16-row half][16 × 4 bytes]) and their block scales into
-    /// <paramref name="scales"/> ([block][32]). Rows past <paramref name="rows"/> are packed as zeros with scale 0.
+    /// <paramref name="scales"/> ([block][32]); Q4_K also its block mins (dmin·m) into <paramref name="mins"/>. Rows past
+    /// <paramref name="rows"/> are packed as zeros with scale 0.
     /// </summary>
-    public static void Pack(GgmlType type, byte* weights, int rowBytes, int rows, int blocks, byte* packed, float* scales)
+    public static void Pack(GgmlType type, byte* weights, int rowBytes, int rows, int blocks, byte* packed, float* scales, float* mins)
     {
         int planes = Planes(type), blockBytes = planes * Rows * Block;
         for (int r = 0; r < Rows; r++)
@@ -62,9 +64,23 @@ public static unsafe class IntegerTiles
                 {
                     for (int s = 0; s < 8 * planes; s++) target[s * 32] = 0;
                     scales[b * Rows + r] = 0;
+                    if (mins != null) mins[b * Rows + r] = 0;
                     continue;
                 }
-                if (type == GgmlType.Q4_0)
+                if (type == GgmlType.Q4_K)
+                {
+                    // Block b is sub-block b % 8 of super-block b / 8: nibbles of words 8·(j/2) … (low for even j).
+                    int j = b % 8;
+                    byte* super = row + (b / 8) * 144;
+                    var (sc, m) = Dequantize.ScaleMinK4(j, new ReadOnlySpan<byte>(super + 4, 12));
+                    scales[b * Rows + r] = (float)BitConverter.UInt16BitsToHalf(*(ushort*)super) * sc;
+                    mins[b * Rows + r] = (float)BitConverter.UInt16BitsToHalf(*(ushort*)(super + 2)) * m;
+                    var q = Vector256.Load(super + 16 + 32 * (j / 2));
+                    var nibbles = ((j & 1) == 0 ? q : Vector256.ShiftRightLogical(q.AsUInt16(), 4).AsByte()) & Vector256.Create((byte)15);
+                    var words = nibbles.AsUInt32();
+                    for (int s = 0; s < 8; s++) target[s * 32] = words.GetElement(s);
+                }
+                else if (type == GgmlType.Q4_0)
                 {
                     byte* block = row + b * 18;
                     scales[b * Rows + r] = (float)BitConverter.UInt16BitsToHalf(*(ushort*)block);
@@ -94,7 +110,11 @@ public static unsafe class IntegerTiles
     /// at t·<paramref name="blocks"/>. With <paramref name="accumulate"/> the sums add to what y holds.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    public static void Q4_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    /// <remarks>
+    /// Q4_K runs here too (<paramref name="mins"/> not null): its nibbles carry no offset, and each block's
+    /// −dmin·m·Σx comes off as mins ⊙ <paramref name="xsum"/> (d_x·Σq per token and block).
+    /// </remarks>
+    public static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
     {
         Load(y, ldy, accumulate, out var a0, out var b0, out var a1, out var b1, out var a2, out var b2, out var a3, out var b3);
         var ones = Vector512.Create((short)1);
@@ -114,12 +134,35 @@ public static unsafe class IntegerTiles
             }
             var d0 = Vector512.Load(scales + b * Rows);
             var d1 = Vector512.Load(scales + b * Rows + 16);
-            Finish(ref a0, ref b0, Avx512BW.MultiplyAddAdjacent(c0, ones), Avx512BW.MultiplyAddAdjacent(e0, ones), d0, d1, xd[b], 8 * xs[b]);
-            Finish(ref a1, ref b1, Avx512BW.MultiplyAddAdjacent(c1, ones), Avx512BW.MultiplyAddAdjacent(e1, ones), d0, d1, xd[blocks + b], 8 * xs[blocks + b]);
-            Finish(ref a2, ref b2, Avx512BW.MultiplyAddAdjacent(c2, ones), Avx512BW.MultiplyAddAdjacent(e2, ones), d0, d1, xd[2 * blocks + b], 8 * xs[2 * blocks + b]);
-            Finish(ref a3, ref b3, Avx512BW.MultiplyAddAdjacent(c3, ones), Avx512BW.MultiplyAddAdjacent(e3, ones), d0, d1, xd[3 * blocks + b], 8 * xs[3 * blocks + b]);
+            if (mins == null)
+            {
+                Finish(ref a0, ref b0, Avx512BW.MultiplyAddAdjacent(c0, ones), Avx512BW.MultiplyAddAdjacent(e0, ones), d0, d1, xd[b], 8 * xs[b]);
+                Finish(ref a1, ref b1, Avx512BW.MultiplyAddAdjacent(c1, ones), Avx512BW.MultiplyAddAdjacent(e1, ones), d0, d1, xd[blocks + b], 8 * xs[blocks + b]);
+                Finish(ref a2, ref b2, Avx512BW.MultiplyAddAdjacent(c2, ones), Avx512BW.MultiplyAddAdjacent(e2, ones), d0, d1, xd[2 * blocks + b], 8 * xs[2 * blocks + b]);
+                Finish(ref a3, ref b3, Avx512BW.MultiplyAddAdjacent(c3, ones), Avx512BW.MultiplyAddAdjacent(e3, ones), d0, d1, xd[3 * blocks + b], 8 * xs[3 * blocks + b]);
+            }
+            else
+            {
+                var m0 = Vector512.Load(mins + b * Rows);
+                var m1 = Vector512.Load(mins + b * Rows + 16);
+                FinishWithMins(ref a0, ref b0, Avx512BW.MultiplyAddAdjacent(c0, ones), Avx512BW.MultiplyAddAdjacent(e0, ones), d0, d1, m0, m1, xd[b], xsum[b]);
+                FinishWithMins(ref a1, ref b1, Avx512BW.MultiplyAddAdjacent(c1, ones), Avx512BW.MultiplyAddAdjacent(e1, ones), d0, d1, m0, m1, xd[blocks + b], xsum[blocks + b]);
+                FinishWithMins(ref a2, ref b2, Avx512BW.MultiplyAddAdjacent(c2, ones), Avx512BW.MultiplyAddAdjacent(e2, ones), d0, d1, m0, m1, xd[2 * blocks + b], xsum[2 * blocks + b]);
+                FinishWithMins(ref a3, ref b3, Avx512BW.MultiplyAddAdjacent(c3, ones), Avx512BW.MultiplyAddAdjacent(e3, ones), d0, d1, m0, m1, xd[3 * blocks + b], xsum[3 * blocks + b]);
+            }
         }
         Store(y, ldy, a0, b0, a1, b1, a2, b2, a3, b3);
+    }
+
+    /// <summary>a += Σ·d_w·d_x − m_w·(d_x·Σq_x) for both 16-row halves (Q4_K: scale and min per row and block).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void FinishWithMins(ref Vector512<float> a, ref Vector512<float> b, Vector512<int> low, Vector512<int> high,
+        Vector512<float> d0, Vector512<float> d1, Vector512<float> m0, Vector512<float> m1, float xd, float xsum)
+    {
+        var dx = Vector512.Create(xd);
+        var sx = Vector512.Create(xsum);
+        a = Avx512F.FusedMultiplyAddNegated(m0, sx, Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(low), d0 * dx, a));
+        b = Avx512F.FusedMultiplyAddNegated(m1, sx, Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(high), d1 * dx, b));
     }
 
     /// <summary>As <see cref="Q4_0"/> for a packed Q8_0 tile (two planes: high nibbles, then low nibbles).</summary>

@@ -9,7 +9,8 @@ namespace VidKV.Tensors;
 /// as its <c>block_q4_0x8</c>). Per group of 16 rows and per block of 32 columns: the 16 f16 scales (32 bytes), then
 /// vectors of 64 bytes, vector p holding the p-th 4-byte word of every row's quants — four for Q4_0 (288 bytes in all,
 /// the same as 16 GGUF blocks), eight for Q8_0 (544 bytes), whose bytes are stored plus 128 (unsigned). Q4_K keeps
-/// its super-blocks of 256 columns (see <see cref="BlockBytes"/>); its prefill widens rows read back from the copy.
+/// its super-blocks of 256 columns (see <see cref="BlockBytes"/>); each of its sub-blocks becomes one block of the
+/// prefill tiles.
 /// <para>
 /// A Q4_0 word's low nibbles are columns 4p … 4p+3 and its high nibbles columns 16+4p …; a Q8_0 word's high and low
 /// nibbles are the two planes of <see cref="IntegerTiles"/> for columns 4p …. One AND (or a shift and an AND) gives
@@ -250,8 +251,13 @@ public static unsafe class Interleaved
     /// <see cref="IntegerTiles"/>' packed planes and f32 scales for the 32 rows of groups <paramref name="group"/> and
     /// <paramref name="group"/> + 1 (a missing second group packs as zeros).
     /// </summary>
-    public static void PackTile(GgmlType type, byte* interleaved, int blocks, int group, bool secondGroup, byte* packed, float* scales)
+    public static void PackTile(GgmlType type, byte* interleaved, int blocks, int group, bool secondGroup, byte* packed, float* scales, float* mins)
     {
+        if (type == GgmlType.Q4_K)
+        {
+            PackTileQ4_K(interleaved, blocks, group, secondGroup, packed, scales, mins);
+            return;
+        }
         var nibble = Vector512.Create((byte)15);
         int words = Words(type), blockBytes = BlockBytes(type), packedBlock = IntegerTiles.PackedBytes(type, 1);
         for (int half = 0; half < 2; half++)
@@ -278,6 +284,48 @@ public static unsafe class Interleaved
                     High(w, nibble).Store(target + highStep * 128);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="PackTile"/> for Q4_K (<paramref name="blocks"/> counts super-blocks): each sub-block of 32 columns
+    /// becomes one <see cref="IntegerTiles"/> block of nibbles, its scale d·sc and min dmin·m per row.
+    /// </summary>
+    static void PackTileQ4_K(byte* interleaved, int blocks, int group, bool secondGroup, byte* packed, float* scales, float* mins)
+    {
+        const int BlockBytes = 2304;
+        var nibble = Vector512.Create((byte)15);
+        Span<byte> bytes = stackalloc byte[12];
+        for (int half = 0; half < 2; half++)
+        {
+            byte* source = interleaved + (long)(group + half) * blocks * BlockBytes;
+            for (int sb = 0; sb < blocks; sb++, source += BlockBytes)
+                for (int j = 0; j < 8; j++)
+                {
+                    int block = 8 * sb + j;
+                    byte* target = packed + (long)block * 1024 + half * 64;
+                    float* s = scales + block * IntegerTiles.Rows + half * Group, m = mins + block * IntegerTiles.Rows + half * Group;
+                    if (half == 1 && !secondGroup)
+                    {
+                        for (int step = 0; step < 8; step++) Vector512<byte>.Zero.Store(target + step * 128);
+                        Vector512<float>.Zero.Store(s);
+                        Vector512<float>.Zero.Store(m);
+                        continue;
+                    }
+                    for (int r = 0; r < Group; r++)
+                    {
+                        for (int k = 0; k < 12; k++) bytes[k] = source[64 + 16 * k + r];
+                        var (sc, mn) = Dequantize.ScaleMinK4(j, bytes);
+                        s[r] = (float)BitConverter.UInt16BitsToHalf(((ushort*)source)[r]) * sc;
+                        m[r] = (float)BitConverter.UInt16BitsToHalf(((ushort*)(source + 32))[r]) * mn;
+                    }
+                    byte* words = source + 256 + 512 * (j >> 1);
+                    for (int w = 0; w < 8; w++)
+                    {
+                        var v = Vector512.Load(words + 64 * w);
+                        ((j & 1) == 0 ? v & nibble : High(v, nibble)).Store(target + w * 128);
+                    }
+                }
         }
     }
 }

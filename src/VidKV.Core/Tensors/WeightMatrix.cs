@@ -134,8 +134,8 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     static bool UsesFloatTiles(int tokens) => tokens >= 4 && Vector512.IsHardwareAccelerated;
 
     /// <summary>
-    /// Prefill (4+ tokens) of Q4_0/Q8_0 with AVX-512BW runs <see cref="IntegerTiles"/> instead: 8-bit activations as in
-    /// decode (and as ggml does for these types), at about twice the f32 tiles' speed.
+    /// Prefill (4+ tokens) of Q4_0/Q8_0/Q4_K with AVX-512BW runs <see cref="IntegerTiles"/> instead: 8-bit activations as
+    /// in decode (and as ggml does for these types), at about twice the f32 tiles' speed.
     /// </summary>
     static bool UsesIntegerTiles(GgmlType type, int tokens) => tokens >= 4 && IntegerTiles.Supports(type);
 
@@ -180,15 +180,18 @@ public sealed unsafe partial class WeightMatrix : IDisposable
             if (c != null) job.Add(c, pc);
             switch (a.Type)
             {
-                case GgmlType.Q8_0 or GgmlType.Q4_0 when UsesIntegerTiles(a.Type, tokens):
+                case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K when UsesIntegerTiles(a.Type, tokens):
                 {
                     // Whole groups of IntegerTiles.Tokens: the padding tokens are zero quants with scale 0.
                     int padded = (tokens + IntegerTiles.Tokens - 1) / IntegerTiles.Tokens * IntegerTiles.Tokens;
                     scratch.Ensure(padded * columns, padded * blocks);
+                    bool q4k = a.Type == GgmlType.Q4_K; // its mins need d_x·Σq as well
                     for (int t = 0; t < tokens; t++)
-                        QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks));
+                        QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks),
+                            q4k ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
                     scratch.Quants.AsSpan(tokens * columns, (padded - tokens) * columns).Clear();
                     scratch.Scales.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
+                    scratch.Sums.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
                     fixed (sbyte* q = scratch.Quants)
                     fixed (int* sums = scratch.BlockSums)
                         IntegerTiles.BlockSums(q, padded * blocks, sums);
@@ -372,9 +375,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         float[] packedBuffer = scratch.Packed(PanelRows * columns);
         float[] tailBuffer = scratch.Tail(tokens > whole ? PanelTokens * columns : 0);
         float* output = stackalloc float[PanelTokens * PanelRows];
-        byte[] storedBuffer = part.Interleaved != null ? scratch.Bytes(part.RowBytes) : [];
         fixed (float* rowsF32 = rowBuffer, packed = packedBuffer, tail = tailBuffer)
-        fixed (byte* storedRow = storedBuffer)
         {
             if (tokens > whole)
             {
@@ -391,12 +392,6 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                     if (job.Type == GgmlType.F32) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(row, columns));
                     else if (job.Type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, row, columns);
                     else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16((ushort*)source, row, columns);
-                    else if (part.Interleaved != null)
-                    {
-                        // A repacked matrix (Q4_K here) gave its file pages back: read the row from the copy.
-                        Interleaved.ReadRow(job.Type, part.Interleaved, columns / Interleaved.BlockColumns(job.Type), tile + r, storedRow);
-                        Dequantize.Row(job.Type, new ReadOnlySpan<byte>(storedRow, part.RowBytes), new Span<float>(row, columns));
-                    }
                     else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(row, columns));
                 }
                 SmallMatrix.Transpose(rowsF32, Math.Min(rows, 16), columns, packed, 16);
@@ -440,18 +435,20 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         var scratch = Scratch.ForCurrentThread;
         byte[] packedBuffer = scratch.Bytes(IntegerTiles.PackedBytes(job.Type, blocks));
         float[] scaleBuffer = scratch.Packed(IntegerTiles.Rows * blocks);
+        float[] minBuffer = job.Type == GgmlType.Q4_K ? scratch.Row(IntegerTiles.Rows * blocks) : [];
         float* output = stackalloc float[IntegerTiles.Tokens * IntegerTiles.Rows];
         bool q8 = job.Type == GgmlType.Q8_0;
         fixed (byte* packed = packedBuffer)
-        fixed (float* scales = scaleBuffer)
+        fixed (float* scales = scaleBuffer, minsPinned = minBuffer)
         {
+            float* mins = job.Type == GgmlType.Q4_K ? minsPinned : null;
             for (int tile = start; tile < end; tile += IntegerTiles.Rows)
             {
                 int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
                 // A part behind one of rows not a multiple of 16 can start its tiles mid-group: those pack from the stored rows.
                 if (part.Interleaved != null && tile % Interleaved.Group == 0)
-                    Interleaved.PackTile(job.Type, part.Interleaved, blocks, tile / Interleaved.Group, rows > Interleaved.Group, packed, scales);
-                else IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales);
+                    Interleaved.PackTile(job.Type, part.Interleaved, columns / Interleaved.BlockColumns(job.Type), tile / Interleaved.Group, rows > Interleaved.Group, packed, scales, mins);
+                else IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales, mins);
                 // Full groups of a full tile write straight into y; the rest (a partial tile's groups, the last short group)
                 // into the buffer, one group at a time over all chunks.
                 int direct = rows == IntegerTiles.Rows ? whole : 0;
@@ -459,13 +456,13 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                 {
                     int count = Math.Min(chunk, blocks - c);
                     for (int t = 0; t < direct; t += IntegerTiles.Tokens)
-                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, t, c, count,
+                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, count,
                             part.Y + (long)t * part.Rows + tile, part.Rows, c > 0);
                 }
                 for (int t = direct; t < tokens; t += IntegerTiles.Tokens)
                 {
                     for (int c = 0; c < blocks; c += chunk)
-                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, t, c, Math.Min(chunk, blocks - c),
+                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, Math.Min(chunk, blocks - c),
                             output, IntegerTiles.Rows, c > 0);
                     for (int u = 0; u < Math.Min(IntegerTiles.Tokens, tokens - t); u++)
                         new ReadOnlySpan<float>(output + u * IntegerTiles.Rows, rows).CopyTo(new Span<float>(part.Y + (long)(t + u) * part.Rows + tile, rows));
@@ -475,14 +472,14 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     }
 
     /// <summary>Tokens t … t+3 against blocks c … c+count−1 of a packed tile.</summary>
-    static void Group(ref Job job, bool q8, byte* packed, float* scales, int t, int c, int count, float* y, int ldy, bool accumulate)
+    static void Group(ref Job job, bool q8, byte* packed, float* scales, float* mins, int t, int c, int count, float* y, int ldy, bool accumulate)
     {
         int columns = job.Columns, blocks = columns / QuantizedDot.BlockSize;
         sbyte* xq = job.Quants + (long)t * columns + c * QuantizedDot.BlockSize;
         float* xd = job.Scales + (long)t * blocks + c;
         int* xs = job.BlockSums + (long)t * blocks + c;
         if (q8) IntegerTiles.Q8_0(packed, scales, xq, xd, xs, columns, blocks, count, y, ldy, accumulate);
-        else IntegerTiles.Q4_0(packed, scales, xq, xd, xs, columns, blocks, count, y, ldy, accumulate);
+        else IntegerTiles.Q4_0(packed, scales, mins, xq, xd, xs, job.Sums + (long)t * blocks + c, columns, blocks, count, y, ldy, accumulate);
     }
 
     static void CopyOut(float* output, int tokens, int rows, float* y, int ldy)
