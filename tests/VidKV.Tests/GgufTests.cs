@@ -94,6 +94,41 @@ public class GgufTests
         }
     }
 
+    /// <summary>
+    /// The Q4_K writer (for benchmark models) against its stated bound: every element within half a step of its
+    /// sub-block (d·sc/2) plus dmin, read back through the reference dequantiser; the packed 6-bit scales and mins
+    /// come back as written (a wrong bit layout would miss the bound by whole steps).
+    /// </summary>
+    [Fact]
+    public void Q4_KQuantiserMeetsItsBound()
+    {
+        var rng = new Random(3);
+        foreach (float spread in new[] { 0.02f, 1f, 300f })
+        {
+            float[] x = Enumerable.Range(0, 256 * 5).Select(i => (float)((rng.NextDouble() * 2 - 1) * spread * (i / 32 % 3 + 1))).ToArray();
+            x[0] = 0; x[40] = spread * 7; // a zero and an outlier sub-block
+            var bytes = new byte[GgmlTypes.RowBytes(GgmlType.Q4_K, x.Length)];
+            Quantize.Row(GgmlType.Q4_K, x, bytes);
+            var back = new float[x.Length];
+            Dequantize.Row(GgmlType.Q4_K, bytes, back);
+            for (int sb = 0; sb < 5; sb++)
+            {
+                var block = bytes.AsSpan(sb * 144, 144);
+                float d = (float)BitConverter.ToHalf(block), dmin = (float)BitConverter.ToHalf(block[2..]);
+                for (int j = 0; j < 8; j++)
+                {
+                    var (sc, _) = Dequantize.ScaleMinK4(j, block.Slice(4, 12));
+                    float bound = d * sc / 2 + dmin + 1e-6f * spread;
+                    for (int l = 0; l < 32; l++)
+                    {
+                        int i = 256 * sb + 32 * j + l;
+                        Assert.True(Math.Abs(back[i] - x[i]) <= bound, $"spread {spread} element {i}: {back[i]} vs {x[i]} (bound {bound})");
+                    }
+                }
+            }
+        }
+    }
+
     // ---- bad input: each case is one line naming the file and where, and exit code 2 from the CLI ----
 
     static string WriteValidModel(TempDirectory dir, string architecture = "qwen2")

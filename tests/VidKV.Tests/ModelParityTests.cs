@@ -105,7 +105,7 @@ public class ModelCostTests
 }
 
 /// <summary>
-/// Repacking at load (<see cref="ModelLoader.Load(string, bool)"/>) changes layouts, not results: a Q4_0 or Q8_0 model (its tied
+/// Repacking at load (<see cref="ModelLoader.Load(string, bool)"/>) changes layouts, not results: a Q4_0, Q8_0 or Q4_K model (its tied
 /// output matrix repacked too, so token lookups read the file's pages after they were handed back) gives the same
 /// logits as the stored layout, for a prefill and for token-by-token decoding, up to the order of f32 sums.
 /// </summary>
@@ -114,6 +114,7 @@ public class RepackTests
     [Theory]
     [InlineData(GgmlType.Q4_0)]
     [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K)] // its ffn_down (704 columns) falls back to Q8_0: a model of both
     public void RepackedModelMatchesTheStoredLayout(GgmlType type)
     {
         using var dir = new TempDirectory();

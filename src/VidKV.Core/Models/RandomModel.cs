@@ -12,8 +12,10 @@ public sealed record RandomModelShape(string Name, string Architecture, int Laye
     public static readonly RandomModelShape TinyLlama = new("tiny-llama", "llama", 2, 64, 4, 2, 172, 2048, false, false, 2048, 10000f, 1e-5f);
     /// <summary>Qwen2-0.5B: 24 layers, hidden 896, 14 heads, 2 KV heads, FFN 4864, vocab 151936, tied output.</summary>
     public static readonly RandomModelShape Qwen2_0_5B = new("qwen2-0.5b", "qwen2", 24, 896, 14, 2, 4864, 151936, true, true, 32768, 1e6f, 1e-6f);
+    /// <summary>Qwen2-1.5B's shape: rows of 1536 and 8960 columns are whole 256-column super-blocks, so K-quant files of it are K-quant throughout.</summary>
+    public static readonly RandomModelShape Qwen2_1_5B = new("qwen2-1.5b", "qwen2", 28, 1536, 12, 2, 8960, 151936, true, true, 32768, 1e6f, 1e-6f);
 
-    public static IReadOnlyList<RandomModelShape> All { get; } = [Tiny, Small, TinyLlama, Qwen2_0_5B];
+    public static IReadOnlyList<RandomModelShape> All { get; } = [Tiny, Small, TinyLlama, Qwen2_0_5B, Qwen2_1_5B];
 
     public static RandomModelShape? Find(string name) => All.FirstOrDefault(s => s.Name.Equals(name, StringComparison.OrdinalIgnoreCase));
 }
@@ -27,7 +29,7 @@ public sealed record RandomModelShape(string Name, string Architecture, int Laye
 /// </summary>
 public static class RandomModel
 {
-    public static readonly GgmlType[] WritableTypes = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0];
+    public static readonly GgmlType[] WritableTypes = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K];
 
     public static void Write(string path, RandomModelShape shape, GgmlType type, ulong seed = 42)
     {
@@ -53,6 +55,8 @@ public static class RandomModel
         void Matrix(string name, int rows, int columns, GgmlType t, float std)
         {
             ulong tensorSeed = seed * 1_000_003UL + (ulong)index++;
+            // K-quants need rows of whole 256-column super-blocks; like llama-quantize, other rows fall back (to Q8_0).
+            if (GgmlTypes.BlockSize(t) == 256 && columns % 256 != 0) t = GgmlType.Q8_0;
             w.AddTensor(name, t, [columns, rows], stream =>
             {
                 var rng = new NormalRandom(tensorSeed);
@@ -75,7 +79,7 @@ public static class RandomModel
         }
 
         // Tied output: small embeddings and a larger final norm, as in tiny-qwen2-random-tied (std 0.05, norm ×8).
-        GgmlType embeddingType = type == GgmlType.Q4_0 ? GgmlType.Q8_0 : type;
+        GgmlType embeddingType = type is GgmlType.Q4_0 or GgmlType.Q4_K ? GgmlType.Q8_0 : type;
         Matrix("token_embd.weight", shape.Vocab, shape.Embedding, embeddingType, shape.TiedOutput ? 0.05f : 1f);
         if (!shape.TiedOutput) Matrix("output.weight", shape.Vocab, shape.Embedding, type, 1f / MathF.Sqrt(shape.Embedding));
         float outputNormScale = shape.TiedOutput ? 8f : 4f;
@@ -107,7 +111,7 @@ public static class RandomModel
     /// <summary>llama.cpp's <c>general.file_type</c> (LLAMA_FTYPE_*) for a file whose matrices are of <paramref name="type"/>.</summary>
     static uint FileType(GgmlType type) => type switch
     {
-        GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q4_0 => 2, GgmlType.Q8_0 => 7, GgmlType.BF16 => 32, _ => 0,
+        GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q4_0 => 2, GgmlType.Q8_0 => 7, GgmlType.Q4_K => 14, GgmlType.BF16 => 32, _ => 0,
     };
 
     /// <summary>Standard normal draws from xoshiro256** and Box–Muller; deterministic per seed.</summary>

@@ -186,7 +186,7 @@ public static class Dequantize
     }
 
     /// <summary>Unpacks the j-th 6-bit (scale, min) pair of the 12-byte K-quant scale array (Q4_K, Q5_K).</summary>
-    internal static (int Scale, int Min) ScaleMinK4(int j, ReadOnlySpan<byte> q) => j < 4
+    public static (int Scale, int Min) ScaleMinK4(int j, ReadOnlySpan<byte> q) => j < 4
         ? (q[j] & 63, q[j + 4] & 63)
         : ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4));
 

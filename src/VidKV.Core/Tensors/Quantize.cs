@@ -9,7 +9,7 @@ namespace VidKV.Tensors;
 public static class Quantize
 {
     /// <summary>True when <see cref="Row"/> can produce this type.</summary>
-    public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0;
+    public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K;
 
     /// <summary>Quantises <paramref name="source"/> (a whole number of blocks) into <paramref name="destination"/>.</summary>
     public static void Row(GgmlType type, ReadOnlySpan<float> source, Span<byte> destination)
@@ -40,6 +40,9 @@ public static class Quantize
                 return;
             case GgmlType.Q4_0:
                 for (int b = 0; b < blocks; b++) Q4_0(source.Slice(b * 32, 32), destination.Slice(b * blockBytes, blockBytes));
+                return;
+            case GgmlType.Q4_K:
+                for (int b = 0; b < blocks; b++) Q4_K(source.Slice(b * 256, 256), destination.Slice(b * blockBytes, blockBytes));
                 return;
             default:
                 throw new NotSupportedException($"quantisation to {GgmlTypes.Name(type)} is not supported");
@@ -79,6 +82,54 @@ public static class Quantize
             int lo = Math.Min(15, (int)(sbyte)(x[j] * id + 8.5f));
             int hi = Math.Min(15, (int)(sbyte)(x[j + 16] * id + 8.5f));
             block[2 + j] = (byte)(lo | (hi << 4));
+        }
+    }
+
+    /// <summary>
+    /// Q4_K, a plain min/max quantiser (not llama-quantize's iterative search, which lowers the error further): per
+    /// sub-block of 32 the range [min(x, 0), max(x)] in 15 steps; scales and mins as 6-bit multiples of d = max step/63
+    /// and dmin = max |min|/63, rounded up so nothing clips by more than dmin; then q = round((x + dmin·m) / (d·sc)).
+    /// Error per element ≤ d·sc/2 + dmin (tested). Enough for benchmark models of the K-quant layout.
+    /// </summary>
+    static void Q4_K(ReadOnlySpan<float> x, Span<byte> block)
+    {
+        Span<float> step = stackalloc float[8], offset = stackalloc float[8];
+        float maxStep = 0, maxOffset = 0;
+        for (int j = 0; j < 8; j++)
+        {
+            float lo = 0, hi = 0;
+            for (int l = 0; l < 32; l++) { lo = MathF.Min(lo, x[32 * j + l]); hi = MathF.Max(hi, x[32 * j + l]); }
+            step[j] = (hi - lo) / 15f;
+            offset[j] = -lo;
+            maxStep = MathF.Max(maxStep, step[j]);
+            maxOffset = MathF.Max(maxOffset, offset[j]);
+        }
+        float d = (float)(Half)(maxStep / 63f), dmin = (float)(Half)(maxOffset / 63f);
+        Span<byte> sc = stackalloc byte[8], m = stackalloc byte[8];
+        for (int j = 0; j < 8; j++)
+        {
+            sc[j] = (byte)(d > 0 ? Math.Clamp((int)MathF.Ceiling(step[j] / d), 0, 63) : 0);
+            m[j] = (byte)(dmin > 0 ? Math.Clamp((int)MathF.Ceiling(offset[j] / dmin), 0, 63) : 0);
+        }
+        BinaryPrimitives.WriteUInt16LittleEndian(block, BitConverter.HalfToUInt16Bits((Half)d));
+        BinaryPrimitives.WriteUInt16LittleEndian(block[2..], BitConverter.HalfToUInt16Bits((Half)dmin));
+        // The inverse of Dequantize.ScaleMinK4: sub-blocks 0–3 keep 6 bits in bytes 0–7, 4–7 split 4 + 2 bits.
+        for (int j = 0; j < 4; j++)
+        {
+            block[4 + j] = (byte)(sc[j] | (sc[j + 4] >> 4) << 6);
+            block[4 + j + 4] = (byte)(m[j] | (m[j + 4] >> 4) << 6);
+            block[4 + j + 8] = (byte)((sc[j + 4] & 0xF) | (m[j + 4] & 0xF) << 4);
+        }
+        for (int j = 0; j < 8; j++)
+        {
+            float scale = d * sc[j], min = dmin * m[j], inverse = scale > 0 ? 1f / scale : 0f;
+            for (int l = 0; l < 32; l++)
+            {
+                int q = Math.Clamp((int)MathF.Round((x[32 * j + l] + min) * inverse), 0, 15);
+                // Sub-blocks 2c and 2c+1 share 32 bytes: low nibbles, then high nibbles.
+                ref byte target = ref block[16 + 32 * (j / 2) + l];
+                target = (j & 1) == 0 ? (byte)((target & 0xF0) | q) : (byte)((target & 0x0F) | q << 4);
+            }
         }
     }
 }
