@@ -74,7 +74,7 @@ public static unsafe class Interleaved
     {
         int words = Words(type), wordsAt = WordsOffset(type);
         uint offset = type == GgmlType.Q8_0 ? 0x80808080u : 0;
-        // (GGUF byte offset, interleaved byte offset) of each 2-byte scale and each packed scale byte.
+        // Scales: Q4_K d and dmin at 0 and 32 and its 12 packed scale bytes as vectors at 64; the others one f16 at 0.
         if (type == GgmlType.Q4_K)
         {
             Swap16(block, target + 2 * r, toInterleaved);
