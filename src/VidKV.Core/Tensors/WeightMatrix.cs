@@ -192,9 +192,10 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                     scratch.Quants.AsSpan(tokens * columns, (padded - tokens) * columns).Clear();
                     scratch.Scales.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
                     scratch.Sums.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
-                    fixed (sbyte* q = scratch.Quants)
-                    fixed (int* sums = scratch.BlockSums)
-                        IntegerTiles.BlockSums(q, padded * blocks, sums);
+                    if (!q4k) // the integer offsets of Q4_0 (8) and Q8_0 (128) need Σq; Q4_K's mins use the float sums
+                        fixed (sbyte* q = scratch.Quants)
+                        fixed (int* sums = scratch.BlockSums)
+                            IntegerTiles.BlockSums(q, padded * blocks, sums);
                     break;
                 }
                 case GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K when UsesInterleavedDecode(a, b, c, tokens):
@@ -204,9 +205,10 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                     for (int t = 0; t < tokens; t++)
                         QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks),
                             q4k ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
-                    fixed (sbyte* q = scratch.Quants)
-                    fixed (int* sums = scratch.BlockSums)
-                        IntegerTiles.BlockSums(q, tokens * blocks, sums);
+                    if (!q4k) // Q4_K takes its mins off with the float sums instead
+                        fixed (sbyte* q = scratch.Quants)
+                        fixed (int* sums = scratch.BlockSums)
+                            IntegerTiles.BlockSums(q, tokens * blocks, sums);
                     // The interleaved kernels widen f16 scales as d·2^−112 (HalfDot's trick); 2^112 goes on the activations.
                     TensorPrimitives.Multiply(scratch.Scales.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Scales.AsSpan(0, tokens * blocks));
                     if (q4k) TensorPrimitives.Multiply(scratch.Sums.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Sums.AsSpan(0, tokens * blocks));
