@@ -31,7 +31,7 @@ static class BenchCommand
 
         var interleave = new Option<bool>("--interleave") { Description = "Give every (policy, depth) its own cache and take the repetitions of a test in turns across them, so rows of one run compare under the same machine conditions (costs a separate fill per depth)." };
 
-        var noRepack = new Option<string>("--no-repack", "-nr") { Description = "Comma-separated 0/1: 1 keeps weights as stored instead of repacking them at load (Q4_0/Q8_0/Q4_K rows interleaved by 16 with AVX-512BW), as llama-bench's -nr; 0,1 measures both in one run.", DefaultValueFactory = _ => "0" };
+        var noRepack = new Option<string>("--no-repack", "-nr") { Description = "Comma-separated 0/1: 1 keeps weights as stored instead of repacking them at load (Q4_0/Q8_0/Q4_K/Q6_K rows interleaved by 16 with AVX-512BW), as llama-bench's -nr; 0,1 measures both in one run.", DefaultValueFactory = _ => "0" };
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
             .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline, interleave, noRepack);
         command.SetAction(r =>

@@ -206,7 +206,7 @@ public class KernelTests
     }
 
     /// <summary>
-    /// Q4_0, Q8_0 and Q4_K repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and prefill (its
+    /// Q4_0, Q8_0, Q4_K and Q6_K repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and prefill (its
     /// tiles packed from the interleaved copy, 16-row and 32-row tiles) against the quantised-activation reference on
     /// odd widths; row lookups still read the stored rows, and <see cref="Interleaved.ReadRow"/> gives them back.
     /// </summary>
@@ -214,10 +214,11 @@ public class KernelTests
     [InlineData(GgmlType.Q4_0)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
     public unsafe void InterleavedMatchesReference(GgmlType type)
     {
         var rng = new Random(12);
-        bool kQuant = type == GgmlType.Q4_K;
+        bool kQuant = type is GgmlType.Q4_K or GgmlType.Q6_K;
         var shapes = kQuant ? new[] { (16, 256), (48, 512), (32, 256 * 7) } : new[] { (16, 32), (48, 96), (80, 32 * 37), (32, 1024 + 32) };
         foreach (var (rows, columns) in shapes)
         {

@@ -26,7 +26,7 @@ public sealed unsafe class DecoderModel : IDisposable
     readonly float[] outputNorm;
 
     /// <param name="repack">
-    /// Repack weights into the layouts the kernels read fastest where this machine has such kernels (Q4_0/Q8_0/Q4_K
+    /// Repack weights into the layouts the kernels read fastest where this machine has such kernels (Q4_0/Q8_0/Q4_K/Q6_K
     /// rows interleaved by 16 with AVX-512BW; see <see cref="WeightMatrix.Interleave"/>), as llama.cpp's runtime
     /// repack; false keeps every matrix as stored (llama-bench's <c>--no-repack</c>).
     /// </param>

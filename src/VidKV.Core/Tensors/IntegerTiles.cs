@@ -250,6 +250,16 @@ public static unsafe class IntegerTiles
         a3.Store(y); b3.Store(y + 16);
     }
 
+    /// <summary>Σq of each run of 16 quants (Q6_K's scales cover 16 columns).</summary>
+    public static void BlockSums16(sbyte* quants, int runs, int* sums)
+    {
+        for (int i = 0; i < runs; i++)
+        {
+            var q = Vector128.Load(quants + 16 * i);
+            sums[i] = Vector128.Sum(Vector128.WidenLower(q).AsInt16() + Vector128.WidenUpper(q).AsInt16());
+        }
+    }
+
     /// <summary>Σq of each block of 32 quants (the activations' integer sums the weight offsets need).</summary>
     public static void BlockSums(sbyte* quants, int blocks, int* sums)
     {

@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics.X86;
 namespace VidKV.Tensors;
 
 /// <summary>
-/// Q4_0, Q8_0 and Q4_K weights repacked at load time with 16 rows interleaved (what llama.cpp calls a runtime repack,
+/// Q4_0, Q8_0, Q4_K and Q6_K weights repacked at load time with 16 rows interleaved (what llama.cpp calls a runtime repack,
 /// as its <c>block_q4_0x8</c>). Per group of 16 rows and per block of 32 columns: the 16 f16 scales (32 bytes), then
 /// vectors of 64 bytes, vector p holding the p-th 4-byte word of every row's quants — four for Q4_0 (288 bytes in all,
 /// the same as 16 GGUF blocks), eight for Q8_0 (544 bytes), whose bytes are stored plus 128 (unsigned). Q4_K keeps
@@ -25,24 +25,27 @@ public static unsafe class Interleaved
     /// <summary>Rows per interleaved group.</summary>
     public const int Group = 16;
 
-    /// <summary>Whether this machine repacks <paramref name="type"/> (Q4_0, Q8_0 and Q4_K with AVX-512BW).</summary>
-    public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K;
+    /// <summary>Whether this machine repacks <paramref name="type"/> (Q4_0, Q8_0, Q4_K and Q6_K with AVX-512BW).</summary>
+    public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K;
 
     /// <summary>Quant words (of 4 bytes) per row and block: 4 for Q4_0, 8 for Q8_0, 32 for a Q4_K super-block.</summary>
-    static int Words(GgmlType type) => type switch { GgmlType.Q8_0 => 8, GgmlType.Q4_K => 32, _ => 4 };
+    static int Words(GgmlType type) => type switch { GgmlType.Q8_0 => 8, GgmlType.Q4_K => 32, GgmlType.Q6_K => 64, _ => 4 };
 
     /// <summary>
     /// Bytes of one group's block: 16 f16 scales and a 64-byte vector per quant word. A Q4_K super-block (256 columns)
     /// has 16 f16 d, 16 f16 dmin, its 12 packed scale bytes as 12 vectors of 16 (byte k of every row), then the words:
     /// 2304 bytes, as 16 GGUF blocks.
     /// </summary>
-    public static int BlockBytes(GgmlType type) => type == GgmlType.Q4_K ? 2304 : 32 + 64 * Words(type);
+    /// Q6_K is widened to one byte per weight, q ∈ [0, 63] (1.3× its file bytes, to spare decode the unpacking of
+    /// low nibbles and 2-bit highs that bounded its row kernel at ~8 GB/s): 16 f16 d, the 16 int8 scales as 16
+    /// vectors of 16 (scale k of every row), then 64 word vectors of 4 columns: 4384 bytes.
+    public static int BlockBytes(GgmlType type) => type switch { GgmlType.Q4_K => 2304, GgmlType.Q6_K => 4384, _ => 32 + 64 * Words(type) };
 
-    /// <summary>Columns per block of <paramref name="type"/>: 256 for Q4_K, else 32.</summary>
-    public static int BlockColumns(GgmlType type) => type == GgmlType.Q4_K ? 256 : 32;
+    /// <summary>Columns per block of <paramref name="type"/>: 256 for the K-quants, else 32.</summary>
+    public static int BlockColumns(GgmlType type) => type is GgmlType.Q4_K or GgmlType.Q6_K ? 256 : 32;
 
     /// <summary>Offset of the quant words in a block.</summary>
-    static int WordsOffset(GgmlType type) => type == GgmlType.Q4_K ? 256 : 32;
+    static int WordsOffset(GgmlType type) => type switch { GgmlType.Q4_K => 256, GgmlType.Q6_K => 288, _ => 32 };
 
     /// <summary>Bytes of the interleaved copy of <paramref name="rows"/> rows (a whole number of groups) of <paramref name="blocks"/> blocks.</summary>
     public static long Bytes(GgmlType type, int rows, int blocks) => (long)(rows / Group) * blocks * BlockBytes(type);
@@ -82,11 +85,43 @@ public static unsafe class Interleaved
             for (int k = 0; k < 12; k++)
                 if (toInterleaved) target[64 + 16 * k + r] = block[4 + k]; else block[4 + k] = target[64 + 16 * k + r];
         }
+        else if (type == GgmlType.Q6_K)
+        {
+            MoveQ6_K(block, target, r, toInterleaved);
+            return;
+        }
         else Swap16(block, target + 2 * r, toInterleaved);
         uint* packed = (uint*)(block + (type == GgmlType.Q4_K ? 16 : 2));
         uint* vectors = (uint*)(target + wordsAt);
         for (int p = 0; p < words; p++)
             if (toInterleaved) vectors[p * Group + r] = packed[p] ^ offset; else packed[p] = vectors[p * Group + r] ^ offset;
+    }
+
+    /// <summary>
+    /// Q6_K (GGUF: ql[128], qh[64], scales[16], d): column c of a half (128 columns) takes its low nibble from ql byte
+    /// c % 64 (the high nibble for c ≥ 64) and its 2-bit high from qh byte c % 32, shifted by 2·(c / 32) — the layout
+    /// of <see cref="Dequantize"/>'s Q6_K. The interleaved block holds q itself, column c at word c / 4.
+    /// </summary>
+    static void MoveQ6_K(byte* block, byte* target, int r, bool toInterleaved)
+    {
+        Swap16(block + 208, target + 2 * r, toInterleaved);
+        for (int k = 0; k < 16; k++)
+            if (toInterleaved) target[32 + 16 * k + r] = block[192 + k]; else block[192 + k] = target[32 + 16 * k + r];
+        byte* words = target + 288;
+        if (!toInterleaved) new Span<byte>(block, 192).Clear();
+        for (int c = 0; c < 256; c++)
+        {
+            int half = c / 128, column = c % 128;
+            byte* ql = block + 64 * half + column % 64, qh = block + 128 + 32 * half + column % 32;
+            int lowShift = column >= 64 ? 4 : 0, highShift = 2 * (column / 32);
+            byte* q = words + (c / 4) * 64 + r * 4 + c % 4;
+            if (toInterleaved) *q = (byte)(((*ql >> lowShift) & 15) | (((*qh >> highShift) & 3) << 4));
+            else
+            {
+                *ql |= (byte)((*q & 15) << lowShift);
+                *qh |= (byte)((*q >> 4) << highShift);
+            }
+        }
     }
 
     static void Swap16(byte* gguf, byte* interleaved, bool toInterleaved)
@@ -106,6 +141,7 @@ public static unsafe class Interleaved
     {
         if (type == GgmlType.Q8_0) DotQ8_0(interleaved, blocks, firstGroup, endGroup, xq, xd, xs, y);
         else if (type == GgmlType.Q4_K) DotQ4_K(interleaved, blocks, firstGroup, endGroup, xq, xd, sums, y);
+        else if (type == GgmlType.Q6_K) DotQ6_K(interleaved, blocks, firstGroup, endGroup, xq, xd, xs, y);
         else DotQ4_0(interleaved, blocks, firstGroup, endGroup, xq, xd, xs, y);
     }
 
@@ -234,6 +270,50 @@ public static unsafe class Interleaved
                 }
                 var sums = Avx512BW.MultiplyAddAdjacent(high, sixteen) + Avx512BW.MultiplyAddAdjacent(low, ones) - Vector512.Create(128 * xs[b]);
                 acc = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(sums), Scales(p, signAndMagnitude) * Vector512.Create(xd[b]), acc);
+            }
+            acc.Store(y + g * Group);
+        }
+    }
+
+    /// <summary>
+    /// Q6_K from its widened copy: q ∈ [0, 63] times an activation sums to at most 16 002 per pair, so int16 sums hold
+    /// two steps; each pair of steps goes through vpmaddwd with the row's scale (int16, in both halves of its lane), so
+    /// the two 16-column sub-blocks of an activation block add up in int32 and convert once; the −32 comes off as
+    /// 32·sc·Σq_x per 16 columns (<paramref name="xs"/>: sums of 16 quants).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    static void DotQ6_K(byte* interleaved, int blocks, int firstGroup, int endGroup, sbyte* xq, float* xd, int* xs, float* y)
+    {
+        const int BlockBytes = 4384;
+        var signAndMagnitude = Vector512.Create(unchecked((int)0x8FFFFFFF));
+        var lowHalf = Vector512.Create(0xFFFF);
+        for (int g = firstGroup; g < endGroup; g++)
+        {
+            byte* p = interleaved + (long)g * blocks * BlockBytes;
+            var acc = Vector512<float>.Zero;
+            for (int b = 0; b < blocks; b++, p += BlockBytes)
+            {
+                var d = Scales(p, signAndMagnitude);
+                byte* words = p + 288;
+                for (int block = 0; block < 8; block++)
+                {
+                    Vector512<int> sum = default;
+                    for (int sub = 0; sub < 2; sub++)
+                    {
+                        int k = 2 * block + sub;
+                        var scale = Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 32 + 16 * k)));
+                        var pairs = (scale & lowHalf) | Vector512.ShiftLeft(scale, 16); // sc in both int16 lanes of each row
+                        byte* w = words + 64 * 4 * k;
+                        sbyte* x = xq + 256 * b + 16 * k;
+                        var c0 = Avx512BW.MultiplyAddAdjacent(Vector512.Load(w), Vector512.Create(*(int*)x).AsSByte())
+                            + Avx512BW.MultiplyAddAdjacent(Vector512.Load(w + 64), Vector512.Create(*(int*)(x + 4)).AsSByte());
+                        var c1 = Avx512BW.MultiplyAddAdjacent(Vector512.Load(w + 128), Vector512.Create(*(int*)(x + 8)).AsSByte())
+                            + Avx512BW.MultiplyAddAdjacent(Vector512.Load(w + 192), Vector512.Create(*(int*)(x + 12)).AsSByte());
+                        sum += Avx512BW.MultiplyAddAdjacent(c0, pairs.AsInt16()) + Avx512BW.MultiplyAddAdjacent(c1, pairs.AsInt16())
+                            - scale * Vector512.Create(32 * xs[16 * b + k]);
+                    }
+                    acc = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(sum), d * Vector512.Create(xd[8 * b + block]), acc);
+                }
             }
             acc.Store(y + g * Group);
         }

@@ -30,14 +30,14 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         this.data = data;
     }
 
-    /// <summary>A copy of a Q4_0/Q8_0/Q4_K matrix with 16 rows interleaved (<see cref="Interleaved"/>), owned; null when not made.</summary>
+    /// <summary>A copy of a Q4_0/Q8_0/Q4_K/Q6_K matrix with 16 rows interleaved (<see cref="Interleaved"/>), owned; null when not made.</summary>
     byte* interleaved;
 
     /// <summary>Whether <see cref="Interleave"/> made a repacked copy that the products read instead of the stored rows.</summary>
     public bool IsInterleaved => interleaved != null;
 
     /// <summary>
-    /// Repacks a Q4_0, Q8_0 or Q4_K matrix (of whole groups of 16 rows, on a machine with AVX-512BW) into the interleaved
+    /// Repacks a Q4_0, Q8_0, Q4_K or Q6_K matrix (of whole groups of 16 rows, on a machine with AVX-512BW) into the interleaved
     /// layout of <see cref="Interleaved"/>, which decode, prefill and <see cref="DequantizeRow"/> then read; the stored
     /// rows stay readable through <see cref="RowData"/>. With <paramref name="releaseStoredPages"/> — only for rows in
     /// a read-only file mapping, never managed or anonymous memory, which it would zero — the stored rows' pages are
@@ -198,17 +198,20 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                             IntegerTiles.BlockSums(q, padded * blocks, sums);
                     break;
                 }
-                case GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K when UsesInterleavedDecode(a, b, c, tokens):
+                case GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K when UsesInterleavedDecode(a, b, c, tokens):
                 {
-                    scratch.Ensure(tokens * columns, tokens * blocks);
+                    scratch.Ensure(tokens * columns, 2 * tokens * blocks);
                     bool q4k = a.Type == GgmlType.Q4_K;
                     for (int t = 0; t < tokens; t++)
                         QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks),
                             q4k ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
-                    if (!q4k) // Q4_K takes its mins off with the float sums instead
-                        fixed (sbyte* q = scratch.Quants)
-                        fixed (int* sums = scratch.BlockSums)
-                            IntegerTiles.BlockSums(q, tokens * blocks, sums);
+                    fixed (sbyte* q = scratch.Quants)
+                    fixed (int* sums = scratch.BlockSums)
+                    {
+                        // Q4_K takes its mins off with the float sums; Q6_K's −32 needs sums of 16 (a scale covers 16).
+                        if (a.Type == GgmlType.Q6_K) IntegerTiles.BlockSums16(q, 2 * tokens * blocks, sums);
+                        else if (!q4k) IntegerTiles.BlockSums(q, tokens * blocks, sums);
+                    }
                     // The interleaved kernels widen f16 scales as d·2^−112 (HalfDot's trick); 2^112 goes on the activations.
                     TensorPrimitives.Multiply(scratch.Scales.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Scales.AsSpan(0, tokens * blocks));
                     if (q4k) TensorPrimitives.Multiply(scratch.Sums.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Sums.AsSpan(0, tokens * blocks));
@@ -239,7 +242,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         }
     }
 
-    /// <summary>Decode (fewer than 4 tokens) of interleaved Q4_0/Q8_0/Q4_K matrices: every matrix of the job must have the copy.</summary>
+    /// <summary>Decode (fewer than 4 tokens) of interleaved Q4_0/Q8_0/Q4_K/Q6_K matrices: every matrix of the job must have the copy.</summary>
     static bool UsesInterleavedDecode(WeightMatrix a, WeightMatrix? b, WeightMatrix? c, int tokens) =>
         !UsesFloatTiles(tokens) && a.IsInterleaved && (b == null || b.IsInterleaved) && (c == null || c.IsInterleaved);
 
@@ -294,9 +297,10 @@ public sealed unsafe partial class WeightMatrix : IDisposable
             if (job.InterleavedDecode)
             {
                 int blocks = job.Columns / 32, interleavedBlocks = job.Columns / Interleaved.BlockColumns(job.Type);
+                int sumStride = job.Type == GgmlType.Q6_K ? 2 * blocks : blocks;
                 for (int t = 0; t < job.Tokens; t++)
                     Interleaved.Dot(job.Type, part.Interleaved, interleavedBlocks, from / Interleaved.Group, to / Interleaved.Group,
-                        job.Quants + (long)t * job.Columns, job.Scales + (long)t * blocks, job.BlockSums + (long)t * blocks, job.Sums + (long)t * blocks,
+                        job.Quants + (long)t * job.Columns, job.Scales + (long)t * blocks, job.BlockSums + (long)t * sumStride, job.Sums + (long)t * blocks,
                         part.Y + (long)t * part.Rows);
             }
             else if (integer) RunIntegerTiles(ref job, ref part, from, to);
@@ -377,7 +381,9 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         float[] packedBuffer = scratch.Packed(PanelRows * columns);
         float[] tailBuffer = scratch.Tail(tokens > whole ? PanelTokens * columns : 0);
         float* output = stackalloc float[PanelTokens * PanelRows];
+        byte[] storedBuffer = part.Interleaved != null ? scratch.Bytes(part.RowBytes) : [];
         fixed (float* rowsF32 = rowBuffer, packed = packedBuffer, tail = tailBuffer)
+        fixed (byte* storedRow = storedBuffer)
         {
             if (tokens > whole)
             {
@@ -394,6 +400,12 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                     if (job.Type == GgmlType.F32) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(row, columns));
                     else if (job.Type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, row, columns);
                     else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16((ushort*)source, row, columns);
+                    else if (part.Interleaved != null)
+                    {
+                        // A repacked matrix (Q6_K prefills on f32 tiles) gave its file pages back: read the row from the copy.
+                        Interleaved.ReadRow(job.Type, part.Interleaved, columns / Interleaved.BlockColumns(job.Type), tile + r, storedRow);
+                        Dequantize.Row(job.Type, new ReadOnlySpan<byte>(storedRow, part.RowBytes), new Span<float>(row, columns));
+                    }
                     else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(row, columns));
                 }
                 SmallMatrix.Transpose(rowsF32, Math.Min(rows, 16), columns, packed, 16);
