@@ -47,7 +47,7 @@ static class ModelCommands
     {
         var shape = new Option<string>("--shape") { Description = $"Architecture shape: {string.Join(", ", RandomModelShape.All.Select(s => s.Name))}.", DefaultValueFactory = _ => "tiny" };
         shape.AcceptOnlyFromAmong(RandomModelShape.All.Select(s => s.Name).ToArray());
-        var type = new Option<string>("--type") { Description = $"Weight type: {string.Join(", ", RandomModel.WritableTypes.Select(GgmlTypes.Name))} (Q4_0 and Q4_K keep token_embd in Q8_0, as llama.cpp does; Q4_K rows that are not whole 256-column super-blocks fall back to Q8_0, so use --shape qwen2-1.5b for an all-Q4_K file).", DefaultValueFactory = _ => "q8_0" };
+        var type = new Option<string>("--type") { Description = $"Weight type: {string.Join(", ", RandomModel.WritableTypes.Select(GgmlTypes.Name))} (Q4_0 and the K-quants keep token_embd in Q8_0, as llama.cpp does for Q4_0; Q4_K/Q6_K rows that are not whole 256-column super-blocks fall back to Q8_0, so use --shape qwen2-1.5b for an all-K-quant file).", DefaultValueFactory = _ => "q8_0" };
         type.AcceptOnlyFromAmong(RandomModel.WritableTypes.Select(GgmlTypes.Name).ToArray());
         var output = new Option<string>("--output", "-o") { Description = "Where to write the GGUF file.", Required = true };
         var seed = new Option<ulong>("--seed", "-s") { Description = "Random seed.", DefaultValueFactory = _ => 42UL };

@@ -129,6 +129,28 @@ public class GgufTests
         }
     }
 
+    /// <summary>The Q6_K writer against its stated bound (half a step, d·sc/2, per sub-block of 16), read back through the reference dequantiser.</summary>
+    [Fact]
+    public void Q6_KQuantiserMeetsItsBound()
+    {
+        var rng = new Random(4);
+        foreach (float spread in new[] { 0.02f, 1f, 300f })
+        {
+            float[] x = Enumerable.Range(0, 256 * 3).Select(i => (float)((rng.NextDouble() * 2 - 1) * spread * (i / 16 % 4 + 1))).ToArray();
+            x[5] = 0; x[300] = -spread * 9;
+            var bytes = new byte[GgmlTypes.RowBytes(GgmlType.Q6_K, x.Length)];
+            Quantize.Row(GgmlType.Q6_K, x, bytes);
+            var back = new float[x.Length];
+            Dequantize.Row(GgmlType.Q6_K, bytes, back);
+            for (int i = 0; i < x.Length; i++)
+            {
+                var block = bytes.AsSpan(i / 256 * 210, 210);
+                float d = (float)BitConverter.ToHalf(block[208..]), bound = d * (sbyte)block[192 + i % 256 / 16] / 2 + 1e-6f * spread;
+                Assert.True(Math.Abs(back[i] - x[i]) <= bound, $"spread {spread} element {i}: {back[i]} vs {x[i]} (bound {bound})");
+            }
+        }
+    }
+
     // ---- bad input: each case is one line naming the file and where, and exit code 2 from the CLI ----
 
     static string WriteValidModel(TempDirectory dir, string architecture = "qwen2")

@@ -105,7 +105,7 @@ public class ModelCostTests
 }
 
 /// <summary>
-/// Repacking at load (<see cref="ModelLoader.Load(string, bool)"/>) changes layouts, not results: a Q4_0, Q8_0 or Q4_K model (its tied
+/// Repacking at load (<see cref="ModelLoader.Load(string, bool)"/>) changes layouts, not results: a Q4_0, Q8_0, Q4_K or Q6_K model (its tied
 /// output matrix repacked too, so token lookups read the file's pages after they were handed back) gives the same
 /// logits as the stored layout, for a prefill and for token-by-token decoding, up to the order of f32 sums.
 /// </summary>
@@ -115,6 +115,7 @@ public class RepackTests
     [InlineData(GgmlType.Q4_0)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_K)] // its ffn_down (704 columns) falls back to Q8_0: a model of both
+    [InlineData(GgmlType.Q6_K)]
     public void RepackedModelMatchesTheStoredLayout(GgmlType type)
     {
         using var dir = new TempDirectory();

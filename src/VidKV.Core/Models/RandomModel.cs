@@ -29,7 +29,7 @@ public sealed record RandomModelShape(string Name, string Architecture, int Laye
 /// </summary>
 public static class RandomModel
 {
-    public static readonly GgmlType[] WritableTypes = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K];
+    public static readonly GgmlType[] WritableTypes = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     public static void Write(string path, RandomModelShape shape, GgmlType type, ulong seed = 42)
     {
@@ -79,7 +79,7 @@ public static class RandomModel
         }
 
         // Tied output: small embeddings and a larger final norm, as in tiny-qwen2-random-tied (std 0.05, norm ×8).
-        GgmlType embeddingType = type is GgmlType.Q4_0 or GgmlType.Q4_K ? GgmlType.Q8_0 : type;
+        GgmlType embeddingType = type is GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K ? GgmlType.Q8_0 : type;
         Matrix("token_embd.weight", shape.Vocab, shape.Embedding, embeddingType, shape.TiedOutput ? 0.05f : 1f);
         if (!shape.TiedOutput) Matrix("output.weight", shape.Vocab, shape.Embedding, type, 1f / MathF.Sqrt(shape.Embedding));
         float outputNormScale = shape.TiedOutput ? 8f : 4f;
@@ -111,7 +111,7 @@ public static class RandomModel
     /// <summary>llama.cpp's <c>general.file_type</c> (LLAMA_FTYPE_*) for a file whose matrices are of <paramref name="type"/>.</summary>
     static uint FileType(GgmlType type) => type switch
     {
-        GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q4_0 => 2, GgmlType.Q8_0 => 7, GgmlType.Q4_K => 14, GgmlType.BF16 => 32, _ => 0,
+        GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q4_0 => 2, GgmlType.Q8_0 => 7, GgmlType.Q4_K => 14, GgmlType.Q6_K => 18, GgmlType.BF16 => 32, _ => 0,
     };
 
     /// <summary>Standard normal draws from xoshiro256** and Box–Muller; deterministic per seed.</summary>

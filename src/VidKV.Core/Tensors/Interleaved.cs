@@ -63,6 +63,33 @@ public static unsafe class Interleaved
             }
     }
 
+    /// <summary>
+    /// Row <paramref name="row"/> of a widened Q6_K copy as f32, d·sc·(q − 32) straight from its bytes (prefill's f32
+    /// tiles; going back to the GGUF form first cost more than the product saved).
+    /// </summary>
+    public static void DequantizeRowQ6_K(byte* interleaved, int blocks, int row, float* destination)
+    {
+        const int BlockBytes = 4384;
+        byte* group = interleaved + (long)(row / Group) * blocks * BlockBytes;
+        int r = row % Group;
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* source = group + (long)b * BlockBytes;
+            float d = (float)BitConverter.UInt16BitsToHalf(((ushort*)source)[r]);
+            float* y = destination + 256 * b;
+            for (int k = 0; k < 16; k++)
+            {
+                var scale = Vector128.Create(d * (sbyte)source[32 + 16 * k + r]);
+                for (int w = 4 * k; w < 4 * k + 4; w++)
+                {
+                    uint q = *(uint*)(source + 288 + 64 * w + 4 * r);
+                    var values = Vector128.Create((int)(q & 0xFF), (int)(q >> 8 & 0xFF), (int)(q >> 16 & 0xFF), (int)(q >> 24)) - Vector128.Create(32);
+                    (Vector128.ConvertToSingle(values) * scale).Store(y + 4 * w);
+                }
+            }
+        }
+    }
+
     /// <summary>Row <paramref name="row"/> back in its GGUF form into <paramref name="destination"/>.</summary>
     public static void ReadRow(GgmlType type, byte* interleaved, int blocks, int row, byte* destination)
     {

@@ -9,7 +9,7 @@ namespace VidKV.Tensors;
 public static class Quantize
 {
     /// <summary>True when <see cref="Row"/> can produce this type.</summary>
-    public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K;
+    public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K;
 
     /// <summary>Quantises <paramref name="source"/> (a whole number of blocks) into <paramref name="destination"/>.</summary>
     public static void Row(GgmlType type, ReadOnlySpan<float> source, Span<byte> destination)
@@ -43,6 +43,9 @@ public static class Quantize
                 return;
             case GgmlType.Q4_K:
                 for (int b = 0; b < blocks; b++) Q4_K(source.Slice(b * 256, 256), destination.Slice(b * blockBytes, blockBytes));
+                return;
+            case GgmlType.Q6_K:
+                for (int b = 0; b < blocks; b++) Q6_K(source.Slice(b * 256, 256), destination.Slice(b * blockBytes, blockBytes));
                 return;
             default:
                 throw new NotSupportedException($"quantisation to {GgmlTypes.Name(type)} is not supported");
@@ -131,5 +134,41 @@ public static class Quantize
                 target = (j & 1) == 0 ? (byte)((target & 0xF0) | q) : (byte)((target & 0x0F) | q << 4);
             }
         }
+    }
+
+    /// <summary>
+    /// Q6_K, a plain quantiser for benchmark models: per sub-block of 16 a step of max|x|/31, as an int8 multiple of
+    /// d = largest step/127 rounded up (so q − 32 stays within [−32, 31]), then q = round(x / (d·sc)) + 32. Error per
+    /// element ≤ d·sc/2 (tested). Packed as ggml lays Q6_K out: ql (low nibbles), qh (2-bit highs), scales, d.
+    /// </summary>
+    static void Q6_K(ReadOnlySpan<float> x, Span<byte> block)
+    {
+        Span<float> step = stackalloc float[16];
+        float maxStep = 0;
+        for (int k = 0; k < 16; k++)
+        {
+            float amax = 0;
+            for (int l = 0; l < 16; l++) amax = MathF.Max(amax, MathF.Abs(x[16 * k + l]));
+            step[k] = amax / 31f;
+            maxStep = MathF.Max(maxStep, step[k]);
+        }
+        float d = (float)(Half)(maxStep / 127f);
+        block[..192].Clear();
+        for (int k = 0; k < 16; k++)
+        {
+            int sc = d > 0 ? Math.Clamp((int)MathF.Ceiling(step[k] / d), 0, 127) : 0;
+            block[192 + k] = (byte)(sbyte)sc;
+            float inverse = sc > 0 ? 1f / (d * sc) : 0f;
+            for (int l = 0; l < 16; l++)
+            {
+                int c = 16 * k + l, q = Math.Clamp((int)MathF.Round(x[c] * inverse) + 32, 0, 63);
+                // Column c of half c/128: low nibble in ql[64·half + c%64] (high nibble for c%128 ≥ 64), 2-bit high in
+                // qh[32·half + c%32] at bits 2·((c%128)/32).
+                int half = c / 128, column = c % 128;
+                block[64 * half + column % 64] |= (byte)((q & 15) << (column >= 64 ? 4 : 0));
+                block[128 + 32 * half + column % 32] |= (byte)((q >> 4) << (2 * (column / 32)));
+            }
+        }
+        BinaryPrimitives.WriteUInt16LittleEndian(block[208..], BitConverter.HalfToUInt16Bits((Half)d));
     }
 }

@@ -381,9 +381,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         float[] packedBuffer = scratch.Packed(PanelRows * columns);
         float[] tailBuffer = scratch.Tail(tokens > whole ? PanelTokens * columns : 0);
         float* output = stackalloc float[PanelTokens * PanelRows];
-        byte[] storedBuffer = part.Interleaved != null ? scratch.Bytes(part.RowBytes) : [];
         fixed (float* rowsF32 = rowBuffer, packed = packedBuffer, tail = tailBuffer)
-        fixed (byte* storedRow = storedBuffer)
         {
             if (tokens > whole)
             {
@@ -400,12 +398,8 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                     if (job.Type == GgmlType.F32) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(row, columns));
                     else if (job.Type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, row, columns);
                     else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16((ushort*)source, row, columns);
-                    else if (part.Interleaved != null)
-                    {
-                        // A repacked matrix (Q6_K prefills on f32 tiles) gave its file pages back: read the row from the copy.
-                        Interleaved.ReadRow(job.Type, part.Interleaved, columns / Interleaved.BlockColumns(job.Type), tile + r, storedRow);
-                        Dequantize.Row(job.Type, new ReadOnlySpan<byte>(storedRow, part.RowBytes), new Span<float>(row, columns));
-                    }
+                    else if (part.Interleaved != null) // Q6_K, the one repacked type on f32 tiles: its widened copy, not the file
+                        Interleaved.DequantizeRowQ6_K(part.Interleaved, columns / 256, tile + r, row);
                     else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(row, columns));
                 }
                 SmallMatrix.Transpose(rowsF32, Math.Min(rows, 16), columns, packed, 16);
