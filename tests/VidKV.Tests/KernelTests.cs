@@ -206,9 +206,10 @@ public class KernelTests
     }
 
     /// <summary>
-    /// Q4_0, Q8_0, Q4_K and Q6_K repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and prefill (its
-    /// tiles packed from the interleaved copy, 16-row and 32-row tiles) against the quantised-activation reference on
-    /// odd widths; row lookups still read the stored rows, and <see cref="Interleaved.ReadRow"/> gives them back.
+    /// Q4_0, Q8_0, Q4_K and Q6_K repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and
+    /// prefill (tiles packed from, or rows read off, the copy; 16-row and 32-row tiles) against the reference each path
+    /// is held to, on odd widths; <see cref="Interleaved.ReadRow"/> gives the stored rows back and row lookups (which
+    /// read the copy) match the stored rows' dequantisation.
     /// </summary>
     [Theory]
     [InlineData(GgmlType.Q4_0)]

@@ -29,7 +29,7 @@ public static unsafe class Interleaved
     public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K;
 
     /// <summary>Quant words (of 4 bytes) per row and block: 4 for Q4_0, 8 for Q8_0, 32 for a Q4_K super-block.</summary>
-    static int Words(GgmlType type) => type switch { GgmlType.Q8_0 => 8, GgmlType.Q4_K => 32, GgmlType.Q6_K => 64, _ => 4 };
+    static int Words(GgmlType type) => type switch { GgmlType.Q8_0 => 8, GgmlType.Q4_K => 32, _ => 4 };
 
     /// <summary>
     /// Bytes of one group's block: 16 f16 scales and a 64-byte vector per quant word. A Q4_K super-block (256 columns)
@@ -134,7 +134,7 @@ public static unsafe class Interleaved
         Swap16(block + 208, target + 2 * r, toInterleaved);
         for (int k = 0; k < 16; k++)
             if (toInterleaved) target[32 + 16 * k + r] = block[192 + k]; else block[192 + k] = target[32 + 16 * k + r];
-        byte* words = target + 288;
+        byte* words = target + WordsOffset(GgmlType.Q6_K);
         if (!toInterleaved) new Span<byte>(block, 192).Clear();
         for (int c = 0; c < 256; c++)
         {
