@@ -206,6 +206,70 @@ public class KernelTests
     }
 
     /// <summary>
+    /// The VNNI tile kernel (<see cref="VnniTiles"/>, emitted machine code) against the AVX-512BW one on the same random
+    /// tiles: the same integers and the same float operations in the same order, so equal bit for bit — Q4_0 and Q4_K
+    /// (mins) on one tile, Q8_0's one plane of offset bytes against its two nibble planes; 1–13 blocks, with and without
+    /// accumulation, tokens of extreme and random quants. Where the kernel cannot run (no AVX512_VNNI, not Linux x86-64,
+    /// or <c>VIDKV_VNNI=0</c>) the tile products dispatch to the AVX-512BW kernel, which the other tests hold to the reference.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q8_0)]
+    public unsafe void VnniTilesEqualAvx512BwBitForBit(GgmlType type)
+    {
+        if (!VnniTiles.IsSupported)
+        {
+            Assert.Equal(type == GgmlType.Q8_0 ? 2 : 1, IntegerTiles.Planes(type));
+            return;
+        }
+        Assert.Equal(1, IntegerTiles.Planes(type));
+        var rng = new Random(13 + (int)type);
+        foreach (int count in new[] { 1, 2, 7, 13 })
+            foreach (bool accumulate in new[] { false, true })
+            {
+                int columns = 32 * (count + 3), blocks = columns / 32, ldy = 37; // the tile covers blocks 0 … count−1 of wider rows
+                var packed = new byte[count * 1024];
+                rng.NextBytes(packed);
+                if (type != GgmlType.Q8_0) for (int i = 0; i < packed.Length; i++) packed[i] &= 15;
+                float[] scales = Random(rng, count * 32), mins = Random(rng, count * 32), xd = Random(rng, 4 * blocks), xsum = Random(rng, 4 * blocks);
+                var xq = new sbyte[4 * columns];
+                for (int i = 0; i < xq.Length; i++) xq[i] = (sbyte)(i % 97 == 0 ? -127 : i % 89 == 0 ? 127 : rng.Next(-127, 128));
+                var xs = new int[4 * blocks];
+                fixed (sbyte* q = xq) fixed (int* s = xs) IntegerTiles.BlockSums(q, 4 * blocks, s);
+                float[] initial = Random(rng, 4 * ldy), want = (float[])initial.Clone(), got = (float[])initial.Clone();
+                // Q8_0's two planes for the AVX-512BW kernel: high nibbles at steps 0–7, low nibbles at steps 8–15 of each block.
+                var planes = new byte[count * 2048];
+                for (int b = 0; b < count; b++)
+                    for (int i = 0; i < 1024; i++)
+                    {
+                        planes[b * 2048 + i] = (byte)(packed[b * 1024 + i] >> 4);
+                        planes[b * 2048 + 1024 + i] = (byte)(packed[b * 1024 + i] & 15);
+                    }
+                fixed (byte* pk = packed, pl = planes)
+                fixed (float* sc = scales, mn = mins, d = xd, sum = xsum, w = want, g = got)
+                fixed (sbyte* q = xq)
+                fixed (int* s = xs)
+                {
+                    float* m = type == GgmlType.Q4_K ? mn : null;
+                    if (type == GgmlType.Q8_0)
+                    {
+                        IntegerTiles.Q8_0Bw(pl, sc, q, d, s, columns, blocks, count, w, ldy, accumulate);
+                        VnniTiles.Q8_0(pk, sc, q, d, s, columns, blocks, count, g, ldy, accumulate);
+                    }
+                    else
+                    {
+                        IntegerTiles.Q4_0Bw(pk, sc, m, q, d, s, sum, columns, blocks, count, w, ldy, accumulate);
+                        VnniTiles.Q4_0(pk, sc, m, q, d, s, sum, columns, blocks, count, g, ldy, accumulate);
+                    }
+                }
+                for (int i = 0; i < want.Length; i++)
+                    Assert.True(BitConverter.SingleToInt32Bits(want[i]) == BitConverter.SingleToInt32Bits(got[i]),
+                        $"{type}, {count} blocks, accumulate={accumulate}: token {i / ldy} row {i % ldy}: VNNI {got[i]:R} vs AVX-512BW {want[i]:R}");
+            }
+    }
+
+    /// <summary>
     /// Q4_0, Q8_0, Q4_K and Q6_K repacked with 16 rows interleaved (<see cref="Interleaved"/>): decode (1–3 tokens) and
     /// prefill (tiles packed from, or rows read off, the copy; 16-row and 32-row tiles) against the reference each path
     /// is held to, on odd widths; <see cref="Interleaved.ReadRow"/> gives the stored rows back and row lookups (which

@@ -5,8 +5,9 @@ using System.Runtime.Intrinsics.X86;
 namespace VidKV.Tensors;
 
 /// <summary>
-/// Prefill products of Q4_0, Q4_K and Q8_0 weights with 8-bit quantised activations on AVX-512BW, without VNNI (.NET 10
-/// exposes no vpdpbusd on this Zen 4: <c>AvxVnni</c> needs the VEX form Zen 4 lacks and <c>Avx10v1</c> needs AVX10).
+/// Prefill products of Q4_0, Q4_K and Q8_0 weights with 8-bit quantised activations on AVX-512BW, here without VNNI
+/// (.NET 10 exposes no vpdpbusd on Zen 4: <c>AvxVnni</c> needs the VEX form Zen 4 lacks and <c>Avx10v1</c> needs
+/// AVX10); where the CPU has AVX512_VNNI the same tiles run on <see cref="VnniTiles"/>' emitted kernel instead.
 /// <para>
 /// A tile of 32 weight rows is repacked once into unsigned nibble planes laid out for vpmaddubsw: per block of 32
 /// columns and per step of 4 columns, one 64-byte vector holds 16 rows × 4 columns (two vectors for the 32 rows). A
@@ -37,8 +38,11 @@ public static unsafe class IntegerTiles
     /// <summary>Whether this machine runs the integer tiles for <paramref name="type"/>.</summary>
     public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K;
 
-    /// <summary>Nibble planes per weight: 1 for Q4_0, 2 for Q8_0.</summary>
-    public static int Planes(GgmlType type) => type == GgmlType.Q8_0 ? 2 : 1;
+    /// <summary>
+    /// Planes per weight: 1 for Q4_0 and Q4_K; for Q8_0 2 nibble planes, or 1 plane of offset bytes where the VNNI
+    /// kernel runs (<see cref="VnniTiles"/>: int32 sums cannot saturate).
+    /// </summary>
+    public static int Planes(GgmlType type) => type == GgmlType.Q8_0 && !VnniTiles.IsSupported ? 2 : 1;
 
     /// <summary>Bytes of one packed tile of <paramref name="blocks"/> blocks.</summary>
     public static int PackedBytes(GgmlType type, int blocks) => blocks * Planes(type) * Rows * Block;
@@ -94,6 +98,12 @@ public static unsafe class IntegerTiles
                     byte* block = row + b * 34;
                     scales[b * Rows + r] = (float)BitConverter.UInt16BitsToHalf(*(ushort*)block);
                     var u = Vector256.Load(block + 2) ^ Vector256.Create((byte)0x80);
+                    if (planes == 1)
+                    {
+                        var bytes = u.AsUInt32();
+                        for (int s = 0; s < 8; s++) target[s * 32] = bytes.GetElement(s);
+                        continue;
+                    }
                     var high = (Vector256.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & Vector256.Create((byte)15)).AsUInt32();
                     var low = (u & Vector256.Create((byte)15)).AsUInt32();
                     for (int s = 0; s < 8; s++) { target[s * 32] = high.GetElement(s); target[(s + 8) * 32] = low.GetElement(s); }
@@ -109,12 +119,23 @@ public static unsafe class IntegerTiles
     /// <paramref name="xd"/>, <paramref name="xs"/>: the tokens' per-block scales and integer quant sums there, token t
     /// at t·<paramref name="blocks"/>. With <paramref name="accumulate"/> the sums add to what y holds.
     /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     /// <remarks>
     /// Q4_K runs here too (<paramref name="mins"/> not null): its nibbles carry no offset, and each block's
     /// −dmin·m·Σx comes off as mins ⊙ <paramref name="xsum"/> (d_x·Σq per token and block).
     /// </remarks>
     public static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    {
+        if (VnniTiles.IsSupported)
+        {
+            VnniTiles.Q4_0(packed, scales, mins, xq, xd, xs, xsum, columns, blocks, count, y, ldy, accumulate);
+            return;
+        }
+        Q4_0Bw(packed, scales, mins, xq, xd, xs, xsum, columns, blocks, count, y, ldy, accumulate);
+    }
+
+    /// <summary><see cref="Q4_0"/> on AVX-512BW (vpmaddubsw into int16 sums).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    internal static void Q4_0Bw(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
     {
         Load(y, ldy, accumulate, out var a0, out var b0, out var a1, out var b1, out var a2, out var b2, out var a3, out var b3);
         var ones = Vector512.Create((short)1);
@@ -166,8 +187,14 @@ public static unsafe class IntegerTiles
     }
 
     /// <summary>As <see cref="Q4_0"/> for a packed Q8_0 tile (two planes: high nibbles, then low nibbles).</summary>
-    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     public static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    {
+        if (VnniTiles.IsSupported) VnniTiles.Q8_0(packed, scales, xq, xd, xs, columns, blocks, count, y, ldy, accumulate);
+        else Q8_0Bw(packed, scales, xq, xd, xs, columns, blocks, count, y, ldy, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    internal static void Q8_0Bw(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
     {
         Load(y, ldy, accumulate, out var a0, out var b0, out var a1, out var b1, out var a2, out var b2, out var a3, out var b3);
         var ones = Vector512.Create((short)1);

@@ -376,7 +376,7 @@ public static unsafe class Interleaved
                 float* s = scales + b * IntegerTiles.Rows + half * Group;
                 if (half == 1 && !secondGroup)
                 {
-                    for (int step = 0; step < 2 * words; step++) Vector512<byte>.Zero.Store(target + step * 128);
+                    for (int step = 0; step < 8 * IntegerTiles.Planes(type); step++) Vector512<byte>.Zero.Store(target + step * 128);
                     Vector512<float>.Zero.Store(s);
                     continue;
                 }
@@ -384,6 +384,11 @@ public static unsafe class Interleaved
                 for (int word = 0; word < words; word++)
                 {
                     var w = Vector512.Load(source + 32 + 64 * word);
+                    if (type == GgmlType.Q8_0 && IntegerTiles.Planes(type) == 1)
+                    {
+                        w.Store(target + word * 128); // the copy's offset bytes are VNNI's one plane as they are
+                        continue;
+                    }
                     // Q4_0: low nibbles are step `word`, high nibbles step word + 4. Q8_0: high nibbles are plane 0
                     // (steps 0–7), low nibbles plane 1 (steps 8–15).
                     int lowStep = type == GgmlType.Q8_0 ? word + 8 : word, highStep = type == GgmlType.Q8_0 ? word : word + 4;

@@ -1,0 +1,215 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+
+namespace VidKV.Tensors;
+
+/// <summary>
+/// The integer prefill tiles of <see cref="IntegerTiles"/> on AVX-512 VNNI: vpdpbusd adds 4 products of unsigned
+/// weight bytes and signed activation bytes into each int32 lane in one instruction (64 MACs per zmm), where the
+/// AVX-512BW kernel needs vpmaddubsw + vpaddw for the same work and a vpmaddwd per block. .NET 10 has no vpdpbusd on
+/// a CPU with AVX512_VNNI but not AVX10 (Zen 4, Ice Lake, Sapphire Rapids), so the kernel is emitted as machine code
+/// at start-up (<see cref="X86Emitter"/>) into one executable page and called through a function pointer — what
+/// oneDNN and llama.cpp's AMX path get from a compiler.
+/// <para>
+/// Tile layout and arithmetic are those of <see cref="IntegerTiles"/> (same packed tiles, same per-block finish:
+/// (Σ − offset·Σq_x) converted, times d_w·d_x, fused-added; Q4_K's −m·(d_x·Σq_x) fused-subtracted), so the sums are
+/// the same integers and the floats go through the same operations in the same order: the results equal the
+/// AVX-512BW kernel's bit for bit. Int32 lanes cannot saturate, so Q8_0 is one plane of offset bytes w + 128 instead
+/// of two nibble planes. The operand of each vpdpbusd is the token's 4 activations broadcast from memory ({1to16}).
+/// </para>
+/// <para>
+/// Linux x86-64 only (System V calling convention; the page comes from mmap and is made read+execute before use).
+/// <c>VIDKV_VNNI=0</c> turns it off (the AVX-512BW kernel then runs; CI runs the kernel tests that way too).
+/// </para>
+/// </summary>
+public static unsafe partial class VnniTiles
+{
+    /// <summary>Arguments of one kernel call (fields at the offsets the emitted code reads).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct Call
+    {
+        public byte* Packed;     // 0: the tile at its first block
+        public float* Scales;    // 8: [block][32] d_w
+        public float* Mins;      // 16: [block][32] dmin·m (Q4_K)
+        public sbyte* Xq;        // 24: token 0's quants at the first block
+        public void* Sums;       // 32: [token][blocks] Σq as int32 (offset types) or d_x·Σq as float (Q4_K)
+        public float* Xd;        // 40: [token][blocks] d_x
+        public long Columns;     // 48: bytes between tokens' quants
+        public long Blocks;      // 56: elements between tokens' scales and sums
+        public long Count;       // 64: blocks to run (≥ 1)
+        public float* Y;         // 72: token t's 32 outputs at t·Ldy
+        public long Ldy;         // 80
+        public long Accumulate;  // 88: 0 → overwrite y
+    }
+
+    /// <summary>Whether the VNNI kernels run on this machine (emitted, and not switched off).</summary>
+    public static bool IsSupported => Offset3 != null;
+
+    /// <summary>Σq·8 (Q4_0: shift 3) and Σq·128 (Q8_0: shift 7) come off; Q4_K has mins instead.</summary>
+    static readonly delegate* unmanaged[SuppressGCTransition]<Call*, void> Offset3, Offset7, WithMins;
+
+    static VnniTiles()
+    {
+        if (!Available()) return;
+        var parts = new[] { Emit(3, false), Emit(7, false), Emit(0, true) };
+        int size = parts.Sum(p => (p.Length + 63) / 64 * 64);
+        nuint length = (nuint)((size + 4095) / 4096 * 4096);
+        nint page = Mmap(0, length, ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
+        if (page == -1) return;
+        // Held for the life of the process, like any code: a few hundred bytes in one page.
+        var entries = new nint[parts.Length];
+        int at = 0;
+        for (int i = 0; i < parts.Length; i++)
+        {
+            entries[i] = page + at;
+            parts[i].CopyTo(new Span<byte>((byte*)page + at, parts[i].Length));
+            at += (parts[i].Length + 63) / 64 * 64;
+        }
+        if (Mprotect(page, length, ProtRead | ProtExec) != 0) { _ = Munmap(page, length); return; }
+        Offset3 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[0];
+        Offset7 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[1];
+        WithMins = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[2];
+    }
+
+    static bool Available()
+    {
+        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64 || !Avx512BW.IsSupported) return false;
+        if (Environment.GetEnvironmentVariable("VIDKV_VNNI") is "0" or "false") return false;
+        return (X86Base.CpuId(7, 0).Ecx & (1 << 11)) != 0; // CPUID.(EAX=7, ECX=0):ECX[11] = AVX512_VNNI
+    }
+
+    /// <summary>Q4_0 (<paramref name="mins"/> null) or Q4_K tile: as <see cref="IntegerTiles.Q4_0"/>.</summary>
+    internal static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    {
+        var call = new Call
+        {
+            Packed = packed, Scales = scales, Mins = mins, Xq = xq, Sums = mins == null ? xs : xsum, Xd = xd,
+            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0,
+        };
+        if (mins == null) Offset3(&call);
+        else WithMins(&call);
+    }
+
+    /// <summary>Q8_0 tile of one plane of offset bytes: as <see cref="IntegerTiles.Q8_0"/>.</summary>
+    internal static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    {
+        var call = new Call
+        {
+            Packed = packed, Scales = scales, Xq = xq, Sums = xs, Xd = xd,
+            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0,
+        };
+        Offset7(&call);
+    }
+
+    /// <summary>
+    /// The kernel: 4 tokens × 32 rows, <c>Count</c> blocks of 32 columns. zmm0–7: the float outputs (token t: rows 0–15
+    /// in 2t, 16–31 in 2t+1); zmm8–15 the block's int32 sums in the same order; zmm16/17 the weights of one step (4
+    /// columns × 16 rows each); zmm18/19 d_w, zmm20/21 the mins; zmm22–24 temporaries. Tokens 0 and 1 address their
+    /// quants from r8 (+ r10 = columns), 2 and 3 from r9; their scales and sums from r11/rbx and r12/r13 (+ rbp =
+    /// blocks·4). <paramref name="shift"/>: log2 of the offset (Σ − Σq·2^shift), ignored with <paramref name="mins"/>.
+    /// </summary>
+    static byte[] Emit(int shift, bool mins)
+    {
+        const int Rax = X86Emitter.Rax, Rcx = X86Emitter.Rcx, Rdx = X86Emitter.Rdx, Rbx = X86Emitter.Rbx, Rbp = X86Emitter.Rbp,
+            Rsi = X86Emitter.Rsi, Rdi = X86Emitter.Rdi, R8 = X86Emitter.R8, R9 = X86Emitter.R9, R10 = X86Emitter.R10,
+            R11 = X86Emitter.R11, R12 = X86Emitter.R12, R13 = X86Emitter.R13, R14 = X86Emitter.R14, R15 = X86Emitter.R15;
+        var e = new X86Emitter();
+        int[] saved = [Rbx, Rbp, R12, R13, R14, R15];
+        foreach (int r in saved) e.Push(r);
+        e.Load(Rax, new(Rdi, Disp: 0));
+        e.Load(Rsi, new(Rdi, Disp: 8));
+        e.Load(Rdx, new(Rdi, Disp: 16));
+        e.Load(R8, new(Rdi, Disp: 24));
+        e.Load(R12, new(Rdi, Disp: 32));
+        e.Load(R11, new(Rdi, Disp: 40));
+        e.Load(R10, new(Rdi, Disp: 48));
+        e.Load(Rbp, new(Rdi, Disp: 56));
+        e.Shl(Rbp, 2);
+        e.Load(Rcx, new(Rdi, Disp: 64));
+        e.Load(R14, new(Rdi, Disp: 72));
+        e.Load(R15, new(Rdi, Disp: 80));
+        e.Shl(R15, 2);
+        e.Load(Rdi, new(Rdi, Disp: 88));
+        e.Lea(R9, new(R8, R10, 2));
+        e.Lea(Rbx, new(R11, Rbp, 2));
+        e.Lea(R13, new(R12, Rbp, 2));
+        // y rows: token 0 at r14, 1 at r14 + r15, 2 at rdi, 3 at rdi + r15.
+        X86Emitter.Mem[] y = [new(R14), new(R14, R15), new(Rdi), new(Rdi, R15)];
+        e.Test(Rdi, Rdi);
+        e.Lea(Rdi, new(R14, R15, 2)); // lea leaves the flags alone
+        int toZero = e.JumpForward(X86Emitter.Condition.Zero);
+        for (int t = 0; t < 4; t++) { e.VLoad(2 * t, y[t]); e.VLoad(2 * t + 1, y[t] + 64); }
+        int toLoop = e.JumpForward(X86Emitter.Condition.Always);
+        e.Bind(toZero);
+        for (int t = 0; t < 4; t++) { e.VZero(2 * t); e.VZero(2 * t + 1); }
+        e.Bind(toLoop);
+
+        X86Emitter.Mem[] x = [new(R8), new(R8, R10), new(R9), new(R9, R10)];
+        X86Emitter.Mem[] d = [new(R11), new(R11, Rbp), new(Rbx), new(Rbx, Rbp)];
+        X86Emitter.Mem[] s = [new(R12), new(R12, Rbp), new(R13), new(R13, Rbp)];
+        int loop = e.Position;
+        for (int r = 8; r < 16; r++) e.VZero(r);
+        for (int step = 0; step < 8; step++)
+        {
+            e.VLoad(16, new(Rax, Disp: step * 128));
+            e.VLoad(17, new(Rax, Disp: step * 128 + 64));
+            for (int t = 0; t < 4; t++)
+            {
+                e.VpdpbusdBroadcast(8 + 2 * t, 16, x[t] + 4 * step);
+                e.VpdpbusdBroadcast(9 + 2 * t, 17, x[t] + 4 * step);
+            }
+        }
+        e.VLoad(18, new(Rsi));
+        e.VLoad(19, new(Rsi, Disp: 64));
+        if (mins) { e.VLoad(20, new(Rdx)); e.VLoad(21, new(Rdx, Disp: 64)); }
+        for (int t = 0; t < 4; t++)
+        {
+            int low = 8 + 2 * t, high = 9 + 2 * t;
+            if (!mins)
+            {
+                e.VpslldBroadcast(22, s[t], shift);
+                e.Vpsubd(low, low, 22);
+                e.Vpsubd(high, high, 22);
+            }
+            e.Vcvtdq2ps(low, low);
+            e.Vcvtdq2ps(high, high);
+            e.VmulpsBroadcast(23, 18, d[t]);
+            e.VmulpsBroadcast(24, 19, d[t]);
+            e.Vfmadd231ps(2 * t, low, 23);
+            e.Vfmadd231ps(2 * t + 1, high, 24);
+            if (mins)
+            {
+                e.Vfnmadd231psBroadcast(2 * t, 20, s[t]);
+                e.Vfnmadd231psBroadcast(2 * t + 1, 21, s[t]);
+            }
+        }
+        e.Add(Rax, 1024);
+        e.Add(R8, 32);
+        e.Add(R9, 32);
+        e.Add(Rsi, 128);
+        e.Add(Rdx, 128);
+        foreach (int r in new[] { R11, Rbx, R12, R13 }) e.Add(r, 4);
+        e.Add(Rcx, -1);
+        e.JumpBack(X86Emitter.Condition.NotZero, loop);
+
+        for (int t = 0; t < 4; t++) { e.VStore(y[t], 2 * t); e.VStore(y[t] + 64, 2 * t + 1); }
+        e.Vzeroupper();
+        for (int i = saved.Length - 1; i >= 0; i--) e.Pop(saved[i]);
+        e.Ret();
+        return e.ToArray();
+    }
+
+    /// <summary>The emitted code of one kernel (for inspection: <c>objdump -D -b binary -mi386:x86-64</c>).</summary>
+    internal static byte[] Code(int shift, bool mins) => Emit(shift, mins);
+
+    const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapPrivate = 2, MapAnonymous = 0x20;
+
+    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+    private static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport("libc", EntryPoint = "mprotect", SetLastError = true)]
+    private static partial int Mprotect(nint address, nuint length, int protection);
+
+    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+    private static partial int Munmap(nint address, nuint length);
+}

@@ -1,0 +1,162 @@
+namespace VidKV.Tensors;
+
+/// <summary>
+/// A minimal x86-64 assembler: just the instruction forms <see cref="VnniTiles"/> needs, encoded per the Intel SDM
+/// (volume 2, §2.2 REX, §2.7 EVEX). Every memory operand is [base + index·scale + disp32] with a SIB byte, so no
+/// base or displacement special cases arise (rsp and r12 as bases, rbp and r13 without a displacement, EVEX's
+/// compressed disp8); the code is a few bytes longer and no slower.
+/// </summary>
+internal sealed class X86Emitter
+{
+    readonly List<byte> code = [];
+
+    /// <summary>General-purpose register numbers as the encoding uses them.</summary>
+    public const int Rax = 0, Rcx = 1, Rdx = 2, Rbx = 3, Rsp = 4, Rbp = 5, Rsi = 6, Rdi = 7,
+        R8 = 8, R9 = 9, R10 = 10, R11 = 11, R12 = 12, R13 = 13, R14 = 14, R15 = 15;
+
+    /// <summary>A memory operand [base + index·scale + disp] (index −1: none; rsp cannot be an index).</summary>
+    public readonly record struct Mem(int Base, int Index = -1, int Scale = 1, int Disp = 0)
+    {
+        public static Mem operator +(Mem m, int disp) => m with { Disp = m.Disp + disp };
+    }
+
+    /// <summary>The bytes emitted so far.</summary>
+    public byte[] ToArray() => [.. code];
+
+    /// <summary>Current offset (a label).</summary>
+    public int Position => code.Count;
+
+    void Byte(int b) => code.Add((byte)b);
+
+    void Int32(int v)
+    {
+        for (int i = 0; i < 4; i++) Byte(v >> (8 * i));
+    }
+
+    /// <summary>ModRM (mod = 10), SIB and disp32 for <paramref name="m"/> with <paramref name="reg"/>'s low bits.</summary>
+    void Address(int reg, Mem m)
+    {
+        if (m.Index == Rsp) throw new ArgumentException("rsp cannot be an index register.", nameof(m));
+        int scaleBits = m.Scale switch { 1 => 0, 2 => 1, 4 => 2, 8 => 3, _ => throw new ArgumentException($"Scale {m.Scale} is not 1, 2, 4 or 8.", nameof(m)) };
+        Byte(0x80 | (reg & 7) << 3 | 4);
+        Byte(scaleBits << 6 | (m.Index < 0 ? 4 : m.Index & 7) << 3 | (m.Base & 7));
+        Int32(m.Disp);
+    }
+
+    // ---- General-purpose instructions (64-bit operands: REX.W) ----
+
+    void Rex(int reg, int index, int rm) => Byte(0x48 | (reg >> 3 & 1) << 2 | (index < 0 ? 0 : index >> 3 & 1) << 1 | (rm >> 3 & 1));
+
+    /// <summary>mov r64, [m]</summary>
+    public void Load(int dst, Mem m) { Rex(dst, m.Index, m.Base); Byte(0x8B); Address(dst, m); }
+
+    /// <summary>lea r64, [m]</summary>
+    public void Lea(int dst, Mem m) { Rex(dst, m.Index, m.Base); Byte(0x8D); Address(dst, m); }
+
+    /// <summary>add r64, imm32</summary>
+    public void Add(int dst, int imm) { Rex(0, -1, dst); Byte(0x81); Byte(0xC0 | (dst & 7)); Int32(imm); }
+
+    /// <summary>shl r64, imm8</summary>
+    public void Shl(int dst, int imm) { Rex(0, -1, dst); Byte(0xC1); Byte(0xE0 | (dst & 7)); Byte(imm); }
+
+    /// <summary>test r64, r64</summary>
+    public void Test(int a, int b) { Rex(b, -1, a); Byte(0x85); Byte(0xC0 | (b & 7) << 3 | (a & 7)); }
+
+    /// <summary>push r64</summary>
+    public void Push(int r) { if (r >= 8) Byte(0x41); Byte(0x50 | (r & 7)); }
+
+    /// <summary>pop r64</summary>
+    public void Pop(int r) { if (r >= 8) Byte(0x41); Byte(0x58 | (r & 7)); }
+
+    public void Ret() => Byte(0xC3);
+
+    /// <summary>vzeroupper (the caller's SSE code pays no transition penalty).</summary>
+    public void Vzeroupper() { Byte(0xC5); Byte(0xF8); Byte(0x77); }
+
+    /// <summary>A forward jump (jmp, jz or jnz) to be bound with <see cref="Bind"/>; returns its patch position.</summary>
+    public int JumpForward(Condition condition)
+    {
+        Branch(condition);
+        Int32(0);
+        return code.Count;
+    }
+
+    /// <summary>Points the forward jump ending at <paramref name="patch"/> to the current position.</summary>
+    public void Bind(int patch)
+    {
+        int rel = code.Count - patch;
+        for (int i = 0; i < 4; i++) code[patch - 4 + i] = (byte)(rel >> (8 * i));
+    }
+
+    /// <summary>A backward jump to <paramref name="label"/>.</summary>
+    public void JumpBack(Condition condition, int label)
+    {
+        Branch(condition);
+        Int32(label - (code.Count + 4));
+    }
+
+    void Branch(Condition condition)
+    {
+        if (condition == Condition.Always) { Byte(0xE9); return; }
+        Byte(0x0F);
+        Byte(condition == Condition.Zero ? 0x84 : 0x85);
+    }
+
+    public enum Condition { Always, Zero, NotZero }
+
+    // ---- AVX-512 instructions on zmm registers (EVEX.512) ----
+
+    /// <summary>Opcode maps and mandatory prefixes of the EVEX forms used.</summary>
+    const int Map0F = 1, Map0F38 = 2, NoPrefix = 0, P66 = 1;
+
+    /// <summary>
+    /// EVEX prefix, opcode and operands. <paramref name="vvvv"/> is the second source (−1: unused);
+    /// <paramref name="rm"/> a zmm register when <paramref name="m"/> is null; <paramref name="broadcast"/> sets EVEX.b
+    /// (a 32-bit memory element repeated to all 16 lanes, {1to16}). No masking, W0, 512-bit length.
+    /// </summary>
+    void Evex(int map, int pp, int opcode, int reg, int vvvv, int rm, Mem? m, bool broadcast)
+    {
+        int v = vvvv < 0 ? 0 : vvvv;
+        int x, b;
+        if (m is { } mem) { x = mem.Index < 0 ? 0 : mem.Index >> 3 & 1; b = mem.Base >> 3 & 1; }
+        else { x = rm >> 4 & 1; b = rm >> 3 & 1; }
+        Byte(0x62);
+        Byte((~reg >> 3 & 1) << 7 | (~x & 1) << 6 | (~b & 1) << 5 | (~reg >> 4 & 1) << 4 | map);
+        Byte((~v & 15) << 3 | 4 | pp);
+        Byte(2 << 5 | (broadcast ? 1 : 0) << 4 | (~v >> 4 & 1) << 3);
+        Byte(opcode);
+        if (m is { } address) Address(reg, address);
+        else Byte(0xC0 | (reg & 7) << 3 | (rm & 7));
+    }
+
+    /// <summary>vmovups zmm, [m]</summary>
+    public void VLoad(int dst, Mem m) => Evex(Map0F, NoPrefix, 0x10, dst, -1, 0, m, false);
+
+    /// <summary>vmovups [m], zmm</summary>
+    public void VStore(Mem m, int src) => Evex(Map0F, NoPrefix, 0x11, src, -1, 0, m, false);
+
+    /// <summary>vpxord zmm, zmm, zmm (with itself: zero).</summary>
+    public void VZero(int dst) => Evex(Map0F, P66, 0xEF, dst, dst, dst, null, false);
+
+    /// <summary>vpdpbusd acc, u8, [m]{1to16}: acc (int32 lanes) += Σ of 4 products of unsigned bytes of
+    /// <paramref name="unsigned"/> with the signed bytes of the 32-bit word at <paramref name="m"/>.</summary>
+    public void VpdpbusdBroadcast(int acc, int unsigned, Mem m) => Evex(Map0F38, P66, 0x50, acc, unsigned, 0, m, true);
+
+    /// <summary>vpslld dst, [m]{1to16}, imm8</summary>
+    public void VpslldBroadcast(int dst, Mem m, int shift) { Evex(Map0F, P66, 0x72, 6, dst, 0, m, true); Byte(shift); }
+
+    /// <summary>vpsubd dst, a, b (dst = a − b)</summary>
+    public void Vpsubd(int dst, int a, int b) => Evex(Map0F, P66, 0xFA, dst, a, b, null, false);
+
+    /// <summary>vcvtdq2ps dst, src</summary>
+    public void Vcvtdq2ps(int dst, int src) => Evex(Map0F, NoPrefix, 0x5B, dst, -1, src, null, false);
+
+    /// <summary>vmulps dst, a, [m]{1to16}</summary>
+    public void VmulpsBroadcast(int dst, int a, Mem m) => Evex(Map0F, NoPrefix, 0x59, dst, a, 0, m, true);
+
+    /// <summary>vfmadd231ps acc, a, b (acc = a·b + acc, one rounding)</summary>
+    public void Vfmadd231ps(int acc, int a, int b) => Evex(Map0F38, P66, 0xB8, acc, a, b, null, false);
+
+    /// <summary>vfnmadd231ps acc, a, [m]{1to16} (acc = −(a·m) + acc, one rounding)</summary>
+    public void Vfnmadd231psBroadcast(int acc, int a, Mem m) => Evex(Map0F38, P66, 0xBC, acc, a, 0, m, true);
+}
