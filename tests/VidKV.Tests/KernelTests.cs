@@ -52,6 +52,32 @@ public class KernelTests
         Assert.Equal(expected, got);
     }
 
+    /// <summary>
+    /// The softmax's fused pass (<see cref="VectorMath.ExpShiftedSum"/>) at every length 0–256 and large odd ones: each
+    /// entry the bits of <see cref="VectorMath.Exp(float)"/> of (x − shift), masked (−∞) entries 0, and the sum within
+    /// f32 rounding of the f64 sum of those entries.
+    /// </summary>
+    [Fact]
+    public void ExpShiftedSumMatchesScalar()
+    {
+        var rng = new Random(22);
+        foreach (int n in Lengths)
+        {
+            float[] x = Enumerable.Range(0, n).Select(i => i % 11 == 5 ? float.NegativeInfinity : (float)(rng.NextDouble() * 40 - 30)).ToArray();
+            float shift = n == 0 ? 0 : x.Max(), total = 0;
+            float[] row = (float[])x.Clone();
+            total = VectorMath.ExpShiftedSum(row, shift);
+            double want = 0;
+            for (int i = 0; i < n; i++)
+            {
+                float e = VectorMath.Exp(x[i] - shift);
+                Assert.Equal(e, row[i]);
+                want += e;
+            }
+            Assert.True(Math.Abs(total - want) <= 1e-6 * Math.Max(want, 1e-30) * Math.Max(1, Math.Log2(n + 1)), $"n={n}: sum {total:R}, want {want:R}");
+        }
+    }
+
     [Fact]
     public void RmsNormAndSwiGluAtEveryLength()
     {
@@ -208,8 +234,8 @@ public class KernelTests
     /// <summary>
     /// The VNNI tile kernel (<see cref="VnniTiles"/>, emitted machine code) against the AVX-512BW one on the same random
     /// tiles: the same integers and the same float operations in the same order, so equal bit for bit — Q4_0 and Q4_K
-    /// (mins) on one tile, Q8_0's one plane of offset bytes against its two nibble planes; 1–13 blocks, with and without
-    /// accumulation, tokens of extreme and random quants. Where the kernel cannot run (no AVX512_VNNI, not Linux x86-64,
+    /// (mins) on one tile, Q8_0's one plane of offset bytes against its two nibble planes; 1–13 blocks, 1–3 groups of 4
+    /// tokens (the kernel walks the groups itself), with and without accumulation, quants extreme and random. Where the kernel cannot run (no AVX512_VNNI, not Linux x86-64,
     /// or <c>VIDKV_VNNI=0</c>) the tile products dispatch to the AVX-512BW kernel, which the other tests hold to the reference.
     /// </summary>
     [Theory]
@@ -225,19 +251,19 @@ public class KernelTests
         }
         Assert.Equal(1, IntegerTiles.Planes(type));
         var rng = new Random(13 + (int)type);
-        foreach (int count in new[] { 1, 2, 7, 13 })
+        foreach (var (count, groups) in new[] { (1, 1), (2, 3), (7, 1), (13, 2) })
             foreach (bool accumulate in new[] { false, true })
             {
-                int columns = 32 * (count + 3), blocks = columns / 32, ldy = 37; // the tile covers blocks 0 … count−1 of wider rows
+                int tokens = 4 * groups, columns = 32 * (count + 3), blocks = columns / 32, ldy = 37; // the tile covers blocks 0 … count−1 of wider rows
                 var packed = new byte[count * 1024];
                 rng.NextBytes(packed);
                 if (type != GgmlType.Q8_0) for (int i = 0; i < packed.Length; i++) packed[i] &= 15;
-                float[] scales = Random(rng, count * 32), mins = Random(rng, count * 32), xd = Random(rng, 4 * blocks), xsum = Random(rng, 4 * blocks);
-                var xq = new sbyte[4 * columns];
+                float[] scales = Random(rng, count * 32), mins = Random(rng, count * 32), xd = Random(rng, tokens * blocks), xsum = Random(rng, tokens * blocks);
+                var xq = new sbyte[tokens * columns];
                 for (int i = 0; i < xq.Length; i++) xq[i] = (sbyte)(i % 97 == 0 ? -127 : i % 89 == 0 ? 127 : rng.Next(-127, 128));
-                var xs = new int[4 * blocks];
-                fixed (sbyte* q = xq) fixed (int* s = xs) IntegerTiles.BlockSums(q, 4 * blocks, s);
-                float[] initial = Random(rng, 4 * ldy), want = (float[])initial.Clone(), got = (float[])initial.Clone();
+                var xs = new int[tokens * blocks];
+                fixed (sbyte* q = xq) fixed (int* s = xs) IntegerTiles.BlockSums(q, tokens * blocks, s);
+                float[] initial = Random(rng, tokens * ldy), want = (float[])initial.Clone(), got = (float[])initial.Clone();
                 // Q8_0's two planes for the AVX-512BW kernel: high nibbles at steps 0–7, low nibbles at steps 8–15 of each block.
                 var planes = new byte[count * 2048];
                 for (int b = 0; b < count; b++)
@@ -252,20 +278,18 @@ public class KernelTests
                 fixed (int* s = xs)
                 {
                     float* m = type == GgmlType.Q4_K ? mn : null;
-                    if (type == GgmlType.Q8_0)
+                    for (int group = 0; group < groups; group++)
                     {
-                        IntegerTiles.Q8_0Bw(pl, sc, q, d, s, columns, blocks, count, w, ldy, accumulate);
-                        VnniTiles.Q8_0(pk, sc, q, d, s, columns, blocks, count, g, ldy, accumulate);
+                        int t = 4 * group;
+                        if (type == GgmlType.Q8_0) IntegerTiles.Q8_0Bw(pl, sc, q + t * columns, d + t * blocks, s + t * blocks, columns, blocks, count, w + t * ldy, ldy, accumulate);
+                        else IntegerTiles.Q4_0Bw(pk, sc, m, q + t * columns, d + t * blocks, s + t * blocks, sum + t * blocks, columns, blocks, count, w + t * ldy, ldy, accumulate);
                     }
-                    else
-                    {
-                        IntegerTiles.Q4_0Bw(pk, sc, m, q, d, s, sum, columns, blocks, count, w, ldy, accumulate);
-                        VnniTiles.Q4_0(pk, sc, m, q, d, s, sum, columns, blocks, count, g, ldy, accumulate);
-                    }
+                    if (type == GgmlType.Q8_0) VnniTiles.Q8_0(pk, sc, q, d, s, columns, blocks, count, groups, g, ldy, accumulate);
+                    else VnniTiles.Q4_0(pk, sc, m, q, d, s, sum, columns, blocks, count, groups, g, ldy, accumulate);
                 }
                 for (int i = 0; i < want.Length; i++)
                     Assert.True(BitConverter.SingleToInt32Bits(want[i]) == BitConverter.SingleToInt32Bits(got[i]),
-                        $"{type}, {count} blocks, accumulate={accumulate}: token {i / ldy} row {i % ldy}: VNNI {got[i]:R} vs AVX-512BW {want[i]:R}");
+                        $"{type}, {count} blocks, {groups} groups, accumulate={accumulate}: token {i / ldy} row {i % ldy}: VNNI {got[i]:R} vs AVX-512BW {want[i]:R}");
             }
     }
 

@@ -113,9 +113,9 @@ public static unsafe class IntegerTiles
     }
 
     /// <summary>
-    /// y[t·ldy + r] (+)= Σ_c w(r, c)·x(t, c) over <paramref name="count"/> blocks, for 4 tokens and the 32 rows of one
-    /// packed Q4_0 tile (<paramref name="packed"/> and <paramref name="scales"/> at the first of those blocks).
-    /// <paramref name="xq"/>: token 0's quants at that block (token t at t·<paramref name="columns"/>);
+    /// y[t·ldy + r] (+)= Σ_c w(r, c)·x(t, c) over <paramref name="count"/> blocks, for <paramref name="groups"/> × 4
+    /// tokens and the 32 rows of one packed Q4_0 tile (<paramref name="packed"/> and <paramref name="scales"/> at the
+    /// first of those blocks). <paramref name="xq"/>: token 0's quants at that block (token t at t·<paramref name="columns"/>);
     /// <paramref name="xd"/>, <paramref name="xs"/>: the tokens' per-block scales and integer quant sums there, token t
     /// at t·<paramref name="blocks"/>. With <paramref name="accumulate"/> the sums add to what y holds.
     /// </summary>
@@ -123,14 +123,18 @@ public static unsafe class IntegerTiles
     /// Q4_K runs here too (<paramref name="mins"/> not null): its nibbles carry no offset, and each block's
     /// −dmin·m·Σx comes off as mins ⊙ <paramref name="xsum"/> (d_x·Σq per token and block).
     /// </remarks>
-    public static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    public static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
     {
         if (VnniTiles.IsSupported)
         {
-            VnniTiles.Q4_0(packed, scales, mins, xq, xd, xs, xsum, columns, blocks, count, y, ldy, accumulate);
+            VnniTiles.Q4_0(packed, scales, mins, xq, xd, xs, xsum, columns, blocks, count, groups, y, ldy, accumulate);
             return;
         }
-        Q4_0Bw(packed, scales, mins, xq, xd, xs, xsum, columns, blocks, count, y, ldy, accumulate);
+        for (int g = 0; g < groups; g++)
+        {
+            int t = g * Tokens;
+            Q4_0Bw(packed, scales, mins, xq + (long)t * columns, xd + t * blocks, xs + t * blocks, xsum == null ? null : xsum + t * blocks, columns, blocks, count, y + (long)t * ldy, ldy, accumulate);
+        }
     }
 
     /// <summary><see cref="Q4_0"/> on AVX-512BW (vpmaddubsw into int16 sums).</summary>
@@ -187,10 +191,18 @@ public static unsafe class IntegerTiles
     }
 
     /// <summary>As <see cref="Q4_0"/> for a packed Q8_0 tile (two planes: high nibbles, then low nibbles).</summary>
-    public static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    public static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
     {
-        if (VnniTiles.IsSupported) VnniTiles.Q8_0(packed, scales, xq, xd, xs, columns, blocks, count, y, ldy, accumulate);
-        else Q8_0Bw(packed, scales, xq, xd, xs, columns, blocks, count, y, ldy, accumulate);
+        if (VnniTiles.IsSupported)
+        {
+            VnniTiles.Q8_0(packed, scales, xq, xd, xs, columns, blocks, count, groups, y, ldy, accumulate);
+            return;
+        }
+        for (int g = 0; g < groups; g++)
+        {
+            int t = g * Tokens;
+            Q8_0Bw(packed, scales, xq + (long)t * columns, xd + t * blocks, xs + t * blocks, columns, blocks, count, y + (long)t * ldy, ldy, accumulate);
+        }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]

@@ -40,6 +40,7 @@ public static unsafe partial class VnniTiles
         public float* Y;         // 72: token t's 32 outputs at t·Ldy
         public long Ldy;         // 80
         public long Accumulate;  // 88: 0 → overwrite y
+        public long Groups;      // 96: groups of 4 tokens, one after another (the kernel advances Xq, Sums, Xd and Y)
     }
 
     /// <summary>Whether the VNNI kernels run on this machine (emitted, and not switched off).</summary>
@@ -79,43 +80,52 @@ public static unsafe partial class VnniTiles
     }
 
     /// <summary>Q4_0 (<paramref name="mins"/> null) or Q4_K tile: as <see cref="IntegerTiles.Q4_0"/>.</summary>
-    internal static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    internal static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
     {
         var call = new Call
         {
             Packed = packed, Scales = scales, Mins = mins, Xq = xq, Sums = mins == null ? xs : xsum, Xd = xd,
-            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0,
+            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0, Groups = groups,
         };
+        if (count <= 0 || groups <= 0) return;
         if (mins == null) Offset3(&call);
         else WithMins(&call);
     }
 
     /// <summary>Q8_0 tile of one plane of offset bytes: as <see cref="IntegerTiles.Q8_0"/>.</summary>
-    internal static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, float* y, int ldy, bool accumulate)
+    internal static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
     {
         var call = new Call
         {
             Packed = packed, Scales = scales, Xq = xq, Sums = xs, Xd = xd,
-            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0,
+            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0, Groups = groups,
         };
+        if (count <= 0 || groups <= 0) return;
         Offset7(&call);
     }
 
     /// <summary>
-    /// The kernel: 4 tokens × 32 rows, <c>Count</c> blocks of 32 columns. zmm0–7: the float outputs (token t: rows 0–15
-    /// in 2t, 16–31 in 2t+1); zmm8–15 the block's int32 sums in the same order; zmm16/17 the weights of one step (4
-    /// columns × 16 rows each); zmm18/19 d_w, zmm20/21 the mins; zmm22–24 temporaries. Tokens 0 and 1 address their
-    /// quants from r8 (+ r10 = columns), 2 and 3 from r9; their scales and sums from r11/rbx and r12/r13 (+ rbp =
-    /// blocks·4). <paramref name="shift"/>: log2 of the offset (Σ − Σq·2^shift), ignored with <paramref name="mins"/>.
+    /// The kernel: <c>Groups</c> × 4 tokens × 32 rows, <c>Count</c> blocks of 32 columns. zmm0–7: the float outputs
+    /// (token t: rows 0–15 in 2t, 16–31 in 2t+1); zmm8–15 the block's int32 sums in the same order; zmm16/17 the
+    /// weights of one step (4 columns × 16 rows each); zmm18/19 d_w, zmm20/21 the mins; zmm22–24 temporaries. Tokens
+    /// 0 and 1 address their quants from r8 (+ r10 = columns), 2 and 3 from r9; their scales and sums from r11/rbx and
+    /// r12/r13 (+ rbp = blocks·4); y from r14/rdi (+ r15 = ldy·4). Every general register is in use, so the argument
+    /// block's address stays on the stack and each group reloads from it and moves its token pointers on by 4 tokens.
+    /// <paramref name="shift"/>: log2 of the offset (Σ − Σq·2^shift), ignored with <paramref name="mins"/>.
     /// </summary>
     static byte[] Emit(int shift, bool mins)
     {
-        const int Rax = X86Emitter.Rax, Rcx = X86Emitter.Rcx, Rdx = X86Emitter.Rdx, Rbx = X86Emitter.Rbx, Rbp = X86Emitter.Rbp,
-            Rsi = X86Emitter.Rsi, Rdi = X86Emitter.Rdi, R8 = X86Emitter.R8, R9 = X86Emitter.R9, R10 = X86Emitter.R10,
-            R11 = X86Emitter.R11, R12 = X86Emitter.R12, R13 = X86Emitter.R13, R14 = X86Emitter.R14, R15 = X86Emitter.R15;
+        const int Rax = X86Emitter.Rax, Rcx = X86Emitter.Rcx, Rdx = X86Emitter.Rdx, Rbx = X86Emitter.Rbx, Rsp = X86Emitter.Rsp,
+            Rbp = X86Emitter.Rbp, Rsi = X86Emitter.Rsi, Rdi = X86Emitter.Rdi, R8 = X86Emitter.R8, R9 = X86Emitter.R9,
+            R10 = X86Emitter.R10, R11 = X86Emitter.R11, R12 = X86Emitter.R12, R13 = X86Emitter.R13, R14 = X86Emitter.R14, R15 = X86Emitter.R15;
         var e = new X86Emitter();
         int[] saved = [Rbx, Rbp, R12, R13, R14, R15];
         foreach (int r in saved) e.Push(r);
+        e.Push(Rdi);
+        X86Emitter.Mem args = new(Rsp);
+
+        int group = e.Position;
+        e.Load(Rdi, args);
         e.Load(Rax, new(Rdi, Disp: 0));
         e.Load(Rsi, new(Rdi, Disp: 8));
         e.Load(Rdx, new(Rdi, Disp: 16));
@@ -191,8 +201,18 @@ public static unsafe partial class VnniTiles
         foreach (int r in new[] { R11, Rbx, R12, R13 }) e.Add(r, 4);
         e.Add(Rcx, -1);
         e.JumpBack(X86Emitter.Condition.NotZero, loop);
-
         for (int t = 0; t < 4; t++) { e.VStore(y[t], 2 * t); e.VStore(y[t] + 64, 2 * t + 1); }
+
+        // Next group: Xq += 4·columns, Sums and Xd += 4·blocks·4 bytes, Y += 4·ldy·4 bytes; Groups −= 1.
+        e.Load(Rdi, args);
+        e.Load(Rax, new(Rdi, Disp: 24)); e.Lea(Rax, new(Rax, R10, 4)); e.Store(new(Rdi, Disp: 24), Rax);
+        e.Load(Rax, new(Rdi, Disp: 32)); e.Lea(Rax, new(Rax, Rbp, 4)); e.Store(new(Rdi, Disp: 32), Rax);
+        e.Load(Rax, new(Rdi, Disp: 40)); e.Lea(Rax, new(Rax, Rbp, 4)); e.Store(new(Rdi, Disp: 40), Rax);
+        e.Load(Rax, new(Rdi, Disp: 72)); e.Lea(Rax, new(Rax, R15, 4)); e.Store(new(Rdi, Disp: 72), Rax);
+        e.Load(Rax, new(Rdi, Disp: 96)); e.Add(Rax, -1); e.Store(new(Rdi, Disp: 96), Rax);
+        e.JumpBack(X86Emitter.Condition.NotZero, group); // mov does not touch the flags of the add
+
+        e.Pop(Rdi);
         e.Vzeroupper();
         for (int i = saved.Length - 1; i >= 0; i--) e.Pop(saved[i]);
         e.Ret();

@@ -463,15 +463,15 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                 for (int c = 0; c < blocks; c += chunk)
                 {
                     int count = Math.Min(chunk, blocks - c);
-                    for (int t = 0; t < direct; t += IntegerTiles.Tokens)
-                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, count,
-                            part.Y + (long)t * part.Rows + tile, part.Rows, c > 0);
+                    if (direct > 0)
+                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, 0, c, count,
+                            direct / IntegerTiles.Tokens, part.Y + tile, part.Rows, c > 0);
                 }
                 for (int t = direct; t < tokens; t += IntegerTiles.Tokens)
                 {
                     for (int c = 0; c < blocks; c += chunk)
                         Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, Math.Min(chunk, blocks - c),
-                            output, IntegerTiles.Rows, c > 0);
+                            1, output, IntegerTiles.Rows, c > 0);
                     for (int u = 0; u < Math.Min(IntegerTiles.Tokens, tokens - t); u++)
                         new ReadOnlySpan<float>(output + u * IntegerTiles.Rows, rows).CopyTo(new Span<float>(part.Y + (long)(t + u) * part.Rows + tile, rows));
                 }
@@ -479,15 +479,15 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         }
     }
 
-    /// <summary>Tokens t … t+3 against blocks c … c+count−1 of a packed tile.</summary>
-    static void Group(ref Job job, bool q8, byte* packed, float* scales, float* mins, int t, int c, int count, float* y, int ldy, bool accumulate)
+    /// <summary>Tokens t … t + 4·groups − 1 against blocks c … c+count−1 of a packed tile.</summary>
+    static void Group(ref Job job, bool q8, byte* packed, float* scales, float* mins, int t, int c, int count, int groups, float* y, int ldy, bool accumulate)
     {
         int columns = job.Columns, blocks = columns / QuantizedDot.BlockSize;
         sbyte* xq = job.Quants + (long)t * columns + c * QuantizedDot.BlockSize;
         float* xd = job.Scales + (long)t * blocks + c;
         int* xs = job.BlockSums + (long)t * blocks + c;
-        if (q8) IntegerTiles.Q8_0(packed, scales, xq, xd, xs, columns, blocks, count, y, ldy, accumulate);
-        else IntegerTiles.Q4_0(packed, scales, mins, xq, xd, xs, job.Sums + (long)t * blocks + c, columns, blocks, count, y, ldy, accumulate);
+        if (q8) IntegerTiles.Q8_0(packed, scales, xq, xd, xs, columns, blocks, count, groups, y, ldy, accumulate);
+        else IntegerTiles.Q4_0(packed, scales, mins, xq, xd, xs, job.Sums + (long)t * blocks + c, columns, blocks, count, groups, y, ldy, accumulate);
     }
 
     static void CopyOut(float* output, int tokens, int rows, float* y, int ldy)

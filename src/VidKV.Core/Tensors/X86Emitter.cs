@@ -50,6 +50,9 @@ internal sealed class X86Emitter
     /// <summary>mov r64, [m]</summary>
     public void Load(int dst, Mem m) { Rex(dst, m.Index, m.Base); Byte(0x8B); Address(dst, m); }
 
+    /// <summary>mov [m], r64</summary>
+    public void Store(Mem m, int src) { Rex(src, m.Index, m.Base); Byte(0x89); Address(src, m); }
+
     /// <summary>lea r64, [m]</summary>
     public void Lea(int dst, Mem m) { Rex(dst, m.Index, m.Base); Byte(0x8D); Address(dst, m); }
 
