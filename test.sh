@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole VidKV test suite, as CI does. Needs only the .NET 10 SDK and ../shared/testdata
-# (or VIDKV_TESTDATA pointing at it). The kernel tests run three times more: without the emitted VNNI kernel (the
-# AVX-512BW integer tiles), with AVX-512 and then AVX2 switched off, so every vector path and the scalar fallbacks run.
+# (or VIDKV_TESTDATA pointing at it). The kernel tests run three times more: without the emitted kernels (the
+# managed AVX-512 ones), with AVX-512 and then AVX2 switched off, so every vector path and the scalar fallbacks run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 dotnet test VidKV.slnx -c Release -nologo
 kernels="FullyQualifiedName~KernelTests|FullyQualifiedName~DequantizeTests"
-echo "== kernel tests without VNNI =="
-VIDKV_VNNI=0 dotnet test VidKV.slnx -c Release -nologo --no-build --filter "$kernels"
+echo "== kernel tests without emitted kernels =="
+VIDKV_EMIT=0 dotnet test VidKV.slnx -c Release -nologo --no-build --filter "$kernels"
 echo "== kernel tests without AVX-512 =="
 DOTNET_EnableAVX512F=0 dotnet test VidKV.slnx -c Release -nologo --no-build --filter "$kernels"
 echo "== kernel tests without AVX2 =="

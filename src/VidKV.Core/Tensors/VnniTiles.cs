@@ -8,8 +8,7 @@ namespace VidKV.Tensors;
 /// weight bytes and signed activation bytes into each int32 lane in one instruction (64 MACs per zmm), where the
 /// AVX-512BW kernel needs vpmaddubsw + vpaddw for the same work and a vpmaddwd per block. .NET 10 has no vpdpbusd on
 /// a CPU with AVX512_VNNI but not AVX10 (Zen 4, Ice Lake, Sapphire Rapids), so the kernel is emitted as machine code
-/// at start-up (<see cref="X86Emitter"/>) into one executable page and called through a function pointer — what
-/// oneDNN and llama.cpp's AMX path get from a compiler.
+/// (<see cref="EmittedCode"/>) — what oneDNN gets from its JIT and llama.cpp from a compiler.
 /// <para>
 /// Tile layout and arithmetic are those of <see cref="IntegerTiles"/> (same packed tiles, same per-block finish:
 /// (Σ − offset·Σq_x) converted, times d_w·d_x, fused-added; Q4_K's −m·(d_x·Σq_x) fused-subtracted), so the sums are
@@ -18,11 +17,11 @@ namespace VidKV.Tensors;
 /// of two nibble planes. The operand of each vpdpbusd is the token's 4 activations broadcast from memory ({1to16}).
 /// </para>
 /// <para>
-/// Linux x86-64 only (System V calling convention; the page comes from mmap and is made read+execute before use).
-/// <c>VIDKV_VNNI=0</c> turns it off (the AVX-512BW kernel then runs; CI runs the kernel tests that way too).
+/// Where it cannot run (see <see cref="EmittedCode"/>; also with <c>VIDKV_EMIT=0</c>, as CI runs the kernel tests
+/// once more) the AVX-512BW kernel runs.
 /// </para>
 /// </summary>
-public static unsafe partial class VnniTiles
+public static unsafe class VnniTiles
 {
     /// <summary>Arguments of one kernel call (fields at the offsets the emitted code reads).</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -51,32 +50,12 @@ public static unsafe partial class VnniTiles
 
     static VnniTiles()
     {
-        if (!Available()) return;
-        var parts = new[] { Emit(3, false), Emit(7, false), Emit(0, true) };
-        int size = parts.Sum(p => (p.Length + 63) / 64 * 64);
-        nuint length = (nuint)((size + 4095) / 4096 * 4096);
-        nint page = Mmap(0, length, ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
-        if (page == -1) return;
-        // Held for the life of the process, like any code: a few hundred bytes in one page.
-        var entries = new nint[parts.Length];
-        int at = 0;
-        for (int i = 0; i < parts.Length; i++)
-        {
-            entries[i] = page + at;
-            parts[i].CopyTo(new Span<byte>((byte*)page + at, parts[i].Length));
-            at += (parts[i].Length + 63) / 64 * 64;
-        }
-        if (Mprotect(page, length, ProtRead | ProtExec) != 0) { _ = Munmap(page, length); return; }
+        // CPUID.(EAX=7, ECX=0):ECX[11] = AVX512_VNNI
+        if (!EmittedCode.Allowed || (X86Base.CpuId(7, 0).Ecx & (1 << 11)) == 0) return;
+        if (EmittedCode.Install(Emit(3, false), Emit(7, false), Emit(0, true)) is not { } entries) return;
         Offset3 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[0];
         Offset7 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[1];
         WithMins = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[2];
-    }
-
-    static bool Available()
-    {
-        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64 || !Avx512BW.IsSupported) return false;
-        if (Environment.GetEnvironmentVariable("VIDKV_VNNI") is "0" or "false") return false;
-        return (X86Base.CpuId(7, 0).Ecx & (1 << 11)) != 0; // CPUID.(EAX=7, ECX=0):ECX[11] = AVX512_VNNI
     }
 
     /// <summary>Q4_0 (<paramref name="mins"/> null) or Q4_K tile: as <see cref="IntegerTiles.Q4_0"/>.</summary>
@@ -221,15 +200,4 @@ public static unsafe partial class VnniTiles
 
     /// <summary>The emitted code of one kernel (for inspection: <c>objdump -D -b binary -mi386:x86-64</c>).</summary>
     internal static byte[] Code(int shift, bool mins) => Emit(shift, mins);
-
-    const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapPrivate = 2, MapAnonymous = 0x20;
-
-    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
-    private static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, long offset);
-
-    [LibraryImport("libc", EntryPoint = "mprotect", SetLastError = true)]
-    private static partial int Mprotect(nint address, nuint length, int protection);
-
-    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
-    private static partial int Munmap(nint address, nuint length);
 }

@@ -223,7 +223,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                         QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns),
                             scratch.Scales.AsSpan(t * blocks, blocks), a.Type is GgmlType.Q4_0 or GgmlType.Q4_K ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
                     break;
-                case GgmlType.F16 when !UsesFloatTiles(tokens):
+                case GgmlType.F16 when !UsesFloatTiles(tokens) && !F16Rows.Handles(columns):
                     scratch.Ensure(tokens * columns, 0);
                     System.Numerics.Tensors.TensorPrimitives.Multiply(x[..(tokens * columns)], HalfDot.InputScale, scratch.Floats.AsSpan(0, tokens * columns));
                     break;
@@ -236,7 +236,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                 job.Scales = ps;
                 job.Sums = psum;
                 job.BlockSums = pbs;
-                if (a.Type == GgmlType.F16) job.X = pf;
+                if (a.Type == GgmlType.F16 && !UsesFloatTiles(tokens) && !F16Rows.Handles(columns)) job.X = pf; // HalfDot's 2^64-scaled copy
                 pool.Run(&Execute, &job);
             }
         }
@@ -326,6 +326,16 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                 Dequantize.Row(job.Type, new ReadOnlySpan<byte>(part.Weights + (long)r * part.RowBytes, part.RowBytes), buffer.AsSpan(0, columns));
                 for (int t = 0; t < job.Tokens; t++)
                     part.Y[(long)t * part.Rows + r] = TensorPrimitives.Dot(buffer.AsSpan(0, columns), new ReadOnlySpan<float>(job.X + (long)t * columns, columns));
+            }
+            return;
+        }
+        if (job.Type == GgmlType.F16 && F16Rows.Handles(columns))
+        {
+            for (int tile = start; tile < end; tile += RowTile)
+            {
+                int rows = Math.Min(end, tile + RowTile) - tile;
+                for (int t = 0; t < job.Tokens; t++)
+                    F16Rows.Run((ushort*)(part.Weights + (long)tile * part.RowBytes), part.RowBytes, rows, job.Plain + (long)t * columns, columns, part.Y + (long)t * part.Rows + tile);
             }
             return;
         }

@@ -50,6 +50,15 @@ internal sealed class X86Emitter
     /// <summary>mov r64, [m]</summary>
     public void Load(int dst, Mem m) { Rex(dst, m.Index, m.Base); Byte(0x8B); Address(dst, m); }
 
+    /// <summary>mov r64, r64</summary>
+    public void Mov(int dst, int src) { Rex(dst, -1, src); Byte(0x8B); Byte(0xC0 | (dst & 7) << 3 | (src & 7)); }
+
+    /// <summary>add r64, r64</summary>
+    public void AddRegister(int dst, int src) { Rex(dst, -1, src); Byte(0x03); Byte(0xC0 | (dst & 7) << 3 | (src & 7)); }
+
+    /// <summary>neg r64</summary>
+    public void Neg(int dst) { Rex(0, -1, dst); Byte(0xF7); Byte(0xD8 | (dst & 7)); }
+
     /// <summary>mov [m], r64</summary>
     public void Store(Mem m, int src) { Rex(src, m.Index, m.Base); Byte(0x89); Address(src, m); }
 
@@ -110,14 +119,17 @@ internal sealed class X86Emitter
     // ---- AVX-512 instructions on zmm registers (EVEX.512) ----
 
     /// <summary>Opcode maps and mandatory prefixes of the EVEX forms used.</summary>
-    const int Map0F = 1, Map0F38 = 2, NoPrefix = 0, P66 = 1;
+    const int Map0F = 1, Map0F38 = 2, Map0F3A = 3, NoPrefix = 0, P66 = 1, PF3 = 2;
+
+    /// <summary>Vector lengths (EVEX.L'L): xmm, ymm, zmm.</summary>
+    const int L128 = 0, L256 = 1, L512 = 2;
 
     /// <summary>
     /// EVEX prefix, opcode and operands. <paramref name="vvvv"/> is the second source (−1: unused);
-    /// <paramref name="rm"/> a zmm register when <paramref name="m"/> is null; <paramref name="broadcast"/> sets EVEX.b
-    /// (a 32-bit memory element repeated to all 16 lanes, {1to16}). No masking, W0, 512-bit length.
+    /// <paramref name="rm"/> a vector register when <paramref name="m"/> is null; <paramref name="broadcast"/> sets EVEX.b
+    /// (a 32-bit memory element repeated to all 16 lanes, {1to16}). No masking.
     /// </summary>
-    void Evex(int map, int pp, int opcode, int reg, int vvvv, int rm, Mem? m, bool broadcast)
+    void Evex(int map, int pp, int opcode, int reg, int vvvv, int rm, Mem? m, bool broadcast, int length = L512, bool w = false)
     {
         int v = vvvv < 0 ? 0 : vvvv;
         int x, b;
@@ -125,8 +137,8 @@ internal sealed class X86Emitter
         else { x = rm >> 4 & 1; b = rm >> 3 & 1; }
         Byte(0x62);
         Byte((~reg >> 3 & 1) << 7 | (~x & 1) << 6 | (~b & 1) << 5 | (~reg >> 4 & 1) << 4 | map);
-        Byte((~v & 15) << 3 | 4 | pp);
-        Byte(2 << 5 | (broadcast ? 1 : 0) << 4 | (~v >> 4 & 1) << 3);
+        Byte((w ? 0x80 : 0) | (~v & 15) << 3 | 4 | pp);
+        Byte(length << 5 | (broadcast ? 1 : 0) << 4 | (~v >> 4 & 1) << 3);
         Byte(opcode);
         if (m is { } address) Address(reg, address);
         else Byte(0xC0 | (reg & 7) << 3 | (rm & 7));
@@ -159,6 +171,27 @@ internal sealed class X86Emitter
 
     /// <summary>vfmadd231ps acc, a, b (acc = a·b + acc, one rounding)</summary>
     public void Vfmadd231ps(int acc, int a, int b) => Evex(Map0F38, P66, 0xB8, acc, a, b, null, false);
+
+    /// <summary>vcvtph2ps zmm, [m] (16 f16 at m to f32, exact)</summary>
+    public void Vcvtph2ps(int dst, Mem m) => Evex(Map0F38, P66, 0x13, dst, -1, 0, m, false);
+
+    /// <summary>vfmadd231ps acc, a, [m] (acc = a·m + acc, 16 lanes)</summary>
+    public void Vfmadd231ps(int acc, int a, Mem m) => Evex(Map0F38, P66, 0xB8, acc, a, 0, m, false);
+
+    /// <summary>vaddps dst, a, b on zmm (512), ymm (256) or xmm (128) registers.</summary>
+    public void Vaddps(int dst, int a, int b, int bits = 512) => Evex(Map0F, NoPrefix, 0x58, dst, a, b, null, false, bits == 512 ? L512 : bits == 256 ? L256 : L128);
+
+    /// <summary>vextractf64x4 ymm dst, zmm src, 1 (the upper 256 bits).</summary>
+    public void ExtractUpper256(int dst, int src) { Evex(Map0F3A, P66, 0x1B, src, -1, dst, null, false, L512, w: true); Byte(1); }
+
+    /// <summary>vextractf32x4 xmm dst, ymm src, 1 (the upper 128 bits).</summary>
+    public void ExtractUpper128(int dst, int src) { Evex(Map0F3A, P66, 0x19, src, -1, dst, null, false, L256); Byte(1); }
+
+    /// <summary>vpermilps xmm dst, xmm src, imm8 (lane i takes lane imm[2i+1:2i]).</summary>
+    public void Vpermilps128(int dst, int src, int imm) { Evex(Map0F3A, P66, 0x04, dst, -1, src, null, false, L128); Byte(imm); }
+
+    /// <summary>vmovss [m], xmm (lane 0).</summary>
+    public void VStoreScalar(Mem m, int src) => Evex(Map0F, PF3, 0x11, src, -1, 0, m, false, L128);
 
     /// <summary>vfnmadd231ps acc, a, [m]{1to16} (acc = −(a·m) + acc, one rounding)</summary>
     public void Vfnmadd231psBroadcast(int acc, int a, Mem m) => Evex(Map0F38, P66, 0xBC, acc, a, 0, m, true);
