@@ -575,6 +575,45 @@ public class KvCacheTests
     }
 
     /// <summary>
+    /// The per-token SimHash (ReSV) against its definition in f64: bit b is set when the key's projection on plane b is
+    /// positive, for odd head sizes and every bit count's vector paths (1, 17, 32, 64 bits); projections too close to
+    /// zero for f32 to decide are skipped (a few in a thousand). Keys are stored f32 so the hashed key is the key given.
+    /// </summary>
+    [Theory]
+    [InlineData(24, 1)]
+    [InlineData(40, 17)]
+    [InlineData(64, 32)]
+    [InlineData(72, 64)]
+    public void SimHashMatchesItsDefinition(int d, int bits)
+    {
+        var rng = new Random(d * 100 + bits);
+        using var store = new PagedKvStore(new PagedKvOptions
+        {
+            LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = 16, SimHashBits = bits, KeyType = GgmlType.F32, ValueType = GgmlType.F32,
+        });
+        var planes = store.HashPlanes.ToArray();
+        Assert.Equal(bits * d, planes.Length);
+        var key = new float[d];
+        int decided = 0;
+        for (int round = 0; round < 300; round++)
+        {
+            for (int i = 0; i < d; i++) key[i] = (float)(rng.NextDouble() * 2 - 1);
+            ulong hash = store.SimHash(key);
+            if (bits < 64) Assert.Equal(0UL, hash >> bits);
+            double norm = Math.Sqrt(key.Sum(v => (double)v * v));
+            for (int b = 0; b < bits; b++)
+            {
+                double dot = 0, scale = 0;
+                for (int i = 0; i < d; i++) { dot += (double)planes[b * d + i] * key[i]; scale += (double)planes[b * d + i] * planes[b * d + i]; }
+                if (Math.Abs(dot) < 1e-5 * norm * Math.Sqrt(scale)) continue;
+                decided++;
+                Assert.True((dot > 0) == ((hash >> b & 1) == 1), $"d={d}, round {round}, bit {b}: projection {dot:R} but bit {(hash >> b) & 1}");
+            }
+        }
+        Assert.True(decided > 290 * bits);
+    }
+
+    /// <summary>
     /// The batched centre ± radius scores over a head's kept digest matrix equal the per-page formula, also after pages
     /// lose rows (their digest changes), leave the table (later pages move down a slot) and new pages arrive.
     /// </summary>

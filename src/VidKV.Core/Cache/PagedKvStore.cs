@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using System.Runtime.InteropServices;
 using VidKV.Tensors;
 
@@ -60,6 +61,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     readonly int d, keyRow, valueRow, blocksPerPage;
     readonly PageTable[] tables;
     readonly float[] hashPlanes; // [SimHashBits, headDim] Gaussian, fixed seed
+    readonly float[] hashColumns; // the planes transposed, [headDim, 64] (planes past SimHashBits zero)
 
     // Page metadata, indexed by page id (struct of arrays, grown by doubling; no per-token allocation).
     int pageCapacity, pageHigh;
@@ -98,6 +100,9 @@ public sealed unsafe class PagedKvStore : IDisposable
         hashPlanes = new float[options.SimHashBits * d];
         var rng = new Random(0x5EED);
         for (int i = 0; i < hashPlanes.Length; i++) hashPlanes[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
+        hashColumns = new float[d * 64];
+        for (int b = 0; b < options.SimHashBits; b++)
+            for (int i = 0; i < d; i++) hashColumns[i * 64 + b] = hashPlanes[b * d + i];
         rowScratch = new float[d];
         FrameBytes = options.PageSize * (keyRow + valueRow);
         if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, FrameBytes, options.MapColdTier);
@@ -332,14 +337,45 @@ public sealed unsafe class PagedKvStore : IDisposable
         System.Numerics.Tensors.TensorPrimitives.Add(sum, key, sum);
     }
 
-    /// <summary>SimHash of a key: bit b = sign(R_b · k) for the store's fixed Gaussian planes (ReSV).</summary>
-    public ulong SimHash(ReadOnlySpan<float> key)
+    /// <summary>SimHash of a key: bit b = sign(R_b · k) &gt; 0 for the store's fixed Gaussian planes (ReSV).</summary>
+    /// <remarks>
+    /// All projections at once from the transposed planes (one FMA per key element and 16 planes) rather than a dot
+    /// product per plane: 32 calls of a 64-element dot were the larger part of appending a token to the store.
+    /// </remarks>
+    public unsafe ulong SimHash(ReadOnlySpan<float> key)
     {
+        int bitCount = options.SimHashBits;
+        if (bitCount == 0) return 0;
+        if (key.Length < d) throw new ArgumentException($"key shorter than the head dimension {d}", nameof(key));
         ulong bits = 0;
-        for (int b = 0; b < options.SimHashBits; b++)
-            if (System.Numerics.Tensors.TensorPrimitives.Dot(hashPlanes.AsSpan(b * d, d), key) > 0) bits |= 1UL << b;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            fixed (float* k = key, columns = hashColumns)
+            {
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int i = 0; i < d; i++)
+                {
+                    var x = Vector512.Create(k[i]);
+                    float* c = columns + i * 64;
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.Load(c), x, a0);
+                    if (bitCount > 16) a1 = Vector512.FusedMultiplyAdd(Vector512.Load(c + 16), x, a1);
+                    if (bitCount > 32) a2 = Vector512.FusedMultiplyAdd(Vector512.Load(c + 32), x, a2);
+                    if (bitCount > 48) a3 = Vector512.FusedMultiplyAdd(Vector512.Load(c + 48), x, a3);
+                }
+                bits = Vector512.GreaterThan(a0, Vector512<float>.Zero).ExtractMostSignificantBits()
+                    | (ulong)Vector512.GreaterThan(a1, Vector512<float>.Zero).ExtractMostSignificantBits() << 16
+                    | (ulong)Vector512.GreaterThan(a2, Vector512<float>.Zero).ExtractMostSignificantBits() << 32
+                    | (ulong)Vector512.GreaterThan(a3, Vector512<float>.Zero).ExtractMostSignificantBits() << 48;
+            }
+            return bitCount == 64 ? bits : bits & ((1UL << bitCount) - 1);
+        }
+        for (int b = 0; b < bitCount; b++)
+            if (System.Numerics.Tensors.TensorPrimitives.Dot(hashPlanes.AsSpan(b * d, d), key[..d]) > 0) bits |= 1UL << b;
         return bits;
     }
+
+    /// <summary>The SimHash planes, [SimHashBits, headDim] (for tests).</summary>
+    internal ReadOnlySpan<float> HashPlanes => hashPlanes;
 
     int NewPage(int owner)
     {

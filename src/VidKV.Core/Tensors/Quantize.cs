@@ -25,8 +25,8 @@ public static class Quantize
                 return;
             case GgmlType.F16:
                 {
-                    Span<ushort> h = MemoryMarshal.Cast<byte, ushort>(destination[..(source.Length * 2)]);
-                    for (int i = 0; i < source.Length; i++) h[i] = BitConverter.HalfToUInt16Bits((Half)source[i]);
+                    // Vectorised, the same bits as (Half)x element by element (round to nearest even).
+                    System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(source, MemoryMarshal.Cast<byte, Half>(destination[..(source.Length * 2)]));
                     return;
                 }
             case GgmlType.BF16:
