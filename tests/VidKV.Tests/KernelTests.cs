@@ -78,6 +78,31 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// The vectorised f32 → bf16 rounding of the BF16 prefill (<see cref="Bf16Tiles.Round"/>) gives
+    /// <see cref="Quantize.ToBF16"/>'s bits at every length 0–256 and large odd ones, ties, NaN, ±∞ and subnormals included.
+    /// </summary>
+    [Fact]
+    public unsafe void Bf16RoundingMatchesScalar()
+    {
+        var rng = new Random(23);
+        foreach (int n in Lengths)
+        {
+            var x = new float[n];
+            for (int i = 0; i < n; i++)
+                x[i] = (i % 7) switch
+                {
+                    0 => BitConverter.Int32BitsToSingle(rng.Next()),                          // any bits, NaN and subnormals too
+                    1 => BitConverter.Int32BitsToSingle((rng.Next(1 << 15) << 16) | 0x8000),  // exact ties
+                    2 => i % 3 == 0 ? float.PositiveInfinity : float.NegativeInfinity,
+                    _ => (float)(rng.NextDouble() * 2 - 1),
+                };
+            var got = new ushort[n];
+            fixed (float* px = x) fixed (ushort* pg = got) Bf16Tiles.Round(px, pg, n);
+            for (int i = 0; i < n; i++) Assert.True(Quantize.ToBF16(x[i]) == got[i], $"n={n}, i={i}: {x[i]:R} -> {got[i]:X4}, want {Quantize.ToBF16(x[i]):X4}");
+        }
+    }
+
     [Fact]
     public void RmsNormAndSwiGluAtEveryLength()
     {
@@ -175,6 +200,27 @@ public class KernelTests
                                 bound += wsum * amax / 254 * 1.002;
                             }
                             Assert.True(Math.Abs(exact[t * rows + r] - got[t * rows + r]) <= bound + 1e-5, $"{type} row {r} token {t}: error above the stated bound {bound}");
+                        }
+                    }
+                }
+                else if (w.RoundsActivationsToBF16(tokens))
+                {
+                    ReferenceKernels.MatMulBF16Activations(w, x, tokens, want);
+                    w.MatMul(x, tokens, got);
+                    AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens} vs bf16-activation reference");
+                    // The stated bound against exact f32: each activation moves by at most 2^-9 of itself.
+                    var exact = new float[tokens * rows];
+                    ReferenceKernels.MatMul(w, x, tokens, exact);
+                    var row = new float[columns];
+                    for (int r = 0; r < rows; r++)
+                    {
+                        w.DequantizeRow(r, row);
+                        for (int t = 0; t < tokens; t++)
+                        {
+                            double bound = 0;
+                            for (int j = 0; j < columns; j++) bound += Math.Abs((double)row[j] * x[t * columns + j]);
+                            bound = bound / 512 * 1.001 + 1e-6;
+                            Assert.True(Math.Abs(exact[t * rows + r] - got[t * rows + r]) <= bound, $"{type} row {r} token {t}: error above the stated bound {bound}");
                         }
                     }
                 }

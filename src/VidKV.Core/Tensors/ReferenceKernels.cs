@@ -79,6 +79,17 @@ public static class ReferenceKernels
         MatMul(w, dequantized, tokens, y);
     }
 
+    /// <summary>
+    /// What the BF16 prefill computes (<see cref="Bf16Tiles"/>): activations rounded to bf16 (nearest even), then an
+    /// exact dot product.
+    /// </summary>
+    public static void MatMulBF16Activations(WeightMatrix w, ReadOnlySpan<float> x, int tokens, Span<float> y)
+    {
+        var rounded = new float[tokens * w.Columns];
+        for (int i = 0; i < rounded.Length; i++) rounded[i] = BitConverter.Int32BitsToSingle(Quantize.ToBF16(x[i]) << 16);
+        MatMul(w, rounded, tokens, y);
+    }
+
     /// <summary>Causal GQA attention, one query at a time, as <see cref="Attention.Causal"/> specifies.</summary>
     public static void CausalAttention(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
         int tokenCount, int startPosition, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination)

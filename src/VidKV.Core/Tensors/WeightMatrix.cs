@@ -139,6 +139,12 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     static bool UsesIntegerTiles(GgmlType type, int tokens) => tokens >= 4 && IntegerTiles.Supports(type);
 
+    /// <summary>Prefill (4+ tokens) of BF16 weights runs <see cref="Bf16Tiles"/> (vdpbf16ps) where the CPU has AVX512_BF16.</summary>
+    static bool UsesBf16Tiles(GgmlType type, int columns, int tokens) => type == GgmlType.BF16 && UsesFloatTiles(tokens) && Bf16Tiles.Handles(columns);
+
+    /// <summary>Whether a product over <paramref name="tokens"/> tokens rounds the activations to bf16 (<see cref="Bf16Tiles"/>).</summary>
+    public bool RoundsActivationsToBF16(int tokens) => UsesBf16Tiles(Type, Columns, tokens);
+
     /// <summary>Whether a product over <paramref name="tokens"/> tokens quantises the activations to 8 bits.</summary>
     public bool QuantizesActivations(int tokens) => UsesQuantizedActivations && (!UsesFloatTiles(tokens) || UsesIntegerTiles(Type, tokens));
 
@@ -223,6 +229,18 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                         QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns),
                             scratch.Scales.AsSpan(t * blocks, blocks), a.Type is GgmlType.Q4_0 or GgmlType.Q4_K ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
                     break;
+                case GgmlType.BF16 when UsesBf16Tiles(a.Type, columns, tokens):
+                {
+                    // bf16 activations for whole groups of Bf16Tiles.Tokens (zeros after the last token), kept in Floats.
+                    int padded = (tokens + Bf16Tiles.Tokens - 1) / Bf16Tiles.Tokens * Bf16Tiles.Tokens;
+                    scratch.Ensure((padded * columns + 1) / 2, 0);
+                    fixed (float* pf = scratch.Floats)
+                    {
+                        Bf16Tiles.Round(px, (ushort*)pf, (long)tokens * columns);
+                        new Span<ushort>((ushort*)pf + (long)tokens * columns, (padded - tokens) * columns).Clear();
+                    }
+                    break;
+                }
                 case GgmlType.F16 when !UsesFloatTiles(tokens) && !F16Rows.Handles(columns):
                     scratch.Ensure(tokens * columns, 0);
                     System.Numerics.Tensors.TensorPrimitives.Multiply(x[..(tokens * columns)], HalfDot.InputScale, scratch.Floats.AsSpan(0, tokens * columns));
@@ -237,6 +255,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                 job.Sums = psum;
                 job.BlockSums = pbs;
                 if (a.Type == GgmlType.F16 && !UsesFloatTiles(tokens) && !F16Rows.Handles(columns)) job.X = pf; // HalfDot's 2^64-scaled copy
+                if (UsesBf16Tiles(a.Type, columns, tokens)) job.Bf16 = (ushort*)pf;
                 pool.Run(&Execute, &job);
             }
         }
@@ -268,6 +287,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         public float* X, Plain, Scales, Sums;
         public sbyte* Quants;
         public int* BlockSums;
+        public ushort* Bf16; // the activations rounded to bf16, padded to whole groups (Bf16Tiles)
 
         public void Add(WeightMatrix w, float* y)
         {
@@ -385,6 +405,11 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     static void FloatTiles(ref Job job, ref Part part, int start, int end)
     {
+        if (job.Bf16 != null)
+        {
+            RunBf16Tiles(ref job, ref part, start, end);
+            return;
+        }
         int columns = job.Columns, tokens = job.Tokens, whole = tokens / PanelTokens * PanelTokens;
         var scratch = Scratch.ForCurrentThread;
         float[] rowBuffer = scratch.Row(PanelRows * columns);
@@ -430,6 +455,39 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                 {
                     Panel32x8(packed, tail, columns, output, PanelRows);
                     CopyOut(output, tokens - whole, rows, y + (long)whole * part.Rows, part.Rows);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// BF16 prefill on <see cref="Bf16Tiles"/>: each tile of 32 rows is packed once (pairs of columns, 16 rows per
+    /// vector), then every group of 8 tokens passes over it; a tile of fewer rows or the last group writes through a
+    /// buffer.
+    /// </summary>
+    static void RunBf16Tiles(ref Job job, ref Part part, int start, int end)
+    {
+        int columns = job.Columns, tokens = job.Tokens;
+        var scratch = Scratch.ForCurrentThread;
+        float[] packedBuffer = scratch.Packed(Bf16Tiles.Rows * columns / 2);
+        float* output = stackalloc float[Bf16Tiles.Tokens * Bf16Tiles.Rows];
+        fixed (float* packedFloats = packedBuffer)
+        {
+            uint* packed = (uint*)packedFloats;
+            for (int tile = start; tile < end; tile += Bf16Tiles.Rows)
+            {
+                int rows = Math.Min(end, tile + Bf16Tiles.Rows) - tile;
+                Bf16Tiles.Pack(part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, columns, packed);
+                for (int t = 0; t < tokens; t += Bf16Tiles.Tokens)
+                {
+                    ushort* x = job.Bf16 + (long)t * columns;
+                    float* y = part.Y + (long)t * part.Rows + tile;
+                    if (rows == Bf16Tiles.Rows && t + Bf16Tiles.Tokens <= tokens) Bf16Tiles.Run(packed, x, columns, columns, y, part.Rows);
+                    else
+                    {
+                        Bf16Tiles.Run(packed, x, columns, columns, output, Bf16Tiles.Rows);
+                        CopyOut(output, Math.Min(Bf16Tiles.Tokens, tokens - t), rows, y, part.Rows);
+                    }
                 }
             }
         }

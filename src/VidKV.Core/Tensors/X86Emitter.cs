@@ -172,6 +172,10 @@ internal sealed class X86Emitter
     /// <summary>vfmadd231ps acc, a, b (acc = a·b + acc, one rounding)</summary>
     public void Vfmadd231ps(int acc, int a, int b) => Evex(Map0F38, P66, 0xB8, acc, a, b, null, false);
 
+    /// <summary>vdpbf16ps acc, a, [m]{1to16}: acc (16 f32 lanes) += the two bf16 products of each lane's pair in
+    /// <paramref name="a"/> and the bf16 pair at <paramref name="m"/> (AVX512_BF16).</summary>
+    public void Vdpbf16psBroadcast(int acc, int a, Mem m) => Evex(Map0F38, PF3, 0x52, acc, a, 0, m, true);
+
     /// <summary>vcvtph2ps zmm, [m] (16 f16 at m to f32, exact)</summary>
     public void Vcvtph2ps(int dst, Mem m) => Evex(Map0F38, P66, 0x13, dst, -1, 0, m, false);
 
