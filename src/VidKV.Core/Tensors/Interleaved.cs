@@ -184,53 +184,65 @@ public static unsafe class Interleaved
         var nibble = Vector512.Create((byte)15);
         var ones = Vector512.Create((short)1);
         var signAndMagnitude = Vector512.Create(unchecked((int)0x8FFFFFFF));
-        var six = Vector128.Create((byte)63);
-        var four = Vector128.Create((byte)15);
         for (int g = firstGroup; g < endGroup; g++)
         {
             byte* p = interleaved + (long)g * blocks * BlockBytes;
-            var acc = Vector512<float>.Zero;
+            var acc0 = Vector512<float>.Zero;
+            var acc1 = Vector512<float>.Zero;
             for (int b = 0; b < blocks; b++, p += BlockBytes)
             {
                 var d = Scales(p, signAndMagnitude);
                 var dmin = Scales(p + 32, signAndMagnitude);
                 byte* s = p + 64;
-                for (int j = 0; j < 8; j++)
+                // Blocks 2i and 2i+1 share their words (low and high nibbles): each word vector is loaded once for both.
+                for (int i = 0; i < 4; i++)
                 {
-                    // Dequantize.ScaleMinK4, one byte per row: j < 4 reads bytes j and j+4; j ≥ 4 adds the top bits of j−4 and j.
-                    Vector128<byte> scale, min;
-                    if (j < 4)
-                    {
-                        scale = Vector128.Load(s + 16 * j) & six;
-                        min = Vector128.Load(s + 16 * (j + 4)) & six;
-                    }
-                    else
-                    {
-                        var low = Vector128.Load(s + 16 * (j + 4));
-                        scale = (low & four) | (Vector128.ShiftRightLogical(Vector128.Load(s + 16 * (j - 4)).AsUInt16(), 6).AsByte() & Vector128.Create((byte)3)) << 4;
-                        min = (Vector128.ShiftRightLogical(low.AsUInt16(), 4).AsByte() & four) | (Vector128.ShiftRightLogical(Vector128.Load(s + 16 * j).AsUInt16(), 6).AsByte() & Vector128.Create((byte)3)) << 4;
-                    }
-                    int column = 32 * (8 * b + j);
-                    // Block j's columns: the low nibbles (j even) or high nibbles (j odd) of words 8·(j/2) … 8·(j/2)+7.
-                    byte* words = p + 256 + 512 * (j >> 1);
-                    sbyte* x = xq + column;
-                    Vector512<short> c = default;
+                    var (scale0, min0) = ScaleMin(s, 2 * i);
+                    var (scale1, min1) = ScaleMin(s, 2 * i + 1);
+                    byte* words = p + 256 + 512 * i;
+                    int block = 8 * b + 2 * i;
+                    sbyte* x = xq + 32 * block;
+                    Vector512<short> c0 = default, c1 = default;
                     for (int w = 0; w < 8; w++)
                     {
                         var v = Vector512.Load(words + 64 * w);
-                        var q = (j & 1) == 0 ? v & nibble : High(v, nibble);
-                        c += Avx512BW.MultiplyAddAdjacent(q, Vector512.Create(*(int*)(x + 4 * w)).AsSByte());
+                        c0 += Avx512BW.MultiplyAddAdjacent(v & nibble, Vector512.Create(*(int*)(x + 4 * w)).AsSByte());
+                        c1 += Avx512BW.MultiplyAddAdjacent(High(v, nibble), Vector512.Create(*(int*)(x + 32 + 4 * w)).AsSByte());
                     }
-                    var dot = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(c, ones));
-                    var sc = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(scale));
-                    var m = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(min));
-                    int block = 8 * b + j;
-                    acc = Avx512F.FusedMultiplyAdd(dot, d * sc * Vector512.Create(xd[block]), acc);
-                    acc = Avx512F.FusedMultiplyAddNegated(dmin * m, Vector512.Create(sums[block]), acc);
+                    acc0 = FinishQ4_K(acc0, c0, scale0, min0, d, dmin, xd[block], sums[block], ones);
+                    acc1 = FinishQ4_K(acc1, c1, scale1, min1, d, dmin, xd[block + 1], sums[block + 1], ones);
                 }
             }
-            acc.Store(y + g * Group);
+            (acc0 + acc1).Store(y + g * Group);
         }
+    }
+
+    /// <summary>
+    /// Block <paramref name="j"/>'s 6-bit scale and min of all 16 rows (<see cref="Dequantize.ScaleMinK4"/>, one byte per
+    /// row): j &lt; 4 reads bytes j and j+4; j ≥ 4 adds the top bits of j−4 and j.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static (Vector128<byte> Scale, Vector128<byte> Min) ScaleMin(byte* s, int j)
+    {
+        var six = Vector128.Create((byte)63);
+        var four = Vector128.Create((byte)15);
+        if (j < 4) return (Vector128.Load(s + 16 * j) & six, Vector128.Load(s + 16 * (j + 4)) & six);
+        var low = Vector128.Load(s + 16 * (j + 4));
+        var scale = (low & four) | (Vector128.ShiftRightLogical(Vector128.Load(s + 16 * (j - 4)).AsUInt16(), 6).AsByte() & Vector128.Create((byte)3)) << 4;
+        var min = (Vector128.ShiftRightLogical(low.AsUInt16(), 4).AsByte() & four) | (Vector128.ShiftRightLogical(Vector128.Load(s + 16 * j).AsUInt16(), 6).AsByte() & Vector128.Create((byte)3)) << 4;
+        return (scale, min);
+    }
+
+    /// <summary>acc + d·sc·d_x·Σ(q·x) − dmin·m·(d_x·Σq_x) for 16 rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> FinishQ4_K(Vector512<float> acc, Vector512<short> c, Vector128<byte> scale, Vector128<byte> min,
+        Vector512<float> d, Vector512<float> dmin, float xd, float sum, Vector512<short> ones)
+    {
+        var dot = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(c, ones));
+        var sc = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(scale));
+        var m = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(min));
+        acc = Avx512F.FusedMultiplyAdd(dot, d * sc * Vector512.Create(xd), acc);
+        return Avx512F.FusedMultiplyAddNegated(dmin * m, Vector512.Create(sum), acc);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
