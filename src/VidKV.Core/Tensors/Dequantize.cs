@@ -262,6 +262,22 @@ public static class Dequantize
         }
     }
 
+    /// <summary>A Q6_K block's 256 quants q ∈ [0, 63] (value = d·sc·(q − 32)), in column order, as bytes.</summary>
+    public static unsafe void Q6_KQuants(byte* block, byte* q)
+    {
+        for (int half = 0; half < 2; half++)
+        {
+            byte* ql = block + 64 * half, qh = block + 128 + 32 * half, o = q + 128 * half;
+            for (int l = 0; l < 32; l++)
+            {
+                o[l] = (byte)((ql[l] & 0xF) | ((qh[l] & 3) << 4));
+                o[l + 32] = (byte)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+                o[l + 64] = (byte)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                o[l + 96] = (byte)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+            }
+        }
+    }
+
     // Q8_K: f32 d, i8 qs[256], i16 bsums[16] (sums of 16-element groups, unused here); x = q d.
     static void Q8_K(ReadOnlySpan<byte> b, Span<float> y)
     {

@@ -35,8 +35,15 @@ public static unsafe class IntegerTiles
     public const int Tokens = 4;
     const int Block = 32;
 
-    /// <summary>Whether this machine runs the integer tiles for <paramref name="type"/>.</summary>
-    public static bool Supports(GgmlType type) => Avx512BW.IsSupported && type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K;
+    /// <summary>
+    /// Whether this machine runs the integer tiles for <paramref name="type"/>: Q4_0, Q8_0 and Q4_K with AVX-512BW;
+    /// Q6_K only on the VNNI kernel (its 6-bit values would saturate vpmaddubsw's int16 sums).
+    /// </summary>
+    public static bool Supports(GgmlType type) =>
+        Avx512BW.IsSupported && (type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K || (type == GgmlType.Q6_K && VnniTiles.IsSupported));
+
+    /// <summary>Columns per tile block: 32, or 16 for Q6_K (a scale per 16 columns).</summary>
+    public static int BlockColumns(GgmlType type) => type == GgmlType.Q6_K ? 16 : Block;
 
     /// <summary>
     /// Planes per weight: 1 for Q4_0 and Q4_K; for Q8_0 2 nibble planes, or 1 plane of offset bytes where the VNNI
@@ -45,7 +52,7 @@ public static unsafe class IntegerTiles
     public static int Planes(GgmlType type) => type == GgmlType.Q8_0 && !VnniTiles.IsSupported ? 2 : 1;
 
     /// <summary>Bytes of one packed tile of <paramref name="blocks"/> blocks.</summary>
-    public static int PackedBytes(GgmlType type, int blocks) => blocks * Planes(type) * Rows * Block;
+    public static int PackedBytes(GgmlType type, int blocks) => blocks * Planes(type) * Rows * BlockColumns(type);
 
     /// <summary>
     /// Repacks <paramref name="rows"/> ≤ 32 weight rows (row stride <paramref name="rowBytes"/>) into
@@ -55,6 +62,11 @@ public static unsafe class IntegerTiles
     /// </summary>
     public static void Pack(GgmlType type, byte* weights, int rowBytes, int rows, int blocks, byte* packed, float* scales, float* mins)
     {
+        if (type == GgmlType.Q6_K)
+        {
+            PackQ6_K(weights, rowBytes, rows, blocks, packed, scales);
+            return;
+        }
         int planes = Planes(type), blockBytes = planes * Rows * Block;
         for (int r = 0; r < Rows; r++)
         {
@@ -107,6 +119,31 @@ public static unsafe class IntegerTiles
                     var high = (Vector256.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & Vector256.Create((byte)15)).AsUInt32();
                     var low = (u & Vector256.Create((byte)15)).AsUInt32();
                     for (int s = 0; s < 8; s++) { target[s * 32] = high.GetElement(s); target[(s + 8) * 32] = low.GetElement(s); }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Pack"/> for Q6_K rows as stored (GGUF: ql[128], qh[64], scales[16], d per 256 columns; the
+    /// interleaved copy packs through <see cref="Interleaved.PackTile"/> instead): blocks of 16 columns, q ∈ [0, 63]
+    /// one byte each, scale d·sc; the −32 comes off in the kernel as 32·Σq_x.
+    /// </summary>
+    static void PackQ6_K(byte* weights, int rowBytes, int rows, int blocks, byte* packed, float* scales)
+    {
+        byte* q = stackalloc byte[256];
+        for (int r = 0; r < Rows; r++)
+        {
+            uint* target = (uint*)(packed + (r >> 4) * 64 + (r & 15) * 4);
+            for (int b = 0; b < blocks; b += 16)
+            {
+                byte* block = weights + (long)r * rowBytes + (b / 16) * 210;
+                if (r < rows) Dequantize.Q6_KQuants(block, q);
+                float d = r < rows ? (float)BitConverter.UInt16BitsToHalf(*(ushort*)(block + 208)) : 0;
+                for (int k = 0; k < 16; k++)
+                {
+                    scales[(b + k) * Rows + r] = d * (r < rows ? (sbyte)block[192 + k] : 0);
+                    for (int s = 0; s < 4; s++) target[(b + k) * 128 + s * 32] = r < rows ? *(uint*)(q + 16 * k + 4 * s) : 0;
                 }
             }
         }
@@ -246,6 +283,17 @@ public static unsafe class IntegerTiles
             Finish(ref a3, ref b3, Combine(c3, l3, sixteen, ones), Combine(e3, m3, sixteen, ones), d0, d1, xd[3 * blocks + b], 128 * xs[3 * blocks + b]);
         }
         Store(y, ldy, a0, b0, a1, b1, a2, b2, a3, b3);
+    }
+
+    /// <summary>
+    /// As <see cref="Q4_0"/> for a packed Q6_K tile (VNNI only): blocks of 16 columns, so <paramref name="xd"/> and
+    /// <paramref name="xs"/> hold each token's activation scale and Σq per 16 columns (<paramref name="blocks"/> of
+    /// them per token) and the offset is 32·Σq.
+    /// </summary>
+    public static void Q6_K(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
+    {
+        if (!VnniTiles.IsSupported) throw new InvalidOperationException("Q6_K integer tiles need the VNNI kernel.");
+        VnniTiles.Q6_K(packed, scales, xq, xd, xs, columns, blocks, count, groups, y, ldy, accumulate);
     }
 
     /// <summary>16·Σ high + Σ low as int32 (a Q8_0 block's offset byte from its two nibble planes).</summary>

@@ -377,6 +377,11 @@ public static unsafe class Interleaved
             PackTileQ4_K(interleaved, blocks, group, secondGroup, packed, scales, mins);
             return;
         }
+        if (type == GgmlType.Q6_K)
+        {
+            PackTileQ6_K(interleaved, blocks, group, secondGroup, packed, scales);
+            return;
+        }
         var nibble = Vector512.Create((byte)15);
         int words = Words(type), blockBytes = BlockBytes(type), packedBlock = IntegerTiles.PackedBytes(type, 1);
         for (int half = 0; half < 2; half++)
@@ -408,6 +413,35 @@ public static unsafe class Interleaved
                     High(w, nibble).Store(target + highStep * 128);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="PackTile"/> for Q6_K (<paramref name="blocks"/> counts super-blocks; VNNI only): each 16 columns
+    /// become one <see cref="IntegerTiles"/> block of 4 steps — the widened copy's word vectors as they are — with the
+    /// scale d·sc per row.
+    /// </summary>
+    static void PackTileQ6_K(byte* interleaved, int blocks, int group, bool secondGroup, byte* packed, float* scales)
+    {
+        const int BlockBytes = 4384;
+        for (int half = 0; half < 2; half++)
+        {
+            byte* source = interleaved + (long)(group + half) * blocks * BlockBytes;
+            for (int sb = 0; sb < blocks; sb++, source += BlockBytes)
+                for (int k = 0; k < 16; k++)
+                {
+                    int block = 16 * sb + k;
+                    byte* target = packed + (long)block * 512 + half * 64;
+                    float* s = scales + block * IntegerTiles.Rows + half * Group;
+                    if (half == 1 && !secondGroup)
+                    {
+                        for (int step = 0; step < 4; step++) Vector512<byte>.Zero.Store(target + step * 128);
+                        Vector512<float>.Zero.Store(s);
+                        continue;
+                    }
+                    for (int r = 0; r < Group; r++) s[r] = (float)BitConverter.UInt16BitsToHalf(((ushort*)source)[r]) * (sbyte)source[32 + 16 * k + r];
+                    for (int step = 0; step < 4; step++) Vector512.Load(source + 288 + 64 * (4 * k + step)).Store(target + step * 128);
+                }
         }
     }
 

@@ -45,17 +45,21 @@ public static unsafe class VnniTiles
     /// <summary>Whether the VNNI kernels run on this machine (emitted, and not switched off).</summary>
     public static bool IsSupported => Offset3 != null;
 
-    /// <summary>Σq·8 (Q4_0: shift 3) and Σq·128 (Q8_0: shift 7) come off; Q4_K has mins instead.</summary>
-    static readonly delegate* unmanaged[SuppressGCTransition]<Call*, void> Offset3, Offset7, WithMins;
+    /// <summary>
+    /// Σq·8 (Q4_0: shift 3) and Σq·128 (Q8_0: shift 7) come off; Q4_K has mins instead; Q6_K's blocks are 16 columns
+    /// (4 steps) with Σq·32 off.
+    /// </summary>
+    static readonly delegate* unmanaged[SuppressGCTransition]<Call*, void> Offset3, Offset7, WithMins, Offset5Short;
 
     static VnniTiles()
     {
         // CPUID.(EAX=7, ECX=0):ECX[11] = AVX512_VNNI
         if (!EmittedCode.Allowed || (X86Base.CpuId(7, 0).Ecx & (1 << 11)) == 0) return;
-        if (EmittedCode.Install(Emit(3, false), Emit(7, false), Emit(0, true)) is not { } entries) return;
+        if (EmittedCode.Install(Emit(3, false, 8), Emit(7, false, 8), Emit(0, true, 8), Emit(5, false, 4)) is not { } entries) return;
         Offset3 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[0];
         Offset7 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[1];
         WithMins = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[2];
+        Offset5Short = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[3];
     }
 
     /// <summary>Q4_0 (<paramref name="mins"/> null) or Q4_K tile: as <see cref="IntegerTiles.Q4_0"/>.</summary>
@@ -83,6 +87,18 @@ public static unsafe class VnniTiles
         Offset7(&call);
     }
 
+    /// <summary>Q6_K tile (blocks of 16 columns, scale and Σq per 16): as <see cref="IntegerTiles.Q6_K"/>.</summary>
+    internal static void Q6_K(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
+    {
+        var call = new Call
+        {
+            Packed = packed, Scales = scales, Xq = xq, Sums = xs, Xd = xd,
+            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0, Groups = groups,
+        };
+        if (count <= 0 || groups <= 0) return;
+        Offset5Short(&call);
+    }
+
     /// <summary>
     /// The kernel: <c>Groups</c> × 4 tokens × 32 rows, <c>Count</c> blocks of 32 columns. zmm0–7: the float outputs
     /// (token t: rows 0–15 in 2t, 16–31 in 2t+1); zmm8–15 the block's int32 sums in the same order; zmm16/17 the
@@ -90,9 +106,10 @@ public static unsafe class VnniTiles
     /// 0 and 1 address their quants from r8 (+ r10 = columns), 2 and 3 from r9; their scales and sums from r11/rbx and
     /// r12/r13 (+ rbp = blocks·4); y from r14/rdi (+ r15 = ldy·4). Every general register is in use, so the argument
     /// block's address stays on the stack and each group reloads from it and moves its token pointers on by 4 tokens.
-    /// <paramref name="shift"/>: log2 of the offset (Σ − Σq·2^shift), ignored with <paramref name="mins"/>.
+    /// <paramref name="shift"/>: log2 of the offset (Σ − Σq·2^shift), ignored with <paramref name="mins"/>;
+    /// <paramref name="steps"/>: steps of 4 columns per block (8, or 4 for Q6_K's 16-column blocks).
     /// </summary>
-    static byte[] Emit(int shift, bool mins)
+    static byte[] Emit(int shift, bool mins, int steps)
     {
         const int Rax = X86Emitter.Rax, Rcx = X86Emitter.Rcx, Rdx = X86Emitter.Rdx, Rbx = X86Emitter.Rbx, Rsp = X86Emitter.Rsp,
             Rbp = X86Emitter.Rbp, Rsi = X86Emitter.Rsi, Rdi = X86Emitter.Rdi, R8 = X86Emitter.R8, R9 = X86Emitter.R9,
@@ -138,7 +155,7 @@ public static unsafe class VnniTiles
         X86Emitter.Mem[] s = [new(R12), new(R12, Rbp), new(R13), new(R13, Rbp)];
         int loop = e.Position;
         for (int r = 8; r < 16; r++) e.VZero(r);
-        for (int step = 0; step < 8; step++)
+        for (int step = 0; step < steps; step++)
         {
             e.VLoad(16, new(Rax, Disp: step * 128));
             e.VLoad(17, new(Rax, Disp: step * 128 + 64));
@@ -172,9 +189,9 @@ public static unsafe class VnniTiles
                 e.Vfnmadd231psBroadcast(2 * t + 1, 21, s[t]);
             }
         }
-        e.Add(Rax, 1024);
-        e.Add(R8, 32);
-        e.Add(R9, 32);
+        e.Add(Rax, 128 * steps);
+        e.Add(R8, 4 * steps);
+        e.Add(R9, 4 * steps);
         e.Add(Rsi, 128);
         e.Add(Rdx, 128);
         foreach (int r in new[] { R11, Rbx, R12, R13 }) e.Add(r, 4);
@@ -199,5 +216,5 @@ public static unsafe class VnniTiles
     }
 
     /// <summary>The emitted code of one kernel (for inspection: <c>objdump -D -b binary -mi386:x86-64</c>).</summary>
-    internal static byte[] Code(int shift, bool mins) => Emit(shift, mins);
+    internal static byte[] Code(int shift, bool mins, int steps = 8) => Emit(shift, mins, steps);
 }

@@ -186,11 +186,11 @@ public sealed unsafe partial class WeightMatrix : IDisposable
             if (c != null) job.Add(c, pc);
             switch (a.Type)
             {
-                case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K when UsesIntegerTiles(a.Type, tokens):
+                case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K when UsesIntegerTiles(a.Type, tokens):
                 {
                     // Whole groups of IntegerTiles.Tokens: the padding tokens are zero quants with scale 0.
                     int padded = (tokens + IntegerTiles.Tokens - 1) / IntegerTiles.Tokens * IntegerTiles.Tokens;
-                    scratch.Ensure(padded * columns, padded * blocks);
+                    scratch.Ensure(padded * columns, 2 * padded * blocks);
                     bool q4k = a.Type == GgmlType.Q4_K; // its mins need d_x·Σq as well
                     for (int t = 0; t < tokens; t++)
                         QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks),
@@ -198,7 +198,15 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                     scratch.Quants.AsSpan(tokens * columns, (padded - tokens) * columns).Clear();
                     scratch.Scales.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
                     scratch.Sums.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
-                    if (!q4k) // the integer offsets of Q4_0 (8) and Q8_0 (128) need Σq; Q4_K's mins use the float sums
+                    if (a.Type == GgmlType.Q6_K)
+                    {
+                        // Q6_K's tile blocks are 16 columns: Σq per 16 for its −32, and each d_x twice (in Sums).
+                        fixed (sbyte* q = scratch.Quants)
+                        fixed (int* sums = scratch.BlockSums)
+                            IntegerTiles.BlockSums16(q, 2 * padded * blocks, sums);
+                        for (int i = 0; i < padded * blocks; i++) scratch.Sums[2 * i] = scratch.Sums[2 * i + 1] = scratch.Scales[i];
+                    }
+                    else if (!q4k) // the integer offsets of Q4_0 (8) and Q8_0 (128) need Σq; Q4_K's mins use the float sums
                         fixed (sbyte* q = scratch.Quants)
                         fixed (int* sums = scratch.BlockSums)
                             IntegerTiles.BlockSums(q, padded * blocks, sums);
@@ -505,7 +513,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     static void RunIntegerTiles(ref Job job, ref Part part, int start, int end)
     {
-        int columns = job.Columns, blocks = columns / QuantizedDot.BlockSize, tokens = job.Tokens;
+        int columns = job.Columns, blocks = columns / IntegerTiles.BlockColumns(job.Type), tokens = job.Tokens;
         int blockBytes = IntegerTiles.PackedBytes(job.Type, 1), chunk = Math.Max(1, ChunkBytes / blockBytes);
         int whole = tokens / IntegerTiles.Tokens * IntegerTiles.Tokens;
         var scratch = Scratch.ForCurrentThread;
@@ -513,7 +521,6 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         float[] scaleBuffer = scratch.Packed(IntegerTiles.Rows * blocks);
         float[] minBuffer = job.Type == GgmlType.Q4_K ? scratch.Row(IntegerTiles.Rows * blocks) : [];
         float* output = stackalloc float[IntegerTiles.Tokens * IntegerTiles.Rows];
-        bool q8 = job.Type == GgmlType.Q8_0;
         fixed (byte* packed = packedBuffer)
         fixed (float* scales = scaleBuffer, minsPinned = minBuffer)
         {
@@ -532,13 +539,13 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                 {
                     int count = Math.Min(chunk, blocks - c);
                     if (direct > 0)
-                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, 0, c, count,
+                        Group(ref job, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, 0, c, count,
                             direct / IntegerTiles.Tokens, part.Y + tile, part.Rows, c > 0);
                 }
                 for (int t = direct; t < tokens; t += IntegerTiles.Tokens)
                 {
                     for (int c = 0; c < blocks; c += chunk)
-                        Group(ref job, q8, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, Math.Min(chunk, blocks - c),
+                        Group(ref job, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, Math.Min(chunk, blocks - c),
                             1, output, IntegerTiles.Rows, c > 0);
                     for (int u = 0; u < Math.Min(IntegerTiles.Tokens, tokens - t); u++)
                         new ReadOnlySpan<float>(output + u * IntegerTiles.Rows, rows).CopyTo(new Span<float>(part.Y + (long)(t + u) * part.Rows + tile, rows));
@@ -547,15 +554,18 @@ public sealed unsafe partial class WeightMatrix : IDisposable
         }
     }
 
-    /// <summary>Tokens t … t + 4·groups − 1 against blocks c … c+count−1 of a packed tile.</summary>
-    static void Group(ref Job job, bool q8, byte* packed, float* scales, float* mins, int t, int c, int count, int groups, float* y, int ldy, bool accumulate)
+    /// <summary>Tokens t … t + 4·groups − 1 against tile blocks c … c+count−1 of a packed tile.</summary>
+    static void Group(ref Job job, byte* packed, float* scales, float* mins, int t, int c, int count, int groups, float* y, int ldy, bool accumulate)
     {
-        int columns = job.Columns, blocks = columns / QuantizedDot.BlockSize;
-        sbyte* xq = job.Quants + (long)t * columns + c * QuantizedDot.BlockSize;
-        float* xd = job.Scales + (long)t * blocks + c;
+        int columns = job.Columns, width = IntegerTiles.BlockColumns(job.Type), blocks = columns / width;
+        sbyte* xq = job.Quants + (long)t * columns + c * width;
         int* xs = job.BlockSums + (long)t * blocks + c;
-        if (q8) IntegerTiles.Q8_0(packed, scales, xq, xd, xs, columns, blocks, count, groups, y, ldy, accumulate);
-        else IntegerTiles.Q4_0(packed, scales, mins, xq, xd, xs, job.Sums + (long)t * blocks + c, columns, blocks, count, groups, y, ldy, accumulate);
+        if (job.Type == GgmlType.Q6_K) // scales and sums per 16 columns, the scales in Sums
+            IntegerTiles.Q6_K(packed, scales, xq, job.Sums + (long)t * blocks + c, xs, columns, blocks, count, groups, y, ldy, accumulate);
+        else if (job.Type == GgmlType.Q8_0)
+            IntegerTiles.Q8_0(packed, scales, xq, job.Scales + (long)t * blocks + c, xs, columns, blocks, count, groups, y, ldy, accumulate);
+        else
+            IntegerTiles.Q4_0(packed, scales, mins, xq, job.Scales + (long)t * blocks + c, xs, job.Sums + (long)t * blocks + c, columns, blocks, count, groups, y, ldy, accumulate);
     }
 
     static void CopyOut(float* output, int tokens, int rows, float* y, int ldy)
