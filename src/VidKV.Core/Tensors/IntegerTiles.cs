@@ -7,7 +7,8 @@ namespace VidKV.Tensors;
 /// <summary>
 /// Prefill products of Q4_0, Q4_K and Q8_0 weights with 8-bit quantised activations on AVX-512BW, here without VNNI
 /// (.NET 10 exposes no vpdpbusd on Zen 4: <c>AvxVnni</c> needs the VEX form Zen 4 lacks and <c>Avx10v1</c> needs
-/// AVX10); where the CPU has AVX512_VNNI the same tiles run on <see cref="VnniTiles"/>' emitted kernel instead.
+/// AVX10); where the CPU has AVX512_VNNI the same tiles run on <see cref="VnniTiles"/>' emitted kernel instead, and
+/// so do Q6_K's (blocks of 16 columns, <see cref="Q6_K"/>).
 /// <para>
 /// A tile of 32 weight rows is repacked once into unsigned nibble planes laid out for vpmaddubsw: per block of 32
 /// columns and per step of 4 columns, one 64-byte vector holds 16 rows × 4 columns (two vectors for the 32 rows). A

@@ -441,7 +441,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
                     if (job.Type == GgmlType.F32) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(row, columns));
                     else if (job.Type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, row, columns);
                     else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16((ushort*)source, row, columns);
-                    else if (part.Interleaved != null) // Q6_K, the one repacked type on f32 tiles: its widened copy, not the file
+                    else if (part.Interleaved != null) // Q6_K without VNNI, the one repacked type on f32 tiles: its widened copy, not the file
                         Interleaved.DequantizeRowQ6_K(part.Interleaved, columns / 256, tile + r, row);
                     else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(row, columns));
                 }
