@@ -55,6 +55,7 @@ static class BenchCommand
             foreach (var config in caches) config?.BuildPolicies(1, 1); // a bad spec fails before any model loads
             var results = new List<(BenchmarkResult Result, bool NoRepack)>();
             bool withRoofline = r.GetValue(roofline);
+            Console.Error.WriteLine($"  kernels: {Tensors.MachineLimits.KernelSet}");
             if (!json)
             {
                 Console.WriteLine("| model | type | kv | test | depth | threads | t/s (mean ± sd) | median | hot KV | cold KV | peak RSS |" + (withRoofline ? " bound t/s | of bound |" : ""));
@@ -95,6 +96,7 @@ static class BenchCommand
         kv_policy = x.Policy, hot_kv_bytes = x.HotKvBytes, cold_kv_bytes = x.ColdKvBytes, kv_ms_per_token = x.KvMsPerToken, ms_per_token = x.MsPerToken,
         read_bytes_per_second = x.ReadBytesPerSecond, fma_flops_per_second = x.FlopsPerSecond,
         ceiling_tokens_per_second = x.CeilingTokensPerSecond, fraction_of_ceiling = x.FractionOfCeiling, no_repack = noRepack,
+        kernels = Tensors.MachineLimits.KernelSet,
     };
 
     static string Optional(double? value, string format) => value is double v ? v.ToString(format, CultureInfo.InvariantCulture) : "-";

@@ -14,6 +14,24 @@ namespace VidKV.Tensors;
 public static unsafe class MachineLimits
 {
     /// <summary>
+    /// The kernel paths this process runs (ggml's system_info): the widest vector ISA and which emitted kernels are in
+    /// use, e.g. "AVX-512BW; emitted: vpdpbusd vdpbf16ps vcvtph2ps".
+    /// </summary>
+    public static string KernelSet
+    {
+        get
+        {
+            string isa = System.Runtime.Intrinsics.X86.Avx512BW.IsSupported ? "AVX-512BW"
+                : System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "AVX2" : Vector128.IsHardwareAccelerated ? "128-bit SIMD" : "scalar";
+            var emitted = new List<string>();
+            if (VnniTiles.IsSupported) emitted.Add("vpdpbusd");
+            if (Bf16Tiles.Handles(2)) emitted.Add("vdpbf16ps");
+            if (F16Rows.Handles(64)) emitted.Add("vcvtph2ps");
+            return emitted.Count == 0 ? isa : $"{isa}; emitted: {string.Join(' ', emitted)}";
+        }
+    }
+
+    /// <summary>
     /// Both limits for the pool's thread count. The bandwidth buffer is freed again and, on Linux, the process's peak
     /// resident size is reset (<c>/proc/self/clear_refs</c>, "5") so the benchmark's peak RSS does not include it.
     /// </summary>
