@@ -184,24 +184,17 @@ public class KernelTests
                     w.MatMul(x, tokens, got);
                     AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens} vs quantised-activation reference");
                     // The stated bound against exact f32: |Δ| ≤ Σ_blocks Σ|w| · max|x_block| / 254 (plus f16 rounding of the scale).
-                    var exact = new float[tokens * rows];
-                    ReferenceKernels.MatMul(w, x, tokens, exact);
-                    var row = new float[columns];
-                    for (int r = 0; r < rows; r++)
+                    AssertWithinBound(w, x, tokens, got, (row, xt) =>
                     {
-                        w.DequantizeRow(r, row);
-                        for (int t = 0; t < tokens; t++)
+                        double bound = 0;
+                        for (int b = 0; b < columns / 32; b++)
                         {
-                            double bound = 0;
-                            for (int b = 0; b < columns / 32; b++)
-                            {
-                                double amax = 0, wsum = 0;
-                                for (int j = 0; j < 32; j++) { amax = Math.Max(amax, Math.Abs(x[t * columns + 32 * b + j])); wsum += Math.Abs(row[32 * b + j]); }
-                                bound += wsum * amax / 254 * 1.002;
-                            }
-                            Assert.True(Math.Abs(exact[t * rows + r] - got[t * rows + r]) <= bound + 1e-5, $"{type} row {r} token {t}: error above the stated bound {bound}");
+                            double amax = 0, wsum = 0;
+                            for (int j = 0; j < 32; j++) { amax = Math.Max(amax, Math.Abs(xt[32 * b + j])); wsum += Math.Abs(row[32 * b + j]); }
+                            bound += wsum * amax / 254 * 1.002;
                         }
-                    }
+                        return bound + 1e-5;
+                    });
                 }
                 else if (w.RoundsActivationsToBF16(tokens))
                 {
@@ -209,20 +202,12 @@ public class KernelTests
                     w.MatMul(x, tokens, got);
                     AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens} vs bf16-activation reference");
                     // The stated bound against exact f32: each activation moves by at most 2^-9 of itself.
-                    var exact = new float[tokens * rows];
-                    ReferenceKernels.MatMul(w, x, tokens, exact);
-                    var row = new float[columns];
-                    for (int r = 0; r < rows; r++)
+                    AssertWithinBound(w, x, tokens, got, (row, xt) =>
                     {
-                        w.DequantizeRow(r, row);
-                        for (int t = 0; t < tokens; t++)
-                        {
-                            double bound = 0;
-                            for (int j = 0; j < columns; j++) bound += Math.Abs((double)row[j] * x[t * columns + j]);
-                            bound = bound / 512 * 1.001 + 1e-6;
-                            Assert.True(Math.Abs(exact[t * rows + r] - got[t * rows + r]) <= bound, $"{type} row {r} token {t}: error above the stated bound {bound}");
-                        }
-                    }
+                        double sum = 0;
+                        for (int j = 0; j < columns; j++) sum += Math.Abs((double)row[j] * xt[j]);
+                        return sum / 512 * 1.001 + 1e-6;
+                    });
                 }
                 else
                 {
@@ -230,6 +215,27 @@ public class KernelTests
                     w.MatMul(x, tokens, got);
                     AssertClose(want, got, 1e-5f, $"{type} [{rows}x{columns}] x {tokens}");
                 }
+            }
+        }
+    }
+
+    /// <summary>
+    /// |exact f32 product − <paramref name="got"/>| ≤ <paramref name="bound"/>(dequantised row, token's activations)
+    /// for every row and token: the error a kernel's rounding of its activations is documented to stay within.
+    /// </summary>
+    static void AssertWithinBound(WeightMatrix w, float[] x, int tokens, float[] got, Func<float[], float[], double> bound)
+    {
+        int rows = w.Rows, columns = w.Columns;
+        var exact = new float[tokens * rows];
+        ReferenceKernels.MatMul(w, x, tokens, exact);
+        var row = new float[columns];
+        for (int r = 0; r < rows; r++)
+        {
+            w.DequantizeRow(r, row);
+            for (int t = 0; t < tokens; t++)
+            {
+                double limit = bound(row, x.AsSpan(t * columns, columns).ToArray());
+                Assert.True(Math.Abs(exact[t * rows + r] - got[t * rows + r]) <= limit, $"{w.Type} row {r} token {t}: error above the stated bound {limit}");
             }
         }
     }

@@ -2,6 +2,8 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
+using static VidKV.Tensors.X86Emitter;
+
 namespace VidKV.Tensors;
 
 /// <summary>
@@ -106,8 +108,6 @@ public static unsafe class Bf16Tiles
     /// </summary>
     static byte[] Emit()
     {
-        const int Rax = X86Emitter.Rax, Rcx = X86Emitter.Rcx, Rdx = X86Emitter.Rdx, Rsi = X86Emitter.Rsi, Rdi = X86Emitter.Rdi,
-            R8 = X86Emitter.R8, R9 = X86Emitter.R9, R10 = X86Emitter.R10, R11 = X86Emitter.R11;
         var e = new X86Emitter();
         e.Load(Rax, new(Rdi, Disp: 0));
         e.Load(R8, new(Rdi, Disp: 8));
@@ -119,7 +119,7 @@ public static unsafe class Bf16Tiles
         e.Lea(R11, new(R10, R10, 2));
         e.Lea(R9, new(R8, R10, 4));
         for (int a = 0; a < 16; a++) e.VZero(a);
-        X86Emitter.Mem[] x = [new(R8), new(R8, R10), new(R8, R10, 2), new(R8, R11), new(R9), new(R9, R10), new(R9, R10, 2), new(R9, R11)];
+        Mem[] x = [new(R8), new(R8, R10), new(R8, R10, 2), new(R8, R11), new(R9), new(R9, R10), new(R9, R10, 2), new(R9, R11)];
         int loop = e.Position;
         e.VLoad(16, new(Rax));
         e.VLoad(17, new(Rax, Disp: 64));
@@ -132,7 +132,7 @@ public static unsafe class Bf16Tiles
         e.Add(R8, 4);
         e.Add(R9, 4);
         e.Add(Rcx, -1);
-        e.JumpBack(X86Emitter.Condition.NotZero, loop);
+        e.JumpBack(Condition.NotZero, loop);
         for (int t = 0; t < Tokens; t++)
         {
             e.VStore(new(Rdx), 2 * t);

@@ -1,5 +1,7 @@
 using System.Runtime.InteropServices;
 
+using static VidKV.Tensors.X86Emitter;
+
 namespace VidKV.Tensors;
 
 /// <summary>
@@ -54,8 +56,6 @@ public static unsafe class F16Rows
     /// </summary>
     static byte[] Emit()
     {
-        const int Rax = X86Emitter.Rax, Rcx = X86Emitter.Rcx, Rdx = X86Emitter.Rdx, Rsi = X86Emitter.Rsi, Rdi = X86Emitter.Rdi,
-            R8 = X86Emitter.R8, R9 = X86Emitter.R9, R10 = X86Emitter.R10;
         var e = new X86Emitter();
         e.Load(Rax, new(Rdi, Disp: 0));
         e.Load(R8, new(Rdi, Disp: 8));
@@ -74,10 +74,10 @@ public static unsafe class F16Rows
         for (int k = 0; k < 4; k++)
         {
             e.Vcvtph2ps(16 + k, new(Rax, R9, 1, 32 * k));
-            e.Vfmadd231ps(k, 16 + k, new X86Emitter.Mem(Rsi, R9, 2, 64 * k));
+            e.Vfmadd231ps(k, 16 + k, new Mem(Rsi, R9, 2, 64 * k));
         }
         e.Add(R9, 128);
-        e.JumpBack(X86Emitter.Condition.NotZero, column);
+        e.JumpBack(Condition.NotZero, column);
         e.Vaddps(0, 0, 1);
         e.Vaddps(2, 2, 3);
         e.Vaddps(0, 0, 2);
@@ -93,7 +93,7 @@ public static unsafe class F16Rows
         e.Add(Rdx, 4);
         e.AddRegister(Rax, R8);
         e.Add(Rcx, -1);
-        e.JumpBack(X86Emitter.Condition.NotZero, row);
+        e.JumpBack(Condition.NotZero, row);
         e.Vzeroupper();
         e.Ret();
         return e.ToArray();

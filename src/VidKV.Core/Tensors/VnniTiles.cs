@@ -1,6 +1,8 @@
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 
+using static VidKV.Tensors.X86Emitter;
+
 namespace VidKV.Tensors;
 
 /// <summary>
@@ -63,40 +65,27 @@ public static unsafe class VnniTiles
     }
 
     /// <summary>Q4_0 (<paramref name="mins"/> null) or Q4_K tile: as <see cref="IntegerTiles.Q4_0"/>.</summary>
-    internal static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
-    {
-        var call = new Call
-        {
-            Packed = packed, Scales = scales, Mins = mins, Xq = xq, Sums = mins == null ? xs : xsum, Xd = xd,
-            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0, Groups = groups,
-        };
-        if (count <= 0 || groups <= 0) return;
-        if (mins == null) Offset3(&call);
-        else WithMins(&call);
-    }
+    internal static void Q4_0(byte* packed, float* scales, float* mins, sbyte* xq, float* xd, int* xs, float* xsum, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate) =>
+        Run(mins == null ? Offset3 : WithMins, packed, scales, mins, xq, mins == null ? xs : xsum, xd, columns, blocks, count, groups, y, ldy, accumulate);
 
     /// <summary>Q8_0 tile of one plane of offset bytes: as <see cref="IntegerTiles.Q8_0"/>.</summary>
-    internal static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
-    {
-        var call = new Call
-        {
-            Packed = packed, Scales = scales, Xq = xq, Sums = xs, Xd = xd,
-            Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0, Groups = groups,
-        };
-        if (count <= 0 || groups <= 0) return;
-        Offset7(&call);
-    }
+    internal static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate) =>
+        Run(Offset7, packed, scales, null, xq, xs, xd, columns, blocks, count, groups, y, ldy, accumulate);
 
     /// <summary>Q6_K tile (blocks of 16 columns, scale and Σq per 16): as <see cref="IntegerTiles.Q6_K"/>.</summary>
-    internal static void Q6_K(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
+    internal static void Q6_K(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate) =>
+        Run(Offset5Short, packed, scales, null, xq, xs, xd, columns, blocks, count, groups, y, ldy, accumulate);
+
+    static void Run(delegate* unmanaged[SuppressGCTransition]<Call*, void> kernel, byte* packed, float* scales, float* mins, sbyte* xq, void* sums, float* xd,
+        int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate)
     {
+        if (count <= 0 || groups <= 0) return;
         var call = new Call
         {
-            Packed = packed, Scales = scales, Xq = xq, Sums = xs, Xd = xd,
+            Packed = packed, Scales = scales, Mins = mins, Xq = xq, Sums = sums, Xd = xd,
             Columns = columns, Blocks = blocks, Count = count, Y = y, Ldy = ldy, Accumulate = accumulate ? 1 : 0, Groups = groups,
         };
-        if (count <= 0 || groups <= 0) return;
-        Offset5Short(&call);
+        kernel(&call);
     }
 
     /// <summary>
@@ -111,14 +100,11 @@ public static unsafe class VnniTiles
     /// </summary>
     static byte[] Emit(int shift, bool mins, int steps)
     {
-        const int Rax = X86Emitter.Rax, Rcx = X86Emitter.Rcx, Rdx = X86Emitter.Rdx, Rbx = X86Emitter.Rbx, Rsp = X86Emitter.Rsp,
-            Rbp = X86Emitter.Rbp, Rsi = X86Emitter.Rsi, Rdi = X86Emitter.Rdi, R8 = X86Emitter.R8, R9 = X86Emitter.R9,
-            R10 = X86Emitter.R10, R11 = X86Emitter.R11, R12 = X86Emitter.R12, R13 = X86Emitter.R13, R14 = X86Emitter.R14, R15 = X86Emitter.R15;
         var e = new X86Emitter();
         int[] saved = [Rbx, Rbp, R12, R13, R14, R15];
         foreach (int r in saved) e.Push(r);
         e.Push(Rdi);
-        X86Emitter.Mem args = new(Rsp);
+        Mem args = new(Rsp);
 
         int group = e.Position;
         e.Load(Rdi, args);
@@ -140,19 +126,19 @@ public static unsafe class VnniTiles
         e.Lea(Rbx, new(R11, Rbp, 2));
         e.Lea(R13, new(R12, Rbp, 2));
         // y rows: token 0 at r14, 1 at r14 + r15, 2 at rdi, 3 at rdi + r15.
-        X86Emitter.Mem[] y = [new(R14), new(R14, R15), new(Rdi), new(Rdi, R15)];
+        Mem[] y = [new(R14), new(R14, R15), new(Rdi), new(Rdi, R15)];
         e.Test(Rdi, Rdi);
         e.Lea(Rdi, new(R14, R15, 2)); // lea leaves the flags alone
-        int toZero = e.JumpForward(X86Emitter.Condition.Zero);
+        int toZero = e.JumpForward(Condition.Zero);
         for (int t = 0; t < 4; t++) { e.VLoad(2 * t, y[t]); e.VLoad(2 * t + 1, y[t] + 64); }
-        int toLoop = e.JumpForward(X86Emitter.Condition.Always);
+        int toLoop = e.JumpForward(Condition.Always);
         e.Bind(toZero);
         for (int t = 0; t < 4; t++) { e.VZero(2 * t); e.VZero(2 * t + 1); }
         e.Bind(toLoop);
 
-        X86Emitter.Mem[] x = [new(R8), new(R8, R10), new(R9), new(R9, R10)];
-        X86Emitter.Mem[] d = [new(R11), new(R11, Rbp), new(Rbx), new(Rbx, Rbp)];
-        X86Emitter.Mem[] s = [new(R12), new(R12, Rbp), new(R13), new(R13, Rbp)];
+        Mem[] x = [new(R8), new(R8, R10), new(R9), new(R9, R10)];
+        Mem[] d = [new(R11), new(R11, Rbp), new(Rbx), new(Rbx, Rbp)];
+        Mem[] s = [new(R12), new(R12, Rbp), new(R13), new(R13, Rbp)];
         int loop = e.Position;
         for (int r = 8; r < 16; r++) e.VZero(r);
         for (int step = 0; step < steps; step++)
@@ -196,7 +182,7 @@ public static unsafe class VnniTiles
         e.Add(Rdx, 128);
         foreach (int r in new[] { R11, Rbx, R12, R13 }) e.Add(r, 4);
         e.Add(Rcx, -1);
-        e.JumpBack(X86Emitter.Condition.NotZero, loop);
+        e.JumpBack(Condition.NotZero, loop);
         for (int t = 0; t < 4; t++) { e.VStore(y[t], 2 * t); e.VStore(y[t] + 64, 2 * t + 1); }
 
         // Next group: Xq += 4·columns, Sums and Xd += 4·blocks·4 bytes, Y += 4·ldy·4 bytes; Groups −= 1.
@@ -206,7 +192,7 @@ public static unsafe class VnniTiles
         e.Load(Rax, new(Rdi, Disp: 40)); e.Lea(Rax, new(Rax, Rbp, 4)); e.Store(new(Rdi, Disp: 40), Rax);
         e.Load(Rax, new(Rdi, Disp: 72)); e.Lea(Rax, new(Rax, R15, 4)); e.Store(new(Rdi, Disp: 72), Rax);
         e.Load(Rax, new(Rdi, Disp: 96)); e.Add(Rax, -1); e.Store(new(Rdi, Disp: 96), Rax);
-        e.JumpBack(X86Emitter.Condition.NotZero, group); // mov does not touch the flags of the add
+        e.JumpBack(Condition.NotZero, group); // mov does not touch the flags of the add
 
         e.Pop(Rdi);
         e.Vzeroupper();
