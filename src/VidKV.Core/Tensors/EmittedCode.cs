@@ -9,7 +9,8 @@ namespace VidKV.Tensors;
 /// vcvtph2ps (<see cref="F16Rows"/>). They go into fresh pages that are made read+execute before use, and are called
 /// through unmanaged function pointers without a GC transition (they run for microseconds, touch no managed object
 /// and call nothing). Linux x86-64 only (System V calling convention, mmap); <c>VIDKV_EMIT=0</c> turns them all off,
-/// and the managed kernels — which every emitted one is tested against — run instead.
+/// and the managed kernels — which every emitted one is tested against — run instead. To read what a kernel's
+/// <c>Emit</c> returns, write the bytes to a file and disassemble it with <c>objdump -D -b binary -mi386:x86-64</c>.
 /// </summary>
 internal static unsafe partial class EmittedCode
 {

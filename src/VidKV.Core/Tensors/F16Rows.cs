@@ -98,7 +98,4 @@ public static unsafe class F16Rows
         e.Ret();
         return e.ToArray();
     }
-
-    /// <summary>The emitted code (for inspection: <c>objdump -D -b binary -mi386:x86-64</c>).</summary>
-    internal static byte[] Code() => Emit();
 }

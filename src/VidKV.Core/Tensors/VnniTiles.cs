@@ -200,7 +200,4 @@ public static unsafe class VnniTiles
         e.Ret();
         return e.ToArray();
     }
-
-    /// <summary>The emitted code of one kernel (for inspection: <c>objdump -D -b binary -mi386:x86-64</c>).</summary>
-    internal static byte[] Code(int shift, bool mins, int steps = 8) => Emit(shift, mins, steps);
 }
