@@ -73,7 +73,7 @@ public class KvCacheTests
         public override long AllocatedBytes => 2L * layers * context * row;
         public override bool Reserve(int endPosition) => endPosition <= context;
 
-        public override void Append(int layer, int position, int count, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+        public override void Append(int layer, int position, int count, ReadOnlySpan<float> k, ReadOnlySpan<float> v, ReadOnlySpan<int> frameIds = default)
         {
             for (int t = 0; t < count; t++)
             {
@@ -121,6 +121,7 @@ public class KvCacheTests
         var tokens = StoryTokens(model, 260);
         using var cache = Paged(model, spec, budget: budget);
         var store = cache.Store;
+        var seq = cache.Sequence;
         int heads = model.Config.LayerCount * model.Config.KvHeadCount;
         var everStored = Enumerable.Range(0, heads).Select(_ => new HashSet<int>()).ToArray();
         var evicted = Enumerable.Range(0, heads).Select(_ => new HashSet<int>()).ToArray();
@@ -167,11 +168,11 @@ public class KvCacheTests
                 for (int h = 0; h < model.Config.KvHeadCount; h++)
                 {
                     int i = l * model.Config.KvHeadCount + h;
-                    var stored = StoredPositions(store, store.Table(l, h));
+                    var stored = StoredPositions(store, seq.Table(l, h));
                     Assert.False(stored.Overlaps(evicted[i]), $"{spec} layer {l} head {h}: an evicted token came back");
                     evicted[i].UnionWith(everStored[i].Except(stored));
                     everStored[i].UnionWith(stored);
-                    Assert.Equal(store.Table(l, h).TokenCount, stored.Count);
+                    Assert.Equal(seq.Table(l, h).TokenCount, stored.Count);
                     if (reducer != null)
                     {
                         Assert.Equal(Math.Min(position, reducer.Sinks + reducer.Window), stored.Count);
@@ -212,7 +213,7 @@ public class KvCacheTests
                 {
                     var mean = new double[16];
                     for (int h = 0; h < kvHeads; h++)
-                        foreach (int page in full.Store.Table(l, h).Pages)
+                        foreach (int page in full.Sequence.Table(l, h).Pages)
                         {
                             var keys = new float[full.Store.Count(page) * d];
                             full.Store.ReadKeys(page, keys);
@@ -230,7 +231,7 @@ public class KvCacheTests
             for (int l = 0; l < layers; l++)
                 for (int h = 0; h < kvHeads; h++)
                 {
-                    var stored = StoredPositions(cache.Store, cache.Store.Table(l, h));
+                    var stored = StoredPositions(cache.Store, cache.Sequence.Table(l, h));
                     Assert.Equal(8 + position - 16, stored.Count);
                     Assert.True(expected[l].SetEquals(stored.Where(p => p < 16)), $"layer {l} head {h}: kept {string.Join(",", stored.Where(p => p < 16).Order())}, want {string.Join(",", expected[l].Order())}");
                     Assert.True(Enumerable.Range(16, position - 16).All(stored.Contains), $"layer {l} head {h}: a decode token was dropped");
@@ -253,6 +254,7 @@ public class KvCacheTests
         var tokens = StoryTokens(model, 60);
         using var cache = Paged(model, spec);
         var store = cache.Store;
+        var seq = cache.Sequence;
         var policy = cache.Policies[0, 0];
         int d = model.Config.HeadDim, group = model.Config.HeadCount / model.Config.KvHeadCount;
         // Per (layer 0, head 0): the queries of every step, and the f32 keys of every position while still stored.
@@ -309,7 +311,7 @@ public class KvCacheTests
         Run(model, cache, tokens, 16, position =>
         {
             if (pending == null) return;
-            var stored = StoredPositions(store, store.Table(0, 0));
+            var stored = StoredPositions(store, seq.Table(0, 0));
             Assert.True(pending.SetEquals(stored), $"{spec} at {position}: kept {string.Join(",", stored.Order())}, want {string.Join(",", pending.Order())}");
             pending = null;
             checkedCompression = true;
@@ -374,10 +376,16 @@ public class KvCacheTests
         using var cache = new KvCacheConfig { Default = spec, PageSize = pageSize, Type = GgmlType.F16, Budget = 96, ColdPath = path, ColdMapped = mapped }
             .CreateCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim);
         Assert.Equal(mapped, cache.Store.ReadsColdInPlace);
-        int maxHot = 0;
-        var got = Run(model, cache, tokens, 40, _ => maxHot = Math.Max(maxHot, cache.Store.HotPageCount));
+        int maxHot = 0, maxCold = 0;
+        var got = Run(model, cache, tokens, 40, _ =>
+        {
+            maxHot = Math.Max(maxHot, cache.Store.HotPageCount);
+            maxCold = Math.Max(maxCold, cache.Store.ColdOnlyPageCount);
+        });
         for (int i = 0; i < want.Length; i++) Assert.True(want[i].AsSpan().SequenceEqual(got[i]), $"step {i}: logits differ with the cold tier");
-        Assert.True(cache.Store.ColdOnlyPageCount > 0, "nothing went cold");
+        Assert.True(maxCold > 0, "nothing went cold");
+        Assert.Equal(0, cache.Store.PageCount); // disposing the state gave every page back, cold ones included
+        Assert.Equal(0, cache.Store.HotPageCount);
         int heads = model.Config.LayerCount * model.Config.KvHeadCount;
         int retrieved = (96 - 2 * 24) / pageSize;
         if (mapped)
@@ -412,15 +420,16 @@ public class KvCacheTests
         const int d = 16;
         string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
         var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = 16, ColdPath = path, MapColdTier = false });
+        var seq = store.CreateSequence();
         var rng = new Random(3);
         var k = new float[d];
         var v = new float[d];
         for (int t = 0; t < 160; t++)
         {
             for (int i = 0; i < d; i++) { k[i] = (float)rng.NextDouble(); v[i] = (float)rng.NextDouble(); }
-            Assert.True(store.Append(0, t, 1, k, v));
+            Assert.True(seq.Append(0, t, 1, k, v));
         }
-        var table = store.Table(0, 0);
+        var table = seq.Table(0, 0);
         var pages = table.Pages.ToArray();
         var before = pages.Select(p => Rows(store, p)).ToArray();
         foreach (int page in pages) store.MoveCold(page);
@@ -431,7 +440,7 @@ public class KvCacheTests
         store.CancelPrefetch(pages[1]);
         Assert.False(store.IsHot(pages[1]));
         Assert.Equal(pages.Length - 1, store.HotPageCount);
-        store.RemovePage(0, 0, table.Count - 1); // the last page, with its read in flight
+        seq.RemovePage(0, 0, table.Count - 1); // the last page, with its read in flight
         Assert.Equal(pages.Length - 2, store.HotPageCount);
         for (int i = 0; i < pages.Length - 1; i++)
         {
@@ -507,7 +516,7 @@ public class KvCacheTests
             {
                 for (int l = 0; l < c.LayerCount; l++)
                     for (int h = 0; h < c.KvHeadCount; h++)
-                        Assert.Equal(retrieval.Contains(l * c.KvHeadCount + h) ? length : Math.Min(length, 36), cache.Store.Table(l, h).TokenCount);
+                        Assert.Equal(retrieval.Contains(l * c.KvHeadCount + h) ? length : Math.Min(length, 36), cache.Sequence.Table(l, h).TokenCount);
             });
             var full = Run(model, Paged(model, "full"), tokens, 100);
             var allRetrieve = Run(model, Paged(model, $"duo:pattern={path},fraction=1"), tokens, 100);
@@ -624,18 +633,19 @@ public class KvCacheTests
     public void CentreRadiusScoresMatchThePerPageFormula(int pageSize, int group, int d, int tokens)
     {
         var rng = new Random(pageSize + d);
-        using var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = pageSize });
+        using var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = pageSize, Metadata = KvMetadata.Digest });
+        using var seq = store.CreateSequence();
         var k = new float[d];
         for (int t = 0; t < tokens; t++)
         {
             for (int i = 0; i < d; i++) k[i] = (float)(rng.NextDouble() * 4 - 2);
-            Assert.True(store.Append(0, t, 1, k, k));
+            Assert.True(seq.Append(0, t, 1, k, k));
         }
         var q = Enumerable.Range(0, group * d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
         var matrix = new DigestMatrix(d);
         for (int round = 0; round < 3; round++)
         {
-            var table = store.Table(0, 0);
+            var table = seq.Table(0, 0);
             matrix.Update(store, table, table.Count);
             // Ranges starting and ending inside, at and across the 16-page panels.
             foreach (var (start, end) in new[] { (1, table.Count), (0, table.Count), (17, table.Count - 1), (3, 5), (16, 32) })
@@ -658,12 +668,12 @@ public class KvCacheTests
                             $"round {round} [{start}, {end}) head {h} page {i}: {scores[h * n + i]} vs {want}, bound {bound}");
                     }
             }
-            if (round == 0) store.RemoveRows(0, 0, 2, 0b1011); // page 2 loses rows: its digest changes
-            if (round == 1) store.RemovePage(0, 0, 1); // every later page moves one slot down
+            if (round == 0) seq.RemoveRows(0, 0, 2, 0b1011); // page 2 loses rows: its digest changes
+            if (round == 1) seq.RemovePage(0, 0, 1); // every later page moves one slot down
             for (int t = 0; t < 40; t++)
             {
                 for (int i = 0; i < d; i++) k[i] = (float)(rng.NextDouble() * 4 - 2);
-                Assert.True(store.Append(0, tokens + round * 40 + t, 1, k, k));
+                Assert.True(seq.Append(0, tokens + round * 40 + t, 1, k, k));
             }
         }
     }
@@ -703,19 +713,20 @@ public class KvCacheTests
     {
         const int d = 64, tokens = 1000;
         var rng = new Random(pageSize);
-        using var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = pageSize, KeyType = type, ValueType = type });
+        using var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = pageSize, KeyType = type, ValueType = type, Metadata = KvMetadata.MinMax });
+        using var seq = store.CreateSequence();
         var k = new float[d];
         for (int t = 0; t < tokens; t++)
         {
             for (int i = 0; i < d; i++) k[i] = (float)(rng.NextDouble() * 4 - 2 + (i % 7 == 0 ? 3 : 0));
-            Assert.True(store.Append(0, t * 2, 1, k, k));
+            Assert.True(seq.Append(0, t * 2, 1, k, k));
         }
         var q = new float[d];
         var key = new float[d];
         for (int trial = 0; trial < 50; trial++)
         {
             for (int i = 0; i < d; i++) q[i] = (float)(rng.NextDouble() * 2 - 1);
-            foreach (int page in store.Table(0, 0).Pages)
+            foreach (int page in seq.Table(0, 0).Pages)
             {
                 float max = float.NegativeInfinity;
                 for (int j = 0; j < store.Count(page); j++)
@@ -817,6 +828,7 @@ public class KvCacheTests
         var tokens = StoryTokens(model, 200);
         using var cache = Paged(model, "freekv:tau=1", budget: budget);
         var store = cache.Store;
+        var seq = cache.Sequence;
         var policy = (FreeKvPolicy)cache.Policies[0, 0];
         int compared = 0;
         cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
@@ -930,12 +942,13 @@ public class KvCacheTests
         var k = new float[2 * 32];
         using (var store = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 2, HeadDim = 32, PageSize = 16, ColdPath = path }))
         {
+            var seq = store.CreateSequence();
             for (int t = 0; t < 50; t++)
             {
                 for (int i = 0; i < k.Length; i++) k[i] = (float)rng.NextDouble();
-                store.Append(0, t, 1, k, k);
+                seq.Append(0, t, 1, k, k);
             }
-            var table = store.Table(0, 1);
+            var table = seq.Table(0, 1);
             var before = new float[store.Count(table[1]) * 32];
             store.ReadKeys(table[1], before);
             store.MoveCold(table[1]);
@@ -967,8 +980,9 @@ public class KvCacheTests
         Assert.Contains("/nonexistent-dir/cold.bin", missing.Message);
 
         using var full = new PagedKvStore(new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = 32, PageSize = 16, ColdPath = "/dev/full" });
-        for (int t = 0; t < 20; t++) full.Append(0, t, 1, k, k);
-        int page = full.Table(0, 0)[0];
+        using var fullSequence = full.CreateSequence();
+        for (int t = 0; t < 20; t++) fullSequence.Append(0, t, 1, k, k);
+        int page = fullSequence.Table(0, 0)[0];
         var e = Assert.Throws<IOException>(() => full.MoveCold(page));
         Assert.Contains("/dev/full", e.Message);
         Assert.True(full.IsHot(page));

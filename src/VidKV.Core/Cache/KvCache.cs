@@ -19,8 +19,14 @@ public abstract class KvCache : IDisposable
     /// <summary>Makes room for positions below <paramref name="endPosition"/>; false when the cache cannot hold them.</summary>
     public abstract bool Reserve(int endPosition);
 
-    /// <summary>Stores keys (rotated) and values, [count, kvHeads, headDim] f32, of positions <paramref name="position"/>.. in one layer.</summary>
-    public abstract void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values);
+    /// <summary>
+    /// Stores keys (rotated) and values, [count, kvHeads, headDim] f32, of positions <paramref name="position"/>.. in one
+    /// layer, with each row's video frame id (empty: none).
+    /// </summary>
+    public abstract void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default);
+
+    /// <summary>Hot frames appending <paramref name="tokens"/> to every layer would take (0 for a cache that is not paged).</summary>
+    public virtual int FramesToAppend(int tokens) => 0;
 
     /// <summary>
     /// Attention of <paramref name="count"/> queries ([count, heads, headDim], rotated, unscaled) at positions

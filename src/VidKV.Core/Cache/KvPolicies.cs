@@ -289,15 +289,27 @@ public sealed record KvCacheConfig
         return map;
     }
 
-    /// <summary>A cache for a model of this shape.</summary>
+    /// <summary>A cache for a model of this shape, over a store of its own (disposed with the cache).</summary>
     public PagedKvCache CreateCache(int layerCount, int kvHeadCount, int headDim, int contextLength = int.MaxValue)
     {
         var policies = BuildPolicies(layerCount, kvHeadCount);
-        var store = new PagedKvStore(new PagedKvOptions
-        {
-            LayerCount = layerCount, KvHeadCount = kvHeadCount, HeadDim = headDim, PageSize = PageSize, KeyType = Type, ValueType = Type,
-            MaxHotPages = MaxHotPages, ColdPath = ColdPath, MapColdTier = ColdMapped,
-        });
-        return new PagedKvCache(store, policies, contextLength);
+        return new PagedKvCache(new PagedKvStore(StoreOptions(layerCount, kvHeadCount, headDim, policies.Metadata)), policies, contextLength);
     }
+
+    /// <summary>
+    /// A page pool for many sequences of a model of this shape (the KV manager's store), keeping the metadata this
+    /// config's policies read; give each sequence a cache with <see cref="CreateCache(KvSequence, int)"/>.
+    /// </summary>
+    public PagedKvStore CreateStore(int layerCount, int kvHeadCount, int headDim) =>
+        new(StoreOptions(layerCount, kvHeadCount, headDim, BuildPolicies(layerCount, kvHeadCount).Metadata));
+
+    /// <summary>A cache over <paramref name="sequence"/> (of a store from <see cref="CreateStore"/>) with its own policies from this config.</summary>
+    public PagedKvCache CreateCache(KvSequence sequence, int contextLength = int.MaxValue) =>
+        new(sequence, BuildPolicies(sequence.Store.LayerCount, sequence.Store.KvHeadCount), contextLength);
+
+    PagedKvOptions StoreOptions(int layerCount, int kvHeadCount, int headDim, KvMetadata metadata) => new()
+    {
+        LayerCount = layerCount, KvHeadCount = kvHeadCount, HeadDim = headDim, PageSize = PageSize, KeyType = Type, ValueType = Type,
+        MaxHotPages = MaxHotPages, ColdPath = ColdPath, MapColdTier = ColdMapped, Metadata = metadata,
+    };
 }

@@ -35,10 +35,25 @@ public sealed class KvPolicyMap
         return groups.Count == 1 ? groups[0].Key.Name : string.Join("; ", groups.Select(g => $"{g.Key.Name} ×{g.Count()}"));
     }
 
-    internal void Attach(PagedKvStore store)
+    /// <summary>The page metadata the policies read (the store must keep it).</summary>
+    public KvMetadata Metadata
     {
+        get
+        {
+            var needs = KvMetadata.None;
+            foreach (var policy in Distinct) needs |= policy.Metadata;
+            return needs;
+        }
+    }
+
+    internal void Attach(KvSequence sequence)
+    {
+        var store = sequence.Store;
         if (store.LayerCount != LayerCount || store.KvHeadCount != KvHeadCount)
             throw new ArgumentException($"policy map is for {LayerCount} layers × {KvHeadCount} KV heads, the store has {store.LayerCount} × {store.KvHeadCount}");
-        foreach (var policy in Distinct) policy.Attach(store);
+        foreach (var policy in Distinct)
+            if ((store.Metadata & policy.Metadata) != policy.Metadata)
+                throw new KvConfigException($"policy '{policy.Name}' reads {policy.Metadata} page metadata, but the store keeps only {store.Metadata} (create it with PagedKvOptions.Metadata including the policies' KvPolicyMap.Metadata)");
+        foreach (var policy in Distinct) policy.Attach(sequence);
     }
 }

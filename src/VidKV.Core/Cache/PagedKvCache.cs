@@ -30,7 +30,9 @@ public delegate void KvObserver(in KvStep step, ReadOnlySpan<KvPageView> read);
 public sealed unsafe class PagedKvCache : KvCache
 {
     readonly PagedKvStore store;
+    readonly KvSequence sequence;
     readonly KvPolicyMap policies;
+    readonly bool ownsStore;
     readonly PageSelection[] selections;
     KvPageView[] views = new KvPageView[256];
     readonly int[] headStart;
@@ -47,17 +49,36 @@ public sealed unsafe class PagedKvCache : KvCache
     // A weak handle to this cache for the worker-pool job that runs the heads' Select.
     nint self;
 
+    /// <summary>A cache over its own store (disposed with it): one sequence, nothing shared.</summary>
     public PagedKvCache(PagedKvStore store, KvPolicyMap policies, int contextLength = int.MaxValue)
+        : this(store.CreateSequence(), policies, contextLength, ownsStore: true) { }
+
+    /// <summary>
+    /// A cache over one sequence of a shared store (the KV manager's pool): the policies are this sequence's own; the
+    /// cache disposes the sequence (its pages go back to the pool), never the store.
+    /// </summary>
+    public PagedKvCache(KvSequence sequence, KvPolicyMap policies, int contextLength = int.MaxValue)
+        : this(sequence, policies, contextLength, ownsStore: false) { }
+
+    PagedKvCache(KvSequence sequence, KvPolicyMap policies, int contextLength, bool ownsStore)
     {
-        this.store = store;
+        store = sequence.Store;
+        this.sequence = sequence;
         this.policies = policies;
+        this.ownsStore = ownsStore;
         ContextLength = contextLength;
-        policies.Attach(store);
+        try { policies.Attach(sequence); }
+        catch
+        {
+            sequence.Dispose();
+            if (ownsStore) store.Dispose();
+            throw;
+        }
         selections = new PageSelection[store.KvHeadCount];
         for (int i = 0; i < selections.Length; i++) selections[i] = new PageSelection();
         headStart = new int[store.KvHeadCount + 1];
         self = GCHandle.ToIntPtr(GCHandle.Alloc(this, GCHandleType.Weak));
-        recalled = new List<(int, int)>[store.LayerCount * store.KvHeadCount];
+        recalled = new List<(int, int)>[store.HeadSlots];
         for (int l = 0; l < recalled.Length; l++) recalled[l] = [];
         headRecallTicks = new long[store.KvHeadCount];
         headRecalledBytes = new long[store.KvHeadCount];
@@ -66,7 +87,20 @@ public sealed unsafe class PagedKvCache : KvCache
     }
 
     public PagedKvStore Store => store;
+    /// <summary>This cache's page tables in the store.</summary>
+    public KvSequence Sequence => sequence;
     public KvPolicyMap Policies => policies;
+
+    /// <summary>
+    /// A cache that shares this one's pages and length (<see cref="KvSequence.Fork"/>) under its own policies (a fresh
+    /// map: policy state is per sequence): a question asked on a live stream, whose tokens go away with it.
+    /// </summary>
+    public PagedKvCache Fork(KvPolicyMap forkPolicies)
+    {
+        var child = new PagedKvCache(sequence.Fork(), forkPolicies, ContextLength);
+        child.length = length;
+        return child;
+    }
     public override int Length => length;
     public override int ContextLength { get; }
     public override long AllocatedBytes => store.AllocatedBytes;
@@ -88,9 +122,11 @@ public sealed unsafe class PagedKvCache : KvCache
 
     public override bool Reserve(int endPosition) => endPosition <= ContextLength;
 
-    public override void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values)
+    public override int FramesToAppend(int tokens) => sequence.FramesToAppend(tokens);
+
+    public override void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default)
     {
-        if (!store.Append(layer, position, count, keys, values))
+        if (!sequence.Append(layer, position, count, keys, values, frameIds))
             throw new InvalidOperationException(
                 $"KV hot tier full: layer {layer} needs pages for {count} more tokens at position {position} ({store.HotPageCount} pages of {store.Options.MaxHotPages} in use); use a policy that evicts or moves pages cold, or raise the page limit");
     }
@@ -129,7 +165,7 @@ public sealed unsafe class PagedKvCache : KvCache
         for (int g = 0; g < kvHeads; g++)
         {
             headStart[g] = v;
-            var table = store.Table(layer, g);
+            var table = sequence.Table(layer, g);
             var selection = selections[g];
             for (int i = 0; i < selection.Count; i++)
             {
@@ -141,7 +177,7 @@ public sealed unsafe class PagedKvCache : KvCache
                     long recallStart = Stopwatch.GetTimestamp();
                     if (store.IsPrefetching(page)) PrefetchHits++;
                     if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
-                    recalled[layer * kvHeads + g].Add((page, store.Generation(page)));
+                    recalled[store.HeadIndex(layer, g)].Add((page, store.Generation(page)));
                     RecalledBytes += store.FrameBytes;
                     recallTicks += Stopwatch.GetTimestamp() - recallStart;
                     rows = store.ReadableRows(page);
@@ -185,7 +221,7 @@ public sealed unsafe class PagedKvCache : KvCache
         // step goes back to the cold tier, where its clean copy still is, so nothing is written. Hot stays ≤ what was read.
         for (int g = 0; g < kvHeads; g++)
         {
-            var list = recalled[layer * kvHeads + g];
+            var list = recalled[store.HeadIndex(layer, g)];
             for (int i = list.Count - 1; i >= 0; i--)
             {
                 var (page, generation) = list[i];
@@ -200,7 +236,7 @@ public sealed unsafe class PagedKvCache : KvCache
         if (store.HasColdTier)
             for (int g = 0; g < kvHeads; g++)
             {
-                var table = store.Table(layer, g);
+                var table = sequence.Table(layer, g);
                 foreach (int index in policies[layer, g].NextPages(layer, g))
                 {
                     if (index >= table.Count) continue;
@@ -249,9 +285,9 @@ public sealed unsafe class PagedKvCache : KvCache
     {
         headRecallTicks[g] = headRecalledBytes[g] = 0;
         if (!store.HasColdTier || store.ReadsColdInPlace) return;
-        var table = store.Table(layer, g);
+        var table = sequence.Table(layer, g);
         var selection = selections[g];
-        var list = recalled[layer * store.KvHeadCount + g];
+        var list = recalled[store.HeadIndex(layer, g)];
         long start = Stopwatch.GetTimestamp(), bytes = 0;
         for (int i = 0; i < selection.Count; i++)
         {
@@ -281,7 +317,7 @@ public sealed unsafe class PagedKvCache : KvCache
         return new KvStep
         {
             Layer = layer, Head = g, Position = position, Count = count, Group = group, Queries = groupQueries.AsSpan(g * length, length), Scale = scale,
-            Table = store.Table(layer, g), StepIndex = steps,
+            Table = sequence.Table(layer, g), StepIndex = steps,
         };
     }
 
@@ -300,14 +336,21 @@ public sealed unsafe class PagedKvCache : KvCache
                 if (store.Generation(page) == generation) store.CancelPrefetch(page);
             list.Clear();
         }
-        store.Truncate(length);
+        sequence.Truncate(length);
         foreach (var policy in policies.Distinct) policy.OnTruncated(length);
         this.length = length;
     }
 
     public override void Dispose()
     {
-        store.Dispose();
+        foreach (var list in prefetched)
+        {
+            foreach (var (page, generation) in list)
+                if (store.Generation(page) == generation) store.CancelPrefetch(page);
+            list.Clear();
+        }
+        sequence.Dispose();
+        if (ownsStore) store.Dispose();
         if (self != 0) GCHandle.FromIntPtr(self).Free();
         self = 0;
     }

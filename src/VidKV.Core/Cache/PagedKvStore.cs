@@ -24,8 +24,14 @@ public sealed record PagedKvOptions
     /// false copies each selected cold page back into a hot frame first (FreeKV's recall).
     /// </summary>
     public bool MapColdTier { get; init; } = true;
-    /// <summary>Bits of the per-token SimHash (ReSV): 0 (off) to 64.</summary>
+    /// <summary>Bits of the per-token SimHash (ReSV) when <see cref="Metadata"/> asks for it: 1 to 64.</summary>
     public int SimHashBits { get; init; } = 32;
+    /// <summary>
+    /// The per-page metadata kept beside positions and frame ids: only what the policies in use read
+    /// (<see cref="KvPolicy.Metadata"/>), since each kind costs memory per page of every head (min/max keys alone are
+    /// 2 KiB per page at head dim 128).
+    /// </summary>
+    public KvMetadata Metadata { get; init; }
 
     internal void Validate()
     {
@@ -36,20 +42,43 @@ public sealed record PagedKvOptions
             if (HeadDim % GgmlTypes.BlockSize(t) != 0) throw new ArgumentException($"head dimension {HeadDim} is not a whole number of {GgmlTypes.Name(t)} blocks");
         }
         if (LayerCount <= 0 || KvHeadCount <= 0 || HeadDim <= 0) throw new ArgumentException("layer count, KV head count and head dimension must be positive");
-        if (SimHashBits is < 0 or > 64) throw new ArgumentException($"SimHash bits must be 0..64, not {SimHashBits}");
+        if (SimHashBits is < 1 or > 64) throw new ArgumentException($"SimHash bits must be 1..64, not {SimHashBits}");
         if (MaxHotPages < 0) throw new ArgumentException($"max hot pages must be ≥ 0, not {MaxHotPages}");
     }
 }
 
+/// <summary>Per-page metadata a <see cref="PagedKvStore"/> keeps on request, besides positions and frame ids.</summary>
+[Flags]
+public enum KvMetadata
+{
+    None = 0,
+    /// <summary>Element-wise min and max keys per 16-token block (Quest, LServe).</summary>
+    MinMax = 1,
+    /// <summary>Centre ± radius per page (FreeKV); implies <see cref="MinMax"/>.</summary>
+    Digest = 2 | MinMax,
+    /// <summary>The sum of the page's keys (a mean key per page: LiveVLM-style summaries).</summary>
+    KeySum = 4,
+    /// <summary>A SimHash per token (ReSV).</summary>
+    SimHash = 8,
+    /// <summary>One float per token that policies accumulate (H2O's attention mass); moves with its row.</summary>
+    RowScores = 16,
+    All = MinMax | Digest | KeySum | SimHash | RowScores,
+}
+
 /// <summary>
-/// The paged KV store: the mechanism under every policy. Keys (stored after RoPE, at their original positions) and
+/// The KV manager's page pool: the mechanism under every policy and every sequence. Keys (stored after RoPE) and
 /// values live in pages of <see cref="PagedKvOptions.PageSize"/> tokens of one layer and KV head; a page's rows are
 /// [keys PageSize × headDim][values PageSize × headDim] in one hot frame, so one page of one head is one contiguous
-/// block, in RAM or in the cold file. Each (layer, head) has a page table: its pages in position order. Pages have
-/// fixed ids whose metadata stays in RAM whatever the tier: token count, original positions, frame ids, per-token
-/// SimHash, min/max keys per 16-token block (Quest, LServe), the key sum (mean key) and, on demand, centre ± radius
-/// (FreeKV). Metadata is computed from the stored (rounded) keys, so bounds hold for what attention reads.
-/// Free lists make page, frame and cold-slot allocation O(1). Running out of hot frames is a return value.
+/// block, in RAM or in the cold file. Sequences (<see cref="KvSequence"/>) hold the page tables: per (layer, head) the
+/// pages in position order, where a row's position is its place in its sequence (the causal order attention masks
+/// by). All sequences share one pool of frames under one budget (<see cref="PagedKvOptions.MaxHotPages"/>) and one
+/// cold tier. A page may be in several sequences' tables (after <see cref="KvSequence.Fork"/>): it counts its
+/// holders, is freed when the last lets go, and is copied before anyone changes its rows (copy-on-write); a sequence
+/// appending after a shared page starts a page of its own, so appends never copy. Pages have fixed ids whose
+/// metadata stays in RAM whatever the tier: token count, positions, frame ids, and what <see cref="KvMetadata"/>
+/// asks for. Metadata is computed from the stored (rounded) keys, so bounds hold for what attention reads. Free
+/// lists make page, frame and cold-slot allocation O(1). Running out of hot frames is a return value, and
+/// <see cref="Reserve"/> sets frames aside before a forward pass so that its appends cannot run out halfway.
 /// </summary>
 public sealed unsafe class PagedKvStore : IDisposable
 {
@@ -59,18 +88,18 @@ public sealed unsafe class PagedKvStore : IDisposable
 
     readonly PagedKvOptions options;
     readonly int d, keyRow, valueRow, blocksPerPage;
-    readonly PageTable[] tables;
+    readonly KvMetadata metadata;
     readonly float[] hashPlanes; // [SimHashBits, headDim] Gaussian, fixed seed
     readonly float[] hashColumns; // the planes transposed, [headDim, 64] (planes past SimHashBits zero)
 
     // Page metadata, indexed by page id (struct of arrays, grown by doubling; no per-token allocation).
     int pageCapacity, pageHigh;
     readonly Stack<int> freePages = new();
-    int[] count = [], frameOf = [], coldSlotOf = [], ownerOf = [], generation = [];
+    int[] count = [], frameOf = [], coldSlotOf = [], generation = [], holders = [];
     int* positions; // [page, PageSize], native so page views can point at it
     int[] frameIds = [];
     ulong[] hashes = [];
-    float[] minKeys = [], maxKeys = [], keySums = [], centres = [], radii = [];
+    float[] minKeys = [], maxKeys = [], keySums = [], centres = [], radii = [], rowScores = [];
     bool[] digestValid = [];
     int[] digestStamp = [];
     // Background recalls in flight: the ticket of the read (0 = none) and the frame it fills.
@@ -82,7 +111,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     nint[] slabs = [];
     int slabCount;
     readonly Stack<int> freeFrames = new();
-    int frameHigh, hotFrames;
+    int frameHigh, hotFrames, reservedFrames;
+    int sequences;
     readonly ColdTier? cold;
     readonly float[] rowScratch;
     byte[]? coldStaging;
@@ -95,8 +125,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         keyRow = (int)GgmlTypes.RowBytes(options.KeyType, d);
         valueRow = (int)GgmlTypes.RowBytes(options.ValueType, d);
         blocksPerPage = options.PageSize / DigestBlock;
-        tables = new PageTable[options.LayerCount * options.KvHeadCount];
-        for (int i = 0; i < tables.Length; i++) tables[i] = new PageTable();
+        metadata = options.Metadata;
         hashPlanes = new float[options.SimHashBits * d];
         var rng = new Random(0x5EED);
         for (int i = 0; i < hashPlanes.Length; i++) hashPlanes[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
@@ -109,6 +138,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     }
 
     public PagedKvOptions Options => options;
+    /// <summary>The metadata this store keeps (<see cref="PagedKvOptions.Metadata"/>).</summary>
+    public KvMetadata Metadata => metadata;
     public int LayerCount => options.LayerCount;
     public int KvHeadCount => options.KvHeadCount;
     public int HeadDim => d;
@@ -134,8 +165,27 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Whether cold pages are read where they lie in the mapped cold file (<see cref="ReadableRows"/>) instead of being recalled.</summary>
     public bool ReadsColdInPlace => cold?.IsMapped == true;
 
-    /// <summary>Pages of (layer, head) in position order.</summary>
-    public PageTable Table(int layer, int head) => tables[layer * options.KvHeadCount + head];
+    /// <summary>Index of (layer, KV head) in per-head arrays: the one place this arithmetic lives.</summary>
+    public int HeadIndex(int layer, int head) => layer * options.KvHeadCount + head;
+    /// <summary>(layer, KV head) pairs: the length of per-head arrays.</summary>
+    public int HeadSlots => options.LayerCount * options.KvHeadCount;
+
+    /// <summary>A new, empty sequence whose pages come from this pool.</summary>
+    public KvSequence CreateSequence() => new(this);
+
+    /// <summary>Sequences created and not yet disposed.</summary>
+    public int SequenceCount => Volatile.Read(ref sequences);
+    internal void SequenceOpened() => Interlocked.Increment(ref sequences);
+    internal void SequenceClosed() => Interlocked.Decrement(ref sequences);
+
+    /// <summary>Pages in use (in any tier, by any sequence); a page shared by several sequences counts once.</summary>
+    public int PageCount => pageHigh - freePages.Count;
+
+    /// <summary>Most bytes of KV rows in RAM at once (<see cref="PagedKvOptions.MaxHotPages"/> frames); 0 for no limit.</summary>
+    public long HotBudgetBytes => (long)options.MaxHotPages * FrameBytes;
+
+    /// <summary>Sequences holding the page (more than one after a fork).</summary>
+    public int Holders(int page) => holders[page];
 
     // ---- metadata access ----
     public int Count(int page) => count[page];
@@ -143,14 +193,30 @@ public sealed unsafe class PagedKvStore : IDisposable
     public int FirstPosition(int page) => positions[(long)page * options.PageSize];
     public int LastPosition(int page) => positions[(long)page * options.PageSize + count[page] - 1];
     public ReadOnlySpan<int> FrameIds(int page) => frameIds.AsSpan(page * options.PageSize, count[page]);
-    public ReadOnlySpan<ulong> SimHashes(int page) => hashes.AsSpan(page * options.PageSize, count[page]);
+    public ReadOnlySpan<ulong> SimHashes(int page) => Requires(KvMetadata.SimHash) ? hashes.AsSpan(page * options.PageSize, count[page]) : default;
+    /// <summary>The page's per-row scores (<see cref="KvMetadata.RowScores"/>), read-only; see <see cref="WritableRowScores"/>.</summary>
+    public ReadOnlySpan<float> RowScores(int page) => Requires(KvMetadata.RowScores) ? rowScores.AsSpan(page * options.PageSize, count[page]) : default;
+
+    /// <summary>
+    /// The row scores of page <paramref name="index"/> of <paramref name="table"/> to change: a page other sequences
+    /// hold too is copied first (<see cref="MakeOwn"/>), so they keep theirs.
+    /// </summary>
+    public Span<float> WritableRowScores(PageTable table, int index)
+    {
+        Requires(KvMetadata.RowScores);
+        int page = MakeOwn(table, index, hot: false);
+        return rowScores.AsSpan(page * options.PageSize, count[page]);
+    }
+
+    bool Requires(KvMetadata kind) => (metadata & kind) == kind ? true
+        : throw new InvalidOperationException($"this store keeps no {kind} metadata (set PagedKvOptions.Metadata; a policy declares what it reads in KvPolicy.Metadata)");
     /// <summary>Digest blocks of <see cref="DigestBlock"/> tokens that hold tokens.</summary>
     public int DigestBlockCount(int page) => (count[page] + DigestBlock - 1) / DigestBlock;
     /// <summary>Element-wise minimum of the stored keys of one 16-token block of the page.</summary>
-    public ReadOnlySpan<float> MinKey(int page, int block) => minKeys.AsSpan((page * blocksPerPage + block) * d, d);
-    public ReadOnlySpan<float> MaxKey(int page, int block) => maxKeys.AsSpan((page * blocksPerPage + block) * d, d);
+    public ReadOnlySpan<float> MinKey(int page, int block) => Requires(KvMetadata.MinMax) ? minKeys.AsSpan((page * blocksPerPage + block) * d, d) : default;
+    public ReadOnlySpan<float> MaxKey(int page, int block) => Requires(KvMetadata.MinMax) ? maxKeys.AsSpan((page * blocksPerPage + block) * d, d) : default;
     /// <summary>Sum of the page's stored keys (divide by <see cref="Count"/> for the mean key).</summary>
-    public ReadOnlySpan<float> KeySum(int page) => keySums.AsSpan(page * d, d);
+    public ReadOnlySpan<float> KeySum(int page) => Requires(KvMetadata.KeySum) ? keySums.AsSpan(page * d, d) : default;
     public bool IsHot(int page) => frameOf[page] >= 0;
     /// <summary>Changes each time the id is given to a new page, so a remembered id can tell it was freed and reused.</summary>
     public int Generation(int page) => generation[page];
@@ -166,6 +232,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>FreeKV's digest: centre c = (max+min)/2 and radius r = mean over tokens of |k − c|, per dimension.</summary>
     public void Digest(int page, out ReadOnlySpan<float> centre, out ReadOnlySpan<float> radius)
     {
+        Requires(KvMetadata.Digest);
         if (!digestValid[page]) ComputeDigest(page);
         centre = centres.AsSpan(page * d, d);
         radius = radii.AsSpan(page * d, d);
@@ -265,45 +332,85 @@ public sealed unsafe class PagedKvStore : IDisposable
     // ---- append ----
 
     /// <summary>
-    /// Appends <paramref name="count"/> tokens ([count, kvHeads, headDim] f32 keys and values) at positions
-    /// <paramref name="position"/>.. to every head of <paramref name="layer"/>. Returns false, and changes nothing, when
-    /// the hot tier has too few free frames for the new pages.
+    /// Hot frames appending <paramref name="tokens"/> rows to <paramref name="table"/> takes: the rest of a hot last
+    /// page this sequence alone holds is filled first; a cold or shared last page is left as it is.
     /// </summary>
-    public bool Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int frameId = -1)
-    {
-        int kvRow = options.KvHeadCount * d;
-        if (keys.Length < count * kvRow || values.Length < count * kvRow) throw new ArgumentException("keys/values shorter than count × kvHeads × headDim");
-        int needed = 0;
-        for (int h = 0; h < options.KvHeadCount; h++) needed += NewPagesFor(Table(layer, h), count);
-        if (!CanAllocateFrames(needed)) return false;
-        for (int h = 0; h < options.KvHeadCount; h++)
-        {
-            var table = Table(layer, h);
-            if (table.Count > 0 && this.count[table[^1]] > 0 && LastPosition(table[^1]) >= position)
-                throw new InvalidOperationException($"layer {layer} head {h}: position {position} is not after the last stored position {LastPosition(table[^1])}");
-            for (int t = 0; t < count; t++)
-            {
-                int page = table.Count > 0 ? table[^1] : -1;
-                if (page < 0 || this.count[page] == options.PageSize || !IsHot(page))
-                {
-                    page = NewPage(layer * options.KvHeadCount + h);
-                    table.Add(page);
-                }
-                AppendRow(page, position + t, frameId, keys.Slice(t * kvRow + h * d, d), values.Slice(t * kvRow + h * d, d));
-            }
-            table.TokenCount += count;
-        }
-        return true;
-    }
-
-    int NewPagesFor(PageTable table, int tokens)
+    public int FramesToAppend(PageTable table, int tokens)
     {
         int room = 0;
-        if (table.Count > 0 && IsHot(table[^1])) room = options.PageSize - count[table[^1]];
+        if (table.Count > 0)
+        {
+            int last = table[^1];
+            if (IsHot(last) && holders[last] == 1) room = options.PageSize - count[last];
+        }
         return tokens <= room ? 0 : (tokens - room + options.PageSize - 1) / options.PageSize;
     }
 
-    bool CanAllocateFrames(int frames) => options.MaxHotPages == 0 || hotFrames + frames <= options.MaxHotPages;
+    /// <summary>
+    /// Appends <paramref name="count"/> rows of one head (row t's key and value at <paramref name="keys"/>[t ·
+    /// <paramref name="stride"/>..] and the same in <paramref name="values"/>, headDim f32 each) at positions
+    /// <paramref name="position"/>.. to <paramref name="table"/>. The frames must have been checked
+    /// (<see cref="TryTakeFrames"/>); positions must come after the table's last.
+    /// </summary>
+    internal void AppendRows(PageTable table, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int stride, ReadOnlySpan<int> frameIds)
+    {
+        if (table.Count > 0 && this.count[table[^1]] > 0 && LastPosition(table[^1]) >= position)
+            throw new InvalidOperationException($"position {position} is not after the last stored position {LastPosition(table[^1])}");
+        for (int t = 0; t < count; t++)
+        {
+            int page = table.Count > 0 ? table[^1] : -1;
+            if (page < 0 || this.count[page] == options.PageSize || !IsHot(page) || holders[page] > 1)
+            {
+                page = NewPage();
+                table.Add(page);
+            }
+            AppendRow(page, position + t, frameIds.IsEmpty ? -1 : frameIds[t], keys.Slice(t * stride, d), values.Slice(t * stride, d));
+        }
+        table.TokenCount += count;
+    }
+
+    /// <summary>Whether the budget has room for <paramref name="frames"/> more next to what is hot, reserved and allowed to appends.</summary>
+    bool CanAllocateFrames(int frames) => options.MaxHotPages == 0 || hotFrames + reservedFrames + appendAllowance + frames <= options.MaxHotPages;
+
+    // Frames appends may allocate without another budget check (granted by TryTakeFrames, spent by NewPage).
+    int appendAllowance;
+
+    /// <summary>
+    /// Sets aside <paramref name="frames"/> hot frames for the appends of the next forward pass, so that none of its
+    /// layers can run out of room halfway (the room check before a step). False, and nothing set aside, when the
+    /// budget cannot hold them next to what is hot and already reserved.
+    /// </summary>
+    public bool Reserve(int frames)
+    {
+        lock (frameGate)
+        {
+            if (!CanAllocateFrames(frames)) return false;
+            reservedFrames += frames;
+            return true;
+        }
+    }
+
+    /// <summary>Gives back what <see cref="Reserve"/> set aside and appends did not take.</summary>
+    public void ReleaseReservation()
+    {
+        lock (frameGate) reservedFrames = 0;
+    }
+
+    /// <summary>Frames set aside by <see cref="Reserve"/> and not yet taken.</summary>
+    public int ReservedFrames => reservedFrames;
+
+    /// <summary>Grants an append <paramref name="frames"/> new frames: from the reservation first, then from the free budget; false when neither has them.</summary>
+    internal bool TryTakeFrames(int frames)
+    {
+        lock (frameGate)
+        {
+            int fromReservation = Math.Min(frames, reservedFrames);
+            if (!CanAllocateFrames(frames - fromReservation)) return false;
+            reservedFrames -= fromReservation;
+            appendAllowance += frames;
+            return true;
+        }
+    }
 
     void AppendRow(int page, int position, int frameId, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
@@ -315,26 +422,36 @@ public sealed unsafe class PagedKvStore : IDisposable
         positions[(long)page * options.PageSize + j] = position;
         frameIds[page * options.PageSize + j] = frameId;
         count[page] = j + 1;
-        // Metadata from the key as stored (rounded), so every bound holds for what attention reads.
-        Dequantize.Row(options.KeyType, keyBytes, rowScratch);
-        AddToDigest(page, j, rowScratch);
-        hashes[page * options.PageSize + j] = SimHash(rowScratch);
+        if ((metadata & (KvMetadata.MinMax | KvMetadata.KeySum | KvMetadata.SimHash | KvMetadata.RowScores)) != 0)
+        {
+            // Metadata from the key as stored (rounded), so every bound holds for what attention reads.
+            Dequantize.Row(options.KeyType, keyBytes, rowScratch);
+            AddToDigest(page, j, rowScratch);
+            if ((metadata & KvMetadata.SimHash) != 0) hashes[page * options.PageSize + j] = SimHash(rowScratch);
+            if ((metadata & KvMetadata.RowScores) != 0) rowScores[page * options.PageSize + j] = 0;
+        }
         InvalidateDigest(page);
     }
 
     void AddToDigest(int page, int row, ReadOnlySpan<float> key)
     {
-        int block = row / DigestBlock;
-        var min = minKeys.AsSpan((page * blocksPerPage + block) * d, d);
-        var max = maxKeys.AsSpan((page * blocksPerPage + block) * d, d);
-        if (row % DigestBlock == 0) { key.CopyTo(min); key.CopyTo(max); }
-        else
+        if ((metadata & KvMetadata.MinMax) != 0)
         {
-            System.Numerics.Tensors.TensorPrimitives.Min(min, key, min);
-            System.Numerics.Tensors.TensorPrimitives.Max(max, key, max);
+            int block = row / DigestBlock;
+            var min = minKeys.AsSpan((page * blocksPerPage + block) * d, d);
+            var max = maxKeys.AsSpan((page * blocksPerPage + block) * d, d);
+            if (row % DigestBlock == 0) { key.CopyTo(min); key.CopyTo(max); }
+            else
+            {
+                System.Numerics.Tensors.TensorPrimitives.Min(min, key, min);
+                System.Numerics.Tensors.TensorPrimitives.Max(max, key, max);
+            }
         }
-        var sum = keySums.AsSpan(page * d, d);
-        System.Numerics.Tensors.TensorPrimitives.Add(sum, key, sum);
+        if ((metadata & KvMetadata.KeySum) != 0)
+        {
+            var sum = keySums.AsSpan(page * d, d);
+            System.Numerics.Tensors.TensorPrimitives.Add(sum, key, sum);
+        }
     }
 
     /// <summary>SimHash of a key: bit b = sign(R_b · k) &gt; 0 for the store's fixed Gaussian planes (ReSV).</summary>
@@ -377,7 +494,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>The SimHash planes, [SimHashBits, headDim] (for tests).</summary>
     internal ReadOnlySpan<float> HashPlanes => hashPlanes;
 
-    int NewPage(int owner)
+    int NewPage()
     {
         int page;
         if (freePages.Count > 0) page = freePages.Pop();
@@ -388,10 +505,10 @@ public sealed unsafe class PagedKvStore : IDisposable
         }
         count[page] = 0;
         generation[page]++;
-        ownerOf[page] = owner;
+        holders[page] = 1;
         coldSlotOf[page] = -1;
-        frameOf[page] = AllocateFrame();
-        keySums.AsSpan(page * d, d).Clear();
+        frameOf[page] = AllocateAppendFrame();
+        if ((metadata & KvMetadata.KeySum) != 0) keySums.AsSpan(page * d, d).Clear();
         InvalidateDigest(page);
         return page;
     }
@@ -402,52 +519,81 @@ public sealed unsafe class PagedKvStore : IDisposable
         Array.Resize(ref count, capacity);
         Array.Resize(ref frameOf, capacity);
         Array.Resize(ref coldSlotOf, capacity);
-        Array.Resize(ref ownerOf, capacity);
+        Array.Resize(ref holders, capacity);
         Array.Resize(ref generation, capacity);
         Array.Resize(ref frameIds, capacity * p);
-        Array.Resize(ref hashes, capacity * p);
-        Array.Resize(ref minKeys, capacity * blocksPerPage * d);
-        Array.Resize(ref maxKeys, capacity * blocksPerPage * d);
-        Array.Resize(ref keySums, capacity * d);
-        Array.Resize(ref centres, capacity * d);
-        Array.Resize(ref radii, capacity * d);
         Array.Resize(ref digestValid, capacity);
         Array.Resize(ref digestStamp, capacity);
         Array.Resize(ref pendingTicket, capacity);
         Array.Resize(ref pendingFrame, capacity);
+        if ((metadata & KvMetadata.SimHash) != 0) Array.Resize(ref hashes, capacity * p);
+        if ((metadata & KvMetadata.RowScores) != 0) Array.Resize(ref rowScores, capacity * p);
+        if ((metadata & KvMetadata.MinMax) != 0)
+        {
+            Array.Resize(ref minKeys, capacity * blocksPerPage * d);
+            Array.Resize(ref maxKeys, capacity * blocksPerPage * d);
+        }
+        if ((metadata & KvMetadata.KeySum) != 0) Array.Resize(ref keySums, capacity * d);
+        if ((metadata & KvMetadata.Digest) == KvMetadata.Digest)
+        {
+            Array.Resize(ref centres, capacity * d);
+            Array.Resize(ref radii, capacity * d);
+        }
         positions = (int*)NativeMemory.Realloc(positions, (nuint)((long)capacity * p * sizeof(int)));
         pageCapacity = capacity;
     }
 
+    /// <summary>Bytes of page metadata allocated (all pages the pool has room for): what the chosen <see cref="KvMetadata"/> costs.</summary>
+    public long MetadataBytes =>
+        (long)pageCapacity * (6 * sizeof(int) + sizeof(bool) + sizeof(long) + options.PageSize * 2 * sizeof(int))
+        + (long)hashes.Length * sizeof(ulong) + 4L * (rowScores.Length + minKeys.Length + maxKeys.Length + keySums.Length + centres.Length + radii.Length);
+
     // Frames are taken and given back under a lock: heads recall their pages concurrently (see Recall).
     readonly object frameGate = new();
 
-    int AllocateFrame() => TryAllocateFrame(int.MaxValue, out int frame) ? frame : throw new InvalidOperationException("no frame");
+    /// <summary>A frame for an append's new page, out of what <see cref="TryTakeFrames"/> allowed (or, for a copy, the free budget).</summary>
+    int AllocateAppendFrame()
+    {
+        lock (frameGate)
+        {
+            if (appendAllowance > 0) appendAllowance--;
+            else if (!CanAllocateFrames(1)) throw new InvalidOperationException($"KV hot tier full: {hotFrames} frames of {options.MaxHotPages} in use, {reservedFrames} reserved");
+            return TakeFrame();
+        }
+    }
 
-    bool TryAllocateFrame(int limit, out int frame)
+    bool TryAllocateFrame(out int frame)
     {
         lock (frameGate)
         {
             frame = -1;
-            if (hotFrames >= limit) return false;
-            if (freeFrames.Count > 0) frame = freeFrames.Pop();
-            else
-            {
-                if (frameHigh == slabCount * FramesPerSlab)
-                {
-                    if (slabCount == slabs.Length)
-                    {
-                        var grown = new nint[Math.Max(16, 2 * slabs.Length)];
-                        slabs.AsSpan(0, slabCount).CopyTo(grown);
-                        Volatile.Write(ref slabs, grown);
-                    }
-                    slabs[slabCount++] = (nint)NativeMemory.Alloc((nuint)((long)FramesPerSlab * FrameBytes));
-                }
-                frame = frameHigh++;
-            }
-            hotFrames++;
+            if (!CanAllocateFrames(1)) return false;
+            frame = TakeFrame();
             return true;
         }
+    }
+
+    /// <summary>A frame from the free list or a new slab; the caller holds <see cref="frameGate"/> and checked the budget.</summary>
+    int TakeFrame()
+    {
+        int frame;
+        if (freeFrames.Count > 0) frame = freeFrames.Pop();
+        else
+        {
+            if (frameHigh == slabCount * FramesPerSlab)
+            {
+                if (slabCount == slabs.Length)
+                {
+                    var grown = new nint[Math.Max(16, 2 * slabs.Length)];
+                    slabs.AsSpan(0, slabCount).CopyTo(grown);
+                    Volatile.Write(ref slabs, grown);
+                }
+                slabs[slabCount++] = (nint)NativeMemory.Alloc((nuint)((long)FramesPerSlab * FrameBytes));
+            }
+            frame = frameHigh++;
+        }
+        hotFrames++;
+        return frame;
     }
 
     void FreeFrame(int frame)
@@ -459,40 +605,107 @@ public sealed unsafe class PagedKvStore : IDisposable
         }
     }
 
-    // ---- eviction ----
+    // ---- sharing ----
 
-    /// <summary>
-    /// Evicts the rows of page <paramref name="index"/> of (layer, head) that <paramref name="mask"/> selects, in either
-    /// tier: a page losing every row is freed without being read (it leaves the table); a cold page losing some is
-    /// recalled to be compacted, which throws when no hot frame is free for it.
-    /// </summary>
-    public void Evict(int layer, int head, int index, ulong mask)
+    /// <summary>One more sequence holds the page (a fork).</summary>
+    internal void Share(int page) => holders[page]++;
+
+    /// <summary>A sequence lets go of the page; the last holder frees it, in either tier.</summary>
+    internal void Release(int page)
     {
-        int page = Table(layer, head)[index], n = count[page];
-        if (n < 64) mask &= (1UL << n) - 1;
-        if (mask == 0) return;
-        if (System.Numerics.BitOperations.PopCount(mask) == n) { RemovePage(layer, head, index); return; }
-        if (!IsHot(page) && !Recall(page)) throw new InvalidOperationException($"no hot frame free to compact cold page {page} of layer {layer} head {head}");
-        RemoveRows(layer, head, index, mask);
+        if (--holders[page] > 0) return;
+        CancelPrefetch(page);
+        if (frameOf[page] >= 0) FreeFrame(frameOf[page]);
+        else Interlocked.Decrement(ref coldOnlyPages);
+        if (coldSlotOf[page] >= 0) cold!.Free(coldSlotOf[page]);
+        frameOf[page] = coldSlotOf[page] = -1;
+        count[page] = 0;
+        freePages.Push(page);
     }
 
     /// <summary>
-    /// Removes the rows of page <paramref name="index"/> of (layer, head) that <paramref name="removeMask"/> selects:
-    /// later rows move down (order kept), metadata is rebuilt, and an emptied page is freed and leaves the table.
-    /// The page must be hot. Evicted tokens are gone for good.
+    /// Page <paramref name="index"/> of <paramref name="table"/>, made the table's own and hot before its rows or
+    /// metadata change: a page other sequences hold too is copied into a new page (rows and metadata) that replaces it
+    /// in this table only; a cold page is recalled. Returns the page id now at <paramref name="index"/>. Throws when no
+    /// hot frame is free for the copy or the recall. With <paramref name="hot"/> false a cold page this table alone
+    /// holds stays cold (for a change to its metadata only).
     /// </summary>
-    public void RemoveRows(int layer, int head, int index, ulong removeMask)
+    public int MakeOwn(PageTable table, int index, bool hot = true)
     {
-        var table = Table(layer, head);
+        int page = table[index];
+        if (holders[page] > 1)
+        {
+            byte* source = ReadableRows(page);
+            byte[]? staging = null;
+            if (source == null)
+            {
+                staging = new byte[FrameBytes];
+                cold!.Read(coldSlotOf[page], staging);
+            }
+            if (!CanAllocateFrames(1)) throw new InvalidOperationException($"KV hot tier full: no frame to copy shared page {page} before changing it");
+            int copy = NewPage();
+            fixed (byte* s = staging)
+                Buffer.MemoryCopy(source != null ? source : s, FramePointer(frameOf[copy]), FrameBytes, FrameBytes);
+            CopyMetadata(page, copy);
+            table.Replace(index, copy);
+            Release(page);
+            return copy;
+        }
+        if (hot && !IsHot(page) && !Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall cold page {page} before changing it");
+        return page;
+    }
+
+    void CopyMetadata(int from, int to)
+    {
+        int p = options.PageSize, n = count[from];
+        count[to] = n;
+        new ReadOnlySpan<int>(positions + (long)from * p, n).CopyTo(new Span<int>(positions + (long)to * p, n));
+        frameIds.AsSpan(from * p, n).CopyTo(frameIds.AsSpan(to * p));
+        if ((metadata & KvMetadata.SimHash) != 0) hashes.AsSpan(from * p, n).CopyTo(hashes.AsSpan(to * p));
+        if ((metadata & KvMetadata.RowScores) != 0) rowScores.AsSpan(from * p, n).CopyTo(rowScores.AsSpan(to * p));
+        if ((metadata & KvMetadata.MinMax) != 0)
+        {
+            minKeys.AsSpan(from * blocksPerPage * d, blocksPerPage * d).CopyTo(minKeys.AsSpan(to * blocksPerPage * d));
+            maxKeys.AsSpan(from * blocksPerPage * d, blocksPerPage * d).CopyTo(maxKeys.AsSpan(to * blocksPerPage * d));
+        }
+        if ((metadata & KvMetadata.KeySum) != 0) keySums.AsSpan(from * d, d).CopyTo(keySums.AsSpan(to * d));
+        InvalidateDigest(to);
+    }
+
+    // ---- eviction ----
+
+    /// <summary>
+    /// Evicts the rows of page <paramref name="index"/> of <paramref name="table"/> that <paramref name="mask"/>
+    /// selects, in either tier: a page losing every row leaves the table without being read (freed if no other
+    /// sequence holds it); a cold or shared page losing some is recalled or copied to be compacted, which throws when
+    /// no hot frame is free for it.
+    /// </summary>
+    public void Evict(PageTable table, int index, ulong mask)
+    {
+        int page = table[index], n = count[page];
+        if (n < 64) mask &= (1UL << n) - 1;
+        if (mask == 0) return;
+        if (System.Numerics.BitOperations.PopCount(mask) == n) { RemovePage(table, index); return; }
+        RemoveRows(table, index, mask);
+    }
+
+    /// <summary>
+    /// Removes the rows of page <paramref name="index"/> of <paramref name="table"/> that <paramref name="removeMask"/>
+    /// selects: later rows move down (order kept), metadata is rebuilt, and an emptied page leaves the table. A shared
+    /// or cold page is made the table's own first (<see cref="MakeOwn"/>). Evicted tokens are gone for good.
+    /// </summary>
+    public void RemoveRows(PageTable table, int index, ulong removeMask)
+    {
         int page = table[index], n = count[page];
         if (n < 64) removeMask &= (1UL << n) - 1;
         int removed = System.Numerics.BitOperations.PopCount(removeMask);
         if (removed == 0) return;
-        if (removed == n) { RemovePage(layer, head, index); return; }
+        if (removed == n) { RemovePage(table, index); return; }
+        page = MakeOwn(table, index);
         byte* frame = FramePointer(HotFrame(page));
         byte* values = frame + (long)options.PageSize * keyRow;
         int* pos = positions + (long)page * options.PageSize;
-        int write = 0;
+        int p = options.PageSize, write = 0;
         for (int j = 0; j < n; j++)
         {
             if ((removeMask >> j & 1) != 0) continue;
@@ -501,8 +714,9 @@ public sealed unsafe class PagedKvStore : IDisposable
                 Buffer.MemoryCopy(frame + (long)j * keyRow, frame + (long)write * keyRow, keyRow, keyRow);
                 Buffer.MemoryCopy(values + (long)j * valueRow, values + (long)write * valueRow, valueRow, valueRow);
                 pos[write] = pos[j];
-                frameIds[page * options.PageSize + write] = frameIds[page * options.PageSize + j];
-                hashes[page * options.PageSize + write] = hashes[page * options.PageSize + j];
+                frameIds[page * p + write] = frameIds[page * p + j];
+                if ((metadata & KvMetadata.SimHash) != 0) hashes[page * p + write] = hashes[page * p + j];
+                if ((metadata & KvMetadata.RowScores) != 0) rowScores[page * p + write] = rowScores[page * p + j];
             }
             write++;
         }
@@ -515,51 +729,39 @@ public sealed unsafe class PagedKvStore : IDisposable
 
     void RebuildDigest(int page)
     {
-        keySums.AsSpan(page * d, d).Clear();
-        for (int j = 0; j < count[page]; j++)
-        {
-            ReadKey(page, j, rowScratch);
-            AddToDigest(page, j, rowScratch);
-        }
+        if ((metadata & KvMetadata.KeySum) != 0) keySums.AsSpan(page * d, d).Clear();
+        if ((metadata & (KvMetadata.MinMax | KvMetadata.KeySum)) != 0)
+            for (int j = 0; j < count[page]; j++)
+            {
+                ReadKey(page, j, rowScratch);
+                AddToDigest(page, j, rowScratch);
+            }
         InvalidateDigest(page);
     }
 
-    /// <summary>Removes page <paramref name="index"/> of (layer, head) with all its tokens, in either tier.</summary>
-    public void RemovePage(int layer, int head, int index)
+    /// <summary>Removes page <paramref name="index"/> of <paramref name="table"/> with all its tokens, in either tier (freed if no other sequence holds it).</summary>
+    public void RemovePage(PageTable table, int index)
     {
-        var table = Table(layer, head);
         int page = table[index];
-        CancelPrefetch(page);
         table.TokenCount -= count[page];
         table.RemoveAt(index);
-        if (frameOf[page] >= 0) FreeFrame(frameOf[page]);
-        else Interlocked.Decrement(ref coldOnlyPages);
-        if (coldSlotOf[page] >= 0) cold!.Free(coldSlotOf[page]);
-        frameOf[page] = coldSlotOf[page] = -1;
-        count[page] = 0;
-        freePages.Push(page);
+        Release(page);
     }
 
-    /// <summary>Drops every token at or after <paramref name="length"/> (all layers and heads).</summary>
-    public void Truncate(int length)
+    /// <summary>Drops every row of <paramref name="table"/> at or after position <paramref name="length"/>.</summary>
+    internal void Truncate(PageTable table, int length)
     {
-        for (int l = 0; l < options.LayerCount; l++)
-            for (int h = 0; h < options.KvHeadCount; h++)
-            {
-                var table = Table(l, h);
-                while (table.Count > 0)
-                {
-                    int index = table.Count - 1, page = table[index];
-                    if (FirstPosition(page) >= length) { RemovePage(l, h, index); continue; }
-                    if (LastPosition(page) < length) break;
-                    if (!IsHot(page)) Recall(page);
-                    ulong mask = 0;
-                    var pos = Positions(page);
-                    for (int j = 0; j < pos.Length; j++) if (pos[j] >= length) mask |= 1UL << j;
-                    RemoveRows(l, h, index, mask);
-                    break;
-                }
-            }
+        while (table.Count > 0)
+        {
+            int index = table.Count - 1, page = table[index];
+            if (FirstPosition(page) >= length) { RemovePage(table, index); continue; }
+            if (LastPosition(page) < length) break;
+            ulong mask = 0;
+            var pos = Positions(page);
+            for (int j = 0; j < pos.Length; j++) if (pos[j] >= length) mask |= 1UL << j;
+            RemoveRows(table, index, mask);
+            break;
+        }
     }
 
     // ---- tiers ----
@@ -573,7 +775,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     {
         if (cold == null) throw new InvalidOperationException("this store has no cold tier (set ColdPath)");
         int frame = HotFrame(page);
-        if (!digestValid[page]) ComputeDigest(page); // while the rows are in RAM: scoring a cold page then reads nothing
+        // While the rows are in RAM: scoring a cold page then reads nothing.
+        if ((metadata & KvMetadata.Digest) == KvMetadata.Digest && !digestValid[page]) ComputeDigest(page);
         if (coldSlotOf[page] < 0)
         {
             int slot = cold.Allocate();
@@ -605,7 +808,7 @@ public sealed unsafe class PagedKvStore : IDisposable
             Interlocked.Decrement(ref coldOnlyPages);
             return true;
         }
-        if (!TryAllocateFrame(options.MaxHotPages == 0 ? int.MaxValue : options.MaxHotPages, out int frame)) return false;
+        if (!TryAllocateFrame(out int frame)) return false;
         try { cold!.Read(coldSlotOf[page], new Span<byte>(FramePointer(frame), FrameBytes)); }
         catch { FreeFrame(frame); throw; }
         frameOf[page] = frame;
@@ -621,8 +824,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// </summary>
     public bool Prefetch(int page)
     {
-        if (cold == null || cold.IsMapped || IsHot(page) || pendingTicket[page] != 0 || !CanAllocateFrames(1)) return false;
-        int frame = AllocateFrame();
+        if (cold == null || cold.IsMapped || IsHot(page) || pendingTicket[page] != 0 || !TryAllocateFrame(out int frame)) return false;
         pendingFrame[page] = frame;
         pendingTicket[page] = cold.ReadAsync(coldSlotOf[page], FramePointer(frame));
         return true;
@@ -705,4 +907,14 @@ public sealed class PageTable
         Array.Copy(pages, index + 1, pages, index, Count - index - 1);
         Count--;
     }
+
+    /// <summary>Puts another page (a private copy) at <paramref name="index"/>: indices stay, per-page copies must look again.</summary>
+    internal void Replace(int index, int page)
+    {
+        pages[index] = page;
+        Edits++;
+    }
+
+    /// <summary>A table with the same pages (a fork; the caller counts the new holder of each page).</summary>
+    internal PageTable Clone() => new() { pages = (int[])pages.Clone(), Count = Count, TokenCount = TokenCount };
 }

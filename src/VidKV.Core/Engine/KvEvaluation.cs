@@ -84,7 +84,8 @@ public static class KvEvaluation
         using var full = model.CreateState(fullConfig.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim));
         var cache = reference ? (PagedKvCache)full.Cache : config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim);
         using var state = reference ? null : model.CreateState(cache);
-        var fullStore = ((PagedKvCache)full.Cache).Store;
+        var fullCache = (PagedKvCache)full.Cache;
+        var fullStore = fullCache.Store;
         int vocab = c.VocabSize, first = scoredTokens > 0 ? chunk.Length - 1 - scoredTokens : chunk.Length / 2;
         var fullLogits = new float[vocab];
         var logits = new float[vocab];
@@ -99,7 +100,7 @@ public static class KvEvaluation
                     for (int j = 0; j < view.Count; j++)
                         if (view.Mask == KvPageView.AllRows || (view.Mask >> j & 1) != 0) selected.Add(view.Positions[j]);
             }
-            AttentionComparison.Compare(fullStore, fullStore.Table(step.Layer, step.Head), step.LastQueries, step.Group, step.Scale,
+            AttentionComparison.Compare(fullStore, fullCache.Sequence.Table(step.Layer, step.Head), step.LastQueries, step.Group, step.Scale,
                 selected.Contains, stats.Recall, stats.Error);
         };
         int start = 0;
@@ -126,7 +127,7 @@ public static class KvEvaluation
             stats.Scored++;
         }
         for (int l = 0; l < c.LayerCount; l++)
-            for (int h = 0; h < c.KvHeadCount; h++) { stats.Kept += cache.Store.Table(l, h).TokenCount; stats.KeptSamples++; }
+            for (int h = 0; h < c.KvHeadCount; h++) { stats.Kept += cache.Sequence.Table(l, h).TokenCount; stats.KeptSamples++; }
     }
 
     static int TensorPrimitivesArgMax(ReadOnlySpan<float> x) => System.Numerics.Tensors.TensorPrimitives.IndexOfMax(x);

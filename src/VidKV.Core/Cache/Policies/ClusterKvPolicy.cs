@@ -48,10 +48,11 @@ public sealed class ClusterKvPolicy : KvPolicy
     public int NewClusters { get; }
     public override string Name => $"clusterkv:budget={Budget},clusters={MaxClusters},iterations={Iterations},sinks={Sinks},window={Window}";
 
-    public override void Attach(PagedKvStore store)
+    public override void Attach(KvSequence sequence)
     {
-        base.Attach(store);
-        heads = new HeadState[store.LayerCount * store.KvHeadCount];
+        base.Attach(sequence);
+        var store = sequence.Store;
+        heads = new HeadState[store.HeadSlots];
         for (int i = 0; i < heads.Length; i++) heads[i] = new HeadState();
     }
 
@@ -65,7 +66,7 @@ public sealed class ClusterKvPolicy : KvPolicy
     {
         var table = step.Table;
         if (table.TokenCount <= Budget) { selection.AddAll(table.Count); return; }
-        var state = heads[step.Layer * Store.KvHeadCount + step.Head];
+        var state = heads[HeadIndex(step.Layer, step.Head)];
         int sinkEnd = SinkBoundary(table); // last sink position
         if (state.Clusters == 0)
         {

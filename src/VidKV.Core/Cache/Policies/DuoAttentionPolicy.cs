@@ -36,15 +36,16 @@ public sealed class DuoAttentionPolicy : KvPolicy
     public override bool ConcurrentSelect => true;
 
     /// <summary>Whether (layer, head) is a retrieval head (after <see cref="Attach"/>).</summary>
-    public bool IsRetrieval(int layer, int head) => retrieval[layer * Store.KvHeadCount + head];
+    public bool IsRetrieval(int layer, int head) => retrieval[HeadIndex(layer, head)];
 
-    public override void Attach(PagedKvStore store)
+    public override void Attach(KvSequence sequence)
     {
-        base.Attach(store);
-        streaming.Attach(store);
+        base.Attach(sequence);
+        var store = sequence.Store;
+        streaming.Attach(sequence);
         if (pattern.GetLength(0) != store.LayerCount || pattern.GetLength(1) != store.KvHeadCount)
             throw new KvConfigException($"policy 'duo': pattern '{Source}' has {pattern.GetLength(0)} layers × {pattern.GetLength(1)} KV heads, the model {store.LayerCount} × {store.KvHeadCount}");
-        int heads = store.LayerCount * store.KvHeadCount, keep = (int)Math.Ceiling(Fraction * heads);
+        int heads = store.HeadSlots, keep = (int)Math.Ceiling(Fraction * heads);
         // The top `keep` scores retrieve; ties go to the earlier head.
         var order = Enumerable.Range(0, heads).OrderByDescending(i => pattern[i / store.KvHeadCount, i % store.KvHeadCount]).ThenBy(i => i).ToArray();
         retrieval = new bool[heads];

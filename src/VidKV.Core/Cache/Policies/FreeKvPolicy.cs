@@ -47,9 +47,11 @@ public sealed class FreeKvPolicy : KvPolicy
     public bool? Prefetch { get; }
     public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}" + Prefetch switch { true => ",prefetch=1", false => ",prefetch=0", _ => "" };
 
+    public override KvMetadata Metadata => KvMetadata.Digest;
+
     public override ReadOnlySpan<int> NextPages(int layer, int head)
     {
-        int index = layer * Store.KvHeadCount + head;
+        int index = HeadIndex(layer, head);
         bool prefetch = Prefetch ?? Environment.ProcessorCount > Tensors.WorkerPool.Shared.ThreadCount;
         return prefetch && hasPrevious[index] ? speculative[index].AsSpan(0, speculativeCount[index]) : default;
     }
@@ -61,10 +63,11 @@ public sealed class FreeKvPolicy : KvPolicy
 
     public override bool ConcurrentSelect => true;
 
-    public override void Attach(PagedKvStore store)
+    public override void Attach(KvSequence sequence)
     {
-        base.Attach(store);
-        int heads = store.LayerCount * store.KvHeadCount;
+        base.Attach(sequence);
+        var store = sequence.Store;
+        int heads = store.HeadSlots;
         previousQuery = new float[heads][];
         speculative = new int[heads][];
         for (int i = 0; i < heads; i++) speculative[i] = [];
@@ -82,7 +85,7 @@ public sealed class FreeKvPolicy : KvPolicy
     public override void Select(in KvStep step, PageSelection selection)
     {
         var table = step.Table;
-        int head = step.Layer * Store.KvHeadCount + step.Head;
+        int head = HeadIndex(step.Layer, step.Head);
         var q = step.LastQueries;
         if (table.TokenCount <= Budget)
         {

@@ -50,7 +50,7 @@ public sealed class KeyNormPolicy : KvPolicy
                 int t = positions[j] - step.Position;
                 if (t >= 0 && t < n && drop[t]) mask |= 1UL << j;
             }
-            Store.Evict(step.Layer, step.Head, index, mask);
+            Store.Evict(step.Table, index, mask);
         }
     }
 
@@ -63,7 +63,7 @@ public sealed class KeyNormPolicy : KvPolicy
         counts.AsSpan(0, n).Clear();
         for (int h = 0; h < Store.KvHeadCount; h++)
         {
-            var table = Store.Table(step.Layer, h);
+            var table = Sequence.Table(step.Layer, h);
             for (int index = table.Count - 1; index >= 0; index--)
             {
                 int page = table[index];

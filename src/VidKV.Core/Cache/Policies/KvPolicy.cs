@@ -35,15 +35,28 @@ public readonly ref struct KvStep
 /// </summary>
 public abstract class KvPolicy
 {
-    PagedKvStore? store;
+    KvSequence? sequence;
 
     /// <summary>The name and options as a spec string (<c>quest:budget=2048</c>).</summary>
     public abstract string Name { get; }
 
-    protected PagedKvStore Store => store ?? throw new InvalidOperationException($"policy {Name} is not attached to a store");
+    /// <summary>The page metadata this policy reads; the store keeps only what its policies declare.</summary>
+    public virtual KvMetadata Metadata => KvMetadata.None;
 
-    /// <summary>Called once per store before any step; allocate per-(layer, head) state here.</summary>
-    public virtual void Attach(PagedKvStore store) => this.store = store;
+    /// <summary>The sequence this policy runs on (one policy object serves one sequence).</summary>
+    protected KvSequence Sequence => sequence ?? throw new InvalidOperationException($"policy {Name} is not attached to a sequence");
+    protected PagedKvStore Store => Sequence.Store;
+
+    /// <summary>Index of (layer, KV head) in per-head arrays.</summary>
+    protected int HeadIndex(int layer, int head) => Store.HeadIndex(layer, head);
+
+    /// <summary>Called once, before any step, with the sequence this policy serves; allocate per-(layer, head) state here.</summary>
+    public virtual void Attach(KvSequence sequence)
+    {
+        if (this.sequence != null && this.sequence != sequence)
+            throw new InvalidOperationException($"policy {Name} already serves another sequence (create one policy map per sequence)");
+        this.sequence = sequence;
+    }
 
     /// <summary>After the step's tokens were appended and attended for (layer, head): evict, merge or move pages cold.</summary>
     public virtual void OnAppended(in KvStep step) { }
@@ -186,11 +199,13 @@ public sealed class ComposedPolicy(KvPolicy reducer, KvPolicy retriever) : KvPol
     public KvPolicy Retriever { get; } = retriever;
     public override string Name => Reducer.Name + "+" + Retriever.Name;
 
-    public override void Attach(PagedKvStore store)
+    public override KvMetadata Metadata => Reducer.Metadata | Retriever.Metadata;
+
+    public override void Attach(KvSequence sequence)
     {
-        base.Attach(store);
-        Reducer.Attach(store);
-        Retriever.Attach(store);
+        base.Attach(sequence);
+        Reducer.Attach(sequence);
+        Retriever.Attach(sequence);
     }
 
     public override void OnAppended(in KvStep step)

@@ -35,10 +35,11 @@ public sealed class QuestPolicy : KvPolicy
     public int DenseLayers { get; }
     public override string Name => $"{name}:budget={Budget},reuse={Reuse},dense={DenseLayers}";
 
-    public override void Attach(PagedKvStore store)
+    public override void Attach(KvSequence sequence)
     {
-        base.Attach(store);
-        int heads = store.LayerCount * store.KvHeadCount;
+        base.Attach(sequence);
+        var store = sequence.Store;
+        int heads = store.HeadSlots;
         chosen = new int[heads][];
         for (int i = 0; i < heads; i++) chosen[i] = [];
         chosenCount = new int[heads];
@@ -49,6 +50,7 @@ public sealed class QuestPolicy : KvPolicy
     }
 
     public override bool ConcurrentSelect => true;
+    public override KvMetadata Metadata => KvMetadata.MinMax;
 
     public override void OnTruncated(int length) => chosenStep.AsSpan().Fill(long.MinValue / 2);
 
@@ -56,7 +58,7 @@ public sealed class QuestPolicy : KvPolicy
     {
         var table = step.Table;
         if (table.TokenCount <= Budget || step.Layer < DenseLayers) { selection.AddAll(table.Count); return; }
-        int head = step.Layer * Store.KvHeadCount + step.Head;
+        int head = HeadIndex(step.Layer, step.Head);
         int own = FirstPageOfStep(step);
         // Pages besides the step's own: max(3, B/page) − 1, LServe's rule.
         int k = Math.Max(3, Budget / Store.PageSize) - 1;

@@ -22,7 +22,7 @@ public sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
             if (skip >= n) { skip -= n; index++; continue; }
             int remove = Math.Min(excess, n - skip);
             excess -= remove;
-            Store.Evict(step.Layer, step.Head, index, (remove == 64 ? ulong.MaxValue : (1UL << remove) - 1) << skip);
+            Store.Evict(step.Table, index, (remove == 64 ? ulong.MaxValue : (1UL << remove) - 1) << skip);
             if (skip == 0 && remove == n) continue; // the whole page went: the next one moved into this index
             skip = 0;
             index++;

@@ -36,10 +36,11 @@ public sealed class SnapKvPolicy : KvPolicy
     public override string Name => $"snapkv:budget={Budget},window={Window},kernel={Kernel},slack={Slack}";
     public override bool ConcurrentSelect => true;
 
-    public override void Attach(PagedKvStore store)
+    public override void Attach(KvSequence sequence)
     {
-        base.Attach(store);
-        int heads = store.LayerCount * store.KvHeadCount;
+        base.Attach(sequence);
+        var store = sequence.Store;
+        int heads = store.HeadSlots;
         ringQueries = new float[heads][];
         ringPositions = new int[heads][];
         ringCount = new int[heads];
@@ -48,7 +49,7 @@ public sealed class SnapKvPolicy : KvPolicy
 
     public override void OnAppended(in KvStep step)
     {
-        int head = step.Layer * Store.KvHeadCount + step.Head, d = Store.HeadDim, row = step.Group * d;
+        int head = HeadIndex(step.Layer, step.Head), d = Store.HeadDim, row = step.Group * d;
         var queries = ringQueries[head] ??= new float[Window * row];
         var positions = ringPositions[head] ??= new int[Window];
         for (int t = Math.Max(0, step.Count - Window); t < step.Count; t++)
@@ -84,7 +85,7 @@ public sealed class SnapKvPolicy : KvPolicy
         var remove = scoring.ClearFlags();
         remove[..candidates].Fill(true);
         foreach (int i in kept) remove[i] = false;
-        scoring.RemoveFlagged(Store, step.Layer, step.Head, table);
+        scoring.RemoveFlagged(Store, table);
     }
 
     public override void OnTruncated(int length)

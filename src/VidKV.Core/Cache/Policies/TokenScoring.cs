@@ -106,7 +106,7 @@ public sealed class TokenScoring
     /// Evicts the flagged tokens (flags in table order, as gathered; see <see cref="PagedKvStore.Evict"/>), walking the
     /// table backwards so earlier indices stay valid.
     /// </summary>
-    public void RemoveFlagged(PagedKvStore store, int layer, int head, PageTable table)
+    public void RemoveFlagged(PagedKvStore store, PageTable table)
     {
         var flags = remove.AsSpan(0, Count);
         int ordinal = Count;
@@ -116,7 +116,7 @@ public sealed class TokenScoring
             ordinal -= n;
             ulong mask = 0;
             for (int j = 0; j < n; j++) if (flags[ordinal + j]) mask |= 1UL << j;
-            store.Evict(layer, head, index, mask);
+            store.Evict(table, index, mask);
         }
     }
 
