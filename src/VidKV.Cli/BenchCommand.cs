@@ -52,7 +52,7 @@ static class BenchCommand
                     Default = spec, Budget = r.GetValue(budget), PageSize = r.GetValue(pageSize), Type = CommonOptions.ParseCacheType(r.GetValue(cacheK)!), ColdPath = ColdPath(),
                 });
             if (caches.Count == 0) caches.Add(null);
-            foreach (var config in caches) config?.BuildPolicies(1, 1); // a bad spec fails before any model loads
+            foreach (var config in caches) config?.ValidateSpecs(); // a bad spec fails before any model loads
             var results = new List<(BenchmarkResult Result, bool NoRepack)>();
             bool withRoofline = r.GetValue(roofline);
             Console.Error.WriteLine($"  kernels: {Tensors.MachineLimits.KernelSet}");
@@ -66,6 +66,8 @@ static class BenchCommand
             {
                 bool keepStored = mode == 1;
                 using var model = ModelLoader.Load(path, repack: !keepStored);
+                // Layers and heads past this model's shape fail here, before any test runs.
+                foreach (var config in caches) config?.BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount);
                 string label = Path.GetFileName(path) + (keepStored && repackModes.Length > 1 ? " (no repack)" : "");
                 foreach (var result in Benchmark.Run(model, label, r.GetValue(prompt), r.GetValue(generate), depths, threadCounts, reps,
                     CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!),

@@ -151,6 +151,35 @@ public class HuggingFaceTests
         Assert.Equal(432, Engine.Sampler.ArgMax(logits));
     }
 
+    /// <summary>
+    /// The repack switch (<c>-nr</c>) reaches folders too: off, nothing is repacked; on, a folder repacks exactly where the
+    /// GGUF of the same shape and types does. (Safetensors hold F32/F16/BF16, which no machine repacks today, so both are
+    /// false; the test holds the folder to the GGUF's behaviour whatever the repack set becomes.)
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
+    public void RepackSwitchReachesFoldersAsGguf(GgmlType dtype)
+    {
+        using var dir = new TempDirectory();
+        string ggufPath = dir.File("random.gguf"), folder = Path.Combine(dir.Path, "hf");
+        Directory.CreateDirectory(folder);
+        RandomModel.Write(ggufPath, RandomModelShape.TinyLlama, dtype);
+        Export(ggufPath, folder, dtype);
+        foreach (bool repack in new[] { false, true })
+        {
+            using var gguf = ModelLoader.Load(ggufPath, repack);
+            using var hf = ModelLoader.Load(folder, repack);
+            using var file = ModelLoader.Load(Path.Combine(folder, "model.safetensors"), repack);
+            Assert.Equal(dtype, hf.WeightType);
+            Assert.Equal(gguf.WeightType, hf.WeightType);
+            if (!repack) Assert.False(gguf.IsRepacked);
+            Assert.Equal(gguf.IsRepacked, hf.IsRepacked);
+            Assert.Equal(gguf.IsRepacked, file.IsRepacked);
+        }
+    }
+
     [Fact]
     public void BadConfigNamesTheField()
     {

@@ -312,4 +312,15 @@ public sealed record KvCacheConfig
         LayerCount = layerCount, KvHeadCount = kvHeadCount, HeadDim = headDim, PageSize = PageSize, KeyType = Type, ValueType = Type,
         MaxHotPages = MaxHotPages, ColdPath = ColdPath, MapColdTier = ColdMapped, Metadata = metadata,
     };
+
+    /// <summary>
+    /// Parses every policy spec (the default, each layer range's and each head's) without a model's shape, so a bad spec
+    /// fails before any model loads; whether the layers and heads exist is <see cref="BuildPolicies"/>'s check.
+    /// </summary>
+    public void ValidateSpecs()
+    {
+        KvPolicies.Parse(Default, Budget);
+        foreach (var (_, _, spec) in Layers) KvPolicies.Parse(spec, Budget);
+        foreach (var (_, _, spec) in Heads) KvPolicies.Parse(spec, Budget);
+    }
 }

@@ -12,14 +12,18 @@ namespace VidKV.Models;
 /// </summary>
 public static class HuggingFaceModel
 {
-    public static DecoderModel Load(string folder)
+    /// <summary>
+    /// Loads the checkpoint in <paramref name="folder"/>; <paramref name="repack"/> as for a GGUF file (see
+    /// <see cref="DecoderModel(ModelConfig, IWeightSource, Vocabulary, bool)"/>).
+    /// </summary>
+    public static DecoderModel Load(string folder, bool repack = true)
     {
         if (!Directory.Exists(folder)) throw ModelFormatException.InFile(folder, "folder not found");
         string configPath = Path.Combine(folder, "config.json");
         var config = ReadConfig(configPath);
         var vocabulary = HuggingFaceVocabulary.Load(Path.Combine(folder, "tokenizer.json"), Path.Combine(folder, "tokenizer_config.json"));
         var weights = SafetensorsWeights.Open(folder);
-        try { return new DecoderModel(config, weights, vocabulary); }
+        try { return new DecoderModel(config, weights, vocabulary, repack); }
         catch { weights.Dispose(); throw; }
     }
 

@@ -13,9 +13,9 @@ public static class ModelLoader
     /// </summary>
     public static DecoderModel Load(string path, bool repack = true)
     {
-        if (Directory.Exists(path)) return HuggingFaceModel.Load(path);
+        if (Directory.Exists(path)) return HuggingFaceModel.Load(path, repack);
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-            return HuggingFaceModel.Load(Path.GetDirectoryName(Path.GetFullPath(path))!);
+            return HuggingFaceModel.Load(Path.GetDirectoryName(Path.GetFullPath(path))!, repack);
         var file = GgufFile.Open(path);
         try
         {

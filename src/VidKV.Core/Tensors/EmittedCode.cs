@@ -5,12 +5,14 @@ namespace VidKV.Tensors;
 
 /// <summary>
 /// Kernels emitted as x86-64 machine code at start-up (<see cref="X86Emitter"/>) for the instructions .NET 10 does not
-/// expose on AVX-512 CPUs without AVX10 (Zen 4, Ice Lake, Sapphire Rapids): vpdpbusd (<see cref="VnniTiles"/>) and
-/// vcvtph2ps (<see cref="F16Rows"/>). They go into fresh pages that are made read+execute before use, and are called
-/// through unmanaged function pointers without a GC transition (they run for microseconds, touch no managed object
-/// and call nothing). Linux x86-64 only (System V calling convention, mmap); <c>VIDKV_EMIT=0</c> turns them all off,
-/// and the managed kernels — which every emitted one is tested against — run instead. To read what a kernel's
-/// <c>Emit</c> returns, write the bytes to a file and disassemble it with <c>objdump -D -b binary -mi386:x86-64</c>.
+/// expose on AVX-512 CPUs without AVX10 (Zen 4, Ice Lake, Sapphire Rapids): vpdpbusd (<see cref="VnniTiles"/>),
+/// vdpbf16ps (<see cref="Bf16Tiles"/>) and vcvtph2ps (<see cref="F16Rows"/>). They go into fresh pages that are made
+/// read+execute before use, and are called through unmanaged function pointers without a GC transition (they run for
+/// microseconds, touch no managed object and call nothing). Linux x86-64 only (System V calling convention, mmap);
+/// <c>VIDKV_EMIT=0</c> turns them all off, and the managed kernels run instead (the VNNI tiles are tested bit for bit
+/// against the AVX-512BW ones, the f16 rows and bf16 tiles against the reference their products are held to). To read
+/// what a kernel's <c>Emit</c> returns, write the bytes to a file and disassemble it with
+/// <c>objdump -D -b binary -mi386:x86-64</c>.
 /// </summary>
 internal static unsafe partial class EmittedCode
 {

@@ -9,7 +9,8 @@ namespace VidKV.Tensors;
 /// .NET exposes no F16C instructions, so an f16 becomes f32 bits by sign extension, a shift by 13 and a mask: that is
 /// exactly w·2^−112 for every finite w (subnormals included). Activations are therefore passed pre-scaled by 2^64 and
 /// the sum is scaled by 2^48 (both exact powers of two, so the result equals the plain f32 dot product up to summation
-/// order). Infinite or NaN f16 weights are not propagated (they read as large finite values).
+/// order). Infinite or NaN f16 weights are not propagated (they read as large finite values). Where kernels are
+/// emitted, f16 decode of rows of whole 64 columns runs <see cref="F16Rows"/>' vcvtph2ps instead.
 /// </summary>
 public static unsafe class HalfDot
 {

@@ -124,18 +124,22 @@ public sealed unsafe partial class WeightMatrix : IDisposable
 
     /// <summary>
     /// Prefill (4+ tokens) with AVX-512 widens each tile of 32 rows to f32 once and runs the f32 panel kernel, for
-    /// every type: on this Zen 4 machine f32 FMAs beat the int8 2×4 kernels (maddubs+madd, no VNNI in .NET) even with
-    /// the first f32 kernel (Q8_0 pp512 180 vs 133 t/s, Q4_0 167 vs 160); the panel kernel then took Q8_0/F16/Q4_0
-    /// pp512 from 179/162/137 and 144/134/148 to 221/214/208 and 226/216/205 t/s (`vidkv bench -m … -p 512 -n 0 -t 2
-    /// -r 3`, medians, old and new builds alternated twice). Activations stay f32 (exact); decode keeps the int8
-    /// path, and machines without AVX-512 keep the int8 tiles. Q4_0/Q8_0 later moved to <see cref="IntegerTiles"/>
-    /// (nibble planes make vpmaddubsw do 64 MACs per instruction where an FMA does 16).
+    /// every type: on this Zen 4 machine f32 FMAs beat the int8 2×4 kernels (maddubs+madd: .NET exposes no VNNI here,
+    /// and <see cref="VnniTiles"/>' emitted vpdpbusd came later) even with the first f32 kernel (Q8_0 pp512 180 vs 133
+    /// t/s, Q4_0 167 vs 160); the panel kernel then took Q8_0/F16/Q4_0 pp512 from 179/162/137 and 144/134/148 to
+    /// 221/214/208 and 226/216/205 t/s (`vidkv bench -m … -p 512 -n 0 -t 2 -r 3`, medians, old and new builds
+    /// alternated twice). Activations stay f32 (exact); decode keeps the int8 path, and machines without AVX-512 keep
+    /// the int8 tiles. Q4_0/Q8_0/Q4_K (and Q6_K where the VNNI kernel runs) later moved to <see cref="IntegerTiles"/>
+    /// (nibble planes make vpmaddubsw do 64 MACs per instruction where an FMA does 16), and BF16 with AVX512_BF16 to
+    /// <see cref="Bf16Tiles"/>.
     /// </summary>
     static bool UsesFloatTiles(int tokens) => tokens >= 4 && Vector512.IsHardwareAccelerated;
 
     /// <summary>
-    /// Prefill (4+ tokens) of Q4_0/Q8_0/Q4_K with AVX-512BW runs <see cref="IntegerTiles"/> instead: 8-bit activations as
-    /// in decode (and as ggml does for these types), at about twice the f32 tiles' speed.
+    /// Prefill (4+ tokens) of Q4_0/Q8_0/Q4_K with AVX-512BW, and of Q6_K where the VNNI kernel runs, uses
+    /// <see cref="IntegerTiles"/> instead (<see cref="IntegerTiles.Supports"/>; on <see cref="VnniTiles"/>' emitted kernel
+    /// where the CPU has AVX512_VNNI): 8-bit activations as in decode (and as ggml does for these types), at about twice
+    /// the f32 tiles' speed.
     /// </summary>
     static bool UsesIntegerTiles(GgmlType type, int tokens) => tokens >= 4 && IntegerTiles.Supports(type);
 
@@ -151,7 +155,9 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     /// <summary>
     /// y[t, r] = Σ_c W[r, c] · x[t, c] for <paramref name="tokens"/> rows of activations, split over the worker pool.
     /// Q8_0/Q4_0/Q4_K/Q6_K weights multiply 8-bit quantised activations (see <see cref="QuantizedDot"/>); F16/BF16 convert in
-    /// registers (<see cref="HalfDot"/>); F32 is a plain dot product; other types dequantise a row at a time.
+    /// registers (<see cref="HalfDot"/>, or the emitted kernels: <see cref="F16Rows"/> for f16 decode, <see cref="Bf16Tiles"/>
+    /// for bf16 prefill, which rounds the activations to bf16); F32 is a plain dot product; other types dequantise a row
+    /// at a time.
     /// <paramref name="x"/>: [tokens, Columns]; <paramref name="y"/>: [tokens, Rows].
     /// </summary>
     public void MatMul(ReadOnlySpan<float> x, int tokens, Span<float> y, WorkerPool? pool = null) =>
@@ -405,11 +411,11 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     const int PanelTokens = 8;
 
     /// <summary>
-    /// Prefill with AVX-512. Each tile of 32 rows is widened to f32 once (f16/bf16 in registers, other types
-    /// dequantised) and packed column-major in two panels of 16 rows, [column][16]. Then, 8 tokens at a time, each
-    /// column's two weight vectors meet each token's activation broadcast: 16 FMAs per 10 loads, and the 16
-    /// accumulators are the 8 × 32 outputs themselves, stored without horizontal sums (the layout of BLIS-style
-    /// micro-kernels; Van Zee and van de Geijn, TOMS 2015). A tail of fewer than 8 tokens runs on a zero-padded copy.
+    /// Prefill with AVX-512 (BF16 goes to <see cref="Bf16Tiles"/> where that kernel runs). Each tile of 32 rows is
+    /// widened to f32 once (f16/bf16 in registers, other types dequantised) and packed column-major in two panels of 16
+    /// rows, [column][16]. Then, 8 tokens at a time, each column's two weight vectors meet each token's activation
+    /// broadcast: 16 FMAs per 10 loads, and the 16 accumulators are the 8 × 32 outputs themselves, stored without
+    /// horizontal sums (the layout of BLIS-style micro-kernels; Van Zee and van de Geijn, TOMS 2015). A tail of fewer than 8 tokens runs on a zero-padded copy.
     /// </summary>
     static void FloatTiles(ref Job job, ref Part part, int start, int end)
     {
@@ -511,7 +517,7 @@ public sealed unsafe partial class WeightMatrix : IDisposable
     const int ChunkBytes = 16 * 1024;
 
     /// <summary>
-    /// Prefill of Q4_0/Q8_0 with <see cref="IntegerTiles"/>: each tile of 32 rows is repacked once into nibble planes,
+    /// Prefill of the types <see cref="IntegerTiles.Supports"/>: each tile of 32 rows is repacked once into its planes,
     /// then, a chunk of 16 KiB of packed columns at a time, every group of 4 tokens (the activations are padded to whole
     /// groups) passes over it and adds to its outputs. Without chunks the packed tile of a wide row (Q8_0 gate/up:
     /// 56 KiB, down: 304 KiB) was re-read from L2 for every 4 tokens. A last group of fewer than 4 tokens, or a tile of

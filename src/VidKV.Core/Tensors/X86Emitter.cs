@@ -1,10 +1,11 @@
 namespace VidKV.Tensors;
 
 /// <summary>
-/// A minimal x86-64 assembler: just the instruction forms <see cref="VnniTiles"/> needs, encoded per the Intel SDM
-/// (volume 2, §2.2 REX, §2.7 EVEX). Every memory operand is [base + index·scale + disp32] with a SIB byte, so no
-/// base or displacement special cases arise (rsp and r12 as bases, rbp and r13 without a displacement, EVEX's
-/// compressed disp8); the code is a few bytes longer and no slower.
+/// A minimal x86-64 assembler: just the instruction forms the emitted kernels (<see cref="VnniTiles"/>,
+/// <see cref="Bf16Tiles"/>, <see cref="F16Rows"/>) need, encoded per the Intel SDM (volume 2, §2.2 REX, §2.7 EVEX).
+/// Every memory operand is [base + index·scale + disp32] with a SIB byte, so no base or displacement special cases
+/// arise (rsp and r12 as bases, rbp and r13 without a displacement, EVEX's compressed disp8); the code is a few bytes
+/// longer and no slower.
 /// </summary>
 internal sealed class X86Emitter
 {
