@@ -1,10 +1,13 @@
+using System.CommandLine;
 using System.Globalization;
 using VidKV.Cache;
+using VidKV.Cli;
 
 namespace VidKV.Tests;
 
 /// <summary>
-/// The policy registry (<see cref="KvPolicies.All"/>) against what reads it: spec parsing and the policies' own names.
+/// The policy registry (<see cref="KvPolicies.All"/>) against what reads it: spec parsing, the policies' own names,
+/// the CLI's <c>--policy</c> help and <c>vidkv kv policies</c>, and the README's copy of that table.
 /// </summary>
 public class KvPolicyRegistryTests
 {
@@ -100,5 +103,40 @@ public class KvPolicyRegistryTests
     {
         var e = Assert.Throws<KvConfigException>(() => KvPolicies.Parse(spec));
         Assert.Equal(expected, e.Message);
+    }
+
+    /// <summary>The README's policy table is what <c>vidkv kv policies</c> prints (paste the command's output there when this fails).</summary>
+    [Fact]
+    public void ReadmePolicyTableIsTheCommandsOutput()
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), ["kv", "policies"], error, output));
+        Assert.Equal("", error.ToString());
+        string printed = output.ToString().ReplaceLineEndings("\n");
+        Assert.Equal(PolicyDocs.MarkdownTable(), printed);
+        Assert.Equal(KvPolicies.All.Count + 2, printed.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+
+        var readme = File.ReadAllLines(Path.Combine(TestData.RepositoryRoot, "README.md"));
+        string header = printed[..printed.IndexOf('\n')];
+        int start = Array.IndexOf(readme, header);
+        Assert.True(start >= 0, $"README.md has no line '{header}'");
+        Assert.Equal(printed, string.Concat(readme.Skip(start).TakeWhile(line => line.StartsWith('|')).Select(line => line + "\n")));
+    }
+
+    /// <summary>Every command that takes <c>--policy</c> lists every registered policy with its options in the help.</summary>
+    [Theory]
+    [InlineData("kv", "eval")]
+    [InlineData("bench")]
+    public void PolicyHelpListsEveryRegisteredPolicy(params string[] path)
+    {
+        Command command = CliApp.BuildRoot();
+        foreach (string name in path) command = command.Subcommands.Single(c => c.Name == name);
+        string help = command.Options.Single(o => o.Name == "--policy").Description!;
+        foreach (var policy in KvPolicies.All)
+        {
+            string names = string.Join('|', [policy.Name, .. policy.Aliases]);
+            Assert.Contains(policy.Options.Count == 0 ? $"\n  {names}" : $"\n  {names}: {policy.Synopsis}", help);
+        }
     }
 }
