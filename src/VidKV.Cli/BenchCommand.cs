@@ -22,10 +22,10 @@ static class BenchCommand
         var cacheK = CommonOptions.CacheTypeK();
         var cacheV = CommonOptions.CacheTypeV();
 
-        var policy = new Option<string[]>("--policy") { Description = "KV policy spec(s) to compare, repeatable (e.g. full, freekv, quest, sinkwindow); default: full attention (every token kept), as llama-bench measures.", AllowMultipleArgumentsPerToken = true };
+        var policy = new Option<string[]>("--policy") { Description = PolicyDocs.SpecHelp("KV policy spec(s) to compare, repeatable; default: full attention (every token kept), as llama-bench measures."), AllowMultipleArgumentsPerToken = true };
         var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policies." };
         var pageSize = new Option<int>("--page-size") { Description = "Tokens per KV page: 16, 32 or 64.", DefaultValueFactory = _ => 32 };
-        var kvConfig = new Option<string?>("--kv-config") { Description = "JSON file with a paged KV cache config (policies per layer/head); see KvCacheConfig." };
+        var kvConfig = new Option<string?>("--kv-config") { Description = "JSON file with a paged KV cache config: page_size, type, budget, a default policy spec and per-layer/per-head specs (as --policy); see KvCacheConfig." };
         var coldDir = new Option<string?>("--cold-dir") { Description = "Folder for the cold-tier file of paged caches (pages policies move out of RAM)." };
         var roofline = new Option<bool>("--roofline") { Description = "Also measure this machine's read bandwidth and f32 FMA throughput (a few seconds per thread count) and show each full-attention test's bound: decode ≤ bandwidth ÷ bytes read per token, prefill ≤ FLOP/s ÷ FLOPs per token (f32-FMA products only: Q4_0/Q8_0 prefill on AVX-512BW uses integer tiles and gets no bound)." };
 

@@ -11,7 +11,8 @@ public static class CliRunner
 {
     public const int BadInput = 2;
 
-    public static int Run(RootCommand root, string[] args, TextWriter? error = null)
+    /// <param name="output">where commands that print through the invocation's output write (default stdout)</param>
+    public static int Run(RootCommand root, string[] args, TextWriter? error = null, TextWriter? output = null)
     {
         error ??= Console.Error;
         var parsed = root.Parse(args);
@@ -23,7 +24,7 @@ public static class CliRunner
         }
         try
         {
-            return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = output ?? Console.Out });
         }
         catch (Exception e) when (IsUserError(e))
         {

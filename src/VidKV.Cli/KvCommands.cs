@@ -12,9 +12,22 @@ static class KvCommands
 {
     public static Command Create()
     {
-        var command = new Command("kv", "Paged KV cache policies: evaluate them against the full cache, calibrate head patterns.");
+        var command = new Command("kv", "Paged KV cache policies: list them, evaluate them against the full cache, calibrate head patterns.");
+        command.Subcommands.Add(Policies());
         command.Subcommands.Add(Eval());
         command.Subcommands.Add(Calibrate());
+        return command;
+    }
+
+    /// <summary>The registered policies as the README's markdown table (a test keeps the README equal to this output).</summary>
+    static Command Policies()
+    {
+        var command = new Command("policies", "Print the registered KV policies, their options and defaults as a markdown table.");
+        command.SetAction(r =>
+        {
+            r.InvocationConfiguration.Output.Write(PolicyDocs.MarkdownTable());
+            return 0;
+        });
         return command;
     }
 
@@ -23,7 +36,7 @@ static class KvCommands
         var model = CommonOptions.Model(required: true);
         var file = new Option<string>("--file", "-f") { Description = "Text to decode (e.g. story_eval.txt).", Required = true };
         var context = CommonOptions.ContextSize(512);
-        var policy = new Option<string[]>("--policy") { Description = "Policy spec, repeatable: " + string.Join(", ", KvPolicies.Known.Select(k => k.Name)) + " (name:option=value,…; reducer+retriever composes).", Required = true, AllowMultipleArgumentsPerToken = true };
+        var policy = new Option<string[]>("--policy") { Description = PolicyDocs.SpecHelp("Policy spec, repeatable."), Required = true, AllowMultipleArgumentsPerToken = true };
         var budget = new Option<int[]>("--budget") { Description = "Token budget per KV head, repeatable (e.g. --budget 64 128).", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [128] };
         var pageSize = new Option<int>("--page-size") { Description = "Tokens per page: 16, 32 or 64.", DefaultValueFactory = _ => 16 };
         var chunks = new Option<int>("--chunks") { Description = "Chunks of the text to evaluate (0 = all).", DefaultValueFactory = _ => 0 };

@@ -18,8 +18,32 @@ public class KvCacheTests
     }
 
     static PagedKvCache Paged(DecoderModel model, string spec, int pageSize = 16, GgmlType type = GgmlType.F32, int? budget = null) =>
-        new KvCacheConfig { Default = spec, PageSize = pageSize, Type = type, Budget = budget }
+        new KvCacheConfig { Default = ResolveSpec(spec), PageSize = pageSize, Type = type, Budget = budget }
             .CreateCache(model.Config.LayerCount, model.Config.KvHeadCount, model.Config.HeadDim);
+
+    /// <summary>
+    /// Options the policy theories give a registered policy whose defaults do not suit them: keynorm at ratio 1 keeps
+    /// every token (the ratio-0-changes-nothing case; its reduction has its own test), duo needs a head pattern of this
+    /// model. Every other policy runs by its bare name (its defaults, with the test's budget), so a newly registered
+    /// policy joins the theories without a line here.
+    /// </summary>
+    static readonly Dictionary<string, string> TestOptions = new() { ["keynorm"] = "ratio=1", ["duo"] = "pattern={heads}" };
+
+    /// <summary>A registered policy's spec in the theories; <c>{heads}</c> stands for a head pattern file (<see cref="ResolveSpec"/>).</summary>
+    internal static string TestSpec(KvPolicyDescriptor policy) => TestOptions.TryGetValue(policy.Name, out var options) ? $"{policy.Name}:{options}" : policy.Name;
+
+    /// <summary>The spec with <c>{heads}</c> replaced by a pattern file for stories260K's 5 layers × 4 KV heads, written once per process.</summary>
+    internal static string ResolveSpec(string spec) => spec.Replace("{heads}", HeadPattern.Value);
+
+    static readonly Lazy<string> HeadPattern = new(() =>
+    {
+        var pattern = new float[5, 4];
+        for (int i = 0; i < 20; i++) pattern[i / 4, i % 4] = i * 7 % 20; // a permutation: retrieval heads spread over the layers
+        string path = Path.Combine(Path.GetTempPath(), $"vidkv-heads-{Environment.ProcessId}.tsv");
+        PatternFile.Write(path, pattern, "test pattern for stories260K");
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => File.Delete(path);
+        return path;
+    });
 
     /// <summary>Runs a prefill batch then decodes the rest one token at a time; returns every step's last logits.</summary>
     static float[][] Run(DecoderModel model, KvCache cache, int[] tokens, int prefill, Action<int>? afterStep = null)
@@ -90,11 +114,11 @@ public class KvCacheTests
         public override void Dispose() { }
     }
 
-    public static TheoryData<string> Specs => new()
-    {
-        "sinkwindow", "quest", "lserve", "freekv", "freekv:tau=1", "clusterkv", "sinkwindow:window=150+quest", "sinkwindow:window=150+freekv",
-        "snapkv", "snapkv:slack=0,window=8", "h2o", "h2o:recent=0", "keynorm:ratio=1", "h2o+quest",
-    };
+    /// <summary>Every registered policy (<see cref="KvPolicies.All"/>, with <see cref="TestSpec"/>'s options), then variants and compositions.</summary>
+    public static TheoryData<string> Specs => new(KvPolicies.All.Select(TestSpec).Concat(
+    [
+        "freekv:tau=1", "sinkwindow:window=150+quest", "sinkwindow:window=150+freekv", "snapkv:slack=0,window=8", "h2o:recent=0", "h2o+quest",
+    ]));
 
     /// <summary>With a budget at least the context, every policy reads everything: logits identical to Full.</summary>
     [Theory]
@@ -156,7 +180,7 @@ public class KvCacheTests
                     Assert.True(stored.Order().TakeLast(free.Recent).ToHashSet().IsSubsetOf(selected), $"{where}: recent tokens not read");
                     Assert.InRange(selected.Count, 1, free.Budget + 2 * store.PageSize);
                     break;
-                case FullPolicy or SinkWindowPolicy or QuestPolicy or FreeKvPolicy or SnapKvPolicy or H2OPolicy or KeyNormPolicy:
+                case FullPolicy or SinkWindowPolicy or QuestPolicy or FreeKvPolicy or SnapKvPolicy or H2OPolicy or KeyNormPolicy or DuoAttentionPolicy:
                     Assert.Equal(tokensStored, selected.Count);
                     break;
             }

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using VidKV.Tensors;
 
@@ -8,25 +7,18 @@ namespace VidKV.Cache;
 public sealed class KvConfigException(string message) : ArgumentException(message);
 
 /// <summary>
-/// The registry of policies, built from spec strings: <c>name[:option=value[,option=value…]]</c>, and
-/// <c>reducer+retriever</c> to compose. A budget given on the command line fills in any policy's missing budget.
+/// Policies built from spec strings: <c>name[:option=value[,option=value…]]</c>, and <c>reducer+retriever</c> to
+/// compose. The names, options and defaults are the registry's (<see cref="All"/>, in KvPolicyRegistry.cs). A budget
+/// given on the command line or in a config fills in any policy's missing budget.
 /// </summary>
-public static class KvPolicies
+public static partial class KvPolicies
 {
-    /// <summary>Policy names with their options and defaults.</summary>
-    public static readonly (string Name, string Options, string Description)[] Known =
-    [
-        ("full", "", "read every token (the reference)"),
-        ("sinkwindow", "sinks=4, window=budget−sinks", "StreamingLLM: sinks + recent window, evicting the rest"),
-        ("quest", "budget, reuse=1, dense=0", "Quest: min/max key pages, top pages by upper bound"),
-        ("lserve", "budget=4096, reuse=4, dense=0", "LServe: Quest on logical 16-token pages, selection reused 4 steps"),
-        ("freekv", "budget, sinks=budget/4, recent=budget/4, tau=0.8, prefetch=auto|1|0", "FreeKV: centre±radius pages chosen with q(t−1), corrected below tau, next pages recalled in the background"),
-        ("clusterkv", "budget, clusters=400, iterations=20, sinks=16, window=320, new=8", "ClusterKV: cosine k-means clusters of keys"),
-        ("duo", "pattern, fraction=0.5, sinks=64, recent=256", "DuoAttention: top heads of a pattern file (vidkv kv calibrate) read everything, the rest keep sinks + recent"),
-        ("snapkv", "budget, window=32, kernel=7, slack=window", "SnapKV: the last window of queries votes (max-pooled) for the tokens kept beside it, whenever a head passes budget + slack"),
-        ("h2o", "budget, recent=budget/2", "H2O: evict the tokens with the least accumulated attention, keeping the recent ones"),
-        ("keynorm", "ratio=0.5, group=2", "QuickPrefill: of each appended group keep the tokens with the smallest key norm (shared by the layer's heads)"),
-    ];
+    /// <summary>The registered policy <paramref name="name"/> (or one of its aliases; case-insensitive), or null.</summary>
+    public static KvPolicyDescriptor? Find(string name)
+    {
+        name = name.Trim().ToLowerInvariant();
+        return All.FirstOrDefault(d => d.Matches(name));
+    }
 
     public static KvPolicy Parse(string spec, int? budget = null)
     {
@@ -41,128 +33,9 @@ public static class KvPolicies
     {
         int colon = spec.IndexOf(':');
         string name = (colon < 0 ? spec : spec[..colon]).Trim().ToLowerInvariant();
-        var options = new Options(name, colon < 0 ? "" : spec[(colon + 1)..]);
-        KvPolicy policy;
-        try
-        {
-            policy = name switch
-            {
-                "full" => new FullPolicy(),
-                "sinkwindow" or "streamingllm" => SinkWindow(options, budget),
-                "quest" => new QuestPolicy(options.Int("budget", budget), options.Int("reuse", 1), options.Int("dense", 0)),
-                "lserve" => new QuestPolicy(options.Int("budget", budget ?? 4096), options.Int("reuse", 4), options.Int("dense", 0), "lserve"),
-                "freekv" => FreeKv(options, budget),
-                "duo" or "duoattention" => Duo(options),
-                "snapkv" => new SnapKvPolicy(options.Int("budget", budget), options.Int("window", 32), options.Int("kernel", 7), options.OptionalInt("slack")),
-                "h2o" => new H2OPolicy(options.Int("budget", budget), options.OptionalInt("recent")),
-                "keynorm" => new KeyNormPolicy(options.Float("ratio", 0.5f), options.Int("group", 2)),
-                "clusterkv" => new ClusterKvPolicy(options.Int("budget", budget), options.Int("clusters", 400), options.Int("iterations", 20),
-                    options.Int("sinks", 16), options.Int("window", 320), options.Int("new", 8)),
-                _ => throw new KvConfigException($"policy '{name}': unknown policy (known: {string.Join(", ", Known.Select(k => k.Name))})"),
-            };
-        }
-        catch (ArgumentOutOfRangeException e)
-        {
-            options.EnsureAllUsed();
-            throw new KvConfigException($"policy '{name}': {e.Message.Split(" (Parameter")[0]}");
-        }
-        options.EnsureAllUsed();
-        return policy;
-    }
-
-    static SinkWindowPolicy SinkWindow(Options options, int? budget)
-    {
-        int sinks = options.Int("sinks", 4);
-        return new SinkWindowPolicy(sinks, options.Int("window", budget is int b ? b - sinks : null));
-    }
-
-    static DuoAttentionPolicy Duo(Options options)
-    {
-        string path = options.String("pattern")
-            ?? throw new KvConfigException("policy 'duo': option 'pattern' is required (a head pattern file, e.g. from `vidkv kv calibrate`)");
-        return new DuoAttentionPolicy(PatternFile.Read(path), options.Float("fraction", 0.5f), options.Int("sinks", 64), options.Int("recent", 256), path);
-    }
-
-    static FreeKvPolicy FreeKv(Options options, int? budget)
-    {
-        int b = options.Int("budget", budget);
-        return new FreeKvPolicy(b, options.Int("sinks", b / 4), options.Int("recent", b / 4), options.Float("tau", 0.8f), options.Switch("prefetch"));
-    }
-
-    sealed class Options
-    {
-        readonly string policy;
-        readonly Dictionary<string, string> values = [];
-        readonly HashSet<string> used = [];
-        string? missing;
-
-        public Options(string policy, string text)
-        {
-            this.policy = policy;
-            foreach (var item in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
-            {
-                int eq = item.IndexOf('=');
-                if (eq <= 0) throw new KvConfigException($"policy '{policy}': option '{item}' is not name=value");
-                values[item[..eq].Trim().ToLowerInvariant()] = item[(eq + 1)..].Trim();
-            }
-        }
-
-        public int Int(string name, int? fallback)
-        {
-            used.Add(name);
-            if (!values.TryGetValue(name, out var text))
-            {
-                if (fallback is int f) return f;
-                missing ??= name; // reported after unknown options, which are the likelier mistake
-                return 1;
-            }
-            return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) ? value
-                : throw new KvConfigException($"policy '{policy}': option '{name}': '{text}' is not an integer");
-        }
-
-        /// <summary>An integer option whose absence means "the policy's own default" (null).</summary>
-        public int? OptionalInt(string name) => values.ContainsKey(name) ? Int(name, null) : Used(name);
-
-        int? Used(string name)
-        {
-            used.Add(name);
-            return null;
-        }
-
-        /// <summary>An on/off option: 1/0, true/false, on/off, or auto (null) when absent or "auto".</summary>
-        public bool? Switch(string name)
-        {
-            used.Add(name);
-            if (!values.TryGetValue(name, out var text)) return null;
-            return text.ToLowerInvariant() switch
-            {
-                "auto" => null,
-                "1" or "true" or "on" => true,
-                "0" or "false" or "off" => false,
-                _ => throw new KvConfigException($"policy '{policy}': option '{name}': '{text}' is not 1, 0 or auto"),
-            };
-        }
-
-        public string? String(string name)
-        {
-            used.Add(name);
-            return values.TryGetValue(name, out var text) ? text : null;
-        }
-
-        public float Float(string name, float fallback)
-        {
-            used.Add(name);
-            if (!values.TryGetValue(name, out var text)) return fallback;
-            return float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out float value) ? value
-                : throw new KvConfigException($"policy '{policy}': option '{name}': '{text}' is not a number");
-        }
-
-        public void EnsureAllUsed()
-        {
-            foreach (var name in values.Keys)
-                if (!used.Contains(name)) throw new KvConfigException($"policy '{policy}': unknown option '{name}' (value '{values[name]}')");
-            if (missing != null) throw new KvConfigException($"policy '{policy}': option '{missing}' is required (or give --budget)");
-        }
+        var descriptor = Find(name)
+            ?? throw new KvConfigException($"policy '{name}': unknown policy (known: {string.Join(", ", All.Select(d => d.Name))})");
+        return descriptor.Create(colon < 0 ? "" : spec[(colon + 1)..], budget);
     }
 }
 

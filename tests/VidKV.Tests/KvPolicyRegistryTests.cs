@@ -1,0 +1,142 @@
+using System.CommandLine;
+using System.Globalization;
+using VidKV.Cache;
+using VidKV.Cli;
+
+namespace VidKV.Tests;
+
+/// <summary>
+/// The policy registry (<see cref="KvPolicies.All"/>) against what reads it: spec parsing, the policies' own names,
+/// the CLI's <c>--policy</c> help and <c>vidkv kv policies</c>, and the README's copy of that table.
+/// </summary>
+public class KvPolicyRegistryTests
+{
+    public static TheoryData<string> Names => new(KvPolicies.All.Select(d => d.Name));
+
+    /// <summary>Test values for required options (a registered policy with a new one needs a line here).</summary>
+    static readonly Dictionary<string, string> RequiredValues = new() { ["pattern"] = "{heads}" };
+
+    /// <summary>The policy's name and its required options only: everything else at its default.</summary>
+    static string DefaultsSpec(KvPolicyDescriptor policy)
+    {
+        var required = policy.Options.Where(o => o.Required).ToArray();
+        foreach (var option in required)
+            Assert.True(RequiredValues.ContainsKey(option.Name), $"policy '{policy.Name}': give the tests a value for its required option '{option.Name}'");
+        return KvCacheTests.ResolveSpec(required.Length == 0 ? policy.Name : $"{policy.Name}:{string.Join(',', required.Select(o => $"{o.Name}={RequiredValues[o.Name]}"))}");
+    }
+
+    /// <summary>
+    /// Every policy's defaults parse, at odd and even budgets, and its <see cref="KvPolicy.Name"/> is a complete spec:
+    /// parsed back it gives the same name, with or without a different budget to fill in. Aliases build the same
+    /// policy, and every default the docs state as a constant is the value the policy gets when the option is absent.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void DefaultsParseAndRoundTripThroughTheName(string name)
+    {
+        var descriptor = KvPolicies.Find(name)!;
+        string spec = DefaultsSpec(descriptor);
+        foreach (int budget in new[] { 37, 64, 4096 })
+        {
+            var policy = KvPolicies.Parse(spec, budget);
+            Assert.Equal(name, policy.Name.Split(':')[0]);
+            Assert.Equal(policy.Name, KvPolicies.Parse(policy.Name).Name);
+            Assert.Equal(policy.Name, KvPolicies.Parse(policy.Name, budget + 1).Name);
+            foreach (string alias in descriptor.Aliases)
+                Assert.Equal(policy.Name, KvPolicies.Parse(alias.ToUpperInvariant() + spec[name.Length..], budget).Name);
+            foreach (var option in descriptor.Options.Where(o => IsConstant(o)))
+                Assert.Equal(policy.Name, KvPolicies.Parse($"{spec}{(spec.Contains(':') ? ',' : ':')}{option.Name}={option.DefaultText}", budget).Name);
+        }
+    }
+
+    static bool IsConstant(KvPolicyOption option) => option.Kind switch
+    {
+        KvOptionKind.Int => int.TryParse(option.DefaultText, NumberStyles.Integer, CultureInfo.InvariantCulture, out _),
+        KvOptionKind.Float => float.TryParse(option.DefaultText, NumberStyles.Float, CultureInfo.InvariantCulture, out _),
+        KvOptionKind.Switch => option.DefaultText == "auto",
+        _ => false,
+    };
+
+    /// <summary>An unknown option is named with its value and the policy's options, before any missing one.</summary>
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void UnknownOptionNamesThePolicysOptions(string name)
+    {
+        var descriptor = KvPolicies.Find(name)!;
+        var e = Assert.Throws<KvConfigException>(() => KvPolicies.Parse($"{name}:colour=blue"));
+        Assert.StartsWith($"policy '{name}': unknown option 'colour' (value 'blue'); ", e.Message);
+        foreach (var option in descriptor.Options) Assert.Contains(option.Name, e.Message);
+    }
+
+    /// <summary>Without a budget a policy parses, or names the one option it is missing: a required one or one that needs the budget.</summary>
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void WithoutABudgetAPolicyParsesOrNamesTheMissingOption(string name)
+    {
+        var descriptor = KvPolicies.Find(name)!;
+        KvPolicy policy;
+        try { policy = KvPolicies.Parse(name); }
+        catch (KvConfigException e)
+        {
+            var missing = descriptor.Options.FirstOrDefault(o => e.Message.StartsWith($"policy '{name}': option '{o.Name}' is required ", StringComparison.Ordinal));
+            Assert.True(missing != null, e.Message);
+            Assert.True(missing.Required || missing.DefaultText.Contains("--budget"), $"{e.Message}: its default is {missing.DefaultText}");
+            return;
+        }
+        Assert.Equal(name, policy.Name.Split(':')[0]);
+    }
+
+    [Theory]
+    [InlineData("qest", "policy 'qest': unknown policy (known: full, sinkwindow, quest, lserve, freekv, clusterkv, duo, snapkv, h2o, keynorm)")]
+    [InlineData("quest", "policy 'quest': option 'budget' is required (or give --budget)")]
+    [InlineData("freekv:tau=0.5", "policy 'freekv': option 'budget' is required (or give --budget)")]
+    [InlineData("sinkwindow:sinks=2", "policy 'sinkwindow': option 'window' is required (or give --budget)")]
+    [InlineData("duo:fraction=0.25", "policy 'duo': option 'pattern' is required (a head pattern file, e.g. from `vidkv kv calibrate`)")]
+    [InlineData("quest:bugdet=12", "policy 'quest': unknown option 'bugdet' (value '12'); its options: budget, reuse, dense")]
+    [InlineData("full:budget=12", "policy 'full': unknown option 'budget' (value '12'); it takes none")]
+    [InlineData("quest:64", "policy 'quest': option '64' is not name=value")]
+    [InlineData("quest:budget=abc", "policy 'quest': option 'budget': 'abc' is not an integer")]
+    [InlineData("keynorm:ratio=half", "policy 'keynorm': option 'ratio': 'half' is not a number")]
+    [InlineData("freekv:budget=64,prefetch=maybe", "policy 'freekv': option 'prefetch': 'maybe' is not 1, 0 or auto")]
+    [InlineData("sinkwindow:window=8+h2o:budget=64,recent=65", "policy 'h2o': recent must be in [0, budget], not 65")]
+    public void BadSpecsGiveOneClearMessage(string spec, string expected)
+    {
+        var e = Assert.Throws<KvConfigException>(() => KvPolicies.Parse(spec));
+        Assert.Equal(expected, e.Message);
+    }
+
+    /// <summary>The README's policy table is what <c>vidkv kv policies</c> prints (paste the command's output there when this fails).</summary>
+    [Fact]
+    public void ReadmePolicyTableIsTheCommandsOutput()
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), ["kv", "policies"], error, output));
+        Assert.Equal("", error.ToString());
+        string printed = output.ToString().ReplaceLineEndings("\n");
+        Assert.Equal(PolicyDocs.MarkdownTable(), printed);
+        Assert.Equal(KvPolicies.All.Count + 2, printed.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+
+        var readme = File.ReadAllLines(Path.Combine(TestData.RepositoryRoot, "README.md"));
+        string header = printed[..printed.IndexOf('\n')];
+        int start = Array.IndexOf(readme, header);
+        Assert.True(start >= 0, $"README.md has no line '{header}'");
+        Assert.Equal(printed, string.Concat(readme.Skip(start).TakeWhile(line => line.StartsWith('|')).Select(line => line + "\n")));
+    }
+
+    /// <summary>Every command that takes <c>--policy</c> lists every registered policy with its options in the help.</summary>
+    [Theory]
+    [InlineData("kv", "eval")]
+    [InlineData("bench")]
+    public void PolicyHelpListsEveryRegisteredPolicy(params string[] path)
+    {
+        Command command = CliApp.BuildRoot();
+        foreach (string name in path) command = command.Subcommands.Single(c => c.Name == name);
+        string help = command.Options.Single(o => o.Name == "--policy").Description!;
+        foreach (var policy in KvPolicies.All)
+        {
+            string names = string.Join('|', [policy.Name, .. policy.Aliases]);
+            Assert.Contains(policy.Options.Count == 0 ? $"\n  {names}" : $"\n  {names}: {policy.Synopsis}", help);
+        }
+    }
+}
