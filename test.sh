@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 dotnet test VidKV.slnx -c Release -nologo
-kernels="FullyQualifiedName~KernelTests|FullyQualifiedName~DequantizeTests"
+kernels="FullyQualifiedName~KernelTests|FullyQualifiedName~DequantizeTests|FullyQualifiedName~BlockTests"
 echo "== kernel tests without emitted kernels =="
 VIDKV_EMIT=0 dotnet test VidKV.slnx -c Release -nologo --no-build --filter "$kernels"
 echo "== kernel tests without AVX-512 =="

@@ -6,24 +6,34 @@ using VidKV.Text;
 
 namespace VidKV.Models;
 
+/// <summary>What <see cref="DecoderModel.Decode"/> did with a batch.</summary>
+public enum DecodeStatus
+{
+    /// <summary>Every row ran; the caches hold the rows and the logits are written.</summary>
+    Ok,
+    /// <summary>A sequence would pass its cache's context length; nothing changed.</summary>
+    ContextFull,
+    /// <summary>The KV pool's budget cannot hold the batch's new pages (the room check before the pass); nothing changed.</summary>
+    NoKvRoom,
+}
+
 /// <summary>
-/// A Llama-family decoder (Llama, Qwen2): RMSNorm → GQA attention with RoPE (optional q/k/v biases) → residual →
-/// RMSNorm → SwiGLU feed-forward → residual, then a final norm and the output projection (tied to the token
-/// embedding when <c>output.weight</c> is absent). Activations are f32; weights stay in their stored dtype.
+/// A Llama-family decoder (Llama, Qwen2) composed of shared blocks: per layer RMSNorm → <see cref="SelfAttention"/>
+/// (GQA, RoPE, optional q/k/v biases) → residual → RMSNorm → <see cref="SwiGluFeedForward"/> → residual; then a final
+/// norm and the output projection (tied to the token embedding when <c>output.weight</c> is absent). Activations are
+/// f32; weights stay in their stored dtype. <see cref="Decode"/> runs a <see cref="DecoderBatch"/> of token and
+/// embedding rows from one or several sequences, each over its own KV cache.
 /// </summary>
 public sealed unsafe class DecoderModel : IDisposable
 {
-    sealed class Layer
-    {
-        public required float[] AttentionNorm, FeedForwardNorm;
-        public required WeightMatrix Query, Key, Value, Output, Gate, Up, Down;
-        public float[]? QueryBias, KeyBias, ValueBias;
-    }
+    sealed record Layer(Norm AttentionNorm, SelfAttention Attention, Norm FeedForwardNorm, SwiGluFeedForward FeedForward);
 
     readonly IWeightSource weights;
     readonly Layer[] layers;
-    readonly WeightMatrix tokenEmbedding, output;
-    readonly float[] outputNorm;
+    readonly WeightMatrix tokenEmbedding;
+    readonly Linear output;
+    readonly Norm outputNorm;
+    readonly Rope rope;
 
     /// <param name="repack">
     /// Repack weights into the layouts the kernels read fastest where this machine has such kernels (Q4_0/Q8_0/Q4_K/Q6_K
@@ -41,27 +51,22 @@ public sealed unsafe class DecoderModel : IDisposable
 
         int e = config.EmbeddingLength, qDim = config.HeadCount * config.HeadDim, kvDim = config.KvHeadCount * config.HeadDim, f = config.FeedForwardLength;
         tokenEmbedding = weights.Matrix("token_embd.weight", config.VocabSize, e);
-        outputNorm = weights.Vector("output_norm.weight", e);
-        output = weights.Contains("output.weight") ? weights.Matrix("output.weight", config.VocabSize, e) : tokenEmbedding;
+        outputNorm = Norm.Rms(weights.Vector("output_norm.weight", e), config.RmsNormEps);
+        output = new Linear(weights.Contains("output.weight") ? weights.Matrix("output.weight", config.VocabSize, e) : tokenEmbedding, null, ForwardPhase.LmHead);
+        rope = new Rope(config.RopeMode, config.RopeDims, config.RopeFreqBase, config.RopeSections);
         layers = new Layer[config.LayerCount];
         for (int i = 0; i < layers.Length; i++)
         {
             string p = $"blk.{i}.";
-            layers[i] = new Layer
-            {
-                AttentionNorm = weights.Vector(p + "attn_norm.weight", e),
-                Query = weights.Matrix(p + "attn_q.weight", qDim, e),
-                Key = weights.Matrix(p + "attn_k.weight", kvDim, e),
-                Value = weights.Matrix(p + "attn_v.weight", kvDim, e),
-                QueryBias = weights.Contains(p + "attn_q.bias") ? weights.Vector(p + "attn_q.bias", qDim) : null,
-                KeyBias = weights.Contains(p + "attn_k.bias") ? weights.Vector(p + "attn_k.bias", kvDim) : null,
-                ValueBias = weights.Contains(p + "attn_v.bias") ? weights.Vector(p + "attn_v.bias", kvDim) : null,
-                Output = weights.Matrix(p + "attn_output.weight", e, qDim),
-                FeedForwardNorm = weights.Vector(p + "ffn_norm.weight", e),
-                Gate = weights.Matrix(p + "ffn_gate.weight", f, e),
-                Up = weights.Matrix(p + "ffn_up.weight", f, e),
-                Down = weights.Matrix(p + "ffn_down.weight", e, f),
-            };
+            Linear Project(string name, int rows, int columns, ForwardPhase phase) =>
+                new(weights.Matrix(p + name + ".weight", rows, columns), weights.Contains(p + name + ".bias") ? weights.Vector(p + name + ".bias", rows) : null, phase);
+            layers[i] = new Layer(
+                Norm.Rms(weights.Vector(p + "attn_norm.weight", e), config.RmsNormEps),
+                new SelfAttention(Project("attn_q", qDim, e, ForwardPhase.QkvProjection), Project("attn_k", kvDim, e, ForwardPhase.QkvProjection),
+                    Project("attn_v", kvDim, e, ForwardPhase.QkvProjection), Project("attn_output", e, qDim, ForwardPhase.OutputProjection),
+                    config.HeadCount, config.KvHeadCount, config.HeadDim, rope),
+                Norm.Rms(weights.Vector(p + "ffn_norm.weight", e), config.RmsNormEps),
+                new SwiGluFeedForward(Project("ffn_gate", f, e, ForwardPhase.GateUp), Project("ffn_up", f, e, ForwardPhase.GateUp), Project("ffn_down", e, f, ForwardPhase.Down)));
         }
         if (repack)
         {
@@ -83,11 +88,13 @@ public sealed unsafe class DecoderModel : IDisposable
     public bool IsRepacked => Matrices().Any(m => m.IsInterleaved);
 
     /// <summary>Every matrix the forward pass multiplies with (an untied token embedding is only looked up by rows).</summary>
-    IEnumerable<WeightMatrix> Matrices()
+    IEnumerable<WeightMatrix> Matrices() => LayerMatrices().Append(output.Weight);
+
+    IEnumerable<WeightMatrix> LayerMatrices()
     {
         foreach (var l in layers)
-            foreach (var m in new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }) yield return m;
-        yield return output;
+            foreach (var m in new[] { l.Attention.Query, l.Attention.Key, l.Attention.Value, l.Attention.Output, l.FeedForward.Gate, l.FeedForward.Up, l.FeedForward.Down })
+                yield return m.Weight;
     }
 
     public ModelConfig Config { get; }
@@ -95,7 +102,19 @@ public sealed unsafe class DecoderModel : IDisposable
     public Tokenizer Tokenizer { get; }
     public string Path => weights.Path;
     /// <summary>Storage type of the largest matrices (what llama.cpp calls the model's file type).</summary>
-    public GgmlType WeightType => layers.Length > 0 ? layers[0].Gate.Type : output.Type;
+    public GgmlType WeightType => layers.Length > 0 ? layers[0].FeedForward.Gate.Weight.Type : output.Weight.Type;
+    /// <summary>Components of a row's position in a <see cref="DecoderBatch"/> for this model (1, or M-RoPE's sections).</summary>
+    public int PositionComponents => rope.Components;
+
+    /// <summary>The input embedding of <paramref name="token"/> ([embedding length] f32): what a token row starts from.</summary>
+    public void TokenEmbedding(int token, Span<float> destination)
+    {
+        if ((uint)token >= (uint)Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(token), $"token id {token} is outside the vocabulary of {Config.VocabSize}");
+        tokenEmbedding.DequantizeRow(token, destination[..Config.EmbeddingLength]);
+    }
+
+    /// <summary>A batch shaped for this model (embedding rows of its width, positions of its component count).</summary>
+    public DecoderBatch CreateBatch() => new(Config.EmbeddingLength, PositionComponents);
 
     /// <summary>
     /// A fresh KV cache and scratch space for one sequence of up to <paramref name="contextLength"/> tokens: a paged
@@ -105,19 +124,17 @@ public sealed unsafe class DecoderModel : IDisposable
     public DecoderState CreateState(int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16)
     {
         var store = new PagedKvStore(PagedOptions() with { KeyType = keyType, ValueType = valueType });
-        return new(new PagedKvCache(store, new KvPolicyMap(Config.LayerCount, Config.KvHeadCount, new FullPolicy()), contextLength), Config);
+        return new(this, new PagedKvCache(store, new KvPolicyMap(Config.LayerCount, Config.KvHeadCount, new FullPolicy()), contextLength));
     }
 
     /// <summary>A state over a given cache (a <see cref="PagedKvCache"/> with policies, for one); the state owns and disposes it.</summary>
-    public DecoderState CreateState(KvCache cache) => new(cache, Config);
+    public DecoderState CreateState(KvCache cache) => new(this, cache);
 
     /// <summary>Weight bytes one decoded token reads: every layer matrix and the output matrix once (what bounds decode).</summary>
-    public long WeightBytesPerToken =>
-        layers.Sum(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }.Sum(m => (long)m.RowBytes * m.Rows)) + (long)output.RowBytes * output.Rows;
+    public long WeightBytesPerToken => Matrices().Sum(m => (long)m.RowBytes * m.Rows);
 
     /// <summary>FLOPs of the layer matrix products per prompt token (2 per weight; prefill computes the output matrix once per batch, so it is left out).</summary>
-    public long MatMulFlopsPerToken =>
-        layers.Sum(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }.Sum(m => 2L * m.Rows * m.Columns));
+    public long MatMulFlopsPerToken => LayerMatrices().Sum(m => 2L * m.Rows * m.Columns);
 
     /// <summary>FLOPs of attention for one query over <paramref name="keys"/> cached tokens in every layer (scores and weighted sum, 2 each).</summary>
     public long AttentionFlopsPerToken(int keys) => 4L * Config.HeadCount * Config.HeadDim * keys * Config.LayerCount;
@@ -128,246 +145,183 @@ public sealed unsafe class DecoderModel : IDisposable
 
     /// <summary>
     /// Runs <paramref name="tokens"/> at the state's next positions, appends their keys and values to its cache, and
-    /// writes logits: [tokens.Length, vocab] when <paramref name="allLogits"/>, else [vocab] for the last token.
+    /// writes logits: [tokens.Length, vocab] when <paramref name="allLogits"/>, else [vocab] for the last token. Throws
+    /// when the context or the KV budget is full (nothing is then changed); <see cref="Decode"/> returns that instead.
     /// </summary>
     public void Forward(DecoderState state, ReadOnlySpan<int> tokens, Span<float> logits, bool allLogits = false)
     {
-        int n = tokens.Length;
-        if (n == 0) return;
-        long clock = Stopwatch.GetTimestamp();
+        if (tokens.Length == 0) return;
+        var batch = state.Batch;
+        batch.Clear();
+        batch.AddTokens(tokens, 0, lastLogits: true, allLogits);
+        switch (Decode(batch, state.Sequences, state.Activations, logits, state.Profile))
+        {
+            case DecodeStatus.ContextFull:
+                throw new InvalidOperationException($"context full: {state.Cache.Length} + {tokens.Length} tokens exceed the context length {state.Cache.ContextLength}");
+            case DecodeStatus.NoKvRoom:
+                throw new InvalidOperationException($"KV hot tier full: {tokens.Length} more tokens need pages the budget cannot hold; use a policy that evicts or moves pages cold, or raise the page limit");
+        }
+    }
+
+    /// <summary>
+    /// Runs a batch: each row's input (token embedding or given embedding), its RoPE angles, every layer (each
+    /// sequence's rows appended to its cache, <paramref name="sequences"/>[<see cref="DecoderBatch.Sequence"/>], and
+    /// attending causally over it), then the output head for the rows that need logits only:
+    /// <paramref name="logits"/> [<see cref="DecoderBatch.LogitRows"/>, vocab] in row order. Before any work it checks
+    /// that each sequence stays within its context and that the KV pools can hold the new pages, setting those frames
+    /// aside (<see cref="PagedKvStore.Reserve"/>); if not it returns the status and changes nothing. Should a layer
+    /// still fail, every sequence is cut back to its length before the batch and the exception goes on.
+    /// </summary>
+    public DecodeStatus Decode(DecoderBatch batch, IReadOnlyList<KvCache> sequences, Activations buffers, Span<float> logits, ForwardProfile? profile = null)
+    {
+        int n = batch.Count;
+        if (n == 0) return DecodeStatus.Ok;
+        profile?.Start();
         var c = Config;
-        int start = state.Cache.Length;
-        if (!state.Cache.Reserve(start + n))
-            throw new InvalidOperationException($"context full: {start} + {n} tokens exceed the context length {state.Cache.ContextLength}");
-        if (logits.Length < (allLogits ? n : 1) * c.VocabSize) throw new ArgumentException("logits buffer too small", nameof(logits));
+        int e = c.EmbeddingLength, vocab = c.VocabSize;
+        if (batch.EmbeddingLength != e || batch.PositionComponents != PositionComponents)
+            throw new ArgumentException($"the batch has rows of {batch.EmbeddingLength} floats and {batch.PositionComponents}-component positions; this model takes {e} and {PositionComponents} (use CreateBatch)", nameof(batch));
+        if (logits.Length < (long)batch.LogitRows * vocab) throw new ArgumentException($"logits buffer holds {logits.Length} floats, the batch needs {batch.LogitRows} × {vocab}", nameof(logits));
 
-        int e = c.EmbeddingLength, qDim = c.HeadCount * c.HeadDim, kvDim = c.KvHeadCount * c.HeadDim, f = c.FeedForwardLength;
-        var s = state.Scratch(n);
-        Span<float> x = s.X.AsSpan(0, n * e), h = s.H.AsSpan(0, n * e), q = s.Q.AsSpan(0, n * qDim), attn = s.Attn.AsSpan(0, n * qDim);
-        Span<float> k = s.K.AsSpan(0, n * kvDim), v = s.V.AsSpan(0, n * kvDim), gate = s.Gate.AsSpan(0, n * f), up = s.Up.AsSpan(0, n * f);
+        // Runs of consecutive rows per sequence; each sequence at most once.
+        var runList = RunsOf(batch, sequences);
+        foreach (var run in runList)
+            if (!run.Cache.Reserve(run.Start + run.Count)) return DecodeStatus.ContextFull;
+        if (!ReserveFrames(runList)) return DecodeStatus.NoKvRoom;
 
+        Span<float> x = buffers.X(n * e), h = buffers.H(n * e);
+        var places = buffers.Places(n);
+        foreach (var run in runList)
+            for (int i = 0; i < run.Count; i++) places[run.FirstRow + i] = run.Start + i;
         for (int t = 0; t < n; t++)
         {
-            if ((uint)tokens[t] >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[t]} at index {t} is outside the vocabulary of {c.VocabSize}");
-            tokenEmbedding.DequantizeRow(tokens[t], x.Slice(t * e, e));
+            int token = batch.Token(t);
+            if (token >= 0) tokenEmbedding.DequantizeRow(token, x.Slice(t * e, e));
+            else batch.Embedding(t).CopyTo(x.Slice(t * e, e));
         }
+        int half = rope.Pairs;
+        Span<float> cos = buffers.RopeCos(n * half), sin = buffers.RopeSin(n * half);
+        rope.Angles(batch, places, cos, sin);
+        profile?.Lap(ForwardPhase.Other); // embedding lookup and RoPE angles
 
-        float scale = 1f / MathF.Sqrt(c.HeadDim);
-        int half = c.RopeDims / 2;
-        Span<float> cos = s.RopeCos.AsSpan(0, n * half), sin = s.RopeSin.AsSpan(0, n * half);
-        for (int t = 0; t < n; t++) Kernels.RopeAngles(start + t, c.RopeDims, c.RopeFreqBase, cos.Slice(t * half, half), sin.Slice(t * half, half));
-        ref var times = ref state.Times;
-        times.Other += Lap(ref clock); // embedding lookup and RoPE angles
-        fixed (float* px = x, ph = h, pq = q, pk = k, pv = v, pgate = gate, pup = up, pcos = cos, psin = sin)
+        var runSpan = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(runList);
+        try
         {
-            var work = new TokenWork
-            {
-                X = px, H = ph, Q = pq, K = pk, V = pv, Gate = pgate, Up = pup, Cos = pcos, Sin = psin, Tokens = n,
-                Embedding = e, QDim = qDim, KvDim = kvDim, FeedForward = f, HeadDim = c.HeadDim, HeadCount = c.HeadCount,
-                KvHeadCount = c.KvHeadCount, Half = half, Eps = c.RmsNormEps, Mode = c.RopeMode,
-            };
             for (int l = 0; l < layers.Length; l++)
             {
                 var layer = layers[l];
-                fixed (float* attentionNorm = layer.AttentionNorm, feedForwardNorm = layer.FeedForwardNorm,
-                    queryBias = layer.QueryBias, keyBias = layer.KeyBias, valueBias = layer.ValueBias)
-                {
-                    // Layer l > 0 first adds the previous feed-forward output to the residual stream.
-                    work.Run(TokenStage.ResidualNorm, attentionNorm, add: l > 0);
-                    times.Other += Lap(ref clock);
-                    WeightMatrix.MatMul(h, n, layer.Query, q, layer.Key, k, layer.Value, v);
-                    times.QkvProjection += Lap(ref clock);
-                    work.QueryBias = queryBias;
-                    work.KeyBias = keyBias;
-                    work.ValueBias = valueBias;
-                    work.Run(TokenStage.BiasRope, null, add: false);
-                    times.Other += Lap(ref clock);
-                    state.Cache.Append(l, start, n, k, v);
-                    times.KvAppend += Lap(ref clock);
-                    state.Cache.Attend(l, q, start, n, c.HeadCount, scale, attn);
-                    times.Attention += Lap(ref clock);
-                    layer.Output.MatMul(attn, n, h);
-                    times.OutputProjection += Lap(ref clock);
-                    work.Run(TokenStage.ResidualNorm, feedForwardNorm, add: true);
-                    times.Other += Lap(ref clock);
-                    WeightMatrix.MatMul(h, n, layer.Gate, gate, layer.Up, up, null, default);
-                    times.GateUp += Lap(ref clock);
-                    work.Run(TokenStage.SwiGlu, null, add: false);
-                    times.Other += Lap(ref clock);
-                    layer.Down.MatMul(gate, n, h);
-                    times.Down += Lap(ref clock);
-                }
+                // Layer l > 0 first adds the previous feed-forward output to the residual stream.
+                if (l == 0) layer.AttentionNorm.Apply(x, h, n, profile);
+                else layer.AttentionNorm.AddThenApply(x, h, h, n, profile);
+                layer.Attention.Forward(h, n, buffers, cos, sin, l, runSpan, batch.Frames, profile);
+                layer.FeedForwardNorm.AddThenApply(x, h, h, n, profile);
+                layer.FeedForward.Forward(h, n, buffers, profile);
             }
-            if (layers.Length > 0) work.Run(TokenStage.Residual, null, add: true);
         }
-        state.Cache.Commit(start + n);
+        catch
+        {
+            // Layers before the failing one appended these rows: take them out again so each sequence stays whole.
+            foreach (var run in runList) run.Cache.Truncate(run.Start);
+            throw;
+        }
+        finally
+        {
+            foreach (var run in runList) (run.Cache as PagedKvCache)?.Store.ReleaseReservation();
+        }
+        if (layers.Length > 0) System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
+        foreach (var run in runList) run.Cache.Commit(run.Start + run.Count);
 
-        int first = allLogits ? 0 : n - 1, count = allLogits ? n : 1;
-        for (int t = 0; t < count; t++) Kernels.RmsNorm(x.Slice((first + t) * e, e), outputNorm, c.RmsNormEps, h.Slice(t * e, e));
-        times.Other += Lap(ref clock);
-        output.MatMul(h, count, logits);
-        times.LmHead += Lap(ref clock);
-        times.Tokens += n;
+        // The output head for the rows that need logits, gathered into consecutive rows of h.
+        int m = 0;
+        for (int t = 0; t < n; t++)
+            if (batch.NeedsLogits(t)) x.Slice(t * e, e).CopyTo(h.Slice(m++ * e, e));
+        if (m > 0)
+        {
+            outputNorm.Apply(h, h, m, profile);
+            output.Forward(h, m, logits, profile);
+        }
+        if (profile != null) profile.Times.Tokens += n;
+        return DecodeStatus.Ok;
     }
 
-    /// <summary>Ticks since <paramref name="clock"/>, which moves to now.</summary>
-    static long Lap(ref long clock)
+    /// <summary>The batch's runs of rows per sequence, in row order; a sequence split over two runs is an error.</summary>
+    List<AttentionRun> RunsOf(DecoderBatch batch, IReadOnlyList<KvCache> sequences)
     {
-        long now = Stopwatch.GetTimestamp(), elapsed = now - clock;
-        clock = now;
-        return elapsed;
+        var runs = runScratch;
+        runs.Clear();
+        int vocab = Config.VocabSize;
+        for (int row = 0; row < batch.Count;)
+        {
+            int sequence = batch.Sequence(row), first = row;
+            if (sequence >= sequences.Count) throw new ArgumentException($"row {row}: sequence {sequence}, but {sequences.Count} sequences were given", nameof(batch));
+            foreach (var run in runs)
+                if (run.Cache == sequences[sequence]) throw new ArgumentException($"row {row}: the rows of sequence {sequence} must be consecutive (it also has rows from {run.FirstRow})", nameof(batch));
+            for (; row < batch.Count && batch.Sequence(row) == sequence; row++)
+            {
+                int token = batch.Token(row);
+                if (token >= vocab) throw new ArgumentOutOfRangeException(nameof(batch), $"token id {token} at row {row} is outside the vocabulary of {vocab}");
+            }
+            var cache = sequences[sequence];
+            runs.Add(new AttentionRun(cache, first, row - first, cache.Length));
+        }
+        return runs;
     }
 
-    enum TokenStage { ResidualNorm, BiasRope, SwiGlu, Residual }
+    readonly List<AttentionRun> runScratch = [];
 
-    /// <summary>
-    /// The per-token work between the weight products (residual adds, RMSNorm, biases, RoPE, SwiGLU), split over the
-    /// worker pool by tokens when there are several: on one thread it was 10 % of a pp512 forward once the products got
-    /// faster. Results are the same bits whichever thread computes a token.
-    /// </summary>
-    struct TokenWork
+    /// <summary>Sets aside the hot frames the runs' appends take, per KV pool; false (nothing set aside) when a pool's budget cannot hold them.</summary>
+    static bool ReserveFrames(List<AttentionRun> runs)
     {
-        public float* X, H, Q, K, V, Gate, Up, Cos, Sin, Weights, QueryBias, KeyBias, ValueBias;
-        public int Tokens, Embedding, QDim, KvDim, FeedForward, HeadDim, HeadCount, KvHeadCount, Half;
-        public float Eps;
-        public RopeMode Mode;
-        public TokenStage Stage;
-        public bool Add;
-
-        public void Run(TokenStage stage, float* weights, bool add)
+        for (int i = 0; i < runs.Count; i++)
         {
-            Stage = stage;
-            Weights = weights;
-            Add = add;
-            fixed (TokenWork* self = &this)
+            if (runs[i].Cache is not PagedKvCache paged) continue;
+            var store = paged.Store;
+            bool first = true;
+            for (int j = 0; j < i && first; j++) first = (runs[j].Cache as PagedKvCache)?.Store != store;
+            if (!first) continue; // counted with the pool's first run
+            int frames = 0;
+            for (int j = i; j < runs.Count; j++)
+                if ((runs[j].Cache as PagedKvCache)?.Store == store) frames += runs[j].Cache.FramesToAppend(runs[j].Count);
+            if (!store.Reserve(frames))
             {
-                if (Tokens == 1) Execute(self, 0, 1);
-                else WorkerPool.Shared.Run(&Execute, self);
+                for (int j = 0; j < i; j++) (runs[j].Cache as PagedKvCache)?.Store.ReleaseReservation();
+                return false;
             }
         }
-
-        static void Execute(void* context, int thread, int threads)
-        {
-            ref TokenWork w = ref *(TokenWork*)context;
-            var (first, end) = WorkerPool.Split(w.Tokens, thread, threads);
-            int e = w.Embedding;
-            for (int t = first; t < end; t++)
-            {
-                switch (w.Stage)
-                {
-                    case TokenStage.ResidualNorm:
-                    case TokenStage.Residual:
-                    {
-                        var x = new Span<float>(w.X + (long)t * e, e);
-                        var h = new Span<float>(w.H + (long)t * e, e);
-                        if (w.Add) System.Numerics.Tensors.TensorPrimitives.Add(x, h, x);
-                        if (w.Stage == TokenStage.ResidualNorm) Kernels.RmsNorm(x, new ReadOnlySpan<float>(w.Weights, e), w.Eps, h);
-                        break;
-                    }
-                    case TokenStage.BiasRope:
-                    {
-                        var q = new Span<float>(w.Q + (long)t * w.QDim, w.QDim);
-                        var k = new Span<float>(w.K + (long)t * w.KvDim, w.KvDim);
-                        if (w.QueryBias != null) System.Numerics.Tensors.TensorPrimitives.Add(q, new ReadOnlySpan<float>(w.QueryBias, w.QDim), q);
-                        if (w.KeyBias != null) System.Numerics.Tensors.TensorPrimitives.Add(k, new ReadOnlySpan<float>(w.KeyBias, w.KvDim), k);
-                        if (w.ValueBias != null)
-                        {
-                            var v = new Span<float>(w.V + (long)t * w.KvDim, w.KvDim);
-                            System.Numerics.Tensors.TensorPrimitives.Add(v, new ReadOnlySpan<float>(w.ValueBias, w.KvDim), v);
-                        }
-                        var cos = new ReadOnlySpan<float>(w.Cos + (long)t * w.Half, w.Half);
-                        var sin = new ReadOnlySpan<float>(w.Sin + (long)t * w.Half, w.Half);
-                        for (int head = 0; head < w.HeadCount; head++) Kernels.Rope(q.Slice(head * w.HeadDim, w.HeadDim), cos, sin, w.Mode);
-                        for (int head = 0; head < w.KvHeadCount; head++) Kernels.Rope(k.Slice(head * w.HeadDim, w.HeadDim), cos, sin, w.Mode);
-                        break;
-                    }
-                    case TokenStage.SwiGlu:
-                    {
-                        var gate = new Span<float>(w.Gate + (long)t * w.FeedForward, w.FeedForward);
-                        Kernels.SwiGlu(gate, new ReadOnlySpan<float>(w.Up + (long)t * w.FeedForward, w.FeedForward), gate);
-                        break;
-                    }
-                }
-            }
-        }
+        return true;
     }
 
     public void Dispose()
     {
-        foreach (var matrix in Matrices()) matrix.Dispose();
+        foreach (var matrix in Matrices().Distinct()) matrix.Dispose();
         weights.Dispose();
     }
 }
 
-/// <summary>Per-sequence state of a <see cref="DecoderModel"/>: its KV cache (native memory, freed by Dispose) and reusable activation buffers.</summary>
-public sealed class DecoderState(KvCache cache, ModelConfig config) : IDisposable
+/// <summary>
+/// One sequence's state for the single-sequence helpers (<see cref="DecoderModel.Forward"/>, generation, benchmarks):
+/// its KV cache (native memory, freed by Dispose), activation buffers, a reusable batch and the phase times.
+/// </summary>
+public sealed class DecoderState : IDisposable
 {
-    public void Dispose() => Cache.Dispose();
-
-    internal sealed class Buffers
+    internal DecoderState(DecoderModel model, KvCache cache)
     {
-        public float[] X = [], H = [], Q = [], Attn = [], K = [], V = [], Gate = [], Up = [], RopeCos = [], RopeSin = [];
+        Cache = cache;
+        Sequences = [cache];
+        Batch = model.CreateBatch();
     }
 
-    readonly Buffers buffers = new();
-    int batchCapacity;
+    public void Dispose() => Cache.Dispose();
 
-    /// <summary>Time <see cref="DecoderModel.Forward"/> spent per phase for this sequence, summed over all calls (profiles).</summary>
-    public ForwardTimes Times;
+    public KvCache Cache { get; }
+    internal KvCache[] Sequences { get; }
+    internal DecoderBatch Batch { get; }
+    internal Activations Activations { get; } = new();
+    internal ForwardProfile Profile { get; } = new();
 
-    public KvCache Cache { get; } = cache;
+    /// <summary>Time the forward passes spent per phase for this sequence, summed over all calls (profiles).</summary>
+    public ForwardTimes Times => Profile.Times;
 
     /// <summary>Tokens already in the cache (the next token's position).</summary>
     public int Position => Cache.Length;
-
-    internal Buffers Scratch(int tokens)
-    {
-        if (tokens > batchCapacity)
-        {
-            int e = config.EmbeddingLength, qDim = config.HeadCount * config.HeadDim, kvDim = config.KvHeadCount * config.HeadDim, f = config.FeedForwardLength;
-            buffers.X = new float[tokens * e];
-            buffers.H = new float[tokens * e];
-            buffers.Q = new float[tokens * qDim];
-            buffers.Attn = new float[tokens * qDim];
-            buffers.K = new float[tokens * kvDim];
-            buffers.V = new float[tokens * kvDim];
-            buffers.Gate = new float[tokens * f];
-            buffers.Up = new float[tokens * f];
-            buffers.RopeCos = new float[tokens * (config.RopeDims / 2)];
-            buffers.RopeSin = new float[tokens * (config.RopeDims / 2)];
-            batchCapacity = tokens;
-        }
-        return buffers;
-    }
-}
-
-/// <summary>
-/// Stopwatch ticks of <see cref="DecoderModel.Forward"/> per phase, summed: the weight products (q/k/v, attention output,
-/// feed-forward gate and up, down, the output head), the KV cache's append and attention (its own split is
-/// <see cref="KvPhaseTimes"/>), and everything else (embedding, norms, RoPE, biases, SwiGLU, residuals).
-/// </summary>
-public struct ForwardTimes
-{
-    public long QkvProjection, KvAppend, Attention, OutputProjection, GateUp, Down, LmHead, Other;
-    /// <summary>Tokens the forward passes ran.</summary>
-    public long Tokens;
-
-    public readonly long Total => QkvProjection + KvAppend + Attention + OutputProjection + GateUp + Down + LmHead + Other;
-
-    /// <summary>Milliseconds per token of each phase since <paramref name="before"/>, by name (for JSON).</summary>
-    public readonly Dictionary<string, double> MillisecondsPerToken(in ForwardTimes before)
-    {
-        double perTick = 1000.0 / Stopwatch.Frequency / Math.Max(1, Tokens - before.Tokens);
-        return new()
-        {
-            ["qkv_projection"] = (QkvProjection - before.QkvProjection) * perTick,
-            ["kv_append"] = (KvAppend - before.KvAppend) * perTick,
-            ["attention"] = (Attention - before.Attention) * perTick,
-            ["output_projection"] = (OutputProjection - before.OutputProjection) * perTick,
-            ["ffn_gate_up"] = (GateUp - before.GateUp) * perTick,
-            ["ffn_down"] = (Down - before.Down) * perTick,
-            ["lm_head"] = (LmHead - before.LmHead) * perTick,
-            ["other"] = (Other - before.Other) * perTick,
-        };
-    }
 }

@@ -15,6 +15,8 @@ public sealed record ModelConfig
     public required int RopeDims { get; init; }
     public required float RopeFreqBase { get; init; }
     public required RopeMode RopeMode { get; init; }
+    /// <summary>M-RoPE's pairs per position component (t, h, w[, e]); null for one-component RoPE.</summary>
+    public int[]? RopeSections { get; init; }
     public required float RmsNormEps { get; init; }
     public required int ContextLength { get; init; }
     public required int VocabSize { get; init; }

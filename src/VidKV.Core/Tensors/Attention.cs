@@ -76,6 +76,39 @@ public static unsafe class Attention
         }
     }
 
+    /// <summary>
+    /// Grouped-query attention of every one of <paramref name="tokenCount"/> queries over all the rows (no mask: a ViT's
+    /// patches see each other). The rows are given positions 1 − tokenCount .. 0 and the queries position 0 onwards,
+    /// so the causal kernel's mask lets every query see every row.
+    /// </summary>
+    /// <param name="queries">[tokenCount, headCount, headDim]</param>
+    /// <param name="keys">[tokenCount, kvHeadCount, headDim] f32</param>
+    /// <param name="values">[tokenCount, kvHeadCount, headDim] f32</param>
+    /// <param name="destination">[tokenCount, headCount, headDim]</param>
+    public static void Bidirectional(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
+        int tokenCount, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination, WorkerPool? pool = null)
+    {
+        if (kvHeadCount > 256) throw new ArgumentException("more than 256 KV heads");
+        if (keys.Length < tokenCount * kvHeadCount * headDim || values.Length < tokenCount * kvHeadCount * headDim)
+            throw new ArgumentException("keys or values shorter than tokens × kvHeads × headDim");
+        int row = kvHeadCount * headDim * sizeof(float);
+        Span<KvPageView> views = stackalloc KvPageView[kvHeadCount];
+        Span<int> starts = stackalloc int[kvHeadCount + 1];
+        fixed (float* pk = keys, pv = values)
+        {
+            for (int g = 0; g < kvHeadCount; g++)
+            {
+                views[g] = new KvPageView
+                {
+                    Keys = (byte*)(pk + g * headDim), Values = (byte*)(pv + g * headDim), KeyStride = row, ValueStride = row,
+                    FirstPosition = 1 - tokenCount, Count = tokenCount, Mask = KvPageView.AllRows,
+                };
+                starts[g + 1] = g + 1;
+            }
+            Paged(queries, tokenCount, 0, headCount, kvHeadCount, headDim, scale, views, starts, GgmlType.F32, GgmlType.F32, destination, pool);
+        }
+    }
+
     static void CheckType(GgmlType type, int headDim)
     {
         if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.Q8_0))

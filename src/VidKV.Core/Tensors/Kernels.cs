@@ -2,7 +2,11 @@ using System.Numerics.Tensors;
 
 namespace VidKV.Tensors;
 
-/// <summary>Rotary embedding pairing: ggml's "normal" (adjacent pairs, Llama GGUF) or NeoX (halves, Qwen2 and HF checkpoints).</summary>
+/// <summary>
+/// Rotary embedding pairing: ggml's "normal" (adjacent pairs, Llama GGUF) or NeoX (halves, Qwen2 and HF checkpoints).
+/// M-RoPE (Qwen2-VL) pairs as NeoX and takes each pair's position from one of up to four components (see
+/// <see cref="Kernels.RopeAngles(ReadOnlySpan{int}, ReadOnlySpan{int}, int, float, Span{float}, Span{float})"/>).
+/// </summary>
 public enum RopeMode { Normal, NeoX }
 
 /// <summary>
@@ -45,6 +49,65 @@ public static class Kernels
             (sin[i], cos[i]) = MathF.SinCos(theta);
             theta *= thetaScale;
         }
+    }
+
+    /// <summary>
+    /// Multi-section RoPE (M-RoPE, Qwen2-VL; ggml's rope_multi): pair i of the ropeDims/2 takes its position from component
+    /// c of <paramref name="position"/> for the section its index i mod Σ sections falls in (sections of t, h, w, e
+    /// pairs), turning by position_c · base^(−2i/ropeDims). Each component's theta advances by repeated f32
+    /// multiplication, as ggml's, so equal components give <see cref="RopeAngles(int, int, float, Span{float}, Span{float})"/>
+    /// bit for bit. Components past <paramref name="position"/>'s length count as 0.
+    /// </summary>
+    public static void RopeAngles(ReadOnlySpan<int> position, ReadOnlySpan<int> sections, int ropeDims, float freqBase, Span<float> cos, Span<float> sin)
+    {
+        float thetaScale = MathF.Pow(freqBase, -2f / ropeDims);
+        Span<float> theta = stackalloc float[4];
+        for (int c = 0; c < 4; c++) theta[c] = c < position.Length ? position[c] : 0;
+        int total = 0;
+        foreach (int s in sections) total += s;
+        if (total <= 0) throw new ArgumentException("M-RoPE sections must add up to at least one pair", nameof(sections));
+        for (int i = 0; i < ropeDims / 2; i++)
+        {
+            int sector = i % total, component = 0, edge = sections[0];
+            while (sector >= edge && component + 1 < sections.Length) edge += sections[++component];
+            (sin[i], cos[i]) = MathF.SinCos(theta[component]);
+            for (int c = 0; c < 4; c++) theta[c] *= thetaScale;
+        }
+    }
+
+    /// <summary>
+    /// y = (x − mean) / √(var + eps) · weight + bias over one row (ggml_norm then mul and add: mean and variance summed
+    /// in f64). <paramref name="bias"/> may be empty.
+    /// </summary>
+    public static void LayerNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, Span<float> destination)
+    {
+        double sum = 0;
+        for (int i = 0; i < x.Length; i++) sum += x[i];
+        float mean = (float)(sum / x.Length);
+        TensorPrimitives.Subtract(x, mean, destination);
+        double squares = 0;
+        for (int i = 0; i < x.Length; i++) squares += (double)(destination[i] * destination[i]);
+        float scale = 1f / MathF.Sqrt((float)(squares / x.Length) + eps);
+        TensorPrimitives.Multiply(destination, scale, destination);
+        TensorPrimitives.Multiply(destination, weight, destination);
+        if (!bias.IsEmpty) TensorPrimitives.Add(destination, bias, destination);
+    }
+
+    /// <summary>GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (ggml_gelu's formula). Destination may alias x.</summary>
+    public static void Gelu(ReadOnlySpan<float> x, Span<float> destination)
+    {
+        const float SqrtTwoOverPi = 0.79788456080286535587989211986876f, A = 0.044715f;
+        for (int i = 0; i < x.Length; i++)
+        {
+            float v = x[i];
+            destination[i] = 0.5f * v * (1f + MathF.Tanh(SqrtTwoOverPi * v * (1f + A * v * v)));
+        }
+    }
+
+    /// <summary>Quick GELU (CLIP): x · sigmoid(1.702·x). Destination may alias x.</summary>
+    public static void QuickGelu(ReadOnlySpan<float> x, Span<float> destination)
+    {
+        for (int i = 0; i < x.Length; i++) destination[i] = x[i] / (1f + MathF.Exp(-1.702f * x[i]));
     }
 
     /// <summary>Rotates one head vector in place by precomputed angles (<see cref="RopeAngles"/>).</summary>

@@ -1,0 +1,122 @@
+using VidKV.Tensors;
+
+namespace VidKV.Tests;
+
+/// <summary>The kernels the shared blocks add (M-RoPE angles, LayerNorm, GELU, bidirectional attention) against plain f64 references on odd sizes.</summary>
+public class BlockTests
+{
+    /// <summary>M-RoPE: equal components give plain RoPE bit for bit; distinct ones turn each pair by its section's component.</summary>
+    [Theory]
+    [InlineData(64, new[] { 16, 8, 8 })]
+    [InlineData(128, new[] { 16, 24, 24 })]
+    [InlineData(80, new[] { 3, 5, 7, 5 })]
+    public void MultiSectionRopeAngles(int dims, int[] sections)
+    {
+        var rng = new Random(dims);
+        int half = dims / 2;
+        var cos = new float[half];
+        var sin = new float[half];
+        var plainCos = new float[half];
+        var plainSin = new float[half];
+        foreach (int p in new[] { 0, 1, 7, 1000, 32767 })
+        {
+            Kernels.RopeAngles(Enumerable.Repeat(p, sections.Length).ToArray(), sections, dims, 10000f, cos, sin);
+            Kernels.RopeAngles(p, dims, 10000f, plainCos, plainSin);
+            Assert.Equal(plainCos, cos);
+            Assert.Equal(plainSin, sin);
+        }
+        for (int round = 0; round < 20; round++)
+        {
+            var position = Enumerable.Range(0, sections.Length).Select(_ => rng.Next(0, 5000)).ToArray();
+            Kernels.RopeAngles(position, sections, dims, 1e6f, cos, sin);
+            int total = sections.Sum();
+            for (int i = 0; i < half; i++)
+            {
+                int sector = i % total, component = 0, edge = sections[0];
+                while (sector >= edge) edge += sections[++component];
+                double angle = position[component] * Math.Pow(1e6, -2.0 * i / dims);
+                Assert.True(Math.Abs(Math.Cos(angle) - cos[i]) <= 2e-3 && Math.Abs(Math.Sin(angle) - sin[i]) <= 2e-3,
+                    $"pair {i} (component {component}, position {position[component]}): cos {cos[i]} vs {Math.Cos(angle)}");
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(7)]
+    [InlineData(768)]
+    [InlineData(1153)]
+    public void LayerNormMatchesItsDefinition(int n)
+    {
+        var rng = new Random(n);
+        var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 2)).ToArray();
+        var w = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2)).ToArray();
+        var b = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        var y = new float[n];
+        Kernels.LayerNorm(x, w, b, 1e-6f, y);
+        double mean = x.Average(v => (double)v), variance = x.Average(v => (v - mean) * (v - mean));
+        for (int i = 0; i < n; i++)
+        {
+            double want = (x[i] - mean) / Math.Sqrt(variance + 1e-6) * w[i] + b[i];
+            Assert.True(Math.Abs(want - y[i]) <= 1e-4 * (1 + Math.Abs(want)), $"{i}: {y[i]} vs {want}");
+        }
+        Kernels.LayerNorm(x, w, default, 1e-6f, y); // without a bias
+        Assert.True(Math.Abs((x[0] - mean) / Math.Sqrt(variance + 1e-6) * w[0] - y[0]) <= 1e-4);
+    }
+
+    [Fact]
+    public void GeluFormsMatchTheirDefinitions()
+    {
+        var x = Enumerable.Range(0, 2001).Select(i => (float)((i - 1000) / 100.0)).ToArray();
+        var y = new float[x.Length];
+        Kernels.Gelu(x, y);
+        for (int i = 0; i < x.Length; i++)
+        {
+            double v = x[i], want = 0.5 * v * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v)));
+            Assert.True(Math.Abs(want - y[i]) <= 1e-5 * (1 + Math.Abs(want)), $"gelu({v}) = {y[i]}, want {want}");
+        }
+        Kernels.QuickGelu(x, y);
+        for (int i = 0; i < x.Length; i++)
+        {
+            double v = x[i], want = v / (1 + Math.Exp(-1.702 * v));
+            Assert.True(Math.Abs(want - y[i]) <= 1e-5 * (1 + Math.Abs(want)), $"quick_gelu({v}) = {y[i]}, want {want}");
+        }
+    }
+
+    /// <summary>Bidirectional attention: every query sees every row, as full softmax attention in f64, with GQA.</summary>
+    [Theory]
+    [InlineData(1, 2, 1, 16)]
+    [InlineData(13, 4, 2, 24)]
+    [InlineData(197, 6, 3, 64)]
+    public void BidirectionalAttentionSeesEveryRow(int tokens, int heads, int kvHeads, int d)
+    {
+        var rng = new Random(tokens * heads);
+        float[] Random(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var q = Random(tokens * heads * d);
+        var k = Random(tokens * kvHeads * d);
+        var v = Random(tokens * kvHeads * d);
+        var o = new float[q.Length];
+        float scale = 1f / MathF.Sqrt(d);
+        Attention.Bidirectional(q, k, v, tokens, heads, kvHeads, d, scale, o);
+        int group = heads / kvHeads;
+        for (int t = 0; t < tokens; t++)
+            for (int h = 0; h < heads; h++)
+            {
+                int g = h / group;
+                var scores = new double[tokens];
+                for (int j = 0; j < tokens; j++)
+                {
+                    double s = 0;
+                    for (int i = 0; i < d; i++) s += (double)q[(t * heads + h) * d + i] * k[(j * kvHeads + g) * d + i];
+                    scores[j] = s * scale;
+                }
+                double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
+                for (int i = 0; i < d; i++)
+                {
+                    double want = 0;
+                    for (int j = 0; j < tokens; j++) want += Math.Exp(scores[j] - max) / sum * v[(j * kvHeads + g) * d + i];
+                    Assert.True(Math.Abs(want - o[(t * heads + h) * d + i]) <= 1e-4, $"token {t} head {h} dim {i}: {o[(t * heads + h) * d + i]} vs {want}");
+                }
+            }
+    }
+}
