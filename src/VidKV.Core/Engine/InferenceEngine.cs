@@ -1,0 +1,259 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using VidKV.Cache;
+using VidKV.Models;
+using VidKV.Tensors;
+
+namespace VidKV.Engine;
+
+/// <summary>How an <see cref="InferenceEngine"/> schedules and stores its sessions.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>
+    /// The KV cache of every session: policies (a session's own; a question's fork gets fresh ones), page size and type,
+    /// and the one budget all sessions share (<see cref="KvCacheConfig.MaxHotPages"/>; 0 for none) with its cold tier.
+    /// </summary>
+    public KvCacheConfig Kv { get; init; } = new();
+    /// <summary>Most positions one session (or a question on it) may reach.</summary>
+    public int ContextLength { get; init; } = int.MaxValue;
+    /// <summary>
+    /// Most rows of one session's ingest or prompt in one step: a long ingest goes in chunks of this size between
+    /// other sessions' decode steps, so it cannot starve an answer.
+    /// </summary>
+    public int PrefillChunk { get; init; } = 128;
+    /// <summary>Most rows of one step, all sessions together.</summary>
+    public int MaxBatchRows { get; init; } = 512;
+}
+
+/// <summary>
+/// Runs a model for many sessions: one loop thread owns the model's worker pool and, step after step, runs one
+/// <see cref="DecoderBatch"/> holding the next decode row of every answer being generated and chunks of pending
+/// prompts and ingests (llama.cpp's server loop, vLLM's scheduler in miniature). Sessions share one KV page pool under
+/// one budget; a question runs on a copy-on-write fork of its session's KV, so ingestion goes on while it is answered,
+/// and its pages go back when it ends. Create sessions with <see cref="CreateSession"/>; dispose the engine to stop it
+/// (the model stays the caller's).
+/// </summary>
+public sealed class InferenceEngine : IAsyncDisposable
+{
+    readonly DecoderModel model;
+    readonly EngineOptions options;
+    readonly PagedKvStore store;
+    readonly ConcurrentQueue<Action> inbox = new();
+    readonly SemaphoreSlim wake = new(0);
+    readonly Thread loop;
+    readonly CancellationTokenSource stopping = new();
+    readonly TaskCompletionSource stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Owned by the loop thread.
+    readonly List<Work> active = [];
+    readonly List<KvCache> batchCaches = [];
+    readonly List<(Work Work, int Rows, int LogitRow)> batchParts = [];
+    readonly DecoderBatch batch;
+    readonly Activations buffers = new();
+    readonly ForwardProfile profile = new();
+    float[] logits = [];
+    int nextWork;
+
+    public InferenceEngine(DecoderModel model, EngineOptions? options = null)
+    {
+        this.model = model;
+        this.options = options ?? new EngineOptions();
+        if (this.options.PrefillChunk < 1 || this.options.MaxBatchRows < this.options.PrefillChunk)
+            throw new ArgumentException($"prefill chunk {this.options.PrefillChunk} must be at least 1 and at most the batch's {this.options.MaxBatchRows} rows");
+        var c = model.Config;
+        store = this.options.Kv.CreateStore(c.LayerCount, c.KvHeadCount, c.HeadDim);
+        batch = model.CreateBatch();
+        loop = new Thread(Loop) { IsBackground = true, Name = "vidkv-engine" };
+        loop.Start();
+    }
+
+    public DecoderModel Model => model;
+    public EngineOptions Options => options;
+
+    /// <summary>KV memory now, all sessions together.</summary>
+    public KvMemory Memory => new(store.HotBytes, store.ColdBytes, store.HotBudgetBytes, store.PageCount, store.SequenceCount);
+
+    /// <summary>The page pool (tests and tools look at it between steps).</summary>
+    internal PagedKvStore Store => store;
+
+    /// <summary>Called on the loop thread after every step (tests check invariants there).</summary>
+    internal Action? StepCompleted { get; set; }
+
+    /// <summary>Sequences the last step ran rows of (several when sessions share a batch).</summary>
+    internal int LastStepSequences => batchCaches.Count;
+
+    /// <summary>Forward-pass phase times of all steps so far.</summary>
+    public ForwardTimes Times => profile.Times;
+
+    /// <summary>A new session with an empty KV sequence under the engine's policies.</summary>
+    public Session CreateSession()
+    {
+        ObjectDisposedException.ThrowIf(stopping.IsCancellationRequested, this);
+        return new Session(this);
+    }
+
+    /// <summary>Runs <paramref name="action"/> on the loop thread before its next step.</summary>
+    internal void Post(Action action)
+    {
+        if (stopping.IsCancellationRequested) throw new ObjectDisposedException(nameof(InferenceEngine));
+        inbox.Enqueue(action);
+        wake.Release();
+    }
+
+    /// <summary>Runs <paramref name="function"/> on the loop thread and returns its result.</summary>
+    internal Task<T> Call<T>(Func<T> function)
+    {
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Post(() =>
+        {
+            try { done.SetResult(function()); }
+            catch (Exception e) { done.SetException(e); }
+        });
+        return done.Task;
+    }
+
+    internal PagedKvCache CreateCache() => options.Kv.CreateCache(store.CreateSequence(), options.ContextLength);
+    internal PagedKvCache Fork(PagedKvCache cache) =>
+        cache.Fork(options.Kv.BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount));
+
+    /// <summary>Adds work for the loop (called on the loop thread).</summary>
+    internal void Start(Work work) => active.Add(work);
+
+    void Loop()
+    {
+        try
+        {
+            while (true)
+            {
+                while (inbox.TryDequeue(out var action)) action();
+                for (int i = active.Count - 1; i >= 0; i--)
+                    if (active[i].IsFinished) active.RemoveAt(i);
+                if (stopping.IsCancellationRequested) break;
+                if (!Step())
+                {
+                    wake.Wait(); // nothing to run until a session posts work
+                    continue;
+                }
+                StepCompleted?.Invoke();
+            }
+        }
+        finally
+        {
+            foreach (var work in active) work.Fail(new ObjectDisposedException(nameof(InferenceEngine), "the engine was disposed"));
+            active.Clear();
+            stopped.TrySetResult();
+        }
+    }
+
+    /// <summary>
+    /// One step: the decode row of every generating answer first (latency), then prompt and ingest chunks in turn
+    /// (round robin from where the last step stopped) while rows are left. False when there was nothing to run.
+    /// </summary>
+    bool Step()
+    {
+        batch.Clear();
+        batchCaches.Clear();
+        batchParts.Clear();
+        int rows = 0, logitRows = 0;
+        foreach (var work in active)
+            if (work.IsDecoding && rows < options.MaxBatchRows)
+                Add(work, work.AddRows(batch, batchCaches.Count, 1), ref rows, ref logitRows);
+        int start = nextWork;
+        for (int k = 0; k < active.Count && rows < options.MaxBatchRows; k++)
+        {
+            var work = active[(start + k) % active.Count];
+            if (work.IsDecoding || !work.HasPendingRows) continue;
+            int want = Math.Min(options.PrefillChunk, options.MaxBatchRows - rows);
+            Add(work, work.AddRows(batch, batchCaches.Count, want), ref rows, ref logitRows);
+            nextWork = (start + k + 1) % Math.Max(1, active.Count);
+        }
+        if (batchParts.Count == 0) return false;
+        var status = Run(logitRows);
+        if (status != DecodeStatus.Ok && batchParts.Count > 1)
+        {
+            // Together they do not fit: run each part alone, so only the ones that cannot fit at all fail.
+            var parts = batchParts.ToArray();
+            foreach (var (work, _, _) in parts)
+            {
+                if (work.IsFinished) continue;
+                batch.Clear();
+                batchCaches.Clear();
+                batchParts.Clear();
+                rows = logitRows = 0;
+                Add(work, work.AddRows(batch, 0, work.IsDecoding ? 1 : options.PrefillChunk), ref rows, ref logitRows);
+                Finish(Run(logitRows));
+            }
+            return true;
+        }
+        Finish(status);
+        return true;
+
+        void Finish(DecodeStatus result)
+        {
+            foreach (var (work, count, logitRow) in batchParts)
+            {
+                if (result == DecodeStatus.Ok) work.Advance(count, logitRow < 0 ? default : logits.AsSpan(logitRow * model.Config.VocabSize, model.Config.VocabSize));
+                else work.Fail(new InvalidOperationException(result == DecodeStatus.NoKvRoom
+                    ? $"KV budget full: {store.HotBytes} of {store.HotBudgetBytes} bytes in use; use a KV policy that evicts or moves pages cold, or a larger budget"
+                    : $"context full: the session would pass {options.ContextLength} positions"));
+            }
+        }
+    }
+
+    void Add(Work work, int added, ref int rows, ref int logitRows)
+    {
+        if (added == 0) return;
+        batchCaches.Add(work.Cache);
+        bool logitsWanted = batch.NeedsLogits(batch.Count - 1);
+        batchParts.Add((work, added, logitsWanted ? logitRows : -1));
+        if (logitsWanted) logitRows++;
+        rows += added;
+    }
+
+    /// <summary>Decodes the batch; an exception (the caches are cut back by Decode) fails this step's work, not the loop.</summary>
+    DecodeStatus Run(int logitRows)
+    {
+        int vocab = model.Config.VocabSize;
+        if (logits.Length < logitRows * vocab) logits = new float[logitRows * vocab];
+        try { return model.Decode(batch, batchCaches, buffers, logits, profile); }
+        catch (Exception e)
+        {
+            foreach (var (work, _, _) in batchParts) work.Fail(e);
+            batchParts.Clear();
+            return DecodeStatus.Ok;
+        }
+    }
+
+    /// <summary>Stops the loop after its current step; unfinished work fails with <see cref="ObjectDisposedException"/>. Sessions' KV goes with the engine.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (stopping.IsCancellationRequested) return;
+        stopping.Cancel();
+        wake.Release();
+        await stopped.Task.ConfigureAwait(false);
+        loop.Join();
+        store.Dispose();
+        wake.Dispose();
+    }
+}
+
+/// <summary>KV memory of an engine: bytes in RAM and in the cold file, the hot budget (0 = none), pages and sequences.</summary>
+public readonly record struct KvMemory(long HotBytes, long ColdBytes, long BudgetBytes, int Pages, int Sequences);
+
+/// <summary>
+/// Work the engine loop runs for a session, a few rows per step: an ingest (rows appended, no logits) or an answer
+/// (a prompt, then one token per step). Lives on the loop thread.
+/// </summary>
+abstract class Work
+{
+    public abstract KvCache Cache { get; }
+    public abstract bool IsFinished { get; }
+    /// <summary>Whether the work now needs one decode row per step (an answer past its prompt).</summary>
+    public virtual bool IsDecoding => false;
+    public abstract bool HasPendingRows { get; }
+    /// <summary>Adds up to <paramref name="most"/> of its next rows to the batch as sequence <paramref name="sequence"/>; returns how many.</summary>
+    public abstract int AddRows(DecoderBatch batch, int sequence, int most);
+    /// <summary>The step ran: <paramref name="rows"/> of its rows are in the cache; <paramref name="logits"/> are its last row's when it asked.</summary>
+    public abstract void Advance(int rows, ReadOnlySpan<float> logits);
+    /// <summary>Ends the work with an error (its rows since the last step were not run).</summary>
+    public abstract void Fail(Exception error);
+}
