@@ -231,3 +231,33 @@ public class EngineTests
         Assert.NotEmpty(await Answer(session, " The"));
     }
 }
+
+/// <summary>The README's library example: the calls it makes exist as public API, and the same program runs on a real model.</summary>
+public class ReadmeLibraryExampleTests
+{
+    [Fact]
+    public async Task TheExampleRuns()
+    {
+        string readme = File.ReadAllText(Path.Combine(TestData.RepositoryRoot, "README.md"));
+        int start = readme.IndexOf("```csharp", StringComparison.Ordinal);
+        Assert.True(start >= 0, "README has no C# example");
+        string code = readme[start..readme.IndexOf("```", start + 9, StringComparison.Ordinal)];
+        Assert.True(code.Split('\n').Length - 2 <= 12, "the example should stay about 10 lines");
+        var engineType = typeof(InferenceEngine);
+        foreach (var (type, member) in new[] { (engineType, "CreateSession"), (typeof(Session), "AppendAsync"), (typeof(Session), "AskAsync"), (typeof(ModelLoader), "Load") })
+        {
+            Assert.Contains(member, code);
+            Assert.True(type.IsPublic && type.GetMethods().Any(m => m.Name == member), $"{type.Name}.{member} is not public API");
+        }
+
+        using var model = ModelLoader.Load(TestData.Model("stories260K"));
+        await using var engine = new InferenceEngine(model, new EngineOptions { Kv = new() { Default = "freekv", Budget = 64, PageSize = 16 } });
+        await using var session = engine.CreateSession();
+        var reading = session.AppendAsync(File.ReadAllText(TestData.File_("text/story_eval.txt"))[..3000]);
+        var answer = new System.Text.StringBuilder();
+        await foreach (var piece in session.AskAsync(" Once upon a time", new AskOptions { MaxTokens = 16 })) answer.Append(piece);
+        await reading;
+        Assert.NotEqual(0, answer.Length);
+        Assert.True(session.Length > 500);
+    }
+}
