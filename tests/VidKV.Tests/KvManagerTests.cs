@@ -150,6 +150,8 @@ public class KvManagerTests
         var e = Assert.Throws<InvalidOperationException>(() => bare.MinKey(page, 0).ToArray());
         Assert.Contains("MinMax", e.Message);
         Assert.Throws<InvalidOperationException>(() => bare.Digest(page, out _, out _));
+        Assert.Throws<InvalidOperationException>(() => bare.SimHashes(page).ToArray()); // no SimHash computed on append unless asked
+        Assert.Equal(16, all.SimHashes(s2.Table(0, 0)[0]).Length);
         Assert.Equal(D, all.MinKey(s2.Table(0, 0)[0], 0).Length);
         // Per page at head dim 32 and 16 tokens: min/max 256 B, centre/radius 256, key sum 128, hashes 128, scores 64.
         Assert.True(all.MetadataBytes - bare.MetadataBytes >= 64L * (256 + 256 + 128 + 128 + 64), $"{all.MetadataBytes} vs {bare.MetadataBytes}");
