@@ -140,6 +140,32 @@ public class EngineTests
         Assert.Equal(0, engine.Memory.Pages);
     }
 
+    /// <summary>
+    /// A long stream under an evicting policy stays bounded: after a warm-up the pool's page metadata, its allocated
+    /// buffers and the hot bytes no longer grow however much more is appended (pages are reused from the free list;
+    /// no per-position array grows with the stream).
+    /// </summary>
+    [Theory]
+    [InlineData("sinkwindow:sinks=4,window=60")]
+    [InlineData("h2o:budget=64")]
+    public async Task LongStreamStaysBounded(string policy)
+    {
+        using var model = Stories();
+        await using var engine = new InferenceEngine(model, Options(policy, chunk: 32));
+        await using var session = engine.CreateSession();
+        var tokens = model.Tokenizer.Encode(File.ReadAllText(TestData.File_("text/story_eval.txt")), addSpecial: true, parseSpecial: false).ToArray();
+        (long Metadata, long Allocated, long Hot) Measure() => (engine.Store.MetadataBytes, engine.Store.AllocatedBytes, engine.Store.HotBytes);
+        var seen = new List<(long, long, long)>();
+        for (int round = 0; round < 6; round++)
+        {
+            await session.AppendTokensAsync(tokens.AsMemory(0, 1000));
+            seen.Add(await engine.Call(Measure));
+        }
+        Assert.Equal(6000, session.Length);
+        for (int i = 2; i < seen.Count; i++) Assert.True(seen[i].Item1 == seen[1].Item1 && seen[i].Item2 == seen[1].Item2, $"after {1000 * (i + 1)} tokens: {seen[i]} vs {seen[1]} after 2000");
+        Assert.True(seen[^1].Item3 <= seen[1].Item3, $"hot bytes grew: {seen[^1].Item3} > {seen[1].Item3}");
+    }
+
     static async IAsyncEnumerable<string> Slowly(string text, int pieces, int delayMs, [EnumeratorCancellation] CancellationToken cancellation = default)
     {
         int size = text.Length / pieces;
