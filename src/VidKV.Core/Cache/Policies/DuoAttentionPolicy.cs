@@ -13,6 +13,19 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class DuoAttentionPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("duo",
+        "DuoAttention (Xiao et al., 2024): the top heads of a pattern file (vidkv kv calibrate) read everything, the rest keep sinks + recent",
+        [
+            KvPolicyOption.RequiredString("pattern", "(a head pattern file, e.g. from `vidkv kv calibrate`)", "head pattern file: one line per layer, one score per KV head"),
+            KvPolicyOption.Float("fraction", 0.5f, "share of heads, highest scores first, that read everything"),
+            KvPolicyOption.Int("sinks", 64, "first tokens a streaming head keeps"),
+            KvPolicyOption.Int("recent", 256, "most recent tokens a streaming head keeps"),
+        ],
+        a => new DuoAttentionPolicy(PatternFile.Read(a.String("pattern")), a.Float("fraction"), a.Int("sinks"), a.Int("recent"), a.String("pattern")))
+    {
+        Aliases = ["duoattention"],
+    };
+
     readonly float[,] pattern;
     readonly SinkWindowPolicy streaming;
     bool[] retrieval = [];

@@ -12,6 +12,14 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class H2OPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("h2o",
+        "H2O (Zhang et al., NeurIPS 2023): evict the tokens with the least accumulated attention, keeping the recent ones",
+        [
+            KvPolicyOption.Budget("tokens kept per KV head"),
+            KvPolicyOption.PolicyInt("recent", "budget/2", "most recent tokens that always stay"),
+        ],
+        a => new H2OPolicy(a.Int("budget"), a.OptionalInt("recent")));
+
     readonly TokenScoring scoring = new();
     int[] stepPositions = [];
     float[] accumulated = [];

@@ -11,6 +11,14 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class KeyNormPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("keynorm",
+        "QuickPrefill (Tang et al., 2025; Devoto et al., EMNLP 2024): of each appended group keep the tokens with the smallest key norm, shared by the layer's heads",
+        [
+            KvPolicyOption.Float("ratio", 0.5f, "share of each group kept"),
+            KvPolicyOption.Int("group", 2, "smallest appended group reduced (single decode tokens always stay)"),
+        ],
+        a => new KeyNormPolicy(a.Float("ratio"), a.Int("group")));
+
     int decidedLayer = -1;
     long decidedStep = -1;
     float[] norms = [], key = [], scratch = [];

@@ -12,6 +12,16 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class SnapKvPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("snapkv",
+        "SnapKV (Li et al., NeurIPS 2024): the last window of queries votes (max-pooled) for the tokens kept beside it, whenever a head passes budget + slack",
+        [
+            KvPolicyOption.Budget("tokens kept per KV head"),
+            KvPolicyOption.Int("window", 32, "observation window: the last queries that vote, and whose tokens stay"),
+            KvPolicyOption.Int("kernel", 7, "max-pooling width over neighbouring tokens' votes (odd)"),
+            KvPolicyOption.PolicyInt("slack", "window", "tokens a head may pass the budget by before it is cut back"),
+        ],
+        a => new SnapKvPolicy(a.Int("budget"), a.Int("window"), a.Int("kernel"), a.OptionalInt("slack")));
+
     readonly TokenScoring scoring = new();
     // Per (layer, KV head): the last Window steps' queries ([Window][group × headDim]) and positions, oldest first from `next`.
     float[][] ringQueries = [];
