@@ -58,7 +58,7 @@ public sealed class ClusterKvPolicy : KvPolicy
     public int Sinks { get; }
     public int Window { get; }
     public int NewClusters { get; }
-    public override string Name => $"clusterkv:budget={Budget},clusters={MaxClusters},iterations={Iterations},sinks={Sinks},window={Window}";
+    public override string Name => $"clusterkv:budget={Budget},clusters={MaxClusters},iterations={Iterations},sinks={Sinks},window={Window},new={NewClusters}";
 
     public override void Attach(KvSequence sequence)
     {

@@ -32,7 +32,7 @@ public sealed class DuoAttentionPolicy : KvPolicy
 
     /// <param name="pattern">[layers, kvHeads] scores</param>
     /// <param name="source">where the pattern came from (a file name), for messages and <see cref="Name"/></param>
-    public DuoAttentionPolicy(float[,] pattern, double fraction = 0.5, int sinks = 64, int recent = 256, string source = "pattern")
+    public DuoAttentionPolicy(float[,] pattern, float fraction = 0.5f, int sinks = 64, int recent = 256, string source = "pattern")
     {
         if (fraction is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(fraction), $"fraction must be in [0, 1], not {fraction}");
         this.pattern = pattern;
@@ -41,11 +41,11 @@ public sealed class DuoAttentionPolicy : KvPolicy
         streaming = new SinkWindowPolicy(sinks, recent);
     }
 
-    public double Fraction { get; }
+    public float Fraction { get; }
     public string Source { get; }
     public int Sinks => streaming.Sinks;
     public int Recent => streaming.Window;
-    public override string Name => $"duo:pattern={Source},fraction={Fraction.ToString("0.###", CultureInfo.InvariantCulture)},sinks={Sinks},recent={Recent}";
+    public override string Name => $"duo:pattern={Source},fraction={Fraction.ToString(CultureInfo.InvariantCulture)},sinks={Sinks},recent={Recent}";
     public override bool ConcurrentSelect => true;
 
     /// <summary>Whether (layer, head) is a retrieval head (after <see cref="Attach"/>).</summary>
@@ -58,7 +58,7 @@ public sealed class DuoAttentionPolicy : KvPolicy
         streaming.Attach(sequence);
         if (pattern.GetLength(0) != store.LayerCount || pattern.GetLength(1) != store.KvHeadCount)
             throw new KvConfigException($"policy 'duo': pattern '{Source}' has {pattern.GetLength(0)} layers × {pattern.GetLength(1)} KV heads, the model {store.LayerCount} × {store.KvHeadCount}");
-        int heads = store.HeadSlots, keep = (int)Math.Ceiling(Fraction * heads);
+        int heads = store.HeadSlots, keep = (int)Math.Ceiling((double)Fraction * heads);
         // The top `keep` scores retrieve; ties go to the earlier head.
         var order = Enumerable.Range(0, heads).OrderByDescending(i => pattern[i / store.KvHeadCount, i % store.KvHeadCount]).ThenBy(i => i).ToArray();
         retrieval = new bool[heads];

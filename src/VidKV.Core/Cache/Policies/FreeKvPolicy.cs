@@ -56,7 +56,7 @@ public sealed class FreeKvPolicy : KvPolicy
     public float Tau { get; }
     /// <summary>Whether the next step's pages are announced for background recall; null = when a core is free beside the worker pool.</summary>
     public bool? Prefetch { get; }
-    public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}" + Prefetch switch { true => ",prefetch=1", false => ",prefetch=0", _ => "" };
+    public override string Name => FormattableString.Invariant($"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau}") + Prefetch switch { true => ",prefetch=1", false => ",prefetch=0", _ => "" };
 
     public override KvMetadata Metadata => KvMetadata.Digest;
 
