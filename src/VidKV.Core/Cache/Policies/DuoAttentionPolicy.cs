@@ -59,8 +59,11 @@ public sealed class DuoAttentionPolicy : KvPolicy
         if (pattern.GetLength(0) != store.LayerCount || pattern.GetLength(1) != store.KvHeadCount)
             throw new KvConfigException($"policy 'duo': pattern '{Source}' has {pattern.GetLength(0)} layers × {pattern.GetLength(1)} KV heads, the model {store.LayerCount} × {store.KvHeadCount}");
         int heads = store.HeadSlots, keep = (int)Math.Ceiling((double)Fraction * heads);
+        var scores = new float[heads];
+        for (int layer = 0; layer < store.LayerCount; layer++)
+            for (int head = 0; head < store.KvHeadCount; head++) scores[HeadIndex(layer, head)] = pattern[layer, head];
         // The top `keep` scores retrieve; ties go to the earlier head.
-        var order = Enumerable.Range(0, heads).OrderByDescending(i => pattern[i / store.KvHeadCount, i % store.KvHeadCount]).ThenBy(i => i).ToArray();
+        var order = Enumerable.Range(0, heads).OrderByDescending(i => scores[i]).ThenBy(i => i).ToArray();
         retrieval = new bool[heads];
         foreach (int i in order.AsSpan(0, keep)) retrieval[i] = true;
     }
