@@ -71,7 +71,7 @@ public sealed class TokenScoring
     }
 
     /// <summary>Each score becomes the maximum over a window of <paramref name="kernel"/> neighbours (SnapKV's pooling; odd kernel, same length).</summary>
-    public ReadOnlySpan<float> MaxPool(ReadOnlySpan<float> values, int kernel)
+    public Span<float> MaxPool(ReadOnlySpan<float> values, int kernel)
     {
         Grow(ref pooled, values.Length);
         int half = kernel / 2;
