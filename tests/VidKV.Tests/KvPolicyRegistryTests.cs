@@ -49,6 +49,54 @@ public class KvPolicyRegistryTests
         }
     }
 
+    /// <summary>
+    /// Every option of every policy at a value other than its default (valid, and left as given by the policy's own
+    /// limits); a registered policy needs a line here. Floats have more digits than a <c>0.###</c> format keeps.
+    /// </summary>
+    static readonly Dictionary<string, string> NonDefaultOptions = new()
+    {
+        ["full"] = "",
+        ["sinkwindow"] = "sinks=3,window=61",
+        ["quest"] = "budget=100,reuse=2,dense=1",
+        ["lserve"] = "budget=100,reuse=3,dense=1",
+        ["freekv"] = "budget=100,sinks=10,recent=20,tau=0.8125001,prefetch=0",
+        ["clusterkv"] = "budget=1000,clusters=50,iterations=5,sinks=8,window=64,new=4",
+        ["duo"] = "pattern={heads},fraction=0.3125001,sinks=8,recent=16",
+        ["snapkv"] = "budget=100,window=16,kernel=5,slack=3",
+        ["h2o"] = "budget=100,recent=10",
+        ["keynorm"] = "ratio=0.3125001,group=4",
+    };
+
+    /// <summary>
+    /// A policy built with every option away from its default names each of them in <see cref="KvPolicy.Name"/> with
+    /// the value given, and that name parses back to the same name; under a culture whose decimal separator is a
+    /// comma too (names are specs, so always invariant).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void NonDefaultOptionsRoundTripThroughTheName(string name)
+    {
+        Assert.True(NonDefaultOptions.TryGetValue(name, out string? options), $"policy '{name}': give the tests non-default values for its options");
+        var given = options.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(KvCacheTests.ResolveSpec).ToArray();
+        Assert.Equal(KvPolicies.Find(name)!.Options.Select(o => o.Name).Order(), given.Select(o => o.Split('=')[0]).Order());
+        var comma = (CultureInfo)CultureInfo.InvariantCulture.Clone();
+        comma.NumberFormat.NumberDecimalSeparator = ",";
+        comma.NumberFormat.NumberGroupSeparator = ".";
+        var culture = CultureInfo.CurrentCulture;
+        try
+        {
+            foreach (var current in new[] { CultureInfo.InvariantCulture, comma })
+            {
+                CultureInfo.CurrentCulture = current;
+                var policy = KvPolicies.Parse(KvCacheTests.ResolveSpec(options.Length == 0 ? name : $"{name}:{options}"), budget: 64);
+                string[] named = policy.Name.Contains(':') ? policy.Name[(policy.Name.IndexOf(':') + 1)..].Split(',') : [];
+                foreach (string option in given) Assert.Contains(option, named);
+                Assert.Equal(policy.Name, KvPolicies.Parse(policy.Name).Name);
+            }
+        }
+        finally { CultureInfo.CurrentCulture = culture; }
+    }
+
     static bool IsConstant(KvPolicyOption option) => option.Kind switch
     {
         KvOptionKind.Int => int.TryParse(option.DefaultText, NumberStyles.Integer, CultureInfo.InvariantCulture, out _),

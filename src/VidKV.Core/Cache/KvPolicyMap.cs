@@ -21,8 +21,8 @@ public sealed class KvPolicyMap
 
     public KvPolicy this[int layer, int head]
     {
-        get => policies[layer * KvHeadCount + head];
-        set => policies[layer * KvHeadCount + head] = value;
+        get => policies[PagedKvStore.HeadIndex(layer, head, KvHeadCount)];
+        set => policies[PagedKvStore.HeadIndex(layer, head, KvHeadCount)] = value;
     }
 
     /// <summary>The distinct policies in use.</summary>

@@ -5,9 +5,9 @@ using VidKV.Tensors;
 namespace VidKV.Cache;
 
 /// <summary>
-/// Stopwatch ticks a paged cache spent per phase of attention: choosing pages (policies' Select and building views),
-/// reading pages back from the cold tier, the attention kernel, and the policies' updates after it (eviction, moving
-/// pages cold).
+/// Stopwatch ticks a paged cache spent per phase of attention: choosing pages (the Select and Gather stages: policies'
+/// Select and building views), reading pages back from the cold tier (in either stage), the attention kernel, and the
+/// Update stage after it (the policies' eviction, moving pages cold, prefetch).
 /// </summary>
 public struct KvPhaseTimes
 {
@@ -131,13 +131,30 @@ public sealed unsafe class PagedKvCache : KvCache
                 $"KV hot tier full: layer {layer} needs pages for {count} more tokens at position {position} ({store.HotPageCount} pages of {store.Options.MaxHotPages} in use); use a policy that evicts or moves pages cold, or raise the page limit");
     }
 
+    /// <summary>
+    /// Attention for one layer in four stages: <see cref="Select"/> (the policies choose what each KV head reads),
+    /// <see cref="Gather"/> (page views of it), <see cref="AttendGathered"/> (the kernel), <see cref="Update"/> (the
+    /// policies act on what was appended, recalled pages settle, predicted pages start coming back).
+    /// </summary>
     public override void Attend(int layer, ReadOnlySpan<float> queries, int position, int count, int headCount, float scale, Span<float> destination)
     {
-        int kvHeads = store.KvHeadCount, group = headCount / kvHeads, d = store.HeadDim;
-        int groupLength = kvHeads * count * group * d;
+        int pages = Select(layer, queries, position, count, headCount, scale);
+        int viewCount = Gather(layer, pages);
+        AttendGathered(queries, position, count, headCount, scale, viewCount, destination);
+        Update(layer, position, count, headCount / store.KvHeadCount, scale);
+    }
+
+    /// <summary>
+    /// Select: each KV head's policy adds the pages and rows it reads to its <see cref="PageSelection"/>, and the head
+    /// recalls the cold ones it newly chose (<see cref="RecallSelected"/>); the heads run on the worker pool when every
+    /// policy of the layer allows it. Returns the pages chosen over all heads. Timed as Select, the heads' recalls
+    /// (side by side: the longest) as Recall.
+    /// </summary>
+    int Select(int layer, ReadOnlySpan<float> queries, int position, int count, int headCount, float scale)
+    {
+        int kvHeads = store.KvHeadCount, groupLength = headCount * count * store.HeadDim;
         if (groupQueries.Length < groupLength) groupQueries = new float[groupLength];
-        long clock = Stopwatch.GetTimestamp(), jobRecallTicks = 0, recallTicks = 0;
-        // Heads choose their pages independently: on the worker pool when every policy of the layer allows it.
+        long clock = Stopwatch.GetTimestamp(), jobRecallTicks = 0;
         bool concurrent = kvHeads > 1 && WorkerPool.Shared.ThreadCount > 1;
         for (int g = 0; g < kvHeads && concurrent; g++) concurrent = policies[layer, g].ConcurrentSelect;
         if (concurrent)
@@ -157,8 +174,20 @@ public sealed unsafe class PagedKvCache : KvCache
         }
         Times.Select += Stopwatch.GetTimestamp() - clock - jobRecallTicks;
         Times.Recall += jobRecallTicks;
-        clock = Stopwatch.GetTimestamp();
-        if (views.Length < total) views = new KvPageView[Math.Max(total, 2 * views.Length)];
+        return total;
+    }
+
+    /// <summary>
+    /// Gather: one <see cref="KvPageView"/> per selected page, head after head (head g's from <c>headStart[g]</c>),
+    /// over its rows where they are (hot, or in place in the mapped cold file); a page whose background read is still
+    /// in flight is waited for here. Predicted pages nobody selected go back to waiting in the cold tier. Returns the
+    /// views' count. Timed as Select, the waits as Recall.
+    /// </summary>
+    int Gather(int layer, int pageCount)
+    {
+        int kvHeads = store.KvHeadCount;
+        long clock = Stopwatch.GetTimestamp(), recallTicks = 0;
+        if (views.Length < pageCount) views = new KvPageView[Math.Max(pageCount, 2 * views.Length)];
         int v = 0;
         // lastRead matters only for pages that can be recalled (copy-back cold tier): default Full decode skips it.
         bool recalls = store.HasColdTier && !store.ReadsColdInPlace;
@@ -172,7 +201,7 @@ public sealed unsafe class PagedKvCache : KvCache
                 int page = table[selection.Indices[i]];
                 byte* rows = store.ReadableRows(page); // hot, or in the mapped cold file
                 bool track = recalls;
-                if (rows == null) // a page whose background read is in flight: the select job left it for here
+                if (rows == null) // a page whose background read is in flight: Select left it for here
                 {
                     long recallStart = Stopwatch.GetTimestamp();
                     if (store.IsPrefetching(page)) PrefetchHits++;
@@ -204,22 +233,48 @@ public sealed unsafe class PagedKvCache : KvCache
         foreach (var (page, generation) in prefetched[layer])
             if (store.Generation(page) == generation && store.IsPrefetching(page)) store.CancelPrefetch(page);
         prefetched[layer].Clear();
-        long gathered = Stopwatch.GetTimestamp();
         Times.Recall += recallTicks;
-        Times.Select += gathered - clock - recallTicks;
-        Attention.Paged(queries, count, position, headCount, kvHeads, d, scale, views.AsSpan(0, v), headStart, store.KeyType, store.ValueType, destination);
-        clock = Stopwatch.GetTimestamp();
-        Times.Attention += clock - gathered;
+        Times.Select += Stopwatch.GetTimestamp() - clock - recallTicks;
+        return v;
+    }
+
+    /// <summary>Attend: <see cref="Attention.Paged"/> over the gathered views, every query head at once. Timed as Attention.</summary>
+    void AttendGathered(ReadOnlySpan<float> queries, int position, int count, int headCount, float scale, int viewCount, Span<float> destination)
+    {
+        long clock = Stopwatch.GetTimestamp();
+        Attention.Paged(queries, count, position, headCount, store.KvHeadCount, store.HeadDim, scale, views.AsSpan(0, viewCount), headStart, store.KeyType, store.ValueType, destination);
+        Times.Attention += Stopwatch.GetTimestamp() - clock;
+    }
+
+    /// <summary>
+    /// Update: the <see cref="Observer"/> sees what each head read; recalled pages this step did not read go back
+    /// cold (<see cref="ReleaseUnreadRecalls"/>); each head's policy acts on the appended tokens
+    /// (<see cref="KvPolicy.OnAppended"/>: evict, move cold); the pages the policies expect next step start coming
+    /// back in the background (<see cref="PrefetchNextPages"/>). Timed as Update.
+    /// </summary>
+    void Update(int layer, int position, int count, int group, float scale)
+    {
+        int kvHeads = store.KvHeadCount;
+        long clock = Stopwatch.GetTimestamp();
         if (Observer != null)
             for (int g = 0; g < kvHeads; g++)
             {
                 var step = Step(layer, g, position, count, group, scale);
                 Observer(step, views.AsSpan(headStart[g], headStart[g + 1] - headStart[g]));
             }
+        ReleaseUnreadRecalls(layer);
+        for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(Step(layer, g, position, count, group, scale));
+        if (store.HasColdTier) PrefetchNextPages(layer);
+        Times.Update += Stopwatch.GetTimestamp() - clock;
+    }
 
-        // Recalled pages stay hot while they keep being selected (only newly selected pages move); one not read this
-        // step goes back to the cold tier, where its clean copy still is, so nothing is written. Hot stays ≤ what was read.
-        for (int g = 0; g < kvHeads; g++)
+    /// <summary>
+    /// Recalled pages stay hot while they keep being selected (only newly selected pages move); one not read this step
+    /// goes back to the cold tier, where its clean copy still is, so nothing is written. Hot stays ≤ what was read.
+    /// </summary>
+    void ReleaseUnreadRecalls(int layer)
+    {
+        for (int g = 0; g < store.KvHeadCount; g++)
         {
             var list = recalled[store.HeadIndex(layer, g)];
             for (int i = list.Count - 1; i >= 0; i--)
@@ -231,22 +286,23 @@ public sealed unsafe class PagedKvCache : KvCache
                 list.RemoveAt(i);
             }
         }
-        for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(Step(layer, g, position, count, group, scale));
-        // Start reading the cold pages the policies expect to need next step; by the time this layer runs again they are in.
-        if (store.HasColdTier)
-            for (int g = 0; g < kvHeads; g++)
+    }
+
+    /// <summary>Starts reading the cold pages the policies expect to need next step; by the time this layer runs again they are in.</summary>
+    void PrefetchNextPages(int layer)
+    {
+        for (int g = 0; g < store.KvHeadCount; g++)
+        {
+            var table = sequence.Table(layer, g);
+            foreach (int index in policies[layer, g].NextPages(layer, g))
             {
-                var table = sequence.Table(layer, g);
-                foreach (int index in policies[layer, g].NextPages(layer, g))
-                {
-                    if (index >= table.Count) continue;
-                    int page = table[index];
-                    if (!store.Prefetch(page)) continue;
-                    prefetched[layer].Add((page, store.Generation(page)));
-                    PrefetchedPages++;
-                }
+                if (index >= table.Count) continue;
+                int page = table[index];
+                if (!store.Prefetch(page)) continue;
+                prefetched[layer].Add((page, store.Generation(page)));
+                PrefetchedPages++;
             }
-        Times.Update += Stopwatch.GetTimestamp() - clock;
+        }
     }
 
     struct SelectJob
@@ -278,8 +334,8 @@ public sealed unsafe class PagedKvCache : KvCache
 
     /// <summary>
     /// Reads this head's newly selected cold pages back into hot frames, inside its select job so the heads' reads run
-    /// side by side. Pages with a background read in flight are left to the serial pass, which waits for them. Nothing
-    /// to do when the cold tier is mapped: attention reads those pages where they are.
+    /// side by side. Pages with a background read in flight are left to <see cref="Gather"/>, which waits for them.
+    /// Nothing to do when the cold tier is mapped: attention reads those pages where they are.
     /// </summary>
     void RecallSelected(int layer, int g)
     {

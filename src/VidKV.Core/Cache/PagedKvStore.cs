@@ -165,8 +165,14 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Whether cold pages are read where they lie in the mapped cold file (<see cref="ReadableRows"/>) instead of being recalled.</summary>
     public bool ReadsColdInPlace => cold?.IsMapped == true;
 
-    /// <summary>Index of (layer, KV head) in per-head arrays: the one place this arithmetic lives.</summary>
-    public int HeadIndex(int layer, int head) => layer * options.KvHeadCount + head;
+    /// <summary>Index of (layer, KV head) in per-head arrays (layer-major, <see cref="HeadSlots"/> long).</summary>
+    public int HeadIndex(int layer, int head) => HeadIndex(layer, head, options.KvHeadCount);
+
+    /// <summary>
+    /// Index of (layer, KV head) in per-head arrays of a model with <paramref name="kvHeadCount"/> KV heads per layer,
+    /// for holders of such arrays that have no store (<see cref="KvPolicyMap"/>): the one place this arithmetic lives.
+    /// </summary>
+    public static int HeadIndex(int layer, int head, int kvHeadCount) => layer * kvHeadCount + head;
     /// <summary>(layer, KV head) pairs: the length of per-head arrays.</summary>
     public int HeadSlots => options.LayerCount * options.KvHeadCount;
 

@@ -15,6 +15,18 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class ClusterKvPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("clusterkv",
+        "ClusterKV (Liu et al., 2024): cosine k-means clusters of keys, whole clusters read by q·centroid up to the budget",
+        [
+            KvPolicyOption.Budget("tokens read per KV head per step"),
+            KvPolicyOption.Int("clusters", 400, "clusters of the first clustering"),
+            KvPolicyOption.Int("iterations", 20, "k-means iterations"),
+            KvPolicyOption.Int("sinks", 16, "first tokens always read, never clustered (at most budget/2)"),
+            KvPolicyOption.Int("window", 320, "recent tokens gathered before they are clustered (at most a quarter of the budget)"),
+            KvPolicyOption.Int("new", 8, "clusters made of each window"),
+        ],
+        a => new ClusterKvPolicy(a.Int("budget"), a.Int("clusters"), a.Int("iterations"), a.Int("sinks"), a.Int("window"), a.Int("new")));
+
     sealed class HeadState
     {
         public int ClusteredUpTo = -1; // positions ≤ this are sinks or clustered
@@ -46,7 +58,7 @@ public sealed class ClusterKvPolicy : KvPolicy
     public int Sinks { get; }
     public int Window { get; }
     public int NewClusters { get; }
-    public override string Name => $"clusterkv:budget={Budget},clusters={MaxClusters},iterations={Iterations},sinks={Sinks},window={Window}";
+    public override string Name => $"clusterkv:budget={Budget},clusters={MaxClusters},iterations={Iterations},sinks={Sinks},window={Window},new={NewClusters}";
 
     public override void Attach(KvSequence sequence)
     {

@@ -13,13 +13,26 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class DuoAttentionPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("duo",
+        "DuoAttention (Xiao et al., 2024): the top heads of a pattern file (vidkv kv calibrate) read everything, the rest keep sinks + recent",
+        [
+            KvPolicyOption.RequiredString("pattern", "(a head pattern file, e.g. from `vidkv kv calibrate`)", "head pattern file: one line per layer, one score per KV head"),
+            KvPolicyOption.Float("fraction", 0.5f, "share of heads, highest scores first, that read everything"),
+            KvPolicyOption.Int("sinks", 64, "first tokens a streaming head keeps"),
+            KvPolicyOption.Int("recent", 256, "most recent tokens a streaming head keeps"),
+        ],
+        a => new DuoAttentionPolicy(PatternFile.Read(a.String("pattern")), a.Float("fraction"), a.Int("sinks"), a.Int("recent"), a.String("pattern")))
+    {
+        Aliases = ["duoattention"],
+    };
+
     readonly float[,] pattern;
     readonly SinkWindowPolicy streaming;
     bool[] retrieval = [];
 
     /// <param name="pattern">[layers, kvHeads] scores</param>
     /// <param name="source">where the pattern came from (a file name), for messages and <see cref="Name"/></param>
-    public DuoAttentionPolicy(float[,] pattern, double fraction = 0.5, int sinks = 64, int recent = 256, string source = "pattern")
+    public DuoAttentionPolicy(float[,] pattern, float fraction = 0.5f, int sinks = 64, int recent = 256, string source = "pattern")
     {
         if (fraction is < 0 or > 1) throw new ArgumentOutOfRangeException(nameof(fraction), $"fraction must be in [0, 1], not {fraction}");
         this.pattern = pattern;
@@ -28,11 +41,11 @@ public sealed class DuoAttentionPolicy : KvPolicy
         streaming = new SinkWindowPolicy(sinks, recent);
     }
 
-    public double Fraction { get; }
+    public float Fraction { get; }
     public string Source { get; }
     public int Sinks => streaming.Sinks;
     public int Recent => streaming.Window;
-    public override string Name => $"duo:pattern={Source},fraction={Fraction.ToString("0.###", CultureInfo.InvariantCulture)},sinks={Sinks},recent={Recent}";
+    public override string Name => $"duo:pattern={Source},fraction={Fraction.ToString(CultureInfo.InvariantCulture)},sinks={Sinks},recent={Recent}";
     public override bool ConcurrentSelect => true;
 
     /// <summary>Whether (layer, head) is a retrieval head (after <see cref="Attach"/>).</summary>
@@ -45,9 +58,12 @@ public sealed class DuoAttentionPolicy : KvPolicy
         streaming.Attach(sequence);
         if (pattern.GetLength(0) != store.LayerCount || pattern.GetLength(1) != store.KvHeadCount)
             throw new KvConfigException($"policy 'duo': pattern '{Source}' has {pattern.GetLength(0)} layers × {pattern.GetLength(1)} KV heads, the model {store.LayerCount} × {store.KvHeadCount}");
-        int heads = store.HeadSlots, keep = (int)Math.Ceiling(Fraction * heads);
+        int heads = store.HeadSlots, keep = (int)Math.Ceiling((double)Fraction * heads);
+        var scores = new float[heads];
+        for (int layer = 0; layer < store.LayerCount; layer++)
+            for (int head = 0; head < store.KvHeadCount; head++) scores[HeadIndex(layer, head)] = pattern[layer, head];
         // The top `keep` scores retrieve; ties go to the earlier head.
-        var order = Enumerable.Range(0, heads).OrderByDescending(i => pattern[i / store.KvHeadCount, i % store.KvHeadCount]).ThenBy(i => i).ToArray();
+        var order = Enumerable.Range(0, heads).OrderByDescending(i => scores[i]).ThenBy(i => i).ToArray();
         retrieval = new bool[heads];
         foreach (int i in order.AsSpan(0, keep)) retrieval[i] = true;
     }

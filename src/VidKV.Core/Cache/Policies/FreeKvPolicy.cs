@@ -19,6 +19,17 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class FreeKvPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("freekv",
+        "FreeKV (Liu et al., 2025): sink + recent + pages chosen by centre ± radius with the previous query, corrected below tau, recalled in the background",
+        [
+            KvPolicyOption.Budget("tokens read per KV head per step"),
+            KvPolicyOption.Int("sinks", "budget/4", a => a.Int("budget") / 4, "first tokens always read"),
+            KvPolicyOption.Int("recent", "budget/4", a => a.Int("budget") / 4, "most recent tokens always read"),
+            KvPolicyOption.Float("tau", 0.8f, "query cosine similarity below which a head selects again with the current query"),
+            KvPolicyOption.Switch("prefetch", "announce the next step's pages for background recall (auto: when a core is free)"),
+        ],
+        a => new FreeKvPolicy(a.Int("budget"), a.Int("sinks"), a.Int("recent"), a.Float("tau"), a.Switch("prefetch")));
+
     // Per (layer, head): q of the previous step ([group, d]), the speculative selection for this step (table indices), its table version.
     float[][] previousQuery = [];
     int[][] speculative = [];
@@ -45,7 +56,7 @@ public sealed class FreeKvPolicy : KvPolicy
     public float Tau { get; }
     /// <summary>Whether the next step's pages are announced for background recall; null = when a core is free beside the worker pool.</summary>
     public bool? Prefetch { get; }
-    public override string Name => $"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau:0.###}" + Prefetch switch { true => ",prefetch=1", false => ",prefetch=0", _ => "" };
+    public override string Name => FormattableString.Invariant($"freekv:budget={Budget},sinks={Sinks},recent={Recent},tau={Tau}") + Prefetch switch { true => ",prefetch=1", false => ",prefetch=0", _ => "" };
 
     public override KvMetadata Metadata => KvMetadata.Digest;
 

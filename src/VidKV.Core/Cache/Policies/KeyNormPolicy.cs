@@ -8,9 +8,21 @@ namespace VidKV.Cache;
 /// and drop the rest. Low-norm keys are the ones attention concentrates on (value norm scores much worse). Single
 /// decode tokens are always kept. The selection is made once per (layer, step), at the first head's call, from the
 /// keys as appended; heads served by another policy instance make their own, from the heads still holding the group.
+/// It is not a <see cref="TokenScoringPolicy"/>: that base scores one head's whole cache against a token budget, where
+/// this one scores only the group just appended, across all of the layer's heads at once, keeps a share of the group
+/// rather than a budget, and reads just the group's keys — fitting it would mean a second, shared-selection path
+/// through the base and gathering every head's whole cache on every step.
 /// </summary>
 public sealed class KeyNormPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("keynorm",
+        "QuickPrefill (Tang et al., 2025; Devoto et al., EMNLP 2024): of each appended group keep the tokens with the smallest key norm, shared by the layer's heads",
+        [
+            KvPolicyOption.Float("ratio", 0.5f, "share of each group kept"),
+            KvPolicyOption.Int("group", 2, "smallest appended group reduced (single decode tokens always stay)"),
+        ],
+        a => new KeyNormPolicy(a.Float("ratio"), a.Int("group")));
+
     int decidedLayer = -1;
     long decidedStep = -1;
     float[] norms = [], key = [], scratch = [];

@@ -95,6 +95,9 @@ public abstract class KvPolicy
 /// <summary>Reads every page; the reference every other policy is measured against.</summary>
 public sealed class FullPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("full", "read every token (the reference every other policy is measured against)", [],
+        _ => new FullPolicy());
+
     public override string Name => "full";
     public override bool ConcurrentSelect => true;
 }

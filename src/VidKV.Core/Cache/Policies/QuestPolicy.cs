@@ -11,6 +11,24 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class QuestPolicy : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("quest",
+        "Quest (Tang et al., ICML 2024): min/max keys per 16 tokens bound q·k; read the pages with the top bounds",
+        [
+            KvPolicyOption.Budget("tokens read per KV head per step"),
+            KvPolicyOption.Int("reuse", 1, "decode steps one selection serves"),
+            KvPolicyOption.Int("dense", 0, "leading layers that read everything"),
+        ],
+        a => new QuestPolicy(a.Int("budget"), a.Int("reuse"), a.Int("dense")));
+
+    public static readonly KvPolicyDescriptor LServeDescriptor = new("lserve",
+        "LServe (Yang et al., MLSys 2025): Quest on logical 16-token pages, the selection reused for 4 decode steps",
+        [
+            KvPolicyOption.Int("budget", "--budget or 4096", a => a.Budget ?? 4096, "tokens read per KV head per step"),
+            KvPolicyOption.Int("reuse", 4, "decode steps one selection serves"),
+            KvPolicyOption.Int("dense", 0, "leading layers that read everything"),
+        ],
+        a => new QuestPolicy(a.Int("budget"), a.Int("reuse"), a.Int("dense"), "lserve"));
+
     readonly string name;
     // Per (layer, head): the pages chosen last time (table indices), and the table version, first own page and step then.
     int[][] chosen = [];

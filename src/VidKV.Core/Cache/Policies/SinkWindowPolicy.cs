@@ -7,6 +7,14 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
 {
+    public static readonly KvPolicyDescriptor Descriptor = new("sinkwindow",
+        "StreamingLLM (Xiao et al., 2023): keep the first sinks and the most recent window tokens, evict the rest",
+        [
+            KvPolicyOption.Int("sinks", 4, "first tokens kept"),
+            KvPolicyOption.Int("window", "--budget − sinks", a => a.Budget - a.Int("sinks"), "most recent tokens kept"),
+        ],
+        a => new SinkWindowPolicy(a.Int("sinks"), a.Int("window"))) { Aliases = ["streamingllm"] };
+
     public int Sinks { get; } = sinks >= 0 ? sinks : throw new ArgumentOutOfRangeException(nameof(sinks));
     public int Window { get; } = window >= 1 ? window : throw new ArgumentOutOfRangeException(nameof(window));
     public override string Name => $"sinkwindow:sinks={Sinks},window={Window}";

@@ -10,9 +10,18 @@ namespace VidKV.Cache;
 /// <see cref="Slack"/> tokens, cutting it back to exactly <see cref="Budget"/> — with the default slack of one window
 /// the O(window · tokens) scoring runs once per window of steps.
 /// </summary>
-public sealed class SnapKvPolicy : KvPolicy
+public sealed class SnapKvPolicy : TokenScoringPolicy
 {
-    readonly TokenScoring scoring = new();
+    public static readonly KvPolicyDescriptor Descriptor = new("snapkv",
+        "SnapKV (Li et al., NeurIPS 2024): the last window of queries votes (max-pooled) for the tokens kept beside it, whenever a head passes budget + slack",
+        [
+            KvPolicyOption.Budget("tokens kept per KV head"),
+            KvPolicyOption.Int("window", 32, "observation window: the last queries that vote, and whose tokens stay"),
+            KvPolicyOption.Int("kernel", 7, "max-pooling width over neighbouring tokens' votes (odd)"),
+            KvPolicyOption.PolicyInt("slack", "window", "tokens a head may pass the budget by before it is cut back"),
+        ],
+        a => new SnapKvPolicy(a.Int("budget"), a.Int("window"), a.Int("kernel"), a.OptionalInt("slack")));
+
     // Per (layer, KV head): the last Window steps' queries ([Window][group × headDim]) and positions, oldest first from `next`.
     float[][] ringQueries = [];
     int[][] ringPositions = [];
@@ -20,21 +29,19 @@ public sealed class SnapKvPolicy : KvPolicy
     float[] windowQueries = [];
     int[] windowPositions = [];
 
-    public SnapKvPolicy(int budget, int window = 32, int kernel = 7, int? slack = null)
+    public SnapKvPolicy(int budget, int window = 32, int kernel = 7, int? slack = null) : base(budget)
     {
-        Budget = budget >= 1 ? budget : throw new ArgumentOutOfRangeException(nameof(budget), "budget must be at least 1");
         Window = window >= 1 ? Math.Min(window, budget) : throw new ArgumentOutOfRangeException(nameof(window), "window must be at least 1");
         Kernel = kernel >= 1 && kernel % 2 == 1 ? kernel : throw new ArgumentOutOfRangeException(nameof(kernel), $"kernel must be odd and at least 1, not {kernel}");
         Slack = slack ?? Window;
         if (Slack < 0) throw new ArgumentOutOfRangeException(nameof(slack), "slack must be at least 0");
     }
 
-    public int Budget { get; }
     public int Window { get; }
     public int Kernel { get; }
     public int Slack { get; }
     public override string Name => $"snapkv:budget={Budget},window={Window},kernel={Kernel},slack={Slack}";
-    public override bool ConcurrentSelect => true;
+    protected override int RecentKept => Window;
 
     public override void Attach(KvSequence sequence)
     {
@@ -47,9 +54,10 @@ public sealed class SnapKvPolicy : KvPolicy
         ringNext = new int[heads];
     }
 
+    /// <summary>Every step's queries join the head's window; then the base compresses when the head is past budget + slack.</summary>
     public override void OnAppended(in KvStep step)
     {
-        int head = HeadIndex(step.Layer, step.Head), d = Store.HeadDim, row = step.Group * d;
+        int head = HeadIndex(step.Layer, step.Head), row = step.Group * Store.HeadDim;
         var queries = ringQueries[head] ??= new float[Window * row];
         var positions = ringPositions[head] ??= new int[Window];
         for (int t = Math.Max(0, step.Count - Window); t < step.Count; t++)
@@ -60,14 +68,17 @@ public sealed class SnapKvPolicy : KvPolicy
             ringNext[head] = (slot + 1) % Window;
             ringCount[head] = Math.Min(Window, ringCount[head] + 1);
         }
+        base.OnAppended(step);
+    }
 
-        var table = step.Table;
-        if (table.TokenCount <= Budget + Slack) return;
-        scoring.Gather(Store, table);
-        int stored = scoring.Count, recent = Math.Min(Window, stored), candidates = stored - recent;
-        int keep = Budget - recent;
-        if (candidates <= keep) return;
+    protected override bool ShouldScore(in KvStep step) => step.Table.TokenCount > Budget + Slack;
 
+    /// <summary>The window's votes: its queries' attention probabilities summed, max-pooled over <see cref="Kernel"/> neighbours.</summary>
+    protected override Span<float> Score(in KvStep step, int candidates)
+    {
+        int head = HeadIndex(step.Layer, step.Head), d = Store.HeadDim, row = step.Group * d;
+        var queries = ringQueries[head];
+        var positions = ringPositions[head];
         // The window's queries in time order, for the causal mask.
         int m = ringCount[head];
         if (windowQueries.Length < m * row) windowQueries = new float[Window * row];
@@ -78,14 +89,9 @@ public sealed class SnapKvPolicy : KvPolicy
             queries.AsSpan(slot * row, row).CopyTo(windowQueries.AsSpan(i * row, row));
             windowPositions[i] = positions[slot];
         }
-        var votes = scoring.ClearScores();
-        scoring.AddAttention(windowQueries.AsSpan(0, m * row), windowPositions.AsSpan(0, m), step.Group, d, step.Scale, votes);
-        var pooled = scoring.MaxPool(votes[..candidates], Kernel);
-        var kept = scoring.Top(pooled, keep);
-        var remove = scoring.ClearFlags();
-        remove[..candidates].Fill(true);
-        foreach (int i in kept) remove[i] = false;
-        scoring.RemoveFlagged(Store, table);
+        var votes = Scoring.ClearScores();
+        Scoring.AddAttention(windowQueries.AsSpan(0, m * row), windowPositions.AsSpan(0, m), step.Group, d, step.Scale, votes);
+        return Scoring.MaxPool(votes[..candidates], Kernel);
     }
 
     public override void OnTruncated(int length)

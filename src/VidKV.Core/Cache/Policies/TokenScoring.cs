@@ -3,7 +3,7 @@ using System.Numerics.Tensors;
 namespace VidKV.Cache;
 
 /// <summary>
-/// Token-level scoring shared by the reducers that evict individual tokens (SnapKV, H2O, key norm): a head's stored
+/// Token-level scoring for the reducers that evict individual tokens (<see cref="TokenScoringPolicy"/>): a head's stored
 /// keys gathered as f32 in table order, attention probabilities of queries over them, pooling, and removal of flagged
 /// tokens. Buffers grow to the largest head seen and are reused.
 /// </summary>
@@ -71,7 +71,7 @@ public sealed class TokenScoring
     }
 
     /// <summary>Each score becomes the maximum over a window of <paramref name="kernel"/> neighbours (SnapKV's pooling; odd kernel, same length).</summary>
-    public ReadOnlySpan<float> MaxPool(ReadOnlySpan<float> values, int kernel)
+    public Span<float> MaxPool(ReadOnlySpan<float> values, int kernel)
     {
         Grow(ref pooled, values.Length);
         int half = kernel / 2;
