@@ -180,7 +180,7 @@ public class DecoderBatchTests
         Assert.Equal(DecodeStatus.NoKvRoom, model.Decode(batch, [cache], buffers, logits));
         Assert.Equal(20, cache.Length);
         Assert.Equal(20L * layers * heads, cache.Sequence.StoredRows);
-        Assert.Equal(0, store.ReservedFrames);
+        Assert.Equal(0, store.ReservedPages);
         batch.Clear();
         batch.AddTokens(Tokens(model, 41, 7));
         Assert.Equal(DecodeStatus.ContextFull, model.Decode(batch, [cache], buffers, logits));

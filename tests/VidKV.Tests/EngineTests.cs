@@ -97,7 +97,7 @@ public class EngineTests
             for (int h = 0; h < store.KvHeadCount; h++)
                 foreach (int page in sequence.Table(l, h).Pages)
                 {
-                    int n = store.Count(page), bytes = store.FrameBytes;
+                    int n = store.Count(page), bytes = store.PageBytes;
                     var copy = new ReadOnlySpan<byte>(store.ReadableRows(page), bytes).ToArray();
                     var positions = store.Positions(page).ToArray();
                     rows.Add([.. copy.AsSpan(0, n * store.KeyRowBytes), .. copy.AsSpan(store.PageSize * store.KeyRowBytes, n * store.ValueRowBytes),

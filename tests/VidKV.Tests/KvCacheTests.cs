@@ -437,7 +437,7 @@ public class KvCacheTests
         Assert.Null(cache.Store.ColdError);
     }
 
-    /// <summary>A background recall brings back the same rows as a direct one; cancelling or removing a page with a read in flight frees its frame.</summary>
+    /// <summary>A background recall brings back the same rows as a direct one; cancelling or removing a page with a read in flight frees its hot slot.</summary>
     [Fact]
     public void PrefetchedPagesMatchDirectRecall()
     {
@@ -460,7 +460,7 @@ public class KvCacheTests
         Assert.Equal(0, store.HotPageCount);
         for (int i = 0; i < pages.Length; i++) Assert.True(store.Prefetch(pages[i]));
         Assert.False(store.Prefetch(pages[0])); // already on its way
-        Assert.Equal(pages.Length, store.HotPageCount); // the frames being filled count as hot
+        Assert.Equal(pages.Length, store.HotPageCount); // the slots being filled count as hot
         store.CancelPrefetch(pages[1]);
         Assert.False(store.IsHot(pages[1]));
         Assert.Equal(pages.Length - 1, store.HotPageCount);
@@ -473,7 +473,7 @@ public class KvCacheTests
         }
         for (int i = 0; i < 3; i++) store.MoveCold(pages[i]);
         for (int i = 0; i < 3; i++) Assert.True(store.Prefetch(pages[i]));
-        store.Dispose(); // reads in flight finish before the frames are freed
+        store.Dispose(); // reads in flight finish before the slots are freed
         Assert.False(File.Exists(path));
 
         static float[] Rows(PagedKvStore store, int page)
@@ -977,7 +977,7 @@ public class KvCacheTests
             store.ReadKeys(table[1], before);
             store.MoveCold(table[1]);
             Assert.False(store.IsHot(table[1]));
-            Assert.Equal(store.FrameBytes, store.ColdBytes);
+            Assert.Equal(store.PageBytes, store.ColdBytes);
             var after = new float[before.Length];
             if (OperatingSystem.IsLinux())
             {

@@ -98,41 +98,41 @@ public class KvManagerTests
     }
 
     /// <summary>
-    /// Under a budget the room check is exact: <see cref="KvSequence.FramesToAppend"/> is what an append takes, a
-    /// reservation holds frames for one sequence's append against another's, an append the pool cannot hold changes
+    /// Under a budget the room check is exact: <see cref="KvSequence.PagesToAppend"/> is what an append takes, a
+    /// reservation holds slots for one sequence's append against another's, an append the pool cannot hold changes
     /// nothing, and hot pages never exceed the budget.
     /// </summary>
     [Fact]
-    public void RoomCheckReservesFramesAndTheBudgetHolds()
+    public void RoomCheckReservesPagesAndTheBudgetHolds()
     {
         var rng = new Random(11);
         const int budget = 40;
         using var store = Store(maxHotPages: budget);
         using var a = store.CreateSequence();
         using var b = store.CreateSequence();
-        Append(a, rng, 0, 20); // 2 pages per head: 12 frames
+        Append(a, rng, 0, 20); // 2 pages per head: 12 hot slots
         Assert.Equal(12, store.HotPageCount);
-        int need = a.FramesToAppend(13); // 12 in the second pages' rest, one more page per head
+        int need = a.PagesToAppend(13); // 12 in the second pages' rest, one more page per head
         Assert.Equal(6, need);
         Append(a, rng, 20, 13);
         Assert.Equal(18, store.HotPageCount);
-        Assert.Equal(Layers * Heads, b.FramesToAppend(1));
-        Assert.True(store.Reserve(b.FramesToAppend(16)));     // 6 frames for b
-        Assert.Equal(6, store.ReservedFrames);
-        Assert.Equal(18, a.FramesToAppend(48));
-        Assert.False(store.Reserve(a.FramesToAppend(48)));    // 18 + 6 + 18 > 40
+        Assert.Equal(Layers * Heads, b.PagesToAppend(1));
+        Assert.True(store.Reserve(b.PagesToAppend(16)));     // 6 slots for b
+        Assert.Equal(6, store.ReservedPages);
+        Assert.Equal(18, a.PagesToAppend(48));
+        Assert.False(store.Reserve(a.PagesToAppend(48)));    // 18 + 6 + 18 > 40
         var snapshot = Snapshot(a);
         // The reservation is for the next forward pass's appends, whichever sequence's: one layer of 140 tokens needs 24
-        // frames, and 18 hot + 24 > 40 even with the 6 reserved ones; such an append changes nothing.
+        // slots, and 18 hot + 24 > 40 even with the 6 reserved ones; such an append changes nothing.
         var k = new float[140 * Heads * D];
         Assert.False(a.Append(0, 33, 140, k, k));
         AssertSame(snapshot, Snapshot(a));
         Append(b, rng, 0, 16);                                  // takes its reservation
-        Assert.Equal(0, store.ReservedFrames);
+        Assert.Equal(0, store.ReservedPages);
         Assert.Equal(24, store.HotPageCount);
         Assert.InRange(store.HotPageCount, 0, budget);
         store.ReleaseReservation();
-        Assert.True(store.HotBudgetBytes == (long)budget * store.FrameBytes);
+        Assert.True(store.HotBudgetBytes == (long)budget * store.PageBytes);
     }
 
     /// <summary>A store keeps only the page metadata it was asked for: reading another kind is a clear error, and the bytes differ by what the kinds cost.</summary>

@@ -25,8 +25,8 @@ public abstract class KvCache : IDisposable
     /// </summary>
     public abstract void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default);
 
-    /// <summary>Hot frames appending <paramref name="tokens"/> to every layer would take (0 for a cache that is not paged).</summary>
-    public virtual int FramesToAppend(int tokens) => 0;
+    /// <summary>Hot slots appending <paramref name="tokens"/> to every layer would take (0 for a cache that is not paged).</summary>
+    public virtual int PagesToAppend(int tokens) => 0;
 
     /// <summary>
     /// Attention of <paramref name="count"/> queries ([count, heads, headDim], rotated, unscaled) at positions

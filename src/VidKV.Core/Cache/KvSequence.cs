@@ -49,19 +49,19 @@ public sealed class KvSequence : IDisposable
         }
     }
 
-    /// <summary>Hot frames appending <paramref name="tokens"/> rows to every layer and head takes (the room check before a step).</summary>
-    public int FramesToAppend(int tokens)
+    /// <summary>Hot slots appending <paramref name="tokens"/> rows to every layer and head takes (the room check before a step).</summary>
+    public int PagesToAppend(int tokens)
     {
-        int frames = 0;
-        foreach (var table in tables) frames += Store.FramesToAppend(table, tokens);
-        return frames;
+        int slots = 0;
+        foreach (var table in tables) slots += Store.PagesToAppend(table, tokens);
+        return slots;
     }
 
     /// <summary>
     /// Appends <paramref name="count"/> tokens ([count, kvHeads, headDim] f32 keys, rotated, and values) at positions
     /// <paramref name="position"/>.. to every head of <paramref name="layer"/>, with each row's video frame id
     /// (<paramref name="frameIds"/>, [count]; empty for none). Returns false, and changes nothing, when the pool has
-    /// neither reserved (<see cref="PagedKvStore.Reserve"/>) nor free frames for the new pages.
+    /// neither reserved (<see cref="PagedKvStore.Reserve"/>) nor free slots for the new pages.
     /// </summary>
     public bool Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default)
     {
@@ -70,8 +70,8 @@ public sealed class KvSequence : IDisposable
         if (keys.Length < count * kvRow || values.Length < count * kvRow) throw new ArgumentException("keys/values shorter than count × kvHeads × headDim");
         if (!frameIds.IsEmpty && frameIds.Length < count) throw new ArgumentException("fewer frame ids than tokens", nameof(frameIds));
         int needed = 0;
-        for (int h = 0; h < heads; h++) needed += Store.FramesToAppend(Table(layer, h), count);
-        if (!Store.TryTakeFrames(needed)) return false;
+        for (int h = 0; h < heads; h++) needed += Store.PagesToAppend(Table(layer, h), count);
+        if (!Store.TryTakePages(needed)) return false;
         for (int h = 0; h < heads; h++)
             Store.AppendRows(Table(layer, h), position, count, keys[(h * d)..], values[(h * d)..], kvRow, frameIds);
         return true;

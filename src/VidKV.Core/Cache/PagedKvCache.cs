@@ -109,7 +109,7 @@ public sealed unsafe class PagedKvCache : KvCache
     /// <summary>Background recalls started for pages the policies predicted, and how many of those pages were then read.</summary>
     public long PrefetchedPages { get; private set; }
     public long PrefetchHits { get; private set; }
-    /// <summary>Bytes copied back from the cold tier into hot frames, summed over all steps.</summary>
+    /// <summary>Bytes copied back from the cold tier into hot slots, summed over all steps.</summary>
     public long RecalledBytes { get; private set; }
     /// <summary>Bytes of cold pages attention read in place in the mapped cold file, summed over all steps.</summary>
     public long ColdBytesReadInPlace { get; private set; }
@@ -122,7 +122,7 @@ public sealed unsafe class PagedKvCache : KvCache
 
     public override bool Reserve(int endPosition) => endPosition <= ContextLength;
 
-    public override int FramesToAppend(int tokens) => sequence.FramesToAppend(tokens);
+    public override int PagesToAppend(int tokens) => sequence.PagesToAppend(tokens);
 
     public override void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default)
     {
@@ -205,14 +205,14 @@ public sealed unsafe class PagedKvCache : KvCache
                 {
                     long recallStart = Stopwatch.GetTimestamp();
                     if (store.IsPrefetching(page)) PrefetchHits++;
-                    if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
+                    if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no slot to recall page {page} of layer {layer} head {g}");
                     recalled[store.HeadIndex(layer, g)].Add((page, store.Generation(page)));
-                    RecalledBytes += store.FrameBytes;
+                    RecalledBytes += store.PageBytes;
                     recallTicks += Stopwatch.GetTimestamp() - recallStart;
                     rows = store.ReadableRows(page);
                     track = true;
                 }
-                else if (!store.IsHot(page)) ColdBytesReadInPlace += store.FrameBytes;
+                else if (!store.IsHot(page)) ColdBytesReadInPlace += store.PageBytes;
                 if (track)
                 {
                     if (lastRead.Length <= page) Array.Resize(ref lastRead, Math.Max(page + 1, 2 * lastRead.Length));
@@ -333,7 +333,7 @@ public sealed unsafe class PagedKvCache : KvCache
     }
 
     /// <summary>
-    /// Reads this head's newly selected cold pages back into hot frames, inside its select job so the heads' reads run
+    /// Reads this head's newly selected cold pages back into hot slots, inside its select job so the heads' reads run
     /// side by side. Pages with a background read in flight are left to <see cref="Gather"/>, which waits for them.
     /// Nothing to do when the cold tier is mapped: attention reads those pages where they are.
     /// </summary>
@@ -349,9 +349,9 @@ public sealed unsafe class PagedKvCache : KvCache
         {
             int page = table[selection.Indices[i]];
             if (store.IsHot(page) || store.IsPrefetching(page)) continue;
-            if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall page {page} of layer {layer} head {g}");
+            if (!store.Recall(page)) throw new InvalidOperationException($"KV hot tier full: no slot to recall page {page} of layer {layer} head {g}");
             list.Add((page, store.Generation(page)));
-            bytes += store.FrameBytes;
+            bytes += store.PageBytes;
         }
         if (bytes > 0) headRecallTicks[g] = Stopwatch.GetTimestamp() - start;
         headRecalledBytes[g] = bytes;

@@ -21,7 +21,7 @@ public sealed record PagedKvOptions
     public string? ColdPath { get; init; }
     /// <summary>
     /// Read cold pages in place through a read-only mapping of the cold file where the system has one (default);
-    /// false copies each selected cold page back into a hot frame first (FreeKV's recall).
+    /// false copies each selected cold page back into a hot slot first (FreeKV's recall).
     /// </summary>
     public bool MapColdTier { get; init; } = true;
     /// <summary>Bits of the per-token SimHash (ReSV) when <see cref="Metadata"/> asks for it: 1 to 64.</summary>
@@ -68,23 +68,23 @@ public enum KvMetadata
 /// <summary>
 /// The KV manager's page pool: the mechanism under every policy and every sequence. Keys (stored after RoPE) and
 /// values live in pages of <see cref="PagedKvOptions.PageSize"/> tokens of one layer and KV head; a page's rows are
-/// [keys PageSize × headDim][values PageSize × headDim] in one hot frame, so one page of one head is one contiguous
+/// [keys PageSize × headDim][values PageSize × headDim] in one hot slot, so one page of one head is one contiguous
 /// block, in RAM or in the cold file. Sequences (<see cref="KvSequence"/>) hold the page tables: per (layer, head) the
 /// pages in position order, where a row's position is its place in its sequence (the causal order attention masks
-/// by). All sequences share one pool of frames under one budget (<see cref="PagedKvOptions.MaxHotPages"/>) and one
+/// by). All sequences share one pool of slots under one budget (<see cref="PagedKvOptions.MaxHotPages"/>) and one
 /// cold tier. A page may be in several sequences' tables (after <see cref="KvSequence.Fork"/>): it counts its
 /// holders, is freed when the last lets go, and is copied before anyone changes its rows (copy-on-write); a sequence
 /// appending after a shared page starts a page of its own, so appends never copy. Pages have fixed ids whose
 /// metadata stays in RAM whatever the tier: token count, positions, frame ids, and what <see cref="KvMetadata"/>
 /// asks for. Metadata is computed from the stored (rounded) keys, so bounds hold for what attention reads. Free
-/// lists make page, frame and cold-slot allocation O(1). Running out of hot frames is a return value, and
-/// <see cref="Reserve"/> sets frames aside before a forward pass so that its appends cannot run out halfway.
+/// lists make page, slot and cold-slot allocation O(1). Running out of hot slots is a return value, and
+/// <see cref="Reserve"/> sets slots aside before a forward pass so that its appends cannot run out halfway.
 /// </summary>
 public sealed unsafe class PagedKvStore : IDisposable
 {
     /// <summary>Tokens per min/max digest block (Quest's page, LServe's logical page).</summary>
     public const int DigestBlock = 16;
-    const int FramesPerSlab = 64;
+    const int SlotsPerSlab = 64;
 
     readonly PagedKvOptions options;
     readonly int d, keyRow, valueRow, blocksPerPage;
@@ -95,23 +95,23 @@ public sealed unsafe class PagedKvStore : IDisposable
     // Page metadata, indexed by page id (struct of arrays, grown by doubling; no per-token allocation).
     int pageCapacity, pageHigh;
     readonly Stack<int> freePages = new();
-    int[] count = [], frameOf = [], coldSlotOf = [], generation = [], holders = [];
+    int[] count = [], hotSlotOf = [], coldSlotOf = [], generation = [], holders = [];
     int* positions; // [page, PageSize], native so page views can point at it
     int[] frameIds = [];
     ulong[] hashes = [];
     float[] minKeys = [], maxKeys = [], keySums = [], centres = [], radii = [], rowScores = [];
     bool[] digestValid = [];
     int[] digestStamp = [];
-    // Background recalls in flight: the ticket of the read (0 = none) and the frame it fills.
+    // Background recalls in flight: the ticket of the read (0 = none) and the slot it fills.
     long[] pendingTicket = [];
-    int[] pendingFrame = [];
+    int[] pendingSlot = [];
 
-    // Hot frames: slabs never move, so a frame's address is stable. The slab array is replaced by a larger copy when
+    // Hot slots: slabs never move, so a slot's address is stable. The slab array is replaced by a larger copy when
     // it fills (entries in use never change), so threads recalling pages can read it while another allocates.
     nint[] slabs = [];
     int slabCount;
-    readonly Stack<int> freeFrames = new();
-    int frameHigh, hotFrames, reservedFrames;
+    readonly Stack<int> freeHotSlots = new();
+    int hotSlotHigh, hotSlots, reservedPages;
     int sequences;
     readonly ColdTier? cold;
     readonly float[] rowScratch;
@@ -133,8 +133,8 @@ public sealed unsafe class PagedKvStore : IDisposable
         for (int b = 0; b < options.SimHashBits; b++)
             for (int i = 0; i < d; i++) hashColumns[i * 64 + b] = hashPlanes[b * d + i];
         rowScratch = new float[d];
-        FrameBytes = options.PageSize * (keyRow + valueRow);
-        if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, FrameBytes, options.MapColdTier);
+        PageBytes = options.PageSize * (keyRow + valueRow);
+        if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, PageBytes, options.MapColdTier);
     }
 
     public PagedKvOptions Options => options;
@@ -149,18 +149,18 @@ public sealed unsafe class PagedKvStore : IDisposable
     public int KeyRowBytes => keyRow;
     public int ValueRowBytes => valueRow;
     /// <summary>Bytes of one page of one head (keys and values).</summary>
-    public int FrameBytes { get; }
+    public int PageBytes { get; }
     /// <summary>Pages in RAM now.</summary>
-    public int HotPageCount => hotFrames;
+    public int HotPageCount => hotSlots;
     /// <summary>Pages whose only copy is in the cold file.</summary>
     public int ColdOnlyPageCount => coldOnlyPages;
     int coldOnlyPages;
-    /// <summary>Bytes of KV rows in RAM (frames in use).</summary>
-    public long HotBytes => (long)hotFrames * FrameBytes;
+    /// <summary>Bytes of KV rows in RAM (slots in use).</summary>
+    public long HotBytes => (long)hotSlots * PageBytes;
     /// <summary>Bytes of KV rows held only in the cold file.</summary>
-    public long ColdBytes => (long)ColdOnlyPageCount * FrameBytes;
-    /// <summary>Bytes allocated for frames (used or free).</summary>
-    public long AllocatedBytes => (long)slabCount * FramesPerSlab * FrameBytes;
+    public long ColdBytes => (long)ColdOnlyPageCount * PageBytes;
+    /// <summary>Bytes allocated for slots (used or free).</summary>
+    public long AllocatedBytes => (long)slabCount * SlotsPerSlab * PageBytes;
     public bool HasColdTier => cold != null;
     /// <summary>Whether cold pages are read where they lie in the mapped cold file (<see cref="ReadableRows"/>) instead of being recalled.</summary>
     public bool ReadsColdInPlace => cold?.IsMapped == true;
@@ -187,8 +187,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Pages in use (in any tier, by any sequence); a page shared by several sequences counts once.</summary>
     public int PageCount => pageHigh - freePages.Count;
 
-    /// <summary>Most bytes of KV rows in RAM at once (<see cref="PagedKvOptions.MaxHotPages"/> frames); 0 for no limit.</summary>
-    public long HotBudgetBytes => (long)options.MaxHotPages * FrameBytes;
+    /// <summary>Most bytes of KV rows in RAM at once (<see cref="PagedKvOptions.MaxHotPages"/> slots); 0 for no limit.</summary>
+    public long HotBudgetBytes => (long)options.MaxHotPages * PageBytes;
 
     /// <summary>Sequences holding the page (more than one after a fork).</summary>
     public int Holders(int page) => holders[page];
@@ -223,7 +223,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     public ReadOnlySpan<float> MaxKey(int page, int block) => Requires(KvMetadata.MinMax) ? maxKeys.AsSpan((page * blocksPerPage + block) * d, d) : default;
     /// <summary>Sum of the page's stored keys (divide by <see cref="Count"/> for the mean key).</summary>
     public ReadOnlySpan<float> KeySum(int page) => Requires(KvMetadata.KeySum) ? keySums.AsSpan(page * d, d) : default;
-    public bool IsHot(int page) => frameOf[page] >= 0;
+    public bool IsHot(int page) => hotSlotOf[page] >= 0;
     /// <summary>Changes each time the id is given to a new page, so a remembered id can tell it was freed and reused.</summary>
     public int Generation(int page) => generation[page];
     /// <summary>Changes whenever the page's keys change (rows appended or removed, id reused), so a copy of its digest can tell it went stale.</summary>
@@ -260,7 +260,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         for (int i = 0; i < d; i++) c[i] = (c[i] + hi[i]) / 2;
         r.Clear();
         byte* readable = ReadableRows(page);
-        byte[]? staging = readable != null ? null : System.Buffers.ArrayPool<byte>.Shared.Rent(FrameBytes);
+        byte[]? staging = readable != null ? null : System.Buffers.ArrayPool<byte>.Shared.Rent(PageBytes);
         try
         {
             if (readable == null) cold!.Read(coldSlotOf[page], staging);
@@ -283,30 +283,30 @@ public sealed unsafe class PagedKvStore : IDisposable
     }
 
     // ---- rows ----
-    byte* FramePointer(int frame) => (byte*)Volatile.Read(ref slabs)[frame / FramesPerSlab] + (long)(frame % FramesPerSlab) * FrameBytes;
+    byte* HotSlotPointer(int slot) => (byte*)Volatile.Read(ref slabs)[slot / SlotsPerSlab] + (long)(slot % SlotsPerSlab) * PageBytes;
 
     /// <summary>Key rows of a hot page ([PageSize, headDim] of <see cref="KeyType"/>).</summary>
-    public byte* KeyRows(int page) => FramePointer(HotFrame(page));
-    public byte* ValueRows(int page) => FramePointer(HotFrame(page)) + (long)options.PageSize * keyRow;
+    public byte* KeyRows(int page) => HotSlotPointer(HotSlot(page));
+    public byte* ValueRows(int page) => HotSlotPointer(HotSlot(page)) + (long)options.PageSize * keyRow;
     public int* PositionPointer(int page) => positions + (long)page * options.PageSize;
 
     /// <summary>
-    /// The page's rows ([keys PageSize × headDim][values PageSize × headDim]) where they can be read now: its hot frame,
+    /// The page's rows ([keys PageSize × headDim][values PageSize × headDim]) where they can be read now: its hot slot,
     /// or its slot in the mapped cold file; null for a cold page without a mapping (recall it first). A mapped slot
     /// stays valid until the page is removed or compacted.
     /// </summary>
     public byte* ReadableRows(int page)
     {
-        int frame = frameOf[page];
-        if (frame >= 0) return FramePointer(frame);
+        int slot = hotSlotOf[page];
+        if (slot >= 0) return HotSlotPointer(slot);
         return cold != null && coldSlotOf[page] >= 0 ? cold.SlotPointer(coldSlotOf[page]) : null;
     }
 
-    int HotFrame(int page)
+    int HotSlot(int page)
     {
-        int frame = frameOf[page];
-        if (frame < 0) throw new InvalidOperationException($"page {page} is in the cold tier; recall it first");
-        return frame;
+        int slot = hotSlotOf[page];
+        if (slot < 0) throw new InvalidOperationException($"page {page} is in the cold tier; recall it first");
+        return slot;
     }
 
     /// <summary>All stored keys of a page as f32 ([Count, headDim]), from either tier.</summary>
@@ -315,7 +315,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         byte* rows = ReadableRows(page);
         if (rows == null)
         {
-            coldStaging ??= new byte[FrameBytes];
+            coldStaging ??= new byte[PageBytes];
             cold!.Read(coldSlotOf[page], coldStaging);
             fixed (byte* s = coldStaging) ReadRows(s, page, destination);
             return;
@@ -338,10 +338,10 @@ public sealed unsafe class PagedKvStore : IDisposable
     // ---- append ----
 
     /// <summary>
-    /// Hot frames appending <paramref name="tokens"/> rows to <paramref name="table"/> takes: the rest of a hot last
+    /// Hot slots appending <paramref name="tokens"/> rows to <paramref name="table"/> takes: the rest of a hot last
     /// page this sequence alone holds is filled first; a cold or shared last page is left as it is.
     /// </summary>
-    public int FramesToAppend(PageTable table, int tokens)
+    public int PagesToAppend(PageTable table, int tokens)
     {
         int room = 0;
         if (table.Count > 0)
@@ -355,8 +355,8 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>
     /// Appends <paramref name="count"/> rows of one head (row t's key and value at <paramref name="keys"/>[t ·
     /// <paramref name="stride"/>..] and the same in <paramref name="values"/>, headDim f32 each) at positions
-    /// <paramref name="position"/>.. to <paramref name="table"/>. The frames must have been checked
-    /// (<see cref="TryTakeFrames"/>); positions must come after the table's last.
+    /// <paramref name="position"/>.. to <paramref name="table"/>. The slots must have been checked
+    /// (<see cref="TryTakePages"/>); positions must come after the table's last.
     /// </summary>
     internal void AppendRows(PageTable table, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int stride, ReadOnlySpan<int> frameIds)
     {
@@ -375,23 +375,23 @@ public sealed unsafe class PagedKvStore : IDisposable
         table.TokenCount += count;
     }
 
-    /// <summary>Whether the budget has room for <paramref name="frames"/> more next to what is hot, reserved and allowed to appends.</summary>
-    bool CanAllocateFrames(int frames) => options.MaxHotPages == 0 || hotFrames + reservedFrames + appendAllowance + frames <= options.MaxHotPages;
+    /// <summary>Whether the budget has room for <paramref name="slots"/> more next to what is hot, reserved and allowed to appends.</summary>
+    bool CanAllocatePages(int slots) => options.MaxHotPages == 0 || hotSlots + reservedPages + appendAllowance + slots <= options.MaxHotPages;
 
-    // Frames appends may allocate without another budget check (granted by TryTakeFrames, spent by NewPage).
+    // Slots appends may allocate without another budget check (granted by TryTakePages, spent by NewPage).
     int appendAllowance;
 
     /// <summary>
-    /// Sets aside <paramref name="frames"/> hot frames for the appends of the next forward pass, so that none of its
+    /// Sets aside <paramref name="slots"/> hot slots for the appends of the next forward pass, so that none of its
     /// layers can run out of room halfway (the room check before a step). False, and nothing set aside, when the
     /// budget cannot hold them next to what is hot and already reserved.
     /// </summary>
-    public bool Reserve(int frames)
+    public bool Reserve(int slots)
     {
-        lock (frameGate)
+        lock (slotGate)
         {
-            if (!CanAllocateFrames(frames)) return false;
-            reservedFrames += frames;
+            if (!CanAllocatePages(slots)) return false;
+            reservedPages += slots;
             return true;
         }
     }
@@ -399,21 +399,21 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Gives back what <see cref="Reserve"/> set aside and appends did not take.</summary>
     public void ReleaseReservation()
     {
-        lock (frameGate) reservedFrames = 0;
+        lock (slotGate) reservedPages = 0;
     }
 
-    /// <summary>Frames set aside by <see cref="Reserve"/> and not yet taken.</summary>
-    public int ReservedFrames => reservedFrames;
+    /// <summary>Slots set aside by <see cref="Reserve"/> and not yet taken.</summary>
+    public int ReservedPages => reservedPages;
 
-    /// <summary>Grants an append <paramref name="frames"/> new frames: from the reservation first, then from the free budget; false when neither has them.</summary>
-    internal bool TryTakeFrames(int frames)
+    /// <summary>Grants an append <paramref name="slots"/> new slots: from the reservation first, then from the free budget; false when neither has them.</summary>
+    internal bool TryTakePages(int slots)
     {
-        lock (frameGate)
+        lock (slotGate)
         {
-            int fromReservation = Math.Min(frames, reservedFrames);
-            if (!CanAllocateFrames(frames - fromReservation)) return false;
-            reservedFrames -= fromReservation;
-            appendAllowance += frames;
+            int fromReservation = Math.Min(slots, reservedPages);
+            if (!CanAllocatePages(slots - fromReservation)) return false;
+            reservedPages -= fromReservation;
+            appendAllowance += slots;
             return true;
         }
     }
@@ -421,10 +421,10 @@ public sealed unsafe class PagedKvStore : IDisposable
     void AppendRow(int page, int position, int frameId, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
         int j = count[page];
-        byte* frame = FramePointer(frameOf[page]);
-        var keyBytes = new Span<byte>(frame + (long)j * keyRow, keyRow);
+        byte* slot = HotSlotPointer(hotSlotOf[page]);
+        var keyBytes = new Span<byte>(slot + (long)j * keyRow, keyRow);
         Quantize.Row(options.KeyType, key, keyBytes);
-        Quantize.Row(options.ValueType, value, new Span<byte>(frame + (long)options.PageSize * keyRow + (long)j * valueRow, valueRow));
+        Quantize.Row(options.ValueType, value, new Span<byte>(slot + (long)options.PageSize * keyRow + (long)j * valueRow, valueRow));
         positions[(long)page * options.PageSize + j] = position;
         frameIds[page * options.PageSize + j] = frameId;
         count[page] = j + 1;
@@ -513,7 +513,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         generation[page]++;
         holders[page] = 1;
         coldSlotOf[page] = -1;
-        frameOf[page] = AllocateAppendFrame();
+        hotSlotOf[page] = AllocateAppendSlot();
         if ((metadata & KvMetadata.KeySum) != 0) keySums.AsSpan(page * d, d).Clear();
         InvalidateDigest(page);
         return page;
@@ -523,7 +523,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     {
         int capacity = Math.Max(64, pageCapacity * 2), p = options.PageSize;
         Array.Resize(ref count, capacity);
-        Array.Resize(ref frameOf, capacity);
+        Array.Resize(ref hotSlotOf, capacity);
         Array.Resize(ref coldSlotOf, capacity);
         Array.Resize(ref holders, capacity);
         Array.Resize(ref generation, capacity);
@@ -531,7 +531,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         Array.Resize(ref digestValid, capacity);
         Array.Resize(ref digestStamp, capacity);
         Array.Resize(ref pendingTicket, capacity);
-        Array.Resize(ref pendingFrame, capacity);
+        Array.Resize(ref pendingSlot, capacity);
         if ((metadata & KvMetadata.SimHash) != 0) Array.Resize(ref hashes, capacity * p);
         if ((metadata & KvMetadata.RowScores) != 0) Array.Resize(ref rowScores, capacity * p);
         if ((metadata & KvMetadata.MinMax) != 0)
@@ -554,39 +554,39 @@ public sealed unsafe class PagedKvStore : IDisposable
         (long)pageCapacity * (6 * sizeof(int) + sizeof(bool) + sizeof(long) + options.PageSize * 2 * sizeof(int))
         + (long)hashes.Length * sizeof(ulong) + 4L * (rowScores.Length + minKeys.Length + maxKeys.Length + keySums.Length + centres.Length + radii.Length);
 
-    // Frames are taken and given back under a lock: heads recall their pages concurrently (see Recall).
-    readonly object frameGate = new();
+    // Slots are taken and given back under a lock: heads recall their pages concurrently (see Recall).
+    readonly object slotGate = new();
 
-    /// <summary>A frame for an append's new page, out of what <see cref="TryTakeFrames"/> allowed (or, for a copy, the free budget).</summary>
-    int AllocateAppendFrame()
+    /// <summary>A slot for an append's new page, out of what <see cref="TryTakePages"/> allowed (or, for a copy, the free budget).</summary>
+    int AllocateAppendSlot()
     {
-        lock (frameGate)
+        lock (slotGate)
         {
             if (appendAllowance > 0) appendAllowance--;
-            else if (!CanAllocateFrames(1)) throw new InvalidOperationException($"KV hot tier full: {hotFrames} frames of {options.MaxHotPages} in use, {reservedFrames} reserved");
-            return TakeFrame();
+            else if (!CanAllocatePages(1)) throw new InvalidOperationException($"KV hot tier full: {hotSlots} slots of {options.MaxHotPages} in use, {reservedPages} reserved");
+            return TakeHotSlot();
         }
     }
 
-    bool TryAllocateFrame(out int frame)
+    bool TryAllocateHotSlot(out int slot)
     {
-        lock (frameGate)
+        lock (slotGate)
         {
-            frame = -1;
-            if (!CanAllocateFrames(1)) return false;
-            frame = TakeFrame();
+            slot = -1;
+            if (!CanAllocatePages(1)) return false;
+            slot = TakeHotSlot();
             return true;
         }
     }
 
-    /// <summary>A frame from the free list or a new slab; the caller holds <see cref="frameGate"/> and checked the budget.</summary>
-    int TakeFrame()
+    /// <summary>A slot from the free list or a new slab; the caller holds <see cref="slotGate"/> and checked the budget.</summary>
+    int TakeHotSlot()
     {
-        int frame;
-        if (freeFrames.Count > 0) frame = freeFrames.Pop();
+        int slot;
+        if (freeHotSlots.Count > 0) slot = freeHotSlots.Pop();
         else
         {
-            if (frameHigh == slabCount * FramesPerSlab)
+            if (hotSlotHigh == slabCount * SlotsPerSlab)
             {
                 if (slabCount == slabs.Length)
                 {
@@ -594,20 +594,20 @@ public sealed unsafe class PagedKvStore : IDisposable
                     slabs.AsSpan(0, slabCount).CopyTo(grown);
                     Volatile.Write(ref slabs, grown);
                 }
-                slabs[slabCount++] = (nint)NativeMemory.Alloc((nuint)((long)FramesPerSlab * FrameBytes));
+                slabs[slabCount++] = (nint)NativeMemory.Alloc((nuint)((long)SlotsPerSlab * PageBytes));
             }
-            frame = frameHigh++;
+            slot = hotSlotHigh++;
         }
-        hotFrames++;
-        return frame;
+        hotSlots++;
+        return slot;
     }
 
-    void FreeFrame(int frame)
+    void FreeHotSlot(int slot)
     {
-        lock (frameGate)
+        lock (slotGate)
         {
-            freeFrames.Push(frame);
-            hotFrames--;
+            freeHotSlots.Push(slot);
+            hotSlots--;
         }
     }
 
@@ -621,10 +621,10 @@ public sealed unsafe class PagedKvStore : IDisposable
     {
         if (--holders[page] > 0) return;
         CancelPrefetch(page);
-        if (frameOf[page] >= 0) FreeFrame(frameOf[page]);
+        if (hotSlotOf[page] >= 0) FreeHotSlot(hotSlotOf[page]);
         else Interlocked.Decrement(ref coldOnlyPages);
         if (coldSlotOf[page] >= 0) cold!.Free(coldSlotOf[page]);
-        frameOf[page] = coldSlotOf[page] = -1;
+        hotSlotOf[page] = coldSlotOf[page] = -1;
         count[page] = 0;
         freePages.Push(page);
     }
@@ -633,7 +633,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// Page <paramref name="index"/> of <paramref name="table"/>, made the table's own and hot before its rows or
     /// metadata change: a page other sequences hold too is copied into a new page (rows and metadata) that replaces it
     /// in this table only; a cold page is recalled. Returns the page id now at <paramref name="index"/>. Throws when no
-    /// hot frame is free for the copy or the recall. With <paramref name="hot"/> false a cold page this table alone
+    /// hot slot is free for the copy or the recall. With <paramref name="hot"/> false a cold page this table alone
     /// holds stays cold (for a change to its metadata only).
     /// </summary>
     public int MakeOwn(PageTable table, int index, bool hot = true)
@@ -645,19 +645,19 @@ public sealed unsafe class PagedKvStore : IDisposable
             byte[]? staging = null;
             if (source == null)
             {
-                staging = new byte[FrameBytes];
+                staging = new byte[PageBytes];
                 cold!.Read(coldSlotOf[page], staging);
             }
-            if (!CanAllocateFrames(1)) throw new InvalidOperationException($"KV hot tier full: no frame to copy shared page {page} before changing it");
+            if (!CanAllocatePages(1)) throw new InvalidOperationException($"KV hot tier full: no slot to copy shared page {page} before changing it");
             int copy = NewPage();
             fixed (byte* s = staging)
-                Buffer.MemoryCopy(source != null ? source : s, FramePointer(frameOf[copy]), FrameBytes, FrameBytes);
+                Buffer.MemoryCopy(source != null ? source : s, HotSlotPointer(hotSlotOf[copy]), PageBytes, PageBytes);
             CopyMetadata(page, copy);
             table.Replace(index, copy);
             Release(page);
             return copy;
         }
-        if (hot && !IsHot(page) && !Recall(page)) throw new InvalidOperationException($"KV hot tier full: no frame to recall cold page {page} before changing it");
+        if (hot && !IsHot(page) && !Recall(page)) throw new InvalidOperationException($"KV hot tier full: no slot to recall cold page {page} before changing it");
         return page;
     }
 
@@ -684,7 +684,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// Evicts the rows of page <paramref name="index"/> of <paramref name="table"/> that <paramref name="mask"/>
     /// selects, in either tier: a page losing every row leaves the table without being read (freed if no other
     /// sequence holds it); a cold or shared page losing some is recalled or copied to be compacted, which throws when
-    /// no hot frame is free for it.
+    /// no hot slot is free for it.
     /// </summary>
     public void Evict(PageTable table, int index, ulong mask)
     {
@@ -708,8 +708,8 @@ public sealed unsafe class PagedKvStore : IDisposable
         if (removed == 0) return;
         if (removed == n) { RemovePage(table, index); return; }
         page = MakeOwn(table, index);
-        byte* frame = FramePointer(HotFrame(page));
-        byte* values = frame + (long)options.PageSize * keyRow;
+        byte* slot = HotSlotPointer(HotSlot(page));
+        byte* values = slot + (long)options.PageSize * keyRow;
         int* pos = positions + (long)page * options.PageSize;
         int p = options.PageSize, write = 0;
         for (int j = 0; j < n; j++)
@@ -717,7 +717,7 @@ public sealed unsafe class PagedKvStore : IDisposable
             if ((removeMask >> j & 1) != 0) continue;
             if (write != j)
             {
-                Buffer.MemoryCopy(frame + (long)j * keyRow, frame + (long)write * keyRow, keyRow, keyRow);
+                Buffer.MemoryCopy(slot + (long)j * keyRow, slot + (long)write * keyRow, keyRow, keyRow);
                 Buffer.MemoryCopy(values + (long)j * valueRow, values + (long)write * valueRow, valueRow, valueRow);
                 pos[write] = pos[j];
                 frameIds[page * p + write] = frameIds[page * p + j];
@@ -774,29 +774,29 @@ public sealed unsafe class PagedKvStore : IDisposable
 
     /// <summary>
     /// Moves a page to the cold tier: its rows are written to the cold file (unless a clean copy is there) and its hot
-    /// frame is freed; metadata stays in RAM. Throws <see cref="IOException"/> naming the file when the write fails;
+    /// slot is freed; metadata stays in RAM. Throws <see cref="IOException"/> naming the file when the write fails;
     /// the page then stays hot and nothing is lost.
     /// </summary>
     public void MoveCold(int page)
     {
         if (cold == null) throw new InvalidOperationException("this store has no cold tier (set ColdPath)");
-        int frame = HotFrame(page);
+        int hot = HotSlot(page);
         // While the rows are in RAM: scoring a cold page then reads nothing.
         if ((metadata & KvMetadata.Digest) == KvMetadata.Digest && !digestValid[page]) ComputeDigest(page);
         if (coldSlotOf[page] < 0)
         {
             int slot = cold.Allocate();
-            try { cold.Write(slot, new ReadOnlySpan<byte>(FramePointer(frame), FrameBytes)); }
+            try { cold.Write(slot, new ReadOnlySpan<byte>(HotSlotPointer(hot), PageBytes)); }
             catch { cold.Free(slot); throw; }
             coldSlotOf[page] = slot;
         }
-        FreeFrame(frame);
-        frameOf[page] = -1;
+        FreeHotSlot(hot);
+        hotSlotOf[page] = -1;
         Interlocked.Increment(ref coldOnlyPages);
     }
 
     /// <summary>
-    /// Brings a cold page back into a hot frame (keeping its clean cold copy); false when no frame is free. A page with
+    /// Brings a cold page back into a hot slot (keeping its clean cold copy); false when no slot is free. A page with
     /// a <see cref="Prefetch"/> in flight waits for that read instead of reading again. Distinct pages that are not
     /// being prefetched may be recalled from several threads at once (the heads of a layer do).
     /// </summary>
@@ -806,47 +806,47 @@ public sealed unsafe class PagedKvStore : IDisposable
         if (pendingTicket[page] != 0)
         {
             long ticket = pendingTicket[page];
-            int pending = pendingFrame[page];
+            int pending = pendingSlot[page];
             pendingTicket[page] = 0;
             try { cold!.Wait(ticket); }
-            catch (IOException) { FreeFrame(pending); throw; }
-            frameOf[page] = pending;
+            catch (IOException) { FreeHotSlot(pending); throw; }
+            hotSlotOf[page] = pending;
             Interlocked.Decrement(ref coldOnlyPages);
             return true;
         }
-        if (!TryAllocateFrame(out int frame)) return false;
-        try { cold!.Read(coldSlotOf[page], new Span<byte>(FramePointer(frame), FrameBytes)); }
-        catch { FreeFrame(frame); throw; }
-        frameOf[page] = frame;
+        if (!TryAllocateHotSlot(out int slot)) return false;
+        try { cold!.Read(coldSlotOf[page], new Span<byte>(HotSlotPointer(slot), PageBytes)); }
+        catch { FreeHotSlot(slot); throw; }
+        hotSlotOf[page] = slot;
         Interlocked.Decrement(ref coldOnlyPages);
         return true;
     }
 
     /// <summary>
-    /// Starts reading a cold page back on the cold tier's background thread into a newly allocated frame (which counts
-    /// as hot from now on); <see cref="Recall"/> later waits for it, or <see cref="CancelPrefetch"/> gives the frame
+    /// Starts reading a cold page back on the cold tier's background thread into a newly allocated slot (which counts
+    /// as hot from now on); <see cref="Recall"/> later waits for it, or <see cref="CancelPrefetch"/> gives the slot
     /// back. False (and nothing started) when the page is hot, already on its way, read in place (mapped cold tier), or
-    /// no frame is free.
+    /// no slot is free.
     /// </summary>
     public bool Prefetch(int page)
     {
-        if (cold == null || cold.IsMapped || IsHot(page) || pendingTicket[page] != 0 || !TryAllocateFrame(out int frame)) return false;
-        pendingFrame[page] = frame;
-        pendingTicket[page] = cold.ReadAsync(coldSlotOf[page], FramePointer(frame));
+        if (cold == null || cold.IsMapped || IsHot(page) || pendingTicket[page] != 0 || !TryAllocateHotSlot(out int slot)) return false;
+        pendingSlot[page] = slot;
+        pendingTicket[page] = cold.ReadAsync(coldSlotOf[page], HotSlotPointer(slot));
         return true;
     }
 
     /// <summary>Whether a <see cref="Prefetch"/> of the page is in flight (not yet recalled or cancelled).</summary>
     public bool IsPrefetching(int page) => pendingTicket[page] != 0;
 
-    /// <summary>Drops an unused prefetch: waits for its read to finish (the frame is being written) and frees the frame; the page stays cold.</summary>
+    /// <summary>Drops an unused prefetch: waits for its read to finish (the slot is being written) and frees the slot; the page stays cold.</summary>
     public void CancelPrefetch(int page)
     {
         if (pendingTicket[page] == 0) return;
         try { cold!.Wait(pendingTicket[page]); }
         catch (IOException) { } // the page is still cold and intact; nothing was lost
         pendingTicket[page] = 0;
-        FreeFrame(pendingFrame[page]);
+        FreeHotSlot(pendingSlot[page]);
     }
 
     /// <summary>Set when a cold write failed (the message names the file and offset); pages then stay in RAM.</summary>
@@ -869,7 +869,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     {
         if (disposed) return;
         disposed = true;
-        cold?.Dispose(); // first: its reader thread may still be filling a frame
+        cold?.Dispose(); // first: its reader thread may still be filling a slot
         for (int i = 0; i < slabCount; i++) NativeMemory.Free((void*)slabs[i]);
         slabs = [];
         slabCount = 0;

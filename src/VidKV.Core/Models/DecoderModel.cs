@@ -168,8 +168,8 @@ public sealed unsafe class DecoderModel : IDisposable
     /// sequence's rows appended to its cache, <paramref name="sequences"/>[<see cref="DecoderBatch.Sequence"/>], and
     /// attending causally over it), then the output head for the rows that need logits only:
     /// <paramref name="logits"/> [<see cref="DecoderBatch.LogitRows"/>, vocab] in row order. Before any work it checks
-    /// that each sequence stays within its context and that the KV pools can hold the new pages, setting those frames
-    /// aside (<see cref="PagedKvStore.Reserve"/>); if not it returns the status and changes nothing. Should a layer
+    /// that each sequence stays within its context and that the KV pools can hold the new pages, setting those pages'
+    /// slots aside (<see cref="PagedKvStore.Reserve"/>); if not it returns the status and changes nothing. Should a layer
     /// still fail, every sequence is cut back to its length before the batch and the exception goes on.
     /// </summary>
     public DecodeStatus Decode(DecoderBatch batch, IReadOnlyList<KvCache> sequences, Activations buffers, Span<float> logits, ForwardProfile? profile = null)
@@ -187,7 +187,7 @@ public sealed unsafe class DecoderModel : IDisposable
         var runList = RunsOf(batch, sequences);
         foreach (var run in runList)
             if (!run.Cache.Reserve(run.Start + run.Count)) return DecodeStatus.ContextFull;
-        if (!ReserveFrames(runList)) return DecodeStatus.NoKvRoom;
+        if (!ReservePages(runList)) return DecodeStatus.NoKvRoom;
 
         Span<float> x = buffers.X(n * e), h = buffers.H(n * e);
         var places = buffers.Places(n);
@@ -269,8 +269,8 @@ public sealed unsafe class DecoderModel : IDisposable
 
     readonly List<AttentionRun> runScratch = [];
 
-    /// <summary>Sets aside the hot frames the runs' appends take, per KV pool; false (nothing set aside) when a pool's budget cannot hold them.</summary>
-    static bool ReserveFrames(List<AttentionRun> runs)
+    /// <summary>Sets aside the hot slots the runs' appends take, per KV pool; false (nothing set aside) when a pool's budget cannot hold them.</summary>
+    static bool ReservePages(List<AttentionRun> runs)
     {
         for (int i = 0; i < runs.Count; i++)
         {
@@ -279,10 +279,10 @@ public sealed unsafe class DecoderModel : IDisposable
             bool first = true;
             for (int j = 0; j < i && first; j++) first = (runs[j].Cache as PagedKvCache)?.Store != store;
             if (!first) continue; // counted with the pool's first run
-            int frames = 0;
+            int pages = 0;
             for (int j = i; j < runs.Count; j++)
-                if ((runs[j].Cache as PagedKvCache)?.Store == store) frames += runs[j].Cache.FramesToAppend(runs[j].Count);
-            if (!store.Reserve(frames))
+                if ((runs[j].Cache as PagedKvCache)?.Store == store) pages += runs[j].Cache.PagesToAppend(runs[j].Count);
+            if (!store.Reserve(pages))
             {
                 for (int j = 0; j < i; j++) (runs[j].Cache as PagedKvCache)?.Store.ReleaseReservation();
                 return false;
