@@ -1,8 +1,12 @@
-using System.Text.RegularExpressions;
+using System.Xml.Linq;
 
 namespace VidKV.Tests;
 
-/// <summary>The layers of DESIGN.md reference only downward; a file that reaches up or sideways fails here.</summary>
+/// <summary>
+/// The layers of DESIGN.md are one assembly each, referencing only the layers below them and without transitive
+/// references, so the compiler rejects any reach up or sideways (relative namespace references included). This test
+/// keeps the project files equal to the table.
+/// </summary>
 public class LayeringTests
 {
     static readonly Dictionary<string, string[]> Allowed = new()
@@ -16,25 +20,19 @@ public class LayeringTests
     };
 
     [Fact]
-    public void LayersOnlyReferenceDownward()
+    public void EachLayerIsAnAssemblyReferencingOnlyTheLayersBelow()
     {
-        string core = Path.Combine(TestData.RepositoryRoot, "src", "VidKV.Core");
-        var violations = new List<string>();
-        var folders = Directory.GetDirectories(core).Select(Path.GetFileName).Where(f => f is not ("bin" or "obj")).ToArray();
-        Assert.Equal(Allowed.Keys.Order(), folders.Order());
+        string src = Path.Combine(TestData.RepositoryRoot, "src");
+        var layers = Directory.GetDirectories(src).Select(Path.GetFileName).Where(d => d!.StartsWith("VidKV.", StringComparison.Ordinal) && d != "VidKV.Cli")
+            .Select(d => d!["VidKV.".Length..]).Order().ToArray();
+        Assert.Equal(Allowed.Keys.Order(), layers);
         foreach (var (layer, allowed) in Allowed)
         {
-            foreach (string file in Directory.EnumerateFiles(Path.Combine(core, layer), "*.cs", SearchOption.AllDirectories))
-            {
-                string text = File.ReadAllText(file);
-                foreach (Match m in Regex.Matches(text, @"\bVidKV\.(\w+)"))
-                {
-                    string target = m.Groups[1].Value;
-                    if (target != layer && Allowed.ContainsKey(target) && !allowed.Contains(target))
-                        violations.Add($"{Path.GetRelativePath(core, file)} references {target}");
-                }
-            }
+            var project = XDocument.Load(Path.Combine(src, $"VidKV.{layer}", $"VidKV.{layer}.csproj"));
+            var references = project.Descendants("ProjectReference").Select(r => Path.GetFileNameWithoutExtension(r.Attribute("Include")!.Value.Replace('\\', '/'))["VidKV.".Length..]);
+            Assert.Equal(allowed.Order(), references.Order());
         }
-        Assert.True(violations.Count == 0, string.Join("\n", violations.Distinct()));
+        var props = XDocument.Load(Path.Combine(src, "Directory.Build.props"));
+        Assert.Equal("true", props.Descendants("DisableTransitiveProjectReferences").Single().Value);
     }
 }
