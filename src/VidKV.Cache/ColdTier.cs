@@ -16,7 +16,7 @@ namespace VidKV.Cache;
 /// (FreeKV's asynchronous recall: the caller gets a ticket and waits on it only when it needs the page).
 /// The file is deleted on dispose.
 /// </summary>
-public sealed unsafe partial class ColdTier : IDisposable
+internal sealed unsafe partial class ColdTier : IDisposable
 {
     /// <summary>Address space reserved for the read-only mapping of the file: slots past it are read with pread.</summary>
     public const long MappedBytes = 1L << 40;

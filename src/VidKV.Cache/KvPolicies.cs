@@ -11,7 +11,7 @@ public sealed class KvConfigException(string message) : ArgumentException(messag
 /// compose. The names, options and defaults are the registry's (<see cref="All"/>, in KvPolicyRegistry.cs). A budget
 /// given on the command line or in a config fills in any policy's missing budget.
 /// </summary>
-public static partial class KvPolicies
+internal static partial class KvPolicies
 {
     /// <summary>The registered policy <paramref name="name"/> (or one of its aliases; case-insensitive), or null.</summary>
     public static KvPolicyDescriptor? Find(string name)

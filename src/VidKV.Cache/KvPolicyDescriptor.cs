@@ -10,7 +10,7 @@ namespace VidKV.Cache;
 /// </summary>
 /// <param name="create">builds the policy from values already parsed and checked against <paramref name="options"/>;
 /// an <see cref="ArgumentOutOfRangeException"/> it throws becomes a <see cref="KvConfigException"/> naming the policy</param>
-public sealed class KvPolicyDescriptor(string name, string doc, IReadOnlyList<KvPolicyOption> options, Func<KvPolicyArguments, KvPolicy> create)
+internal sealed class KvPolicyDescriptor(string name, string doc, IReadOnlyList<KvPolicyOption> options, Func<KvPolicyArguments, KvPolicy> create)
 {
     public string Name { get; } = name;
     /// <summary>Other names a spec may use for this policy.</summary>
@@ -35,13 +35,13 @@ public sealed class KvPolicyDescriptor(string name, string doc, IReadOnlyList<Kv
 }
 
 /// <summary>What an option's value is: an integer, a number, an on/off/auto switch, or text (a file name).</summary>
-public enum KvOptionKind { Int, Float, Switch, String }
+internal enum KvOptionKind { Int, Float, Switch, String }
 
 /// <summary>
 /// One option of a policy: its name, kind, what an absent option means (a constant, a value derived from the budget
 /// or from another option, the policy's own rule, or nothing: required) and one line of doc.
 /// </summary>
-public sealed class KvPolicyOption
+internal sealed class KvPolicyOption
 {
     readonly Func<KvPolicyArguments, object?>? fallback;
     readonly bool mayBeAbsent;
@@ -133,7 +133,7 @@ public sealed class KvPolicyOption
 /// The option values a policy's factory gets: every option of its descriptor, given in the spec or defaulted. Unknown
 /// options, values of the wrong kind and missing required options were reported before the factory runs.
 /// </summary>
-public sealed class KvPolicyArguments
+internal sealed class KvPolicyArguments
 {
     readonly KvPolicyDescriptor descriptor;
     readonly Dictionary<string, object?> values = [];

@@ -1,6 +1,6 @@
 namespace VidKV.Cache;
 
-public static partial class KvPolicies
+internal static partial class KvPolicies
 {
     /// <summary>
     /// Every policy a spec can name, in the order help and the README list them. Adding a policy is its file (the

@@ -17,7 +17,7 @@ public struct KvPhaseTimes
 }
 
 /// <summary>Sees one (layer, KV head) step: its queries and the rows attention read.</summary>
-public delegate void KvObserver(in KvStep step, ReadOnlySpan<KvPageView> read);
+internal delegate void KvObserver(in KvStep step, ReadOnlySpan<KvPageView> read);
 
 /// <summary>
 /// A decoder's KV cache over a <see cref="PagedKvStore"/> (mechanism) run by a <see cref="KvPolicyMap"/> (policy):
@@ -118,7 +118,7 @@ public sealed unsafe class PagedKvCache : KvCache
     public KvPhaseTimes Times;
 
     /// <summary>Called after every (layer, KV head) attention with the group's queries and what was read, for evaluation tools.</summary>
-    public KvObserver? Observer { get; set; }
+    internal KvObserver? Observer { get; set; }
 
     public override bool Reserve(int endPosition) => endPosition <= ContextLength;
 

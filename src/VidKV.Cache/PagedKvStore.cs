@@ -286,16 +286,16 @@ public sealed unsafe class PagedKvStore : IDisposable
     byte* HotSlotPointer(int slot) => (byte*)Volatile.Read(ref slabs)[slot / SlotsPerSlab] + (long)(slot % SlotsPerSlab) * PageBytes;
 
     /// <summary>Key rows of a hot page ([PageSize, headDim] of <see cref="KeyType"/>).</summary>
-    public byte* KeyRows(int page) => HotSlotPointer(HotSlot(page));
-    public byte* ValueRows(int page) => HotSlotPointer(HotSlot(page)) + (long)options.PageSize * keyRow;
-    public int* PositionPointer(int page) => positions + (long)page * options.PageSize;
+    internal byte* KeyRows(int page) => HotSlotPointer(HotSlot(page));
+    internal byte* ValueRows(int page) => HotSlotPointer(HotSlot(page)) + (long)options.PageSize * keyRow;
+    internal int* PositionPointer(int page) => positions + (long)page * options.PageSize;
 
     /// <summary>
     /// The page's rows ([keys PageSize × headDim][values PageSize × headDim]) where they can be read now: its hot slot,
     /// or its slot in the mapped cold file; null for a cold page without a mapping (recall it first). A mapped slot
     /// stays valid until the page is removed or compacted.
     /// </summary>
-    public byte* ReadableRows(int page)
+    internal byte* ReadableRows(int page)
     {
         int slot = hotSlotOf[page];
         if (slot >= 0) return HotSlotPointer(slot);

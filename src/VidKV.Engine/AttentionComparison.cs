@@ -7,7 +7,7 @@ namespace VidKV.Engine;
 /// restricted to a subset of the rows: the measures ALGORITHMS.md judges policies by — attention recall
 /// R(S) = Σ_{i∈S} p_i and relative output error ‖o_S − o‖ / ‖o‖. For evaluation tools, not the decode path.
 /// </summary>
-public static class AttentionComparison
+internal static class AttentionComparison
 {
     /// <summary>Appends one recall and one error per query head of <paramref name="queries"/> ([group, headDim]).</summary>
     /// <param name="keep">whether the row at an original position is in the subset</param>

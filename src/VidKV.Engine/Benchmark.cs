@@ -5,7 +5,7 @@ using VidKV.Tensors;
 namespace VidKV.Engine;
 
 /// <summary>One row of a benchmark: a test (ppN or tgN) at a depth and thread count, repeated.</summary>
-public sealed record BenchmarkResult(string Model, string Type, string Test, int Depth, int Threads, int Repetitions,
+internal sealed record BenchmarkResult(string Model, string Type, string Test, int Depth, int Threads, int Repetitions,
     double TokensPerSecond, double TokensPerSecondSd, double[] Samples, long PeakRssBytes, long KvBytes)
 {
     /// <summary>KV policy of the cache ("full" for the default cache).</summary>
@@ -45,7 +45,7 @@ public sealed record BenchmarkResult(string Model, string Type, string Test, int
 /// turns across them (the first cache's sample, the second's, …, then the next round), so on a machine whose speed
 /// drifts by tens of percent within minutes the rows of one run are compared under the same conditions.
 /// </summary>
-public static class Benchmark
+internal static class Benchmark
 {
     public static IEnumerable<BenchmarkResult> Run(DecoderModel model, string modelName, int promptTokens, int generatedTokens,
         IReadOnlyList<int> depths, IReadOnlyList<int> threadCounts, int repetitions, GgmlType keyType = GgmlType.F16,

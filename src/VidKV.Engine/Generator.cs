@@ -4,10 +4,10 @@ using VidKV.Models;
 namespace VidKV.Engine;
 
 /// <summary>One generated token: its id and the exact bytes it stands for.</summary>
-public readonly record struct GeneratedToken(int Id, byte[] Piece, bool IsEndOfGeneration);
+internal readonly record struct GeneratedToken(int Id, byte[] Piece, bool IsEndOfGeneration);
 
 /// <summary>Timing of one generation, in llama.cpp's terms (prompt eval vs eval).</summary>
-public sealed class GenerationStats
+internal sealed class GenerationStats
 {
     public int PromptTokens { get; set; }
     public TimeSpan PromptTime { get; set; }
@@ -18,7 +18,7 @@ public sealed class GenerationStats
 }
 
 /// <summary>Prefill then token-by-token decode over a <see cref="DecoderState"/>.</summary>
-public static class Generator
+internal static class Generator
 {
     /// <summary>Prompt tokens go through the model in batches of this many.</summary>
     public const int DefaultBatchSize = 512;

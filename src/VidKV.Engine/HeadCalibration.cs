@@ -11,7 +11,7 @@ namespace VidKV.Engine;
 /// output error ‖o_stream − o‖ / ‖o‖ over its query heads and those steps: heads that lose the most by streaming
 /// are the retrieval heads. Heads are judged one at a time on the full run, so the scores do not depend on each other.
 /// </summary>
-public static class HeadCalibration
+internal static class HeadCalibration
 {
     /// <returns>[layers, kvHeads] scores, higher = more retrieval</returns>
     public static float[,] Run(DecoderModel model, string text, int contextLength, int sinks = 64, int recent = 256, int maxChunks = 0,

@@ -5,7 +5,7 @@ using VidKV.Tensors;
 namespace VidKV.Engine;
 
 /// <summary>One row of <see cref="KvEvaluation"/>: a policy at a budget against the full cache.</summary>
-public sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, double Perplexity, double PerplexityRatio, double KlDivergence,
+internal sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, double Perplexity, double PerplexityRatio, double KlDivergence,
     double Top1Agreement, double? RecallMean, double? RecallP5, double? OutputErrorMean, double BytesPerStep, double KeptTokensPerHead);
 
 /// <summary>
@@ -22,7 +22,7 @@ public sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, doub
 /// two prefills and a few hundred decode steps per policy, not 8192 steps). Full's own row runs one cache: its
 /// numbers against itself are exact by definition (KL 0, top-1 agreement 1).
 /// </summary>
-public static class KvEvaluation
+internal static class KvEvaluation
 {
     public static List<KvEvaluationRow> Run(DecoderModel model, string text, int contextLength, IReadOnlyList<string> policies,
         IReadOnlyList<int> budgets, int pageSize = 16, GgmlType type = GgmlType.F16, int maxChunks = 0, Action<string>? progress = null, bool attentionMetrics = true,

@@ -4,7 +4,7 @@ using VidKV.Tensors;
 namespace VidKV.Engine;
 
 /// <summary>Result of <see cref="Perplexity.Evaluate"/>: final perplexity, its ± and the running value after each chunk.</summary>
-public sealed record PerplexityResult(int ContextLength, int ChunkCount, int ScoredTokensPerChunk, int TokenCount,
+internal sealed record PerplexityResult(int ContextLength, int ChunkCount, int ScoredTokensPerChunk, int TokenCount,
     double Value, double PlusMinus, double[] RunningAfterChunk);
 
 /// <summary>
@@ -13,7 +13,7 @@ public sealed record PerplexityResult(int ContextLength, int ChunkCount, int Sco
 /// adds BOS, decode each chunk from an empty cache, and score only the second half: predictions of tokens
 /// ctx/2+1 .. ctx−1. NLL accumulates in f64.
 /// </summary>
-public static class Perplexity
+internal static class Perplexity
 {
     public static PerplexityResult Evaluate(DecoderModel model, string text, int contextLength, int batchSize = Generator.DefaultBatchSize,
         Action<int, double>? onChunk = null, GgmlType cacheType = GgmlType.F16, CancellationToken cancellation = default)

@@ -25,7 +25,7 @@ public sealed record SamplingOptions
 /// Picks the next token from logits with llama.cpp's chain order: repetition penalty → top-k → top-p → min-p →
 /// temperature → draw. Buffers are allocated once per vocabulary size, so sampling allocates nothing per token.
 /// </summary>
-public sealed class Sampler
+internal sealed class Sampler
 {
     readonly SamplingOptions options;
     readonly Random random;

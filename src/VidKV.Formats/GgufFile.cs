@@ -5,7 +5,7 @@ using VidKV.Tensors;
 namespace VidKV.Formats;
 
 /// <summary>One tensor of a GGUF file: name, shape (ne0 first, the contiguous dimension) and where its data lies.</summary>
-public sealed record GgufTensorInfo(string Name, long[] Shape, GgmlType Type, long Offset, long ByteCount)
+internal sealed record GgufTensorInfo(string Name, long[] Shape, GgmlType Type, long Offset, long ByteCount)
 {
     public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
 }
@@ -15,7 +15,7 @@ public sealed record GgufTensorInfo(string Name, long[] Shape, GgmlType Type, lo
 /// mapping. Every structural problem is reported as a <see cref="ModelFormatException"/> naming the file and the
 /// offset or tensor. Dispose to unmap.
 /// </summary>
-public sealed unsafe class GgufFile : IDisposable
+internal sealed unsafe class GgufFile : IDisposable
 {
     /// <summary>"GGUF" read as a little-endian u32.</summary>
     public const uint Magic = 0x46554747;

@@ -3,7 +3,7 @@ using System.Globalization;
 namespace VidKV.Formats;
 
 /// <summary>GGUF metadata value types, numbered as in the file format.</summary>
-public enum GgufValueType : uint
+internal enum GgufValueType : uint
 {
     UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7,
     String = 8, Array = 9, UInt64 = 10, Int64 = 11, Float64 = 12,
@@ -13,7 +13,7 @@ public enum GgufValueType : uint
 /// One GGUF metadata value. Scalars are boxed .NET primitives (byte, sbyte, ushort, short, uint, int, float, bool,
 /// string, ulong, long, double); an array is a <see cref="GgufArray"/>.
 /// </summary>
-public sealed class GgufValue(GgufValueType type, object value)
+internal sealed class GgufValue(GgufValueType type, object value)
 {
     public GgufValueType Type { get; } = type;
     public object Value { get; } = value;
@@ -59,7 +59,7 @@ public sealed class GgufValue(GgufValueType type, object value)
 /// <summary>
 /// A GGUF array: elements of one type, held as a typed .NET array (string[], float[], int[], ...; nested arrays as GgufArray[]).
 /// </summary>
-public sealed class GgufArray(GgufValueType elementType, Array items)
+internal sealed class GgufArray(GgufValueType elementType, Array items)
 {
     public GgufValueType ElementType { get; } = elementType;
     public Array Items { get; } = items;

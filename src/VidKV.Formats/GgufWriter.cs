@@ -8,7 +8,7 @@ namespace VidKV.Formats;
 /// data, each tensor aligned to <c>general.alignment</c> (default <see cref="GgufFile.DefaultAlignment"/>). Tensor data
 /// is produced by a callback at write time, so multi-gigabyte random models never sit in memory whole.
 /// </summary>
-public sealed class GgufWriter
+internal sealed class GgufWriter
 {
     readonly List<KeyValuePair<string, GgufValue>> metadata = [];
     readonly List<(string Name, GgmlType Type, long[] Shape, long Bytes, Action<Stream> Write)> tensors = [];

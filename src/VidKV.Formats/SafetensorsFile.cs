@@ -5,7 +5,7 @@ using VidKV.Tensors;
 namespace VidKV.Formats;
 
 /// <summary>One tensor of a safetensors file. <see cref="Shape"/> is row-major as stored ([rows, columns] for a matrix).</summary>
-public sealed record SafetensorsTensorInfo(string Name, GgmlType Type, long[] Shape, long Begin, long End)
+internal sealed record SafetensorsTensorInfo(string Name, GgmlType Type, long[] Shape, long Begin, long End)
 {
     public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
 }
@@ -15,7 +15,7 @@ public sealed record SafetensorsTensorInfo(string Name, GgmlType Type, long[] Sh
 /// <c>{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}</c>, then the data. F32, F16 and BF16
 /// tensors are supported; problems are <see cref="ModelFormatException"/>s naming the file and the tensor or offset.
 /// </summary>
-public sealed unsafe class SafetensorsFile : IDisposable
+internal sealed unsafe class SafetensorsFile : IDisposable
 {
     readonly MemoryMappedFile map;
     readonly MemoryMappedViewAccessor view;

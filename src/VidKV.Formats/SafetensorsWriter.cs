@@ -6,7 +6,7 @@ using VidKV.Tensors;
 namespace VidKV.Formats;
 
 /// <summary>Writes safetensors files (F32, F16, BF16), for tests and conversions.</summary>
-public sealed class SafetensorsWriter
+internal sealed class SafetensorsWriter
 {
     readonly List<(string Name, GgmlType Type, long[] Shape, byte[] Data)> tensors = [];
 

@@ -8,7 +8,7 @@ namespace VidKV.Models;
 /// (<see cref="DecoderModel"/>); they differ in RoPE pairing as stored in GGUF (llama.cpp's LLAMA_ROPE_TYPE_NORM vs
 /// NEOX) and in q/k/v biases, which are found by tensor presence.
 /// </summary>
-public static class Architectures
+internal static class Architectures
 {
     static readonly Dictionary<string, RopeMode> GgufRopeModes = new()
     {

@@ -40,7 +40,7 @@ public sealed unsafe class DecoderModel : IDisposable
     /// rows interleaved by 16 with AVX-512BW; see <see cref="WeightMatrix.Interleave"/>), as llama.cpp's runtime
     /// repack; false keeps every matrix as stored (llama-bench's <c>--no-repack</c>).
     /// </param>
-    public DecoderModel(ModelConfig config, IWeightSource weights, Vocabulary vocabulary, bool repack = true)
+    internal DecoderModel(ModelConfig config, IWeightSource weights, Vocabulary vocabulary, bool repack = true)
     {
         Config = config;
         this.weights = weights;
@@ -121,14 +121,14 @@ public sealed unsafe class DecoderModel : IDisposable
     /// cache (32-token pages) that keeps every token (<see cref="FullPolicy"/>). Keys and values are f16 by default
     /// (llama.cpp's default; logits move by up to ~1e-2), f32 (bit-for-bit the precise path) or q8_0.
     /// </summary>
-    public DecoderState CreateState(int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16)
+    internal DecoderState CreateState(int contextLength, GgmlType keyType = GgmlType.F16, GgmlType valueType = GgmlType.F16)
     {
         var store = new PagedKvStore(PagedOptions() with { KeyType = keyType, ValueType = valueType });
         return new(this, new PagedKvCache(store, new KvPolicyMap(Config.LayerCount, Config.KvHeadCount, new FullPolicy()), contextLength));
     }
 
     /// <summary>A state over a given cache (a <see cref="PagedKvCache"/> with policies, for one); the state owns and disposes it.</summary>
-    public DecoderState CreateState(KvCache cache) => new(this, cache);
+    internal DecoderState CreateState(KvCache cache) => new(this, cache);
 
     /// <summary>Weight bytes one decoded token reads: every layer matrix and the output matrix once (what bounds decode).</summary>
     public long WeightBytesPerToken => Matrices().Sum(m => (long)m.RowBytes * m.Rows);
@@ -148,7 +148,7 @@ public sealed unsafe class DecoderModel : IDisposable
     /// writes logits: [tokens.Length, vocab] when <paramref name="allLogits"/>, else [vocab] for the last token. Throws
     /// when the context or the KV budget is full (nothing is then changed); <see cref="Decode"/> returns that instead.
     /// </summary>
-    public void Forward(DecoderState state, ReadOnlySpan<int> tokens, Span<float> logits, bool allLogits = false)
+    internal void Forward(DecoderState state, ReadOnlySpan<int> tokens, Span<float> logits, bool allLogits = false)
     {
         if (tokens.Length == 0) return;
         var batch = state.Batch;
@@ -302,7 +302,7 @@ public sealed unsafe class DecoderModel : IDisposable
 /// One sequence's state for the single-sequence helpers (<see cref="DecoderModel.Forward"/>, generation, benchmarks):
 /// its KV cache (native memory, freed by Dispose), activation buffers, a reusable batch and the phase times.
 /// </summary>
-public sealed class DecoderState : IDisposable
+internal sealed class DecoderState : IDisposable
 {
     internal DecoderState(DecoderModel model, KvCache cache)
     {

@@ -4,7 +4,7 @@ using VidKV.Tensors;
 namespace VidKV.Models;
 
 /// <summary>Weights served straight from a memory-mapped GGUF file.</summary>
-public sealed unsafe class GgufWeights(GgufFile file) : IWeightSource
+internal sealed unsafe class GgufWeights(GgufFile file) : IWeightSource
 {
     public GgufFile File { get; } = file;
     public string Path => File.Path;

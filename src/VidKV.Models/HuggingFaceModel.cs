@@ -10,7 +10,7 @@ namespace VidKV.Models;
 /// and <c>model.safetensors</c> or the shards listed in <c>model.safetensors.index.json</c>. Llama and Qwen2 checkpoints
 /// keep Q/K in HF's layout, which pairs RoPE dimensions NeoX-style.
 /// </summary>
-public static class HuggingFaceModel
+internal static class HuggingFaceModel
 {
     /// <summary>
     /// Loads the checkpoint in <paramref name="folder"/>; <paramref name="repack"/> as for a GGUF file (see
@@ -72,7 +72,7 @@ public static class HuggingFaceModel
 /// <summary>
 /// Safetensors shards served under GGUF tensor names (<c>blk.3.attn_q.weight</c> → <c>model.layers.3.self_attn.q_proj.weight</c>).
 /// </summary>
-public sealed unsafe class SafetensorsWeights : IWeightSource
+internal sealed unsafe class SafetensorsWeights : IWeightSource
 {
     readonly List<SafetensorsFile> files = [];
     readonly Dictionary<string, (SafetensorsFile File, SafetensorsTensorInfo Tensor)> byName = [];

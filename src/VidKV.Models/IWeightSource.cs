@@ -6,7 +6,7 @@ namespace VidKV.Models;
 /// Named weights of a model file, addressed by GGUF tensor names (<c>token_embd.weight</c>, <c>blk.3.attn_q.weight</c>).
 /// Matrices stay in their stored dtype; 1-D tensors (norms, biases) are read as f32.
 /// </summary>
-public interface IWeightSource : IDisposable
+internal interface IWeightSource : IDisposable
 {
     /// <summary>The file or folder the weights come from, for messages.</summary>
     string Path { get; }

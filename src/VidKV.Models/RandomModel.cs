@@ -4,7 +4,7 @@ using VidKV.Tensors;
 namespace VidKV.Models;
 
 /// <summary>The shape of a random-weight model: a real architecture's sizes, no trained weights.</summary>
-public sealed record RandomModelShape(string Name, string Architecture, int Layers, int Embedding, int Heads, int KvHeads,
+internal sealed record RandomModelShape(string Name, string Architecture, int Layers, int Embedding, int Heads, int KvHeads,
     int FeedForward, int Vocab, bool TiedOutput, bool Biases, int ContextLength, float RopeBase, float RmsEps)
 {
     public static readonly RandomModelShape Tiny = new("tiny", "qwen2", 2, 64, 4, 2, 128, 2048, true, true, 4096, 1e6f, 1e-6f);
@@ -27,7 +27,7 @@ public sealed record RandomModelShape(string Name, string Architecture, int Laye
 /// testdata's tiny random models, so greedy output is not a trivial repeat). Like llama.cpp's Q4_0 files, a Q4_0
 /// model keeps token_embd in Q8_0. The vocabulary is synthetic byte-level BPE (see <see cref="SyntheticVocabulary"/>).
 /// </summary>
-public static class RandomModel
+internal static class RandomModel
 {
     public static readonly GgmlType[] WritableTypes = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
 

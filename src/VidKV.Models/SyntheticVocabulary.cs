@@ -8,7 +8,7 @@ namespace VidKV.Models;
 /// symbols, then every string over " etaoinshrdlucmfwypvbgk" (space as Ġ) in order of length, each reachable by
 /// merging its prefix with its last character, then ChatML's special tokens at the end. Any text tokenises.
 /// </summary>
-public static class SyntheticVocabulary
+internal static class SyntheticVocabulary
 {
     const string Alphabet = " etaoinshrdlucmfwypvbgk";
     public static readonly string[] SpecialTokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];

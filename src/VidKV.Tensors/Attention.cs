@@ -11,7 +11,7 @@ namespace VidKV.Tensors;
 /// apart, their original positions, and a mask of the rows to read. A contiguous cache is one view per head with
 /// implicit positions; the paged store gives one view per selected page.
 /// </summary>
-public unsafe struct KvPageView
+internal unsafe struct KvPageView
 {
     public byte* Keys, Values;
     public int KeyStride, ValueStride;
@@ -26,7 +26,7 @@ public unsafe struct KvPageView
 }
 
 /// <summary>Scaled dot-product attention kernels over KV rows of f32, f16 or q8_0.</summary>
-public static unsafe class Attention
+internal static unsafe class Attention
 {
     /// <summary>Keys per tile of the online softmax.</summary>
     const int Tile = 128;

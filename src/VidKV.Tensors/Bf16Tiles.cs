@@ -21,7 +21,7 @@ namespace VidKV.Tensors;
 /// whole tile, 16 accumulators (8 tokens × 2 halves), as <see cref="WeightMatrix"/>'s f32 panel kernel does.
 /// </para>
 /// </summary>
-public static unsafe class Bf16Tiles
+internal static unsafe class Bf16Tiles
 {
     /// <summary>Rows per tile.</summary>
     public const int Rows = 32;

@@ -8,7 +8,7 @@ namespace VidKV.Tensors;
 /// Converts rows of stored tensor data of any supported <see cref="GgmlType"/> to f32.
 /// Block layouts follow ggml's <c>block_q*</c> structs byte for byte (little-endian, f16 scales).
 /// </summary>
-public static class Dequantize
+internal static class Dequantize
 {
     /// <summary>Dequantises <paramref name="destination"/>.Length elements from <paramref name="source"/> (whole blocks).</summary>
     public static void Row(GgmlType type, ReadOnlySpan<byte> source, Span<float> destination)

@@ -17,7 +17,7 @@ namespace VidKV.Tensors;
 /// <see cref="HalfDot.DotF16"/>. Summation order differs from the managed kernel, so results agree to f32 rounding.
 /// </para>
 /// </summary>
-public static unsafe class F16Rows
+internal static unsafe class F16Rows
 {
     [StructLayout(LayoutKind.Sequential)]
     struct Call

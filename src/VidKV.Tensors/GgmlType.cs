@@ -21,7 +21,7 @@ public enum GgmlType : uint
 }
 
 /// <summary>Block geometry of each <see cref="GgmlType"/>: how many elements a block holds and how many bytes it takes.</summary>
-public static class GgmlTypes
+internal static class GgmlTypes
 {
     /// <summary>Elements per super-block of the K-quants.</summary>
     public const int QK_K = 256;

@@ -12,7 +12,7 @@ namespace VidKV.Tensors;
 /// order). Infinite or NaN f16 weights are not propagated (they read as large finite values). Where kernels are
 /// emitted, f16 decode of rows of whole 64 columns runs <see cref="F16Rows"/>' vcvtph2ps instead.
 /// </summary>
-public static unsafe class HalfDot
+internal static unsafe class HalfDot
 {
     /// <summary>Factor applied to activations before <see cref="DotF16"/>.</summary>
     public const float InputScale = 18446744073709551616f; // 2^64

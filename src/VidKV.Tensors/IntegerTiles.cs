@@ -28,7 +28,7 @@ namespace VidKV.Tensors;
 /// quantised-activation reference up to the order of the f32 additions across blocks.
 /// </para>
 /// </summary>
-public static unsafe class IntegerTiles
+internal static unsafe class IntegerTiles
 {
     /// <summary>Rows per tile: two vectors of 16.</summary>
     public const int Rows = 32;

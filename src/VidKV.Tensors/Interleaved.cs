@@ -20,7 +20,7 @@ namespace VidKV.Tensors;
 /// per row; the weights stream once, in order. Prefill repacks from this layout into <see cref="IntegerTiles"/>' planes.
 /// </para>
 /// </summary>
-public static unsafe class Interleaved
+internal static unsafe class Interleaved
 {
     /// <summary>Rows per interleaved group.</summary>
     public const int Group = 16;

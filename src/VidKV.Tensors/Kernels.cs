@@ -12,7 +12,7 @@ public enum RopeMode { Normal, NeoX }
 /// <summary>
 /// Element-wise and row kernels of the decoder. Static span methods: sources, then arguments, then destination.
 /// </summary>
-public static class Kernels
+internal static class Kernels
 {
     /// <summary>y = x / sqrt(mean(x²) + eps) * weight, one row of <paramref name="x"/>.Length. The sum of squares is accumulated in f64 as ggml does.</summary>
     public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> destination)

@@ -11,7 +11,7 @@ namespace VidKV.Tensors;
 /// matrix products are compute-bound, so FLOP/s ÷ FLOPs per token bounds it). The roofline model of Williams,
 /// Waterman and Patterson (CACM 2009). Each figure is the median of several timed passes.
 /// </summary>
-public static unsafe class MachineLimits
+internal static unsafe class MachineLimits
 {
     /// <summary>
     /// The kernel paths this process runs (ggml's system_info): the widest vector ISA and which emitted kernels are in

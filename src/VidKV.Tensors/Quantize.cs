@@ -6,7 +6,7 @@ namespace VidKV.Tensors;
 /// <summary>
 /// Reference quantisers (f32 → stored type) with ggml's rounding rules, used by the GGUF writer and by tests.
 /// </summary>
-public static class Quantize
+internal static class Quantize
 {
     /// <summary>True when <see cref="Row"/> can produce this type.</summary>
     public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K;

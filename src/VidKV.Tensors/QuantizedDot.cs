@@ -10,7 +10,7 @@ namespace VidKV.Tensors;
 /// Numerical effect: each activation carries at most half a step (max|x|/254 of its block) of rounding error, so a
 /// dot product differs from the f32 one by at most Σ|w|·max|x|/254 per block — the same error llama.cpp has.
 /// </summary>
-public static unsafe class QuantizedDot
+internal static unsafe class QuantizedDot
 {
     public const int BlockSize = 32;
 

@@ -4,7 +4,7 @@ namespace VidKV.Tensors;
 /// Plain scalar versions of every kernel (f64 accumulation, no SIMD, no threads). They define what the fast kernels
 /// must compute; tests compare the two on random data of every length 0–256 and large odd sizes.
 /// </summary>
-public static class ReferenceKernels
+internal static class ReferenceKernels
 {
     public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> destination)
     {

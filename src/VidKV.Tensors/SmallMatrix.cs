@@ -8,7 +8,7 @@ namespace VidKV.Tensors;
 /// Small dense products for attention and page scoring: a row-major C (+)= A·B where A has a handful of rows (query
 /// heads × tokens) and each vector load of B feeds all of them, and the transpose that lets keys be B.
 /// </summary>
-public static unsafe class SmallMatrix
+internal static unsafe class SmallMatrix
 {
     /// <summary>
     /// destination[c, r] = source[r, c] for r &lt; roundUp(rows, 16), c &lt; columns. Source rows are

@@ -14,7 +14,7 @@ namespace VidKV.Tensors;
 /// −∞ gives 0, x above 88.72 and +∞ give +∞, NaN stays NaN.
 /// </para>
 /// </summary>
-public static class VectorMath
+internal static class VectorMath
 {
     const float Log2E = 1.44269504088896341f, Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
     const float Highest = 88.7228394f, Lowest = -87.3365479f;

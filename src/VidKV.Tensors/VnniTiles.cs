@@ -23,7 +23,7 @@ namespace VidKV.Tensors;
 /// once more) the AVX-512BW kernel runs.
 /// </para>
 /// </summary>
-public static unsafe class VnniTiles
+internal static unsafe class VnniTiles
 {
     /// <summary>Arguments of one kernel call (fields at the offsets the emitted code reads).</summary>
     [StructLayout(LayoutKind.Sequential)]

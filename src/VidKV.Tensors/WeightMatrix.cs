@@ -11,7 +11,7 @@ namespace VidKV.Tensors;
 /// <see cref="Columns"/> input features (ggml's ne0 = columns, ne1 = rows). The memory belongs to the owner
 /// (a memory-mapped model file or a native buffer) and must outlive this view.
 /// </summary>
-public sealed unsafe partial class WeightMatrix : IDisposable
+internal sealed unsafe partial class WeightMatrix : IDisposable
 {
     /// <summary>Rows per unit of work: a tile stays in L1 while every token passes over it.</summary>
     const int RowTile = 16;

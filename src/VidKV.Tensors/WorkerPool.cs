@@ -9,7 +9,7 @@ namespace VidKV.Tensors;
 /// between <see cref="ThreadCount"/> threads (the caller is thread 0), no Task or delegate allocated per operation.
 /// Between jobs the workers spin for a few milliseconds (decode issues a job every few microseconds), then sleep.
 /// </summary>
-public sealed unsafe class WorkerPool : IDisposable
+internal sealed unsafe class WorkerPool : IDisposable
 {
     /// <summary>
     /// How long an idle worker spins before it sleeps. Waking a sleeping worker costs ~50 µs and, on a busy virtual

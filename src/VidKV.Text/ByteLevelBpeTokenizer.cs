@@ -8,7 +8,7 @@ namespace VidKV.Text;
 /// pre-tokeniser regex, each word's UTF-8 bytes are mapped to printable characters (GPT-2's byte↔unicode table), and
 /// adjacent symbols are merged by lowest merge rank (ties: leftmost first).
 /// </summary>
-public sealed class ByteLevelBpeTokenizer : Tokenizer
+internal sealed class ByteLevelBpeTokenizer : Tokenizer
 {
     // Pre-tokeniser patterns by GGUF tokenizer.ggml.pre name (the patterns of the Hugging Face tokenizers they mirror).
     const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";

@@ -10,7 +10,7 @@ namespace VidKV.Text;
 /// SPM algorithm with each piece scored by −(rank of the first merge that makes it), the order HF's converter wrote
 /// the merges in.
 /// </summary>
-public static class HuggingFaceVocabulary
+internal static class HuggingFaceVocabulary
 {
     public static Vocabulary Load(string tokenizerJsonPath, string? tokenizerConfigPath = null)
     {

@@ -7,7 +7,7 @@ namespace VidKV.Text;
 /// leading ▁ at the start and after special tokens), UTF-8 characters are merged pairwise by highest token score
 /// (ties: leftmost first), and anything left that is not a token falls back to <c>&lt;0xXX&gt;</c> byte tokens.
 /// </summary>
-public sealed class SentencePieceTokenizer(Vocabulary vocabulary) : Tokenizer(vocabulary)
+internal sealed class SentencePieceTokenizer(Vocabulary vocabulary) : Tokenizer(vocabulary)
 {
     const string SpaceMarker = "\u2581";
 

@@ -112,7 +112,7 @@ public sealed class Vocabulary
     public bool IsEndOfGeneration(int id) => endOfGeneration.Contains(id);
 
     /// <summary>Reads <c>tokenizer.ggml.*</c> metadata; throws <see cref="ModelFormatException"/> naming the key when it is unusable.</summary>
-    public static Vocabulary FromGguf(GgufFile file)
+    internal static Vocabulary FromGguf(GgufFile file)
     {
         string model = file.Get("tokenizer.ggml.model")?.AsString()
             ?? throw ModelFormatException.InFile(file.Path, "metadata 'tokenizer.ggml.model' is missing: the file has no vocabulary");

@@ -13,7 +13,7 @@ namespace VidKV.Cache;
 /// uses); at most one cluster per 8 tokens, and the window at most a quarter of the budget, so small contexts and
 /// budgets keep the paper's proportions; GQA heads average their softmaxed cluster scores.
 /// </summary>
-public sealed class ClusterKvPolicy : KvPolicy
+internal sealed class ClusterKvPolicy : KvPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("clusterkv",
         "ClusterKV (Liu et al., 2024): cosine k-means clusters of keys, whole clusters read by q·centroid up to the budget",

@@ -11,7 +11,7 @@ namespace VidKV.Cache;
 /// gates on synthetic passkey data; <c>vidkv kv calibrate</c> writes the training-free proxy instead (the output
 /// error of streaming vs full attention on calibration text, see <see cref="PatternFile"/>).
 /// </summary>
-public sealed class DuoAttentionPolicy : KvPolicy
+internal sealed class DuoAttentionPolicy : KvPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("duo",
         "DuoAttention (Xiao et al., 2024): the top heads of a pattern file (vidkv kv calibrate) read everything, the rest keep sinks + recent",
@@ -82,7 +82,7 @@ public sealed class DuoAttentionPolicy : KvPolicy
 /// Head patterns as text files: one line per layer, one tab-separated score per KV head (higher = more retrieval);
 /// blank lines and lines starting with '#' are comments. The layout follows DuoAttention's published patterns.
 /// </summary>
-public static class PatternFile
+internal static class PatternFile
 {
     public static float[,] Read(string path)
     {

@@ -17,7 +17,7 @@ namespace VidKV.Cache;
 /// run kernels, the reader thread preempts them and costs more than the synchronous reads it saves (measured: 2 cores,
 /// cold file in the page cache, 8192 tokens, budget 2048: 28.1 t/s with prefetch against 33.9 without).
 /// </summary>
-public sealed class FreeKvPolicy : KvPolicy
+internal sealed class FreeKvPolicy : KvPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("freekv",
         "FreeKV (Liu et al., 2025): sink + recent + pages chosen by centre ± radius with the previous query, corrected below tau, recalled in the background",

@@ -10,7 +10,7 @@ namespace VidKV.Cache;
 /// accumulated scores live in the store beside their rows (<see cref="KvMetadata.RowScores"/>), so they take memory
 /// only for the tokens kept, however long the stream runs.
 /// </summary>
-public sealed class H2OPolicy : TokenScoringPolicy
+internal sealed class H2OPolicy : TokenScoringPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("h2o",
         "H2O (Zhang et al., NeurIPS 2023): evict the tokens with the least accumulated attention, keeping the recent ones",

@@ -13,7 +13,7 @@ namespace VidKV.Cache;
 /// rather than a budget, and reads just the group's keys — fitting it would mean a second, shared-selection path
 /// through the base and gathering every head's whole cache on every step.
 /// </summary>
-public sealed class KeyNormPolicy : KvPolicy
+internal sealed class KeyNormPolicy : KvPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("keynorm",
         "QuickPrefill (Tang et al., 2025; Devoto et al., EMNLP 2024): of each appended group keep the tokens with the smallest key norm, shared by the layer's heads",

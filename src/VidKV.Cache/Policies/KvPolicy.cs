@@ -95,7 +95,7 @@ public abstract class KvPolicy
 /// <summary>Reads every page; the reference every other policy is measured against.</summary>
 public sealed class FullPolicy : KvPolicy
 {
-    public static readonly KvPolicyDescriptor Descriptor = new("full", "read every token (the reference every other policy is measured against)", [],
+    internal static readonly KvPolicyDescriptor Descriptor = new("full", "read every token (the reference every other policy is measured against)", [],
         _ => new FullPolicy());
 
     public override string Name => "full";
@@ -196,7 +196,7 @@ public sealed class PageSelection
 }
 
 /// <summary>A reducer at ingest composed with a retriever at query time: appends go through both, selection is the retriever's.</summary>
-public sealed class ComposedPolicy(KvPolicy reducer, KvPolicy retriever) : KvPolicy
+internal sealed class ComposedPolicy(KvPolicy reducer, KvPolicy retriever) : KvPolicy
 {
     public KvPolicy Reducer { get; } = reducer;
     public KvPolicy Retriever { get; } = retriever;

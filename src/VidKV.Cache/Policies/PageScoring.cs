@@ -6,7 +6,7 @@ using VidKV.Tensors;
 namespace VidKV.Cache;
 
 /// <summary>Page scores shared by the page-selecting retrievers, and the GQA group reduction.</summary>
-public static class PageScoring
+internal static class PageScoring
 {
     /// <summary>
     /// Quest's bound on max_k q·k over one page: Σ_d max(q_d·min_d, q_d·max_d) per 16-token block, maximum over the
@@ -237,7 +237,7 @@ public static class PageScoring
 /// Picks the top pages of a table range for a GQA group (<see cref="PageScoring.GroupScores"/> then
 /// <see cref="PageScoring.TopK"/>) with buffers reused across steps.
 /// </summary>
-public sealed class PagePicker
+internal sealed class PagePicker
 {
     [ThreadStatic] static PagePicker? current;
 
@@ -283,7 +283,7 @@ public sealed class PagePicker
 /// last known column and new ones are checked: reading every page's stamp, scattered over the store's metadata, cost
 /// a cache miss per page per step (at 65536 tokens 98,304 per token, about as much as the scoring itself).
 /// </summary>
-public sealed class DigestMatrix
+internal sealed class DigestMatrix
 {
     public const int PanelColumns = SmallMatrix.PairPanelColumns;
 

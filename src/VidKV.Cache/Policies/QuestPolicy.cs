@@ -9,7 +9,7 @@ namespace VidKV.Cache;
 /// newest; the selection reused for a few decode steps; the first layers may stay dense. For GQA the query heads'
 /// softmaxed page scores are averaged. Pages holding the step's own tokens are always read.
 /// </summary>
-public sealed class QuestPolicy : KvPolicy
+internal sealed class QuestPolicy : KvPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("quest",
         "Quest (Tang et al., ICML 2024): min/max keys per 16 tokens bound q·k; read the pages with the top bounds",

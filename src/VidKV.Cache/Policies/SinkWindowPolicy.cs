@@ -5,7 +5,7 @@ namespace VidKV.Cache;
 /// <see cref="Sinks"/> tokens and the most recent <see cref="Window"/>, evict the rest at append. The floor every
 /// retriever must beat, and the control for "sinks matter". Kept count is exactly min(tokens, sinks + window).
 /// </summary>
-public sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
+internal sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("sinkwindow",
         "StreamingLLM (Xiao et al., 2023): keep the first sinks and the most recent window tokens, evict the rest",

@@ -10,7 +10,7 @@ namespace VidKV.Cache;
 /// <see cref="Slack"/> tokens, cutting it back to exactly <see cref="Budget"/> — with the default slack of one window
 /// the O(window · tokens) scoring runs once per window of steps.
 /// </summary>
-public sealed class SnapKvPolicy : TokenScoringPolicy
+internal sealed class SnapKvPolicy : TokenScoringPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("snapkv",
         "SnapKV (Li et al., NeurIPS 2024): the last window of queries votes (max-pooled) for the tokens kept beside it, whenever a head passes budget + slack",

@@ -7,7 +7,7 @@ namespace VidKV.Cache;
 /// keys gathered as f32 in table order, attention probabilities of queries over them, pooling, and removal of flagged
 /// tokens. Buffers grow to the largest head seen and are reused.
 /// </summary>
-public sealed class TokenScoring
+internal sealed class TokenScoring
 {
     float[] keys = [], logits = [], scores = [], pooled = [], scratch = [];
     int[] positions = [], picked = [];

@@ -7,7 +7,7 @@ namespace VidKV.Cache;
 /// <see cref="Budget"/> tokens, the newest <see cref="RecentKept"/> stay whatever their score and of the older ones
 /// (the candidates) the highest-scored stay, so that exactly <see cref="Budget"/> remain; the rest are evicted.
 /// </summary>
-public abstract class TokenScoringPolicy : KvPolicy
+internal abstract class TokenScoringPolicy : KvPolicy
 {
     protected TokenScoringPolicy(int budget)
     {

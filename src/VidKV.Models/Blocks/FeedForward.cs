@@ -4,14 +4,14 @@ using VidKV.Tensors;
 namespace VidKV.Models;
 
 /// <summary>The position-wise MLP of a transformer block: <see cref="SwiGluFeedForward"/> (Llama, Qwen2) or <see cref="GeluFeedForward"/> (ViTs, LLaVA's projector).</summary>
-public abstract class FeedForward
+internal abstract class FeedForward
 {
     /// <summary>h [tokens, embedding] in, the block's output out into the same buffer.</summary>
     public abstract void Forward(Span<float> h, int tokens, Activations buffers, ForwardProfile? profile);
 }
 
 /// <summary>down(silu(gate(x)) · up(x)), gate and up in one pass over the activations.</summary>
-public sealed unsafe class SwiGluFeedForward(Linear gate, Linear up, Linear down) : FeedForward
+internal sealed unsafe class SwiGluFeedForward(Linear gate, Linear up, Linear down) : FeedForward
 {
     public Linear Gate { get; } = gate;
     public Linear Up { get; } = up;
@@ -53,7 +53,7 @@ public sealed unsafe class SwiGluFeedForward(Linear gate, Linear up, Linear down
 }
 
 /// <summary>down(gelu(up(x))) with biases, GELU in its tanh form or CLIP's quick form.</summary>
-public sealed unsafe class GeluFeedForward(Linear up, Linear down, bool quick = false) : FeedForward
+internal sealed unsafe class GeluFeedForward(Linear up, Linear down, bool quick = false) : FeedForward
 {
     public Linear Up { get; } = up;
     public Linear Down { get; } = down;

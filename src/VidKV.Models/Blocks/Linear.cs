@@ -4,7 +4,7 @@ using VidKV.Tensors;
 namespace VidKV.Models;
 
 /// <summary>y = x·Wᵀ + b: a weight matrix in its stored type (<see cref="WeightMatrix"/>) and an optional f32 bias.</summary>
-public sealed class Linear(WeightMatrix weight, float[]? bias, ForwardPhase phase)
+internal sealed class Linear(WeightMatrix weight, float[]? bias, ForwardPhase phase)
 {
     public WeightMatrix Weight { get; } = weight;
     public float[]? Bias { get; } = bias;

@@ -8,7 +8,7 @@ namespace VidKV.Models;
 /// squares in f64 as ggml) or LayerNorm (ViTs: (x − mean) / √(var + ε) · w + b). <see cref="AddThenApply"/> fuses the
 /// residual add before it, as every pre-norm transformer block starts.
 /// </summary>
-public sealed unsafe class Norm(NormKind kind, float[] weight, float[]? bias, float eps)
+internal sealed unsafe class Norm(NormKind kind, float[] weight, float[]? bias, float eps)
 {
     public NormKind Kind { get; } = kind;
     public int Width => weight.Length;
@@ -61,4 +61,4 @@ public sealed unsafe class Norm(NormKind kind, float[] weight, float[]? bias, fl
     }
 }
 
-public enum NormKind { Rms, Layer }
+internal enum NormKind { Rms, Layer }

@@ -7,7 +7,7 @@ namespace VidKV.Models;
 /// the frequency base, and for M-RoPE the sections (pairs per position component t, h, w, e). <see cref="Angles"/>
 /// computes each row's cos and sin once per forward pass; the attention blocks rotate their heads with them.
 /// </summary>
-public sealed class Rope(RopeMode mode, int dimensions, float freqBase, int[]? sections = null)
+internal sealed class Rope(RopeMode mode, int dimensions, float freqBase, int[]? sections = null)
 {
     public RopeMode Mode { get; } = sections == null ? mode : RopeMode.NeoX;
     public int Dimensions { get; } = dimensions;

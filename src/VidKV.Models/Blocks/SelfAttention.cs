@@ -8,14 +8,14 @@ namespace VidKV.Models;
 /// The rows of one sequence in a batch for <see cref="SelfAttention"/>: its cache, the first row and the row count,
 /// and its length before the batch (the first row's place in the sequence).
 /// </summary>
-public readonly record struct AttentionRun(KvCache Cache, int FirstRow, int Count, int Start);
+internal readonly record struct AttentionRun(KvCache Cache, int FirstRow, int Count, int Start);
 
 /// <summary>
 /// Multi-head attention with grouped-query KV heads: q/k/v projections (optional biases), RoPE on queries and keys,
 /// then either causal attention of each sequence's rows over its KV cache (the rows' keys and values appended first;
 /// a decoder) or attention of every row over every row of the batch (no cache; a ViT), and the output projection.
 /// </summary>
-public sealed unsafe class SelfAttention(Linear query, Linear key, Linear value, Linear output, int headCount, int kvHeadCount, int headDim, Rope? rope)
+internal sealed unsafe class SelfAttention(Linear query, Linear key, Linear value, Linear output, int headCount, int kvHeadCount, int headDim, Rope? rope)
 {
     public Linear Query { get; } = query;
     public Linear Key { get; } = key;
