@@ -15,6 +15,11 @@ internal sealed class KvPolicyDescriptor(string name, string doc, IReadOnlyList<
     public string Name { get; } = name;
     /// <summary>Other names a spec may use for this policy.</summary>
     public IReadOnlyList<string> Aliases { get; init; } = [];
+    /// <summary>
+    /// Options of an example spec with every option that has a default set away from it (<c>sinks=3,window=61</c>; no
+    /// required ones): shown with the policy, and the tests build the policy from it and parse its name back.
+    /// </summary>
+    public string Example { get; init; } = "";
     /// <summary>One line: what the policy does, and the paper (<c>StreamingLLM (Xiao et al., 2023): …</c>).</summary>
     public string Doc { get; } = doc;
     public IReadOnlyList<KvPolicyOption> Options { get; } = options;

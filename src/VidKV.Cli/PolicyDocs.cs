@@ -31,7 +31,8 @@ public static class PolicyDocs
         {
             string names = string.Join(", ", new[] { policy.Name }.Concat(policy.Aliases).Select(n => $"`{n}`"));
             string options = policy.Options.Count == 0 ? "none"
-                : string.Join("; ", policy.Options.Select(o => $"`{o.Name}` ({(o.Required ? "required" : o.DefaultText)}): {o.Doc}"));
+                : string.Join("; ", policy.Options.Select(o => $"`{o.Name}` ({(o.Required ? "required" : o.DefaultText)}): {o.Doc}"))
+                  + (policy.Example.Length > 0 ? $"; e.g. `{policy.Name}:{policy.Example}`" : "");
             text.Append($"| {names} | {policy.Doc} | {options} |\n");
         }
         return text.ToString();

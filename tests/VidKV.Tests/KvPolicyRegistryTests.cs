@@ -51,21 +51,12 @@ public class KvPolicyRegistryTests
 
     /// <summary>
     /// Every option of every policy at a value other than its default (valid, and left as given by the policy's own
-    /// limits); a registered policy needs a line here. Floats have more digits than a <c>0.###</c> format keeps.
+    /// limits): the descriptor's <see cref="KvPolicyDescriptor.Example"/>, with the tests' values of required options.
+    /// Floats have more digits than a <c>0.###</c> format keeps.
     /// </summary>
-    static readonly Dictionary<string, string> NonDefaultOptions = new()
-    {
-        ["full"] = "",
-        ["sinkwindow"] = "sinks=3,window=61",
-        ["quest"] = "budget=100,reuse=2,dense=1",
-        ["lserve"] = "budget=100,reuse=3,dense=1",
-        ["freekv"] = "budget=100,sinks=10,recent=20,tau=0.8125001,prefetch=0",
-        ["clusterkv"] = "budget=1000,clusters=50,iterations=5,sinks=8,window=64,new=4",
-        ["duo"] = "pattern={heads},fraction=0.3125001,sinks=8,recent=16",
-        ["snapkv"] = "budget=100,window=16,kernel=5,slack=3",
-        ["h2o"] = "budget=100,recent=10",
-        ["keynorm"] = "ratio=0.3125001,group=4",
-    };
+    static string NonDefaultOptions(KvPolicyDescriptor policy) =>
+        string.Join(',', policy.Options.Where(o => o.Required).Select(o => $"{o.Name}={RequiredValues[o.Name]}")
+            .Concat(policy.Example.Split(',', StringSplitOptions.RemoveEmptyEntries)));
 
     /// <summary>
     /// A policy built with every option away from its default names each of them in <see cref="KvPolicy.Name"/> with
@@ -76,7 +67,7 @@ public class KvPolicyRegistryTests
     [MemberData(nameof(Names))]
     public void NonDefaultOptionsRoundTripThroughTheName(string name)
     {
-        Assert.True(NonDefaultOptions.TryGetValue(name, out string? options), $"policy '{name}': give the tests non-default values for its options");
+        string options = NonDefaultOptions(KvPolicies.Find(name)!);
         var given = options.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(KvCacheTests.ResolveSpec).ToArray();
         Assert.Equal(KvPolicies.Find(name)!.Options.Select(o => o.Name).Order(), given.Select(o => o.Split('=')[0]).Order());
         var comma = (CultureInfo)CultureInfo.InvariantCulture.Clone();
@@ -104,6 +95,14 @@ public class KvPolicyRegistryTests
         KvOptionKind.Switch => option.DefaultText == "auto",
         _ => false,
     };
+
+    /// <summary>An unknown policy name lists every registered policy.</summary>
+    [Fact]
+    public void UnknownPolicyListsTheRegisteredOnes()
+    {
+        var e = Assert.Throws<KvConfigException>(() => KvPolicies.Parse("qest"));
+        Assert.Equal($"policy 'qest': unknown policy (known: {string.Join(", ", KvPolicies.All.Select(d => d.Name))})", e.Message);
+    }
 
     /// <summary>An unknown option is named with its value and the policy's options, before any missing one.</summary>
     [Theory]
@@ -135,7 +134,6 @@ public class KvPolicyRegistryTests
     }
 
     [Theory]
-    [InlineData("qest", "policy 'qest': unknown policy (known: full, sinkwindow, quest, lserve, freekv, clusterkv, duo, snapkv, h2o, keynorm)")]
     [InlineData("quest", "policy 'quest': option 'budget' is required (or give --budget)")]
     [InlineData("freekv:tau=0.5", "policy 'freekv': option 'budget' is required (or give --budget)")]
     [InlineData("sinkwindow:sinks=2", "policy 'sinkwindow': option 'window' is required (or give --budget)")]

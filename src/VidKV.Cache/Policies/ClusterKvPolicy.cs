@@ -25,7 +25,7 @@ internal sealed class ClusterKvPolicy : KvPolicy
             KvPolicyOption.Int("window", 320, "recent tokens gathered before they are clustered (at most a quarter of the budget)"),
             KvPolicyOption.Int("new", 8, "clusters made of each window"),
         ],
-        a => new ClusterKvPolicy(a.Int("budget"), a.Int("clusters"), a.Int("iterations"), a.Int("sinks"), a.Int("window"), a.Int("new")));
+        a => new ClusterKvPolicy(a.Int("budget"), a.Int("clusters"), a.Int("iterations"), a.Int("sinks"), a.Int("window"), a.Int("new"))) { Example = "budget=1000,clusters=50,iterations=5,sinks=8,window=64,new=4" };
 
     sealed class HeadState
     {

@@ -24,6 +24,7 @@ internal sealed class DuoAttentionPolicy : KvPolicy
         a => new DuoAttentionPolicy(PatternFile.Read(a.String("pattern")), a.Float("fraction"), a.Int("sinks"), a.Int("recent"), a.String("pattern")))
     {
         Aliases = ["duoattention"],
+        Example = "fraction=0.3125001,sinks=8,recent=16",
     };
 
     readonly float[,] pattern;

@@ -28,7 +28,7 @@ internal sealed class FreeKvPolicy : KvPolicy
             KvPolicyOption.Float("tau", 0.8f, "query cosine similarity below which a head selects again with the current query"),
             KvPolicyOption.Switch("prefetch", "announce the next step's pages for background recall (auto: when a core is free)"),
         ],
-        a => new FreeKvPolicy(a.Int("budget"), a.Int("sinks"), a.Int("recent"), a.Float("tau"), a.Switch("prefetch")));
+        a => new FreeKvPolicy(a.Int("budget"), a.Int("sinks"), a.Int("recent"), a.Float("tau"), a.Switch("prefetch"))) { Example = "budget=100,sinks=10,recent=20,tau=0.8125001,prefetch=0" };
 
     // Per (layer, head): q of the previous step ([group, d]), the speculative selection for this step (table indices), its table version.
     float[][] previousQuery = [];

@@ -18,7 +18,7 @@ internal sealed class H2OPolicy : TokenScoringPolicy
             KvPolicyOption.Budget("tokens kept per KV head"),
             KvPolicyOption.PolicyInt("recent", "budget/2", "most recent tokens that always stay"),
         ],
-        a => new H2OPolicy(a.Int("budget"), a.OptionalInt("recent")));
+        a => new H2OPolicy(a.Int("budget"), a.OptionalInt("recent"))) { Example = "budget=100,recent=10" };
 
     int[] stepPositions = [];
 

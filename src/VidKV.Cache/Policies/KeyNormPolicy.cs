@@ -21,7 +21,7 @@ internal sealed class KeyNormPolicy : KvPolicy
             KvPolicyOption.Float("ratio", 0.5f, "share of each group kept"),
             KvPolicyOption.Int("group", 2, "smallest appended group reduced (single decode tokens always stay)"),
         ],
-        a => new KeyNormPolicy(a.Float("ratio"), a.Int("group")));
+        a => new KeyNormPolicy(a.Float("ratio"), a.Int("group"))) { Example = "ratio=0.3125001,group=4" };
 
     int decidedLayer = -1;
     long decidedStep = -1;

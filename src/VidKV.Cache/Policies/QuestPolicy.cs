@@ -18,7 +18,7 @@ internal sealed class QuestPolicy : KvPolicy
             KvPolicyOption.Int("reuse", 1, "decode steps one selection serves"),
             KvPolicyOption.Int("dense", 0, "leading layers that read everything"),
         ],
-        a => new QuestPolicy(a.Int("budget"), a.Int("reuse"), a.Int("dense")));
+        a => new QuestPolicy(a.Int("budget"), a.Int("reuse"), a.Int("dense"))) { Example = "budget=100,reuse=2,dense=1" };
 
     public static readonly KvPolicyDescriptor LServeDescriptor = new("lserve",
         "LServe (Yang et al., MLSys 2025): Quest on logical 16-token pages, the selection reused for 4 decode steps",
@@ -27,7 +27,7 @@ internal sealed class QuestPolicy : KvPolicy
             KvPolicyOption.Int("reuse", 4, "decode steps one selection serves"),
             KvPolicyOption.Int("dense", 0, "leading layers that read everything"),
         ],
-        a => new QuestPolicy(a.Int("budget"), a.Int("reuse"), a.Int("dense"), "lserve"));
+        a => new QuestPolicy(a.Int("budget"), a.Int("reuse"), a.Int("dense"), "lserve")) { Example = "budget=100,reuse=3,dense=1" };
 
     readonly string name;
     // Per (layer, head): the pages chosen last time (table indices), and the table version, first own page and step then.

@@ -13,7 +13,7 @@ internal sealed class SinkWindowPolicy(int sinks, int window) : KvPolicy
             KvPolicyOption.Int("sinks", 4, "first tokens kept"),
             KvPolicyOption.Int("window", "--budget − sinks", a => a.Budget - a.Int("sinks"), "most recent tokens kept"),
         ],
-        a => new SinkWindowPolicy(a.Int("sinks"), a.Int("window"))) { Aliases = ["streamingllm"] };
+        a => new SinkWindowPolicy(a.Int("sinks"), a.Int("window"))) { Aliases = ["streamingllm"], Example = "sinks=3,window=61" };
 
     public int Sinks { get; } = sinks >= 0 ? sinks : throw new ArgumentOutOfRangeException(nameof(sinks));
     public int Window { get; } = window >= 1 ? window : throw new ArgumentOutOfRangeException(nameof(window));

@@ -20,7 +20,7 @@ internal sealed class SnapKvPolicy : TokenScoringPolicy
             KvPolicyOption.Int("kernel", 7, "max-pooling width over neighbouring tokens' votes (odd)"),
             KvPolicyOption.PolicyInt("slack", "window", "tokens a head may pass the budget by before it is cut back"),
         ],
-        a => new SnapKvPolicy(a.Int("budget"), a.Int("window"), a.Int("kernel"), a.OptionalInt("slack")));
+        a => new SnapKvPolicy(a.Int("budget"), a.Int("window"), a.Int("kernel"), a.OptionalInt("slack"))) { Example = "budget=100,window=16,kernel=5,slack=3" };
 
     // Per (layer, KV head): the last Window steps' queries ([Window][group × headDim]) and positions, oldest first from `next`.
     float[][] ringQueries = [];
