@@ -40,7 +40,9 @@ public abstract class KvCache : IDisposable
     /// <summary>Forgets positions at and after <paramref name="length"/> (rewinds the stream).</summary>
     public abstract void Truncate(int length);
 
+    /// <summary>Forgets every position, so the cache can serve a new stream.</summary>
     public void Clear() => Truncate(0);
 
+    /// <summary>Frees the cache's KV memory (and a cold file it owns).</summary>
     public abstract void Dispose();
 }

@@ -50,13 +50,21 @@ internal static partial class KvPolicies
 /// </summary>
 public sealed record KvCacheConfig
 {
+    /// <summary>Tokens per page: 16, 32 or 64 (<see cref="PagedKvOptions.PageSize"/>).</summary>
     public int PageSize { get; init; } = 32;
+    /// <summary>Element type of stored keys and values: f16, f32 or q8_0.</summary>
     public GgmlType Type { get; init; } = GgmlType.F16;
+    /// <summary>Tokens per head for any policy whose spec gives no budget; null leaves each policy its own default.</summary>
     public int? Budget { get; init; }
+    /// <summary>Policy spec for every (layer, KV head) not overridden (<c>name[:option=value,…]</c>, <c>a+b</c> to compose).</summary>
     public string Default { get; init; } = "full";
+    /// <summary>Per-layer overrides: layers <c>First..Last</c> (inclusive) run <c>Spec</c>.</summary>
     public IReadOnlyList<(int First, int Last, string Spec)> Layers { get; init; } = [];
+    /// <summary>Per-head overrides: KV head <c>Head</c> of layer <c>Layer</c> runs <c>Spec</c>; applied after <see cref="Layers"/>.</summary>
     public IReadOnlyList<(int Layer, int Head, string Spec)> Heads { get; init; } = [];
+    /// <summary>Most pages (of one layer and KV head each, not tokens) in RAM at once; 0 for no limit.</summary>
     public int MaxHotPages { get; init; }
+    /// <summary>File of the cold tier that pages moved out of RAM go to; null keeps every page in RAM.</summary>
     public string? ColdPath { get; init; }
     /// <summary>Read cold pages in place through a read-only mapping (default) rather than copying them back; see <see cref="PagedKvOptions.MapColdTier"/>.</summary>
     public bool ColdMapped { get; init; } = true;
@@ -71,6 +79,7 @@ public sealed record KvCacheConfig
         catch (JsonException e) { throw new KvConfigException($"{path}: not valid JSON: {e.Message}"); }
     }
 
+    /// <summary>Reads a JSON config from text; <paramref name="source"/> names it in error messages.</summary>
     public static KvCacheConfig Parse(string json, string source = "config")
     {
         using var document = JsonDocument.Parse(json);

@@ -8,6 +8,7 @@ public sealed class KvPolicyMap
 {
     readonly KvPolicy[] policies;
 
+    /// <summary>A map that runs <paramref name="defaultPolicy"/> on every (layer, KV head) until overridden.</summary>
     public KvPolicyMap(int layerCount, int kvHeadCount, KvPolicy defaultPolicy)
     {
         LayerCount = layerCount;
@@ -16,9 +17,12 @@ public sealed class KvPolicyMap
         Array.Fill(policies, defaultPolicy);
     }
 
+    /// <summary>Layers of the model the map is for; the store it attaches to must match.</summary>
     public int LayerCount { get; }
+    /// <summary>KV heads per layer of the model the map is for.</summary>
     public int KvHeadCount { get; }
 
+    /// <summary>The policy of KV head <paramref name="head"/> of <paramref name="layer"/>; set it to override the default.</summary>
     public KvPolicy this[int layer, int head]
     {
         get => policies[PagedKvStore.HeadIndex(layer, head, KvHeadCount)];

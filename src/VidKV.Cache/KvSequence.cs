@@ -33,6 +33,7 @@ public sealed class KvSequence : IDisposable
         Store.SequenceOpened();
     }
 
+    /// <summary>The pool this sequence's pages belong to.</summary>
     public PagedKvStore Store { get; }
 
     /// <summary>Pages of (layer, KV head) in position order.</summary>
@@ -90,11 +91,14 @@ public sealed class KvSequence : IDisposable
         return new KvSequence(this);
     }
 
-    // Shorthands for the store's table operations on (layer, head).
+    /// <summary>Evicts the rows <paramref name="mask"/> selects of page <paramref name="index"/> of (layer, head)'s table; see <see cref="PagedKvStore.Evict"/>.</summary>
     public void Evict(int layer, int head, int index, ulong mask) => Store.Evict(Table(layer, head), index, mask);
+    /// <summary>Removes the rows <paramref name="mask"/> selects of page <paramref name="index"/> of (layer, head)'s table, compacting it; see <see cref="PagedKvStore.RemoveRows"/>.</summary>
     public void RemoveRows(int layer, int head, int index, ulong mask) => Store.RemoveRows(Table(layer, head), index, mask);
+    /// <summary>Removes page <paramref name="index"/> of (layer, head)'s table with all its tokens; see <see cref="PagedKvStore.RemovePage"/>.</summary>
     public void RemovePage(int layer, int head, int index) => Store.RemovePage(Table(layer, head), index);
 
+    /// <summary>Gives every page back to the store (freed where this was the last holder); the sequence is unusable after.</summary>
     public void Dispose()
     {
         if (disposed) return;

@@ -11,8 +11,16 @@ namespace VidKV.Cache;
 /// </summary>
 public struct KvPhaseTimes
 {
-    public long Select, Recall, Attention, Update;
+    /// <summary>Ticks choosing pages: the policies' Select and building the page views.</summary>
+    public long Select;
+    /// <summary>Ticks reading pages back from the cold tier, in either the select or the gather stage.</summary>
+    public long Recall;
+    /// <summary>Ticks in the attention kernel.</summary>
+    public long Attention;
+    /// <summary>Ticks in the policies' update after attention: eviction, moving pages cold, prefetch.</summary>
+    public long Update;
 
+    /// <summary>Converts <see cref="Stopwatch"/> ticks (as these fields hold) to milliseconds.</summary>
     public static double Milliseconds(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
 }
 
@@ -86,9 +94,11 @@ public sealed unsafe class PagedKvCache : KvCache
         for (int l = 0; l < prefetched.Length; l++) prefetched[l] = [];
     }
 
+    /// <summary>The page pool this cache's sequence lives in (its own, or the KV manager's shared one).</summary>
     public PagedKvStore Store => store;
     /// <summary>This cache's page tables in the store.</summary>
     public KvSequence Sequence => sequence;
+    /// <summary>The policy of each (layer, KV head) of this cache.</summary>
     public KvPolicyMap Policies => policies;
 
     /// <summary>
@@ -101,13 +111,17 @@ public sealed unsafe class PagedKvCache : KvCache
         child.length = length;
         return child;
     }
+    /// <inheritdoc/>
     public override int Length => length;
+    /// <inheritdoc/>
     public override int ContextLength { get; }
+    /// <summary>Bytes of hot slots the store allocated (used or free), over every sequence that shares it.</summary>
     public override long AllocatedBytes => store.AllocatedBytes;
     /// <summary>Bytes of KV rows attention read, summed over all steps, layers and heads.</summary>
     public long RowBytesRead { get; private set; }
     /// <summary>Background recalls started for pages the policies predicted, and how many of those pages were then read.</summary>
     public long PrefetchedPages { get; private set; }
+    /// <summary>Of <see cref="PrefetchedPages"/>, the pages attention then read.</summary>
     public long PrefetchHits { get; private set; }
     /// <summary>Bytes copied back from the cold tier into hot slots, summed over all steps.</summary>
     public long RecalledBytes { get; private set; }
@@ -120,10 +134,17 @@ public sealed unsafe class PagedKvCache : KvCache
     /// <summary>Called after every (layer, KV head) attention with the group's queries and what was read, for evaluation tools.</summary>
     internal KvObserver? Observer { get; set; }
 
+    /// <summary>Whether positions below <paramref name="endPosition"/> fit the context length; pages are taken as rows are appended.</summary>
     public override bool Reserve(int endPosition) => endPosition <= ContextLength;
 
+    /// <inheritdoc/>
     public override int PagesToAppend(int tokens) => sequence.PagesToAppend(tokens);
 
+    /// <summary>
+    /// Stores keys (rotated) and values, [count, kvHeads, headDim] f32, of positions <paramref name="position"/>.. in
+    /// every KV head's pages of <paramref name="layer"/>, with each row's video frame id (empty: none); throws when the
+    /// hot tier has no slot left for a new page.
+    /// </summary>
     public override void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default)
     {
         if (!sequence.Append(layer, position, count, keys, values, frameIds))
@@ -377,12 +398,14 @@ public sealed unsafe class PagedKvCache : KvCache
         };
     }
 
+    /// <inheritdoc/>
     public override void Commit(int length)
     {
         this.length = length;
         steps++;
     }
 
+    /// <summary>Forgets positions at and after <paramref name="length"/>: their rows leave the pages, pending prefetches are cancelled, and the policies are told.</summary>
     public override void Truncate(int length)
     {
         if (length < 0 || length > this.length) throw new ArgumentOutOfRangeException(nameof(length));
@@ -397,6 +420,7 @@ public sealed unsafe class PagedKvCache : KvCache
         this.length = length;
     }
 
+    /// <summary>Gives this cache's pages back to the store, and disposes the store too when the cache was built over a store of its own.</summary>
     public override void Dispose()
     {
         foreach (var list in prefetched)

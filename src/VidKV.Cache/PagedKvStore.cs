@@ -7,13 +7,17 @@ namespace VidKV.Cache;
 /// <summary>Shape and storage of a <see cref="PagedKvStore"/>.</summary>
 public sealed record PagedKvOptions
 {
+    /// <summary>Decoder layers the store keeps KV for.</summary>
     public required int LayerCount { get; init; }
+    /// <summary>KV heads per layer (fewer than query heads under GQA).</summary>
     public required int KvHeadCount { get; init; }
+    /// <summary>Elements of one key or value row; a whole number of blocks of the key and value types.</summary>
     public required int HeadDim { get; init; }
     /// <summary>Tokens per page: 16, 32 or 64 (a page's row mask is one 64-bit word).</summary>
     public int PageSize { get; init; } = 32;
     /// <summary>Element type of stored keys and values: f16 (default), f32 or q8_0.</summary>
     public GgmlType KeyType { get; init; } = GgmlType.F16;
+    /// <summary>Element type of stored values: f16 (default), f32 or q8_0.</summary>
     public GgmlType ValueType { get; init; } = GgmlType.F16;
     /// <summary>Most pages held in RAM at once, over all layers and heads; 0 for no limit.</summary>
     public int MaxHotPages { get; init; }
@@ -51,6 +55,7 @@ public sealed record PagedKvOptions
 [Flags]
 public enum KvMetadata
 {
+    /// <summary>Positions and frame ids only (what <see cref="FullPolicy"/> and the window policies need).</summary>
     None = 0,
     /// <summary>Element-wise min and max keys per 16-token block (Quest, LServe).</summary>
     MinMax = 1,
@@ -62,6 +67,7 @@ public enum KvMetadata
     SimHash = 8,
     /// <summary>One float per token that policies accumulate (H2O's attention mass); moves with its row.</summary>
     RowScores = 16,
+    /// <summary>Every kind (for tools that try every policy on one store).</summary>
     All = MinMax | Digest | KeySum | SimHash | RowScores,
 }
 
@@ -117,6 +123,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     readonly float[] rowScratch;
     byte[]? coldStaging;
 
+    /// <summary>An empty pool of the given shape; slots are allocated as pages are taken, the cold file created if named.</summary>
     public PagedKvStore(PagedKvOptions options)
     {
         options.Validate();
@@ -137,16 +144,25 @@ public sealed unsafe class PagedKvStore : IDisposable
         if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, PageBytes, options.MapColdTier);
     }
 
+    /// <summary>The shape and storage the store was created with.</summary>
     public PagedKvOptions Options => options;
     /// <summary>The metadata this store keeps (<see cref="PagedKvOptions.Metadata"/>).</summary>
     public KvMetadata Metadata => metadata;
+    /// <summary>Decoder layers (<see cref="PagedKvOptions.LayerCount"/>).</summary>
     public int LayerCount => options.LayerCount;
+    /// <summary>KV heads per layer (<see cref="PagedKvOptions.KvHeadCount"/>).</summary>
     public int KvHeadCount => options.KvHeadCount;
+    /// <summary>Elements per key or value row (<see cref="PagedKvOptions.HeadDim"/>).</summary>
     public int HeadDim => d;
+    /// <summary>Tokens per page (<see cref="PagedKvOptions.PageSize"/>).</summary>
     public int PageSize => options.PageSize;
+    /// <summary>Element type of stored keys.</summary>
     public GgmlType KeyType => options.KeyType;
+    /// <summary>Element type of stored values.</summary>
     public GgmlType ValueType => options.ValueType;
+    /// <summary>Bytes of one stored key row (headDim elements of <see cref="KeyType"/>).</summary>
     public int KeyRowBytes => keyRow;
+    /// <summary>Bytes of one stored value row (headDim elements of <see cref="ValueType"/>).</summary>
     public int ValueRowBytes => valueRow;
     /// <summary>Bytes of one page of one head (keys and values).</summary>
     public int PageBytes { get; }
@@ -161,6 +177,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     public long ColdBytes => (long)ColdOnlyPageCount * PageBytes;
     /// <summary>Bytes allocated for slots (used or free).</summary>
     public long AllocatedBytes => (long)slabCount * SlotsPerSlab * PageBytes;
+    /// <summary>Whether pages can move to a cold file (<see cref="PagedKvOptions.ColdPath"/> was given).</summary>
     public bool HasColdTier => cold != null;
     /// <summary>Whether cold pages are read where they lie in the mapped cold file (<see cref="ReadableRows"/>) instead of being recalled.</summary>
     public bool ReadsColdInPlace => cold?.IsMapped == true;
@@ -194,11 +211,17 @@ public sealed unsafe class PagedKvStore : IDisposable
     public int Holders(int page) => holders[page];
 
     // ---- metadata access ----
+    /// <summary>Tokens (rows) the page holds, at most <see cref="PageSize"/>.</summary>
     public int Count(int page) => count[page];
+    /// <summary>Each row's position in its sequence, ascending ([Count]).</summary>
     public ReadOnlySpan<int> Positions(int page) => new(positions + (long)page * options.PageSize, count[page]);
+    /// <summary>Position of the page's first row.</summary>
     public int FirstPosition(int page) => positions[(long)page * options.PageSize];
+    /// <summary>Position of the page's last row.</summary>
     public int LastPosition(int page) => positions[(long)page * options.PageSize + count[page] - 1];
+    /// <summary>Each row's video frame id ([Count]; -1 for a token of no frame).</summary>
     public ReadOnlySpan<int> FrameIds(int page) => frameIds.AsSpan(page * options.PageSize, count[page]);
+    /// <summary>Each row's key SimHash (<see cref="KvMetadata.SimHash"/>; <see cref="PagedKvOptions.SimHashBits"/> low bits), [Count].</summary>
     public ReadOnlySpan<ulong> SimHashes(int page) => Requires(KvMetadata.SimHash) ? hashes.AsSpan(page * options.PageSize, count[page]) : default;
     /// <summary>The page's per-row scores (<see cref="KvMetadata.RowScores"/>), read-only; see <see cref="WritableRowScores"/>.</summary>
     public ReadOnlySpan<float> RowScores(int page) => Requires(KvMetadata.RowScores) ? rowScores.AsSpan(page * options.PageSize, count[page]) : default;
@@ -220,9 +243,11 @@ public sealed unsafe class PagedKvStore : IDisposable
     public int DigestBlockCount(int page) => (count[page] + DigestBlock - 1) / DigestBlock;
     /// <summary>Element-wise minimum of the stored keys of one 16-token block of the page.</summary>
     public ReadOnlySpan<float> MinKey(int page, int block) => Requires(KvMetadata.MinMax) ? minKeys.AsSpan((page * blocksPerPage + block) * d, d) : default;
+    /// <summary>Element-wise maximum of the stored keys of one 16-token block of the page.</summary>
     public ReadOnlySpan<float> MaxKey(int page, int block) => Requires(KvMetadata.MinMax) ? maxKeys.AsSpan((page * blocksPerPage + block) * d, d) : default;
     /// <summary>Sum of the page's stored keys (divide by <see cref="Count"/> for the mean key).</summary>
     public ReadOnlySpan<float> KeySum(int page) => Requires(KvMetadata.KeySum) ? keySums.AsSpan(page * d, d) : default;
+    /// <summary>Whether the page's rows are in RAM (a hot slot), rather than only in the cold file.</summary>
     public bool IsHot(int page) => hotSlotOf[page] >= 0;
     /// <summary>Changes each time the id is given to a new page, so a remembered id can tell it was freed and reused.</summary>
     public int Generation(int page) => generation[page];
@@ -332,6 +357,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>One stored key as f32.</summary>
     public void ReadKey(int page, int row, Span<float> destination) =>
         Dequantize.Row(options.KeyType, new ReadOnlySpan<byte>(KeyRows(page) + (long)row * keyRow, keyRow), destination[..d]);
+    /// <summary>One stored value as f32.</summary>
     public void ReadValue(int page, int row, Span<float> destination) =>
         Dequantize.Row(options.ValueType, new ReadOnlySpan<byte>(ValueRows(page) + (long)row * valueRow, valueRow), destination[..d]);
 
@@ -857,12 +883,14 @@ public sealed unsafe class PagedKvStore : IDisposable
 
     bool disposed;
 
+    /// <summary>Frees the slots and closes the cold file; sequences of this store are unusable after.</summary>
     public void Dispose()
     {
         Free();
         GC.SuppressFinalize(this);
     }
 
+    /// <summary>Frees the native slots of a store nobody disposed.</summary>
     ~PagedKvStore() => Free();
 
     void Free()
@@ -883,10 +911,15 @@ public sealed class PageTable
 {
     int[] pages = new int[16];
 
+    /// <summary>Pages in the table.</summary>
     public int Count { get; private set; }
+    /// <summary>Tokens over all its pages.</summary>
     public int TokenCount { get; internal set; }
+    /// <summary>Page id at table index <paramref name="index"/> (0 holds the earliest positions).</summary>
     public int this[int index] => pages[index];
+    /// <summary>Page id at <paramref name="index"/>, which may count from the end (<c>table[^1]</c> is the newest page).</summary>
     public int this[Index index] => pages[index.GetOffset(Count)];
+    /// <summary>Page ids in position order ([Count]).</summary>
     public ReadOnlySpan<int> Pages => pages.AsSpan(0, Count);
 
     internal void Add(int page)

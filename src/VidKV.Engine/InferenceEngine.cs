@@ -53,6 +53,7 @@ public sealed class InferenceEngine : IAsyncDisposable
     float[] logits = [];
     int nextWork;
 
+    /// <summary>Creates the KV page pool for <paramref name="model"/> and starts the engine loop thread (defaults when <paramref name="options"/> is null).</summary>
     public InferenceEngine(DecoderModel model, EngineOptions? options = null)
     {
         this.model = model;
@@ -66,7 +67,9 @@ public sealed class InferenceEngine : IAsyncDisposable
         loop.Start();
     }
 
+    /// <summary>The model every session runs on (the engine does not dispose it).</summary>
     public DecoderModel Model => model;
+    /// <summary>The batching and KV settings the engine was created with.</summary>
     public EngineOptions Options => options;
 
     /// <summary>KV memory now, all sessions together.</summary>

@@ -18,6 +18,7 @@ public sealed record SamplingOptions
     /// <summary>Seed of the random draw; null picks one.</summary>
     public int? Seed { get; init; }
 
+    /// <summary>Always the most likely token (temperature 0), so answers are reproducible.</summary>
     public static SamplingOptions Greedy { get; } = new() { Temperature = 0 };
 }
 

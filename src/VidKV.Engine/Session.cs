@@ -11,6 +11,7 @@ public sealed record AskOptions
 {
     /// <summary>Most tokens of the answer.</summary>
     public int MaxTokens { get; init; } = 256;
+    /// <summary>How each answer token is picked; greedy by default.</summary>
     public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
 }
 

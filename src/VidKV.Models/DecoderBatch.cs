@@ -33,13 +33,16 @@ public sealed class DecoderBatch
         PositionComponents = positionComponents;
     }
 
+    /// <summary>Floats per embedding row (the model's embedding length).</summary>
     public int EmbeddingLength { get; }
+    /// <summary>Components of every row's position: 1, or the model's M-RoPE component count.</summary>
     public int PositionComponents { get; }
     /// <summary>Rows in the batch.</summary>
     public int Count { get; private set; }
     /// <summary>Rows whose logits <see cref="DecoderModel.Decode"/> writes (in row order).</summary>
     public int LogitRows { get; private set; }
 
+    /// <summary>Removes every row, keeping the buffers for the next step.</summary>
     public void Clear()
     {
         Count = LogitRows = embeddingRows = 0;
@@ -101,8 +104,11 @@ public sealed class DecoderBatch
     public int Token(int row) => tokens[row];
     /// <summary>The row's embedding (empty for a token row).</summary>
     public ReadOnlySpan<float> Embedding(int row) => embeddingOf[row] < 0 ? default : embeddings.AsSpan(embeddingOf[row] * EmbeddingLength, EmbeddingLength);
+    /// <summary>Index of the sequence (its KV cache in <see cref="DecoderModel.Decode"/>'s list) the row belongs to.</summary>
     public int Sequence(int row) => sequences[row];
+    /// <summary>The row's video frame id, −1 for none.</summary>
     public int Frame(int row) => frames[row];
+    /// <summary>Whether the row's logits are computed.</summary>
     public bool NeedsLogits(int row) => logits[row];
     /// <summary>Whether the row was given a position (otherwise its place in the sequence is used).</summary>
     public bool HasPosition(int row) => positioned[row];

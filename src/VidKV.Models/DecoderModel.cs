@@ -97,9 +97,13 @@ public sealed unsafe class DecoderModel : IDisposable
                 yield return m.Weight;
     }
 
+    /// <summary>The model's hyper-parameters, read from the file.</summary>
     public ModelConfig Config { get; }
+    /// <summary>The model's vocabulary, read from the file.</summary>
     public Vocabulary Vocabulary { get; }
+    /// <summary>The tokenizer for <see cref="Vocabulary"/>.</summary>
     public Tokenizer Tokenizer { get; }
+    /// <summary>The GGUF file or Hugging Face folder the model was loaded from.</summary>
     public string Path => weights.Path;
     /// <summary>Storage type of the largest matrices (what llama.cpp calls the model's file type).</summary>
     public GgmlType WeightType => layers.Length > 0 ? layers[0].FeedForward.Gate.Weight.Type : output.Weight.Type;
@@ -291,6 +295,7 @@ public sealed unsafe class DecoderModel : IDisposable
         return true;
     }
 
+    /// <summary>Frees the weight matrices and closes the model's files; the model is unusable after.</summary>
     public void Dispose()
     {
         foreach (var matrix in Matrices().Distinct()) matrix.Dispose();

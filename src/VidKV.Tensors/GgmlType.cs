@@ -3,20 +3,35 @@ namespace VidKV.Tensors;
 /// <summary>Element types of tensor data, numbered as in ggml (and therefore as stored in GGUF files).</summary>
 public enum GgmlType : uint
 {
+    /// <summary>32-bit IEEE floats, one per element.</summary>
     F32 = 0,
+    /// <summary>16-bit IEEE half floats, one per element.</summary>
     F16 = 1,
+    /// <summary>4-bit blocks of 32 with one f16 scale.</summary>
     Q4_0 = 2,
+    /// <summary>4-bit blocks of 32 with an f16 scale and an f16 minimum.</summary>
     Q4_1 = 3,
+    /// <summary>5-bit blocks of 32 (high bits packed apart) with one f16 scale.</summary>
     Q5_0 = 6,
+    /// <summary>5-bit blocks of 32 (high bits packed apart) with an f16 scale and an f16 minimum.</summary>
     Q5_1 = 7,
+    /// <summary>8-bit blocks of 32 with one f16 scale.</summary>
     Q8_0 = 8,
+    /// <summary>8-bit blocks of 32 with an f16 scale and the f16 of scale times the block's sum (a matmul operand in ggml; VidKV does not read it).</summary>
     Q8_1 = 9,
+    /// <summary>2-bit super-blocks of 256: 16 groups of 16 with 4-bit scales and minimums, f16 super-scale and super-minimum.</summary>
     Q2_K = 10,
+    /// <summary>3-bit super-blocks of 256: 16 groups of 16 with 6-bit scales and one f16 super-scale.</summary>
     Q3_K = 11,
+    /// <summary>4-bit super-blocks of 256: 8 groups of 32 with 6-bit scales and minimums, f16 super-scale and super-minimum.</summary>
     Q4_K = 12,
+    /// <summary>5-bit super-blocks of 256: 8 groups of 32 with 6-bit scales and minimums, f16 super-scale and super-minimum.</summary>
     Q5_K = 13,
+    /// <summary>6-bit super-blocks of 256: 16 groups of 16 with 8-bit scales and one f16 super-scale.</summary>
     Q6_K = 14,
+    /// <summary>8-bit super-blocks of 256 with one f32 scale and 16 per-group sums (ggml's dot-product operand for the K-quants).</summary>
     Q8_K = 15,
+    /// <summary>bfloat16 (the top 16 bits of an f32), one per element.</summary>
     BF16 = 30,
 }
 

@@ -7,7 +7,13 @@ namespace VidKV.Tensors;
 /// M-RoPE (Qwen2-VL) pairs as NeoX and takes each pair's position from one of up to four components (see
 /// <see cref="Kernels.RopeAngles(ReadOnlySpan{int}, ReadOnlySpan{int}, int, float, Span{float}, Span{float})"/>).
 /// </summary>
-public enum RopeMode { Normal, NeoX }
+public enum RopeMode
+{
+    /// <summary>ggml's default: element 2i pairs with 2i+1 (Llama GGUF).</summary>
+    Normal,
+    /// <summary>GPT-NeoX: element i pairs with i + ropeDims/2 (Qwen2 and HF checkpoints).</summary>
+    NeoX,
+}
 
 /// <summary>
 /// Element-wise and row kernels of the decoder. Static span methods: sources, then arguments, then destination.
@@ -110,7 +116,7 @@ internal static class Kernels
         for (int i = 0; i < x.Length; i++) destination[i] = x[i] / (1f + MathF.Exp(-1.702f * x[i]));
     }
 
-    /// <summary>Rotates one head vector in place by precomputed angles (<see cref="RopeAngles"/>).</summary>
+    /// <summary>Rotates one head vector in place by precomputed angles (<see cref="RopeAngles(int, int, float, Span{float}, Span{float})"/>, or the M-RoPE overload).</summary>
     public static void Rope(Span<float> head, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, RopeMode mode)
     {
         int half = cos.Length;

@@ -90,7 +90,7 @@ internal static class ReferenceKernels
         MatMul(w, rounded, tokens, y);
     }
 
-    /// <summary>Causal GQA attention, one query at a time, as <see cref="Attention.Causal"/> specifies.</summary>
+    /// <summary>Causal GQA attention, one query at a time, as <see cref="Attention.Causal(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, int, int, int, int, int, float, Span{float}, WorkerPool?)"/> specifies.</summary>
     public static void CausalAttention(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
         int tokenCount, int startPosition, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination)
     {

@@ -6,7 +6,13 @@ namespace VidKV.Text;
 public sealed record ChatMessage(string Role, string Content);
 
 /// <summary>The chat formats VidKV renders.</summary>
-public enum ChatFormat { ChatMl, Llama3 }
+public enum ChatFormat
+{
+    /// <summary>ChatML (Qwen and others): <c>&lt;|im_start|&gt;role\n…&lt;|im_end|&gt;</c>.</summary>
+    ChatMl,
+    /// <summary>Llama 3: <c>&lt;|start_header_id|&gt;role&lt;|end_header_id|&gt;\n\n…&lt;|eot_id|&gt;</c>.</summary>
+    Llama3,
+}
 
 /// <summary>
 /// Renders conversations the way llama.cpp's built-in templates do, choosing the format from the model's
@@ -14,6 +20,7 @@ public enum ChatFormat { ChatMl, Llama3 }
 /// </summary>
 public static class ChatTemplate
 {
+    /// <summary>The format a model's Jinja chat template (<see cref="Vocabulary.ChatTemplate"/>) calls for: Llama 3 when it uses <c>&lt;|start_header_id|&gt;</c>, otherwise (null included) ChatML.</summary>
     public static ChatFormat Detect(string? template) =>
         template != null && template.Contains("<|start_header_id|>", StringComparison.Ordinal) ? ChatFormat.Llama3 : ChatFormat.ChatMl;
 

@@ -9,8 +9,10 @@ namespace VidKV.Text;
 /// </summary>
 public abstract class Tokenizer
 {
+    /// <summary>Binds the tokenizer to the vocabulary whose ids it produces; see <see cref="Create"/>.</summary>
     protected Tokenizer(Vocabulary vocabulary) => Vocabulary = vocabulary;
 
+    /// <summary>The vocabulary whose ids this tokenizer produces and decodes.</summary>
     public Vocabulary Vocabulary { get; }
 
     /// <summary>Builds the tokenizer the vocabulary calls for.</summary>
@@ -20,6 +22,9 @@ public abstract class Tokenizer
         _ => new ByteLevelBpeTokenizer(vocabulary),
     };
 
+    /// <summary>Token ids of <paramref name="text"/>.</summary>
+    /// <param name="addSpecial">Add BOS/EOS where the vocabulary asks for them.</param>
+    /// <param name="parseSpecial">Match control-token text (e.g. <c>&lt;|im_start|&gt;</c>) as its token; off, such text is tokenised as plain text.</param>
     public List<int> Encode(string text, bool addSpecial = true, bool parseSpecial = true)
     {
         var output = new List<int>();

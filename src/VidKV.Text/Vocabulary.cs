@@ -3,10 +3,32 @@ using VidKV.Formats;
 namespace VidKV.Text;
 
 /// <summary>Token kinds as stored in GGUF's <c>tokenizer.ggml.token_type</c>.</summary>
-public enum TokenType { Undefined = 0, Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 }
+public enum TokenType
+{
+    /// <summary>No type given; decodes to nothing.</summary>
+    Undefined = 0,
+    /// <summary>Ordinary text piece, produced by the tokenisation algorithm.</summary>
+    Normal = 1,
+    /// <summary>The unknown-token placeholder (SentencePiece's &lt;unk&gt;).</summary>
+    Unknown = 2,
+    /// <summary>Special token such as BOS, EOS or an end-of-turn marker; its text is matched only with special parsing on.</summary>
+    Control = 3,
+    /// <summary>Added token whose text is always matched whole in the input and always decoded.</summary>
+    UserDefined = 4,
+    /// <summary>Reserved slot that is never produced; decodes to nothing.</summary>
+    Unused = 5,
+    /// <summary>SentencePiece byte-fallback token <c>&lt;0xNN&gt;</c>: one raw byte.</summary>
+    Byte = 6,
+}
 
 /// <summary>Which tokenisation algorithm the vocabulary uses.</summary>
-public enum VocabularyKind { SentencePiece, BytePairEncoding }
+public enum VocabularyKind
+{
+    /// <summary>SentencePiece (Llama 1/2, GGUF <c>llama</c>): merges by token score, ▁ for spaces, byte fallback.</summary>
+    SentencePiece,
+    /// <summary>Byte-level BPE (GPT-2, Llama 3, Qwen; GGUF <c>gpt2</c>): a regex pre-tokeniser, then merges by rank.</summary>
+    BytePairEncoding,
+}
 
 /// <summary>
 /// A model's vocabulary: token texts, scores, types, merges and special ids, as read from GGUF metadata
@@ -32,25 +54,42 @@ public sealed class Vocabulary
     readonly Dictionary<(string, string), int> mergeRanks;
     readonly HashSet<int> endOfGeneration = [];
 
+    /// <summary>The tokenisation algorithm; <see cref="Tokenizer.Create"/> picks the tokenizer by it.</summary>
     public VocabularyKind Kind { get; }
     /// <summary>Pre-tokeniser name for byte-level BPE (<c>gpt2</c>, <c>qwen2</c>, <c>llama-bpe</c>, ...).</summary>
     public string PreTokenizer { get; }
+    /// <summary>Token text by id (SentencePiece's ▁ and byte-level BPE's mapped bytes as stored).</summary>
     public string[] Tokens { get; }
+    /// <summary>Score by id: SentencePiece merges the pair whose result scores highest; zeros when the file has none.</summary>
     public float[] Scores { get; }
+    /// <summary>Type by id, after the load-time re-typing of end-of-turn and FIM markers as control tokens.</summary>
     public TokenType[] Types { get; }
+    /// <summary>Number of tokens (the model's vocabulary size).</summary>
     public int Count => Tokens.Length;
+    /// <summary>Beginning-of-sequence id; -1 when there is none.</summary>
     public int BosId { get; }
+    /// <summary>End-of-sequence id; -1 when there is none.</summary>
     public int EosId { get; }
+    /// <summary>Id substituted for text with no token; -1 when there is none.</summary>
     public int UnknownId { get; }
+    /// <summary>Whether encoding with special tokens starts with <see cref="BosId"/>.</summary>
     public bool AddBos { get; }
+    /// <summary>Whether encoding with special tokens ends with <see cref="EosId"/>.</summary>
     public bool AddEos { get; }
+    /// <summary>SentencePiece: put a space before text at the start or after a special token.</summary>
     public bool AddSpacePrefix { get; }
     /// <summary>Llama-3 style: a pre-tokenised word that is itself a token skips the merges.</summary>
     public bool IgnoreMerges { get; }
     /// <summary>Jinja chat template from the model, if any.</summary>
     public string? ChatTemplate { get; }
+    /// <summary>Ids that end generation: EOS and the end-of-turn / end-of-text markers found in the vocabulary.</summary>
     public IReadOnlySet<int> EndOfGeneration => endOfGeneration;
 
+    /// <summary>
+    /// Builds a vocabulary from its parts, as the GGUF and tokenizer.json readers do; a null special id, flag or array
+    /// takes the default of <paramref name="kind"/> (SentencePiece: BOS 1, EOS 2, unknown 0, add BOS, space prefix).
+    /// </summary>
+    /// <param name="merges">Byte-level BPE merges, "left right" in rank order.</param>
     public Vocabulary(VocabularyKind kind, string preTokenizer, string[] tokens, float[]? scores, TokenType[]? types,
         IReadOnlyList<string>? merges, int? bosId, int? eosId, int? unknownId, bool? addBos, bool? addEos,
         bool? addSpacePrefix, string? chatTemplate)
@@ -105,10 +144,13 @@ public sealed class Vocabulary
     /// <summary>Control, user-defined and unknown tokens, longest text first: the ones matched in raw text before tokenising.</summary>
     public int[] SpecialTokens { get; }
 
+    /// <summary>The id of a token by its exact text.</summary>
     public bool TryGetId(string text, out int id) => idsByText.TryGetValue(text, out id);
 
+    /// <summary>Byte-level BPE priority of merging <paramref name="left"/> and <paramref name="right"/> (lower merges first); -1 when they do not merge.</summary>
     public int MergeRank(string left, string right) => mergeRanks.TryGetValue((left, right), out int rank) ? rank : -1;
 
+    /// <summary>Whether generating <paramref name="id"/> ends the reply (see <see cref="EndOfGeneration"/>).</summary>
     public bool IsEndOfGeneration(int id) => endOfGeneration.Contains(id);
 
     /// <summary>Reads <c>tokenizer.ggml.*</c> metadata; throws <see cref="ModelFormatException"/> naming the key when it is unusable.</summary>

@@ -3,7 +3,7 @@ namespace VidKV.Cache;
 /// <summary>
 /// H2O (Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models",
 /// NeurIPS 2023). Every stored token accumulates the attention probability each query gives it (summed over the
-/// head's query group and over steps, prompt queries included); when a head holds more than <see cref="Budget"/>
+/// head's query group and over steps, prompt queries included); when a head holds more than <see cref="TokenScoringPolicy.Budget"/>
 /// tokens the excess with the smallest accumulated score goes, except the <see cref="Recent"/> newest, which always
 /// stay (the paper's half heavy hitters, half recent by default). The paper evicts one token per decode step; a chunk
 /// evicts its whole excess at once by the same rule. Scores are the policy's own softmax over the kept keys. The

@@ -8,7 +8,9 @@ namespace VidKV.Cache;
 /// </summary>
 public readonly ref struct KvStep
 {
+    /// <summary>The decoder layer.</summary>
     public required int Layer { get; init; }
+    /// <summary>The KV head within the layer.</summary>
     public required int Head { get; init; }
     /// <summary>Position of the step's first token.</summary>
     public required int Position { get; init; }
@@ -16,9 +18,11 @@ public readonly ref struct KvStep
     public required int Count { get; init; }
     /// <summary>Query heads that share this KV head.</summary>
     public required int Group { get; init; }
+    /// <summary>The step's queries for this KV head's group, [Count, Group, HeadDim], rotated and unscaled.</summary>
     public required ReadOnlySpan<float> Queries { get; init; }
     /// <summary>1/√headDim.</summary>
     public required float Scale { get; init; }
+    /// <summary>The head's pages in position order, the step's tokens already appended.</summary>
     public required PageTable Table { get; init; }
     /// <summary>Forward steps the cache has run (counts decode steps and batches alike).</summary>
     public required long StepIndex { get; init; }
@@ -45,6 +49,7 @@ public abstract class KvPolicy
 
     /// <summary>The sequence this policy runs on (one policy object serves one sequence).</summary>
     protected KvSequence Sequence => sequence ?? throw new InvalidOperationException($"policy {Name} is not attached to a sequence");
+    /// <summary>The page pool of <see cref="Sequence"/>: page metadata, rows and the table operations.</summary>
     protected PagedKvStore Store => Sequence.Store;
 
     /// <summary>Index of (layer, KV head) in per-head arrays.</summary>
@@ -98,7 +103,9 @@ public sealed class FullPolicy : KvPolicy
     internal static readonly KvPolicyDescriptor Descriptor = new("full", "read every token (the reference every other policy is measured against)", [],
         _ => new FullPolicy());
 
+    /// <inheritdoc/>
     public override string Name => "full";
+    /// <summary>True: reading everything touches no state.</summary>
     public override bool ConcurrentSelect => true;
 }
 
@@ -108,12 +115,16 @@ public sealed class PageSelection
     int[] indices = new int[64];
     ulong[] masks = new ulong[64];
 
+    /// <summary>Pages selected.</summary>
     public int Count { get; private set; }
+    /// <summary>Table index of each selected page, in the order added ([Count]).</summary>
     public ReadOnlySpan<int> Indices => indices.AsSpan(0, Count);
+    /// <summary>Rows read of each selected page: bit j selects row j, all bits set selects every row ([Count]).</summary>
     public ReadOnlySpan<ulong> Masks => masks.AsSpan(0, Count);
     /// <summary>True when the last <see cref="AddAll"/> selected the whole table.</summary>
     public bool IsAll { get; private set; }
 
+    /// <summary>Selects nothing (the cache clears the selection before each Select).</summary>
     public void Clear()
     {
         Count = 0;
@@ -132,11 +143,13 @@ public sealed class PageSelection
         masks[Count++] = mask;
     }
 
+    /// <summary>Selects every row of table pages <paramref name="start"/> up to, not including, <paramref name="end"/>.</summary>
     public void AddRange(int start, int end)
     {
         for (int i = start; i < end; i++) Add(i);
     }
 
+    /// <summary>Replaces the selection with every row of the first <paramref name="pageCount"/> table pages (the whole table) and sets <see cref="IsAll"/>.</summary>
     public void AddAll(int pageCount)
     {
         Clear();

@@ -7,7 +7,7 @@ namespace VidKV.Cache;
 /// <see cref="Kernel"/> neighbours so kept tokens come in runs; the top budget − window earlier tokens stay, with the
 /// window's own tokens. The paper compresses the prompt once. For a stream the window is the last queries this head
 /// has seen (a ring, prefill and decode alike), and compression runs whenever the head holds more than budget +
-/// <see cref="Slack"/> tokens, cutting it back to exactly <see cref="Budget"/> — with the default slack of one window
+/// <see cref="Slack"/> tokens, cutting it back to exactly <see cref="TokenScoringPolicy.Budget"/> — with the default slack of one window
 /// the O(window · tokens) scoring runs once per window of steps.
 /// </summary>
 internal sealed class SnapKvPolicy : TokenScoringPolicy

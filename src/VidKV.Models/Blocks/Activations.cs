@@ -13,13 +13,21 @@ public sealed class Activations
     public Span<float> X(int length) => Grow(ref x, length);
     /// <summary>A block's input or output beside the residual stream [tokens, embedding].</summary>
     public Span<float> H(int length) => Grow(ref h, length);
+    /// <summary>Queries [tokens, heads, headDim].</summary>
     public Span<float> Q(int length) => Grow(ref q, length);
+    /// <summary>Keys [tokens, kvHeads, headDim].</summary>
     public Span<float> K(int length) => Grow(ref k, length);
+    /// <summary>Values [tokens, kvHeads, headDim].</summary>
     public Span<float> V(int length) => Grow(ref v, length);
+    /// <summary>Attention output before the output projection [tokens, heads, headDim].</summary>
     public Span<float> Attention(int length) => Grow(ref attention, length);
+    /// <summary>Feed-forward gate projection [tokens, feedForward].</summary>
     public Span<float> Gate(int length) => Grow(ref gate, length);
+    /// <summary>Feed-forward up projection [tokens, feedForward].</summary>
     public Span<float> Up(int length) => Grow(ref up, length);
+    /// <summary>Cosines of each token's RoPE angles [tokens, ropeDims / 2], shared by every head.</summary>
     public Span<float> RopeCos(int length) => Grow(ref cos, length);
+    /// <summary>Sines of each token's RoPE angles [tokens, ropeDims / 2], shared by every head.</summary>
     public Span<float> RopeSin(int length) => Grow(ref sin, length);
 
     /// <summary>Each row's place in its sequence [tokens].</summary>

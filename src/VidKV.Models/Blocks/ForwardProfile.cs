@@ -3,7 +3,25 @@ using System.Diagnostics;
 namespace VidKV.Models;
 
 /// <summary>The phases a forward pass is timed in (see <see cref="ForwardTimes"/>).</summary>
-public enum ForwardPhase { QkvProjection, KvAppend, Attention, OutputProjection, GateUp, Down, LmHead, Other }
+public enum ForwardPhase
+{
+    /// <summary>The query, key and value projections (with their biases).</summary>
+    QkvProjection,
+    /// <summary>Storing the batch's keys and values in the KV cache.</summary>
+    KvAppend,
+    /// <summary>The KV cache's attention (page selection, recall, kernel and policy updates).</summary>
+    Attention,
+    /// <summary>The attention output projection.</summary>
+    OutputProjection,
+    /// <summary>The feed-forward gate and up projections.</summary>
+    GateUp,
+    /// <summary>The feed-forward down projection.</summary>
+    Down,
+    /// <summary>The output head: final-norm rows times the vocabulary matrix, for rows that need logits.</summary>
+    LmHead,
+    /// <summary>Everything else: embedding, norms, RoPE, activations, residuals.</summary>
+    Other,
+}
 
 /// <summary>
 /// Stopwatch ticks of forward passes per phase, summed: the weight products (q/k/v, attention output, feed-forward
@@ -12,10 +30,26 @@ public enum ForwardPhase { QkvProjection, KvAppend, Attention, OutputProjection,
 /// </summary>
 public struct ForwardTimes
 {
-    public long QkvProjection, KvAppend, Attention, OutputProjection, GateUp, Down, LmHead, Other;
+    /// <summary>Ticks of <see cref="ForwardPhase.QkvProjection"/>.</summary>
+    public long QkvProjection;
+    /// <summary>Ticks of <see cref="ForwardPhase.KvAppend"/>.</summary>
+    public long KvAppend;
+    /// <summary>Ticks of <see cref="ForwardPhase.Attention"/>.</summary>
+    public long Attention;
+    /// <summary>Ticks of <see cref="ForwardPhase.OutputProjection"/>.</summary>
+    public long OutputProjection;
+    /// <summary>Ticks of <see cref="ForwardPhase.GateUp"/>.</summary>
+    public long GateUp;
+    /// <summary>Ticks of <see cref="ForwardPhase.Down"/>.</summary>
+    public long Down;
+    /// <summary>Ticks of <see cref="ForwardPhase.LmHead"/>.</summary>
+    public long LmHead;
+    /// <summary>Ticks of <see cref="ForwardPhase.Other"/>.</summary>
+    public long Other;
     /// <summary>Tokens the forward passes ran.</summary>
     public long Tokens;
 
+    /// <summary>Ticks of every phase together.</summary>
     public readonly long Total => QkvProjection + KvAppend + Attention + OutputProjection + GateUp + Down + LmHead + Other;
 
     /// <summary>Milliseconds per token of each phase since <paramref name="before"/>, by name (for JSON).</summary>
