@@ -94,7 +94,7 @@ public class NearestCentreKernelTests
     }
 }
 
-/// <summary>Spherical k-means against a scalar f64 reference.</summary>
+/// <summary>Spherical k-means and the ClusterKV policy built on it.</summary>
 public class ClusterKvTests
 {
     /// <summary>
@@ -211,5 +211,92 @@ public class ClusterKvTests
         var want = new int[n];
         NearestCentre.AssignReference(unit, n, centres, k, d, want);
         Assert.True(want.Zip(got).Count(p => p.First != p.Second) <= n / 100);
+    }
+
+    static DecoderModel Stories() => ModelLoader.Load(TestData.Model("stories260K"));
+
+    static int[] StoryTokens(DecoderModel model, int count) =>
+        model.Tokenizer.Encode(File.ReadAllText(TestData.File_("text/story_eval.txt")), addSpecial: true, parseSpecial: false).Take(count).ToArray();
+
+    static (PagedKvCache Cache, ClusterKvPolicy Policy) ClusterCache(DecoderModel model, int budget)
+    {
+        var c = model.Config;
+        var cache = new KvCacheConfig { Default = "clusterkv", Budget = budget, PageSize = 16, Type = GgmlType.F32 }.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim);
+        return (cache, Assert.IsType<ClusterKvPolicy>(cache.Policies[0, 0]));
+    }
+
+    /// <summary>
+    /// Batches cluster on ingest: the first clustering when the context reaches the budget, then every batch joins the
+    /// clusters and all is clustered afresh when the keys have doubled (budget 64, batches of 32: 48 keys at 64
+    /// tokens, 112 at 128, 240 at 256). Decode steps short of a window, and rewinds to the clustered length, cluster
+    /// nothing more; a step still reads exactly the budget.
+    /// </summary>
+    [Fact]
+    public void BatchesClusterOnIngestAndDecodeDoesNot()
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 300);
+        var (cache, policy) = ClusterCache(model, 64);
+        int heads = model.Config.LayerCount * model.Config.KvHeadCount;
+        using var state = model.CreateState(cache);
+        var logits = new float[model.Config.VocabSize];
+        var prepared = new List<int>();
+        for (int start = 0; start < 256; start += 32)
+        {
+            model.Forward(state, tokens.AsSpan(start, 32), logits);
+            if (policy.Work.LastPrepareKeys is int keys && (prepared.Count == 0 || prepared[^1] != keys)) prepared.Add(keys);
+            Assert.Equal(start + 32 >= 64 ? heads : 0, policy.Work.LastPrepareHeads);
+        }
+        Assert.Equal([48, 112, 240], prepared.Where(k => k > 0));
+        var work = policy.Work;
+        Assert.True(work.AppendTicks > 0, "batches between clusterings are assigned to clusters");
+        int reads = 0;
+        cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
+        {
+            int rows = 0;
+            foreach (var view in read) rows += view.Mask == KvPageView.AllRows ? view.Count : System.Numerics.BitOperations.PopCount(view.Mask);
+            Assert.Equal(64, rows);
+            reads++;
+        };
+        for (int round = 0; round < 2; round++)
+        {
+            for (int t = 256; t < 256 + policy.Window - 1; t++) model.Forward(state, tokens.AsSpan(t, 1), logits);
+            cache.Truncate(256);
+        }
+        Assert.Equal(2 * (policy.Window - 1) * heads, reads);
+        Assert.Equal(work, policy.Work);
+    }
+
+    /// <summary>
+    /// Generated tokens gather until a window, then become new clusters (appended work); a rewind into the clustered
+    /// part drops the members past the end and keeps reading exactly the budget, of positions that exist.
+    /// </summary>
+    [Fact]
+    public void WindowsClusterAndRewindsDropWhatIsGone()
+    {
+        using var model = Stories();
+        var tokens = StoryTokens(model, 400);
+        var (cache, policy) = ClusterCache(model, 64);
+        using var state = model.CreateState(cache);
+        var logits = new float[model.Config.VocabSize];
+        for (int t = 0; t < 200; t++) model.Forward(state, tokens.AsSpan(t, 1), logits);
+        var work = policy.Work;
+        Assert.Equal(48, work.LastPrepareKeys); // one clustering at the budget, then windows
+        Assert.True(work.AppendTicks > 0, $"windows of {policy.Window} generated tokens are clustered");
+        cache.Truncate(150);
+        int end = 150;
+        cache.Observer = (in KvStep step, ReadOnlySpan<KvPageView> read) =>
+        {
+            var positions = new List<int>();
+            foreach (var view in read)
+                unsafe
+                {
+                    for (int j = 0; j < view.Count; j++)
+                        if (view.Mask == KvPageView.AllRows || (view.Mask >> j & 1) != 0) positions.Add(view.Positions[j]);
+                }
+            Assert.Equal(64, positions.Count);
+            Assert.All(positions, p => Assert.InRange(p, 0, end));
+        };
+        for (int t = 150; t < 180; t++, end++) model.Forward(state, tokens.AsSpan(t, 1), logits);
     }
 }

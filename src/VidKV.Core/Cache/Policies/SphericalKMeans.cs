@@ -14,6 +14,12 @@ namespace VidKV.Cache;
 /// </summary>
 public sealed unsafe class SphericalKMeans
 {
+    /// <summary>
+    /// Multiply-adds of one assignment pass below which the k-means stays on the calling thread: a pool job costs
+    /// microseconds to start and join (milliseconds on a busy machine), and a window of generated keys is tiny.
+    /// </summary>
+    public const long ParallelWork = 1 << 22;
+
     float[] unit = [];
     short[] packedKeys = [];
     int[] packedCentres = [], labels = [], changes = [];
@@ -24,7 +30,7 @@ public sealed unsafe class SphericalKMeans
     /// <summary>
     /// Clusters <paramref name="keys"/> [<paramref name="keyCount"/>, <paramref name="dimension"/>] into
     /// <paramref name="clusterCount"/> clusters: their labels, unit centres, raw-key sums and sizes. Runs on
-    /// <paramref name="pool"/> (null: on the calling thread).
+    /// <paramref name="pool"/> (null, or less than <see cref="ParallelWork"/> per pass: on the calling thread).
     /// </summary>
     /// <param name="assignment">[keyCount] the cluster of each key</param>
     /// <param name="centres">[clusterCount, dimension] unit centres (for assigning later keys)</param>
@@ -37,6 +43,7 @@ public sealed unsafe class SphericalKMeans
         if (n < 1 || d < 1 || k < 1 || k > n) throw new ArgumentOutOfRangeException(nameof(clusterCount), $"need 1 ≤ clusters ≤ keys, not {k} clusters of {n} keys");
         if (keys.Length < n * d || assignment.Length < n || centres.Length < k * d || sums.Length < k * d || sizes.Length < k)
             throw new ArgumentException("keys, assignment, centres, sums or sizes too short");
+        if ((long)n * k * d < ParallelWork) pool = null;
         Prepare(n, d, k, pool);
         int threads = pool?.ThreadCount ?? 1;
         fixed (float* raw = keys, unitKeys = unit, centre = centres, sum = sums)
