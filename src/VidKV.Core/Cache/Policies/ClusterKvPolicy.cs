@@ -143,26 +143,49 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
         if (room > 0 && state.Clusters > 0)
         {
             var order = RankClusters(ClusterScores(state, step, scratch), scratch);
-            while (room > 0 && order.Count > 0)
-            {
-                int c = order.Pop();
-                int take = Math.Min(room, state.Start[c + 1] - state.Start[c]);
-                foreach (int position in state.Members.AsSpan(state.Start[c], take)) Mark(marked, position);
-                room -= take;
-            }
+            fixed (ulong* bits = marked)
+            fixed (int* members = state.Members)
+                while (room > 0 && order.Count > 0)
+                {
+                    int c = order.Pop(), first = state.Start[c], take = Math.Min(room, state.Start[c + 1] - first);
+                    for (int j = first; j < first + take; j++) bits[members[j] >> 6] |= 1UL << members[j]; // members lie below the last position
+                    room -= take;
+                }
         }
-        for (int i = 0; i < table.Count; i++)
+        // Only the pages under marked words are visited (the bitmap has a word per 64 positions; the table may have
+        // thousands of pages), and each page's whole mask is taken at once (one that runs on into later words too).
+        int next = 0;
+        for (int w = 0; w < words && next < table.Count; w++)
         {
-            int page = table[i], first = Store.FirstPosition(page), rows = Store.Count(page);
-            ulong mask = 0;
-            if (Store.LastPosition(page) - first == rows - 1) mask = Slice(marked, first, rows);
-            else
+            if (marked[w] == 0) continue;
+            // The first page reaching this word: galloping from the next page (usually it), then a binary search.
+            int from = w << 6, lo = next, hi = table.Count;
+            for (int stride = 1; lo < hi && Store.LastPosition(table[lo]) < from; stride *= 2)
             {
-                var positions = Store.Positions(page);
-                for (int j = 0; j < rows; j++) mask |= (marked[positions[j] >> 6] >> (positions[j] & 63) & 1) << j;
+                if (lo + stride >= hi || Store.LastPosition(table[lo + stride]) >= from)
+                {
+                    hi = Math.Min(hi, lo + stride);
+                    while (lo < hi)
+                    {
+                        int mid = (lo + hi) >> 1;
+                        if (Store.LastPosition(table[mid]) < from) lo = mid + 1; else hi = mid;
+                    }
+                    break;
+                }
+                lo += stride;
             }
-            if (mask == 0) continue;
-            selection.Add(i, mask == (rows == 64 ? ulong.MaxValue : (1UL << rows) - 1) ? KvPageView.AllRows : mask);
+            for (next = lo; next < table.Count && Store.FirstPosition(table[next]) < from + 64; next++)
+            {
+                int page = table[next], first = Store.FirstPosition(page), rows = Store.Count(page);
+                ulong mask = 0;
+                if (Store.LastPosition(page) - first == rows - 1) mask = Slice(marked, first, rows);
+                else
+                {
+                    var positions = Store.Positions(page);
+                    for (int j = 0; j < rows; j++) mask |= (marked[positions[j] >> 6] >> (positions[j] & 63) & 1) << j;
+                }
+                if (mask != 0) selection.Add(next, mask == (rows == 64 ? ulong.MaxValue : (1UL << rows) - 1) ? KvPageView.AllRows : mask);
+            }
         }
     }
 
@@ -541,8 +564,8 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
         for (int h = 0; h < group; h++)
         {
             var row = scratch.Scores.AsSpan(h * k, k);
-            TensorPrimitives.SoftMax(row, row);
-            TensorPrimitives.Add(total, row, total);
+            float sum = VectorMath.ExpShiftedSum(row, TensorPrimitives.Max(row)); // the softmax: e^(s − max), then ÷ Σ
+            TensorPrimitives.MultiplyAdd(row, 1f / sum, total, total);
         }
         return total;
     }
