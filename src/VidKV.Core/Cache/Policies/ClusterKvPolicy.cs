@@ -37,6 +37,7 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
         public int ClusteredUpTo = -1; // positions ≤ this are sinks or clustered
         public int Clusters, Keys;
         public int FullKeys;           // keys of the last clustering of everything (batches re-cluster once Keys doubles it)
+        public int Edits;              // the table's edit count when members were last checked against it
         public int Capacity;           // clusters the arrays below have room for
         public int[] Positions = [], Labels = [];
         public float[] Centres = [], Sums = []; // [Capacity, d]: unit centres (assign later keys), raw-key sums
@@ -142,48 +143,87 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
         int room = Budget - count;
         if (room > 0 && state.Clusters > 0)
         {
-            var order = RankClusters(ClusterScores(state, step, scratch), scratch);
+            // Clusters by descending score from a max-heap: only as many are ordered as the budget takes.
+            int k = ClusterScores(state, step, scratch).Length;
+            if (scratch.Heap.Length < k) scratch.Heap = new int[Math.Max(k, 2 * scratch.Heap.Length)];
+            fixed (float* score = scratch.Total)
+            fixed (int* heap = scratch.Heap, members = state.Members, start = state.Start)
             fixed (ulong* bits = marked)
-            fixed (int* members = state.Members)
-                while (room > 0 && order.Count > 0)
+            {
+                for (int c = 0; c < k; c++) heap[c] = c;
+                for (int i = k / 2 - 1; i >= 0; i--) SiftDown(score, heap, k, i);
+                for (int left = k; room > 0 && left > 0;)
                 {
-                    int c = order.Pop(), first = state.Start[c], take = Math.Min(room, state.Start[c + 1] - first);
-                    for (int j = first; j < first + take; j++) bits[members[j] >> 6] |= 1UL << members[j]; // members lie below the last position
-                    room -= take;
+                    int c = heap[0];
+                    heap[0] = heap[--left];
+                    SiftDown(score, heap, left, 0);
+                    // Members lie below the last position; one that is a sink now (a reducer evicted an earlier one) counts once.
+                    for (int j = start[c]; j < start[c + 1] && room > 0; j++)
+                    {
+                        ulong* word = bits + (members[j] >> 6);
+                        ulong bit = 1UL << members[j];
+                        if ((*word & bit) == 0) { *word |= bit; room--; }
+                    }
                 }
+            }
         }
-        // Only the pages under marked words are visited (the bitmap has a word per 64 positions; the table may have
-        // thousands of pages), and each page's whole mask is taken at once (one that runs on into later words too).
+        AddMasks(table, marked, selection);
+    }
+
+    /// <summary>
+    /// The marked positions as row masks of the pages holding them, in table order. A table that holds positions 0
+    /// to TokenCount − 1 in full pages (but the last; no eviction, the usual case) maps position p to page p / PageSize,
+    /// a page inside one word of the bitmap (page sizes divide 64), and reads nothing of the store. Otherwise only the
+    /// pages under marked words are visited (galloping from the last page taken, then a binary search), and each
+    /// page's whole mask is taken at once. Either way the cost follows the marked words, not the table's length.
+    /// </summary>
+    void AddMasks(PageTable table, ReadOnlySpan<ulong> marked, PageSelection selection)
+    {
+        var store = Store;
+        var pages = table.Pages;
+        int size = store.PageSize, tokens = table.TokenCount;
+        if (store.FirstPosition(pages[0]) == 0 && store.LastPosition(pages[^1]) == tokens - 1 && pages.Length == (tokens + size - 1) / size)
+        {
+            for (int w = 0; w < marked.Length && w << 6 < tokens; w++)
+            {
+                if (marked[w] == 0) continue;
+                for (int i = (w << 6) / size; i < pages.Length && i * size < (w + 1) << 6; i++)
+                {
+                    int rows = Math.Min(size, tokens - i * size);
+                    ulong all = rows == 64 ? ulong.MaxValue : (1UL << rows) - 1, mask = marked[w] >> (i * size & 63) & all;
+                    if (mask != 0) selection.Add(i, mask == all ? KvPageView.AllRows : mask);
+                }
+            }
+            return;
+        }
         int next = 0;
-        for (int w = 0; w < words && next < table.Count; w++)
+        for (int w = 0; w < marked.Length && next < pages.Length; w++)
         {
             if (marked[w] == 0) continue;
-            // The first page reaching this word: galloping from the next page (usually it), then a binary search.
-            int from = w << 6, lo = next, hi = table.Count;
-            for (int stride = 1; lo < hi && Store.LastPosition(table[lo]) < from; stride *= 2)
+            int from = w << 6, lo = next, hi = pages.Length;
+            for (int stride = 1; lo < hi && store.LastPosition(pages[lo]) < from; stride *= 2)
             {
-                if (lo + stride >= hi || Store.LastPosition(table[lo + stride]) >= from)
+                if (lo + stride >= hi || store.LastPosition(pages[lo + stride]) >= from)
                 {
                     hi = Math.Min(hi, lo + stride);
                     while (lo < hi)
                     {
                         int mid = (lo + hi) >> 1;
-                        if (Store.LastPosition(table[mid]) < from) lo = mid + 1; else hi = mid;
+                        if (store.LastPosition(pages[mid]) < from) lo = mid + 1; else hi = mid;
                     }
                     break;
                 }
                 lo += stride;
             }
-            for (next = lo; next < table.Count && Store.FirstPosition(table[next]) < from + 64; next++)
+            for (next = lo; next < pages.Length; next++)
             {
-                int page = table[next], first = Store.FirstPosition(page), rows = Store.Count(page);
+                int* positions = store.PositionPointer(pages[next]);
+                int rows = store.Count(pages[next]), first = positions[0];
+                if (first >= from + 64) break;
                 ulong mask = 0;
-                if (Store.LastPosition(page) - first == rows - 1) mask = Slice(marked, first, rows);
+                if (positions[rows - 1] - first == rows - 1) mask = Slice(marked, first, rows);
                 else
-                {
-                    var positions = Store.Positions(page);
                     for (int j = 0; j < rows; j++) mask |= (marked[positions[j] >> 6] >> (positions[j] & 63) & 1) << j;
-                }
                 if (mask != 0) selection.Add(next, mask == (rows == 64 ? ulong.MaxValue : (1UL << rows) - 1) ? KvPageView.AllRows : mask);
             }
         }
@@ -198,51 +238,21 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
         return count == 64 ? value : value & ((1UL << count) - 1);
     }
 
-    /// <summary>A max-heap of clusters by score: popping gives them in descending order, and only as many as the budget needs are ordered.</summary>
-    ref struct ClusterHeap(Span<float> scores, Span<int> heap)
+    /// <summary>Restores the max-heap of cluster indices (by score) below entry <paramref name="i"/>.</summary>
+    static void SiftDown(float* score, int* heap, int count, int i)
     {
-        readonly Span<float> scores = scores;
-        readonly Span<int> heap = heap;
-        public int Count = heap.Length;
-
-        public void Build()
+        int item = heap[i];
+        float value = score[item];
+        while (true)
         {
-            for (int i = Count / 2 - 1; i >= 0; i--) SiftDown(i);
+            int child = 2 * i + 1;
+            if (child >= count) break;
+            if (child + 1 < count && score[heap[child + 1]] > score[heap[child]]) child++;
+            if (score[heap[child]] <= value) break;
+            heap[i] = heap[child];
+            i = child;
         }
-
-        public int Pop()
-        {
-            int top = heap[0];
-            heap[0] = heap[--Count];
-            SiftDown(0);
-            return top;
-        }
-
-        void SiftDown(int i)
-        {
-            int item = heap[i];
-            float score = scores[item];
-            while (true)
-            {
-                int child = 2 * i + 1;
-                if (child >= Count) break;
-                if (child + 1 < Count && scores[heap[child + 1]] > scores[heap[child]]) child++;
-                if (scores[heap[child]] <= score) break;
-                heap[i] = heap[child];
-                i = child;
-            }
-            heap[i] = item;
-        }
-    }
-
-    static ClusterHeap RankClusters(Span<float> scores, Scratch scratch)
-    {
-        if (scratch.Heap.Length < scores.Length) scratch.Heap = new int[Math.Max(scores.Length, 2 * scratch.Heap.Length)];
-        var heap = scratch.Heap.AsSpan(0, scores.Length);
-        for (int c = 0; c < heap.Length; c++) heap[c] = c;
-        var ranking = new ClusterHeap(scores, heap);
-        ranking.Build();
-        return ranking;
+        heap[i] = item;
     }
 
     /// <summary>Marks a position; 1 if it was not marked yet.</summary>
@@ -265,8 +275,37 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
     {
         if (pending.Count > 0 && (pending[0].Layer != step.Layer || pending[0].StepIndex != step.StepIndex)) Flush(); // a layer this policy left before its last head
         var table = step.Table;
+        var state = heads[HeadIndex(step.Layer, step.Head)];
+        if (table.Edits != state.Edits) DropEvicted(state, table, scratches[step.Head]);
         if (table.TokenCount >= Budget && table.Count > 0) Plan(step, table);
         if (step.Head == Store.KvHeadCount - 1) Flush();
+    }
+
+    /// <summary>
+    /// Members a reducer evicted leave their clusters (ClusterKV composed after an evicting policy), so a step's
+    /// budget goes to rows that exist; the clusters' means stay those of the keys they were made of.
+    /// </summary>
+    void DropEvicted(HeadState state, PageTable table, Scratch scratch)
+    {
+        state.Edits = table.Edits;
+        if (state.Keys == 0 || table.Count == 0) return;
+        int words = (Math.Max(Store.LastPosition(table[table.Count - 1]), state.Positions[state.Keys - 1]) >> 6) + 1;
+        if (scratch.Marked.Length < words) scratch.Marked = new ulong[Math.Max(words, 2 * scratch.Marked.Length)];
+        var stored = scratch.Marked.AsSpan(0, words);
+        stored.Clear();
+        foreach (int page in table.Pages)
+            foreach (int position in Store.Positions(page)) Mark(stored, position);
+        int kept = 0;
+        for (int i = 0; i < state.Keys; i++)
+        {
+            int position = state.Positions[i];
+            if ((stored[position >> 6] >> (position & 63) & 1) == 0) continue;
+            state.Positions[kept] = position;
+            state.Labels[kept++] = state.Labels[i];
+        }
+        if (kept == state.Keys) return;
+        state.Keys = kept;
+        Rebuild(state);
     }
 
     enum HeadWork { Full, Window, Assign }
