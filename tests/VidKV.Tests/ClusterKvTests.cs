@@ -196,6 +196,42 @@ public class ClusterKvTests
         }
     }
 
+    /// <summary>
+    /// Clusterings run together (a layer's heads, each pass one pool job over all of them) give the bits each gives
+    /// alone on one thread, though they converge after different numbers of iterations.
+    /// </summary>
+    [Fact]
+    public void ClusteringsTogetherEqualEachAlone()
+    {
+        var rng = new Random(11);
+        const int d = 40;
+        (int N, int K)[] shapes = [(1000, 33), (37, 5), (500, 17), (2000, 64)];
+        var keys = shapes.Select(s => GroupedKeys(rng, s.N, d, s.K + 3)).ToArray();
+        (int[] Labels, float[] Centres, float[] Sums, int[] Sizes) Outputs(int i) => (new int[shapes[i].N], new float[shapes[i].K * d], new float[shapes[i].K * d], new int[shapes[i].K]);
+        var alone = Enumerable.Range(0, shapes.Length).Select(Outputs).ToArray();
+        var together = Enumerable.Range(0, shapes.Length).Select(Outputs).ToArray();
+        var iterations = new int[shapes.Length];
+        for (int i = 0; i < shapes.Length; i++)
+        {
+            var solver = new SphericalKMeans();
+            solver.Run(keys[i], shapes[i].N, d, shapes[i].K, 20, alone[i].Labels, alone[i].Centres, alone[i].Sums, alone[i].Sizes, pool: null);
+            iterations[i] = solver.IterationsRun;
+        }
+        using var pool = new WorkerPool(2);
+        var problems = Enumerable.Range(0, shapes.Length).Select(i => new SphericalKMeans.Problem(new SphericalKMeans(), keys[i], shapes[i].N, shapes[i].K,
+            together[i].Labels, together[i].Centres, together[i].Sums, together[i].Sizes)).ToArray();
+        SphericalKMeans.RunTogether(problems, d, 20, pool);
+        for (int i = 0; i < shapes.Length; i++)
+        {
+            Assert.Equal(alone[i].Labels, together[i].Labels);
+            Assert.Equal(alone[i].Centres, together[i].Centres);
+            Assert.Equal(alone[i].Sums, together[i].Sums);
+            Assert.Equal(alone[i].Sizes, together[i].Sizes);
+            Assert.Equal(iterations[i], problems[i].Solver.IterationsRun);
+        }
+        Assert.True(iterations.Distinct().Count() > 1, $"the clusterings should converge after different iterations: {string.Join(", ", iterations)}");
+    }
+
     /// <summary>Incremental assignment labels each key with its nearest centre, as a one-iteration assignment would.</summary>
     [Fact]
     public void NearestLabelsEachKeyWithItsClosestCentre()

@@ -20,7 +20,7 @@ namespace VidKV.Cache;
 /// (<see cref="SphericalKMeans.Nearest"/>), and once the keys have doubled since the last clustering all are clustered
 /// afresh, so ingest pays at most about twice the cost of one clustering of everything (the paper clusters the whole
 /// prompt once after prefill; a stream has no end of prefill). The k-means (<see cref="SphericalKMeans"/>) runs on
-/// the worker pool, the KV heads of a layer side by side, and its time is reported apart from decode (<see cref="Work"/>).
+/// the worker pool, the KV heads of a layer in one job per pass, and its time is reported apart from decode (<see cref="Work"/>).
 /// </para>
 /// <para>
 /// Choices made here: clusters are assigned by cosine but scored with the mean of their raw keys (the score attention
@@ -56,8 +56,9 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
     }
 
     HeadState[] heads = [];
-    Scratch[] scratches = []; // per KV head of a layer (a layer's heads select, and cluster, side by side)
+    Scratch[] scratches = []; // per KV head of a layer (its heads select side by side and cluster together)
     readonly List<Pending> pending = [];
+    readonly List<SphericalKMeans.Problem> problems = [];
     readonly object workGate = new();
     long prepareTicks, appendTicks, lastPrepareTicks;
     int lastPrepareEnd = -1, lastPrepareKeys, lastPrepareHeads;
@@ -118,7 +119,7 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
             state.ClusteredUpTo = Math.Max(state.ClusteredUpTo, sinkEnd);
             if (Gather(table, sinkEnd, step.Position, scratch) is int keys and > 0)
             {
-                ClusterAll(state, keys, step.Position, scratch, pool: null);
+                ClusterAll(state, keys, step.Position, scratch);
                 NotePrepare(step.Position, keys, 1, Stopwatch.GetTimestamp() - start);
             }
         }
@@ -269,7 +270,7 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
     /// After an append: once the context reaches the budget, cluster (the next step reads under the budget); then a
     /// batch's keys join their nearest clusters (all are re-clustered once they have doubled), and generated keys
     /// gather until a window of them is clustered. Each head's keys are gathered here; the work waits for the layer's
-    /// last KV head, and then the heads' k-means run side by side on the worker pool (<see cref="Flush"/>).
+    /// last KV head, and then the heads' k-means run together on the worker pool (<see cref="Flush"/>).
     /// </summary>
     public override void OnAppended(in KvStep step)
     {
@@ -336,57 +337,80 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
     }
 
     /// <summary>
-    /// Runs the pending heads' work: one head per thread when there are at least as many heads as threads (no
-    /// synchronisation inside a k-means), otherwise one head after another with each k-means split between the
-    /// threads; small work (a window of generated keys) on the calling thread. The wall time counts as preparation when any head clustered everything, else as upkeep.
+    /// Runs the pending heads' work: their clusterings in lockstep (<see cref="SphericalKMeans.RunTogether"/>: each
+    /// pass one worker-pool job over all their keys, so the threads stay evenly loaded however each head converges),
+    /// and batches joining clusters one after another. The wall time counts as preparation when any head clustered
+    /// everything, else as upkeep.
     /// </summary>
     void Flush()
     {
         if (pending.Count == 0) return;
         long start = Stopwatch.GetTimestamp();
-        var pool = WorkerPool.Shared;
-        long work = 0;
-        foreach (var item in pending) work += (long)item.Keys * (item.Kind == HeadWork.Full ? MaxClusters : NewClusters) * Store.HeadDim;
-        if (pending.Count >= pool.ThreadCount && pool.ThreadCount > 1 && work >= SphericalKMeans.ParallelWork)
+        int d = Store.HeadDim;
+        problems.Clear();
+        foreach (var item in pending)
         {
-            var handle = GCHandle.Alloc(this);
-            try
+            var state = heads[HeadIndex(item.Layer, item.Head)];
+            var scratch = scratches[item.Head];
+            int n = item.Keys;
+            if (item.Kind == HeadWork.Assign) { AssignTail(state, n, item.End, scratch); continue; }
+            if (item.Kind == HeadWork.Full)
             {
-                var job = new FlushJob { Policy = GCHandle.ToIntPtr(handle) };
-                pool.Run(&RunPending, &job);
+                state.Clusters = state.Keys = 0; // all clustered afresh
+                int k = FullClusters(n);
+                Reserve(state, k, n);
+                problems.Add(new SphericalKMeans.Problem(scratch.KMeans, scratch.Keys.AsMemory(0, n * d), n, k, state.Labels.AsMemory(0, n),
+                    state.Centres.AsMemory(0, k * d), state.Sums.AsMemory(0, k * d), state.Sizes.AsMemory(0, k)));
             }
-            finally { handle.Free(); }
+            else
+            {
+                int k = WindowClusters(n), old = state.Clusters;
+                Reserve(state, old + k, state.Keys + n);
+                problems.Add(new SphericalKMeans.Problem(scratch.KMeans, scratch.Keys.AsMemory(0, n * d), n, k, state.Labels.AsMemory(state.Keys, n),
+                    state.Centres.AsMemory(old * d, k * d), state.Sums.AsMemory(old * d, k * d), state.Sizes.AsMemory(old, k)));
+            }
         }
-        else
-            foreach (var item in pending) Run(item, pool);
-        long ticks = Stopwatch.GetTimestamp() - start;
+        SphericalKMeans.RunTogether(CollectionsMarshal.AsSpan(problems), d, Iterations, WorkerPool.Shared);
         int full = 0, keys = 0;
         foreach (var item in pending)
-            if (item.Kind == HeadWork.Full) { full++; keys = Math.Max(keys, item.Keys); }
+        {
+            var state = heads[HeadIndex(item.Layer, item.Head)];
+            if (item.Kind == HeadWork.Full)
+            {
+                AddClusters(state, FullClusters(item.Keys), item.Keys, item.End, scratches[item.Head]);
+                state.FullKeys = item.Keys;
+                full++;
+                keys = Math.Max(keys, item.Keys);
+            }
+            else if (item.Kind == HeadWork.Window) AddClusters(state, WindowClusters(item.Keys), item.Keys, item.End, scratches[item.Head]);
+        }
+        long ticks = Stopwatch.GetTimestamp() - start;
         if (full > 0) NotePrepare(pending[0].End, keys, full, ticks);
         else lock (workGate) appendTicks += ticks;
         pending.Clear();
     }
 
-    struct FlushJob
-    {
-        public nint Policy;
-    }
+    /// <summary>Clusters of a clustering of everything: at most one per 8 keys.</summary>
+    int FullClusters(int keys) => Math.Max(1, Math.Min(MaxClusters, keys / 8));
 
-    static void RunPending(void* context, int thread, int threads)
-    {
-        var policy = (ClusterKvPolicy)GCHandle.FromIntPtr(((FlushJob*)context)->Policy).Target!;
-        var (first, end) = WorkerPool.Split(policy.pending.Count, thread, threads);
-        for (int i = first; i < end; i++) policy.Run(policy.pending[i], pool: null);
-    }
+    /// <summary>Clusters made of a window of generated keys (the paper's rule; at most one per 8 keys).</summary>
+    int WindowClusters(int keys) => Math.Max(1, Math.Min(NewClusters, keys / 8));
 
-    void Run(Pending item, WorkerPool? pool)
+    /// <summary>
+    /// After a clustering of the <paramref name="n"/> keys gathered in the scratch into <paramref name="k"/> clusters
+    /// (labels, centres, sums and sizes written after the head's existing ones): the keys become members of clusters
+    /// numbered after the existing ones, and everything up to <paramref name="end"/> is clustered.
+    /// </summary>
+    void AddClusters(HeadState state, int k, int n, int end, Scratch scratch)
     {
-        var state = heads[HeadIndex(item.Layer, item.Head)];
-        var scratch = scratches[item.Head];
-        if (item.Kind == HeadWork.Full) ClusterAll(state, item.Keys, item.End, scratch, pool);
-        else if (item.Kind == HeadWork.Window) ClusterWindow(state, item.Keys, item.End, scratch, pool);
-        else AssignTail(state, item.Keys, item.End, scratch);
+        int old = state.Clusters;
+        var labels = state.Labels.AsSpan(state.Keys, n);
+        if (old > 0) for (int i = 0; i < n; i++) labels[i] += old;
+        scratch.Positions.AsSpan(0, n).CopyTo(state.Positions.AsSpan(state.Keys));
+        state.Clusters += k;
+        state.Keys += n;
+        state.ClusteredUpTo = end - 1;
+        Rebuild(state);
     }
 
     /// <summary>Members past the new end leave their clusters; the means are recomputed from the keys still stored.</summary>
@@ -441,35 +465,16 @@ public sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
         return n;
     }
 
-    /// <summary>Clusters the <paramref name="n"/> keys gathered in the scratch (all past the sinks, up to <paramref name="end"/>) afresh.</summary>
-    void ClusterAll(HeadState state, int n, int end, Scratch scratch, WorkerPool? pool)
+    /// <summary>Clusters the <paramref name="n"/> keys gathered in the scratch (all past the sinks, up to <paramref name="end"/>) afresh, on this thread.</summary>
+    void ClusterAll(HeadState state, int n, int end, Scratch scratch)
     {
-        int d = Store.HeadDim;
-        int k = Math.Max(1, Math.Min(MaxClusters, n / 8));
+        int d = Store.HeadDim, k = FullClusters(n);
         state.Clusters = state.Keys = 0;
         Reserve(state, k, n);
-        scratch.KMeans.Run(scratch.Keys, n, d, k, Iterations, state.Labels, state.Centres, state.Sums, state.Sizes, pool);
-        scratch.Positions.AsSpan(0, n).CopyTo(state.Positions);
-        state.Clusters = k;
-        state.Keys = state.FullKeys = n;
-        state.ClusteredUpTo = end - 1;
-        Rebuild(state);
-    }
-
-    /// <summary>The paper's rule for generated keys: the <paramref name="n"/> gathered (up to <paramref name="end"/>) become <see cref="NewClusters"/> new clusters.</summary>
-    void ClusterWindow(HeadState state, int n, int end, Scratch scratch, WorkerPool? pool)
-    {
-        int d = Store.HeadDim;
-        int k = Math.Max(1, Math.Min(NewClusters, n / 8)), old = state.Clusters;
-        Reserve(state, old + k, state.Keys + n);
-        var labels = state.Labels.AsSpan(state.Keys, n);
-        scratch.KMeans.Run(scratch.Keys, n, d, k, Iterations, labels, state.Centres.AsSpan(old * d), state.Sums.AsSpan(old * d), state.Sizes.AsSpan(old), pool);
-        for (int i = 0; i < n; i++) labels[i] += old;
-        scratch.Positions.AsSpan(0, n).CopyTo(state.Positions.AsSpan(state.Keys));
-        state.Clusters += k;
-        state.Keys += n;
-        state.ClusteredUpTo = end - 1;
-        Rebuild(state);
+        scratch.KMeans.Run(scratch.Keys.AsMemory(0, n * d), n, d, k, Iterations, state.Labels.AsMemory(0, n), state.Centres.AsMemory(0, k * d),
+            state.Sums.AsMemory(0, k * d), state.Sizes.AsMemory(0, k), pool: null);
+        AddClusters(state, k, n, end, scratch);
+        state.FullKeys = n;
     }
 
     /// <summary>A batch's <paramref name="n"/> gathered keys (up to <paramref name="end"/>) join the clusters of nearest unit centre.</summary>
