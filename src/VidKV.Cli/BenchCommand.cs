@@ -99,6 +99,11 @@ static class BenchCommand
         read_bytes_per_second = x.ReadBytesPerSecond, fma_flops_per_second = x.FlopsPerSecond,
         ceiling_tokens_per_second = x.CeilingTokensPerSecond, fraction_of_ceiling = x.FractionOfCeiling, no_repack = noRepack,
         kernels = Tensors.MachineLimits.KernelSet,
+        policy_work = x.PolicyWork?.Select(w => new
+        {
+            policy = w.Policy, prepare_ms = w.PrepareMs, append_ms = w.AppendMs, prepare_ms_per_token = w.PrepareMsPerToken, append_ms_per_token = w.AppendMsPerToken,
+            last_prepare = new { keys_per_head = w.LastPrepareKeys, heads = w.LastPrepareHeads, ms = w.LastPrepareMs },
+        }),
     };
 
     static string Optional(double? value, string format) => value is double v ? v.ToString(format, CultureInfo.InvariantCulture) : "-";

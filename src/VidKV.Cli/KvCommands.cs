@@ -67,6 +67,7 @@ static class KvCommands
                     model = Path.GetFileName(r.GetValue(model)), n_ctx = ctx, policy = x.Policy, budget = x.Budget, steps = x.Steps, ppl = x.Perplexity,
                     ppl_ratio = x.PerplexityRatio, kl = x.KlDivergence, top1_agreement = x.Top1Agreement, recall_mean = x.RecallMean,
                     recall_p5 = x.RecallP5, output_error_mean = x.OutputErrorMean, kv_bytes_per_step = x.BytesPerStep, kept_tokens_per_head = x.KeptTokensPerHead,
+                    prepare_ms = x.PrepareMs, append_ms = x.AppendMs,
                 })));
                 return 0;
             }

@@ -22,6 +22,11 @@ internal sealed record BenchmarkResult(string Model, string Type, string Test, i
     /// bytes read per token), prefill = f32 FMA FLOP/s ÷ (matrix + attention FLOPs per token). Only for full attention.
     /// </summary>
     public double? CeilingTokensPerSecond { get; init; }
+    /// <summary>
+    /// Work each policy did apart from decode's phases (<see cref="Cache.KvPolicyWork"/>): before the test (while the
+    /// context was filled) and per token of the test; null for the plain cache or when no policy reports any.
+    /// </summary>
+    public IReadOnlyList<KvPolicyWorkRow>? PolicyWork { get; init; }
     public double? FractionOfCeiling => CeilingTokensPerSecond is double c && c > 0 ? TokensPerSecondMedian / c : null;
     /// <summary>The measured machine limits behind <see cref="CeilingTokensPerSecond"/>.</summary>
     public double? ReadBytesPerSecond { get; init; }
@@ -36,6 +41,14 @@ internal sealed record BenchmarkResult(string Model, string Type, string Test, i
         }
     }
 }
+
+/// <summary>
+/// One policy's own work in a benchmark row: its one-time preparation and per-append upkeep before the test (on the
+/// fill: ingest), the same per token of the test (decode), and its latest preparation of all heads at one position
+/// (keys per head × heads in milliseconds).
+/// </summary>
+public sealed record KvPolicyWorkRow(string Policy, double PrepareMs, double AppendMs, double PrepareMsPerToken, double AppendMsPerToken,
+    int LastPrepareKeys, int LastPrepareHeads, double LastPrepareMs);
 
 /// <summary>
 /// llama-bench's measurements: <c>ppN</c> = one prompt of N random tokens in batches of 512, <c>tgN</c> = N tokens
@@ -149,6 +162,7 @@ internal static class Benchmark
         double[] samples = [];
         Cache.KvPhaseTimes kvBefore;
         ForwardTimes forwardBefore;
+        Dictionary<string, Cache.KvPolicyWork> workBefore = [];
 
         public void Fill(DecoderModel model, Random rng, Action<string>? progress, int threads)
         {
@@ -163,6 +177,7 @@ internal static class Benchmark
             samples = new double[repetitions];
             kvBefore = Paged?.Times ?? default;
             forwardBefore = state.Times;
+            workBefore = Paged is { } paged ? Cache.KvPolicyWork.Of(paged.Policies).ToDictionary(w => w.Policy, w => w.Work) : [];
         }
 
         /// <summary>Runs the test once from the depth; repetition −1 is the warm-up and is not kept.</summary>
@@ -182,6 +197,7 @@ internal static class Benchmark
             double sd = samples.Length > 1 ? Math.Sqrt(samples.Sum(s => (s - mean) * (s - mean)) / (samples.Length - 1)) : 0;
             using var process = Process.GetCurrentProcess();
             Dictionary<string, double>? phases = null;
+            List<KvPolicyWorkRow>? work = null;
             var paged = Paged;
             if (paged != null)
             {
@@ -194,6 +210,14 @@ internal static class Benchmark
                     ["attention"] = Cache.KvPhaseTimes.Milliseconds(after.Attention - kvBefore.Attention) * perToken,
                     ["update"] = Cache.KvPhaseTimes.Milliseconds(after.Update - kvBefore.Update) * perToken,
                 };
+                foreach (var (policy, now) in Cache.KvPolicyWork.Of(paged.Policies))
+                {
+                    var before = workBefore.GetValueOrDefault(policy);
+                    (work ??= []).Add(new KvPolicyWorkRow(policy, before.PrepareMilliseconds, before.AppendMilliseconds,
+                        Cache.KvPhaseTimes.Milliseconds(now.PrepareTicks - before.PrepareTicks) * perToken,
+                        Cache.KvPhaseTimes.Milliseconds(now.AppendTicks - before.AppendTicks) * perToken,
+                        now.LastPrepareKeys, now.LastPrepareHeads, now.LastPrepareMilliseconds));
+                }
             }
             return new BenchmarkResult(modelName, GgmlTypes.Name(model.WeightType), test, depth, threads, repetitions, mean, sd, samples, process.PeakWorkingSet64, state.Cache.AllocatedBytes)
             {
@@ -201,6 +225,7 @@ internal static class Benchmark
                 HotKvBytes = paged?.Store.HotBytes ?? state.Cache.AllocatedBytes,
                 ColdKvBytes = paged?.Store.ColdBytes ?? 0,
                 KvMsPerToken = phases,
+                PolicyWork = work,
                 MsPerToken = state.Times.MillisecondsPerToken(forwardBefore),
                 CeilingTokensPerSecond = config == null ? ceiling : null,
                 ReadBytesPerSecond = limits?.ReadBytesPerSecond,

@@ -6,7 +6,12 @@ namespace VidKV.Engine;
 
 /// <summary>One row of <see cref="KvEvaluation"/>: a policy at a budget against the full cache.</summary>
 internal sealed record KvEvaluationRow(string Policy, int? Budget, int Steps, double Perplexity, double PerplexityRatio, double KlDivergence,
-    double Top1Agreement, double? RecallMean, double? RecallP5, double? OutputErrorMean, double BytesPerStep, double KeptTokensPerHead);
+    double Top1Agreement, double? RecallMean, double? RecallP5, double? OutputErrorMean, double BytesPerStep, double KeptTokensPerHead)
+{
+    /// <summary>Milliseconds of the policies' one-time preparation and per-append upkeep (<see cref="KvPolicyWork"/>), summed over chunks; null when no policy reports any.</summary>
+    public double? PrepareMs { get; init; }
+    public double? AppendMs { get; init; }
+}
 
 /// <summary>
 /// Judges KV policies against the full cache on a text (ALGORITHMS.md, "How to judge a policy"). Each chunk of
@@ -60,7 +65,11 @@ internal static class KvEvaluation
             if (budget == null) fullNll = nll;
             rows.Add(new KvEvaluationRow(budget == null ? "full" : spec, budget, (int)stats.Scored, Math.Exp(nll), Math.Exp(nll - fullNll),
                 stats.Kl / stats.Scored, stats.Agree / (double)stats.Scored, stats.Recall.Count > 0 ? stats.Recall.Average() : null,
-                Percentile(stats.Recall, 0.05), stats.Error.Count > 0 ? stats.Error.Average() : null, stats.Bytes / (double)stats.Steps, stats.Kept / stats.KeptSamples));
+                Percentile(stats.Recall, 0.05), stats.Error.Count > 0 ? stats.Error.Average() : null, stats.Bytes / (double)stats.Steps, stats.Kept / stats.KeptSamples)
+            {
+                PrepareMs = stats.Reported ? KvPhaseTimes.Milliseconds(stats.PrepareTicks) : null,
+                AppendMs = stats.Reported ? KvPhaseTimes.Milliseconds(stats.AppendTicks) : null,
+            });
         }
         return rows;
     }
@@ -70,7 +79,8 @@ internal static class KvEvaluation
     sealed class Stats
     {
         public double Nll, Kl, Kept;
-        public long Scored, Agree, Steps, KeptSamples;
+        public long Scored, Agree, Steps, KeptSamples, PrepareTicks, AppendTicks;
+        public bool Reported;
         public double Bytes;
         public readonly List<double> Recall = [], Error = [];
     }
@@ -128,6 +138,12 @@ internal static class KvEvaluation
         }
         for (int l = 0; l < c.LayerCount; l++)
             for (int h = 0; h < c.KvHeadCount; h++) { stats.Kept += cache.Sequence.Table(l, h).TokenCount; stats.KeptSamples++; }
+        foreach (var (_, work) in KvPolicyWork.Of(cache.Policies))
+        {
+            stats.PrepareTicks += work.PrepareTicks;
+            stats.AppendTicks += work.AppendTicks;
+            stats.Reported = true;
+        }
     }
 
     static int TensorPrimitivesArgMax(ReadOnlySpan<float> x) => System.Numerics.Tensors.TensorPrimitives.IndexOfMax(x);

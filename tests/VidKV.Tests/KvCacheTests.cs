@@ -117,7 +117,7 @@ public class KvCacheTests
     /// <summary>Every registered policy (<see cref="KvPolicies.All"/>, with <see cref="TestSpec"/>'s options), then variants and compositions.</summary>
     public static TheoryData<string> Specs => new(KvPolicies.All.Select(TestSpec).Concat(
     [
-        "freekv:tau=1", "sinkwindow:window=150+quest", "sinkwindow:window=150+freekv", "snapkv:slack=0,window=8", "h2o:recent=0", "h2o+quest",
+        "freekv:tau=1", "sinkwindow:window=150+quest", "sinkwindow:window=150+freekv", "sinkwindow:window=150+clusterkv", "h2o+clusterkv", "snapkv:slack=0,window=8", "h2o:recent=0", "h2o+quest",
     ]));
 
     /// <summary>With a budget at least the context, every policy reads everything: logits identical to Full.</summary>

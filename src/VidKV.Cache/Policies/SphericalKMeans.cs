@@ -1,0 +1,285 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+using VidKV.Tensors;
+
+namespace VidKV.Cache;
+
+/// <summary>
+/// Spherical k-means (Dhillon and Modha, 2001), as ClusterKV clusters keys by cosine: keys are normalised once, centres
+/// start at evenly spaced keys (key ⌊c·n/k⌋), and each iteration assigns every key to the centre of highest cosine
+/// (<see cref="NearestCentre"/>: a keys × centres integer product) and re-centres each cluster on the normalised sum of
+/// its members' unit vectors (an empty cluster keeps its centre), until no label changes or the iterations run out.
+/// <para>
+/// Several clusterings (the KV heads of a layer) can run in lockstep (<see cref="RunTogether"/>): each pass is one
+/// worker-pool job over all their keys' panels (or all their clusters), so the threads share the work evenly however
+/// the heads converge, and a head that has converged drops out. Sums are taken per cluster in key order, each thread
+/// summing its own clusters, so the result is the same for any thread count, grouping and instruction set. One object
+/// keeps one clustering's buffers between runs; it is not thread-safe.
+/// </para>
+/// </summary>
+public sealed unsafe class SphericalKMeans
+{
+    /// <summary>
+    /// Multiply-adds of one assignment pass below which the k-means stays on the calling thread: a pool job costs
+    /// microseconds to start and join (milliseconds on a busy machine), and a window of generated keys is tiny.
+    /// </summary>
+    public const long ParallelWork = 1 << 22;
+
+    float[] unit = [];
+    short[] packedKeys = [];
+    int[] packedCentres = [], labels = [];
+
+    /// <summary>Iterations the last run took (it stops early once no label changes).</summary>
+    public int IterationsRun { get; private set; }
+
+    /// <summary>
+    /// One clustering of <see cref="RunTogether"/>: <paramref name="Keys"/> [KeyCount, dimension] into ClusterCount
+    /// clusters, with <paramref name="Solver"/>'s buffers. Outputs: <paramref name="Assignment"/> [KeyCount], the cluster
+    /// of each key; <paramref name="Centres"/> [ClusterCount, dimension], unit centres (for assigning later keys);
+    /// <paramref name="Sums"/> [ClusterCount, dimension], sums of the members' raw keys (their mean is what attention
+    /// scores); <paramref name="Sizes"/> [ClusterCount], members per cluster.
+    /// </summary>
+    public readonly record struct Problem(SphericalKMeans Solver, ReadOnlyMemory<float> Keys, int KeyCount, int ClusterCount,
+        Memory<int> Assignment, Memory<float> Centres, Memory<float> Sums, Memory<int> Sizes);
+
+    /// <summary>
+    /// Clusters <paramref name="keys"/> [<paramref name="keyCount"/>, <paramref name="dimension"/>] into
+    /// <paramref name="clusterCount"/> clusters (see <see cref="Problem"/> for the outputs). Runs on
+    /// <paramref name="pool"/> (null, or less than <see cref="ParallelWork"/> per pass: on the calling thread).
+    /// </summary>
+    public void Run(ReadOnlyMemory<float> keys, int keyCount, int dimension, int clusterCount, int iterations, Memory<int> assignment,
+        Memory<float> centres, Memory<float> sums, Memory<int> sizes, WorkerPool? pool) =>
+        RunTogether([new Problem(this, keys, keyCount, clusterCount, assignment, centres, sums, sizes)], dimension, iterations, pool);
+
+    /// <summary>
+    /// Runs the clusterings of <paramref name="problems"/> (each with its own solver) in lockstep on
+    /// <paramref name="pool"/>: the same results as one <see cref="Run"/> each, with every pass split between the threads.
+    /// </summary>
+    public static void RunTogether(ReadOnlySpan<Problem> problems, int dimension, int iterations, WorkerPool? pool)
+    {
+        int count = problems.Length, d = dimension;
+        if (count == 0) return;
+        long work = 0;
+        foreach (var p in problems)
+        {
+            int n = p.KeyCount, k = p.ClusterCount;
+            if (n < 1 || d < 1 || k < 1 || k > n) throw new ArgumentOutOfRangeException(nameof(problems), $"need 1 ≤ clusters ≤ keys, not {k} clusters of {n} keys");
+            if (p.Keys.Length < n * d || p.Assignment.Length < n || p.Centres.Length < k * d || p.Sums.Length < k * d || p.Sizes.Length < k)
+                throw new ArgumentException("keys, assignment, centres, sums or sizes too short", nameof(problems));
+            work += (long)n * k * d;
+        }
+        if (work < ParallelWork) pool = null;
+        int threads = pool?.ThreadCount ?? 1;
+        var pins = new MemoryHandle[count * 9];
+        var states = new State[count];
+        var changes = new int[threads * count];
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                var p = problems[i];
+                var s = p.Solver;
+                s.Prepare(p.KeyCount, d, p.ClusterCount);
+                pins[9 * i] = p.Keys.Pin();
+                pins[9 * i + 1] = p.Assignment.Pin();
+                pins[9 * i + 2] = p.Centres.Pin();
+                pins[9 * i + 3] = p.Sums.Pin();
+                pins[9 * i + 4] = p.Sizes.Pin();
+                pins[9 * i + 5] = s.unit.AsMemory().Pin();
+                pins[9 * i + 6] = s.packedKeys.AsMemory().Pin();
+                pins[9 * i + 7] = s.packedCentres.AsMemory().Pin();
+                pins[9 * i + 8] = s.labels.AsMemory().Pin();
+                states[i] = new State
+                {
+                    Raw = (float*)pins[9 * i].Pointer, Assignment = (int*)pins[9 * i + 1].Pointer, Centres = (float*)pins[9 * i + 2].Pointer,
+                    Sums = (float*)pins[9 * i + 3].Pointer, Sizes = (int*)pins[9 * i + 4].Pointer, Unit = (float*)pins[9 * i + 5].Pointer,
+                    PackedKeys = (short*)pins[9 * i + 6].Pointer, PackedCentres = (int*)pins[9 * i + 7].Pointer, Labels = (int*)pins[9 * i + 8].Pointer,
+                    KeyCount = p.KeyCount, ClusterCount = p.ClusterCount, Active = true,
+                };
+            }
+            fixed (State* state = states)
+            fixed (int* changed = changes)
+            {
+                var job = new Job { Problems = state, Count = count, Dimension = d, Changes = changed };
+                Execute(pool, &Normalize, &job);
+                for (int i = 0; i < count; i++)
+                {
+                    ref var s = ref state[i];
+                    int n = s.KeyCount, k = s.ClusterCount;
+                    for (int c = 0; c < k; c++) Buffer.MemoryCopy(s.Unit + (long)c * n / k * d, s.Centres + (long)c * d, d * 4, d * 4);
+                    NearestCentre.PackCentres(new ReadOnlySpan<float>(s.Centres, k * d), k, d, new Span<int>(s.PackedCentres, k * NearestCentre.Pairs(d)));
+                }
+                for (int it = 0; it < iterations; it++)
+                {
+                    job.First = it == 0;
+                    Execute(pool, &AssignKeys, &job);
+                    bool any = false;
+                    for (int i = 0; i < count; i++)
+                    {
+                        if (!state[i].Active) continue;
+                        problems[i].Solver.IterationsRun = it + 1;
+                        int total = 0;
+                        for (int t = 0; t < threads; t++) total += changed[t * count + i];
+                        if (total == 0 && it > 0) state[i].Active = false; // converged: its centres stay
+                        any |= state[i].Active;
+                    }
+                    if (!any) break;
+                    Execute(pool, &Recentre, &job);
+                }
+                for (int i = 0; i < count; i++) state[i].Active = true;
+                job.SumRaw = true;
+                Execute(pool, &Recentre, &job);
+            }
+        }
+        finally
+        {
+            foreach (var pin in pins) pin.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Labels [<paramref name="keyCount"/>] of the nearest of <paramref name="centreCount"/> unit centres (by cosine, as
+    /// the clustering assigns) for each of <paramref name="keys"/>, on the calling thread: ClusterKV's incremental
+    /// assignment of keys that arrive between clusterings.
+    /// </summary>
+    public void Nearest(ReadOnlySpan<float> keys, int keyCount, int dimension, ReadOnlySpan<float> centres, int centreCount, Span<int> assignment)
+    {
+        int n = keyCount, d = dimension;
+        if (n == 0) return;
+        Prepare(n, d, centreCount);
+        NearestCentre.PackCentres(centres, centreCount, d, packedCentres);
+        fixed (float* raw = keys, unitKeys = unit)
+        fixed (int* label = labels, packed = packedCentres)
+        fixed (short* packedKey = packedKeys)
+        {
+            var state = new State { Raw = raw, Unit = unitKeys, PackedKeys = packedKey, KeyCount = n, Active = true };
+            var job = new Job { Problems = &state, Count = 1, Dimension = d };
+            Normalize(&job, 0, 1);
+            NearestCentre.Assign(packedKey, NearestCentre.Pairs(d), 0, NearestCentre.Panels(n), packed, centreCount, label);
+        }
+        labels.AsSpan(0, n).CopyTo(assignment);
+    }
+
+    void Prepare(int n, int d, int k)
+    {
+        if (unit.Length < n * d) unit = new float[n * d];
+        if (packedKeys.Length < NearestCentre.PackedKeyLength(n, d)) packedKeys = new short[NearestCentre.PackedKeyLength(n, d)];
+        if (packedCentres.Length < k * NearestCentre.Pairs(d)) packedCentres = new int[k * NearestCentre.Pairs(d)];
+        if (labels.Length < NearestCentre.Panels(n) * NearestCentre.PanelKeys) labels = new int[NearestCentre.Panels(n) * NearestCentre.PanelKeys];
+    }
+
+    /// <summary>One clustering's pinned buffers, and whether it still iterates.</summary>
+    struct State
+    {
+        public float* Raw, Unit, Centres, Sums;
+        public int* Labels, Assignment, Sizes, PackedCentres;
+        public short* PackedKeys;
+        public int KeyCount, ClusterCount;
+        public bool Active;
+    }
+
+    struct Job
+    {
+        public State* Problems;
+        public int* Changes; // [thread, problem]
+        public int Count, Dimension;
+        public bool First, SumRaw;
+    }
+
+    static void Execute(WorkerPool? pool, delegate*<void*, int, int, void> function, Job* job)
+    {
+        if (pool == null || pool.ThreadCount == 1) function(job, 0, 1);
+        else pool.Run(function, job);
+    }
+
+    /// <summary>
+    /// This thread's share of the units (panels or clusters, by <paramref name="units"/>) of the active problems laid
+    /// end to end: calls <paramref name="body"/>(problem, its index, first, end, job, thread) for each problem it overlaps.
+    /// </summary>
+    static void ForShare(Job* job, int thread, int threads, delegate*<State*, int, int, int, Job*, int, void> body, delegate*<State*, int, int> units)
+    {
+        int total = 0;
+        for (int i = 0; i < job->Count; i++) if (job->Problems[i].Active) total += units(job->Problems + i, job->Dimension);
+        var (first, end) = WorkerPool.Split(total, thread, threads);
+        for (int i = 0, offset = 0; i < job->Count && offset < end; i++)
+        {
+            var problem = job->Problems + i;
+            if (!problem->Active) continue;
+            int size = units(problem, job->Dimension), from = Math.Max(first, offset) - offset, to = Math.Min(end, offset + size) - offset;
+            if (from < to) body(problem, i, from, to, job, thread);
+            offset += size;
+        }
+    }
+
+    static int Panels(State* problem, int dimension) => NearestCentre.Panels(problem->KeyCount);
+    static int Clusters(State* problem, int dimension) => problem->ClusterCount;
+
+    static void Normalize(void* context, int thread, int threads) => ForShare((Job*)context, thread, threads, &NormalizePanels, &Panels);
+    static void AssignKeys(void* context, int thread, int threads)
+    {
+        var job = (Job*)context;
+        new Span<int>(job->Changes + thread * job->Count, job->Count).Clear();
+        ForShare(job, thread, threads, &AssignPanels, &Panels);
+    }
+    static void Recentre(void* context, int thread, int threads) => ForShare((Job*)context, thread, threads, &RecentreClusters, &Clusters);
+
+    /// <summary>Unit keys and their packed panels, for panels [first, end).</summary>
+    static void NormalizePanels(State* s, int index, int first, int end, Job* job, int thread)
+    {
+        int n = s->KeyCount, d = job->Dimension;
+        for (int i = first * NearestCentre.PanelKeys; i < Math.Min(n, end * NearestCentre.PanelKeys); i++)
+        {
+            var row = new Span<float>(s->Unit + (long)i * d, d);
+            new ReadOnlySpan<float>(s->Raw + (long)i * d, d).CopyTo(row);
+            float norm = TensorPrimitives.Norm(row);
+            if (norm > 0) TensorPrimitives.Divide(row, norm, row);
+        }
+        NearestCentre.PackKeys(new ReadOnlySpan<float>(s->Unit, n * d), n, d, first, end, new Span<short>(s->PackedKeys, NearestCentre.PackedKeyLength(n, d)));
+    }
+
+    /// <summary>Labels for panels [first, end), and how many changed.</summary>
+    static void AssignPanels(State* s, int index, int first, int end, Job* job, int thread)
+    {
+        int n = s->KeyCount;
+        NearestCentre.Assign(s->PackedKeys, NearestCentre.Pairs(job->Dimension), first, end, s->PackedCentres, s->ClusterCount, s->Labels);
+        int changed = 0;
+        for (int i = first * NearestCentre.PanelKeys; i < Math.Min(n, end * NearestCentre.PanelKeys); i++)
+        {
+            if (job->First || s->Assignment[i] != s->Labels[i]) changed++;
+            s->Assignment[i] = s->Labels[i];
+        }
+        job->Changes[thread * job->Count + index] = changed; // a thread's share covers a problem in one piece
+    }
+
+    /// <summary>
+    /// For clusters [first, end): sums and sizes of their members (in key order), and then either the new unit centres
+    /// (packed for the next assignment) or, on the last pass, the raw-key sums.
+    /// </summary>
+    static void RecentreClusters(State* s, int index, int first, int end, Job* job, int thread)
+    {
+        int n = s->KeyCount, d = job->Dimension;
+        float* source = job->SumRaw ? s->Raw : s->Unit;
+        new Span<float>(s->Sums + (long)first * d, (end - first) * d).Clear();
+        new Span<int>(s->Sizes + first, end - first).Clear();
+        for (int i = 0; i < n; i++)
+        {
+            int c = s->Assignment[i];
+            if (c < first || c >= end) continue;
+            var sum = new Span<float>(s->Sums + (long)c * d, d);
+            TensorPrimitives.Add(sum, new ReadOnlySpan<float>(source + (long)i * d, d), sum);
+            s->Sizes[c]++;
+        }
+        if (job->SumRaw) return;
+        for (int c = first; c < end; c++)
+        {
+            if (s->Sizes[c] == 0) continue; // an empty cluster keeps its centre
+            var centre = new Span<float>(s->Centres + (long)c * d, d);
+            new ReadOnlySpan<float>(s->Sums + (long)c * d, d).CopyTo(centre);
+            float norm = TensorPrimitives.Norm(centre);
+            if (norm > 0) TensorPrimitives.Divide(centre, norm, centre);
+        }
+        int pairs = NearestCentre.Pairs(d);
+        NearestCentre.PackCentres(new ReadOnlySpan<float>(s->Centres + (long)first * d, (end - first) * d), end - first, d,
+            new Span<int>(s->PackedCentres + (long)first * pairs, (end - first) * pairs));
+    }
+}
