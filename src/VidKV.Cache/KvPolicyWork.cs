@@ -8,7 +8,7 @@ namespace VidKV.Cache;
 /// decode. <see cref="LastPrepareKeys"/> × <see cref="LastPrepareHeads"/> in <see cref="LastPrepareTicks"/> is the
 /// latest preparation of all heads at one position (e.g. 16,368 keys × 48 heads).
 /// </summary>
-public readonly record struct KvPolicyWork(long PrepareTicks, long AppendTicks, int LastPrepareKeys, int LastPrepareHeads, long LastPrepareTicks)
+internal readonly record struct KvPolicyWork(long PrepareTicks, long AppendTicks, int LastPrepareKeys, int LastPrepareHeads, long LastPrepareTicks)
 {
     public double PrepareMilliseconds => KvPhaseTimes.Milliseconds(PrepareTicks);
     public double AppendMilliseconds => KvPhaseTimes.Milliseconds(AppendTicks);
@@ -35,7 +35,7 @@ public readonly record struct KvPolicyWork(long PrepareTicks, long AppendTicks, 
 }
 
 /// <summary>A policy that does work outside its per-step select and reports it (<see cref="KvPolicyWork"/>).</summary>
-public interface IKvPolicyWorkSource
+internal interface IKvPolicyWorkSource
 {
     KvPolicyWork Work { get; }
 }

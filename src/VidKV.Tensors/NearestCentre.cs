@@ -20,7 +20,7 @@ namespace VidKV.Tensors;
 /// do not all line up): only centres whose scores are closer than twice that can trade places.
 /// </para>
 /// </summary>
-public static unsafe class NearestCentre
+internal static unsafe class NearestCentre
 {
     /// <summary>Integer steps per unit of a quantised entry.</summary>
     public const int Levels = 32767;

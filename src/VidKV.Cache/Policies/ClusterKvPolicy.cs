@@ -43,7 +43,6 @@ internal sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
         ],
         a => new ClusterKvPolicy(a.Int("budget"), a.Int("clusters"), a.Int("iterations"), a.Int("sinks"), a.Int("window"), a.Int("new"))) { Example = "budget=1000,clusters=50,iterations=5,sinks=8,window=64,new=4" };
 
-{
     /// <summary>One head's clusters: the clustered positions (ascending) with their clusters, and per cluster its unit centre, raw-key sum and size.</summary>
     sealed class HeadState
     {

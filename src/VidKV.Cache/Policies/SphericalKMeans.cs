@@ -17,7 +17,7 @@ namespace VidKV.Cache;
 /// keeps one clustering's buffers between runs; it is not thread-safe.
 /// </para>
 /// </summary>
-public sealed unsafe class SphericalKMeans
+internal sealed unsafe class SphericalKMeans
 {
     /// <summary>
     /// Multiply-adds of one assignment pass below which the k-means stays on the calling thread: a pool job costs
