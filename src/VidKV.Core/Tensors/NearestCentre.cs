@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -42,21 +43,43 @@ public static unsafe class NearestCentre
     /// <summary>
     /// Packs panels [<paramref name="firstPanel"/>, <paramref name="endPanel"/>) of unit keys [<paramref name="keyCount"/>,
     /// <paramref name="dimension"/>] (so threads can pack their own panels); keys past the count in the last panel are zeros.
+    /// A key's quantised row read as int32 pairs is one row of a [16 keys, pairs] matrix, and the panel is its transpose.
     /// </summary>
     /// <param name="packed">[Panels(keyCount), Pairs(dimension), 16, 2]</param>
     public static void PackKeys(ReadOnlySpan<float> keys, int keyCount, int dimension, int firstPanel, int endPanel, Span<short> packed)
     {
         int pairs = Pairs(dimension);
-        for (int panel = firstPanel; panel < endPanel; panel++)
-        {
-            var target = packed.Slice(panel * pairs * 2 * PanelKeys, pairs * 2 * PanelKeys);
-            for (int j = 0; j < PanelKeys; j++)
+        Span<int> rows = pairs <= 256 ? stackalloc int[PanelKeys * pairs] : new int[PanelKeys * pairs];
+        fixed (int* source = rows)
+        fixed (short* target = packed)
+            for (int panel = firstPanel; panel < endPanel; panel++)
             {
-                int key = panel * PanelKeys + j;
-                for (int e = 0; e < 2 * pairs; e++)
-                    target[e / 2 * 2 * PanelKeys + 2 * j + e % 2] = key < keyCount && e < dimension ? Quantize(keys[key * dimension + e]) : (short)0;
+                var shorts = MemoryMarshal.Cast<int, short>(rows);
+                shorts.Clear();
+                for (int j = 0; j < PanelKeys && panel * PanelKeys + j < keyCount; j++)
+                    QuantizeRow(keys.Slice((panel * PanelKeys + j) * dimension, dimension), shorts.Slice(j * 2 * pairs, dimension));
+                SmallMatrix.Transpose((float*)source, PanelKeys, pairs, (float*)(target + (long)panel * pairs * 2 * PanelKeys), PanelKeys);
             }
-        }
+    }
+
+    /// <summary>destination[i] = round(clamp(x[i], −1, 1)·Levels), half to even (the scalar <see cref="Quantize"/>'s rounding).</summary>
+    static void QuantizeRow(ReadOnlySpan<float> x, Span<short> destination)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            fixed (float* source = x)
+            fixed (short* target = destination)
+            {
+                var one = Vector512<float>.One;
+                var levels = Vector512.Create((float)Levels);
+                for (; i + 32 <= x.Length; i += 32)
+                {
+                    var low = Vector512.ConvertToInt32(Vector512.Round(Vector512.Clamp(Vector512.Load(source + i), -one, one) * levels));
+                    var high = Vector512.ConvertToInt32(Vector512.Round(Vector512.Clamp(Vector512.Load(source + i + 16), -one, one) * levels));
+                    Vector512.Narrow(low, high).Store(target + i);
+                }
+            }
+        for (; i < x.Length; i++) destination[i] = Quantize(x[i]);
     }
 
     /// <summary>Packs unit centres [<paramref name="centreCount"/>, <paramref name="dimension"/>] as int32 pairs (low entry in the low half).</summary>

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using VidKV.Tensors;
 
 namespace VidKV.Cache;
@@ -265,8 +266,11 @@ public sealed unsafe class SphericalKMeans
         {
             int c = s->Assignment[i];
             if (c < first || c >= end) continue;
-            var sum = new Span<float>(s->Sums + (long)c * d, d);
-            TensorPrimitives.Add(sum, new ReadOnlySpan<float>(source + (long)i * d, d), sum);
+            float* sum = s->Sums + (long)c * d, row = source + (long)i * d;
+            int e = 0;
+            if (Vector512.IsHardwareAccelerated)
+                for (; e + 16 <= d; e += 16) (Vector512.Load(sum + e) + Vector512.Load(row + e)).Store(sum + e);
+            for (; e < d; e++) sum[e] += row[e];
             s->Sizes[c]++;
         }
         if (job->SumRaw) return;
