@@ -96,31 +96,33 @@ public static unsafe class NearestCentre
     }
 
     /// <summary>
-    /// labels[16·panel + j] = the centre of largest score for key j of each panel in [firstPanel, endPanel) (keys
-    /// past the count get a label too, of their zero vector: callers ignore them).
+    /// labels[16·panel + j] = the centre of largest score for key j of each panel in [firstPanel, endPanel), and
+    /// scores[16·panel + j] that score (the integer dot product; skipped when <paramref name="scores"/> is null). Keys
+    /// past the count get a label too, of their zero vector: callers ignore them.
     /// </summary>
     /// <param name="keys">packed keys (<see cref="PackKeys"/>)</param>
     /// <param name="centres">packed centres [centreCount, pairs] (<see cref="PackCentres"/>)</param>
     /// <param name="labels">[16·endPanel] at least</param>
-    public static void Assign(short* keys, int pairs, int firstPanel, int endPanel, int* centres, int centreCount, int* labels)
+    public static void Assign(short* keys, int pairs, int firstPanel, int endPanel, int* centres, int centreCount, int* labels, int* scores = null)
     {
+        int* discard = stackalloc int[PanelKeys];
         for (int panel = firstPanel; panel < endPanel; panel++)
         {
             short* b = keys + (long)panel * pairs * 2 * PanelKeys;
-            int* label = labels + panel * PanelKeys;
-            if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) AssignPanel512(b, pairs, centres, centreCount, label);
+            int* label = labels + panel * PanelKeys, score = scores == null ? discard : scores + panel * PanelKeys;
+            if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) AssignPanel512(b, pairs, centres, centreCount, label, score);
             else if (Avx2.IsSupported)
             {
-                AssignHalf256(b, pairs, centres, centreCount, label);
-                AssignHalf256(b + PanelKeys, pairs, centres, centreCount, label + PanelKeys / 2);
+                AssignHalf256(b, pairs, centres, centreCount, label, score);
+                AssignHalf256(b + PanelKeys, pairs, centres, centreCount, label + PanelKeys / 2, score + PanelKeys / 2);
             }
-            else AssignPanelScalar(b, pairs, centres, centreCount, label);
+            else AssignPanelScalar(b, pairs, centres, centreCount, label, score);
         }
     }
 
     /// <summary>One panel, 8 centres at a time: the running maximum and its index per key stay in two registers.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void AssignPanel512(short* b, int pairs, int* a, int centreCount, int* label)
+    static void AssignPanel512(short* b, int pairs, int* a, int centreCount, int* label, int* score)
     {
         var best = Vector512.Create(int.MinValue);
         var index = Vector512<int>.Zero;
@@ -154,6 +156,7 @@ public static unsafe class NearestCentre
             Fold(s7, c + Math.Min(7, m - 1), ref best, ref index);
         }
         index.Store(label);
+        best.Store(score);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -166,7 +169,7 @@ public static unsafe class NearestCentre
 
     /// <summary>Eight keys of a panel (half 0 or 1, by the pointers given) on 256-bit vectors.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void AssignHalf256(short* b, int pairs, int* a, int centreCount, int* label)
+    static void AssignHalf256(short* b, int pairs, int* a, int centreCount, int* label, int* score)
     {
         var best = Vector256.Create(int.MinValue);
         var index = Vector256<int>.Zero;
@@ -190,6 +193,7 @@ public static unsafe class NearestCentre
             Fold(s3, c + Math.Min(3, m - 1), ref best, ref index);
         }
         index.Store(label);
+        best.Store(score);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -200,7 +204,7 @@ public static unsafe class NearestCentre
         index = Vector256.ConditionalSelect(greater, Vector256.Create(centre), index);
     }
 
-    static void AssignPanelScalar(short* b, int pairs, int* a, int centreCount, int* label)
+    static void AssignPanelScalar(short* b, int pairs, int* a, int centreCount, int* label, int* score)
     {
         for (int j = 0; j < PanelKeys; j++)
         {
@@ -216,6 +220,7 @@ public static unsafe class NearestCentre
                 if (sum > best) { best = sum; index = c; }
             }
             label[j] = index;
+            score[j] = best;
         }
     }
 
