@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -42,21 +43,43 @@ internal static unsafe class NearestCentre
     /// <summary>
     /// Packs panels [<paramref name="firstPanel"/>, <paramref name="endPanel"/>) of unit keys [<paramref name="keyCount"/>,
     /// <paramref name="dimension"/>] (so threads can pack their own panels); keys past the count in the last panel are zeros.
+    /// A key's quantised row read as int32 pairs is one row of a [16 keys, pairs] matrix, and the panel is its transpose.
     /// </summary>
     /// <param name="packed">[Panels(keyCount), Pairs(dimension), 16, 2]</param>
     public static void PackKeys(ReadOnlySpan<float> keys, int keyCount, int dimension, int firstPanel, int endPanel, Span<short> packed)
     {
         int pairs = Pairs(dimension);
-        for (int panel = firstPanel; panel < endPanel; panel++)
-        {
-            var target = packed.Slice(panel * pairs * 2 * PanelKeys, pairs * 2 * PanelKeys);
-            for (int j = 0; j < PanelKeys; j++)
+        Span<int> rows = pairs <= 256 ? stackalloc int[PanelKeys * pairs] : new int[PanelKeys * pairs];
+        fixed (int* source = rows)
+        fixed (short* target = packed)
+            for (int panel = firstPanel; panel < endPanel; panel++)
             {
-                int key = panel * PanelKeys + j;
-                for (int e = 0; e < 2 * pairs; e++)
-                    target[e / 2 * 2 * PanelKeys + 2 * j + e % 2] = key < keyCount && e < dimension ? Quantize(keys[key * dimension + e]) : (short)0;
+                var shorts = MemoryMarshal.Cast<int, short>(rows);
+                shorts.Clear();
+                for (int j = 0; j < PanelKeys && panel * PanelKeys + j < keyCount; j++)
+                    QuantizeRow(keys.Slice((panel * PanelKeys + j) * dimension, dimension), shorts.Slice(j * 2 * pairs, dimension));
+                SmallMatrix.Transpose((float*)source, PanelKeys, pairs, (float*)(target + (long)panel * pairs * 2 * PanelKeys), PanelKeys);
             }
-        }
+    }
+
+    /// <summary>destination[i] = round(clamp(x[i], −1, 1)·Levels), half to even (the scalar <see cref="Quantize"/>'s rounding).</summary>
+    static void QuantizeRow(ReadOnlySpan<float> x, Span<short> destination)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            fixed (float* source = x)
+            fixed (short* target = destination)
+            {
+                var one = Vector512<float>.One;
+                var levels = Vector512.Create((float)Levels);
+                for (; i + 32 <= x.Length; i += 32)
+                {
+                    var low = Vector512.ConvertToInt32(Vector512.Round(Vector512.Clamp(Vector512.Load(source + i), -one, one) * levels));
+                    var high = Vector512.ConvertToInt32(Vector512.Round(Vector512.Clamp(Vector512.Load(source + i + 16), -one, one) * levels));
+                    Vector512.Narrow(low, high).Store(target + i);
+                }
+            }
+        for (; i < x.Length; i++) destination[i] = Quantize(x[i]);
     }
 
     /// <summary>Packs unit centres [<paramref name="centreCount"/>, <paramref name="dimension"/>] as int32 pairs (low entry in the low half).</summary>
@@ -73,31 +96,33 @@ internal static unsafe class NearestCentre
     }
 
     /// <summary>
-    /// labels[16·panel + j] = the centre of largest score for key j of each panel in [firstPanel, endPanel) (keys
-    /// past the count get a label too, of their zero vector: callers ignore them).
+    /// labels[16·panel + j] = the centre of largest score for key j of each panel in [firstPanel, endPanel), and
+    /// scores[16·panel + j] that score (the integer dot product; skipped when <paramref name="scores"/> is null). Keys
+    /// past the count get a label too, of their zero vector: callers ignore them.
     /// </summary>
     /// <param name="keys">packed keys (<see cref="PackKeys"/>)</param>
     /// <param name="centres">packed centres [centreCount, pairs] (<see cref="PackCentres"/>)</param>
     /// <param name="labels">[16·endPanel] at least</param>
-    public static void Assign(short* keys, int pairs, int firstPanel, int endPanel, int* centres, int centreCount, int* labels)
+    public static void Assign(short* keys, int pairs, int firstPanel, int endPanel, int* centres, int centreCount, int* labels, int* scores = null)
     {
+        int* discard = stackalloc int[PanelKeys];
         for (int panel = firstPanel; panel < endPanel; panel++)
         {
             short* b = keys + (long)panel * pairs * 2 * PanelKeys;
-            int* label = labels + panel * PanelKeys;
-            if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) AssignPanel512(b, pairs, centres, centreCount, label);
+            int* label = labels + panel * PanelKeys, score = scores == null ? discard : scores + panel * PanelKeys;
+            if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported) AssignPanel512(b, pairs, centres, centreCount, label, score);
             else if (Avx2.IsSupported)
             {
-                AssignHalf256(b, pairs, centres, centreCount, label);
-                AssignHalf256(b + PanelKeys, pairs, centres, centreCount, label + PanelKeys / 2);
+                AssignHalf256(b, pairs, centres, centreCount, label, score);
+                AssignHalf256(b + PanelKeys, pairs, centres, centreCount, label + PanelKeys / 2, score + PanelKeys / 2);
             }
-            else AssignPanelScalar(b, pairs, centres, centreCount, label);
+            else AssignPanelScalar(b, pairs, centres, centreCount, label, score);
         }
     }
 
     /// <summary>One panel, 8 centres at a time: the running maximum and its index per key stay in two registers.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void AssignPanel512(short* b, int pairs, int* a, int centreCount, int* label)
+    static void AssignPanel512(short* b, int pairs, int* a, int centreCount, int* label, int* score)
     {
         var best = Vector512.Create(int.MinValue);
         var index = Vector512<int>.Zero;
@@ -131,6 +156,7 @@ internal static unsafe class NearestCentre
             Fold(s7, c + Math.Min(7, m - 1), ref best, ref index);
         }
         index.Store(label);
+        best.Store(score);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -143,7 +169,7 @@ internal static unsafe class NearestCentre
 
     /// <summary>Eight keys of a panel (half 0 or 1, by the pointers given) on 256-bit vectors.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void AssignHalf256(short* b, int pairs, int* a, int centreCount, int* label)
+    static void AssignHalf256(short* b, int pairs, int* a, int centreCount, int* label, int* score)
     {
         var best = Vector256.Create(int.MinValue);
         var index = Vector256<int>.Zero;
@@ -167,6 +193,7 @@ internal static unsafe class NearestCentre
             Fold(s3, c + Math.Min(3, m - 1), ref best, ref index);
         }
         index.Store(label);
+        best.Store(score);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -177,7 +204,7 @@ internal static unsafe class NearestCentre
         index = Vector256.ConditionalSelect(greater, Vector256.Create(centre), index);
     }
 
-    static void AssignPanelScalar(short* b, int pairs, int* a, int centreCount, int* label)
+    static void AssignPanelScalar(short* b, int pairs, int* a, int centreCount, int* label, int* score)
     {
         for (int j = 0; j < PanelKeys; j++)
         {
@@ -193,6 +220,7 @@ internal static unsafe class NearestCentre
                 if (sum > best) { best = sum; index = c; }
             }
             label[j] = index;
+            score[j] = best;
         }
     }
 

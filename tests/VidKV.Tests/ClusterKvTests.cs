@@ -232,6 +232,43 @@ public class ClusterKvTests
         Assert.True(iterations.Distinct().Count() > 1, $"the clusterings should converge after different iterations: {string.Join(", ", iterations)}");
     }
 
+    /// <summary>
+    /// Passes that compare keys with the moved centres only give exactly the labels, centres and sums of full passes, on
+    /// keys with many near-ties (uniform directions, slow to converge) and on grouped ones, one thread or two.
+    /// </summary>
+    [Theory]
+    [InlineData(3000, 64, 100, false, 2)]
+    [InlineData(1000, 40, 33, true, 2)]
+    [InlineData(4099, 24, 200, false, 1)]
+    public void PrunedPassesEqualFullPasses(int n, int d, int k, bool grouped, int threads)
+    {
+        var rng = new Random(n + k);
+        var keys = grouped ? GroupedKeys(rng, n, d, k) : NearestCentreKernelTests.UnitRows(rng, n, d);
+        (int[] Labels, float[] Centres, float[] Sums, int[] Sizes, int Iterations, int Pruned) Cluster(bool prune)
+        {
+            bool was = SphericalKMeans.Prune;
+            SphericalKMeans.Prune = prune;
+            try
+            {
+                using var pool = new WorkerPool(threads);
+                var (labels, centres, sums, sizes) = (new int[n], new float[k * d], new float[k * d], new int[k]);
+                var solver = new SphericalKMeans();
+                solver.Run(keys, n, d, k, 20, labels, centres, sums, sizes, pool);
+                return (labels, centres, sums, sizes, solver.IterationsRun, solver.PrunedPasses);
+            }
+            finally { SphericalKMeans.Prune = was; }
+        }
+        var full = Cluster(false);
+        var pruned = Cluster(true);
+        Assert.Equal(full.Labels, pruned.Labels);
+        Assert.Equal(full.Centres, pruned.Centres);
+        Assert.Equal(full.Sums, pruned.Sums);
+        Assert.Equal(full.Sizes, pruned.Sizes);
+        Assert.Equal(full.Iterations, pruned.Iterations);
+        Assert.Equal(0, full.Pruned);
+        Assert.True(pruned.Pruned > 0, $"no pass of {pruned.Iterations} was pruned");
+    }
+
     /// <summary>Incremental assignment labels each key with its nearest centre, as a one-iteration assignment would.</summary>
     [Fact]
     public void NearestLabelsEachKeyWithItsClosestCentre()

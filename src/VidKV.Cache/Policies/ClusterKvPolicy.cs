@@ -72,7 +72,7 @@ internal sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
     readonly List<Pending> pending = [];
     readonly List<SphericalKMeans.Problem> problems = [];
     readonly object workGate = new();
-    long prepareTicks, appendTicks, lastPrepareTicks;
+    long prepareTicks, appendTicks, lastPrepareTicks, gatherTicks;
     int lastPrepareEnd = -1, lastPrepareKeys, lastPrepareHeads;
 
     public ClusterKvPolicy(int budget, int clusters = 400, int iterations = 20, int sinks = 16, int window = 320, int newClusters = 8)
@@ -344,7 +344,9 @@ internal sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
             else if (tail >= Window) kind = HeadWork.Window;
             else return;
         }
+        long start = Stopwatch.GetTimestamp();
         int keys = Gather(table, kind == HeadWork.Full ? sinkEnd : state.ClusteredUpTo, end, scratches[step.Head]);
+        gatherTicks += Stopwatch.GetTimestamp() - start;
         if (keys > 0) pending.Add(new Pending(step.Layer, step.Head, step.StepIndex, kind, end, keys));
     }
 
@@ -396,7 +398,8 @@ internal sealed unsafe class ClusterKvPolicy : KvPolicy, IKvPolicyWorkSource
             }
             else if (item.Kind == HeadWork.Window) AddClusters(state, WindowClusters(item.Keys), item.Keys, item.End, scratches[item.Head]);
         }
-        long ticks = Stopwatch.GetTimestamp() - start;
+        long ticks = Stopwatch.GetTimestamp() - start + gatherTicks; // reading the keys counts with the work on them
+        gatherTicks = 0;
         if (full > 0) NotePrepare(pending[0].End, keys, full, ticks);
         else lock (workGate) appendTicks += ticks;
         pending.Clear();

@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using VidKV.Tensors;
 
 namespace VidKV.Cache;
@@ -16,6 +18,13 @@ namespace VidKV.Cache;
 /// summing its own clusters, so the result is the same for any thread count, grouping and instruction set. One object
 /// keeps one clustering's buffers between runs; it is not thread-safe.
 /// </para>
+/// <para>
+/// After the first pass only the centres that moved can change a label (Lloyd's algorithm without the waste; the
+/// integer scores of a centre whose quantised vector is unchanged are unchanged): a key whose own centre stayed put
+/// keeps it unless a moved centre now scores at least as high (ties to the lower index), so it is compared with the
+/// moved centres only; a key whose own centre moved is compared with all. Late passes, where a few dozen of 400
+/// centres move, cost a fraction of a full one; the labels are exactly those of full passes.
+/// </para>
 /// </summary>
 internal sealed unsafe class SphericalKMeans
 {
@@ -26,11 +35,19 @@ internal sealed unsafe class SphericalKMeans
     public const long ParallelWork = 1 << 22;
 
     float[] unit = [];
-    short[] packedKeys = [];
-    int[] packedCentres = [], labels = [];
+    short[] packedKeys = [], packedActive = [];
+    int[] packedCentres = [], labels = [], scores = [], movedList = [], packedMoved = [], movedLabels = [], movedScores = [];
+    int[] activeKeys = [], activeLabels = [], activeScores = [];
+    byte[] moved = [];
+
+    /// <summary>Whether passes after the first compare keys with the moved centres only (false: every pass is full; for tests).</summary>
+    internal static bool Prune = true;
 
     /// <summary>Iterations the last run took (it stops early once no label changes).</summary>
     public int IterationsRun { get; private set; }
+
+    /// <summary>Passes that compared keys with the moved centres only, over all runs.</summary>
+    public int PrunedPasses { get; private set; }
 
     /// <summary>
     /// One clustering of <see cref="RunTogether"/>: <paramref name="Keys"/> [KeyCount, dimension] into ClusterCount
@@ -70,31 +87,33 @@ internal sealed unsafe class SphericalKMeans
         }
         if (work < ParallelWork) pool = null;
         int threads = pool?.ThreadCount ?? 1;
-        var pins = new MemoryHandle[count * 9];
+        var pins = new List<MemoryHandle>();
         var states = new State[count];
         var changes = new int[threads * count];
+        void* Pin<T>(Memory<T> memory)
+        {
+            var handle = memory.Pin();
+            pins.Add(handle);
+            return handle.Pointer;
+        }
         try
         {
             for (int i = 0; i < count; i++)
             {
                 var p = problems[i];
                 var s = p.Solver;
-                s.Prepare(p.KeyCount, d, p.ClusterCount);
-                pins[9 * i] = p.Keys.Pin();
-                pins[9 * i + 1] = p.Assignment.Pin();
-                pins[9 * i + 2] = p.Centres.Pin();
-                pins[9 * i + 3] = p.Sums.Pin();
-                pins[9 * i + 4] = p.Sizes.Pin();
-                pins[9 * i + 5] = s.unit.AsMemory().Pin();
-                pins[9 * i + 6] = s.packedKeys.AsMemory().Pin();
-                pins[9 * i + 7] = s.packedCentres.AsMemory().Pin();
-                pins[9 * i + 8] = s.labels.AsMemory().Pin();
+                int n = p.KeyCount, k = p.ClusterCount;
+                s.Prepare(n, d, k);
+                s.PreparePruning(n, d, k);
                 states[i] = new State
                 {
-                    Raw = (float*)pins[9 * i].Pointer, Assignment = (int*)pins[9 * i + 1].Pointer, Centres = (float*)pins[9 * i + 2].Pointer,
-                    Sums = (float*)pins[9 * i + 3].Pointer, Sizes = (int*)pins[9 * i + 4].Pointer, Unit = (float*)pins[9 * i + 5].Pointer,
-                    PackedKeys = (short*)pins[9 * i + 6].Pointer, PackedCentres = (int*)pins[9 * i + 7].Pointer, Labels = (int*)pins[9 * i + 8].Pointer,
-                    KeyCount = p.KeyCount, ClusterCount = p.ClusterCount, Active = true,
+                    Raw = (float*)Pin(MemoryMarshal.AsMemory(p.Keys)), Assignment = (int*)Pin(p.Assignment), Centres = (float*)Pin(p.Centres),
+                    Sums = (float*)Pin(p.Sums), Sizes = (int*)Pin(p.Sizes), Unit = (float*)Pin<float>(s.unit), PackedKeys = (short*)Pin<short>(s.packedKeys),
+                    PackedCentres = (int*)Pin<int>(s.packedCentres), Labels = (int*)Pin<int>(s.labels), Scores = (int*)Pin<int>(s.scores),
+                    Moved = (byte*)Pin<byte>(s.moved), MovedList = (int*)Pin<int>(s.movedList), PackedMoved = (int*)Pin<int>(s.packedMoved),
+                    MovedLabels = (int*)Pin<int>(s.movedLabels), MovedScores = (int*)Pin<int>(s.movedScores), PackedActive = (short*)Pin<short>(s.packedActive),
+                    ActiveKeys = (int*)Pin<int>(s.activeKeys), ActiveLabels = (int*)Pin<int>(s.activeLabels), ActiveScores = (int*)Pin<int>(s.activeScores),
+                    KeyCount = n, ClusterCount = k, Active = true,
                 };
             }
             fixed (State* state = states)
@@ -112,6 +131,12 @@ internal sealed unsafe class SphericalKMeans
                 for (int it = 0; it < iterations; it++)
                 {
                     job.First = it == 0;
+                    for (int i = 0; i < count; i++)
+                    {
+                        if (!state[i].Active) continue;
+                        PlanPass(state + i, d, pruneAllowed: it > 0 && Prune);
+                        if (state[i].Pruned) problems[i].Solver.PrunedPasses++;
+                    }
                     Execute(pool, &AssignKeys, &job);
                     bool any = false;
                     for (int i = 0; i < count; i++)
@@ -162,20 +187,38 @@ internal sealed unsafe class SphericalKMeans
 
     void Prepare(int n, int d, int k)
     {
+        int pairs = NearestCentre.Pairs(d), lanes = NearestCentre.Panels(n) * NearestCentre.PanelKeys;
         if (unit.Length < n * d) unit = new float[n * d];
         if (packedKeys.Length < NearestCentre.PackedKeyLength(n, d)) packedKeys = new short[NearestCentre.PackedKeyLength(n, d)];
-        if (packedCentres.Length < k * NearestCentre.Pairs(d)) packedCentres = new int[k * NearestCentre.Pairs(d)];
-        if (labels.Length < NearestCentre.Panels(n) * NearestCentre.PanelKeys) labels = new int[NearestCentre.Panels(n) * NearestCentre.PanelKeys];
+        if (packedCentres.Length < k * pairs) packedCentres = new int[k * pairs];
+        if (labels.Length < lanes) labels = new int[lanes];
+    }
+
+    /// <summary>The buffers of the pruned passes (see the class summary).</summary>
+    void PreparePruning(int n, int d, int k)
+    {
+        int pairs = NearestCentre.Pairs(d), lanes = NearestCentre.Panels(n) * NearestCentre.PanelKeys;
+        if (scores.Length < lanes) scores = new int[lanes];
+        if (movedLabels.Length < lanes) { movedLabels = new int[lanes]; movedScores = new int[lanes]; activeLabels = new int[lanes]; activeScores = new int[lanes]; activeKeys = new int[lanes]; }
+        if (packedActive.Length < NearestCentre.PackedKeyLength(n, d)) packedActive = new short[NearestCentre.PackedKeyLength(n, d)];
+        if (moved.Length < k) { moved = new byte[k]; movedList = new int[k]; }
+        if (packedMoved.Length < k * pairs) packedMoved = new int[k * pairs];
     }
 
     /// <summary>One clustering's pinned buffers, and whether it still iterates.</summary>
     struct State
     {
         public float* Raw, Unit, Centres, Sums;
-        public int* Labels, Assignment, Sizes, PackedCentres;
+        public int* Labels, Assignment, Sizes, PackedCentres; // labels: a full pass's output, a pruned pass's flags
         public short* PackedKeys;
-        public int KeyCount, ClusterCount;
-        public bool Active;
+        public int* Scores;                  // [lanes] each key's best score
+        public byte* Moved;                  // [k] whether centre c changed in the last re-centring
+        public int* MovedList, PackedMoved;  // the moved centres, ascending, and their packed pairs
+        public int* MovedLabels, MovedScores; // [lanes] per key: the best moved centre (its place in the list) and score
+        public short* PackedActive;          // keys whose own centre moved, packed again
+        public int* ActiveKeys, ActiveLabels, ActiveScores;
+        public int KeyCount, ClusterCount, MovedCount, ActiveCount;
+        public bool Active, Pruned;
     }
 
     struct Job
@@ -212,6 +255,8 @@ internal sealed unsafe class SphericalKMeans
     }
 
     static int Panels(State* problem, int dimension) => NearestCentre.Panels(problem->KeyCount);
+    static int AssignUnits(State* problem, int dimension) =>
+        NearestCentre.Panels(problem->KeyCount) + (problem->Pruned ? NearestCentre.Panels(problem->ActiveCount) : 0);
     static int Clusters(State* problem, int dimension) => problem->ClusterCount;
 
     static void Normalize(void* context, int thread, int threads) => ForShare((Job*)context, thread, threads, &NormalizePanels, &Panels);
@@ -219,7 +264,7 @@ internal sealed unsafe class SphericalKMeans
     {
         var job = (Job*)context;
         new Span<int>(job->Changes + thread * job->Count, job->Count).Clear();
-        ForShare(job, thread, threads, &AssignPanels, &Panels);
+        ForShare(job, thread, threads, &AssignPanels, &AssignUnits);
     }
     static void Recentre(void* context, int thread, int threads) => ForShare((Job*)context, thread, threads, &RecentreClusters, &Clusters);
 
@@ -237,18 +282,90 @@ internal sealed unsafe class SphericalKMeans
         NearestCentre.PackKeys(new ReadOnlySpan<float>(s->Unit, n * d), n, d, first, end, new Span<short>(s->PackedKeys, NearestCentre.PackedKeyLength(n, d)));
     }
 
-    /// <summary>Labels for panels [first, end), and how many changed.</summary>
+    /// <summary>
+    /// Labels for units [first, end), and how many changed: a full pass takes every key's panel against all centres; a
+    /// pruned one takes each panel against the moved centres (keys whose own centre stayed put), then the panels of
+    /// keys whose own centre moved against all centres.
+    /// </summary>
     static void AssignPanels(State* s, int index, int first, int end, Job* job, int thread)
     {
-        int n = s->KeyCount;
-        NearestCentre.Assign(s->PackedKeys, NearestCentre.Pairs(job->Dimension), first, end, s->PackedCentres, s->ClusterCount, s->Labels);
-        int changed = 0;
-        for (int i = first * NearestCentre.PanelKeys; i < Math.Min(n, end * NearestCentre.PanelKeys); i++)
+        int n = s->KeyCount, k = s->ClusterCount, pairs = NearestCentre.Pairs(job->Dimension), panels = NearestCentre.Panels(n), changed = 0;
+        if (!s->Pruned)
         {
-            if (job->First || s->Assignment[i] != s->Labels[i]) changed++;
-            s->Assignment[i] = s->Labels[i];
+            NearestCentre.Assign(s->PackedKeys, pairs, first, end, s->PackedCentres, k, s->Labels, s->Scores);
+            for (int i = first * NearestCentre.PanelKeys; i < Math.Min(n, end * NearestCentre.PanelKeys); i++)
+            {
+                if (job->First || s->Assignment[i] != s->Labels[i]) changed++;
+                s->Assignment[i] = s->Labels[i];
+            }
+        }
+        else
+        {
+            int last = Math.Min(end, panels);
+            if (first < last && s->MovedCount > 0)
+            {
+                NearestCentre.Assign(s->PackedKeys, pairs, first, last, s->PackedMoved, s->MovedCount, s->MovedLabels, s->MovedScores);
+                for (int i = first * NearestCentre.PanelKeys; i < Math.Min(n, last * NearestCentre.PanelKeys); i++)
+                {
+                    if (s->Labels[i] != 0) continue; // its centre moved: compared with all centres below (perhaps already, by another thread)
+                    int own = s->Assignment[i];
+                    // The unmoved centres score as before, none above the key's own (and none equal to it with a lower index).
+                    int score = s->MovedScores[i], centre = s->MovedList[s->MovedLabels[i]];
+                    if (score > s->Scores[i] || score == s->Scores[i] && centre < own)
+                    {
+                        s->Assignment[i] = centre;
+                        s->Scores[i] = score;
+                        changed++;
+                    }
+                }
+            }
+            int from = Math.Max(first, panels) - panels, to = end - panels;
+            if (from < to)
+            {
+                NearestCentre.Assign(s->PackedActive, pairs, from, to, s->PackedCentres, k, s->ActiveLabels, s->ActiveScores);
+                for (int a = from * NearestCentre.PanelKeys; a < Math.Min(s->ActiveCount, to * NearestCentre.PanelKeys); a++)
+                {
+                    int i = s->ActiveKeys[a];
+                    if (s->Assignment[i] != s->ActiveLabels[a]) changed++;
+                    s->Assignment[i] = s->ActiveLabels[a];
+                    s->Scores[i] = s->ActiveScores[a];
+                }
+            }
         }
         job->Changes[thread * job->Count + index] = changed; // a thread's share covers a problem in one piece
+    }
+
+    /// <summary>
+    /// Chooses the next pass of a clustering: pruned when comparing every key with the moved centres and the keys whose
+    /// centre moved with all costs less than three quarters of a full pass; then lists the moved centres and packs
+    /// those keys again.
+    /// </summary>
+    static void PlanPass(State* s, int dimension, bool pruneAllowed)
+    {
+        int n = s->KeyCount, k = s->ClusterCount, pairs = NearestCentre.Pairs(dimension);
+        s->Pruned = false;
+        if (!pruneAllowed) return;
+        int movedCount = 0, active = 0;
+        for (int c = 0; c < k; c++) if (s->Moved[c] != 0) s->MovedList[movedCount++] = c;
+        for (int i = 0; i < n; i++) if (s->Moved[s->Assignment[i]] != 0) active++;
+        if (4 * ((long)n * movedCount + (long)active * k) >= 3L * n * k) return;
+        s->Pruned = true;
+        s->MovedCount = movedCount;
+        s->ActiveCount = active;
+        for (int m = 0; m < movedCount; m++)
+            Buffer.MemoryCopy(s->PackedCentres + (long)s->MovedList[m] * pairs, s->PackedMoved + (long)m * pairs, pairs * 4, pairs * 4);
+        // Each key's column of a panel ([pair][16 lanes] int32) moves to its place among the active keys.
+        const int lanes = NearestCentre.PanelKeys;
+        int* source = (int*)s->PackedKeys, target = (int*)s->PackedActive;
+        new Span<int>(target, NearestCentre.Panels(active) * pairs * lanes).Clear();
+        for (int i = 0, a = 0; i < n; i++)
+        {
+            s->Labels[i] = s->Moved[s->Assignment[i]]; // the pass's flag of keys whose centre moved (labels are unused in it)
+            if (s->Labels[i] == 0) continue;
+            int* from = source + (long)(i / lanes) * pairs * lanes + i % lanes, to = target + (long)(a / lanes) * pairs * lanes + a % lanes;
+            for (int p = 0; p < pairs; p++) to[p * lanes] = from[p * lanes];
+            s->ActiveKeys[a++] = i;
+        }
     }
 
     /// <summary>
@@ -265,8 +382,11 @@ internal sealed unsafe class SphericalKMeans
         {
             int c = s->Assignment[i];
             if (c < first || c >= end) continue;
-            var sum = new Span<float>(s->Sums + (long)c * d, d);
-            TensorPrimitives.Add(sum, new ReadOnlySpan<float>(source + (long)i * d, d), sum);
+            float* sum = s->Sums + (long)c * d, row = source + (long)i * d;
+            int e = 0;
+            if (Vector512.IsHardwareAccelerated)
+                for (; e + 16 <= d; e += 16) (Vector512.Load(sum + e) + Vector512.Load(row + e)).Store(sum + e);
+            for (; e < d; e++) sum[e] += row[e];
             s->Sizes[c]++;
         }
         if (job->SumRaw) return;
@@ -279,7 +399,13 @@ internal sealed unsafe class SphericalKMeans
             if (norm > 0) TensorPrimitives.Divide(centre, norm, centre);
         }
         int pairs = NearestCentre.Pairs(d);
-        NearestCentre.PackCentres(new ReadOnlySpan<float>(s->Centres + (long)first * d, (end - first) * d), end - first, d,
-            new Span<int>(s->PackedCentres + (long)first * pairs, (end - first) * pairs));
+        Span<int> packed = stackalloc int[pairs];
+        for (int c = first; c < end; c++)
+        {
+            NearestCentre.PackCentres(new ReadOnlySpan<float>(s->Centres + (long)c * d, d), 1, d, packed);
+            var current = new Span<int>(s->PackedCentres + (long)c * pairs, pairs);
+            s->Moved[c] = (byte)(packed.SequenceEqual(current) ? 0 : 1);
+            packed.CopyTo(current);
+        }
     }
 }
