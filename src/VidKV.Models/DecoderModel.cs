@@ -188,7 +188,7 @@ public sealed unsafe class DecoderModel : IDisposable
         if (logits.Length < (long)batch.LogitRows * vocab) throw new ArgumentException($"logits buffer holds {logits.Length} floats, the batch needs {batch.LogitRows} × {vocab}", nameof(logits));
 
         // Runs of consecutive rows per sequence; each sequence at most once.
-        var runList = RunsOf(batch, sequences);
+        var runList = RunsOf(batch, sequences, buffers.Runs);
         foreach (var run in runList)
             if (!run.Cache.Reserve(run.Start + run.Count)) return DecodeStatus.ContextFull;
         if (!ReservePages(runList)) return DecodeStatus.NoKvRoom;
@@ -249,9 +249,8 @@ public sealed unsafe class DecoderModel : IDisposable
     }
 
     /// <summary>The batch's runs of rows per sequence, in row order; a sequence split over two runs is an error.</summary>
-    List<AttentionRun> RunsOf(DecoderBatch batch, IReadOnlyList<KvCache> sequences)
+    List<AttentionRun> RunsOf(DecoderBatch batch, IReadOnlyList<KvCache> sequences, List<AttentionRun> runs)
     {
-        var runs = runScratch;
         runs.Clear();
         int vocab = Config.VocabSize;
         for (int row = 0; row < batch.Count;)
@@ -270,8 +269,6 @@ public sealed unsafe class DecoderModel : IDisposable
         }
         return runs;
     }
-
-    readonly List<AttentionRun> runScratch = [];
 
     /// <summary>Sets aside the hot slots the runs' appends take, per KV pool; false (nothing set aside) when a pool's budget cannot hold them.</summary>
     static bool ReservePages(List<AttentionRun> runs)

@@ -30,6 +30,9 @@ public sealed class Activations
     /// <summary>Sines of each token's RoPE angles [tokens, ropeDims / 2], shared by every head.</summary>
     public Span<float> RopeSin(int length) => Grow(ref sin, length);
 
+    /// <summary>The batch's runs of rows per sequence (kept here, not in the model, so callers with their own buffers can decode at once).</summary>
+    internal List<AttentionRun> Runs { get; } = [];
+
     /// <summary>Each row's place in its sequence [tokens].</summary>
     internal Span<int> Places(int length)
     {
