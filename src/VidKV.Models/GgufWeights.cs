@@ -19,6 +19,14 @@ internal sealed unsafe class GgufWeights(GgufFile file) : IWeightSource
         return new WeightMatrix(name, t.Type, rows, columns, File.TensorPointer(t));
     }
 
+    public WeightMatrix Flattened(string name, int rows, int columns)
+    {
+        var t = Find(name);
+        if (t.Shape.Length < 2 || t.Shape[^1] != rows || t.ElementCount != (long)rows * columns)
+            throw ModelFormatException.AtTensor(Path, name, $"shape [{string.Join(", ", t.Shape)}] is not {rows} rows of {columns}");
+        return new WeightMatrix(name, t.Type, rows, columns, File.TensorPointer(t));
+    }
+
     public float[] Vector(string name, int length)
     {
         var t = Find(name);

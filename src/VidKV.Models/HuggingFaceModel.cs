@@ -154,6 +154,14 @@ internal sealed unsafe class SafetensorsWeights : IWeightSource
         return new WeightMatrix(t.Name, t.Type, rows, columns, file.TensorPointer(t));
     }
 
+    public WeightMatrix Flattened(string name, int rows, int columns)
+    {
+        var (file, t) = Find(name);
+        if (t.Shape.Length < 2 || t.Shape[0] != rows || t.ElementCount != (long)rows * columns)
+            throw ModelFormatException.AtTensor(file.Path, t.Name, $"shape [{string.Join(", ", t.Shape)}] is not {rows} rows of {columns}");
+        return new WeightMatrix(t.Name, t.Type, rows, columns, file.TensorPointer(t));
+    }
+
     public float[] Vector(string name, int length)
     {
         var (file, t) = Find(name);

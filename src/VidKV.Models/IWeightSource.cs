@@ -16,6 +16,12 @@ internal interface IWeightSource : IDisposable
     /// <summary>A [rows, columns] matrix; throws <see cref="Formats.ModelFormatException"/> naming the tensor when absent or of another shape.</summary>
     WeightMatrix Matrix(string name, int rows, int columns);
 
+    /// <summary>
+    /// A tensor of more than two dimensions read as a [rows, columns] matrix: its outermost dimension the rows, the rest
+    /// flattened into the columns (a conv kernel [out, in, kh, kw] as [out, in·kh·kw]).
+    /// </summary>
+    WeightMatrix Flattened(string name, int rows, int columns);
+
     /// <summary>A 1-D tensor of <paramref name="length"/> elements as f32.</summary>
     float[] Vector(string name, int length);
 }

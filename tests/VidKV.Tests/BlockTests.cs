@@ -64,23 +64,33 @@ public class BlockTests
         Assert.True(Math.Abs((x[0] - mean) / Math.Sqrt(variance + 1e-6) * w[0] - y[0]) <= 1e-4);
     }
 
+    /// <summary>
+    /// GELU and quick GELU as ggml's fp16 tables: the input rounded to fp16, the result an fp16 value within half an
+    /// fp16 step of the definition (computed in f64) at the rounded input; GELU passes x ≥ 10 through and zeroes x ≤ −10.
+    /// </summary>
     [Fact]
-    public void GeluFormsMatchTheirDefinitions()
+    public void GeluFormsMatchGgmlsHalfTables()
     {
-        var x = Enumerable.Range(0, 2001).Select(i => (float)((i - 1000) / 100.0)).ToArray();
+        var random = new Random(5);
+        var x = Enumerable.Range(0, 4001).Select(i => (float)((i - 2000) / 100.0)).Concat(Enumerable.Range(0, 3001).Select(_ => (float)(random.NextDouble() * 30 - 15))).ToArray();
         var y = new float[x.Length];
+        static double Gelu(double v) => 0.5 * v * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v)));
+        static double Quick(double v) => v / (1 + Math.Exp(-1.702 * v));
+        static void Check(float input, float got, double want, string what)
+        {
+            Assert.True((float)(Half)got == got, $"{what}({input}) = {got} is not an fp16 value");
+            double step = Math.Max(Math.Pow(2, Math.Floor(Math.Log2(Math.Abs(want) + 1e-30)) - 10), Math.Pow(2, -24));
+            Assert.True(Math.Abs(got - want) <= 0.5 * step + 1e-7 * Math.Abs(want), $"{what}({input}) = {got}, want {want}");
+        }
         Kernels.Gelu(x, y);
         for (int i = 0; i < x.Length; i++)
         {
-            double v = x[i], want = 0.5 * v * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v)));
-            Assert.True(Math.Abs(want - y[i]) <= 1e-5 * (1 + Math.Abs(want)), $"gelu({v}) = {y[i]}, want {want}");
+            if (x[i] <= -10) Assert.Equal(0f, y[i]);
+            else if (x[i] >= 10) Assert.Equal(x[i], y[i]);
+            else Check(x[i], y[i], Gelu((double)(Half)x[i]), "gelu");
         }
         Kernels.QuickGelu(x, y);
-        for (int i = 0; i < x.Length; i++)
-        {
-            double v = x[i], want = v / (1 + Math.Exp(-1.702 * v));
-            Assert.True(Math.Abs(want - y[i]) <= 1e-5 * (1 + Math.Abs(want)), $"quick_gelu({v}) = {y[i]}, want {want}");
-        }
+        for (int i = 0; i < x.Length; i++) Check(x[i], y[i], Quick((double)(Half)x[i]), "quick_gelu");
     }
 
     /// <summary>Bidirectional attention: every query sees every row, as full softmax attention in f64, with GQA.</summary>
