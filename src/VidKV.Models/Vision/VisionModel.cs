@@ -6,7 +6,7 @@ using VidKV.Tensors;
 namespace VidKV.Models;
 
 /// <summary>
-/// A vision tower and its projector from an <c>mmproj</c> file: images (preprocessed entries, <see cref="ImagePreprocessor"/>)
+/// A vision tower and its projector from an <c>mmproj</c> file: images (preprocessed entries)
 /// in, rows of the text model's embedding width out — what replaces an image's placeholder tokens.
 /// <para>
 /// The tower is a ViT built from the decoder's blocks: a patch convolution (as a product of the patches with the
@@ -169,44 +169,21 @@ public sealed unsafe class VisionModel : IDisposable
     }
 
     /// <summary>
-    /// Encodes one preprocessed entry: <paramref name="pixels"/> normalised f32 in planes [3][size][size]
-    /// (<see cref="ImagePreprocessor.Normalize"/>), <paramref name="output"/> [<see cref="TokensPerEntry"/>,
+    /// Encodes one preprocessed entry: <paramref name="pixels"/> normalised f32 in planes [3][size][size] (the
+    /// preprocessor's normalised planes), <paramref name="output"/> [<see cref="TokensPerEntry"/>,
     /// <see cref="OutputLength"/>]. <paramref name="buffers"/> are reused across calls (one per caller).
     /// </summary>
     public void Encode(ReadOnlySpan<float> pixels, Span<float> output, Activations buffers, ForwardProfile? profile = null)
     {
-        var c = Config;
-        int e = c.EmbeddingLength, side = c.PatchesPerSide, patches = side * side, first = classEmbedding != null ? 1 : 0, rows = patches + first;
-        if (pixels.Length != 3 * c.ImageSize * c.ImageSize)
-            throw new ArgumentException($"pixels hold {pixels.Length} values, a {c.ImageSize}² entry needs {3 * c.ImageSize * c.ImageSize}");
         if (output.Length < TokensPerEntry * OutputLength)
             throw new ArgumentException($"output holds {output.Length} values, {TokensPerEntry} rows of {OutputLength} are needed");
-
-        Span<float> x = buffers.X(rows * e), h = buffers.H(rows * e);
-        EmbedPatches(pixels, x.Slice(first * e, patches * e), buffers);
-        if (classEmbedding != null) classEmbedding.CopyTo(x);
-        TensorPrimitives.Add(x, positions.AsSpan(0, rows * e), x);
-        preNorm?.Apply(x, x, rows, profile);
-
-        int stacks = featureLayers.Length, stacked = e * Math.Max(1, stacks);
-        Span<float> stack = stacks > 0 ? buffers.Gate(rows * stacked) : default;
-        for (int i = 0; i < blocksToRun; i++)
-        {
-            Stack(i, x);
-            var block = blocks[i];
-            block.AttentionNorm.Apply(x, h, rows, profile);
-            block.Attention.Forward(h, rows, buffers, default, default, i, default, default, profile);
-            block.FeedForwardNorm.AddThenApply(x, h, h, rows, profile);
-            block.FeedForward.Forward(h, rows, buffers, profile);
-            TensorPrimitives.Add(x, h, x);
-        }
-        postNorm?.Apply(x, x, rows, profile);
-        Stack(blocksToRun, x);
-        ReadOnlySpan<float> features = stacks > 0 ? stack : x;
-
+        var features = Tower(pixels, buffers, profile);
+        var c = Config;
+        int e = c.EmbeddingLength, side = c.PatchesPerSide, patches = side * side, first = classEmbedding != null ? 1 : 0;
         if (mlpIn != null)
         {
             // LLaVA keeps the patch rows (the class token's row 0 goes), then mm.0 → GELU → mm.2.
+            int stacked = e * Math.Max(1, featureLayers.Length);
             var patchRows = features.Slice(first * stacked, patches * stacked);
             Span<float> hidden = mlpOut != null ? buffers.Up(patches * mlpIn.Outputs) : output;
             mlpIn.Forward(patchRows, patches, hidden, profile);
@@ -220,14 +197,49 @@ public sealed unsafe class VisionModel : IDisposable
             PixelShuffle(features, side, e, s, shuffled);
             shuffleProjection!.Forward(shuffled, merged * merged, output, profile);
         }
+    }
 
-        void Stack(int layer, Span<float> x)
+    /// <summary>
+    /// The ViT alone: the rows the projector reads ([rows, embedding · feature layers], the class token's row first
+    /// when there is one), in <paramref name="buffers"/>.
+    /// </summary>
+    internal ReadOnlySpan<float> Tower(ReadOnlySpan<float> pixels, Activations buffers, ForwardProfile? profile = null)
+    {
+        var c = Config;
+        int e = c.EmbeddingLength, patches = c.PatchesPerSide * c.PatchesPerSide, first = classEmbedding != null ? 1 : 0, rows = patches + first;
+        if (pixels.Length != 3 * c.ImageSize * c.ImageSize)
+            throw new ArgumentException($"pixels hold {pixels.Length} values, a {c.ImageSize}² entry needs {3 * c.ImageSize * c.ImageSize}");
+
+        Span<float> x = buffers.X(rows * e), h = buffers.H(rows * e);
+        EmbedPatches(pixels, x.Slice(first * e, patches * e), buffers);
+        if (classEmbedding != null) classEmbedding.CopyTo(x);
+        TensorPrimitives.Add(x, positions.AsSpan(0, rows * e), x);
+        preNorm?.Apply(x, x, rows, profile);
+
+        Span<float> stack = featureLayers.Length > 0 ? buffers.Gate(rows * e * featureLayers.Length) : default;
+        for (int i = 0; i < blocksToRun; i++)
         {
-            for (int k = 0; k < stacks; k++)
-            {
-                if (featureLayers[k] != layer) continue;
-                for (int r = 0; r < rows; r++) x.Slice(r * e, e).CopyTo(stack.Slice(r * stacked + k * e, e));
-            }
+            StackFeatures(i, x, rows, stack);
+            var block = blocks[i];
+            block.AttentionNorm.Apply(x, h, rows, profile);
+            block.Attention.Forward(h, rows, buffers, default, default, i, default, default, profile);
+            block.FeedForwardNorm.AddThenApply(x, h, h, rows, profile);
+            block.FeedForward.Forward(h, rows, buffers, profile);
+            TensorPrimitives.Add(x, h, x);
+        }
+        postNorm?.Apply(x, x, rows, profile);
+        StackFeatures(blocksToRun, x, rows, stack);
+        return featureLayers.Length > 0 ? stack : x;
+    }
+
+    /// <summary>Copies the rows into their slot of the feature stack when <paramref name="layer"/> is a feature layer (LLaVA's <c>feature_layer</c>).</summary>
+    void StackFeatures(int layer, ReadOnlySpan<float> x, int rows, Span<float> stack)
+    {
+        int e = Config.EmbeddingLength, stacked = e * featureLayers.Length;
+        for (int k = 0; k < featureLayers.Length; k++)
+        {
+            if (featureLayers[k] != layer) continue;
+            for (int r = 0; r < rows; r++) x.Slice(r * e, e).CopyTo(stack.Slice(r * stacked + k * e, e));
         }
     }
 
