@@ -34,8 +34,8 @@ public static class CliRunner
         }
     }
 
-    static bool IsUserError(Exception e) => e is ModelFormatException or IOException or UnauthorizedAccessException
-        or ArgumentException or InvalidOperationException or NotSupportedException or FormatException;
+    static bool IsUserError(Exception e) => e is ModelFormatException or ImageFormatException or IOException
+        or UnauthorizedAccessException or ArgumentException or InvalidOperationException or NotSupportedException or FormatException;
 
     /// <summary>Adds options to a command in one call.</summary>
     public static Command With(this Command command, params Option[] options)
