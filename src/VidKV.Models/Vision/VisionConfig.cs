@@ -75,7 +75,7 @@ public sealed record VisionConfig
     public int PatchesPerSide => ImageSize / PatchSize;
 
     /// <summary>Reads the <c>clip.*</c> keys of an mmproj file; a missing or ill-typed key throws naming it.</summary>
-    public static VisionConfig FromGguf(GgufFile file)
+    internal static VisionConfig FromGguf(GgufFile file)
     {
         string path = file.Path;
         if (file.Get("clip.has_vision_encoder") is { } hasVision && !hasVision.AsBool())

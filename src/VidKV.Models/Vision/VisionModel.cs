@@ -192,7 +192,7 @@ public sealed unsafe class VisionModel : IDisposable
         Span<float> stack = stacks > 0 ? buffers.Gate(rows * stacked) : default;
         for (int i = 0; i < blocksToRun; i++)
         {
-            Stack(i, x);
+            Stack(i, x, stack);
             var block = blocks[i];
             block.AttentionNorm.Apply(x, h, rows, profile);
             block.Attention.Forward(h, rows, buffers, default, default, i, default, default, profile);
@@ -201,7 +201,7 @@ public sealed unsafe class VisionModel : IDisposable
             TensorPrimitives.Add(x, h, x);
         }
         postNorm?.Apply(x, x, rows, profile);
-        Stack(blocksToRun, x);
+        Stack(blocksToRun, x, stack);
         ReadOnlySpan<float> features = stacks > 0 ? stack : x;
 
         if (mlpIn != null)
@@ -221,7 +221,7 @@ public sealed unsafe class VisionModel : IDisposable
             shuffleProjection!.Forward(shuffled, merged * merged, output, profile);
         }
 
-        void Stack(int layer, Span<float> x)
+        void Stack(int layer, Span<float> x, Span<float> stack)
         {
             for (int k = 0; k < stacks; k++)
             {
