@@ -1,5 +1,6 @@
 using System.CommandLine;
 using VidKV.Engine;
+using VidKV.Formats;
 using VidKV.Models;
 using VidKV.Text;
 
@@ -24,18 +25,27 @@ static class GenerateCommand
         var seed = new Option<int>("--seed", "-s") { Description = "Random seed (-1 = random).", DefaultValueFactory = _ => -1 };
         var chat = new Option<bool>("--chat") { Description = "Wrap the prompt as a user message in the model's chat template (ChatML or Llama-3)." };
         var system = new Option<string?>("--system") { Description = "System message for --chat." };
+        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (llama.cpp mmproj GGUF) paired with -m; needed for --image." };
+        var image = new Option<string[]>("--image") { Description = $"Image file (PNG, JPEG, BMP, PPM); repeat for several. Each goes where -p has a {MediaPrompt.Marker} marker, else all go before the text.", AllowMultipleArgumentsPerToken = false };
         var threads = CommonOptions.Threads();
         var cacheK = CommonOptions.CacheTypeK();
         var cacheV = CommonOptions.CacheTypeV();
 
         var command = new Command("generate", "Generate text from a prompt (like llama-completion). Without -m it uses a random-weight demo model.")
-            .With(model, prompt, file, predict, context, temperature, topK, topP, minP, repeatPenalty, repeatLastN, seed, chat, system, threads, cacheK, cacheV);
+            .With(model, prompt, file, predict, context, temperature, topK, topP, minP, repeatPenalty, repeatLastN, seed, chat, system, mmproj, image, threads, cacheK, cacheV);
         command.SetAction(r =>
         {
             Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
             string path = r.GetValue(model) ?? CommonOptions.DefaultModelPath(Console.Error);
             string text = r.GetValue(file) is { } f ? File.ReadAllText(f) : r.GetValue(prompt) ?? "Once upon a time";
+            string[] imagePaths = r.GetValue(image) ?? [];
+            string? visionPath = r.GetValue(mmproj);
+            if (imagePaths.Length > 0 && visionPath == null) throw new ArgumentException("--image needs --mmproj: the vision projector (mmproj GGUF) that goes with -m");
+            // As llama-mtmd-cli: without markers, one per image goes before the text.
+            if (imagePaths.Length > 0 && !text.Contains(MediaPrompt.Marker)) text = string.Concat(Enumerable.Repeat(MediaPrompt.Marker, imagePaths.Length)) + text;
+            var images = imagePaths.Select(ImageReader.Read).ToList();
             using var m = ModelLoader.Load(path);
+            using var vision = visionPath != null ? VisionModel.Load(visionPath) : null;
             if (r.GetValue(chat))
             {
                 var messages = new List<ChatMessage>();
@@ -44,10 +54,13 @@ static class GenerateCommand
                 text = ChatTemplate.Apply(ChatTemplate.Detect(m.Vocabulary.ChatTemplate), messages);
             }
             int ctx = r.GetValue(context) is > 0 and var c ? Math.Min(c, m.Config.ContextLength) : m.Config.ContextLength;
-            var tokens = m.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
-            if (tokens.Count == 0) throw new ArgumentException("the prompt is empty and the model adds no BOS token: give a prompt with -p");
-            if (tokens.Count >= ctx) throw new ArgumentException($"the prompt has {tokens.Count} tokens, which does not fit the context of {ctx} (-c)");
-            int n = r.GetValue(predict) is var p && p >= 0 ? Math.Min(p, ctx - tokens.Count) : ctx - tokens.Count;
+            IReadOnlyList<PromptChunk> chunks = vision != null
+                ? MediaPrompt.Build(m, vision, text, images).Chunks
+                : [new TextChunk(m.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true).ToArray())];
+            int promptRows = chunks.Sum(c => c.Count);
+            if (promptRows == 0) throw new ArgumentException("the prompt is empty and the model adds no BOS token: give a prompt with -p");
+            if (promptRows >= ctx) throw new ArgumentException($"the prompt has {promptRows} tokens, which does not fit the context of {ctx} (-c)");
+            int n = r.GetValue(predict) is var p && p >= 0 ? Math.Min(p, ctx - promptRows) : ctx - promptRows;
             var options = new SamplingOptions
             {
                 Temperature = r.GetValue(temperature), TopK = r.GetValue(topK), TopP = r.GetValue(topP), MinP = r.GetValue(minP),
@@ -55,11 +68,11 @@ static class GenerateCommand
                 Seed = r.GetValue(seed) is >= 0 and var sd ? sd : null,
             };
 
-            Console.Error.WriteLine($"model: {path} ({m.Config.Architecture}, {m.Config.LayerCount} layers, {GgmlName(m)}), context {ctx}, prompt {tokens.Count} tokens");
+            Console.Error.WriteLine($"model: {path} ({m.Config.Architecture}, {m.Config.LayerCount} layers, {GgmlName(m)}), context {ctx}, prompt {promptRows} tokens{(images.Count > 0 ? $" ({chunks.OfType<EmbeddingChunk>().Sum(c => c.Count)} from {images.Count} image(s))" : "")}");
             var stats = new GenerationStats();
             using var stdout = Console.OpenStandardOutput();
             using var state = m.CreateState(ctx, CommonOptions.ParseCacheType(r.GetValue(cacheK)!), CommonOptions.ParseCacheType(r.GetValue(cacheV)!));
-            foreach (var token in Generator.Generate(m, state, tokens, n, new Sampler(options), stats))
+            foreach (var token in Generator.Generate(m, state, chunks, n, new Sampler(options), stats))
             {
                 if (token.IsEndOfGeneration) break;
                 stdout.Write(token.Piece);

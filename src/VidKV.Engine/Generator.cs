@@ -28,14 +28,23 @@ internal static class Generator
     /// end-of-generation token (which is yielded with <see cref="GeneratedToken.IsEndOfGeneration"/> set).
     /// </summary>
     public static IEnumerable<GeneratedToken> Generate(DecoderModel model, DecoderState state, IReadOnlyList<int> prompt,
+        int maxTokens, Sampler sampler, GenerationStats? stats = null, CancellationToken cancellation = default) =>
+        Generate(model, state, [new TextChunk(prompt as int[] ?? prompt.ToArray())], maxTokens, sampler, stats, cancellation);
+
+    /// <summary>
+    /// As <see cref="Generate(DecoderModel, DecoderState, IReadOnlyList{int}, int, Sampler, GenerationStats?, CancellationToken)"/>
+    /// for a prompt of text and embedding chunks (<see cref="MediaPrompt"/>); the repetition penalty sees its text tokens.
+    /// </summary>
+    public static IEnumerable<GeneratedToken> Generate(DecoderModel model, DecoderState state, IReadOnlyList<PromptChunk> prompt,
         int maxTokens, Sampler sampler, GenerationStats? stats = null, CancellationToken cancellation = default)
     {
-        if (prompt.Count == 0) throw new ArgumentException("the prompt has no tokens; generation needs at least one (e.g. BOS)", nameof(prompt));
+        int rows = prompt.Sum(c => c.Count);
+        if (rows == 0) throw new ArgumentException("the prompt has no tokens; generation needs at least one (e.g. BOS)", nameof(prompt));
         var logits = new float[model.Config.VocabSize];
-        var history = new List<int>(prompt);
+        var history = prompt.OfType<TextChunk>().SelectMany(c => c.Tokens).ToList();
         var clock = Stopwatch.StartNew();
         Prefill(model, state, prompt, logits, cancellation);
-        if (stats != null) { stats.PromptTokens = prompt.Count; stats.PromptTime = clock.Elapsed; }
+        if (stats != null) { stats.PromptTokens = rows; stats.PromptTime = clock.Elapsed; }
         clock.Restart();
         var single = new int[1];
         for (int i = 0; i < maxTokens; i++)
@@ -49,6 +58,32 @@ internal static class Generator
             history.Add(token);
             single[0] = token;
             model.Forward(state, single, logits);
+        }
+    }
+
+    /// <summary>
+    /// Runs text and embedding chunks in batches of up to <see cref="DefaultBatchSize"/> rows at the state's next places
+    /// and leaves the last row's logits in <paramref name="logits"/>.
+    /// </summary>
+    public static void Prefill(DecoderModel model, DecoderState state, IReadOnlyList<PromptChunk> prompt, float[] logits, CancellationToken cancellation = default)
+    {
+        var batch = state.Batch;
+        batch.Clear();
+        int total = prompt.Sum(c => c.Count), done = 0;
+        foreach (var chunk in prompt)
+            for (int i = 0; i < chunk.Count; i++)
+            {
+                bool last = ++done == total;
+                if (chunk is TextChunk text) batch.AddToken(text.Tokens[i], logits: last);
+                else if (chunk is EmbeddingChunk image) batch.AddEmbedding(image.Rows.AsSpan(i * image.Width, image.Width), logits: last);
+                if (batch.Count == DefaultBatchSize || last) Run();
+            }
+
+        void Run()
+        {
+            cancellation.ThrowIfCancellationRequested();
+            model.Run(batch, state, logits);
+            batch.Clear();
         }
     }
 

@@ -158,12 +158,18 @@ public sealed unsafe class DecoderModel : IDisposable
         var batch = state.Batch;
         batch.Clear();
         batch.AddTokens(tokens, 0, lastLogits: true, allLogits);
+        Run(batch, state, logits);
+    }
+
+    /// <summary>Runs a batch of the state's one sequence (sequence 0); throws where <see cref="Decode"/> returns a status other than Ok.</summary>
+    internal void Run(DecoderBatch batch, DecoderState state, Span<float> logits)
+    {
         switch (Decode(batch, state.Sequences, state.Activations, logits, state.Profile))
         {
             case DecodeStatus.ContextFull:
-                throw new InvalidOperationException($"context full: {state.Cache.Length} + {tokens.Length} tokens exceed the context length {state.Cache.ContextLength}");
+                throw new InvalidOperationException($"context full: {state.Cache.Length} + {batch.Count} tokens exceed the context length {state.Cache.ContextLength}");
             case DecodeStatus.NoKvRoom:
-                throw new InvalidOperationException($"KV hot tier full: {tokens.Length} more tokens need pages the budget cannot hold; use a policy that evicts or moves pages cold, or raise the page limit");
+                throw new InvalidOperationException($"KV hot tier full: {batch.Count} more tokens need pages the budget cannot hold; use a policy that evicts or moves pages cold, or raise the page limit");
         }
     }
 
