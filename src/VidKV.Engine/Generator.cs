@@ -43,10 +43,11 @@ internal static class Generator
         var logits = new float[model.Config.VocabSize];
         var history = prompt.OfType<TextChunk>().SelectMany(c => c.Tokens).ToList();
         var clock = Stopwatch.StartNew();
-        Prefill(model, state, prompt, logits, cancellation);
+        int position = Prefill(model, state, prompt, logits, cancellation);
         if (stats != null) { stats.PromptTokens = rows; stats.PromptTime = clock.Elapsed; }
         clock.Restart();
         var single = new int[1];
+        var at = new int[DecoderBatch.MaxPositionComponents];
         for (int i = 0; i < maxTokens; i++)
         {
             cancellation.ThrowIfCancellationRequested();
@@ -57,7 +58,14 @@ internal static class Generator
             if (end || i + 1 == maxTokens) yield break;
             history.Add(token);
             single[0] = token;
-            model.Forward(state, single, logits);
+            if (model.PositionComponents == 1) model.Forward(state, single, logits);
+            else
+            {
+                state.Batch.Clear();
+                TextPosition(position++, at);
+                state.Batch.AddToken(token, logits: true, position: at.AsSpan(0, model.PositionComponents));
+                model.Run(state.Batch, state, logits);
+            }
         }
     }
 
@@ -65,19 +73,48 @@ internal static class Generator
     /// Runs text and embedding chunks in batches of up to <see cref="DefaultBatchSize"/> rows at the state's next places
     /// and leaves the last row's logits in <paramref name="logits"/>.
     /// </summary>
-    public static void Prefill(DecoderModel model, DecoderState state, IReadOnlyList<PromptChunk> prompt, float[] logits, CancellationToken cancellation = default)
+    /// Returns the position after the prompt: its row count, or less under M-RoPE (an image grid takes max(columns, rows)).
+    public static int Prefill(DecoderModel model, DecoderState state, IReadOnlyList<PromptChunk> prompt, float[] logits, CancellationToken cancellation = default)
     {
         var batch = state.Batch;
         batch.Clear();
-        int total = prompt.Sum(c => c.Count), done = 0;
+        bool multi = model.PositionComponents > 1;
+        int total = prompt.Sum(c => c.Count), done = 0, position = state.Position;
+        Span<int> at = stackalloc int[DecoderBatch.MaxPositionComponents];
         foreach (var chunk in prompt)
+        {
             for (int i = 0; i < chunk.Count; i++)
             {
                 bool last = ++done == total;
-                if (chunk is TextChunk text) batch.AddToken(text.Tokens[i], logits: last);
-                else if (chunk is EmbeddingChunk image) batch.AddEmbedding(image.Rows.AsSpan(i * image.Width, image.Width), logits: last);
+                if (chunk is TextChunk text)
+                {
+                    if (multi)
+                    {
+                        TextPosition(position + i, at);
+                        batch.AddToken(text.Tokens[i], logits: last, position: at[..model.PositionComponents]);
+                    }
+                    else batch.AddToken(text.Tokens[i], logits: last);
+                }
+                else if (chunk is EmbeddingChunk image)
+                {
+                    var row = image.Rows.AsSpan(i * image.Width, image.Width);
+                    if (!multi) batch.AddEmbedding(row, logits: last);
+                    else
+                    {
+                        // llama.cpp's mtmd: (t, h, w, e) = (p, p + i / columns, p + i mod columns, 0) for a grid, else all p + i.
+                        bool grid = image.GridColumns > 0;
+                        at[0] = grid ? position : position + i;
+                        at[1] = grid ? position + i / image.GridColumns : position + i;
+                        at[2] = grid ? position + i % image.GridColumns : position + i;
+                        at[3] = 0;
+                        batch.AddEmbedding(row, logits: last, position: at[..model.PositionComponents]);
+                    }
+                }
                 if (batch.Count == DefaultBatchSize || last) Run();
             }
+            position += chunk is EmbeddingChunk e ? e.PositionSpan : chunk.Count;
+        }
+        return position;
 
         void Run()
         {
@@ -85,6 +122,13 @@ internal static class Generator
             model.Run(batch, state, logits);
             batch.Clear();
         }
+    }
+
+    /// <summary>A text row's M-RoPE position: p in t, h and w, 0 in the fourth component (llama.cpp's llm_graph_input_pos).</summary>
+    static void TextPosition(int position, Span<int> at)
+    {
+        at[0] = at[1] = at[2] = position;
+        at[3] = 0;
     }
 
     /// <summary>Runs the prompt in batches and leaves the last token's logits in <paramref name="logits"/>.</summary>

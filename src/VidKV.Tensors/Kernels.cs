@@ -82,6 +82,25 @@ internal static class Kernels
     }
 
     /// <summary>
+    /// 2-D RoPE of the Qwen2-VL / Qwen2.5-VL ViT (ggml's rope_multi in vision mode, Hugging Face's
+    /// <c>VisionRotaryEmbedding</c>): of a head's d/2 NeoX pairs the first d/4 turn by the patch row
+    /// <paramref name="y"/>, the rest by its column <paramref name="x"/>, pair i of each half by p · base^(−4i/d); theta
+    /// advances by repeated f32 multiplication and restarts at the second half, as ggml's.
+    /// </summary>
+    public static void VisionRopeAngles(int y, int x, int headDim, float freqBase, Span<float> cos, Span<float> sin)
+    {
+        int pairs = headDim / 2, quarter = headDim / 4;
+        float thetaScale = MathF.Pow(freqBase, -2f / pairs), rowTheta = y, columnTheta = x;
+        for (int i = 0; i < pairs; i++)
+        {
+            if (i == quarter) columnTheta = x;
+            (sin[i], cos[i]) = MathF.SinCos(i < quarter ? rowTheta : columnTheta);
+            rowTheta *= thetaScale;
+            columnTheta *= thetaScale;
+        }
+    }
+
+    /// <summary>
     /// y = (x − mean) / √(var + eps) · weight + bias over one row (ggml_norm then mul and add: mean and variance summed
     /// in f64). <paramref name="bias"/> may be empty.
     /// </summary>

@@ -34,7 +34,15 @@ internal sealed unsafe class SelfAttention(Linear query, Linear key, Linear valu
     /// attend causally over it; with none the rows attend to each other.
     /// </summary>
     public void Forward(Span<float> h, int tokens, Activations buffers, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin,
-        int layer, ReadOnlySpan<AttentionRun> runs, ReadOnlySpan<int> frames, ForwardProfile? profile)
+        int layer, ReadOnlySpan<AttentionRun> runs, ReadOnlySpan<int> frames, ForwardProfile? profile) =>
+        Forward(h, tokens, buffers, cos, sin, layer, runs, frames, default, profile);
+
+    /// <summary>
+    /// As the overload above; without runs, <paramref name="windows"/> (ascending row boundaries, 0 first and
+    /// <paramref name="tokens"/> last) restrict each row to the rows of its window (Qwen2.5-VL's window attention).
+    /// </summary>
+    public void Forward(Span<float> h, int tokens, Activations buffers, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin,
+        int layer, ReadOnlySpan<AttentionRun> runs, ReadOnlySpan<int> frames, ReadOnlySpan<int> windows, ForwardProfile? profile)
     {
         int qDim = HeadCount * HeadDim, kvDim = KvHeadCount * HeadDim;
         Span<float> q = buffers.Q(tokens * qDim), k = buffers.K(tokens * kvDim), v = buffers.V(tokens * kvDim), attention = buffers.Attention(tokens * qDim);
@@ -42,9 +50,19 @@ internal sealed unsafe class SelfAttention(Linear query, Linear key, Linear valu
         BiasAndRotate(q, k, v, tokens, cos, sin);
         profile?.Lap(ForwardPhase.Other);
         float scale = 1f / MathF.Sqrt(HeadDim);
-        if (runs.IsEmpty)
+        if (runs.IsEmpty && windows.Length <= 2)
         {
             Attention.Bidirectional(q, k, v, tokens, HeadCount, KvHeadCount, HeadDim, scale, attention);
+            profile?.Lap(ForwardPhase.Attention);
+        }
+        else if (runs.IsEmpty)
+        {
+            for (int w = 0; w + 1 < windows.Length; w++)
+            {
+                int first = windows[w], count = windows[w + 1] - first;
+                Attention.Bidirectional(q.Slice(first * qDim, count * qDim), k.Slice(first * kvDim, count * kvDim), v.Slice(first * kvDim, count * kvDim),
+                    count, HeadCount, KvHeadCount, HeadDim, scale, attention.Slice(first * qDim, count * qDim));
+            }
             profile?.Lap(ForwardPhase.Attention);
         }
         else

@@ -18,11 +18,19 @@ public sealed record TextChunk(int[] Tokens) : PromptChunk
     public override int Count => Tokens.Length;
 }
 
-/// <summary>Embedding rows ([<see cref="Count"/>, width]) that replace an image's placeholder: one encoded entry.</summary>
-public sealed record EmbeddingChunk(float[] Rows, int Width) : PromptChunk
+/// <summary>
+/// Embedding rows ([<see cref="Count"/>, width]) that replace an image's placeholder: one encoded entry. With
+/// <see cref="GridColumns"/> &gt; 0 the rows are a grid for M-RoPE (Qwen-VL): row i sits at (t, h, w) =
+/// (p, p + i / columns, p + i mod columns) and the chunk advances the position by max(columns, rows), as llama.cpp's
+/// mtmd does; otherwise the rows take consecutive positions.
+/// </summary>
+public sealed record EmbeddingChunk(float[] Rows, int Width, int GridColumns = 0) : PromptChunk
 {
     /// <inheritdoc/>
     public override int Count => Rows.Length / Width;
+
+    /// <summary>Positions the chunk advances the sequence by.</summary>
+    public int PositionSpan => GridColumns > 0 ? Math.Max(GridColumns, Count / GridColumns) : Count;
 }
 
 /// <summary>
@@ -32,6 +40,7 @@ public sealed record EmbeddingChunk(float[] Rows, int Width) : PromptChunk
 /// family's wrapper:
 /// <list type="bullet">
 /// <item>LLaVA (<c>mlp</c>): the entries back to back, slices then the overview, no text between them.</item>
+/// <item>Qwen2-VL / Qwen2.5-VL: <c>&lt;|vision_start|&gt;</c>, the image's rows as one M-RoPE grid, <c>&lt;|vision_end|&gt;</c>.</item>
 /// <item>Idefics3 / SmolVLM: per slice <c>&lt;fake_token_around_image&gt;&lt;row_r_col_c&gt;</c> then its rows, a newline token
 /// after each slice row but the last; then the tokens of <c>"\n\n"</c>, <c>&lt;fake_token_around_image&gt;</c>,
 /// <c>&lt;global-img&gt;</c> (looked up by their exact piece), the overview, <c>&lt;fake_token_around_image&gt;</c> (as Hugging
@@ -102,16 +111,24 @@ public sealed class MediaPrompt
         {
             var config = vision.Config;
             var pre = ImagePreprocessor.Preprocess(config, image);
-            var planar = new float[3 * config.ImageSize * config.ImageSize];
+            bool grid = config.Projector is VisionProjector.Qwen2VL or VisionProjector.Qwen25VL;
             EmbeddingChunk Encode(RgbImage entry)
             {
+                var planar = new float[3 * entry.Width * entry.Height];
                 ImagePreprocessor.Normalize(config, entry, planar);
-                var rows = new float[vision.TokensPerEntry * vision.OutputLength];
-                vision.Encode(planar, rows, buffers);
-                return new EmbeddingChunk(rows, vision.OutputLength);
+                var rows = new float[vision.TokensFor(entry.Width, entry.Height) * vision.OutputLength];
+                vision.Encode(planar, entry.Width, entry.Height, rows, buffers);
+                return new EmbeddingChunk(rows, vision.OutputLength, grid ? vision.OutputGrid(entry.Width, entry.Height).Columns : 0);
             }
 
             int slices = pre.GridColumns * pre.GridRows;
+            if (grid)
+            {
+                AddText("<|vision_start|>");
+                foreach (var entry in pre.Entries) Chunks.Add(Encode(entry));
+                AddText("<|vision_end|>");
+                return;
+            }
             if (config.Projector != VisionProjector.Idefics3)
             {
                 foreach (var entry in pre.Entries) Chunks.Add(Encode(entry));

@@ -66,6 +66,8 @@ public sealed record VisionConfig
     public (int Width, int Height)[] GridPinpoints { get; init; } = [];
     /// <summary>Qwen2.5-VL: every n-th block attends fully, the others within windows (<c>clip.vision.n_wa_pattern</c>); 0 when absent.</summary>
     public int WindowAttentionPattern { get; init; }
+    /// <summary>Qwen2.5-VL's attention window side in pixels (<c>clip.vision.window_size</c>, 112 when absent); 0 for other towers.</summary>
+    public int WindowSize { get; init; }
     /// <summary>Qwen-VL's smart resize: fewest pixels of the resized image (−1 when unset).</summary>
     public int MinPixels { get; init; } = -1;
     /// <summary>Qwen-VL's smart resize: most pixels of the resized image (−1 when unset).</summary>
@@ -154,6 +156,7 @@ public sealed record VisionConfig
                 {
                     MergeFactor = merge,
                     WindowAttentionPattern = projector == VisionProjector.Qwen25VL ? Int("clip.vision.n_wa_pattern") : 0,
+                    WindowSize = projector == VisionProjector.Qwen25VL ? Int("clip.vision.window_size", 112) : 0,
                     MinPixels = 8 * area,
                     MaxPixels = 4096 * area,
                 };

@@ -28,10 +28,13 @@ public sealed unsafe class VisionModel : IDisposable
     sealed record Block(Norm AttentionNorm, SelfAttention Attention, Norm FeedForwardNorm, FeedForward FeedForward);
 
     readonly IWeightSource weights;
-    readonly WeightMatrix patchKernel; // [embedding, 3·patch²] fp16, a copy this model owns
+    readonly WeightMatrix patchKernel; // [embedding, 3·patch² (× 2 frames for Qwen-VL)] fp16, a copy this model owns
     readonly byte* patchKernelData;
+    readonly int patchFrames; // 2 for Qwen-VL's temporal patch (two 2-D kernels), else 1
     readonly float[]? patchBias, classEmbedding;
-    readonly float[] positions; // [positions, embedding]
+    readonly float[]? positions; // learned [positions, embedding]; none in Qwen-VL (2-D RoPE)
+    readonly Rope? rope; // Qwen-VL's 2-D RoPE: NeoX pairs over a whole head
+    QwenLayout? layout; // the last image size's patch order, windows and output order
     readonly Norm? preNorm, postNorm;
     readonly Block[] blocks;
     readonly int[] featureLayers; // inputs of these blocks (0 = the tower's input), and the output when it is listed
@@ -46,23 +49,39 @@ public sealed unsafe class VisionModel : IDisposable
         Path = weights.Path;
         try
         {
-            // The kernel as fp16 whatever its stored type: ggml's im2col for conv_2d is F16, so llama.cpp multiplies fp16 values.
-            var stored = weights.Flattened("v.patch_embd.weight", e, patchArea);
-            patchKernelData = (byte*)NativeMemory.AlignedAlloc((nuint)((long)e * patchArea * 2), 64);
+            // The kernel as fp16 whatever its stored type: ggml's im2col for conv_2d is F16, so llama.cpp multiplies fp16
+            // values. Qwen-VL's Conv3D over two frames is two 2-D kernels; one row holds both, one product sums them.
+            string[] kernels = IsQwen && weights.Contains("v.patch_embd.weight.1") ? ["v.patch_embd.weight", "v.patch_embd.weight.1"] : ["v.patch_embd.weight"];
+            patchFrames = kernels.Length;
+            int columns = patchArea * patchFrames;
+            patchKernelData = (byte*)NativeMemory.AlignedAlloc((nuint)((long)e * columns * 2), 64);
             var row = new float[patchArea];
-            for (int r = 0; r < e; r++)
+            for (int k = 0; k < kernels.Length; k++)
             {
-                stored.DequantizeRow(r, row);
-                var half = new Span<Half>(patchKernelData + (long)r * patchArea * 2, patchArea);
-                for (int c = 0; c < patchArea; c++) half[c] = (Half)row[c];
+                var stored = weights.Flattened(kernels[k], e, patchArea);
+                for (int r = 0; r < e; r++)
+                {
+                    stored.DequantizeRow(r, row);
+                    var half = new Span<Half>(patchKernelData + ((long)r * columns + k * patchArea) * 2, patchArea);
+                    for (int c = 0; c < patchArea; c++) half[c] = (Half)row[c];
+                }
             }
-            patchKernel = new WeightMatrix("v.patch_embd.weight", GgmlType.F16, e, patchArea, patchKernelData);
+            patchKernel = new WeightMatrix("v.patch_embd.weight", GgmlType.F16, e, columns, patchKernelData);
             patchBias = weights.Contains("v.patch_embd.bias") ? weights.Vector("v.patch_embd.bias", e) : null;
             classEmbedding = weights.Contains("v.class_embd") ? weights.Vector("v.class_embd", e) : null;
-            int positionCount = config.PatchesPerSide * config.PatchesPerSide + (classEmbedding != null ? 1 : 0);
-            positions = weights.Vector("v.position_embd.weight", positionCount * e);
-            preNorm = LayerNorm("v.pre_ln");
-            postNorm = LayerNorm("v.post_ln");
+            if (IsQwen)
+            {
+                if (patchBias != null || classEmbedding != null) throw ModelFormatException.InFile(Path, "a Qwen-VL tower has no patch bias or class embedding");
+                if (config.HeadDim % 4 != 0) throw ModelFormatException.InFile(Path, $"head size {config.HeadDim} is not a multiple of 4 (2-D RoPE)");
+                rope = new Rope(RopeMode.NeoX, config.HeadDim, 10000f);
+            }
+            else
+            {
+                int positionCount = config.PatchesPerSide * config.PatchesPerSide + (classEmbedding != null ? 1 : 0);
+                positions = weights.Vector("v.position_embd.weight", positionCount * e);
+            }
+            preNorm = TowerNorm("v.pre_ln");
+            postNorm = TowerNorm("v.post_ln");
 
             blocks = new Block[config.BlockCount];
             for (int i = 0; i < blocks.Length; i++) blocks[i] = LoadBlock(i);
@@ -101,8 +120,17 @@ public sealed unsafe class VisionModel : IDisposable
                     TokensPerEntry = config.PatchesPerSide / s * (config.PatchesPerSide / s);
                     break;
                 }
-                default:
-                    throw ModelFormatException.InFile(Path, $"projector {config.Projector} is not supported yet");
+                default: // Qwen2-VL / Qwen2.5-VL: 2×2 neighbouring patches concatenated, mm.0 → GELU → mm.2
+                {
+                    if (config.MergeFactor != 2) throw ModelFormatException.InFile(Path, $"spatial merge {config.MergeFactor} is not supported (2)");
+                    var w0 = Rows("mm.0.weight");
+                    mlpIn = new Linear(weights.Matrix("mm.0.weight", w0, 4 * e), weights.Vector("mm.0.bias", w0), ForwardPhase.Other);
+                    var w2 = Rows("mm.2.weight");
+                    mlpOut = new Linear(weights.Matrix("mm.2.weight", w2, w0), weights.Vector("mm.2.bias", w2), ForwardPhase.Other);
+                    OutputLength = w2;
+                    TokensPerEntry = config.PatchesPerSide / 2 * (config.PatchesPerSide / 2);
+                    break;
+                }
             }
         }
         catch
@@ -136,9 +164,17 @@ public sealed unsafe class VisionModel : IDisposable
     /// <summary>Output rows per encoded entry of <see cref="VisionConfig.ImageSize"/>².</summary>
     public int TokensPerEntry { get; }
 
-    Norm? LayerNorm(string prefix) => weights.Contains(prefix + ".weight")
-        ? Norm.Layer(weights.Vector(prefix + ".weight", Config.EmbeddingLength), weights.Contains(prefix + ".bias") ? weights.Vector(prefix + ".bias", Config.EmbeddingLength) : null, Config.NormEps)
-        : null;
+    /// <summary>Whether the tower is Qwen-VL's (2-D RoPE, any size in whole 2×2 patch groups, patch merger).</summary>
+    bool IsQwen => Config.Projector is VisionProjector.Qwen2VL or VisionProjector.Qwen25VL;
+
+    /// <summary>The tower's norm named <paramref name="prefix"/>, if the file has it: RMSNorm in Qwen2.5-VL, LayerNorm elsewhere.</summary>
+    Norm? TowerNorm(string prefix)
+    {
+        if (!weights.Contains(prefix + ".weight")) return null;
+        var weight = weights.Vector(prefix + ".weight", Config.EmbeddingLength);
+        if (Config.Projector == VisionProjector.Qwen25VL) return Norm.Rms(weight, Config.NormEps);
+        return Norm.Layer(weight, weights.Contains(prefix + ".bias") ? weights.Vector(prefix + ".bias", Config.EmbeddingLength) : null, Config.NormEps);
+    }
 
     /// <summary>Rows of a linear weight (its output width), read from the file so a projector's widths need no key.</summary>
     int Rows(string name) => weights is GgufWeights g && g.File.FindTensor(name) is { Shape.Length: 2 } t ? (int)t.Shape[1]
@@ -151,10 +187,17 @@ public sealed unsafe class VisionModel : IDisposable
         string p = $"v.blk.{index}.";
         Linear Project(string name, int rows, int columns, ForwardPhase phase) =>
             new(weights.Matrix(p + name + ".weight", rows, columns), weights.Contains(p + name + ".bias") ? weights.Vector(p + name + ".bias", rows) : null, phase);
-        Norm BlockNorm(string name) => Norm.Layer(weights.Vector(p + name + ".weight", e), weights.Contains(p + name + ".bias") ? weights.Vector(p + name + ".bias", e) : null, c.NormEps);
+        Norm BlockNorm(string name) => TowerNorm(p + name) ?? throw ModelFormatException.AtTensor(Path, p + name + ".weight", "required tensor is missing");
 
         var attention = new SelfAttention(Project("attn_q", inner, e, ForwardPhase.QkvProjection), Project("attn_k", inner, e, ForwardPhase.QkvProjection),
-            Project("attn_v", inner, e, ForwardPhase.QkvProjection), Project("attn_out", e, inner, ForwardPhase.OutputProjection), c.HeadCount, c.HeadCount, c.HeadDim, null);
+            Project("attn_v", inner, e, ForwardPhase.QkvProjection), Project("attn_out", e, inner, ForwardPhase.OutputProjection), c.HeadCount, c.HeadCount, c.HeadDim, rope);
+        if (weights.Contains(p + "ffn_gate.weight"))
+        {
+            // Qwen2.5-VL: SwiGLU with biases (llama.cpp's build_ffn with a gate and FFN_SILU).
+            if (c.Activation != VisionActivation.Silu) throw ModelFormatException.InFile(Path, $"{p}ffn_gate with {c.Activation} is not supported (SiLU)");
+            return new Block(BlockNorm("ln1"), attention, BlockNorm("ln2"),
+                new SwiGluFeedForward(Project("ffn_gate", f, e, ForwardPhase.GateUp), Project("ffn_up", f, e, ForwardPhase.GateUp), Project("ffn_down", e, f, ForwardPhase.Down)));
+        }
         // Legacy LLaVA converters swapped the names of fc1 and fc2; llama.cpp swaps them back when ffn_down reads n_embd.
         bool swapped = weights is GgufWeights g && g.File.FindTensor(p + "ffn_down.weight") is { } down && down.Shape[0] == e;
         var up = swapped ? Project("ffn_down", f, e, ForwardPhase.GateUp) : Project("ffn_up", f, e, ForwardPhase.GateUp);
@@ -169,17 +212,57 @@ public sealed unsafe class VisionModel : IDisposable
     }
 
     /// <summary>
-    /// Encodes one preprocessed entry: <paramref name="pixels"/> normalised f32 in planes [3][size][size] (the
-    /// preprocessor's normalised planes), <paramref name="output"/> [<see cref="TokensPerEntry"/>,
-    /// <see cref="OutputLength"/>]. <paramref name="buffers"/> are reused across calls (one per caller).
+    /// Encodes one preprocessed square entry of <see cref="VisionConfig.ImageSize"/>²: <paramref name="pixels"/>
+    /// normalised f32 in planes [3][size][size] (the preprocessor's normalised planes), <paramref name="output"/>
+    /// [<see cref="TokensPerEntry"/>, <see cref="OutputLength"/>]. <paramref name="buffers"/> are reused across calls
+    /// (one per caller).
     /// </summary>
-    public void Encode(ReadOnlySpan<float> pixels, Span<float> output, Activations buffers, ForwardProfile? profile = null)
+    public void Encode(ReadOnlySpan<float> pixels, Span<float> output, Activations buffers, ForwardProfile? profile = null) =>
+        Encode(pixels, Config.ImageSize, Config.ImageSize, output, buffers, profile);
+
+    /// <summary>Output rows for an entry of <paramref name="width"/> × <paramref name="height"/> pixels (Qwen-VL takes any size in whole 2×2 patch groups; the others their square).</summary>
+    public int TokensFor(int width, int height)
     {
-        if (output.Length < TokensPerEntry * OutputLength)
-            throw new ArgumentException($"output holds {output.Length} values, {TokensPerEntry} rows of {OutputLength} are needed");
-        var features = Tower(pixels, buffers, profile);
+        CheckSize(width, height);
+        return IsQwen ? width / Config.PatchSize / 2 * (height / Config.PatchSize / 2) : TokensPerEntry;
+    }
+
+    /// <summary>Qwen-VL's output grid of an entry: merged tokens per row and per column (the image's M-RoPE h/w extent).</summary>
+    public (int Columns, int Rows) OutputGrid(int width, int height)
+    {
+        CheckSize(width, height);
+        return IsQwen ? (width / Config.PatchSize / 2, height / Config.PatchSize / 2) : (TokensPerEntry, 1);
+    }
+
+    /// <summary>
+    /// Encodes one preprocessed entry of <paramref name="width"/> × <paramref name="height"/> pixels (planes [3][h][w])
+    /// into <paramref name="output"/> [<see cref="TokensFor"/>, <see cref="OutputLength"/>]. Qwen-VL's temporal patch
+    /// takes two frames: <paramref name="secondFrame"/> (same size) for a video pair, else the image twice.
+    /// </summary>
+    public void Encode(ReadOnlySpan<float> pixels, int width, int height, Span<float> output, Activations buffers, ForwardProfile? profile = null,
+        ReadOnlySpan<float> secondFrame = default)
+    {
+        int tokens = TokensFor(width, height);
+        if (output.Length < tokens * OutputLength)
+            throw new ArgumentException($"output holds {output.Length} values, {tokens} rows of {OutputLength} are needed");
+        var features = Tower(pixels, width, height, buffers, profile, secondFrame);
         var c = Config;
-        int e = c.EmbeddingLength, side = c.PatchesPerSide, patches = side * side, first = classEmbedding != null ? 1 : 0;
+        int e = c.EmbeddingLength;
+        if (IsQwen)
+        {
+            // Each run of 4 rows is one 2×2 group (the order EmbedPatches gave them): [tokens, 4·e] → mm.0 → GELU → mm.2,
+            // then back from window order to raster order.
+            var l = layout!;
+            Span<float> hidden = buffers.Up(tokens * mlpIn!.Outputs);
+            mlpIn.Forward(features, tokens, hidden, profile);
+            Kernels.Gelu(hidden, hidden);
+            Span<float> merged = l.Windows.Length > 2 ? buffers.Gate(tokens * OutputLength) : output;
+            mlpOut!.Forward(hidden, tokens, merged, profile);
+            if (l.Windows.Length > 2)
+                for (int t = 0; t < tokens; t++) merged.Slice(l.GroupOfCell[t] * OutputLength, OutputLength).CopyTo(output.Slice(t * OutputLength, OutputLength));
+            return;
+        }
+        int side = c.PatchesPerSide, patches = side * side, first = classEmbedding != null ? 1 : 0;
         if (mlpIn != null)
         {
             // LLaVA keeps the patch rows (the class token's row 0 goes), then mm.0 → GELU → mm.2.
@@ -199,21 +282,49 @@ public sealed unsafe class VisionModel : IDisposable
         }
     }
 
-    /// <summary>
-    /// The ViT alone: the rows the projector reads ([rows, embedding · feature layers], the class token's row first
-    /// when there is one), in <paramref name="buffers"/>.
-    /// </summary>
-    internal ReadOnlySpan<float> Tower(ReadOnlySpan<float> pixels, Activations buffers, ForwardProfile? profile = null)
+    void CheckSize(int width, int height)
     {
         var c = Config;
-        int e = c.EmbeddingLength, patches = c.PatchesPerSide * c.PatchesPerSide, first = classEmbedding != null ? 1 : 0, rows = patches + first;
-        if (pixels.Length != 3 * c.ImageSize * c.ImageSize)
-            throw new ArgumentException($"pixels hold {pixels.Length} values, a {c.ImageSize}² entry needs {3 * c.ImageSize * c.ImageSize}");
+        if (IsQwen ? width <= 0 || height <= 0 || width % (2 * c.PatchSize) != 0 || height % (2 * c.PatchSize) != 0 : width != c.ImageSize || height != c.ImageSize)
+            throw new ArgumentException(IsQwen
+                ? $"a {width}×{height} entry is not whole 2×2 groups of {c.PatchSize}-pixel patches"
+                : $"a {width}×{height} entry is not the tower's {c.ImageSize}×{c.ImageSize}");
+    }
+
+    /// <summary>
+    /// The ViT alone: the rows the projector reads ([rows, embedding · feature layers], the class token's row first
+    /// when there is one; Qwen-VL's in its 2×2-group, window order), in <paramref name="buffers"/>.
+    /// </summary>
+    internal ReadOnlySpan<float> Tower(ReadOnlySpan<float> pixels, Activations buffers, ForwardProfile? profile = null) =>
+        Tower(pixels, Config.ImageSize, Config.ImageSize, buffers, profile, default);
+
+    ReadOnlySpan<float> Tower(ReadOnlySpan<float> pixels, int width, int height, Activations buffers, ForwardProfile? profile, ReadOnlySpan<float> secondFrame)
+    {
+        var c = Config;
+        CheckSize(width, height);
+        if (pixels.Length != 3 * width * height || !secondFrame.IsEmpty && secondFrame.Length != pixels.Length)
+            throw new ArgumentException($"pixels hold {pixels.Length} values, a {width}×{height} entry needs {3 * width * height}");
+        int e = c.EmbeddingLength, patches = width / c.PatchSize * (height / c.PatchSize), first = classEmbedding != null ? 1 : 0, rows = patches + first;
 
         Span<float> x = buffers.X(rows * e), h = buffers.H(rows * e);
-        EmbedPatches(pixels, x.Slice(first * e, patches * e), buffers);
-        if (classEmbedding != null) classEmbedding.CopyTo(x);
-        TensorPrimitives.Add(x, positions.AsSpan(0, rows * e), x);
+        ReadOnlySpan<int> windows = default;
+        Span<float> cos = default, sin = default;
+        if (IsQwen)
+        {
+            var l = layout = layout is { } known && known.Width == width && known.Height == height ? known : new QwenLayout(c, width, height);
+            windows = l.Windows;
+            int pairs = c.HeadDim / 2;
+            cos = buffers.RopeCos(rows * pairs);
+            sin = buffers.RopeSin(rows * pairs);
+            for (int r = 0; r < rows; r++) Kernels.VisionRopeAngles(l.PatchY[r], l.PatchX[r], c.HeadDim, 10000f, cos.Slice(r * pairs, pairs), sin.Slice(r * pairs, pairs));
+            EmbedPatches(pixels, secondFrame.IsEmpty ? pixels : secondFrame, width, l.PatchY, l.PatchX, x, buffers);
+        }
+        else
+        {
+            EmbedPatches(pixels, pixels, width, null, null, x.Slice(first * e, patches * e), buffers);
+            if (classEmbedding != null) classEmbedding.CopyTo(x);
+            TensorPrimitives.Add(x, positions.AsSpan(0, rows * e), x);
+        }
         preNorm?.Apply(x, x, rows, profile);
 
         Span<float> stack = featureLayers.Length > 0 ? buffers.Gate(rows * e * featureLayers.Length) : default;
@@ -221,8 +332,10 @@ public sealed unsafe class VisionModel : IDisposable
         {
             StackFeatures(i, x, rows, stack);
             var block = blocks[i];
+            // Qwen2.5-VL: every n-th block attends over the whole image, the others within their windows.
+            bool full = c.WindowAttentionPattern == 0 || (i + 1) % c.WindowAttentionPattern == 0;
             block.AttentionNorm.Apply(x, h, rows, profile);
-            block.Attention.Forward(h, rows, buffers, default, default, i, default, default, profile);
+            block.Attention.Forward(h, rows, buffers, cos, sin, i, default, default, full ? default : windows, profile);
             block.FeedForwardNorm.AddThenApply(x, h, h, rows, profile);
             block.FeedForward.Forward(h, rows, buffers, profile);
             TensorPrimitives.Add(x, h, x);
@@ -245,28 +358,34 @@ public sealed unsafe class VisionModel : IDisposable
 
     /// <summary>
     /// The patch convolution (stride = kernel = patch) as one product: each patch's 3·p² pixels in (channel, ky, kx)
-    /// order, rounded to fp16 as ggml's im2col does, times the fp16 kernel; then the bias.
+    /// order — twice for Qwen-VL's two-frame kernel — rounded to fp16 as ggml's im2col does, times the fp16 kernel; then
+    /// the bias. Patches go in raster order, or in the order <paramref name="patchY"/>/<paramref name="patchX"/> give.
     /// </summary>
-    void EmbedPatches(ReadOnlySpan<float> pixels, Span<float> destination, Activations buffers)
+    void EmbedPatches(ReadOnlySpan<float> frame0, ReadOnlySpan<float> frame1, int width, int[]? patchY, int[]? patchX, Span<float> destination, Activations buffers)
     {
         var c = Config;
-        int p = c.PatchSize, size = c.ImageSize, side = c.PatchesPerSide, area = 3 * p * p, e = c.EmbeddingLength;
-        Span<float> columns = buffers.Up(side * side * area);
-        for (int py = 0; py < side; py++)
-            for (int px = 0; px < side; px++)
+        int p = c.PatchSize, area = 3 * p * p, columns = area * patchFrames, e = c.EmbeddingLength;
+        int perRow = width / p, count = destination.Length / e, height = frame0.Length / 3 / width, plane = width * height;
+        Span<float> im2col = buffers.Up(count * columns);
+        for (int r = 0; r < count; r++)
+        {
+            int py = patchY?[r] ?? r / perRow, px = patchX?[r] ?? r % perRow;
+            for (int f = 0; f < patchFrames; f++)
             {
-                var patch = columns.Slice((py * side + px) * area, area);
+                var source = f == 0 ? frame0 : frame1;
+                var patch = im2col.Slice(r * columns + f * area, area);
                 for (int ch = 0; ch < 3; ch++)
                     for (int ky = 0; ky < p; ky++)
                     {
-                        var source = pixels.Slice(ch * size * size + (py * p + ky) * size + px * p, p);
-                        var target = patch.Slice((ch * p + ky) * p, p);
-                        for (int kx = 0; kx < p; kx++) target[kx] = (float)(Half)source[kx];
+                        var from = source.Slice(ch * plane + (py * p + ky) * width + px * p, p);
+                        var to = patch.Slice((ch * p + ky) * p, p);
+                        for (int kx = 0; kx < p; kx++) to[kx] = (float)(Half)from[kx];
                     }
             }
-        patchKernel.MatMul(columns, side * side, destination);
+        }
+        patchKernel.MatMul(im2col, count, destination);
         if (patchBias != null)
-            for (int r = 0; r < side * side; r++) TensorPrimitives.Add(destination.Slice(r * e, e), patchBias, destination.Slice(r * e, e));
+            for (int r = 0; r < count; r++) TensorPrimitives.Add(destination.Slice(r * e, e), patchBias, destination.Slice(r * e, e));
     }
 
     /// <summary>
@@ -285,6 +404,56 @@ public sealed unsafe class VisionModel : IDisposable
                     for (int dx = 0; dx < scale; dx++)
                         source.Slice(((scale * ys + dy) * side + scale * xs + dx) * width, width).CopyTo(row.Slice((dy * scale + dx) * width, width));
             }
+    }
+
+    /// <summary>
+    /// Qwen-VL's patch order for one image size (llama.cpp clip.cpp's qwen2vl/qwen2.5vl inputs): the four patches of
+    /// each 2×2 group together, (0,0) (0,1) (1,0) (1,1); groups in raster order, or — with window attention — window by
+    /// window (windows of <see cref="VisionConfig.WindowSize"/> pixels over the merged grid, raster order, cells raster
+    /// within), so each window is a contiguous run of rows.
+    /// </summary>
+    sealed class QwenLayout
+    {
+        public QwenLayout(VisionConfig c, int width, int height)
+        {
+            Width = width;
+            Height = height;
+            int columns = width / c.PatchSize / 2, rows = height / c.PatchSize / 2;
+            int window = c.WindowAttentionPattern > 0 ? Math.Max(1, c.WindowSize / c.PatchSize / 2) : Math.Max(columns, rows);
+            PatchY = new int[4 * columns * rows];
+            PatchX = new int[PatchY.Length];
+            GroupOfCell = new int[columns * rows];
+            var windows = new List<int> { 0 };
+            int group = 0;
+            for (int wy = 0; wy < rows; wy += window)
+                for (int wx = 0; wx < columns; wx += window)
+                {
+                    for (int y = wy; y < Math.Min(wy + window, rows); y++)
+                        for (int x = wx; x < Math.Min(wx + window, columns); x++)
+                        {
+                            GroupOfCell[y * columns + x] = group;
+                            for (int k = 0; k < 4; k++)
+                            {
+                                PatchY[4 * group + k] = 2 * y + k / 2;
+                                PatchX[4 * group + k] = 2 * x + k % 2;
+                            }
+                            group++;
+                        }
+                    windows.Add(4 * group);
+                }
+            Windows = [.. windows];
+        }
+
+        public int Width { get; }
+        public int Height { get; }
+        /// <summary>Patch row and column of each tower row.</summary>
+        public int[] PatchY { get; }
+        /// <summary>Patch column of each tower row.</summary>
+        public int[] PatchX { get; }
+        /// <summary>Row boundaries of the attention windows (one window over all without window attention).</summary>
+        public int[] Windows { get; }
+        /// <summary>The group (output row before reordering) of each merged cell in raster order.</summary>
+        public int[] GroupOfCell { get; }
     }
 
     /// <summary>Frees the fp16 patch kernel and the file mapping.</summary>
