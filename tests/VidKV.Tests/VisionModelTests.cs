@@ -133,3 +133,56 @@ public class VisionModelTests
 
     static float[] Floats(string relative) => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_(relative))).ToArray();
 }
+
+/// <summary>LLaVA-OneVision's video-frame pooling against a plain f64 statement of PyTorch's bilinear (align_corners=False).</summary>
+public class VideoPoolingTests
+{
+    [Theory]
+    [InlineData(27, 7)]
+    [InlineData(27, 1)]
+    [InlineData(5, 3)]
+    [InlineData(2, 4)]
+    [InlineData(1, 2)]
+    [InlineData(14, 5)]
+    public void PoolingMatchesTorchsBilinear(int side, int width)
+    {
+        var random = new Random(side * 31 + width);
+        var source = Enumerable.Range(0, side * side * width).Select(_ => (float)(random.NextDouble() * 8 - 4)).ToArray();
+        int n = VideoPooling.PooledSide(side);
+        Assert.Equal((int)Math.Ceiling(side / 2.0), n);
+        var pooled = new float[n * n * width];
+        VideoPooling.Pool(source, side, width, pooled);
+        (int, int, double) Index(int o)
+        {
+            double s = Math.Max((double)side / n * (o + 0.5) - 0.5, 0);
+            int i0 = (int)Math.Floor(s);
+            return (i0, Math.Min(i0 + 1, side - 1), s - i0);
+        }
+        for (int oy = 0; oy < n; oy++)
+            for (int ox = 0; ox < n; ox++)
+            {
+                var (y0, y1, ly) = Index(oy);
+                var (x0, x1, lx) = Index(ox);
+                for (int c = 0; c < width; c++)
+                {
+                    double V(int y, int x) => source[(y * side + x) * width + c];
+                    double want = (1 - ly) * ((1 - lx) * V(y0, x0) + lx * V(y0, x1)) + ly * ((1 - lx) * V(y1, x0) + lx * V(y1, x1));
+                    Assert.True(Math.Abs(pooled[(oy * n + ox) * width + c] - want) <= 1e-5, $"({oy},{ox}) channel {c}: {pooled[(oy * n + ox) * width + c]} vs {want}");
+                }
+            }
+    }
+
+    /// <summary>27 → 14: a linear ramp stays linear where no edge clamps (bilinear interpolation reproduces linear functions).</summary>
+    [Fact]
+    public void RampStaysLinearInside()
+    {
+        var source = new float[27 * 27];
+        for (int y = 0; y < 27; y++) for (int x = 0; x < 27; x++) source[y * 27 + x] = 3 * x - 2 * y;
+        var pooled = new float[14 * 14];
+        VideoPooling.Pool(source, 27, 1, pooled);
+        double step = 27.0 / 14;
+        for (int oy = 1; oy < 13; oy++)
+            for (int ox = 1; ox < 13; ox++)
+                Assert.Equal(3 * (step * (ox + 0.5) - 0.5) - 2 * (step * (oy + 0.5) - 0.5), pooled[oy * 14 + ox], 4);
+    }
+}

@@ -6,7 +6,7 @@ namespace VidKV.Models;
 /// </summary>
 public sealed class Activations
 {
-    float[] x = [], h = [], q = [], k = [], v = [], attention = [], gate = [], up = [], cos = [], sin = [];
+    float[] frame = [], x = [], h = [], q = [], k = [], v = [], attention = [], gate = [], up = [], cos = [], sin = [];
     int[] places = [];
 
     /// <summary>The residual stream [tokens, embedding].</summary>
@@ -29,6 +29,9 @@ public sealed class Activations
     public Span<float> RopeCos(int length) => Grow(ref cos, length);
     /// <summary>Sines of each token's RoPE angles [tokens, ropeDims / 2], shared by every head.</summary>
     public Span<float> RopeSin(int length) => Grow(ref sin, length);
+
+    /// <summary>A vision encoder's rows of one frame before pooling [tokens, output width].</summary>
+    public Span<float> Frame(int length) => Grow(ref frame, length);
 
     /// <summary>The batch's runs of rows per sequence (kept here, not in the model, so callers with their own buffers can decode at once).</summary>
     internal List<AttentionRun> Runs { get; } = [];

@@ -132,6 +132,7 @@ public sealed unsafe class VisionModel : IDisposable
                     break;
                 }
             }
+            ImageNewline = weights.Contains("v.image_newline") ? weights.Vector("v.image_newline", OutputLength) : null;
         }
         catch
         {
@@ -161,6 +162,8 @@ public sealed unsafe class VisionModel : IDisposable
     public string Path { get; }
     /// <summary>Width of the output rows: the text model's embedding length it was trained with.</summary>
     public int OutputLength { get; }
+    /// <summary>LLaVA's learned row after a video's frames (<c>v.image_newline</c>); null when the file has none.</summary>
+    public float[]? ImageNewline { get; }
     /// <summary>Output rows per encoded entry of <see cref="VisionConfig.ImageSize"/>².</summary>
     public int TokensPerEntry { get; }
 
@@ -280,6 +283,26 @@ public sealed unsafe class VisionModel : IDisposable
             PixelShuffle(features, side, e, s, shuffled);
             shuffleProjection!.Forward(shuffled, merged * merged, output, profile);
         }
+    }
+
+    /// <summary>
+    /// Rows of one video frame (an entry of <see cref="VisionConfig.ImageSize"/>²): for a LLaVA projector (OneVision),
+    /// the encoded rows pooled 2×2 by <see cref="VideoPooling"/> (27² → 14² for SigLIP so400m/14 at 384), as Hugging
+    /// Face's OneVision does for video; for the others the entry's rows as <see cref="Encode(ReadOnlySpan{float}, Span{float}, Activations, ForwardProfile?)"/>.
+    /// </summary>
+    public int VideoFrameTokens => Config.Projector == VisionProjector.Mlp ? VideoPooling.PooledSide(Config.PatchesPerSide) * VideoPooling.PooledSide(Config.PatchesPerSide) : TokensPerEntry;
+
+    /// <summary>Encodes one video frame into <paramref name="output"/> [<see cref="VideoFrameTokens"/>, <see cref="OutputLength"/>].</summary>
+    public void EncodeVideoFrame(ReadOnlySpan<float> pixels, Span<float> output, Activations buffers, ForwardProfile? profile = null)
+    {
+        if (Config.Projector != VisionProjector.Mlp)
+        {
+            Encode(pixels, output, buffers, profile);
+            return;
+        }
+        var rows = buffers.Frame(TokensPerEntry * OutputLength);
+        Encode(pixels, rows, buffers, profile);
+        VideoPooling.Pool(rows, Config.PatchesPerSide, OutputLength, output);
     }
 
     void CheckSize(int width, int height)
