@@ -34,6 +34,7 @@ static class BenchCommand
         var noRepack = new Option<string>("--no-repack", "-nr") { Description = "Comma-separated 0/1: 1 keeps weights as stored instead of repacking them at load (Q4_0/Q8_0/Q4_K/Q6_K rows interleaved by 16 with AVX-512BW), as llama-bench's -nr; 0,1 measures both in one run.", DefaultValueFactory = _ => "0" };
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
             .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline, interleave, noRepack);
+        command.Subcommands.Add(Vision());
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
@@ -84,6 +85,51 @@ static class BenchCommand
             {
                 Console.WriteLine(JsonSerializer.Serialize(results.Select(pair => JsonRow(pair.Result, pair.NoRepack)), new JsonSerializerOptions { WriteIndented = true }));
             }
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary><c>vidkv bench vision</c>: the vision encoder + projector per frame (entry) and per image.</summary>
+    static Command Vision()
+    {
+        var model = new Option<string>("--mmproj", "-m") { Description = "Vision projector file (llama.cpp mmproj GGUF) or Hugging Face VLM folder.", Required = true };
+        var image = new Option<string?>("--image") { Description = "Also time the whole pipeline for this image (preprocessing and every entry it is cut into, as llama-mtmd-cli encodes it)." };
+        var threads = new Option<string>("--threads", "-t") { Description = "Comma-separated thread counts.", DefaultValueFactory = _ => Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture) };
+        var repetitions = new Option<int>("--repetitions", "-r") { Description = "Timed repetitions per test (after one warm-up).", DefaultValueFactory = _ => 5 };
+        var output = new Option<string>("--output", "-o") { Description = "Output format: md (table) or json.", DefaultValueFactory = _ => "md" };
+        output.AcceptOnlyFromAmong("md", "json");
+        var roofline = new Option<bool>("--roofline") { Description = "Also measure this machine's f32 FMA throughput and report the fraction of it each test reaches (FLOPs of the products and attention ÷ time)." };
+        var command = new Command("vision", "Measure the vision encoder + projector: ms and FLOPs per frame (one entry of the tower's size) and per image.")
+            .With(model, image, threads, repetitions, output, roofline);
+        command.SetAction(r =>
+        {
+            int[] threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
+            int reps = r.GetValue(repetitions);
+            if (reps < 1) throw new ArgumentException("-r must be at least 1");
+            string path = r.GetValue(model)!;
+            var picture = r.GetValue(image) is string file ? Formats.ImageReader.Read(file) : null;
+            using var vision = VisionModel.Load(path);
+            Console.Error.WriteLine($"  kernels: {Tensors.MachineLimits.KernelSet}");
+            var results = VisionBenchmark.Run(vision, Path.GetFileName(path.TrimEnd('/')), picture, threadCounts, reps, r.GetValue(roofline),
+                message => Console.Error.WriteLine($"  {message}")).ToList();
+            if (r.GetValue(output) == "json")
+            {
+                Console.WriteLine(JsonSerializer.Serialize(results.Select(x => new
+                {
+                    model = x.Model, type = x.Type, projector = vision.Config.Projector.ToString(), test = x.Test, width = x.Width, height = x.Height,
+                    entries = x.Entries, tokens = x.Tokens, threads = x.Threads, repetitions = x.Repetitions, samples_ms = x.SamplesMs,
+                    ms_median = x.MsMedian, per_second = x.PerSecond, flops = x.FlopsPerPass, flops_per_second = x.FlopsPerSecond,
+                    fma_flops_per_second = x.PeakFlopsPerSecond, fraction_of_peak = x.FractionOfPeak, ms_per_phase = x.MsPerPhase,
+                    peak_rss_bytes = x.PeakRssBytes, kernels = x.Kernels,
+                }), new JsonSerializerOptions { WriteIndented = true }));
+                return 0;
+            }
+            Console.WriteLine("| model | type | test | size | entries | tokens | threads | ms (median) | per s | GFLOP | GFLOP/s | of peak |");
+            Console.WriteLine("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            foreach (var x in results)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {x.Model} | {x.Type} | {x.Test} | {x.Width}×{x.Height} | {x.Entries} | {x.Tokens} | {x.Threads} | {x.MsMedian:F1} | {x.PerSecond:F2} | {x.FlopsPerPass / 1e9:F2} | {x.FlopsPerSecond / 1e9:F1} | {Optional(x.FractionOfPeak * 100, "F0")}{(x.FractionOfPeak is null ? "" : " %")} |"));
             return 0;
         });
         return command;

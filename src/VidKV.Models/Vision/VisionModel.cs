@@ -248,6 +248,7 @@ public sealed unsafe class VisionModel : IDisposable
         int tokens = TokensFor(width, height);
         if (output.Length < tokens * OutputLength)
             throw new ArgumentException($"output holds {output.Length} values, {tokens} rows of {OutputLength} are needed");
+        profile?.Start();
         var features = Tower(pixels, width, height, buffers, profile, secondFrame);
         var c = Config;
         int e = c.EmbeddingLength;
@@ -304,6 +305,42 @@ public sealed unsafe class VisionModel : IDisposable
         Encode(pixels, rows, buffers, profile);
         VideoPooling.Pool(rows, Config.PatchesPerSide, OutputLength, output);
     }
+
+    /// <summary>
+    /// Multiply-add FLOPs (2 per product term) of one encoder + projector pass over a <paramref name="width"/> ×
+    /// <paramref name="height"/> entry: the patch product, each block's q/k/v/output and MLP products, attention's
+    /// q·kᵀ and p·v over its window or all rows, and the projector's products.
+    /// </summary>
+    public double FlopsPerEntry(int width, int height)
+    {
+        CheckSize(width, height);
+        var c = Config;
+        long e = c.EmbeddingLength, inner = (long)c.HeadCount * c.HeadDim, f = c.FeedForwardLength;
+        long patches = width / c.PatchSize * (height / c.PatchSize), rows = patches + (classEmbedding != null ? 1 : 0);
+        double flops = 2.0 * patches * e * patchKernel.Columns;
+        long attentionPairs = rows * rows;
+        long windowPairs = attentionPairs;
+        if (IsQwen && c.WindowAttentionPattern > 0)
+        {
+            var l = layout is { } known && known.Width == width && known.Height == height ? known : new QwenLayout(c, width, height);
+            windowPairs = 0;
+            for (int w = 0; w + 1 < l.Windows.Length; w++) windowPairs += (long)(l.Windows[w + 1] - l.Windows[w]) * (l.Windows[w + 1] - l.Windows[w]);
+        }
+        for (int i = 0; i < blocksToRun; i++)
+        {
+            bool full = c.WindowAttentionPattern == 0 || (i + 1) % c.WindowAttentionPattern == 0;
+            int mlpMatrices = blocks[i].FeedForward is SwiGluFeedForward ? 3 : 2;
+            flops += 2.0 * rows * (4 * e * inner + mlpMatrices * e * f) + 4.0 * (full ? attentionPairs : windowPairs) * inner;
+        }
+        int tokens = TokensFor(width, height);
+        if (shuffleProjection != null) flops += 2.0 * tokens * shuffleProjection.Inputs * shuffleProjection.Outputs;
+        if (mlpIn != null) flops += 2.0 * tokens * mlpIn.Inputs * mlpIn.Outputs + (mlpOut != null ? 2.0 * tokens * mlpOut.Inputs * mlpOut.Outputs : 0);
+        return flops;
+    }
+
+    /// <summary>Storage type of the tower's largest matrices (the first block's MLP up projection).</summary>
+    public GgmlType WeightType => blocks.Length > 0 && blocks[0].FeedForward is GeluFeedForward g ? g.Up.Weight.Type
+        : blocks.Length > 0 && blocks[0].FeedForward is SwiGluFeedForward s ? s.Up.Weight.Type : GgmlType.F32;
 
     void CheckSize(int width, int height)
     {
