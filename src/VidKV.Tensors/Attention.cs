@@ -76,10 +76,15 @@ internal static unsafe class Attention
         }
     }
 
+    /// <summary>Query rows per block of <see cref="Bidirectional"/>: the block's scores [rows, tokens] stay bounded (8 MiB at 4096 tokens).</summary>
+    const int QueryBlock = 512;
+
     /// <summary>
     /// Grouped-query attention of every one of <paramref name="tokenCount"/> queries over all the rows (no mask: a ViT's
-    /// patches see each other). The rows are given positions 1 − tokenCount .. 0 and the queries position 0 onwards,
-    /// so the causal kernel's mask lets every query see every row.
+    /// patches see each other), as two matrix products per head on the prefill tiles of <see cref="WeightMatrix"/>
+    /// (f32): scores S = Q·Kᵀ for a block of queries, a softmax per row (of scale·S, max subtracted), then S·V
+    /// through Vᵀ — ggml's non-flash order (mul_mat, soft_max_ext, mul_mat). A ViT frame is a 256–4096-row prefill, so
+    /// this runs at the products' speed, not the decode kernel's one row at a time.
     /// </summary>
     /// <param name="queries">[tokenCount, headCount, headDim]</param>
     /// <param name="keys">[tokenCount, kvHeadCount, headDim] f32</param>
@@ -88,24 +93,65 @@ internal static unsafe class Attention
     public static void Bidirectional(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
         int tokenCount, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination, WorkerPool? pool = null)
     {
-        if (kvHeadCount > 256) throw new ArgumentException("more than 256 KV heads");
-        if (keys.Length < tokenCount * kvHeadCount * headDim || values.Length < tokenCount * kvHeadCount * headDim)
-            throw new ArgumentException("keys or values shorter than tokens × kvHeads × headDim");
-        int row = kvHeadCount * headDim * sizeof(float);
-        Span<KvPageView> views = stackalloc KvPageView[kvHeadCount];
-        Span<int> starts = stackalloc int[kvHeadCount + 1];
-        fixed (float* pk = keys, pv = values)
+        int n = tokenCount, d = headDim, qDim = headCount * d, kvDim = kvHeadCount * d, group = headCount / kvHeadCount;
+        if (kvHeadCount <= 0 || headCount % kvHeadCount != 0) throw new ArgumentException($"{headCount} heads do not share {kvHeadCount} KV heads evenly");
+        if (keys.Length < n * kvDim || values.Length < n * kvDim) throw new ArgumentException("keys or values shorter than tokens × kvHeads × headDim");
+        if (queries.Length < n * qDim || destination.Length < n * qDim) throw new ArgumentException("queries or destination shorter than tokens × heads × headDim");
+        if (n == 0) return;
+        int block = Math.Min(n, QueryBlock);
+        var scratch = BidirectionalScratch.ForCurrentThread;
+        float* keyRows = scratch.Floats(0, n * d), valueColumns = scratch.Floats(1, d * n), queryRows = scratch.Floats(2, block * d),
+            scores = scratch.Floats(3, block * n), output = scratch.Floats(4, block * d);
+        var keyMatrix = new WeightMatrix("attention keys", GgmlType.F32, n, d, (byte*)keyRows);
+        var valueMatrix = new WeightMatrix("attention values", GgmlType.F32, d, n, (byte*)valueColumns);
+        fixed (float* pq = queries, pk = keys, pv = values, po = destination)
         {
             for (int g = 0; g < kvHeadCount; g++)
             {
-                views[g] = new KvPageView
+                for (int t = 0; t < n; t++)
                 {
-                    Keys = (byte*)(pk + g * headDim), Values = (byte*)(pv + g * headDim), KeyStride = row, ValueStride = row,
-                    FirstPosition = 1 - tokenCount, Count = tokenCount, Mask = KvPageView.AllRows,
-                };
-                starts[g + 1] = g + 1;
+                    new ReadOnlySpan<float>(pk + (long)t * kvDim + g * d, d).CopyTo(new Span<float>(keyRows + (long)t * d, d));
+                    float* v = pv + (long)t * kvDim + g * d;
+                    for (int i = 0; i < d; i++) valueColumns[(long)i * n + t] = v[i];
+                }
+                for (int h = g * group; h < (g + 1) * group; h++)
+                    for (int first = 0; first < n; first += block)
+                    {
+                        int rows = Math.Min(block, n - first);
+                        for (int t = 0; t < rows; t++)
+                            new ReadOnlySpan<float>(pq + (long)(first + t) * qDim + h * d, d).CopyTo(new Span<float>(queryRows + (long)t * d, d));
+                        keyMatrix.MatMul(new ReadOnlySpan<float>(queryRows, rows * d), rows, new Span<float>(scores, rows * n), pool);
+                        for (int t = 0; t < rows; t++) Softmax(new Span<float>(scores + (long)t * n, n), scale);
+                        valueMatrix.MatMul(new ReadOnlySpan<float>(scores, rows * n), rows, new Span<float>(output, rows * d), pool);
+                        for (int t = 0; t < rows; t++)
+                            new ReadOnlySpan<float>(output + (long)t * d, d).CopyTo(new Span<float>(po + (long)(first + t) * qDim + h * d, d));
+                    }
             }
-            Paged(queries, tokenCount, 0, headCount, kvHeadCount, headDim, scale, views, starts, GgmlType.F32, GgmlType.F32, destination, pool);
+        }
+    }
+
+    /// <summary>softmax(scale · row) in place: the max subtracted, exponentials summed, divided by the sum (ggml's soft_max).</summary>
+    static void Softmax(Span<float> row, float scale)
+    {
+        TensorPrimitives.Multiply(row, scale, row);
+        float max = TensorPrimitives.Max(row);
+        TensorPrimitives.Subtract(row, max, row);
+        TensorPrimitives.Exp(row, row);
+        TensorPrimitives.Multiply(row, 1f / TensorPrimitives.Sum(row), row);
+    }
+
+    /// <summary>Pinned per-thread buffers of <see cref="Bidirectional"/>, grown to the largest call and reused.</summary>
+    sealed class BidirectionalScratch
+    {
+        [ThreadStatic] static BidirectionalScratch? current;
+        public static BidirectionalScratch ForCurrentThread => current ??= new BidirectionalScratch();
+
+        readonly float[][] buffers = [[], [], [], [], []];
+
+        public float* Floats(int slot, int length)
+        {
+            if (buffers[slot].Length < length) buffers[slot] = GC.AllocateUninitializedArray<float>(Math.Max(length, 16), pinned: true);
+            return (float*)Unsafe.AsPointer(ref buffers[slot][0]);
         }
     }
 
