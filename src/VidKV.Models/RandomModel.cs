@@ -7,6 +7,11 @@ namespace VidKV.Models;
 internal sealed record RandomModelShape(string Name, string Architecture, int Layers, int Embedding, int Heads, int KvHeads,
     int FeedForward, int Vocab, bool TiedOutput, bool Biases, int ContextLength, float RopeBase, float RmsEps)
 {
+    /// <summary>M-RoPE sections (llama.cpp's <c>{arch}.rope.dimension_sections</c>, an INT32 array of 4), for <c>qwen2vl</c>; null for none.</summary>
+    public int[]? RopeSections { get; init; }
+    /// <summary>Special tokens and chat template of the vocabulary; null for ChatML's (see <see cref="SyntheticVocabularyOptions.ChatMl"/>).</summary>
+    public SyntheticVocabularyOptions? Vocabulary { get; init; }
+
     public static readonly RandomModelShape Tiny = new("tiny", "qwen2", 2, 64, 4, 2, 128, 2048, true, true, 4096, 1e6f, 1e-6f);
     public static readonly RandomModelShape Small = new("small", "qwen2", 4, 256, 8, 2, 704, 8192, true, true, 8192, 1e6f, 1e-6f);
     public static readonly RandomModelShape TinyLlama = new("tiny-llama", "llama", 2, 64, 4, 2, 172, 2048, false, false, 2048, 10000f, 1e-5f);
@@ -49,34 +54,17 @@ internal static class RandomModel
         w.Add($"{a}.attention.head_count_kv", (uint)shape.KvHeads);
         w.Add($"{a}.rope.freq_base", shape.RopeBase);
         w.Add($"{a}.attention.layer_norm_rms_epsilon", shape.RmsEps);
-        SyntheticVocabulary.AddTo(w, shape.Vocab);
+        if (shape.RopeSections != null) w.Add($"{a}.rope.dimension_sections", GgufValue.Of(shape.RopeSections));
+        SyntheticVocabulary.AddTo(w, shape.Vocab, shape.Vocabulary);
 
-        int index = 0;
+        var random = new RandomTensors(w, seed);
         void Matrix(string name, int rows, int columns, GgmlType t, float std)
         {
-            ulong tensorSeed = seed * 1_000_003UL + (ulong)index++;
             // K-quants need rows of whole 256-column super-blocks; like llama-quantize, other rows fall back (to Q8_0).
             if (GgmlTypes.BlockSize(t) == 256 && columns % 256 != 0) t = GgmlType.Q8_0;
-            w.AddTensor(name, t, [columns, rows], stream =>
-            {
-                var rng = new NormalRandom(tensorSeed);
-                var row = new float[columns];
-                var bytes = new byte[GgmlTypes.RowBytes(t, columns)];
-                for (int r = 0; r < rows; r++)
-                {
-                    for (int c = 0; c < columns; c++) row[c] = rng.Next() * std;
-                    Quantize.Row(t, row, bytes);
-                    stream.Write(bytes);
-                }
-            });
+            random.Matrix(name, [columns, rows], t, std);
         }
-        void Vector(string name, int length, float mean, float std)
-        {
-            var rng = new NormalRandom(seed * 1_000_003UL + (ulong)index++);
-            var values = new float[length];
-            for (int i = 0; i < length; i++) values[i] = mean + std * rng.Next();
-            w.AddTensor(name, GgmlType.F32, [length], values);
-        }
+        void Vector(string name, int length, float mean, float std) => random.Vector(name, length, mean, std);
 
         // Tied output: small embeddings and a larger final norm, as in tiny-qwen2-random-tied (std 0.05, norm ×8).
         GgmlType embeddingType = type is GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K ? GgmlType.Q8_0 : type;
@@ -109,10 +97,50 @@ internal static class RandomModel
     }
 
     /// <summary>llama.cpp's <c>general.file_type</c> (LLAMA_FTYPE_*) for a file whose matrices are of <paramref name="type"/>.</summary>
-    static uint FileType(GgmlType type) => type switch
+    internal static uint FileType(GgmlType type) => type switch
     {
         GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q4_0 => 2, GgmlType.Q8_0 => 7, GgmlType.Q4_K => 14, GgmlType.Q6_K => 18, GgmlType.BF16 => 32, _ => 0,
     };
+}
+
+/// <summary>
+/// Adds random tensors to a <see cref="GgufWriter"/>: each draws from its own <see cref="NormalRandom"/> stream, seeded by
+/// the file's seed, the tensor's index in the order added and a per-file salt, so the bytes depend only on those.
+/// </summary>
+internal sealed class RandomTensors(GgufWriter writer, ulong seed, ulong salt = 0)
+{
+    int index;
+
+    ulong NextSeed() => (seed * 1_000_003UL + (ulong)index++) ^ salt;
+
+    /// <summary>A tensor of ggml shape <paramref name="shape"/> (ne0 first) ~ N(0, std²), written as <paramref name="type"/> row by row (rows of ne0).</summary>
+    public void Matrix(string name, long[] shape, GgmlType type, float std)
+    {
+        ulong tensorSeed = NextSeed();
+        int columns = (int)shape[0];
+        long rows = shape.Skip(1).Aggregate(1L, (a, b) => a * b);
+        writer.AddTensor(name, type, shape, stream =>
+        {
+            var rng = new NormalRandom(tensorSeed);
+            var row = new float[columns];
+            var bytes = new byte[GgmlTypes.RowBytes(type, columns)];
+            for (long r = 0; r < rows; r++)
+            {
+                for (int c = 0; c < columns; c++) row[c] = rng.Next() * std;
+                Quantize.Row(type, row, bytes);
+                stream.Write(bytes);
+            }
+        });
+    }
+
+    /// <summary>An F32 vector ~ N(mean, std²).</summary>
+    public void Vector(string name, int length, float mean, float std)
+    {
+        var rng = new NormalRandom(NextSeed());
+        var values = new float[length];
+        for (int i = 0; i < length; i++) values[i] = mean + std * rng.Next();
+        writer.AddTensor(name, GgmlType.F32, [length], values);
+    }
 
     /// <summary>Standard normal draws from xoshiro256** and Box–Muller; deterministic per seed.</summary>
     sealed class NormalRandom(ulong seed)

@@ -73,8 +73,56 @@ public sealed record VisionConfig
     /// <summary>Qwen-VL's smart resize: most pixels of the resized image (−1 when unset).</summary>
     public int MaxPixels { get; init; } = -1;
 
-    /// <summary>Patches per side of an <see cref="ImageSize"/> square.</summary>
+    /// <summary>
+    /// Patches per side of an <see cref="ImageSize"/> square: the stride-p convolution's output, so pixels past the last
+    /// whole patch are not read (SigLIP so400m/14 at 384: 27 patches of 14 cover 378 pixels), as in llama.cpp.
+    /// </summary>
     public int PatchesPerSide => ImageSize / PatchSize;
+
+    /// <summary>llama.cpp's <c>clip.projector_type</c> string of a projector.</summary>
+    internal static string TypeName(VisionProjector projector) => projector switch
+    {
+        VisionProjector.Mlp => "mlp",
+        VisionProjector.Idefics3 => "idefics3",
+        VisionProjector.Qwen2VL => "qwen2vl_merger",
+        _ => "qwen2.5vl_merger",
+    };
+
+    /// <summary>
+    /// Width of the rows the projector writes, read from its last matrix (<c>mm.model.fc</c>, <c>mm.2</c> or
+    /// <c>mm.0</c>); 0 when the file has none of them.
+    /// </summary>
+    internal static int ProjectorOutputLength(GgufFile file)
+    {
+        foreach (string name in (string[])["mm.model.fc.weight", "mm.2.weight", "mm.0.weight"])
+            if (file.FindTensor(name) is { Shape.Length: 2 } t) return (int)t.Shape[1];
+        return 0;
+    }
+
+    /// <summary>
+    /// One line for <c>vidkv model info</c>: projector, image and patch size, ViT width, blocks, heads, activation, what
+    /// the projector merges and its output width (<paramref name="outputLength"/>; 0 when unknown).
+    /// </summary>
+    internal string Summary(int outputLength)
+    {
+        var parts = new List<string>
+        {
+            $"{TypeName(Projector)} projector",
+            $"image {ImageSize} px",
+            $"patch {PatchSize} ({PatchesPerSide}x{PatchesPerSide} patches)",
+            $"width {EmbeddingLength}",
+            $"{BlockCount} blocks",
+            $"{HeadCount} heads of {HeadDim}",
+            $"FFN {FeedForwardLength} {Activation switch { VisionActivation.Gelu => "GELU", VisionActivation.QuickGelu => "quick-GELU", _ => "SwiGLU" }}",
+        };
+        if (Projector == VisionProjector.Idefics3) parts.Add($"pixel shuffle {MergeFactor}" + (LongestEdge > 0 ? $", longest edge {LongestEdge}" : ""));
+        if (Projector is VisionProjector.Qwen2VL or VisionProjector.Qwen25VL) parts.Add($"merge {MergeFactor}x{MergeFactor}");
+        if (WindowAttentionPattern > 0) parts.Add($"full attention every {WindowAttentionPattern} blocks");
+        if (FeatureLayers.Length > 0) parts.Add($"feature layers [{string.Join(", ", FeatureLayers)}]");
+        if (GridPinpoints.Length > 0) parts.Add($"{GridPinpoints.Length} pinpoints");
+        parts.Add(outputLength > 0 ? $"output width {outputLength}" : "output width unknown");
+        return string.Join(", ", parts);
+    }
 
     /// <summary>Reads the <c>clip.*</c> keys of an mmproj file; a missing or ill-typed key throws naming it.</summary>
     internal static VisionConfig FromGguf(GgufFile file)
@@ -114,7 +162,7 @@ public sealed record VisionConfig
 
         int embedding = Int("clip.vision.embedding_length"), heads = Int("clip.vision.attention.head_count");
         int imageSize = Int("clip.vision.image_size"), patchSize = Int("clip.vision.patch_size");
-        if (heads == 0 || patchSize == 0 || imageSize % patchSize != 0)
+        if (heads == 0 || patchSize == 0 || imageSize < patchSize)
             throw ModelFormatException.InFile(path, $"image size {imageSize}, patch size {patchSize} and {heads} heads do not make a ViT");
         int headDim = Int("clip.vision.attention.head_dim", embedding / heads);
         float eps = (float)(file.Get("clip.vision.attention.layer_norm_epsilon")?.AsDouble()
