@@ -14,6 +14,8 @@ internal static class Architectures
     {
         ["llama"] = RopeMode.Normal,
         ["qwen2"] = RopeMode.NeoX,
+        // Qwen2-VL / Qwen2.5-VL text: Qwen2 with M-RoPE (llama.cpp's LLAMA_ROPE_TYPE_MROPE), sections from the file.
+        ["qwen2vl"] = RopeMode.NeoX,
     };
 
     public static IReadOnlyCollection<string> Supported => GgufRopeModes.Keys;
@@ -42,6 +44,13 @@ internal static class Architectures
             throw ModelFormatException.InFile(file.Path, $"{heads} heads and {kvHeads} KV heads do not divide embedding length {embedding}");
         int headDim = file.Get($"{arch}.attention.key_length") != null ? Required("attention.key_length") : embedding / heads;
         var embd = file.FindTensor("token_embd.weight") ?? throw ModelFormatException.AtTensor(file.Path, "token_embd.weight", "required tensor is missing");
+        int[]? sections = null;
+        if (arch == "qwen2vl")
+        {
+            sections = file.Get("qwen2vl.rope.dimension_sections") is { Type: GgufValueType.Array } v ? v.AsArray().AsInt32s() : null;
+            if (sections is not { Length: 4 } || sections.Any(x => x < 0) || sections.Sum() == 0)
+                throw ModelFormatException.InFile(file.Path, "metadata 'qwen2vl.rope.dimension_sections' must be 4 non-negative pair counts (t, h, w, e)");
+        }
 
         return new ModelConfig
         {
@@ -55,6 +64,7 @@ internal static class Architectures
             RopeDims = file.Get($"{arch}.rope.dimension_count") != null ? Required("rope.dimension_count") : headDim,
             RopeFreqBase = (float)Optional("rope.freq_base", 10000.0),
             RopeMode = ropeMode,
+            RopeSections = sections,
             RmsNormEps = (float)Optional("attention.layer_norm_rms_epsilon", 1e-5),
             ContextLength = file.Get($"{arch}.context_length") != null ? Required("context_length") : 2048,
             VocabSize = (int)embd.Shape[^1],

@@ -31,6 +31,13 @@ public class VisionParityTests
     /// </summary>
     const double NearTie = 2e-2;
 
+    /// <summary>
+    /// Image rows: the towers agree with ggml's to ~3e-5, but where a projector GELU input lands in the neighbouring fp16
+    /// bucket (steps of 2e-3–4e-3 at |x| of 2–4) the projector's second matrix carries that step into the row's outputs:
+    /// measured up to 1.1e-3 on tiny-llava (width 128); the testdata README bounds exact-math encoders at ~2e-3.
+    /// </summary>
+    const float EmbeddingTolerance = 2e-3f;
+
     [Theory]
     [MemberData(nameof(Cases))]
     public void ImagePromptMatchesMtmd(string name)
@@ -63,7 +70,7 @@ public class VisionParityTests
             Assert.Equal(expected[i].GetProperty("n_tokens").GetInt32(), chunk.Count);
             Assert.Equal(expected[i].GetProperty("n_pos").GetInt32(), chunk.PositionSpan);
             for (int k = 0; k < chunk.Rows.Length; k++)
-                Assert.True(Math.Abs(chunk.Rows[k] - embeddings[embeddingOffset + k]) <= 1e-3f,
+                Assert.True(Math.Abs(chunk.Rows[k] - embeddings[embeddingOffset + k]) <= EmbeddingTolerance,
                     $"{name} chunk {i} row {k / chunk.Width} feature {k % chunk.Width}: {chunk.Rows[k]} vs {embeddings[embeddingOffset + k]}");
             embeddingOffset += chunk.Rows.Length;
         }
@@ -85,6 +92,7 @@ public class VisionParityTests
     static (string Text, string Vision) Pair(string pair, TempDirectory files) => pair switch
     {
         "shared-llava-siglip" => (TestData.Model("tiny-qwen2-random"), TestData.File_("vision/models/tiny-llava-siglip-random.mmproj.gguf")),
-        _ => throw new InvalidOperationException($"unknown reference pair '{pair}'"),
+        // make.sh wrote these with `vidkv model random --shape <pair> --type f32` (seed 42): the same bytes again.
+        _ => RandomVisionModel.Write(files.Path, RandomVisionShape.Find(pair) ?? throw new InvalidOperationException($"unknown reference pair '{pair}'"), GgmlType.F32),
     };
 }
