@@ -25,7 +25,7 @@ static class GenerateCommand
         var seed = new Option<int>("--seed", "-s") { Description = "Random seed (-1 = random).", DefaultValueFactory = _ => -1 };
         var chat = new Option<bool>("--chat") { Description = "Wrap the prompt as a user message in the model's chat template (ChatML or Llama-3)." };
         var system = new Option<string?>("--system") { Description = "System message for --chat." };
-        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (llama.cpp mmproj GGUF) paired with -m; needed for --image." };
+        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (llama.cpp mmproj GGUF) paired with -m; needed for --image unless -m is a Hugging Face vision-language folder (then the folder's own vision tower is used)." };
         var image = new Option<string[]>("--image") { Description = $"Image file (PNG, JPEG, BMP, PPM); repeat for several. Each goes where -p has a {MediaPrompt.Marker} marker, else all go before the text.", AllowMultipleArgumentsPerToken = false };
         var threads = CommonOptions.Threads();
         var cacheK = CommonOptions.CacheTypeK();
@@ -40,6 +40,8 @@ static class GenerateCommand
             string text = r.GetValue(file) is { } f ? File.ReadAllText(f) : r.GetValue(prompt) ?? "Once upon a time";
             string[] imagePaths = r.GetValue(image) ?? [];
             string? visionPath = r.GetValue(mmproj);
+            // A Hugging Face folder holds its own vision tower (VisionModel.Load explains when its config.json has none).
+            if (imagePaths.Length > 0 && visionPath == null) visionPath = HuggingFaceVision.FolderOf(path);
             if (imagePaths.Length > 0 && visionPath == null) throw new ArgumentException("--image needs --mmproj: the vision projector (mmproj GGUF) that goes with -m");
             // As llama-mtmd-cli: without markers, one per image goes before the text.
             if (imagePaths.Length > 0 && !text.Contains(MediaPrompt.Marker)) text = string.Concat(Enumerable.Repeat(MediaPrompt.Marker, imagePaths.Length)) + text;

@@ -4,9 +4,10 @@ using VidKV.Tensors;
 namespace VidKV.Models;
 
 /// <summary>
-/// The decoder architectures VidKV runs and how each reads its hyper-parameters. Llama and Qwen2 share one graph
-/// (<see cref="DecoderModel"/>); they differ in RoPE pairing as stored in GGUF (llama.cpp's LLAMA_ROPE_TYPE_NORM vs
-/// NEOX) and in q/k/v biases, which are found by tensor presence.
+/// The decoder architectures VidKV runs and how each reads its hyper-parameters. Llama, Qwen2 and Qwen2-VL's language
+/// model (<c>qwen2vl</c>: Qwen2 with M-RoPE sections) share one graph (<see cref="DecoderModel"/>); they differ in RoPE
+/// pairing as stored in GGUF (llama.cpp's LLAMA_ROPE_TYPE_NORM vs NEOX / MROPE) and in q/k/v biases, which are found
+/// by tensor presence.
 /// </summary>
 internal static class Architectures
 {
@@ -14,8 +15,7 @@ internal static class Architectures
     {
         ["llama"] = RopeMode.Normal,
         ["qwen2"] = RopeMode.NeoX,
-        // Qwen2-VL / Qwen2.5-VL text: Qwen2 with M-RoPE (llama.cpp's LLAMA_ROPE_TYPE_MROPE), sections from the file.
-        ["qwen2vl"] = RopeMode.NeoX,
+        ["qwen2vl"] = RopeMode.NeoX, // LLAMA_ROPE_TYPE_MROPE: NeoX pairs, angles by section
     };
 
     public static IReadOnlyCollection<string> Supported => GgufRopeModes.Keys;
@@ -47,9 +47,13 @@ internal static class Architectures
         int[]? sections = null;
         if (arch == "qwen2vl")
         {
-            sections = file.Get("qwen2vl.rope.dimension_sections") is { Type: GgufValueType.Array } v ? v.AsArray().AsInt32s() : null;
-            if (sections is not { Length: 4 } || sections.Any(x => x < 0) || sections.Sum() == 0)
-                throw ModelFormatException.InFile(file.Path, "metadata 'qwen2vl.rope.dimension_sections' must be 4 non-negative pair counts (t, h, w, e)");
+            // Qwen2-VL's M-RoPE: pairs per position component (t, h, w, e), llama.cpp's {arch}.rope.dimension_sections.
+            string key = $"{arch}.rope.dimension_sections";
+            var v = file.Get(key) ?? throw ModelFormatException.InFile(file.Path, $"metadata '{key}' is missing");
+            sections = v.Type == GgufValueType.Array ? v.AsArray().AsInt32s() : [];
+            if (sections.Length is 0 or > 4 || sections.Any(n => n < 0))
+                throw ModelFormatException.InFile(file.Path, $"metadata '{key}' must be an array of up to 4 section sizes");
+            sections = [.. sections, .. new int[4 - sections.Length]];
         }
 
         return new ModelConfig

@@ -11,6 +11,8 @@ internal sealed unsafe class GgufWeights(GgufFile file) : IWeightSource
 
     public bool Contains(string name) => File.FindTensor(name) != null;
 
+    public long[]? Dimensions(string name) => File.FindTensor(name)?.Shape.ToArray();
+
     public WeightMatrix Matrix(string name, int rows, int columns)
     {
         var t = Find(name);

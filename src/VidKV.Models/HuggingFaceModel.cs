@@ -27,32 +27,71 @@ internal static class HuggingFaceModel
         catch { weights.Dispose(); throw; }
     }
 
+    /// <summary>
+    /// Reads the language model's hyper-parameters from <c>config.json</c>. A vision-language checkpoint nests them in
+    /// <c>text_config</c>; as llama.cpp's converter does (conversion/base.py <c>TextModel.__init__</c>:
+    /// <c>hparams = {**hparams, **hparams["text_config"]}</c>) a nested field wins over the top level. Qwen2-VL and
+    /// Qwen2.5-VL are llama.cpp's <c>qwen2vl</c> (conversion/qwenvl.py <c>Qwen2VLModel</c>) with M-RoPE sections from
+    /// <c>rope_scaling.mrope_section</c>, padded to four (base.py <c>set_gguf_parameters</c>).
+    /// </summary>
     public static ModelConfig ReadConfig(string path)
     {
         if (!File.Exists(path)) throw ModelFormatException.InFile(path, "file not found");
-        using var document = JsonDocument.Parse(File.ReadAllBytes(path));
+        using var document = ParseJson(path);
         var root = document.RootElement;
-        string modelType = root.TryGetProperty("model_type", out var mt) ? mt.GetString() ?? "" : "";
-        if (modelType is not ("llama" or "qwen2"))
-            throw ModelFormatException.InFile(path, $"model_type '{modelType}' is not supported (llama, qwen2)");
-        if (root.TryGetProperty("rope_scaling", out var scaling) && scaling.ValueKind == JsonValueKind.Object)
-            throw ModelFormatException.InFile(path, $"field 'rope_scaling' = {scaling.GetRawText()} is not supported yet");
+        JsonElement? text = root.TryGetProperty("text_config", out var tc) && tc.ValueKind == JsonValueKind.Object ? tc : null;
 
-        int Int(string field)
+        // The field's value and its name in messages ("text_config.hidden_size" when nested).
+        bool TryGet(string field, out JsonElement value, out string name)
         {
-            if (!root.TryGetProperty(field, out var v)) throw ModelFormatException.InFile(path, $"field '{field}' is missing");
+            if (text is { } t && t.TryGetProperty(field, out value) && value.ValueKind != JsonValueKind.Null) { name = "text_config." + field; return true; }
+            name = field;
+            return root.TryGetProperty(field, out value) && value.ValueKind != JsonValueKind.Null;
+        }
+        string? String(string field) => TryGet(field, out var v, out _) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+
+        string modelType = String("model_type") ?? "";
+        string architecture = FirstArchitecture(root) is "Qwen2VLForConditionalGeneration" or "Qwen2_5_VLForConditionalGeneration"
+            || modelType is "qwen2_vl" or "qwen2_5_vl" or "qwen2_vl_text" or "qwen2_5_vl_text" ? "qwen2vl" : modelType;
+        if (architecture is not ("llama" or "qwen2" or "qwen2vl"))
+            throw ModelFormatException.InFile(path, $"model_type '{modelType}' is not supported (llama, qwen2, Qwen2-VL)");
+
+        int Int(string field, int? fallback = null)
+        {
+            if (!TryGet(field, out var v, out string name))
+                return fallback ?? throw ModelFormatException.InFile(path, $"field '{name}' is missing");
             if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int i) || i <= 0)
-                throw ModelFormatException.InFile(path, $"field '{field}' = {v.GetRawText()} is not a positive integer");
+                throw ModelFormatException.InFile(path, $"field '{name}' = {v.GetRawText()} is not a positive integer");
             return i;
         }
-        double Number(string field, double fallback) => root.TryGetProperty(field, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : fallback;
+        double Number(string field, double fallback) => TryGet(field, out var v, out _) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : fallback;
 
-        int hidden = Int("hidden_size"), heads = Int("num_attention_heads");
-        int kvHeads = root.TryGetProperty("num_key_value_heads", out _) ? Int("num_key_value_heads") : heads;
-        int headDim = root.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number ? Int("head_dim") : hidden / heads;
+        // rope_parameters (transformers 5) or rope_scaling: only Qwen-VL's M-RoPE sections are supported.
+        int[]? sections = null;
+        double? ropeTheta = null;
+        bool hasRope = TryGet("rope_parameters", out var rope, out string ropeName) || TryGet("rope_scaling", out rope, out ropeName);
+        if (hasRope && rope.ValueKind == JsonValueKind.Object)
+        {
+            string? type = rope.TryGetProperty("rope_type", out var rt) && rt.ValueKind == JsonValueKind.String ? rt.GetString()
+                : rope.TryGetProperty("type", out var ty) && ty.ValueKind == JsonValueKind.String ? ty.GetString() : null;
+            if (architecture != "qwen2vl" || !rope.TryGetProperty("mrope_section", out var ms) || type is not (null or "default" or "mrope"))
+                throw ModelFormatException.InFile(path, $"field '{ropeName}' = {rope.GetRawText()} is not supported yet");
+            if (ms.ValueKind != JsonValueKind.Array || ms.GetArrayLength() is 0 or > 4 || ms.EnumerateArray().Any(e => e.ValueKind != JsonValueKind.Number || !e.TryGetInt32(out int n) || n < 0))
+                throw ModelFormatException.InFile(path, $"field '{ropeName}.mrope_section' = {ms.GetRawText()} is not a list of up to 4 section sizes");
+            sections = [.. ms.EnumerateArray().Select(e => e.GetInt32()), .. new int[4 - ms.GetArrayLength()]];
+            if (rope.TryGetProperty("rope_theta", out var theta) && theta.ValueKind == JsonValueKind.Number) ropeTheta = theta.GetDouble();
+        }
+        if (architecture == "qwen2vl" && sections == null)
+            throw ModelFormatException.InFile(path, "field 'rope_scaling.mrope_section' is missing: Qwen2-VL's M-RoPE needs its sections");
+
+        // SmolVLM2's text config leaves out num_attention_heads (conversion/llama.py LlamaModel.__init__: 32 for VLlama3ForCausalLM).
+        bool vllama = text is { } t2 && FirstArchitecture(t2) == "VLlama3ForCausalLM";
+        int hidden = Int("hidden_size"), heads = Int("num_attention_heads", vllama ? 32 : null);
+        int kvHeads = TryGet("num_key_value_heads", out _, out _) ? Int("num_key_value_heads") : heads;
+        int headDim = TryGet("head_dim", out var hd, out _) && hd.ValueKind == JsonValueKind.Number ? Int("head_dim") : hidden / heads;
         return new ModelConfig
         {
-            Architecture = modelType,
+            Architecture = architecture,
             LayerCount = Int("num_hidden_layers"),
             EmbeddingLength = hidden,
             FeedForwardLength = Int("intermediate_size"),
@@ -60,12 +99,25 @@ internal static class HuggingFaceModel
             KvHeadCount = kvHeads,
             HeadDim = headDim,
             RopeDims = headDim,
-            RopeFreqBase = (float)Number("rope_theta", 10000),
+            RopeFreqBase = (float)Number("rope_theta", ropeTheta ?? 10000),
             RopeMode = RopeMode.NeoX,
+            RopeSections = sections,
             RmsNormEps = (float)Number("rms_norm_eps", 1e-6),
-            ContextLength = root.TryGetProperty("max_position_embeddings", out _) ? Int("max_position_embeddings") : 2048,
+            ContextLength = TryGet("max_position_embeddings", out _, out _) ? Int("max_position_embeddings") : 2048,
             VocabSize = Int("vocab_size"),
         };
+    }
+
+    /// <summary><c>architectures[0]</c> of a config object, or null.</summary>
+    internal static string? FirstArchitecture(JsonElement config) =>
+        config.TryGetProperty("architectures", out var a) && a.ValueKind == JsonValueKind.Array && a.GetArrayLength() > 0 && a[0].ValueKind == JsonValueKind.String
+            ? a[0].GetString() : null;
+
+    /// <summary>Parses a JSON file; bad JSON is a <see cref="ModelFormatException"/> naming the file and line.</summary>
+    internal static JsonDocument ParseJson(string path)
+    {
+        try { return JsonDocument.Parse(File.ReadAllBytes(path)); }
+        catch (JsonException e) { throw ModelFormatException.InFile(path, $"line {e.LineNumber + 1}: not valid JSON: {e.Message}"); }
     }
 }
 
@@ -101,6 +153,15 @@ internal sealed unsafe class SafetensorsWeights : IWeightSource
                 weights.files.Add(file);
                 foreach (var tensor in file.Tensors.Values) weights.byName[tensor.Name] = (file, tensor);
             }
+            // Vision-language checkpoints nest the language model: llama.cpp's converter drops "language_model."
+            // (conversion/base.py ModelBase.filter_tensors: LLaVA's language_model.model.* and language_model.lm_head.*,
+            // newer transformers' model.language_model.*) and "text_model." (conversion/llama.py filter_tensors:
+            // Idefics3 / SmolVLM's model.text_model.*), which leaves the plain model.* / lm_head.* names.
+            foreach (var (name, found) in weights.byName.ToArray())
+            {
+                string plain = TextModelName(name);
+                if (plain != name) weights.byName.TryAdd(plain, found);
+            }
             return weights;
         }
         catch
@@ -109,6 +170,13 @@ internal sealed unsafe class SafetensorsWeights : IWeightSource
             throw;
         }
     }
+
+    /// <summary>A checkpoint tensor's name with the language-model prefixes of vision-language checkpoints removed.</summary>
+    public static string TextModelName(string name) =>
+        name.Replace("language_model.", "", StringComparison.Ordinal).Replace("text_model.", "", StringComparison.Ordinal);
+
+    /// <summary>The stored tensor named <paramref name="name"/> (its Hugging Face name), if any.</summary>
+    public (SafetensorsFile File, SafetensorsTensorInfo Tensor)? Find(string name) => byName.TryGetValue(name, out var found) ? found : null;
 
     /// <summary>The Hugging Face name of a GGUF-named tensor.</summary>
     public static string HuggingFaceName(string ggufName)
@@ -142,13 +210,15 @@ internal sealed unsafe class SafetensorsWeights : IWeightSource
 
     public bool Contains(string name) => byName.ContainsKey(HuggingFaceName(name));
 
-    (SafetensorsFile File, SafetensorsTensorInfo Tensor) Find(string name) =>
+    public long[]? Dimensions(string name) => byName.TryGetValue(HuggingFaceName(name), out var found) ? found.Tensor.Shape.Reverse().ToArray() : null;
+
+    (SafetensorsFile File, SafetensorsTensorInfo Tensor) FindGguf(string name) =>
         byName.TryGetValue(HuggingFaceName(name), out var found) ? found
             : throw ModelFormatException.AtTensor(Path, HuggingFaceName(name), "required tensor is missing");
 
     public WeightMatrix Matrix(string name, int rows, int columns)
     {
-        var (file, t) = Find(name);
+        var (file, t) = FindGguf(name);
         if (t.Shape.Length != 2 || t.Shape[0] != rows || t.Shape[1] != columns)
             throw ModelFormatException.AtTensor(file.Path, t.Name, $"shape [{string.Join(", ", t.Shape)}] does not match the expected [{rows}, {columns}]");
         return new WeightMatrix(t.Name, t.Type, rows, columns, file.TensorPointer(t));
@@ -156,7 +226,7 @@ internal sealed unsafe class SafetensorsWeights : IWeightSource
 
     public WeightMatrix Flattened(string name, int rows, int columns)
     {
-        var (file, t) = Find(name);
+        var (file, t) = FindGguf(name);
         if (t.Shape.Length < 2 || t.Shape[0] != rows || t.ElementCount != (long)rows * columns)
             throw ModelFormatException.AtTensor(file.Path, t.Name, $"shape [{string.Join(", ", t.Shape)}] is not {rows} rows of {columns}");
         return new WeightMatrix(t.Name, t.Type, rows, columns, file.TensorPointer(t));
@@ -164,7 +234,7 @@ internal sealed unsafe class SafetensorsWeights : IWeightSource
 
     public float[] Vector(string name, int length)
     {
-        var (file, t) = Find(name);
+        var (file, t) = FindGguf(name);
         if (t.ElementCount != length) throw ModelFormatException.AtTensor(file.Path, t.Name, $"has {t.ElementCount} elements, expected {length}");
         var result = new float[length];
         Dequantize.Row(t.Type, file.TensorData(t), result);

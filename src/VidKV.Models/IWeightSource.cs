@@ -13,6 +13,12 @@ internal interface IWeightSource : IDisposable
 
     bool Contains(string name);
 
+    /// <summary>
+    /// The tensor's dimensions in GGUF order (innermost first: a [rows, columns] matrix is [columns, rows]); null when
+    /// absent. Lets a loader take a width from the tensor itself, as llama.cpp does.
+    /// </summary>
+    long[]? Dimensions(string name);
+
     /// <summary>A [rows, columns] matrix; throws <see cref="Formats.ModelFormatException"/> naming the tensor when absent or of another shape.</summary>
     WeightMatrix Matrix(string name, int rows, int columns);
 

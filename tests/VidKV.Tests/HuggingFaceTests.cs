@@ -57,7 +57,7 @@ public class HuggingFaceTests
         return result;
     }
 
-    static void WriteTokenizer(Vocabulary v, string folder)
+    internal static void WriteTokenizer(Vocabulary v, string folder)
     {
         var vocab = new Dictionary<string, int>();
         var added = new List<object>();

@@ -125,9 +125,15 @@ public sealed record VisionConfig
     }
 
     /// <summary>Reads the <c>clip.*</c> keys of an mmproj file; a missing or ill-typed key throws naming it.</summary>
-    internal static VisionConfig FromGguf(GgufFile file)
+    internal static VisionConfig FromGguf(GgufFile file) => FromKeys(file.Path, file.Metadata);
+
+    /// <summary>
+    /// Reads <c>clip.*</c> keys from any source of them: an mmproj file, or the keys llama.cpp's converter would write
+    /// for a Hugging Face folder (<see cref="HuggingFaceVision"/>); <paramref name="path"/> names the source in messages.
+    /// </summary>
+    internal static VisionConfig FromKeys(string path, IReadOnlyDictionary<string, GgufValue> keys)
     {
-        string path = file.Path;
+        var file = new KeyTable(keys);
         if (file.Get("clip.has_vision_encoder") is { } hasVision && !hasVision.AsBool())
             throw ModelFormatException.InFile(path, "clip.has_vision_encoder is false: not a vision projector file");
         string typeName = (file.Get("clip.projector_type") ?? file.Get("clip.vision.projector_type"))?.AsString()
@@ -212,5 +218,10 @@ public sealed record VisionConfig
             default:
                 return config;
         }
+    }
+
+    sealed class KeyTable(IReadOnlyDictionary<string, GgufValue> keys)
+    {
+        public GgufValue? Get(string key) => keys.GetValueOrDefault(key);
     }
 }

@@ -141,9 +141,19 @@ public sealed unsafe class VisionModel : IDisposable
         }
     }
 
-    /// <summary>Opens an mmproj GGUF; a file that is not one, or whose tensors do not fit its keys, throws <see cref="ModelFormatException"/>.</summary>
+    /// <summary>
+    /// Opens an mmproj GGUF, or the vision tower and projector of a Hugging Face vision-language folder (or one of its
+    /// .safetensors files) as llama.cpp's converter would have written them into an mmproj (see
+    /// <see cref="HuggingFaceVision"/>); a file that is not one, or whose tensors do not fit its keys, throws
+    /// <see cref="ModelFormatException"/>.
+    /// </summary>
     public static VisionModel Load(string path)
     {
+        if (HuggingFaceVision.FolderOf(path) is { } folder)
+        {
+            var (config, source) = HuggingFaceVision.Open(folder);
+            return new VisionModel(config, source); // the constructor disposes the source when it throws
+        }
         var file = GgufFile.Open(path);
         try
         {
@@ -180,13 +190,15 @@ public sealed unsafe class VisionModel : IDisposable
     }
 
     /// <summary>Rows of a linear weight (its output width), read from the file so a projector's widths need no key.</summary>
-    int Rows(string name) => weights is GgufWeights g && g.File.FindTensor(name) is { Shape.Length: 2 } t ? (int)t.Shape[1]
+    int Rows(string name) => weights.Dimensions(name) is { Length: 2 } d ? (int)d[1]
         : throw ModelFormatException.AtTensor(Path, name, "required 2-D tensor is missing");
 
     Block LoadBlock(int index)
     {
         var c = Config;
-        int e = c.EmbeddingLength, f = c.FeedForwardLength, inner = c.HeadCount * c.HeadDim;
+        // The feed-forward width comes from the tensors, as in llama.cpp: Qwen2-VL's converter writes the text model's
+        // width as clip.vision.feed_forward_length (conversion/qwenvl.py renames vision hidden_size to intermediate_size).
+        int e = c.EmbeddingLength, inner = c.HeadCount * c.HeadDim;
         string p = $"v.blk.{index}.";
         Linear Project(string name, int rows, int columns, ForwardPhase phase) =>
             new(weights.Matrix(p + name + ".weight", rows, columns), weights.Contains(p + name + ".bias") ? weights.Vector(p + name + ".bias", rows) : null, phase);
@@ -198,13 +210,15 @@ public sealed unsafe class VisionModel : IDisposable
         {
             // Qwen2.5-VL: SwiGLU with biases (llama.cpp's build_ffn with a gate and FFN_SILU).
             if (c.Activation != VisionActivation.Silu) throw ModelFormatException.InFile(Path, $"{p}ffn_gate with {c.Activation} is not supported (SiLU)");
+            int f = Rows(p + "ffn_up.weight");
             return new Block(BlockNorm("ln1"), attention, BlockNorm("ln2"),
                 new SwiGluFeedForward(Project("ffn_gate", f, e, ForwardPhase.GateUp), Project("ffn_up", f, e, ForwardPhase.GateUp), Project("ffn_down", e, f, ForwardPhase.Down)));
         }
         // Legacy LLaVA converters swapped the names of fc1 and fc2; llama.cpp swaps them back when ffn_down reads n_embd.
-        bool swapped = weights is GgufWeights g && g.File.FindTensor(p + "ffn_down.weight") is { } down && down.Shape[0] == e;
-        var up = swapped ? Project("ffn_down", f, e, ForwardPhase.GateUp) : Project("ffn_up", f, e, ForwardPhase.GateUp);
-        var downProjection = swapped ? Project("ffn_up", e, f, ForwardPhase.Down) : Project("ffn_down", e, f, ForwardPhase.Down);
+        bool swapped = weights.Dimensions(p + "ffn_down.weight") is { } down && down[0] == e;
+        int width = Rows(p + (swapped ? "ffn_down.weight" : "ffn_up.weight"));
+        var up = swapped ? Project("ffn_down", width, e, ForwardPhase.GateUp) : Project("ffn_up", width, e, ForwardPhase.GateUp);
+        var downProjection = swapped ? Project("ffn_up", e, width, ForwardPhase.Down) : Project("ffn_down", e, width, ForwardPhase.Down);
         FeedForward feedForward = c.Activation switch
         {
             VisionActivation.Gelu => new GeluFeedForward(up, downProjection),
