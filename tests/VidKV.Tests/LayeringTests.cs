@@ -16,7 +16,8 @@ public class LayeringTests
         ["Text"] = ["Formats"],
         ["Cache"] = ["Tensors"],
         ["Models"] = ["Tensors", "Formats", "Text", "Cache"],
-        ["Engine"] = ["Tensors", "Formats", "Text", "Cache", "Models"],
+        ["Video"] = ["Tensors", "Formats"],
+        ["Engine"] = ["Tensors", "Formats", "Text", "Cache", "Models", "Video"],
     };
 
     [Fact]

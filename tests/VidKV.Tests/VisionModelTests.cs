@@ -186,3 +186,40 @@ public class VideoPoolingTests
                 Assert.Equal(3 * (step * (ox + 0.5) - 0.5) - 2 * (step * (oy + 0.5) - 0.5), pooled[oy * 14 + ox], 4);
     }
 }
+
+/// <summary>The projectors alone, fed llama.cpp's own tower output: no tower difference to amplify.</summary>
+public class ProjectorTests
+{
+    /// <summary>
+    /// The last tower node llama.cpp dumped, through our projector, against llama.cpp's embeddings of that entry: only
+    /// summation order differs (and the odd fp16 GELU bucket where an input sits on a boundary).
+    /// </summary>
+    [Theory]
+    [InlineData("tiny-idefics3-random", "gradient_97x61", "norm_b")]
+    [InlineData("tiny-llava-siglip-random", "gradient_97x61", "layer_out-1")]
+    [InlineData("tiny-llava-siglip-random", "pattern_64x64", "layer_out-1")]
+    public void ProjectorOfLlamaCppsTowerGivesItsEmbeddings(string model, string image, string node)
+    {
+        string name = $"{model}.{image}";
+        var json = TestData.Json($"vision/reference/{name}.json");
+        var intermediates = json.GetProperty("intermediates");
+        var entry = json.GetProperty("entries")[intermediates.GetProperty("entry_index").GetInt32()];
+        var all = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_($"vision/reference/{name}.intermediates.noflash.f32.bin"))).ToArray();
+        var info = intermediates.GetProperty("nodes").EnumerateArray()
+            .Last(n => n.GetProperty("name").GetString() == node && n.TryGetProperty("float_offset", out var o) && o.ValueKind == System.Text.Json.JsonValueKind.Number);
+        var tower = all.AsSpan(info.GetProperty("float_offset").GetInt32(), info.GetProperty("n_floats").GetInt32()).ToArray();
+        var expected = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_($"vision/reference/{name}.embd.noflash.f32.bin"))).ToArray();
+        using var vision = VisionModel.Load(TestData.File_($"vision/models/{model}.mmproj.gguf"));
+        var output = new float[vision.TokensPerEntry * vision.OutputLength];
+        vision.Project(tower, vision.TokensPerEntry, output, new Activations());
+        int offset = entry.GetProperty("embd_row_offset").GetInt32() * vision.OutputLength;
+        int far = 0;
+        for (int i = 0; i < output.Length; i++)
+        {
+            float diff = Math.Abs(output[i] - expected[offset + i]);
+            Assert.True(diff <= 1e-3f, $"{name}: value {i}: {output[i]} vs {expected[offset + i]}");
+            if (diff > 1e-5f) far++;
+        }
+        Assert.True(far <= output.Length / 20, $"{name}: {far} of {output.Length} values differ by more than 1e-5");
+    }
+}

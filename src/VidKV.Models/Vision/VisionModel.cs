@@ -264,6 +264,15 @@ public sealed unsafe class VisionModel : IDisposable
             throw new ArgumentException($"output holds {output.Length} values, {tokens} rows of {OutputLength} are needed");
         profile?.Start();
         var features = Tower(pixels, width, height, buffers, profile, secondFrame);
+        Project(features, tokens, output, buffers, profile);
+    }
+
+    /// <summary>
+    /// The projector alone: the tower's rows (<see cref="Tower(ReadOnlySpan{float}, Activations, ForwardProfile?)"/>'s
+    /// output, <paramref name="tokens"/> output rows' worth) into <paramref name="output"/>.
+    /// </summary>
+    internal void Project(ReadOnlySpan<float> features, int tokens, Span<float> output, Activations buffers, ForwardProfile? profile = null)
+    {
         var c = Config;
         int e = c.EmbeddingLength;
         if (IsQwen)
