@@ -126,18 +126,36 @@ internal static class Kernels
     public static void Gelu(ReadOnlySpan<float> x, Span<float> destination)
     {
         var table = HalfTables.Gelu;
-        for (int i = 0; i < x.Length; i++)
+        Span<Half> halves = stackalloc Half[HalfChunk];
+        for (int start = 0; start < x.Length; start += HalfChunk)
         {
-            float v = x[i];
-            destination[i] = v <= -10f ? 0f : v >= 10f ? v : table[BitConverter.HalfToUInt16Bits((Half)v)];
+            int n = Math.Min(HalfChunk, x.Length - start);
+            var chunk = x.Slice(start, n);
+            TensorPrimitives.ConvertToHalf(chunk, halves[..n]); // vectorised fp16 rounding (nearest even, as the cast)
+            var target = destination.Slice(start, n);
+            for (int i = 0; i < n; i++)
+            {
+                float v = chunk[i];
+                target[i] = v <= -10f ? 0f : v >= 10f ? v : table[BitConverter.HalfToUInt16Bits(halves[i])];
+            }
         }
     }
+
+    /// <summary>Elements converted to fp16 at a time by the table activations (a stack buffer).</summary>
+    const int HalfChunk = 256;
 
     /// <summary>Quick GELU (CLIP) as ggml-cpu computes it (<c>GGML_GELU_QUICK_FP16</c>): x·σ(1.702·x) looked up at fp16(x), the result an fp16 value. Destination may alias x.</summary>
     public static void QuickGelu(ReadOnlySpan<float> x, Span<float> destination)
     {
         var table = HalfTables.QuickGelu;
-        for (int i = 0; i < x.Length; i++) destination[i] = table[BitConverter.HalfToUInt16Bits((Half)x[i])];
+        Span<Half> halves = stackalloc Half[HalfChunk];
+        for (int start = 0; start < x.Length; start += HalfChunk)
+        {
+            int n = Math.Min(HalfChunk, x.Length - start);
+            TensorPrimitives.ConvertToHalf(x.Slice(start, n), halves[..n]);
+            var target = destination.Slice(start, n);
+            for (int i = 0; i < n; i++) target[i] = table[BitConverter.HalfToUInt16Bits(halves[i])];
+        }
     }
 
     /// <summary>ggml's fp16 activation tables, widened to f32 (256 KiB each), built on first use.</summary>
