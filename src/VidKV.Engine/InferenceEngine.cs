@@ -23,6 +23,8 @@ public sealed record EngineOptions
     public int PrefillChunk { get; init; } = 128;
     /// <summary>Most rows of one step, all sessions together.</summary>
     public int MaxBatchRows { get; init; } = 512;
+    /// <summary>How sessions lay out video frames (the family's own format by default).</summary>
+    public VideoOptions Video { get; init; } = new();
 }
 
 /// <summary>
@@ -31,7 +33,8 @@ public sealed record EngineOptions
 /// prompts and ingests (llama.cpp's server loop, vLLM's scheduler in miniature). Sessions share one KV page pool under
 /// one budget; a question runs on a copy-on-write fork of its session's KV, so ingestion goes on while it is answered,
 /// and its pages go back when it ends. Create sessions with <see cref="CreateSession"/>; dispose the engine to stop it
-/// (the model stays the caller's).
+/// (the model stays the caller's). Given the model's vision tower and projector, sessions also take images and video
+/// frames (<see cref="Session.AppendImageAsync"/>, <see cref="Session.AppendFrameAsync"/>, <see cref="Session.AppendVideoAsync"/>).
 /// </summary>
 public sealed class InferenceEngine : IAsyncDisposable
 {
@@ -54,10 +57,22 @@ public sealed class InferenceEngine : IAsyncDisposable
     int nextWork;
 
     /// <summary>Creates the KV page pool for <paramref name="model"/> and starts the engine loop thread (defaults when <paramref name="options"/> is null).</summary>
-    public InferenceEngine(DecoderModel model, EngineOptions? options = null)
+    /// <param name="vision">
+    /// the model's vision tower and projector (its mmproj), for images and video frames; its rows must be the text
+    /// model's embedding width. The engine encodes with it one entry at a time and does not dispose it.
+    /// </param>
+    public InferenceEngine(DecoderModel model, EngineOptions? options = null, VisionModel? vision = null)
     {
         this.model = model;
         this.options = options ?? new EngineOptions();
+        if (vision != null)
+        {
+            if (vision.OutputLength != model.Config.EmbeddingLength)
+                throw new ArgumentException($"the projector {vision.Path} writes rows of {vision.OutputLength} floats but the text model {model.Path} takes {model.Config.EmbeddingLength}: not a pair", nameof(vision));
+            if (this.options.Video.TokensPerSecond < 1)
+                throw new ArgumentException($"video tokens per second must be at least 1, not {this.options.Video.TokensPerSecond}", nameof(options));
+            Encoder = new FrameEncoder(vision, model, this.options.Video);
+        }
         if (this.options.PrefillChunk < 1 || this.options.MaxBatchRows < this.options.PrefillChunk)
             throw new ArgumentException($"prefill chunk {this.options.PrefillChunk} must be at least 1 and at most the batch's {this.options.MaxBatchRows} rows");
         var c = model.Config;
@@ -71,6 +86,12 @@ public sealed class InferenceEngine : IAsyncDisposable
     public DecoderModel Model => model;
     /// <summary>The batching and KV settings the engine was created with.</summary>
     public EngineOptions Options => options;
+
+    /// <summary>The vision model sessions encode images and frames with; null for a text-only engine.</summary>
+    public VisionModel? Vision => Encoder?.Vision;
+
+    /// <summary>The vision half (null for a text-only engine).</summary>
+    internal FrameEncoder? Encoder { get; }
 
     /// <summary>KV memory now, all sessions together.</summary>
     public KvMemory Memory => new(store.HotBytes, store.ColdBytes, store.HotBudgetBytes, store.PageCount, store.SequenceCount);

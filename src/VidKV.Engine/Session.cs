@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using System.Threading.Channels;
 using VidKV.Cache;
+using VidKV.Formats;
 using VidKV.Models;
 
 namespace VidKV.Engine;
@@ -17,23 +18,50 @@ public sealed record AskOptions
 
 /// <summary>
 /// One stream a model watches or reads, inside an <see cref="InferenceEngine"/>: what is appended (text, token ids,
-/// embedding rows such as image or video tokens) goes into the session's KV sequence, in order, chunk by chunk
-/// between the engine's other work; a question (<see cref="AskAsync"/>) is answered on a copy-on-write fork of what
-/// the session holds when the question starts, so appending goes on while it is answered and the question's own
-/// tokens go away with it. Dispose gives the session's pages back.
+/// embedding rows, images, video frames) goes into the session's KV sequence, in call order, chunk by chunk between
+/// the engine's other work; a question (<see cref="AskAsync"/>) is answered on a copy-on-write fork of what the session
+/// holds when the question starts (at the end of the append being ingested then), so appending goes on while it is
+/// answered and the question's own tokens go away with it. Dispose gives the session's pages back.
+/// <para>
+/// Positions: without M-RoPE a row's position is its place in the sequence. With M-RoPE (Qwen2-VL) an image or a
+/// video's temporal patches take a grid of positions that advances the sequence by less than their rows, so the
+/// session keeps its next position (<see cref="NextPosition"/>) apart from its row count (<see cref="Length"/>), in
+/// one place that appends and questions' forks share; see <see cref="SequencePositions"/>.
+/// </para>
+/// <para>
+/// Video (needs the engine's vision model): frames go in one by one, each its own incremental prefill, in the family's
+/// format (<see cref="VideoLayout"/> lists them with their sources) or VideoLLM-online's brackets
+/// (<see cref="VideoOptions.Format"/>). Frames form a segment, which the family's closing rows end: at the end of each
+/// <see cref="AppendVideoAsync"/>, at <see cref="EndVideoSegmentAsync"/>, before the next text or image; a question
+/// asked while a segment is open gets the closing rows on its fork only, so it reads the video so far as a whole
+/// video while the session's segment goes on. Each frame's visual rows carry its session frame id (0, 1, …; one per
+/// Qwen-VL frame pair) into the KV store, and <see cref="FrameTimestamp"/> maps ids back to stream time.
+/// </para>
 /// </summary>
 public sealed class Session : IAsyncDisposable
 {
+    /// <summary>Frames <see cref="AppendVideoAsync"/> keeps queued ahead of the one being prefilled (encoding overlaps prefill; no more buffering).</summary>
+    const int FramesAhead = 2;
+
     readonly InferenceEngine engine;
     readonly Ingest ingest;
+    readonly SemaphoreSlim order = new(1, 1); // appends queue in call order; frames encode one at a time
     PagedKvCache? cache;
     int appendCalls;
     bool disposed;
+    PreparedFrame? pendingFrame; // Qwen-VL: a frame waiting for its partner (under order)
+    // Loop thread.
+    readonly SequencePositions positions;
+    readonly VideoLayout? layout;
+    readonly List<TimeSpan> frameTimes = []; // by frame id; locked for readers
+    int nextPosition;
 
     internal Session(InferenceEngine engine)
     {
         this.engine = engine;
         ingest = new Ingest(this);
+        positions = new SequencePositions(engine.Model.PositionComponents);
+        if (engine.Encoder is { } encoder) layout = new VideoLayout(engine.Model, encoder.Vision, engine.Options.Video);
         engine.Post(() =>
         {
             cache = engine.CreateCache();
@@ -41,30 +69,56 @@ public sealed class Session : IAsyncDisposable
         });
     }
 
-    /// <summary>Positions in the session's KV sequence so far (what questions see).</summary>
+    /// <summary>Rows in the session's KV sequence so far (what questions see).</summary>
     public int Length => cache?.Length ?? 0;
+
+    /// <summary>The position the session's next text row takes: <see cref="Length"/>, or less under M-RoPE after images and video.</summary>
+    public int NextPosition => Volatile.Read(ref nextPosition);
+
+    /// <summary>Video frame units in the session so far (frames; Qwen-VL frame pairs), which is the next frame id.</summary>
+    public int FrameCount
+    {
+        get { lock (frameTimes) return frameTimes.Count; }
+    }
+
+    /// <summary>The stream timestamp of frame <paramref name="frameId"/> (a pair's first frame), or null for an id not (yet) given.</summary>
+    public TimeSpan? FrameTimestamp(int frameId)
+    {
+        lock (frameTimes) return (uint)frameId < (uint)frameTimes.Count ? frameTimes[frameId] : null;
+    }
 
     internal PagedKvCache Cache => cache ?? throw new InvalidOperationException("the session's cache is not created yet");
 
+    /// <summary>Every row the session sends to the model, with its position and frame id, when set (tests and tools; loop thread).</summary>
+    internal List<SessionRow>? Record { get; set; }
+    /// <summary>Whether each append's last row computes logits, kept in <see cref="LastLogits"/> (the hook proactive mode needs).</summary>
+    internal bool KeepLogits { get; set; }
+    /// <summary>The logits after the last completed append, when <see cref="KeepLogits"/>.</summary>
+    internal float[]? LastLogits { get; private set; }
+
     /// <summary>
-    /// Appends text (tokenised with the model's vocabulary, special tokens parsed; the session's first text gets the
-    /// vocabulary's BOS when it wants one). Completes once every token is in the session's KV.
+    /// Appends text (tokenised with the model's vocabulary, special tokens parsed; the session's first append gets the
+    /// vocabulary's BOS when it wants one), after the closing rows of an open video segment. Completes once every token
+    /// is in the session's KV.
     /// </summary>
     public Task AppendAsync(string text, CancellationToken cancellation = default)
     {
         bool first = Interlocked.Increment(ref appendCalls) == 1;
-        var ids = engine.Model.Tokenizer.Encode(text, addSpecial: first, parseSpecial: true);
-        return AppendTokensAsync(ids.ToArray(), cancellation);
+        var ids = engine.Model.Tokenizer.Encode(text, addSpecial: first, parseSpecial: true).ToArray();
+        return Ordered(async () => Both(await FlushPendingFrame(cancellation).ConfigureAwait(false),
+            Queue(new Append(AppendKind.Closing, [RowRun.Text(ids)]), cancellation)), cancellation);
     }
 
-    /// <summary>Appends token ids as they are.</summary>
+    /// <summary>Appends token ids as they are (an open video segment stays open).</summary>
     public Task AppendTokensAsync(ReadOnlyMemory<int> tokens, CancellationToken cancellation = default)
     {
         int vocab = engine.Model.Config.VocabSize;
         foreach (int t in tokens.Span)
             if ((uint)t >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary of {vocab}");
         Interlocked.Increment(ref appendCalls);
-        return Queue(new Append(tokens, default, -1), cancellation);
+        var ids = tokens.ToArray();
+        return Ordered(async () => Both(await FlushPendingFrame(cancellation).ConfigureAwait(false),
+            Queue(new Append(AppendKind.Raw, [RowRun.Text(ids)]), cancellation)), cancellation);
     }
 
     /// <summary>
@@ -77,13 +131,156 @@ public sealed class Session : IAsyncDisposable
         if (rows.Length == 0 || rows.Length % e != 0)
             throw new ArgumentException($"embedding rows must be a whole number of {e}-float rows (the model's embedding length), not {rows.Length} floats", nameof(rows));
         Interlocked.Increment(ref appendCalls);
-        return Queue(new Append(default, rows, frameId), cancellation);
+        var copy = rows.ToArray();
+        return Ordered(async () => Both(await FlushPendingFrame(cancellation).ConfigureAwait(false),
+            Queue(new Append(AppendKind.Raw, [RowRun.Embeddings(copy, e, frameId)]), cancellation)), cancellation);
     }
 
     /// <summary>Appends each piece of text as <paramref name="source"/> yields it (a live transcript, a slow reader); completes when the source ends.</summary>
     public async Task AppendAsync(IAsyncEnumerable<string> source, CancellationToken cancellation = default)
     {
         await foreach (var text in source.WithCancellation(cancellation).ConfigureAwait(false)) await AppendAsync(text, cancellation).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Appends one image in llama.cpp's mtmd layout for the projector (<see cref="MediaPrompt"/>: LLaVA's entries back
+    /// to back, SmolVLM's slices and overview with their tokens, Qwen-VL's <c>&lt;|vision_start|&gt;</c> grid
+    /// <c>&lt;|vision_end|&gt;</c>, whose M-RoPE positions advance the session by max(columns, rows)), after the closing
+    /// rows of an open video segment. Completes once its rows are in the KV.
+    /// </summary>
+    public Task AppendImageAsync(RgbImage image, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        var encoder = RequireVision();
+        bool first = Interlocked.Increment(ref appendCalls) == 1;
+        return Ordered(async () =>
+        {
+            var flushed = await FlushPendingFrame(cancellation).ConfigureAwait(false);
+            var runs = await encoder.EncodeImageAsync(image, cancellation).ConfigureAwait(false);
+            if (first) runs.InsertRange(0, BosRuns());
+            return Both(flushed, Queue(new Append(AppendKind.Closing, runs), cancellation));
+        }, cancellation);
+    }
+
+    /// <summary>
+    /// Appends one video frame in the family's format (see <see cref="VideoLayout"/>): encoded at once, prefilled as its
+    /// own chunk, its visual rows tagged with the next frame id. Completes once the frame is in the KV — for Qwen-VL's
+    /// native format, whose frames go in pairs, a frame waiting for its partner completes when it is held.
+    /// </summary>
+    public async Task AppendFrameAsync(VideoFrame frame, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(frame);
+        var queued = await QueueFrameAsync(frame, cancellation).ConfigureAwait(false);
+        await queued.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Appends the frames of <paramref name="frames"/> as they come (<see cref="AppendFrameAsync"/> each; the next frame
+    /// encodes while the last one is prefilled, at most a few ahead), then ends the segment (<see cref="EndVideoSegmentAsync"/>).
+    /// <paramref name="progress"/> hears of each frame once it is in the session. Cancelling stops reading frames;
+    /// the frames already in stay, and the segment stays open until the next append ends it.
+    /// </summary>
+    public async Task AppendVideoAsync(IAsyncEnumerable<VideoFrame> frames, IProgress<VideoProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(frames);
+        RequireVision();
+        var inFlight = new Queue<(Task Done, VideoFrame? Frame)>();
+        int count = 0;
+        async Task Settle()
+        {
+            var (done, frame) = inFlight.Dequeue();
+            await done.ConfigureAwait(false);
+            if (frame != null) progress?.Report(new VideoProgress(++count, frame.Timestamp, frame.Index));
+        }
+        await foreach (var frame in frames.WithCancellation(cancellation).ConfigureAwait(false))
+        {
+            inFlight.Enqueue((await QueueFrameAsync(frame, cancellation).ConfigureAwait(false), frame));
+            while (inFlight.Count > FramesAhead) await Settle().ConfigureAwait(false);
+        }
+        inFlight.Enqueue((await QueueEndAsync(cancellation).ConfigureAwait(false), null));
+        while (inFlight.Count > 0) await Settle().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Ends the open video segment: a Qwen-VL frame waiting for its partner goes in paired with itself, then the family's
+    /// closing rows (SmolVLM's <c>"\n\n"</c>, OneVision's newline row, <c>&lt;|vision_end|&gt;</c>, <c>]</c>). Nothing when no segment is open.
+    /// </summary>
+    public Task EndVideoSegmentAsync(CancellationToken cancellation = default) => QueueEndAsync(cancellation).Unwrap();
+
+    FrameEncoder RequireVision() => engine.Encoder
+        ?? throw new InvalidOperationException("this engine has no vision model: create it with the model's mmproj (new InferenceEngine(model, options, vision))");
+
+    /// <summary>Prepares, encodes and queues a frame in call order; the task it gives completes when the frame is in the KV.</summary>
+    async Task<Task> QueueFrameAsync(VideoFrame frame, CancellationToken cancellation)
+    {
+        var encoder = RequireVision();
+        var prepared = encoder.PrepareAsync(frame, cancellation); // resizing needs no order
+        await order.WaitAsync(cancellation).ConfigureAwait(false);
+        try
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            var next = await prepared.ConfigureAwait(false);
+            if (!encoder.PairsFrames) return await QueueUnit(encoder, next, null, cancellation).ConfigureAwait(false);
+            if (pendingFrame == null)
+            {
+                pendingFrame = next;
+                return Task.CompletedTask;
+            }
+            var waiting = pendingFrame;
+            pendingFrame = null;
+            if (waiting.Width == next.Width && waiting.Height == next.Height) return await QueueUnit(encoder, waiting, next, cancellation).ConfigureAwait(false);
+            // The frame size changed: the waiting frame goes alone (paired with itself); this one waits for its partner.
+            var alone = await QueueUnit(encoder, waiting, null, cancellation).ConfigureAwait(false);
+            pendingFrame = next;
+            return alone;
+        }
+        finally
+        {
+            order.Release();
+        }
+    }
+
+    async Task<Task> QueueUnit(FrameEncoder encoder, PreparedFrame first, PreparedFrame? second, CancellationToken cancellation)
+    {
+        var encoded = await encoder.EncodeAsync(first, second, cancellation).ConfigureAwait(false);
+        bool firstAppend = Interlocked.Increment(ref appendCalls) == 1;
+        return Queue(new Append(AppendKind.Frame, firstAppend ? BosRuns() : []) { Frame = encoded }, cancellation);
+    }
+
+    /// <summary>Under <see cref="order"/>: queues a Qwen-VL frame still waiting for its partner, paired with itself.</summary>
+    async Task<Task> FlushPendingFrame(CancellationToken cancellation)
+    {
+        if (pendingFrame == null || engine.Encoder is not { } encoder) return Task.CompletedTask;
+        var waiting = pendingFrame;
+        pendingFrame = null;
+        return await QueueUnit(encoder, waiting, null, cancellation).ConfigureAwait(false);
+    }
+
+    Task<Task> QueueEndAsync(CancellationToken cancellation) => OrderedOuter(async () =>
+        Both(await FlushPendingFrame(cancellation).ConfigureAwait(false), Queue(new Append(AppendKind.EndSegment, []), cancellation)), cancellation);
+
+    List<RowRun> BosRuns()
+    {
+        var vocabulary = engine.Model.Vocabulary;
+        return vocabulary.AddBos && vocabulary.BosId >= 0 ? [RowRun.Text([vocabulary.BosId])] : [];
+    }
+
+    static Task Both(Task first, Task second) => first.IsCompletedSuccessfully ? second : Task.WhenAll(first, second);
+
+    /// <summary>Runs <paramref name="queue"/> after every earlier append has queued (at once when none waits) and gives the task of what it queued.</summary>
+    Task Ordered(Func<Task<Task>> queue, CancellationToken cancellation) => OrderedOuter(queue, cancellation).Unwrap();
+
+    async Task<Task> OrderedOuter(Func<Task<Task>> queue, CancellationToken cancellation)
+    {
+        await order.WaitAsync(cancellation).ConfigureAwait(false);
+        try
+        {
+            return await queue().ConfigureAwait(false);
+        }
+        finally
+        {
+            order.Release();
+        }
     }
 
     Task Queue(Append append, CancellationToken cancellation)
@@ -97,9 +294,11 @@ public sealed class Session : IAsyncDisposable
 
     /// <summary>
     /// Asks a question about what the session holds now and streams the answer as text pieces (whole UTF-8 characters),
-    /// generated on a fork of the session's KV while appending goes on. <paramref name="prompt"/> is appended to the fork
-    /// as it is (format it with the model's chat template if it has one). Cancelling, or leaving the enumeration early,
-    /// stops the answer and frees its pages.
+    /// generated on a fork of the session's KV while appending goes on. The fork is taken between appends (an append
+    /// part way in, such as a frame, finishes first); an open video segment gets its closing rows on the fork only, then
+    /// <paramref name="prompt"/> goes in as it is (format it with the model's chat template if it has one), at positions
+    /// going on from the session's. The frames' timestamps are in the prompt where the family's format has them, so an
+    /// answer can say when things happened. Cancelling, or leaving the enumeration early, stops the answer and frees its pages.
     /// </summary>
     public async IAsyncEnumerable<string> AskAsync(string prompt, AskOptions? options = null, [EnumeratorCancellation] CancellationToken cancellation = default)
     {
@@ -153,25 +352,60 @@ public sealed class Session : IAsyncDisposable
         catch (ObjectDisposedException) { } // the engine went first and took the KV with it
     }
 
-    sealed class Append(ReadOnlyMemory<int> tokens, ReadOnlyMemory<float> embeddings, int frameId)
+    /// <summary>What an append is, for the video segment: raw rows, rows that end an open segment first, a frame unit, the segment's end.</summary>
+    enum AppendKind { Raw, Closing, Frame, EndSegment }
+
+    /// <summary>One append: its runs (known when queued, or laid out on the loop when it starts: frames and segment ends).</summary>
+    sealed class Append(AppendKind kind, List<RowRun> runs)
     {
-        public ReadOnlyMemory<int> Tokens = tokens;
-        public ReadOnlyMemory<float> Embeddings = embeddings;
-        public int FrameId = frameId;
-        public int Done_;
+        public readonly AppendKind Kind = kind;
+        public readonly List<RowRun> Runs = runs;
+        public EncodedFrame? Frame;
+        public RowCursor? Cursor; // set when it starts
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public CancellationTokenRegistration Registration;
+    }
+
+    /// <summary>On the loop thread, when an append starts: its runs with the video segment's (frames, ends) around them.</summary>
+    List<RowRun> LayOut(Append append)
+    {
+        var runs = new List<RowRun>();
+        if (append.Kind == AppendKind.Closing && layout is { IsOpen: true }) runs.AddRange(layout.Close(end: true));
+        runs.AddRange(append.Runs);
+        if (append.Kind == AppendKind.Frame && layout != null)
+        {
+            int id;
+            lock (frameTimes)
+            {
+                id = frameTimes.Count;
+                frameTimes.Add(append.Frame!.Timestamp);
+            }
+            runs.AddRange(layout.Frame(append.Frame!, id));
+        }
+        if (append.Kind == AppendKind.EndSegment && layout is { IsOpen: true }) runs.AddRange(layout.Close(end: true));
+        return runs;
     }
 
     /// <summary>The session's appends, in order, a chunk per step (one ingest per session, so its rows stay one run).</summary>
     sealed class Ingest(Session session) : Work
     {
         readonly Queue<Append> queue = new();
+        readonly List<Action> atBoundary = [];
         bool closed;
 
         public override KvCache Cache => session.Cache;
         public override bool IsFinished => closed;
         public override bool HasPendingRows => queue.Count > 0;
+
+        /// <summary>Whether an append is part way in (a fork now would see half of it).</summary>
+        public bool MidAppend => queue.TryPeek(out var append) && append.Cursor is { Done: > 0 };
+
+        /// <summary>Runs <paramref name="action"/> (posted to the loop) once no append is part way in.</summary>
+        public void AtBoundary(Action action)
+        {
+            if (MidAppend && !closed) atBoundary.Add(action);
+            else session.engine.Post(action);
+        }
 
         public void Add(Append append)
         {
@@ -182,7 +416,7 @@ public sealed class Session : IAsyncDisposable
         public void Cancel(Append append, CancellationToken cancellation)
         {
             // Only an append not yet started can leave the queue whole; one half-ingested stays in (the KV is in order).
-            if (append.Done_ > 0 || !queue.Contains(append)) return;
+            if (append.Cursor != null || !queue.Contains(append)) return;
             var rest = queue.Where(a => a != append).ToList();
             queue.Clear();
             foreach (var a in rest) queue.Enqueue(a);
@@ -191,50 +425,55 @@ public sealed class Session : IAsyncDisposable
 
         public override int AddRows(DecoderBatch batch, int sequence, int most)
         {
-            var append = queue.Peek();
-            int e = batch.EmbeddingLength;
-            if (!append.Tokens.IsEmpty)
+            while (queue.TryPeek(out var append))
             {
-                var tokens = append.Tokens.Span;
-                int n = Math.Min(most, tokens.Length - append.Done_);
-                for (int i = 0; i < n; i++) batch.AddToken(tokens[append.Done_ + i], sequence, frame: append.FrameId);
-                return n;
+                append.Cursor ??= new RowCursor(session.LayOut(append));
+                if (append.Cursor.Total > 0)
+                    return append.Cursor.AddRows(batch, session.positions, sequence, most, session.KeepLogits, session.Record);
+                Complete(queue.Dequeue()); // nothing to add (a segment end with no segment open)
             }
-            var rows = append.Embeddings.Span;
-            int count = Math.Min(most, rows.Length / e - append.Done_);
-            for (int i = 0; i < count; i++) batch.AddEmbedding(rows.Slice((append.Done_ + i) * e, e), sequence, frame: append.FrameId);
-            return count;
+            return 0;
         }
 
         public override void Advance(int rows, ReadOnlySpan<float> logits)
         {
             var append = queue.Peek();
-            append.Done_ += rows;
-            int total = append.Tokens.IsEmpty ? append.Embeddings.Length / session.engine.Model.Config.EmbeddingLength : append.Tokens.Length;
-            if (append.Done_ < total) return;
+            append.Cursor!.Advance(rows);
+            Volatile.Write(ref session.nextPosition, session.positions.Next);
+            if (!append.Cursor.Finished) return;
             queue.Dequeue();
+            if (session.KeepLogits && !logits.IsEmpty) session.LastLogits = logits.ToArray();
+            Complete(append);
+        }
+
+        void Complete(Append append, Exception? error = null)
+        {
             append.Registration.Dispose();
-            append.Done.TrySetResult();
+            if (error == null) append.Done.TrySetResult();
+            else append.Done.TrySetException(error);
+            foreach (var action in atBoundary) session.engine.Post(action);
+            atBoundary.Clear();
         }
 
         public override void Fail(Exception error)
         {
             // The failed chunk did not run: the append fails, later ones still go in.
-            if (queue.TryDequeue(out var append))
-            {
-                append.Registration.Dispose();
-                append.Done.TrySetException(error);
-            }
+            if (queue.TryDequeue(out var append)) Complete(append, error);
         }
 
         public void Close()
         {
             closed = true;
             while (queue.TryDequeue(out var append)) append.Done.TrySetException(new ObjectDisposedException(nameof(Session)));
+            foreach (var action in atBoundary) session.engine.Post(action);
+            atBoundary.Clear();
         }
     }
 
-    /// <summary>One answer: the prompt in chunks on a fork of the session's KV, then a token per step until the end or the limit.</summary>
+    /// <summary>
+    /// One answer: on a fork of the session's KV (taken between appends), the closing rows of an open video segment and
+    /// the prompt in chunks, then a token per step until the end or the limit, at positions going on from the session's.
+    /// </summary>
     sealed class Answer(InferenceEngine engine, Session session, int[] prompt, AskOptions options) : Work
     {
         readonly Channel<string> output = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
@@ -243,7 +482,10 @@ public sealed class Session : IAsyncDisposable
         readonly Decoder utf8 = Encoding.UTF8.GetDecoder();
         char[] chars = new char[16];
         PagedKvCache? fork;
-        int promptDone, generated, next = -1;
+        SequencePositions? positions;
+        RowCursor? promptRows;
+        RowRun? nextRow;
+        int generated;
         bool finished;
 
         public ChannelReader<string> Output => output.Reader;
@@ -252,14 +494,26 @@ public sealed class Session : IAsyncDisposable
         public Task Ended => ended.Task;
         public override KvCache Cache => fork!;
         public override bool IsFinished => finished;
-        public override bool IsDecoding => !finished && next >= 0;
-        public override bool HasPendingRows => !finished && promptDone < prompt.Length;
+        public override bool IsDecoding => !finished && nextRow != null;
+        public override bool HasPendingRows => !finished && promptRows is { Finished: false };
 
-        /// <summary>On the loop thread: fork the session as it is now and join the loop.</summary>
+        /// <summary>On the loop thread: fork the session as it is at the end of the append being ingested and join the loop.</summary>
         public void Begin()
         {
             if (finished) return;
-            try { fork = engine.Fork(session.Cache); }
+            if (session.ingest.MidAppend)
+            {
+                session.ingest.AtBoundary(Begin);
+                return;
+            }
+            try
+            {
+                fork = engine.Fork(session.Cache);
+                positions = session.positions.Clone();
+                var runs = session.layout?.Close(end: false) ?? new List<RowRun>();
+                runs.Add(RowRun.Text(prompt));
+                promptRows = new RowCursor(runs);
+            }
             catch (Exception e)
             {
                 Fail(e);
@@ -270,22 +524,25 @@ public sealed class Session : IAsyncDisposable
 
         public override int AddRows(DecoderBatch batch, int sequence, int most)
         {
-            if (next >= 0)
+            if (nextRow != null)
             {
-                batch.AddToken(next, sequence, logits: true);
+                if (!nextRow.Begun)
+                {
+                    positions!.Begin(nextRow);
+                    nextRow.Begun = true;
+                }
+                positions!.Add(batch, nextRow, 0, sequence, logits: true);
                 return 1;
             }
-            int n = Math.Min(most, prompt.Length - promptDone);
-            for (int i = 0; i < n; i++) batch.AddToken(prompt[promptDone + i], sequence, logits: promptDone + i == prompt.Length - 1);
-            return n;
+            return promptRows!.AddRows(batch, positions!, sequence, most, lastLogits: true, record: null);
         }
 
         public override void Advance(int rows, ReadOnlySpan<float> logits)
         {
-            if (next < 0)
+            if (nextRow == null)
             {
-                promptDone += rows;
-                if (promptDone < prompt.Length) return;
+                promptRows!.Advance(rows);
+                if (!promptRows.Finished) return;
             }
             int token = sampler.Sample(logits, history);
             history.Add(token);
@@ -293,7 +550,7 @@ public sealed class Session : IAsyncDisposable
             bool end = engine.Model.Vocabulary.IsEndOfGeneration(token);
             Emit(engine.Model.Tokenizer.TokenToPiece(token), flush: end || generated == options.MaxTokens);
             if (end || generated == options.MaxTokens) Complete(null);
-            else next = token;
+            else nextRow = RowRun.Text([token]);
         }
 
         void Emit(byte[] piece, bool flush)
