@@ -334,6 +334,64 @@ public sealed class Session : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Watches <paramref name="frames"/> and speaks up on its own (<see cref="ProactiveOptions"/>, VideoLLM-online): each
+    /// frame goes in (<see cref="AppendFrameAsync"/>), then the model's next-token distribution decides — if the silence
+    /// token's probability is below the threshold, a greedy comment is generated with that token zeroed, yielded with the
+    /// frame's timestamp, and appended to the session so later frames and questions see what was said. Ends the video
+    /// segment when the frames end. Questions may be asked meanwhile (<see cref="AskAsync"/>).
+    /// </summary>
+    public async IAsyncEnumerable<ProactiveComment> WatchAsync(IAsyncEnumerable<VideoFrame> frames, ProactiveOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(frames);
+        options ??= new ProactiveOptions();
+        int silence = SilenceToken(options);
+        KeepLogits = true;
+        await foreach (var frame in frames.WithCancellation(cancellation).ConfigureAwait(false))
+        {
+            int before = FrameCount;
+            await AppendFrameAsync(frame, cancellation).ConfigureAwait(false);
+            if (FrameCount == before) continue; // a Qwen-VL frame waiting for its partner: nothing went in yet
+            if (await CommentAfterAppendAsync(options, silence, FrameCount - 1, frame.Timestamp, cancellation).ConfigureAwait(false) is { } comment)
+                yield return comment;
+        }
+        await EndVideoSegmentAsync(cancellation).ConfigureAwait(false);
+    }
+
+    int SilenceToken(ProactiveOptions options)
+    {
+        if (options.MaxTokens < 1) throw new ArgumentOutOfRangeException(nameof(options), $"MaxTokens must be at least 1, not {options.MaxTokens}");
+        if (options.Threshold is < 0 or > 1 || float.IsNaN(options.Threshold)) throw new ArgumentOutOfRangeException(nameof(options), $"Threshold {options.Threshold} is not a probability");
+        var ids = engine.Model.Tokenizer.Encode(options.SilenceToken, addSpecial: false, parseSpecial: true);
+        if (ids.Count != 1) throw new ArgumentException($"the silence token '{options.SilenceToken}' is {ids.Count} tokens in this vocabulary, not one", nameof(options));
+        return ids[0];
+    }
+
+    /// <summary>
+    /// The proactive decision after the last append (its logits kept by <see cref="KeepLogits"/>): p(silence) from the
+    /// softmax of those logits; below the threshold, the comment (silence zeroed at its first step) and its tokens
+    /// appended to the session. Null when the model stays silent.
+    /// </summary>
+    internal async Task<ProactiveComment?> CommentAfterAppendAsync(ProactiveOptions options, int silence, int frameId, TimeSpan timestamp, CancellationToken cancellation)
+    {
+        var logits = LastLogits ?? throw new InvalidOperationException("no logits were kept for the last append (KeepLogits)");
+        float max = System.Numerics.Tensors.TensorPrimitives.Max(logits);
+        double sum = 0;
+        foreach (float l in logits) sum += Math.Exp(l - max);
+        float pSilence = (float)(Math.Exp(logits[silence] - max) / sum);
+        if (pSilence >= options.Threshold) return null;
+        var start = (float[])logits.Clone();
+        start[silence] = float.NegativeInfinity;
+        var answer = new Answer(engine, this, [], new AskOptions { MaxTokens = options.MaxTokens, Sampling = SamplingOptions.Greedy }, start);
+        engine.Post(answer.Begin);
+        var text = new StringBuilder();
+        await foreach (var piece in answer.Output.ReadAllAsync(cancellation).ConfigureAwait(false)) text.Append(piece);
+        await answer.Ended.ConfigureAwait(false);
+        await AppendTokensAsync(answer.Tokens.ToArray(), cancellation).ConfigureAwait(false); // what was said stays in the dialogue
+        return new ProactiveComment(frameId, timestamp, text.ToString(), pSilence);
+    }
+
     /// <summary>Stops pending appends (they fail with <see cref="ObjectDisposedException"/>) and gives the session's pages back; answers in flight keep their forks until they end.</summary>
     public async ValueTask DisposeAsync()
     {
@@ -474,8 +532,10 @@ public sealed class Session : IAsyncDisposable
     /// One answer: on a fork of the session's KV (taken between appends), the closing rows of an open video segment and
     /// the prompt in chunks, then a token per step until the end or the limit, at positions going on from the session's.
     /// </summary>
-    sealed class Answer(InferenceEngine engine, Session session, int[] prompt, AskOptions options) : Work
+    sealed class Answer(InferenceEngine engine, Session session, int[] prompt, AskOptions options, float[]? startLogits = null) : Work
     {
+        /// <summary>The answer's token ids (for a proactive comment, which then goes into the session).</summary>
+        public List<int> Tokens { get; } = [];
         readonly Channel<string> output = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         readonly Sampler sampler = new(options.Sampling);
         readonly List<int> history = [.. prompt];
@@ -510,9 +570,20 @@ public sealed class Session : IAsyncDisposable
             {
                 fork = engine.Fork(session.Cache);
                 positions = session.positions.Clone();
-                var runs = session.layout?.Close(end: false) ?? new List<RowRun>();
-                runs.Add(RowRun.Text(prompt));
-                promptRows = new RowCursor(runs);
+                if (startLogits != null)
+                {
+                    // A continuation right after the last append (a proactive comment): no closing rows, no prompt; the
+                    // first token comes from the logits that append left.
+                    promptRows = new RowCursor([]);
+                    Advance(0, startLogits);
+                    if (finished) return;
+                }
+                else
+                {
+                    var runs = session.layout?.Close(end: false) ?? new List<RowRun>();
+                    runs.Add(RowRun.Text(prompt));
+                    promptRows = new RowCursor(runs);
+                }
             }
             catch (Exception e)
             {
@@ -539,13 +610,14 @@ public sealed class Session : IAsyncDisposable
 
         public override void Advance(int rows, ReadOnlySpan<float> logits)
         {
-            if (nextRow == null)
+            if (nextRow == null && rows > 0)
             {
                 promptRows!.Advance(rows);
                 if (!promptRows.Finished) return;
             }
             int token = sampler.Sample(logits, history);
             history.Add(token);
+            Tokens.Add(token);
             generated++;
             bool end = engine.Model.Vocabulary.IsEndOfGeneration(token);
             Emit(engine.Model.Tokenizer.TokenToPiece(token), flush: end || generated == options.MaxTokens);
