@@ -18,5 +18,10 @@ internal static partial class KvPolicies
         SnapKvPolicy.Descriptor,
         H2OPolicy.Descriptor,
         KeyNormPolicy.Descriptor,
+        QuickPrefillPolicy.Descriptor,
+        VideoScanPolicy.Descriptor,
+        InfiniPotVPolicy.Descriptor,
+        LiveVlmPolicy.Descriptor,
+        ReSvPolicy.Descriptor,
     ];
 }

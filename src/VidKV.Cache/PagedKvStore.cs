@@ -335,23 +335,55 @@ public sealed unsafe class PagedKvStore : IDisposable
     }
 
     /// <summary>All stored keys of a page as f32 ([Count, headDim]), from either tier.</summary>
-    public void ReadKeys(int page, Span<float> destination)
+    public void ReadKeys(int page, Span<float> destination) => ReadRows(page, values: false, destination);
+
+    /// <summary>All stored values of a page as f32 ([Count, headDim]), from either tier.</summary>
+    public void ReadValues(int page, Span<float> destination) => ReadRows(page, values: true, destination);
+
+    void ReadRows(int page, bool values, Span<float> destination)
     {
         byte* rows = ReadableRows(page);
         if (rows == null)
         {
             coldStaging ??= new byte[PageBytes];
             cold!.Read(coldSlotOf[page], coldStaging);
-            fixed (byte* s = coldStaging) ReadRows(s, page, destination);
+            fixed (byte* s = coldStaging) ReadRows(s, page, values, destination);
             return;
         }
-        ReadRows(rows, page, destination);
+        ReadRows(rows, page, values, destination);
     }
 
-    void ReadRows(byte* rows, int page, Span<float> destination)
+    void ReadRows(byte* rows, int page, bool values, Span<float> destination)
     {
+        var type = values ? options.ValueType : options.KeyType;
+        int rowBytes = values ? valueRow : keyRow;
+        if (values) rows += (long)options.PageSize * keyRow;
         for (int j = 0; j < count[page]; j++)
-            Dequantize.Row(options.KeyType, new ReadOnlySpan<byte>(rows + (long)j * keyRow, keyRow), destination.Slice(j * d, d));
+            Dequantize.Row(type, new ReadOnlySpan<byte>(rows + (long)j * rowBytes, rowBytes), destination.Slice(j * d, d));
+    }
+
+    /// <summary>
+    /// Overwrites the key and value of row <paramref name="row"/> of page <paramref name="index"/> of
+    /// <paramref name="table"/> (headDim f32 each), keeping its position and frame id: a merging reducer's
+    /// representative row (VideoScan's carrier). A shared or cold page is made the table's own and hot first
+    /// (<see cref="MakeOwn"/>); the row's SimHash and the page's digests are recomputed, and a clean cold copy is
+    /// dropped (it is stale now).
+    /// </summary>
+    public void WriteRow(PageTable table, int index, int row, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
+    {
+        int page = MakeOwn(table, index);
+        if ((uint)row >= (uint)count[page]) throw new ArgumentOutOfRangeException(nameof(row), $"page {page} holds {count[page]} rows, not {row + 1}");
+        byte* slot = HotSlotPointer(HotSlot(page));
+        Quantize.Row(options.KeyType, key[..d], new Span<byte>(slot + (long)row * keyRow, keyRow));
+        Quantize.Row(options.ValueType, value[..d], new Span<byte>(slot + (long)options.PageSize * keyRow + (long)row * valueRow, valueRow));
+        if ((metadata & KvMetadata.SimHash) != 0)
+        {
+            Dequantize.Row(options.KeyType, new ReadOnlySpan<byte>(slot + (long)row * keyRow, keyRow), rowScratch);
+            hashes[page * options.PageSize + row] = SimHash(rowScratch);
+        }
+        if (coldSlotOf[page] >= 0) { cold!.Free(coldSlotOf[page]); coldSlotOf[page] = -1; }
+        table.Edited();
+        RebuildDigest(page);
     }
 
     /// <summary>One stored key as f32.</summary>

@@ -180,7 +180,9 @@ public class KvCacheTests
                     Assert.True(stored.Order().TakeLast(free.Recent).ToHashSet().IsSubsetOf(selected), $"{where}: recent tokens not read");
                     Assert.InRange(selected.Count, 1, free.Budget + 2 * store.PageSize);
                     break;
-                case FullPolicy or SinkWindowPolicy or QuestPolicy or FreeKvPolicy or SnapKvPolicy or H2OPolicy or KeyNormPolicy or DuoAttentionPolicy:
+                // The frame reducers and retrievers have nothing to reduce or choose in text: everything stored is read.
+                case FullPolicy or SinkWindowPolicy or QuestPolicy or FreeKvPolicy or SnapKvPolicy or H2OPolicy or KeyNormPolicy or DuoAttentionPolicy
+                    or QuickPrefillPolicy or VideoScanPolicy or InfiniPotVPolicy or LiveVlmPolicy or ReSvPolicy:
                     Assert.Equal(tokensStored, selected.Count);
                     break;
             }

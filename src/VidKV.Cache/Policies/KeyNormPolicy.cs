@@ -1,8 +1,9 @@
 namespace VidKV.Cache;
 
 /// <summary>
-/// The key-norm reducer of QuickPrefill (QuickVideo, Tang et al., 2025), after Devoto et al., "A Simple and Effective
-/// L2 Norm-Based Strategy for KV Cache Compression" (EMNLP 2024): after each group of at least <see cref="MinGroup"/>
+/// The key-norm reducer of Devoto et al., "A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression"
+/// (EMNLP 2024), the rule QuickPrefill (<see cref="QuickPrefillPolicy"/>) applies per group of frames, here applied per
+/// appended chunk: after each group of at least <see cref="MinGroup"/>
 /// tokens is appended (a group of frames, a prompt chunk), keep the ⌈<see cref="Ratio"/> · n⌉ of its n tokens whose
 /// keys have the smallest L2 norm averaged over the layer's KV heads — one selection shared by every head of the layer —
 /// and drop the rest. Low-norm keys are the ones attention concentrates on (value norm scores much worse). Single
@@ -16,7 +17,7 @@ namespace VidKV.Cache;
 internal sealed class KeyNormPolicy : KvPolicy
 {
     public static readonly KvPolicyDescriptor Descriptor = new("keynorm",
-        "QuickPrefill (Tang et al., 2025; Devoto et al., EMNLP 2024): of each appended group keep the tokens with the smallest key norm, shared by the layer's heads",
+        "Key norm (Devoto et al., EMNLP 2024; QuickPrefill's rule per appended chunk): of each appended group keep the tokens with the smallest key norm, shared by the layer's heads",
         [
             KvPolicyOption.Float("ratio", 0.5f, "share of each group kept"),
             KvPolicyOption.Int("group", 2, "smallest appended group reduced (single decode tokens always stay)"),

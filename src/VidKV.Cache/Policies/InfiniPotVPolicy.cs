@@ -1,0 +1,186 @@
+using System.Numerics.Tensors;
+
+namespace VidKV.Cache;
+
+/// <summary>
+/// InfiniPot-V (Kim et al., "InfiniPot-V: Memory-Constrained KV Cache Compression for Streaming Video
+/// Understanding", 2025): a hard cap on the video KV of each head, held by compressing the oldest frames as the
+/// stream goes. After each step whose video rows (frame id ≥ 0) pass <see cref="Budget"/>, the newest frames — up to
+/// <see cref="Recent"/> of them, and only while together they fit the cap — stay whole as the reference; of the older
+/// video rows exactly budget − reference rows stay, chosen by the paper's two scores:
+/// <list type="bullet">
+/// <item>temporal redundancy (TaR): a row is redundant when a reference frame holds a similar key at the same spatial
+/// slot (its position minus its frame's first position; the encoder's raster order). Score −max cos(k, k_ref) over
+/// the reference frames; a slot no reference frame holds scores +1 (nothing repeats it).</item>
+/// <item>value norm (VaN): ‖v‖, the row's spatial importance.</item>
+/// </list>
+/// The ⌈<see cref="Alpha"/> · kept⌉ least redundant rows stay first, then the rest of the kept rows by the largest
+/// value norm (the paper combines the two; how the kept rows are split between them is open, α = 0.5 here). So after
+/// every step a head holds exactly min(video rows appended, budget) video rows. Text rows (prompt, questions,
+/// timestamps) are not counted against the cap and never evicted.
+/// </summary>
+internal sealed class InfiniPotVPolicy : KvPolicy
+{
+    public static readonly KvPolicyDescriptor Descriptor = new("infinipotv",
+        "InfiniPot-V (Kim et al., 2025): a hard cap on each head's video tokens, kept by compressing older frames by temporal redundancy against the newest frames and value norm",
+        [
+            KvPolicyOption.Budget("video tokens kept per KV head (the hard cap)"),
+            KvPolicyOption.Int("recent", 4, "newest frames kept whole as the redundancy reference (while they fit the cap)"),
+            KvPolicyOption.Float("alpha", 0.5f, "share of the older frames' kept tokens chosen as least redundant; the rest by value norm"),
+        ],
+        a => new InfiniPotVPolicy(a.Int("budget"), a.Int("recent"), a.Float("alpha"))) { Example = "budget=100,recent=2,alpha=0.3125001" };
+
+    readonly FrameRows rows = new(), appended = new();
+    // Per layer: the first position of every frame seen (ascending), for the slot of rows whose frame lost its first row.
+    FrameTracker[] trackers = [];
+    List<(int Position, int Frame)>[] starts = [];
+    long[] trackedStep = [];
+    int[] runFirst = [], runStart = [], runEnd = [], slot = [], candidateRow = [], picked = [], evict = [];
+    float[] tar = [], norms = [], scratch = [];
+    bool[] keep = [];
+
+    public InfiniPotVPolicy(int budget, int recent = 4, float alpha = 0.5f)
+    {
+        Budget = budget >= 1 ? budget : throw new ArgumentOutOfRangeException(nameof(budget), $"budget must be at least 1 token, not {budget}");
+        Recent = recent >= 0 ? recent : throw new ArgumentOutOfRangeException(nameof(recent), $"recent must be at least 0 frames, not {recent}");
+        Alpha = alpha is >= 0 and <= 1 ? alpha : throw new ArgumentOutOfRangeException(nameof(alpha), $"alpha must be in [0, 1], not {alpha}");
+    }
+
+    /// <summary>Video rows a head keeps (the hard cap).</summary>
+    public int Budget { get; }
+    /// <summary>Newest frames kept whole as the redundancy reference.</summary>
+    public int Recent { get; }
+    /// <summary>Share of the older frames' kept rows chosen by temporal redundancy; the rest by value norm.</summary>
+    public float Alpha { get; }
+    public override string Name => FormattableString.Invariant($"infinipotv:budget={Budget},recent={Recent},alpha={Alpha}");
+    public override bool ConcurrentSelect => true;
+
+    public override void Attach(KvSequence sequence)
+    {
+        base.Attach(sequence);
+        int layers = sequence.Store.LayerCount;
+        trackers = new FrameTracker[layers];
+        starts = new List<(int, int)>[layers];
+        for (int l = 0; l < layers; l++) { trackers[l] = new FrameTracker(); starts[l] = []; }
+        trackedStep = new long[layers];
+        trackedStep.AsSpan().Fill(-1);
+    }
+
+    public override void OnAppended(in KvStep step)
+    {
+        int layer = step.Layer;
+        if (trackedStep[layer] != step.StepIndex)
+        {
+            // Frame starts are the same in every head of the layer: note them once per step.
+            trackedStep[layer] = step.StepIndex;
+            appended.Gather(Store, step.Table, step.Position, int.MaxValue);
+            var tracker = trackers[layer];
+            for (int i = 0; i < appended.Count; i++)
+            {
+                int frame = appended.Frames[i];
+                bool opens = frame >= 0 && frame != tracker.Frame;
+                tracker.Add(appended.Positions[i], frame, out _);
+                if (opens) starts[layer].Add((appended.Positions[i], frame));
+            }
+        }
+        Compress(step, layer);
+    }
+
+    void Compress(in KvStep step, int layer)
+    {
+        var table = step.Table;
+        if (table.TokenCount <= Budget) return; // fewer rows than the cap, video or not
+        int d = Store.HeadDim;
+        rows.Gather(Store, table, 0, int.MaxValue, withKeys: true, withValues: true);
+        int n = rows.Count;
+        var positions = rows.Positions;
+        var frames = rows.Frames;
+        // Runs of video rows (frames), oldest first.
+        if (runStart.Length < n + 1) { runStart = new int[n + 1]; runEnd = new int[n + 1]; runFirst = new int[n + 1]; slot = new int[n]; }
+        int runs = 0, video = 0;
+        for (int i = 0; i < n; i++)
+        {
+            if (frames[i] < 0) continue;
+            video++;
+            if (runs == 0 || runEnd[runs - 1] != i || frames[i - 1] != frames[i])
+            {
+                runStart[runs] = i;
+                runFirst[runs] = FrameStart(layer, positions[i], frames[i]);
+                runs++;
+            }
+            runEnd[runs - 1] = i + 1;
+            slot[i] = positions[i] - runFirst[runs - 1];
+        }
+        if (video <= Budget) return;
+        // The newest frames stay whole as the reference, while they fit the cap.
+        int reference = 0, referenceRows = 0;
+        while (reference < Math.Min(Recent, runs) && referenceRows + RunRows(runs - 1 - reference) <= Budget)
+            referenceRows += RunRows(runs - 1 - reference++);
+        int firstReference = runs - reference, keepOld = Budget - referenceRows;
+        // Older video rows: the candidates, in row order.
+        if (tar.Length < n) { tar = new float[n]; norms = new float[n]; scratch = new float[n]; candidateRow = new int[n]; picked = new int[n]; evict = new int[n]; keep = new bool[n]; }
+        var keys = rows.Keys(d);
+        var values = rows.Values(d);
+        int candidates = 0;
+        for (int r = 0; r < firstReference; r++)
+            for (int i = runStart[r]; i < runEnd[r]; i++)
+            {
+                var k = keys.Slice(i * d, d);
+                float redundancy = float.NegativeInfinity;
+                for (int f = firstReference; f < runs; f++)
+                {
+                    // Reference frames are whole, so the slot is usually at its offset; search when it is not.
+                    int at = runStart[f] + slot[i] - slot[runStart[f]];
+                    if (at < runStart[f] || at >= runEnd[f] || slot[at] != slot[i]) at = FindSlot(f, slot[i]);
+                    if (at >= 0) redundancy = Math.Max(redundancy, TensorPrimitives.CosineSimilarity(k, keys.Slice(at * d, d)));
+                }
+                tar[candidates] = float.IsNegativeInfinity(redundancy) ? 1 : -redundancy;
+                norms[candidates] = TensorPrimitives.Norm(values.Slice(i * d, d));
+                candidateRow[candidates++] = i;
+            }
+        // The least redundant first, then the largest value norms among the rest.
+        var chosen = keep.AsSpan(0, candidates);
+        chosen.Clear();
+        int byRedundancy = Math.Min(keepOld, (int)Math.Ceiling(Alpha * keepOld - 1e-6));
+        int got = PageScoring.TopK(tar.AsSpan(0, candidates), byRedundancy, picked, scratch);
+        for (int i = 0; i < got; i++) { chosen[picked[i]] = true; norms[picked[i]] = float.NegativeInfinity; }
+        int byNorm = PageScoring.TopK(norms.AsSpan(0, candidates), keepOld - got, picked, scratch);
+        for (int i = 0; i < byNorm; i++) chosen[picked[i]] = true;
+        int count = 0;
+        for (int c = 0; c < candidates; c++)
+            if (!chosen[c]) evict[count++] = positions[candidateRow[c]]; // ascending, as the candidates are
+        FrameRows.Evict(Store, table, evict.AsSpan(0, count));
+
+        int RunRows(int r) => runEnd[r] - runStart[r];
+
+        int FindSlot(int run, int wanted)
+        {
+            for (int i = runStart[run]; i < runEnd[run]; i++)
+                if (slot[i] == wanted) return i;
+            return -1;
+        }
+    }
+
+    /// <summary>The first position of the frame of the row at <paramref name="position"/> (as appended), or the position itself when unknown.</summary>
+    int FrameStart(int layer, int position, int frame)
+    {
+        var list = starts[layer];
+        int lo = 0, hi = list.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) / 2;
+            if (list[mid].Position <= position) lo = mid + 1; else hi = mid;
+        }
+        return lo > 0 && list[lo - 1].Frame == frame ? list[lo - 1].Position : position;
+    }
+
+    public override void OnTruncated(int length)
+    {
+        for (int l = 0; l < trackers.Length; l++)
+        {
+            trackers[l].Truncate(length);
+            starts[l].RemoveAll(s => s.Position >= length);
+            trackedStep[l] = -1;
+        }
+    }
+}
