@@ -16,6 +16,7 @@ namespace VidKV.Cli
             ModelCommands.Create(),
             KvCommands.Create(),
             BenchCommand.Create(),
+            WatchCommand.Create(),
         };
     }
 }

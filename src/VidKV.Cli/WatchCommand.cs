@@ -1,0 +1,167 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using VidKV.Cache;
+using VidKV.Engine;
+using VidKV.Formats;
+using VidKV.Models;
+using VidKV.Video;
+
+namespace VidKV.Cli;
+
+/// <summary>
+/// <c>vidkv watch</c>: a vision-language model watches a video (file, URL, camera, image folder) frame by frame into a
+/// bounded session; questions typed while it plays (or given with <c>--ask</c>) are answered on forks as ingestion
+/// goes on, and with <c>--proactive</c> the model comments on its own. With no source it makes a short demo video with
+/// ffmpeg and runs the whole path on a random-weight SmolVLM2-shaped pair it writes itself.
+/// </summary>
+static class WatchCommand
+{
+    public static Command Create()
+    {
+        var source = new Argument<string?>("source") { Description = "Video file, URL (rtsp://, http://, HLS…), camera:/dev/videoN, or an image folder. None: a demo video made with ffmpeg.", Arity = ArgumentArity.ZeroOrOne };
+        var model = CommonOptions.Model(required: false);
+        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m (not needed for a Hugging Face VLM folder)." };
+        var fps = new Option<double>("--fps") { Description = "Frames per second to sample from the stream.", DefaultValueFactory = _ => 1.0 };
+        var maxFrames = new Option<int?>("--max-frames") { Description = "Stop after this many frames." };
+        var start = new Option<double?>("--start") { Description = "Start at this stream time (seconds)." };
+        var end = new Option<double?>("--end") { Description = "Stop at this stream time (seconds)." };
+        var policy = new Option<string?>("--policy") { Description = PolicyDocs.SpecHelp("KV policy spec that keeps the session bounded (e.g. quickprefill+freekv); default full (grows with the video).") };
+        var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policy." };
+        var ask = new Option<string[]>("--ask") { Description = "A question asked once the video has been watched (repeatable); questions typed on stdin are asked while it plays." };
+        var proactive = new Option<bool>("--proactive") { Description = "Let the model comment on its own (VideoLLM-online): after each frame, when p(silence token) < --threshold." };
+        var silence = new Option<string>("--silence-token") { Description = "The token meaning \"no comment\" for --proactive.", DefaultValueFactory = _ => "," };
+        var threshold = new Option<float>("--threshold") { Description = "--proactive speaks when p(silence) falls below this.", DefaultValueFactory = _ => 0.725f };
+        var brackets = new Option<bool>("--brackets") { Description = "Lay frames out as VideoLLM-online's [ frame, frame, … ] instead of the model family's own video format." };
+        var predict = new Option<int>("--n-predict", "-n") { Description = "Most tokens per answer.", DefaultValueFactory = _ => 128 };
+        var threads = CommonOptions.Threads();
+        var command = new Command("watch", "Watch a video with a vision-language model: bounded memory, questions while it plays, comments on its own.")
+        {
+            source,
+        };
+        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, ask, proactive, silence, threshold, brackets, predict, threads);
+        command.SetAction(r => Run(r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
+        {
+            Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames),
+            Start = r.GetValue(start) is double s ? TimeSpan.FromSeconds(s) : null, End = r.GetValue(end) is double e ? TimeSpan.FromSeconds(e) : null,
+        }, r.GetValue(policy), r.GetValue(budget), r.GetValue(ask) ?? [], r.GetValue(proactive) ? new ProactiveOptions { SilenceToken = r.GetValue(silence)!, Threshold = r.GetValue(threshold) } : null,
+            r.GetValue(brackets), r.GetValue(predict), r.GetValue(threads)).GetAwaiter().GetResult());
+        return command;
+    }
+
+    static async Task<int> Run(string? source, string? modelPath, string? mmprojPath, FrameSampling sampling, string? policy, int? budget,
+        string[] questions, ProactiveOptions? proactive, bool brackets, int maxTokens, int threads)
+    {
+        Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
+        var log = Console.Error;
+        sampling.Validate();
+        if (modelPath == null)
+        {
+            (modelPath, mmprojPath) = DefaultPair(log);
+            if (source == null) sampling = sampling with { MaxFrames = sampling.MaxFrames ?? 8 };
+        }
+        mmprojPath ??= Directory.Exists(modelPath) ? modelPath : throw new ArgumentException("watch needs --mmproj: the vision projector (mmproj GGUF) that goes with -m");
+        source ??= DemoVideo(log);
+
+        var kv = new KvCacheConfig { Default = policy ?? "full", Budget = budget };
+        kv.ValidateSpecs();
+        using var text = ModelLoader.Load(modelPath);
+        using var vision = VisionModel.Load(mmprojPath);
+        await using var frames = Directory.Exists(source) ? (IFrameSource)new ImageFolderSource(source, sampling.Fps ?? 1, sampling) : new FfmpegSource(source, sampling);
+        await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = new VideoOptions { Format = brackets ? VideoFormat.FrameBrackets : VideoFormat.Native } }, vision);
+        await using var session = engine.CreateSession();
+        log.WriteLine($"watching {frames.Name} with {Path.GetFileName(modelPath)} + {Path.GetFileName(mmprojPath)} ({vision.Config.Projector}), KV policy {kv.Default}");
+
+        var clock = Stopwatch.StartNew();
+        using var stop = new CancellationTokenSource();
+        var typed = Console.IsInputRedirected ? Task.CompletedTask : Task.Run(() => AnswerTypedQuestions(session, maxTokens, stop.Token));
+        int count = 0;
+        void Status(VideoFrame frame)
+        {
+            count++;
+            var store = engine.Store;
+            double rate = count / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  frame {count} at {frame.Timestamp:mm\\:ss\\.f}: {rate:F2} frames/s, KV hot {store.HotBytes / 1048576.0:F1} MiB cold {store.ColdBytes / 1048576.0:F1} MiB, RSS {Environment.WorkingSet / 1048576.0:F0} MiB"));
+        }
+        if (proactive != null)
+        {
+            await foreach (var comment in session.WatchAsync(Tap(frames.ReadAsync(stop.Token), Status), proactive, stop.Token))
+                Console.WriteLine($"[{comment.Timestamp:mm\\:ss}] {comment.Text.Trim()}");
+        }
+        else
+        {
+            await session.AppendVideoAsync(Tap(frames.ReadAsync(stop.Token), Status), null, stop.Token);
+        }
+        foreach (string question in questions) await Answer(session, question, maxTokens, stop.Token);
+        stop.Cancel();
+        log.WriteLine($"watched {count} frames in {clock.Elapsed.TotalSeconds:F1} s");
+        return 0;
+    }
+
+    static async IAsyncEnumerable<VideoFrame> Tap(IAsyncEnumerable<VideoFrame> frames, Action<VideoFrame> seen)
+    {
+        await foreach (var frame in frames)
+        {
+            yield return frame;
+            seen(frame);
+        }
+    }
+
+    static async Task AnswerTypedQuestions(Session session, int maxTokens, CancellationToken cancellation)
+    {
+        while (!cancellation.IsCancellationRequested && await Console.In.ReadLineAsync(cancellation) is { } line)
+            if (line.Trim().Length > 0) await Answer(session, line.Trim(), maxTokens, cancellation);
+    }
+
+    static async Task Answer(Session session, string question, int maxTokens, CancellationToken cancellation)
+    {
+        Console.WriteLine($"Q: {question}");
+        Console.Write("A: ");
+        await foreach (var piece in session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = maxTokens }, cancellation)) Console.Write(piece);
+        Console.WriteLine();
+    }
+
+    /// <summary>The built-in default: a SmolVLM2-256M-shaped pair of RANDOM weights, written once to the cache folder.</summary>
+    static (string Text, string Projector) DefaultPair(TextWriter log)
+    {
+        string cache = Environment.GetEnvironmentVariable("VIDKV_CACHE") is { Length: > 0 } c ? c
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "vidkv");
+        string dir = Path.Combine(cache, "random-smolvlm2-256m-q8_0");
+        log.WriteLine("note: no -m given, so this watches with a SmolVLM2-256M-shaped model of RANDOM weights that VidKV wrote itself:");
+        log.WriteLine("      the whole path runs (decode, encode, prefill, answers) but what it says is GIBBERISH.");
+        log.WriteLine("      For real output: vidkv watch VIDEO -m model.gguf --mmproj mmproj.gguf");
+        string text = Path.Combine(dir, RandomVisionModel.TextFileName), projector = Path.Combine(dir, RandomVisionModel.ProjectorFileName);
+        if (!File.Exists(text) || !File.Exists(projector))
+        {
+            log.WriteLine($"      writing {dir} ...");
+            RandomVisionModel.Write(dir, RandomVisionShape.SmolVlm2_256M, Tensors.GgmlType.Q8_0);
+        }
+        return (text, projector);
+    }
+
+    /// <summary>A 10-second 320×240 test pattern (ffmpeg's testsrc2) in the temporary folder.</summary>
+    static string DemoVideo(TextWriter log)
+    {
+        string path = Path.Combine(Path.GetTempPath(), "vidkv-demo-testsrc2.mp4");
+        if (File.Exists(path)) return path;
+        log.WriteLine($"making a demo video with ffmpeg: {path}");
+        string partial = path + ".partial.mp4";
+        Process? ffmpeg;
+        try
+        {
+            ffmpeg = Process.Start(new ProcessStartInfo("ffmpeg", ["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=10", "-c:v", "libx264", "-pix_fmt", "yuv420p", partial])
+            { RedirectStandardError = true });
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            throw new VideoSourceException("demo video", "ffmpeg not found: install it with apt-get install -y ffmpeg", e);
+        }
+        if (ffmpeg == null) throw new VideoSourceException("demo video", "ffmpeg did not start");
+        string error = ffmpeg.StandardError.ReadToEnd();
+        ffmpeg.WaitForExit();
+        if (ffmpeg.ExitCode != 0) throw new VideoSourceException("demo video", $"ffmpeg failed: {error.Trim()}");
+        File.Move(partial, path, overwrite: true);
+        return path;
+    }
+}
