@@ -14,7 +14,10 @@ public sealed record QuickDecoderOptions
     public int Workers { get; init; } = Environment.ProcessorCount;
     /// <summary>Decoder threads in each worker's ffmpeg.</summary>
     public int ThreadsPerWorker { get; init; } = 1;
-    /// <summary>At most this many frames are held decoded ahead of the consumer (ffmpeg waits on its pipe past that).</summary>
+    /// <summary>At most this many frames are held decoded ahead of the consumer (ffmpeg waits on its pipe past that).
+    /// A worker can run only while its chunk's first frame is within this many frames of the consumer, so sampled
+    /// decoding (a few frames per keyframe interval) runs all workers at once, while decoding every frame of long GOPs
+    /// needs a window of about GOP length × workers to gain.</summary>
     public int MaxFramesAhead { get; init; } = 32;
     /// <summary>Keyframe intervals are merged into one chunk until it decodes at least this many frames (one ffmpeg start
     /// per chunk), while its delivered frames stay within <see cref="MaxFramesAhead"/> / (<see cref="Workers"/> + 1) so that

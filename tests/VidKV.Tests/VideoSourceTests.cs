@@ -342,6 +342,38 @@ public class VideoSourceTests(GeneratedVideos videos) : IClassFixture<GeneratedV
     }
 
     [Fact]
+    public async Task AStreamThatStallsWhileDecodingTimesOut()
+    {
+        // The FIFO serves the whole stream to ffprobe, then only its first half to ffmpeg, and stays open.
+        string fifo = videos.Path("stalls-midway.fifo");
+        using (var mkfifo = Process.Start("mkfifo", fifo)) mkfifo.WaitForExit();
+        byte[] stream = File.ReadAllBytes(videos.Path("vfr.mkv"));
+        using var done = new CancellationTokenSource();
+        var writer = Task.Run(async () =>
+        {
+            try
+            {
+                using (var probe = new FileStream(fifo, FileMode.Open, FileAccess.Write)) await probe.WriteAsync(stream);
+            }
+            catch (IOException) { }
+            using var decode = new FileStream(fifo, FileMode.Open, FileAccess.Write);
+            await decode.WriteAsync(stream.AsMemory(0, stream.Length / 2));
+            await decode.FlushAsync();
+            try { await Task.Delay(Timeout.Infinite, done.Token); } catch (OperationCanceledException) { }
+        });
+        var source = new FfmpegSource(fifo, null, new FfmpegOptions { StallTimeout = TimeSpan.FromSeconds(1) });
+        int frames = 0;
+        var error = await Assert.ThrowsAsync<VideoSourceException>(async () =>
+        {
+            await foreach (var frame in source.ReadAsync()) frames++;
+        });
+        done.Cancel();
+        await writer;
+        Assert.Equal($"{fifo}: stream stalled: nothing arrived for 1 s", error.Message);
+        Assert.InRange(frames, 1, 74);
+    }
+
+    [Fact]
     public void CliTreatsVideoSourceErrorsAsUserErrors()
     {
         var root = new System.CommandLine.RootCommand();
