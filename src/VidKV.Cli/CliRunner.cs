@@ -1,5 +1,6 @@
 using System.CommandLine;
 using VidKV.Formats;
+using VidKV.Video;
 
 namespace VidKV.Cli;
 
@@ -34,7 +35,7 @@ public static class CliRunner
         }
     }
 
-    static bool IsUserError(Exception e) => e is ModelFormatException or ImageFormatException or IOException
+    static bool IsUserError(Exception e) => e is ModelFormatException or ImageFormatException or VideoSourceException or IOException
         or UnauthorizedAccessException or ArgumentException or InvalidOperationException or NotSupportedException or FormatException;
 
     /// <summary>Adds options to a command in one call.</summary>
