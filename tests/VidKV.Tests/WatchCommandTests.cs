@@ -1,0 +1,54 @@
+using System.Diagnostics;
+using VidKV.Cli;
+using VidKV.Models;
+using VidKV.Tensors;
+
+namespace VidKV.Tests;
+
+/// <summary><c>vidkv watch</c> end to end on a tiny random pair and a generated video; its bad input exits 2 with one line.</summary>
+public class WatchCommandTests
+{
+    static string MakeVideo(TempDirectory dir)
+    {
+        string path = dir.File("clip.mp4");
+        using var ffmpeg = Process.Start(new ProcessStartInfo("ffmpeg", ["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10:duration=3", "-c:v", "libx264", "-pix_fmt", "yuv420p", path]))!;
+        ffmpeg.WaitForExit();
+        Assert.Equal(0, ffmpeg.ExitCode);
+        return path;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void WatchesAVideoAndAnswers(bool proactive)
+    {
+        using var dir = new TempDirectory();
+        var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
+        string[] args = ["watch", MakeVideo(dir), "-m", text, "--mmproj", projector, "--fps", "2", "--max-frames", "3", "--ask", "What moved?", "-n", "2", "-t", "2"];
+        if (proactive) args = [.. args, "--proactive", "--brackets", "--threshold", "1"]; // threshold 1: it speaks after every frame
+        var stderr = new StringWriter();
+        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), args, stderr));
+    }
+
+    public static TheoryData<string, string> BadSources => new()
+    {
+        { "missing.mp4", "no such file" },
+        { "empty.mp4", "empty file" },
+        { "camera:/dev/video99", "no such camera" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadSources))]
+    public void BadSourceIsOneLineAndExitCode2(string source, string problem)
+    {
+        using var dir = new TempDirectory();
+        var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
+        if (source == "empty.mp4") File.WriteAllBytes(dir.File(source), []);
+        string path = source.StartsWith("camera:", StringComparison.Ordinal) ? source : dir.File(source);
+        var stderr = new StringWriter();
+        Assert.Equal(2, CliRunner.Run(CliApp.BuildRoot(), ["watch", path, "-m", text, "--mmproj", projector], stderr));
+        string[] lines = stderr.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        Assert.Contains(problem, lines[0]);
+    }
+}
