@@ -35,6 +35,7 @@ static class BenchCommand
         var command = new Command("bench", "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
             .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline, interleave, noRepack);
         command.Subcommands.Add(Vision());
+        command.Subcommands.Add(BenchVideoCommand.Create());
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);

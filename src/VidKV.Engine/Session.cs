@@ -69,6 +69,14 @@ public sealed class Session : IAsyncDisposable
         });
     }
 
+    long preprocessTicks, encodeTicks;
+
+    /// <summary>Time spent so far preparing video frames (resize, normalise; measured around each frame's preparation, for benchmarks).</summary>
+    public TimeSpan PreprocessTime => TimeSpan.FromTicks(Interlocked.Read(ref preprocessTicks));
+
+    /// <summary>Time spent so far encoding video frames (vision tower + projector, waits for the encoder included; for benchmarks).</summary>
+    public TimeSpan EncodeTime => TimeSpan.FromTicks(Interlocked.Read(ref encodeTicks));
+
     /// <summary>Rows in the session's KV sequence so far (what questions see).</summary>
     public int Length => cache?.Length ?? 0;
 
@@ -214,7 +222,8 @@ public sealed class Session : IAsyncDisposable
     async Task<Task> QueueFrameAsync(VideoFrame frame, CancellationToken cancellation)
     {
         var encoder = RequireVision();
-        var prepared = encoder.PrepareAsync(frame, cancellation); // resizing needs no order
+        long prepareStart = System.Diagnostics.Stopwatch.GetTimestamp();
+        var prepared = TimedAsync(encoder.PrepareAsync(frame, cancellation), prepareStart); // resizing needs no order
         await order.WaitAsync(cancellation).ConfigureAwait(false);
         try
         {
@@ -242,9 +251,18 @@ public sealed class Session : IAsyncDisposable
 
     async Task<Task> QueueUnit(FrameEncoder encoder, PreparedFrame first, PreparedFrame? second, CancellationToken cancellation)
     {
+        long encodeStart = System.Diagnostics.Stopwatch.GetTimestamp();
         var encoded = await encoder.EncodeAsync(first, second, cancellation).ConfigureAwait(false);
+        Interlocked.Add(ref encodeTicks, System.Diagnostics.Stopwatch.GetElapsedTime(encodeStart).Ticks);
         bool firstAppend = Interlocked.Increment(ref appendCalls) == 1;
         return Queue(new Append(AppendKind.Frame, firstAppend ? BosRuns() : []) { Frame = encoded }, cancellation);
+    }
+
+    async Task<PreparedFrame> TimedAsync(Task<PreparedFrame> preparing, long start)
+    {
+        var prepared = await preparing.ConfigureAwait(false);
+        Interlocked.Add(ref preprocessTicks, System.Diagnostics.Stopwatch.GetElapsedTime(start).Ticks);
+        return prepared;
     }
 
     /// <summary>Under <see cref="order"/>: queues a Qwen-VL frame still waiting for its partner, paired with itself.</summary>

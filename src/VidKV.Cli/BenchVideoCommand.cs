@@ -1,0 +1,276 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using VidKV.Cache;
+using VidKV.Engine;
+using VidKV.Formats;
+using VidKV.Models;
+using VidKV.Video;
+
+namespace VidKV.Cli;
+
+/// <summary>
+/// <c>vidkv bench video</c>: <c>decode</c> compares single-threaded sequential decoding, ffmpeg's own threads and
+/// <see cref="QuickDecoder"/> on the same sampled frames (interleaved repetitions, medians, identical-frames check);
+/// <c>ingest</c> runs a video through a session end to end with per-stage ms per frame, KV and RSS every N frames and
+/// the time to the first answer piece of questions asked at given frames. Figures only: nothing is judged.
+/// </summary>
+static class BenchVideoCommand
+{
+    public static Command Create()
+    {
+        var command = new Command("video", "Measure video: decoding (sequential vs ffmpeg threads vs QuickDecoder) and end-to-end ingestion into a session.");
+        command.Subcommands.Add(Decode());
+        command.Subcommands.Add(Ingest());
+        return command;
+    }
+
+    static Option<string> Output()
+    {
+        var output = new Option<string>("--output", "-o") { Description = "Output format: md (table) or json.", DefaultValueFactory = _ => "md" };
+        output.AcceptOnlyFromAmong("md", "json");
+        return output;
+    }
+
+    static JsonSerializerOptions Indented { get; } = new() { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    // ---- decode ----
+
+    /// <summary>One decoding variant's repetitions.</summary>
+    sealed record DecodeVariant(string Name, string Description, List<double> Seconds)
+    {
+        public int Frames { get; set; }
+        public string? Hash { get; set; }
+        public double MedianSeconds => Median(Seconds);
+        public double FramesPerSecond => Frames / Math.Max(MedianSeconds, 1e-12);
+    }
+
+    static Command Decode()
+    {
+        var source = new Argument<string>("source") { Description = "Video file (or seekable URL) to decode." };
+        var fps = new Option<double>("--fps") { Description = "Frames per second to sample.", DefaultValueFactory = _ => 1.0 };
+        var maxFrames = new Option<int?>("--max-frames") { Description = "Stop after this many frames." };
+        var workers = new Option<int>("--workers") { Description = "QuickDecoder workers (ffmpeg processes, one thread each).", DefaultValueFactory = _ => 2 };
+        var repetitions = new Option<int>("--repetitions", "-r") { Description = "Timed repetitions of each variant, interleaved a,b,c,a,b,c… (after one untimed warm-up pass of each).", DefaultValueFactory = _ => 3 };
+        var output = Output();
+        var command = new Command("decode", "Frames/s of (a) single-threaded sequential decoding (FfmpegSource, 1 decoder thread), (b) ffmpeg's own threads (FfmpegSource, threads 0), "
+            + "(c) QuickDecoder with --workers; medians, ratios c/a and c/b, and whether (b) and (c) delivered the frames of (a) (SHA-256 of pixels and timestamps).")
+        {
+            source,
+        };
+        command.With(fps, maxFrames, workers, repetitions, output);
+        command.SetAction(r => RunDecode(r.GetValue(source)!, new FrameSampling { Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames) }, r.GetValue(workers),
+            r.GetValue(repetitions), r.GetValue(output) == "json", r.InvocationConfiguration.Output).GetAwaiter().GetResult());
+        return command;
+    }
+
+    static async Task<int> RunDecode(string source, FrameSampling sampling, int workers, int reps, bool json, TextWriter output)
+    {
+        sampling.Validate();
+        if (reps < 1) throw new ArgumentException("-r must be at least 1");
+        if (workers < 1) throw new ArgumentException("--workers must be at least 1");
+        var log = Console.Error;
+        var variants = new[]
+        {
+            new DecodeVariant("sequential-1-thread", "FfmpegSource, DecoderThreads=1", []),
+            new DecodeVariant("ffmpeg-threads", "FfmpegSource, DecoderThreads=0 (ffmpeg's own)", []),
+            new DecodeVariant("quick-decoder", $"QuickDecoder, {workers} workers × 1 thread", []),
+        };
+        IFrameSource Open(int variant) => variant switch
+        {
+            0 => new FfmpegSource(source, sampling, new FfmpegOptions { DecoderThreads = 1 }),
+            1 => new FfmpegSource(source, sampling, new FfmpegOptions { DecoderThreads = 0 }),
+            _ => new QuickDecoder(source, sampling, new QuickDecoderOptions { Workers = workers, ThreadsPerWorker = 1 }),
+        };
+        int chunks = 0;
+        for (int rep = -1; rep < reps; rep++) // -1: the warm-up pass (page cache, JIT)
+        {
+            for (int v = 0; v < variants.Length; v++)
+            {
+                await using var frames = Open(v);
+                using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+                int count = 0;
+                var clock = Stopwatch.StartNew();
+                await foreach (var frame in frames.ReadAsync())
+                {
+                    hash.AppendData(frame.Image.Pixels);
+                    hash.AppendData(BitConverter.GetBytes(frame.Timestamp.Ticks));
+                    hash.AppendData(BitConverter.GetBytes(frame.Image.Width * 65536L + frame.Image.Height));
+                    count++;
+                }
+                double seconds = clock.Elapsed.TotalSeconds;
+                string digest = Convert.ToHexStringLower(hash.GetHashAndReset());
+                var x = variants[v];
+                if (x.Hash == null) (x.Hash, x.Frames) = (digest, count);
+                else if (x.Hash != digest || x.Frames != count) throw new InvalidOperationException($"{x.Name} delivered different frames between repetitions");
+                if (frames is QuickDecoder quick) chunks = quick.ChunkCount;
+                if (rep >= 0) x.Seconds.Add(seconds);
+                log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {(rep < 0 ? "warm-up" : $"rep {rep + 1}")} {x.Name}: {count} frames in {seconds:F2} s"));
+            }
+        }
+        var (a, b, c) = (variants[0], variants[1], variants[2]);
+        bool sameC = c.Hash == a.Hash && c.Frames == a.Frames, sameB = b.Hash == a.Hash && b.Frames == a.Frames;
+        double ratioCa = c.FramesPerSecond / a.FramesPerSecond, ratioCb = c.FramesPerSecond / b.FramesPerSecond;
+        if (json)
+        {
+            output.WriteLine(JsonSerializer.Serialize(new
+            {
+                source = Path.GetFileName(source), fps = sampling.Fps, max_frames = sampling.MaxFrames, workers, repetitions = reps,
+                processors = Environment.ProcessorCount, quick_decoder_chunks = chunks,
+                variants = variants.Select(x => new
+                {
+                    name = x.Name, description = x.Description, frames = x.Frames, samples_s = x.Seconds, median_s = x.MedianSeconds,
+                    frames_per_second = x.FramesPerSecond, sha256 = x.Hash,
+                }),
+                ratio_quick_vs_sequential = ratioCa, ratio_quick_vs_ffmpeg_threads = ratioCb,
+                quick_identical_to_sequential = sameC, ffmpeg_threads_identical_to_sequential = sameB,
+            }, Indented));
+            return 0;
+        }
+        output.WriteLine("| decoder | frames | median s | frames/s |");
+        output.WriteLine("| --- | ---: | ---: | ---: |");
+        foreach (var x in variants)
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {x.Name} ({x.Description}) | {x.Frames} | {x.MedianSeconds:F3} | {x.FramesPerSecond:F2} |"));
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"\nquick/sequential {ratioCa:F2}×, quick/ffmpeg-threads {ratioCb:F2}×; quick identical to sequential: {sameC}; ffmpeg-threads identical: {sameB}; {chunks} chunks"));
+        return 0;
+    }
+
+    // ---- ingest ----
+
+    static Command Ingest()
+    {
+        var source = new Argument<string>("source") { Description = "Video file, URL or camera:/dev/videoN to ingest." };
+        var model = CommonOptions.Model(required: true);
+        var mmproj = new Option<string>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m.", Required = true };
+        var fps = new Option<double>("--fps") { Description = "Frames per second to sample.", DefaultValueFactory = _ => 1.0 };
+        var maxFrames = new Option<int?>("--max-frames") { Description = "Stop after this many frames." };
+        var policy = new Option<string?>("--policy") { Description = PolicyDocs.SpecHelp("KV policy spec; default full (grows with the video).") };
+        var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policy." };
+        var askAt = new Option<int[]>("--ask-at") { Description = "Ask a question after this many frames and time its first answer piece (TTFT); repeatable.", AllowMultipleArgumentsPerToken = true };
+        var question = new Option<string>("--question") { Description = "The question asked at each --ask-at frame.", DefaultValueFactory = _ => "What is happening in the video?" };
+        var every = new Option<int>("--every") { Description = "A row of hot/cold KV bytes and RSS every this many frames.", DefaultValueFactory = _ => 100 };
+        var workers = new Option<int>("--workers") { Description = "0: sequential decoding (FfmpegSource, ffmpeg's threads); N > 0: QuickDecoder with N workers.", DefaultValueFactory = _ => 0 };
+        var threads = CommonOptions.Threads();
+        var output = Output();
+        var command = new Command("ingest", "End-to-end frames/s of a video into a session, ms per frame per stage (decode wait, preprocess, encode, prefill), "
+            + "hot/cold KV and RSS every --every frames, TTFT of a question at each --ask-at frame. Frames go in one at a time (no overlap between stages) so the stages add up. "
+            + "Quick run: vidkv model random --shape tiny-idefics3 -o DIR, then vidkv bench video ingest CLIP -m DIR/model.gguf --mmproj DIR/mmproj.gguf --max-frames 20 --every 5 --ask-at 10.")
+        {
+            source,
+        };
+        command.With(model, mmproj, fps, maxFrames, policy, budget, askAt, question, every, workers, threads, output);
+        command.SetAction(r => RunIngest(r.GetValue(source)!, r.GetValue(model)!, r.GetValue(mmproj)!, new FrameSampling { Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames) },
+            r.GetValue(policy), r.GetValue(budget), r.GetValue(askAt) ?? [], r.GetValue(question)!, r.GetValue(every), r.GetValue(workers), r.GetValue(threads),
+            r.GetValue(output) == "json", r.InvocationConfiguration.Output).GetAwaiter().GetResult());
+        return command;
+    }
+
+    static async Task<int> RunIngest(string source, string modelPath, string mmprojPath, FrameSampling sampling, string? policy, int? budget, int[] askAt,
+        string question, int every, int workers, int threads, bool json, TextWriter output)
+    {
+        sampling.Validate();
+        if (every < 1) throw new ArgumentException("--every must be at least 1");
+        if (workers < 0) throw new ArgumentException("--workers must be 0 or more");
+        if (askAt.Any(n => n < 1)) throw new ArgumentException("--ask-at takes frame counts ≥ 1");
+        Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
+        var log = Console.Error;
+        var kv = new KvCacheConfig { Default = policy ?? "full", Budget = budget };
+        kv.ValidateSpecs();
+        using var text = ModelLoader.Load(modelPath);
+        using var vision = VisionModel.Load(mmprojPath);
+        await using var frames = workers > 0 ? (IFrameSource)new QuickDecoder(source, sampling, new QuickDecoderOptions { Workers = workers }) : new FfmpegSource(source, sampling);
+        await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv }, vision);
+        await using var session = engine.CreateSession();
+        var asks = new SortedSet<int>(askAt);
+        var rows = new List<object>();
+        var ttfts = new List<object>();
+        double decodeMs = 0, appendMs = 0;
+        int count = 0;
+        object Row(int n)
+        {
+            var memory = engine.Memory;
+            return new { frames = n, hot_kv_bytes = memory.HotBytes, cold_kv_bytes = memory.ColdBytes, rss_bytes = Environment.WorkingSet, session_rows = session.Length };
+        }
+        var total = Stopwatch.StartNew();
+        await using (var e = frames.ReadAsync().GetAsyncEnumerator())
+        {
+            while (true)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                if (!await e.MoveNextAsync()) break;
+                decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                long t1 = Stopwatch.GetTimestamp();
+                await session.AppendFrameAsync(e.Current);
+                appendMs += Stopwatch.GetElapsedTime(t1).TotalMilliseconds;
+                count++;
+                if (count % every == 0)
+                {
+                    rows.Add(Row(count));
+                    log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  frame {count}: {count / total.Elapsed.TotalSeconds:F2} frames/s, KV hot {engine.Memory.HotBytes / 1048576.0:F1} MiB cold {engine.Memory.ColdBytes / 1048576.0:F1} MiB, RSS {Environment.WorkingSet / 1048576.0:F0} MiB"));
+                }
+                if (asks.Contains(count))
+                {
+                    // Paused ingestion: the question runs alone, so its time is the answer's own (not shared with frames).
+                    long q = Stopwatch.GetTimestamp();
+                    double? first = null;
+                    await foreach (var piece in session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = 4 }))
+                    {
+                        first = Stopwatch.GetElapsedTime(q).TotalMilliseconds;
+                        break;
+                    }
+                    first ??= Stopwatch.GetElapsedTime(q).TotalMilliseconds;
+                    ttfts.Add(new { frame = count, ttft_ms = first.Value, session_rows = session.Length });
+                    log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  question at frame {count}: first piece after {first.Value:F1} ms"));
+                }
+            }
+        }
+        double seconds = total.Elapsed.TotalSeconds;
+        // The ask time is in the wall clock; end-to-end frames/s counts decode + append only.
+        double ingestMs = decodeMs + appendMs;
+        double preprocessMs = session.PreprocessTime.TotalMilliseconds, encodeMs = session.EncodeTime.TotalMilliseconds;
+        double prefillMs = Math.Max(0, appendMs - preprocessMs - encodeMs);
+        double PerFrame(double ms) => count == 0 ? 0 : ms / count;
+        var result = new
+        {
+            source = Path.GetFileName(source), model = Path.GetFileName(modelPath), mmproj = Path.GetFileName(mmprojPath), projector = vision.Config.Projector.ToString(),
+            kv_policy = kv.Default, budget, fps = sampling.Fps, decoder = workers > 0 ? $"QuickDecoder, {workers} workers" : "FfmpegSource", threads,
+            frames = count, wall_s = seconds, frames_per_second = count / Math.Max(ingestMs / 1000, 1e-12),
+            ms_per_frame = new { decode_wait = PerFrame(decodeMs), preprocess = PerFrame(preprocessMs), encode = PerFrame(encodeMs), prefill = PerFrame(prefillMs), total = PerFrame(ingestMs) },
+            every, rows, ttft = ttfts, peak_rss_bytes = Process.GetCurrentProcess().PeakWorkingSet64, kernels = Tensors.MachineLimits.KernelSet,
+        };
+        if (json)
+        {
+            output.WriteLine(JsonSerializer.Serialize(result, Indented));
+            return 0;
+        }
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{count} frames, {result.frames_per_second:F2} frames/s end to end; ms per frame: decode wait {PerFrame(decodeMs):F1}, preprocess {PerFrame(preprocessMs):F1}, encode {PerFrame(encodeMs):F1}, prefill {PerFrame(prefillMs):F1}"));
+        output.WriteLine();
+        output.WriteLine("| frames | hot KV MiB | cold KV MiB | RSS MiB | session rows |");
+        output.WriteLine("| ---: | ---: | ---: | ---: | ---: |");
+        foreach (var row in rows.Select(x => JsonSerializer.SerializeToElement(x)))
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {row.GetProperty("frames").GetInt32()} | {row.GetProperty("hot_kv_bytes").GetInt64() / 1048576.0:F2} | {row.GetProperty("cold_kv_bytes").GetInt64() / 1048576.0:F2} | {row.GetProperty("rss_bytes").GetInt64() / 1048576.0:F0} | {row.GetProperty("session_rows").GetInt32()} |"));
+        if (ttfts.Count > 0)
+        {
+            output.WriteLine();
+            output.WriteLine("| asked at frame | TTFT ms | session rows |");
+            output.WriteLine("| ---: | ---: | ---: |");
+            foreach (var t in ttfts.Select(x => JsonSerializer.SerializeToElement(x)))
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {t.GetProperty("frame").GetInt32()} | {t.GetProperty("ttft_ms").GetDouble():F1} | {t.GetProperty("session_rows").GetInt32()} |"));
+        }
+        return 0;
+    }
+
+    static double Median(List<double> values)
+    {
+        if (values.Count == 0) return double.NaN;
+        var sorted = values.Order().ToList();
+        int m = sorted.Count / 2;
+        return sorted.Count % 2 == 1 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
+    }
+}
