@@ -285,6 +285,7 @@ public sealed unsafe class PagedKvCache : KvCache
             }
         ReleaseUnreadRecalls(layer);
         for (int g = 0; g < kvHeads; g++) policies[layer, g].OnAppended(Step(layer, g, position, count, group, scale));
+        for (int g = 0; g < kvHeads; g++) store.MergeUnderfull(sequence.Table(layer, g)); // evicted rows give their slots back
         if (store.HasColdTier) PrefetchNextPages(layer);
         Times.Update += Stopwatch.GetTimestamp() - clock;
     }

@@ -803,6 +803,47 @@ public sealed unsafe class PagedKvStore : IDisposable
         InvalidateDigest(page);
     }
 
+    /// <summary>
+    /// Merges neighbouring pages of <paramref name="table"/> whose rows fit in one page, both hot and held by this table
+    /// alone: the later page's rows move to the end of the earlier one (positions stay in order, with their frame ids,
+    /// hashes and scores; the digest is rebuilt) and the later page is freed. Policies that evict rows spread over many
+    /// pages (H2O, SnapKV, the video reducers) would otherwise leave each kept row holding a whole page's slot, and the
+    /// memory of a stream would not stay bounded. Runs only when the table was edited since its last merge; returns
+    /// the pages freed.
+    /// </summary>
+    public int MergeUnderfull(PageTable table)
+    {
+        if (table.MergedAtEdits == table.Edits) return 0;
+        int freed = 0, p = options.PageSize;
+        for (int i = 0; i + 1 < table.Count;)
+        {
+            int a = table[i], b = table[i + 1], na = count[a], nb = count[b];
+            if (na + nb > p || !IsHot(a) || !IsHot(b) || holders[a] > 1 || holders[b] > 1)
+            {
+                i++;
+                continue;
+            }
+            byte* to = HotSlotPointer(HotSlot(a)), from = HotSlotPointer(HotSlot(b));
+            Buffer.MemoryCopy(from, to + (long)na * keyRow, (long)nb * keyRow, (long)nb * keyRow);
+            Buffer.MemoryCopy(from + (long)p * keyRow, to + (long)p * keyRow + (long)na * valueRow, (long)nb * valueRow, (long)nb * valueRow);
+            for (int j = 0; j < nb; j++)
+            {
+                positions[(long)a * p + na + j] = positions[(long)b * p + j];
+                frameIds[a * p + na + j] = frameIds[b * p + j];
+                if ((metadata & KvMetadata.SimHash) != 0) hashes[a * p + na + j] = hashes[b * p + j];
+                if ((metadata & KvMetadata.RowScores) != 0) rowScores[a * p + na + j] = rowScores[b * p + j];
+            }
+            count[a] = na + nb;
+            if (coldSlotOf[a] >= 0) { cold!.Free(coldSlotOf[a]); coldSlotOf[a] = -1; } // its clean cold copy is stale now
+            RebuildDigest(a);
+            RemovePage(table, i + 1);
+            table.TokenCount += nb; // the rows moved, they did not go
+            freed++;
+        }
+        table.MergedAtEdits = table.Edits;
+        return freed;
+    }
+
     /// <summary>Removes page <paramref name="index"/> of <paramref name="table"/> with all its tokens, in either tier (freed if no other sequence holds it).</summary>
     public void RemovePage(PageTable table, int index)
     {
@@ -970,6 +1011,9 @@ public sealed class PageTable
     public int Edits { get; private set; }
 
     internal void Edited() => Edits++;
+
+    /// <summary>The <see cref="Edits"/> count at the last <see cref="PagedKvStore.MergeUnderfull"/> (nothing to merge while it is unchanged).</summary>
+    internal int MergedAtEdits { get; set; }
 
     internal void RemoveAt(int index)
     {

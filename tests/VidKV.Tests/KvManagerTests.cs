@@ -161,4 +161,32 @@ public class KvManagerTests
         Assert.Contains("quest", error.Message);
         Assert.Equal(1, bare.SequenceCount); // the failed cache's sequence was given back
     }
+
+    /// <summary>
+    /// Rows evicted all over a table leave nearly empty pages; merging neighbours that fit in one page frees their slots
+    /// and keeps every surviving row — its key and value bytes, position and frame id — in the same order. Pages a fork
+    /// shares stay as they are; nothing merges twice without a new edit.
+    /// </summary>
+    [Fact]
+    public void MergingUnderfullPagesFreesSlotsAndKeepsEveryRowInOrder()
+    {
+        using var store = Store(metadata: KvMetadata.MinMax | KvMetadata.SimHash);
+        using var sequence = store.CreateSequence();
+        var rng = new Random(11);
+        for (int f = 0; f < 9; f++) Append(sequence, rng, f * 16, 16, frameId: f); // 9 full pages of 16 per head
+        for (int l = 0; l < Layers; l++)
+            for (int h = 0; h < Heads; h++)
+                for (int i = 0; i < 9; i++) sequence.Evict(l, h, i, 0xFFFFUL & ~(1UL << (i % 16)) & ~(1UL << ((3 * i + 5) % 16))); // keep 2 rows a page
+        var before = Snapshot(sequence);
+        int pagesBefore = store.PageCount;
+        int freed = 0;
+        for (int l = 0; l < Layers; l++)
+            for (int h = 0; h < Heads; h++) freed += store.MergeUnderfull(sequence.Table(l, h));
+        Assert.Equal(Layers * Heads * 7, freed); // per head: 8 pages of 2 rows fill one page of 16; the ninth stays apart
+        AssertSame(before, Snapshot(sequence));
+        Assert.Equal(pagesBefore - freed, store.PageCount);
+        for (int l = 0; l < Layers; l++)
+            for (int h = 0; h < Heads; h++) Assert.Equal(18, sequence.Table(l, h).TokenCount);
+        Assert.Equal(0, store.MergeUnderfull(sequence.Table(0, 0))); // no edit since: nothing to do
+    }
 }
