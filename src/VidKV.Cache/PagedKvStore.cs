@@ -804,44 +804,78 @@ public sealed unsafe class PagedKvStore : IDisposable
     }
 
     /// <summary>
-    /// Merges neighbouring pages of <paramref name="table"/> whose rows fit in one page, both hot and held by this table
-    /// alone: the later page's rows move to the end of the earlier one (positions stay in order, with their frame ids,
-    /// hashes and scores; the digest is rebuilt) and the later page is freed. Policies that evict rows spread over many
-    /// pages (H2O, SnapKV, the video reducers) would otherwise leave each kept row holding a whole page's slot, and the
-    /// memory of a stream would not stay bounded. Runs only when the table was edited since its last merge; returns
-    /// the pages freed.
+    /// Packs the rows of <paramref name="table"/> into as few pages as they need: within each run of neighbouring pages
+    /// that are hot and held by this table alone, rows move forward into the free room of earlier pages (positions stay
+    /// in order, with their key and value bytes, frame ids, hashes and scores; digests are rebuilt) and the pages left
+    /// empty are freed. Policies that evict rows spread over many pages (H2O, SnapKV, the video reducers) would
+    /// otherwise leave many nearly empty pages, each a whole slot, and the memory of a stream would not stay bounded.
+    /// Runs only when the table was edited since the last pass and a run holds a page's worth of room; returns the
+    /// pages freed.
     /// </summary>
     public int MergeUnderfull(PageTable table)
     {
         if (table.MergedAtEdits == table.Edits) return 0;
-        int freed = 0, p = options.PageSize;
-        for (int i = 0; i + 1 < table.Count;)
+        int p = options.PageSize, freed = 0;
+        bool moved = false;
+        bool Eligible(int page) => IsHot(page) && holders[page] == 1;
+        for (int i = 0; i < table.Count;)
         {
-            int a = table[i], b = table[i + 1], na = count[a], nb = count[b];
-            if (na + nb > p || !IsHot(a) || !IsHot(b) || holders[a] > 1 || holders[b] > 1)
+            if (!Eligible(table[i])) { i++; continue; }
+            int j = i;
+            long rows = 0;
+            while (j < table.Count && Eligible(table[j])) rows += count[table[j++]];
+            int need = (int)((rows + p - 1) / p);
+            if (need >= j - i) { i = j; continue; }
+            moved = true;
+            int w = i;
+            for (int r = i + 1; r < j; r++)
             {
-                i++;
-                continue;
+                int source = table[r], n = count[source], taken = 0;
+                while (taken < n && w < r)
+                {
+                    int target = table[w], room = p - count[target];
+                    if (room == 0) { w++; continue; }
+                    int move = Math.Min(room, n - taken);
+                    MoveRows(source, taken, target, count[target], move);
+                    count[target] += move;
+                    taken += move;
+                }
+                if (taken > 0 && taken < n) MoveRows(source, taken, source, 0, n - taken); // it became the page being filled
+                count[source] = n - taken;
             }
-            byte* to = HotSlotPointer(HotSlot(a)), from = HotSlotPointer(HotSlot(b));
-            Buffer.MemoryCopy(from, to + (long)na * keyRow, (long)nb * keyRow, (long)nb * keyRow);
-            Buffer.MemoryCopy(from + (long)p * keyRow, to + (long)p * keyRow + (long)na * valueRow, (long)nb * valueRow, (long)nb * valueRow);
-            for (int j = 0; j < nb; j++)
+            for (int k = i; k < j; k++)
             {
-                positions[(long)a * p + na + j] = positions[(long)b * p + j];
-                frameIds[a * p + na + j] = frameIds[b * p + j];
-                if ((metadata & KvMetadata.SimHash) != 0) hashes[a * p + na + j] = hashes[b * p + j];
-                if ((metadata & KvMetadata.RowScores) != 0) rowScores[a * p + na + j] = rowScores[b * p + j];
+                int page = table[k];
+                if (coldSlotOf[page] >= 0) { cold!.Free(coldSlotOf[page]); coldSlotOf[page] = -1; } // a clean cold copy is stale now
+                if (count[page] > 0) RebuildDigest(page);
             }
-            count[a] = na + nb;
-            if (coldSlotOf[a] >= 0) { cold!.Free(coldSlotOf[a]); coldSlotOf[a] = -1; } // its clean cold copy is stale now
-            RebuildDigest(a);
-            RemovePage(table, i + 1);
-            table.TokenCount += nb; // the rows moved, they did not go
-            freed++;
+            for (int k = j - 1; k > i; k--)
+                if (count[table[k]] == 0)
+                {
+                    RemovePage(table, k);
+                    freed++;
+                }
+            i += need;
         }
+        if (moved) table.Edited(); // rows changed pages: per-page copies kept by policies must look again
         table.MergedAtEdits = table.Edits;
         return freed;
+    }
+
+    /// <summary>Moves <paramref name="n"/> rows (bytes and per-row data) from row <paramref name="from"/> of one page to row <paramref name="to"/> of another, or down within one page.</summary>
+    void MoveRows(int source, int from, int target, int to, int n)
+    {
+        int p = options.PageSize;
+        byte* s = HotSlotPointer(HotSlot(source)), t = HotSlotPointer(HotSlot(target));
+        for (int k = 0; k < n; k++)
+        {
+            Buffer.MemoryCopy(s + (long)(from + k) * keyRow, t + (long)(to + k) * keyRow, keyRow, keyRow);
+            Buffer.MemoryCopy(s + (long)p * keyRow + (long)(from + k) * valueRow, t + (long)p * keyRow + (long)(to + k) * valueRow, valueRow, valueRow);
+            positions[(long)target * p + to + k] = positions[(long)source * p + from + k];
+            frameIds[target * p + to + k] = frameIds[source * p + from + k];
+            if ((metadata & KvMetadata.SimHash) != 0) hashes[target * p + to + k] = hashes[source * p + from + k];
+            if ((metadata & KvMetadata.RowScores) != 0) rowScores[target * p + to + k] = rowScores[source * p + from + k];
+        }
     }
 
     /// <summary>Removes page <paramref name="index"/> of <paramref name="table"/> with all its tokens, in either tier (freed if no other sequence holds it).</summary>
