@@ -37,15 +37,16 @@ static class CommonOptions
         DefaultValueFactory = _ => WorkerPool.DefaultThreadCount(),
     };
 
+    /// <summary>Where the built-in random-weight defaults are written: <c>$VIDKV_CACHE</c>, else <c>~/.cache/vidkv</c>.</summary>
+    public static string CacheFolder => Environment.GetEnvironmentVariable("VIDKV_CACHE") is { Length: > 0 } c ? c
+        : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "vidkv");
+
     /// <summary>
-    /// The model to use when none is given: a tiny random-weight Qwen2-shaped model written once to the cache folder
-    /// ($VIDKV_CACHE, else ~/.cache/vidkv).
+    /// The model to use when none is given: a tiny random-weight Qwen2-shaped model written once to <see cref="CacheFolder"/>.
     /// </summary>
     public static string DefaultModelPath(TextWriter log)
     {
-        string cache = Environment.GetEnvironmentVariable("VIDKV_CACHE") is { Length: > 0 } c ? c
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "vidkv");
-        string path = Path.Combine(cache, "random-tiny-q8_0.gguf");
+        string path = Path.Combine(CacheFolder, "random-tiny-q8_0.gguf");
         log.WriteLine("note: no -m given, so this runs a tiny model with RANDOM weights that VidKV wrote itself: the text is gibberish.");
         log.WriteLine("      For real output point it at a GGUF, e.g.: vidkv generate -m qwen2.5-0.5b-instruct-q8_0.gguf -p \"Hello\"");
         if (!File.Exists(path))

@@ -40,7 +40,7 @@ static class WatchCommand
             source,
         };
         command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, ask, proactive, silence, threshold, brackets, predict, threads);
-        command.SetAction(r => Run(r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
+        command.SetAction(r => Run(r.InvocationConfiguration.Output, r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
         {
             Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames),
             Start = r.GetValue(start) is double s ? TimeSpan.FromSeconds(s) : null, End = r.GetValue(end) is double e ? TimeSpan.FromSeconds(e) : null,
@@ -49,7 +49,7 @@ static class WatchCommand
         return command;
     }
 
-    static async Task<int> Run(string? source, string? modelPath, string? mmprojPath, FrameSampling sampling, string? policy, int? budget,
+    static async Task<int> Run(TextWriter output, string? source, string? modelPath, string? mmprojPath, FrameSampling sampling, string? policy, int? budget,
         string[] questions, ProactiveOptions? proactive, bool brackets, int maxTokens, int threads)
     {
         Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
@@ -74,7 +74,7 @@ static class WatchCommand
 
         var clock = Stopwatch.StartNew();
         using var stop = new CancellationTokenSource();
-        var typed = Console.IsInputRedirected ? Task.CompletedTask : Task.Run(() => AnswerTypedQuestions(session, maxTokens, stop.Token));
+        var typed = Console.IsInputRedirected ? Task.CompletedTask : Task.Run(() => AnswerTypedQuestions(output, session, maxTokens, stop.Token));
         int count = 0;
         void Status(VideoFrame frame)
         {
@@ -87,13 +87,13 @@ static class WatchCommand
         if (proactive != null)
         {
             await foreach (var comment in session.WatchAsync(Tap(frames.ReadAsync(stop.Token), Status), proactive, stop.Token))
-                Console.WriteLine($"[{comment.Timestamp:mm\\:ss}] {comment.Text.Trim()}");
+                output.WriteLine($"[{comment.Timestamp:mm\\:ss}] {comment.Text.Trim()}");
         }
         else
         {
             await session.AppendVideoAsync(Tap(frames.ReadAsync(stop.Token), Status), null, stop.Token);
         }
-        foreach (string question in questions) await Answer(session, question, maxTokens, stop.Token);
+        foreach (string question in questions) await Answer(output, session, question, maxTokens, stop.Token);
         stop.Cancel();
         log.WriteLine($"watched {count} frames in {clock.Elapsed.TotalSeconds:F1} s");
         return 0;
@@ -108,26 +108,24 @@ static class WatchCommand
         }
     }
 
-    static async Task AnswerTypedQuestions(Session session, int maxTokens, CancellationToken cancellation)
+    static async Task AnswerTypedQuestions(TextWriter output, Session session, int maxTokens, CancellationToken cancellation)
     {
         while (!cancellation.IsCancellationRequested && await Console.In.ReadLineAsync(cancellation) is { } line)
-            if (line.Trim().Length > 0) await Answer(session, line.Trim(), maxTokens, cancellation);
+            if (line.Trim().Length > 0) await Answer(output, session, line.Trim(), maxTokens, cancellation);
     }
 
-    static async Task Answer(Session session, string question, int maxTokens, CancellationToken cancellation)
+    static async Task Answer(TextWriter output, Session session, string question, int maxTokens, CancellationToken cancellation)
     {
-        Console.WriteLine($"Q: {question}");
-        Console.Write("A: ");
-        await foreach (var piece in session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = maxTokens }, cancellation)) Console.Write(piece);
-        Console.WriteLine();
+        output.WriteLine($"Q: {question}");
+        output.Write("A: ");
+        await foreach (var piece in session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = maxTokens }, cancellation)) output.Write(piece);
+        output.WriteLine();
     }
 
     /// <summary>The built-in default: a SmolVLM2-256M-shaped pair of RANDOM weights, written once to the cache folder.</summary>
     static (string Text, string Projector) DefaultPair(TextWriter log)
     {
-        string cache = Environment.GetEnvironmentVariable("VIDKV_CACHE") is { Length: > 0 } c ? c
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "vidkv");
-        string dir = Path.Combine(cache, "random-smolvlm2-256m-q8_0");
+        string dir = Path.Combine(CommonOptions.CacheFolder, "random-smolvlm2-256m-q8_0");
         log.WriteLine("note: no -m given, so this watches with a SmolVLM2-256M-shaped model of RANDOM weights that VidKV wrote itself:");
         log.WriteLine("      the whole path runs (decode, encode, prefill, answers) but what it says is GIBBERISH.");
         log.WriteLine("      For real output: vidkv watch VIDEO -m model.gguf --mmproj mmproj.gguf");

@@ -111,13 +111,6 @@ internal static class VisionBenchmark
 
     static void EncodeImage(VisionModel model, RgbImage image, Activations buffers)
     {
-        var pre = ImagePreprocessor.Preprocess(model.Config, image);
-        foreach (var entry in pre.Entries)
-        {
-            var planar = new float[3 * entry.Width * entry.Height];
-            ImagePreprocessor.Normalize(model.Config, entry, planar);
-            var rows = new float[model.TokensFor(entry.Width, entry.Height) * model.OutputLength];
-            model.Encode(planar, entry.Width, entry.Height, rows, buffers);
-        }
+        foreach (var entry in ImagePreprocessor.Preprocess(model.Config, image).Entries) model.EncodeEntry(entry, buffers);
     }
 }

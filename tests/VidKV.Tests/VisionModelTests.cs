@@ -90,7 +90,7 @@ public class VisionModelTests
         Assert.Equal(expected, shuffled);
     }
 
-    static float[] Node(string name, System.Text.Json.JsonElement intermediates, string node)
+    internal static float[] Node(string name, System.Text.Json.JsonElement intermediates, string node)
     {
         var all = Floats($"vision/reference/{name}.intermediates.noflash.f32.bin");
         var info = intermediates.GetProperty("nodes").EnumerateArray()
@@ -131,7 +131,7 @@ public class VisionModelTests
                         }
     }
 
-    static float[] Floats(string relative) => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_(relative))).ToArray();
+    internal static float[] Floats(string relative) => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_(relative))).ToArray();
 }
 
 /// <summary>LLaVA-OneVision's video-frame pooling against a plain f64 statement of PyTorch's bilinear (align_corners=False).</summary>
@@ -204,11 +204,8 @@ public class ProjectorTests
         var json = TestData.Json($"vision/reference/{name}.json");
         var intermediates = json.GetProperty("intermediates");
         var entry = json.GetProperty("entries")[intermediates.GetProperty("entry_index").GetInt32()];
-        var all = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_($"vision/reference/{name}.intermediates.noflash.f32.bin"))).ToArray();
-        var info = intermediates.GetProperty("nodes").EnumerateArray()
-            .Last(n => n.GetProperty("name").GetString() == node && n.TryGetProperty("float_offset", out var o) && o.ValueKind == System.Text.Json.JsonValueKind.Number);
-        var tower = all.AsSpan(info.GetProperty("float_offset").GetInt32(), info.GetProperty("n_floats").GetInt32()).ToArray();
-        var expected = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(TestData.File_($"vision/reference/{name}.embd.noflash.f32.bin"))).ToArray();
+        var tower = VisionModelTests.Node(name, intermediates, node);
+        var expected = VisionModelTests.Floats($"vision/reference/{name}.embd.noflash.f32.bin");
         using var vision = VisionModel.Load(TestData.File_($"vision/models/{model}.mmproj.gguf"));
         var output = new float[vision.TokensPerEntry * vision.OutputLength];
         vision.Project(tower, vision.TokensPerEntry, output, new Activations());

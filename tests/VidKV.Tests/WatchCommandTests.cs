@@ -27,7 +27,15 @@ public class WatchCommandTests
         string[] args = ["watch", MakeVideo(dir), "-m", text, "--mmproj", projector, "--fps", "2", "--max-frames", "3", "--ask", "What moved?", "-n", "2", "-t", "2"];
         if (proactive) args = [.. args, "--proactive", "--brackets", "--threshold", "1"]; // threshold 1: it speaks after every frame
         var stderr = new StringWriter();
-        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), args, stderr));
+        var stdout = new StringWriter();
+        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), args, stderr, stdout));
+        string[] lines = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        // Threshold 1 makes every frame's p(silence) fall below it: a comment after each of the 3 frames, with its time.
+        var comments = lines.Where(l => l.StartsWith('[')).ToArray();
+        Assert.Equal(proactive ? ["[00:00]", "[00:00]", "[00:01]"] : [], comments.Select(l => l[..7]));
+        int question = Array.FindIndex(lines, l => l.TrimEnd('\r') == "Q: What moved?");
+        Assert.True(question >= 0 && question + 1 < lines.Length, stdout.ToString());
+        Assert.StartsWith("A: ", lines[question + 1]); // random weights: what follows is gibberish, but it is an answer
     }
 
     public static TheoryData<string, string> BadSources => new()

@@ -112,14 +112,8 @@ public sealed class MediaPrompt
             var config = vision.Config;
             var pre = ImagePreprocessor.Preprocess(config, image);
             bool grid = config.Projector is VisionProjector.Qwen2VL or VisionProjector.Qwen25VL;
-            EmbeddingChunk Encode(RgbImage entry)
-            {
-                var planar = new float[3 * entry.Width * entry.Height];
-                ImagePreprocessor.Normalize(config, entry, planar);
-                var rows = new float[vision.TokensFor(entry.Width, entry.Height) * vision.OutputLength];
-                vision.Encode(planar, entry.Width, entry.Height, rows, buffers);
-                return new EmbeddingChunk(rows, vision.OutputLength, grid ? vision.OutputGrid(entry.Width, entry.Height).Columns : 0);
-            }
+            EmbeddingChunk Encode(RgbImage entry) =>
+                new(vision.EncodeEntry(entry, buffers), vision.OutputLength, grid ? vision.OutputGrid(entry.Width, entry.Height).Columns : 0);
 
             int slices = pre.GridColumns * pre.GridRows;
             if (grid)

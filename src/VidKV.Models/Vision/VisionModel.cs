@@ -237,6 +237,19 @@ public sealed unsafe class VisionModel : IDisposable
     public void Encode(ReadOnlySpan<float> pixels, Span<float> output, Activations buffers, ForwardProfile? profile = null) =>
         Encode(pixels, Config.ImageSize, Config.ImageSize, output, buffers, profile);
 
+    /// <summary>
+    /// One preprocessed entry (<see cref="ImagePreprocessor.Preprocess"/>) normalised and encoded: its rows
+    /// [<see cref="TokensFor"/>, <see cref="OutputLength"/>], a new array.
+    /// </summary>
+    public float[] EncodeEntry(RgbImage entry, Activations buffers)
+    {
+        var planar = new float[3 * entry.Width * entry.Height];
+        ImagePreprocessor.Normalize(Config, entry, planar);
+        var rows = new float[TokensFor(entry.Width, entry.Height) * OutputLength];
+        Encode(planar, entry.Width, entry.Height, rows, buffers);
+        return rows;
+    }
+
     /// <summary>Output rows for an entry of <paramref name="width"/> × <paramref name="height"/> pixels (Qwen-VL takes any size in whole 2×2 patch groups; the others their square).</summary>
     public int TokensFor(int width, int height)
     {
