@@ -344,25 +344,33 @@ public class VideoSourceTests(GeneratedVideos videos) : IClassFixture<GeneratedV
     [Fact]
     public async Task AStreamThatStallsWhileDecodingTimesOut()
     {
-        // The FIFO serves the whole stream to ffprobe, then only its first half to ffmpeg, and stays open.
+        // The FIFO serves the whole stream to ffprobe, then only its first half to ffmpeg, and stays open. The probe
+        // runs to its end before the second writer opens: a FIFO's writer that opened while ffprobe still read would
+        // hand its bytes to ffprobe (and ffmpeg would then get nothing, a stall at the start, not midway).
         string fifo = videos.Path("stalls-midway.fifo");
         using (var mkfifo = Process.Start("mkfifo", fifo)) mkfifo.WaitForExit();
         byte[] stream = File.ReadAllBytes(videos.Path("vfr.mkv"));
-        using var done = new CancellationTokenSource();
-        var writer = Task.Run(async () =>
+        // 3 s, not 1: on a loaded 2-core machine ffmpeg's start and first frame alone can take over a second.
+        var source = new FfmpegSource(fifo, null, new FfmpegOptions { StallTimeout = TimeSpan.FromSeconds(3) });
+        var probeWriter = Task.Run(async () =>
         {
             try
             {
-                using (var probe = new FileStream(fifo, FileMode.Open, FileAccess.Write)) await probe.WriteAsync(stream);
+                await using var probe = new FileStream(fifo, FileMode.Open, FileAccess.Write);
+                await probe.WriteAsync(stream);
             }
             catch (IOException) { }
+        });
+        await source.ProbeAsync();
+        await probeWriter;
+        using var done = new CancellationTokenSource();
+        var writer = Task.Run(async () =>
+        {
             using var decode = new FileStream(fifo, FileMode.Open, FileAccess.Write);
             await decode.WriteAsync(stream.AsMemory(0, stream.Length / 2));
             await decode.FlushAsync();
             try { await Task.Delay(Timeout.Infinite, done.Token); } catch (OperationCanceledException) { }
         });
-        // 3 s, not 1: on a loaded 2-core machine ffmpeg's start and first frame alone can take over a second.
-        var source = new FfmpegSource(fifo, null, new FfmpegOptions { StallTimeout = TimeSpan.FromSeconds(3) });
         int frames = 0;
         var error = await Assert.ThrowsAsync<VideoSourceException>(async () =>
         {
