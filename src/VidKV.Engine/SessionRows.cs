@@ -1,3 +1,4 @@
+using VidKV.Cache;
 using VidKV.Models;
 
 namespace VidKV.Engine;
@@ -18,8 +19,8 @@ internal sealed class RowRun
         Width = width;
     }
 
-    /// <summary>Text tokens (position p, then p + 1, …).</summary>
-    public static RowRun Text(int[] tokens) => new(tokens, null, 0);
+    /// <summary>Text tokens (position p, then p + 1, …), tagged <paramref name="frame"/> (<see cref="FrameIds"/>: a frame's own text, or none).</summary>
+    public static RowRun Text(int[] tokens, int frame = FrameIds.None) => new(tokens, null, 0) { Frame = frame };
 
     /// <summary>Embedding rows at consecutive positions, each tagged with <paramref name="frame"/>.</summary>
     public static RowRun Embeddings(float[] rows, int width, int frame = -1) => new(null, rows, width) { Frame = frame };
@@ -44,7 +45,7 @@ internal sealed class RowRun
     public bool FromVideoStart { get; private init; }
     /// <summary>Whether the grid opens a video: the sequence's next position becomes the video's first.</summary>
     public bool OpensVideo { get; private init; }
-    /// <summary>Video frame id of the embedding rows; −1 for none.</summary>
+    /// <summary>Frame id of the rows (<see cref="FrameIds"/>); −1 for none.</summary>
     public int Frame { get; private init; } = -1;
     /// <summary>Position of the run's first row (grids: the base), fixed when its first row goes into a batch.</summary>
     public int Base { get; set; }
@@ -120,10 +121,10 @@ internal sealed class SequencePositions(int components)
         Span<int> at = stackalloc int[DecoderBatch.MaxPositionComponents];
         Position(run, index, at);
         var position = components == 1 ? default : at[..components];
-        if (run.Tokens != null) batch.AddToken(run.Tokens[index], sequence, logits, position);
+        if (run.Tokens != null) batch.AddToken(run.Tokens[index], sequence, logits, position, run.Frame);
         else batch.AddEmbedding(run.Rows.AsSpan(index * run.Width, run.Width), sequence, logits, position, run.Frame);
         record?.Add(new SessionRow(run.Tokens?[index] ?? -1, run.Tokens != null ? null : run.Rows.AsSpan(index * run.Width, run.Width).ToArray(),
-            at[..components].ToArray(), run.Tokens != null ? -1 : run.Frame));
+            at[..components].ToArray(), run.Frame));
     }
 }
 

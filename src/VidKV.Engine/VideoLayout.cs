@@ -1,4 +1,5 @@
 using System.Globalization;
+using VidKV.Cache;
 using VidKV.Formats;
 using VidKV.Models;
 using VidKV.Tensors;
@@ -174,7 +175,9 @@ internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoO
 /// while a frame waits for its partner sees the segment without it.</item>
 /// <item><see cref="VideoFormat.FrameBrackets"/>: see there.</item>
 /// </list>
-/// Only the frames' visual rows carry the frame id; the text around them carries none.
+/// A frame's visual rows carry its frame id and the text it brings (separator, timestamp, delimiters)
+/// <see cref="FrameIds.TextOf"/> it, so a reducer that drops the frame can drop that text too; the segment's opening
+/// and closing text carries none.
 /// </summary>
 internal sealed class VideoLayout
 {
@@ -231,13 +234,13 @@ internal sealed class VideoLayout
             times.Clear();
             AddText(runs, open);
         }
-        else AddText(runs, separator);
+        else AddText(runs, separator, FrameIds.TextOf(frameId));
         if (options.TimeInstruction) times.Add(frame.Timestamp);
         if (native && projector == VisionProjector.Idefics3)
         {
-            AddText(runs, Tokens($"\nFrame from {Clock(frame.Timestamp)}:<fake_token_around_image><global-img>"));
+            AddText(runs, Tokens($"\nFrame from {Clock(frame.Timestamp)}:<fake_token_around_image><global-img>"), FrameIds.TextOf(frameId));
             runs.Add(RowRun.Embeddings(frame.Rows, frame.Width, frameId));
-            AddText(runs, fake);
+            AddText(runs, fake, FrameIds.TextOf(frameId));
         }
         else if (frame.Columns > 0 && native)
             runs.Add(RowRun.Grid(frame.Rows, frame.Width, frame.Columns, frameId, Temporal(frame.Timestamp), fromVideoStart: true, opensVideo: first));
@@ -286,8 +289,8 @@ internal sealed class VideoLayout
         return $"{seconds / 60:00}:{seconds % 60:00}";
     }
 
-    static void AddText(List<RowRun> runs, int[] tokens)
+    static void AddText(List<RowRun> runs, int[] tokens, int frame = FrameIds.None)
     {
-        if (tokens.Length > 0) runs.Add(RowRun.Text(tokens));
+        if (tokens.Length > 0) runs.Add(RowRun.Text(tokens, frame));
     }
 }

@@ -4,8 +4,8 @@ namespace VidKV.Models;
 /// One batch for <see cref="DecoderModel.Decode"/>, like llama.cpp's <c>llama_batch</c>: each row is a token id or an
 /// embedding vector (<see cref="EmbeddingLength"/> floats: image and video tokens from a projector), a position of
 /// <see cref="PositionComponents"/> components (1 for plain RoPE; t, h, w (and e) for M-RoPE's sections), the index of
-/// the sequence it belongs to, an optional video frame id (kept in the KV store beside the row for the video
-/// policies; −1 for none) and whether it needs logits. Rows without logits skip the output head, so ingesting a frame
+/// the sequence it belongs to, an optional frame id (kept in the KV store beside the row for the video
+/// policies; <see cref="VidKV.Cache.FrameIds"/>: a frame's visual row, a frame's own text, −1 for none) and whether it needs logits. Rows without logits skip the output head, so ingesting a frame
 /// computes none. A row's place in its sequence (what causal attention orders by) is the sequence's length before the
 /// batch plus its rank among that sequence's rows; its position only rotates its query and key, so M-RoPE's repeated
 /// temporal positions need nothing else. Rows of one sequence form one run of consecutive rows. Rows added without a
@@ -106,7 +106,7 @@ public sealed class DecoderBatch
     public ReadOnlySpan<float> Embedding(int row) => embeddingOf[row] < 0 ? default : embeddings.AsSpan(embeddingOf[row] * EmbeddingLength, EmbeddingLength);
     /// <summary>Index of the sequence (its KV cache in <see cref="DecoderModel.Decode"/>'s list) the row belongs to.</summary>
     public int Sequence(int row) => sequences[row];
-    /// <summary>The row's video frame id, −1 for none.</summary>
+    /// <summary>The row's frame id (<see cref="VidKV.Cache.FrameIds"/>: a frame's visual row, a frame's text, −1 for none).</summary>
     public int Frame(int row) => frames[row];
     /// <summary>Whether the row's logits are computed.</summary>
     public bool NeedsLogits(int row) => logits[row];

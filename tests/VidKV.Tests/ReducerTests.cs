@@ -471,6 +471,47 @@ public class ReducerTests
     }
 
     /// <summary>
+    /// A frame's own text (a timestamp before its rows, a delimiter after, tagged <see cref="FrameIds.TextOf"/>) counts
+    /// against InfiniPot-V's cap with the frame: however many frames go by, a head holds at most the cap in visual rows
+    /// plus frame text, a frame keeps its text exactly while it keeps a visual row, the newest frames stay whole with
+    /// theirs, and other text is never dropped. The timestamp goes in a step before its frame's rows (still to come,
+    /// not an orphan).
+    /// </summary>
+    [Fact]
+    public void InfiniPotVCountsAFramesTextWithTheFrame()
+    {
+        const int rows = 8, frames = 40, cap = 60, recent = 2, before = 3, after = 1;
+        var rng = new Random(23);
+        using var video = new Video($"infinipotv:budget={cap},recent={recent}");
+        video.Text();
+        for (int f = 0; f < frames; f++)
+        {
+            video.Step(Gaussian(rng, before * KvHeads * D), Enumerable.Repeat(FrameIds.TextOf(f), before).ToArray());
+            video.Frame(f, Gaussian(rng, rows * KvHeads * D), chunks: f % 2 + 1);
+            video.Step(Gaussian(rng, after * KvHeads * D), [FrameIds.TextOf(f)]);
+            if (f % 7 == 6) video.Text();
+            for (int l = 0; l < Layers; l++)
+                for (int h = 0; h < KvHeads; h++)
+                {
+                    var stored = video.Stored(l, h).ToHashSet();
+                    int held = stored.Count(p => video.Frames[p] >= 0 || FrameIds.IsFrameText(video.Frames[p]));
+                    int appended = (f + 1) * (rows + before + after);
+                    if (appended <= cap) Assert.Equal(appended, held);
+                    else Assert.InRange(held, cap - before - after, cap);
+                    Assert.True(Enumerable.Range(0, video.Position).Where(p => video.Frames[p] == FrameIds.None).All(stored.Contains), "text was dropped");
+                    for (int g = 0; g <= f; g++)
+                    {
+                        var own = Enumerable.Range(0, video.Position).Where(p => FrameIds.Owner(video.Frames[p]) == g).ToArray();
+                        bool visual = own.Any(p => video.Frames[p] == g && stored.Contains(p));
+                        int text = own.Count(p => video.Frames[p] < 0 && stored.Contains(p));
+                        Assert.True(text == (visual ? before + after : 0), $"frame {g} after frame {f}: {text} text rows, visual rows kept: {visual}");
+                        if (g > f - recent) Assert.All(own, p => Assert.Contains(p, stored));
+                    }
+                }
+        }
+    }
+
+    /// <summary>
     /// A question asked on a fork (fresh policies, as a session answers while the stream goes on) reads the same rows
     /// as the same question on the stream itself: ReSV's clusters and LiveVLM's frame summaries are rebuilt from the
     /// store at the fork's first step.

@@ -162,11 +162,11 @@ public class VideoSessionTests
         int[] At(int t, int h, int w) => text.PositionComponents == 1 ? [t] : [t, h, w, 0];
 
         /// <summary>Text tokens from position <paramref name="p"/> on; returns the position after them.</summary>
-        public int Text(string s, int p, bool bos = false)
+        public int Text(string s, int p, bool bos = false, int frame = FrameIds.None)
         {
             foreach (int id in text.Tokenizer.Encode(s, addSpecial: bos, parseSpecial: true))
             {
-                Rows.Add((id, null, At(p, p, p), -1));
+                Rows.Add((id, null, At(p, p, p), frame));
                 p++;
             }
             return p;
@@ -235,7 +235,7 @@ public class VideoSessionTests
 
     /// <summary>
     /// SmolVLM2: <c>"\nFrame from mm:ss:"</c>, fake, global, the frame's rows, fake, per frame; <c>"\n\n"</c> at the end
-    /// (the second frame at 61.5 s reads 01:01). Consecutive positions.
+    /// (the second frame at 61.5 s reads 01:01). Consecutive positions. A frame's text carries the frame's text id.
     /// </summary>
     [Fact]
     public async Task SmolVlmFramesAreTimestampedSingleImages()
@@ -245,12 +245,12 @@ public class VideoSessionTests
         var rows = await Record(pair, VideoFormat.Native, frames);
         var want = new Expected(pair.Text);
         int p = want.Text("hi", 0, bos: true);
-        p = want.Text("\nFrame from 00:00:<fake_token_around_image><global-img>", p);
+        p = want.Text("\nFrame from 00:00:<fake_token_around_image><global-img>", p, frame: FrameIds.TextOf(0));
         p = want.Embeddings(Encode(pair.Vision, frames[0]).Rows, 64, 0, p);
-        p = want.Text("<fake_token_around_image>", p);
-        p = want.Text("\nFrame from 01:01:<fake_token_around_image><global-img>", p);
+        p = want.Text("<fake_token_around_image>", p, frame: FrameIds.TextOf(0));
+        p = want.Text("\nFrame from 01:01:<fake_token_around_image><global-img>", p, frame: FrameIds.TextOf(1));
         p = want.Embeddings(Encode(pair.Vision, frames[1]).Rows, 64, 1, p);
-        p = want.Text("<fake_token_around_image>", p);
+        p = want.Text("<fake_token_around_image>", p, frame: FrameIds.TextOf(1));
         want.Text("\n\n", p);
         want.Check(rows);
         Assert.Equal(4, pair.Vision.VideoFrameTokens); // 64 px, patch 16, shuffle 2: no slices
@@ -315,7 +315,7 @@ public class VideoSessionTests
         want.Check(rows);
     }
 
-    /// <summary>VideoLLM-online's brackets on any family: <c>"\n["</c>, frames separated by <c>","</c>, <c>"]"</c>.</summary>
+    /// <summary>VideoLLM-online's brackets on any family: <c>"\n["</c>, frames separated by <c>","</c> (the next frame's text), <c>"]"</c>.</summary>
     [Fact]
     public async Task FrameBracketsWrapTheFamilysFrameRows()
     {
@@ -326,7 +326,7 @@ public class VideoSessionTests
         int p = want.Text("hi", 0, bos: true);
         p = want.Text("\n[", p);
         p = want.Embeddings(Encode(pair.Vision, frames[0]).Rows, 64, 0, p);
-        p = want.Text(",", p);
+        p = want.Text(",", p, frame: FrameIds.TextOf(1));
         p = want.Embeddings(Encode(pair.Vision, frames[1]).Rows, 64, 1, p);
         want.Text("]", p);
         want.Check(rows);

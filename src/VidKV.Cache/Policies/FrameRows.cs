@@ -23,10 +23,11 @@ internal sealed class FrameTracker
     /// <summary>Position of the last row seen.</summary>
     public int Last { get; private set; } = -1;
 
-    /// <summary>Feeds the next row; true with the frame it finishes when it starts another frame or is text.</summary>
+    /// <summary>Feeds the next row; true with the frame it finishes when it starts another frame or is text (any text, a frame's own included).</summary>
     public bool Add(int position, int frame, out FrameSpan finished)
     {
         finished = default;
+        frame = Math.Max(frame, FrameIds.None);
         bool done = false;
         if (frame != Frame)
         {

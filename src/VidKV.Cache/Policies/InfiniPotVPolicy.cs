@@ -16,8 +16,10 @@ namespace VidKV.Cache;
 /// </list>
 /// The ⌈<see cref="Alpha"/> · kept⌉ least redundant rows stay first, then the rest of the kept rows by the largest
 /// value norm (the paper combines the two; how the kept rows are split between them is open, α = 0.5 here). So after
-/// every step a head holds exactly min(video rows appended, budget) video rows. Text rows (prompt, questions,
-/// timestamps) are not counted against the cap and never evicted.
+/// every step a head holds exactly min(video rows appended, budget) video rows. A frame's own text (its timestamp and
+/// delimiters, <see cref="FrameIds.TextOf"/>) counts against the cap with the frame: a kept row of a frame nothing was
+/// kept of yet also costs that frame's text, and a frame that keeps no row loses its text too, so the cap holds
+/// however many frames go by. Other text (prompt, questions, answers) is not counted and never evicted.
 /// </summary>
 internal sealed class InfiniPotVPolicy : KvPolicy
 {
@@ -35,9 +37,10 @@ internal sealed class InfiniPotVPolicy : KvPolicy
     FrameTracker[] trackers = [];
     List<(int Position, int Frame)>[] starts = [];
     long[] trackedStep = [];
-    int[] runFirst = [], runStart = [], runEnd = [], slot = [], candidateRow = [], picked = [], evict = [];
+    int[] runFirst = [], runStart = [], runEnd = [], runText = [], slot = [], candidateRow = [], candidateRun = [], picked = [], evict = [],
+        textRow = [], textRun = [];
     float[] tar = [], norms = [], scratch = [];
-    bool[] keep = [];
+    bool[] keep = [], charged = [];
 
     public InfiniPotVPolicy(int budget, int recent = 4, float alpha = 0.5f)
     {
@@ -95,30 +98,56 @@ internal sealed class InfiniPotVPolicy : KvPolicy
         int n = rows.Count;
         var positions = rows.Positions;
         var frames = rows.Frames;
-        // Runs of video rows (frames), oldest first.
-        if (runStart.Length < n + 1) { runStart = new int[n + 1]; runEnd = new int[n + 1]; runFirst = new int[n + 1]; slot = new int[n]; }
-        int runs = 0, video = 0;
+        Grow(n);
+        // Runs of visual rows (frames), oldest first.
+        int runs = 0, video = 0, lastVisual = -1;
         for (int i = 0; i < n; i++)
         {
             if (frames[i] < 0) continue;
             video++;
+            lastVisual = i;
             if (runs == 0 || runEnd[runs - 1] != i || frames[i - 1] != frames[i])
             {
                 runStart[runs] = i;
                 runFirst[runs] = FrameStart(layer, positions[i], frames[i]);
+                runText[runs] = 0;
                 runs++;
             }
             runEnd[runs - 1] = i + 1;
             slot[i] = positions[i] - runFirst[runs - 1];
         }
-        if (video <= Budget) return;
-        // The newest frames stay whole as the reference, while they fit the cap.
+        if (runs > 0) ForgetStartsBefore(layer, positions[runStart[0]]);
+        // A frame's own text goes with its run (the run just after or before it that holds its frame); text of a frame
+        // with no visual row left goes now, unless it comes after the last visual row (its frame is still arriving).
+        int texts = 0, orphans = 0, previous = -1;
+        for (int i = 0; i < n; i++)
+        {
+            if (frames[i] >= 0) continue;
+            while (previous + 1 < runs && runEnd[previous + 1] <= i) previous++;
+            if (!FrameIds.IsFrameText(frames[i])) continue;
+            int owner = FrameIds.Owner(frames[i]);
+            int run = previous + 1 < runs && frames[runStart[previous + 1]] == owner ? previous + 1
+                : previous >= 0 && frames[runStart[previous]] == owner ? previous : -1;
+            if (run < 0)
+            {
+                if (i < lastVisual) evict[orphans++] = positions[i];
+                continue;
+            }
+            runText[run]++;
+            textRow[texts] = i;
+            textRun[texts++] = run;
+        }
+        if (video + texts <= Budget)
+        {
+            if (orphans > 0) FrameRows.Evict(Store, table, evict.AsSpan(0, orphans));
+            return;
+        }
+        // The newest frames stay whole (with their text) as the reference, while they fit the cap.
         int reference = 0, referenceRows = 0;
-        while (reference < Math.Min(Recent, runs) && referenceRows + RunRows(runs - 1 - reference) <= Budget)
-            referenceRows += RunRows(runs - 1 - reference++);
+        while (reference < Math.Min(Recent, runs) && referenceRows + RunCost(runs - 1 - reference) <= Budget)
+            referenceRows += RunCost(runs - 1 - reference++);
         int firstReference = runs - reference, keepOld = Budget - referenceRows;
-        // Older video rows: the candidates, in row order.
-        if (tar.Length < n) { tar = new float[n]; norms = new float[n]; scratch = new float[n]; candidateRow = new int[n]; picked = new int[n]; evict = new int[n]; keep = new bool[n]; }
+        // Older visual rows: the candidates, in row order.
         var keys = rows.Keys(d);
         var values = rows.Values(d);
         int candidates = 0;
@@ -136,22 +165,43 @@ internal sealed class InfiniPotVPolicy : KvPolicy
                 }
                 tar[candidates] = float.IsNegativeInfinity(redundancy) ? 1 : -redundancy;
                 norms[candidates] = TensorPrimitives.Norm(values.Slice(i * d, d));
-                candidateRow[candidates++] = i;
+                candidateRow[candidates] = i;
+                candidateRun[candidates++] = r;
             }
-        // The least redundant first, then the largest value norms among the rest.
-        var chosen = keep.AsSpan(0, candidates);
-        chosen.Clear();
+        // The least redundant first (up to ⌈α · kept⌉ rows' worth), then the largest value norms among the rest. A row
+        // of a frame nothing was kept of yet also costs that frame's text, so each kept frame keeps its timestamp.
+        keep.AsSpan(0, candidates).Clear();
+        charged.AsSpan(0, runs).Clear();
+        int used = 0;
         int byRedundancy = Math.Min(keepOld, (int)Math.Ceiling(Alpha * keepOld - 1e-6));
         int got = PageScoring.TopK(tar.AsSpan(0, candidates), byRedundancy, picked, scratch);
-        for (int i = 0; i < got; i++) { chosen[picked[i]] = true; norms[picked[i]] = float.NegativeInfinity; }
-        int byNorm = PageScoring.TopK(norms.AsSpan(0, candidates), keepOld - got, picked, scratch);
-        for (int i = 0; i < byNorm; i++) chosen[picked[i]] = true;
-        int count = 0;
+        for (int i = 0; i < got; i++) scratch[i] = -tar[picked[i]];
+        scratch.AsSpan(0, got).Sort(picked.AsSpan(0, got));
+        for (int i = 0; i < got; i++) Take(picked[i], byRedundancy);
+        int rest = 0;
         for (int c = 0; c < candidates; c++)
-            if (!chosen[c]) evict[count++] = positions[candidateRow[c]]; // ascending, as the candidates are
+            if (!keep[c]) { scratch[rest] = -norms[c]; picked[rest++] = c; }
+        scratch.AsSpan(0, rest).Sort(picked.AsSpan(0, rest));
+        for (int i = 0; i < rest && used < keepOld; i++) Take(picked[i], keepOld);
+        int count = orphans;
+        for (int c = 0; c < candidates; c++)
+            if (!keep[c]) evict[count++] = positions[candidateRow[c]];
+        for (int t = 0; t < texts; t++)
+            if (textRun[t] < firstReference && !charged[textRun[t]]) evict[count++] = positions[textRow[t]];
+        evict.AsSpan(0, count).Sort();
         FrameRows.Evict(Store, table, evict.AsSpan(0, count));
 
-        int RunRows(int r) => runEnd[r] - runStart[r];
+        int RunCost(int r) => runEnd[r] - runStart[r] + runText[r];
+
+        void Take(int candidate, int limit)
+        {
+            int run = candidateRun[candidate];
+            int cost = charged[run] ? 1 : 1 + runText[run];
+            if (used + cost > limit) return;
+            keep[candidate] = true;
+            charged[run] = true;
+            used += cost;
+        }
 
         int FindSlot(int run, int wanted)
         {
@@ -159,6 +209,26 @@ internal sealed class InfiniPotVPolicy : KvPolicy
                 if (slot[i] == wanted) return i;
             return -1;
         }
+    }
+
+    void Grow(int n)
+    {
+        if (runStart.Length >= n + 1) return;
+        int size = Math.Max(n + 1, 2 * runStart.Length);
+        runStart = new int[size]; runEnd = new int[size]; runFirst = new int[size]; runText = new int[size]; slot = new int[size];
+        tar = new float[size]; norms = new float[size]; scratch = new float[size];
+        candidateRow = new int[size]; candidateRun = new int[size]; picked = new int[size]; evict = new int[size];
+        textRow = new int[size]; textRun = new int[size];
+        keep = new bool[size]; charged = new bool[size];
+    }
+
+    /// <summary>Drops the frame starts no stored row needs any more (all but the last at or before <paramref name="position"/>), so they stay bounded.</summary>
+    void ForgetStartsBefore(int layer, int position)
+    {
+        var list = starts[layer];
+        int stale = 0;
+        while (stale + 1 < list.Count && list[stale + 1].Position <= position) stale++;
+        if (stale > 0) list.RemoveRange(0, stale);
     }
 
     /// <summary>The first position of the frame of the row at <paramref name="position"/> (as appended), or the position itself when unknown.</summary>
