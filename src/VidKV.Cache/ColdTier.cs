@@ -83,6 +83,8 @@ internal sealed unsafe partial class ColdTier : IDisposable
     public string Path { get; }
     public int SlotBytes { get; }
     public long FileBytes => slots * SlotBytes;
+    /// <summary>Slots holding a page now (the file's length counts freed slots too, which are reused first).</summary>
+    public int SlotsInUse => (int)slots - free.Count;
 
     public int Allocate()
     {

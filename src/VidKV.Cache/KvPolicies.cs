@@ -44,7 +44,7 @@ internal static partial class KvPolicies
 /// <code>
 /// { "page_size": 32, "type": "f16", "budget": 2048, "default": "freekv",
 ///   "layers": { "0-1": "full" }, "heads": { "5.1": "sinkwindow:window=256" },
-///   "max_hot_pages": 0, "cold_path": "/tmp/vidkv-cold.bin", "cold_mapped": true }
+///   "max_hot_pages": 0, "cold_path": "/tmp/vidkv-cold.bin", "max_cold_bytes": 0, "cold_mapped": true }
 /// </code>
 /// <c>layers</c> keys are a layer or an inclusive range; <c>heads</c> keys are layer.kvHead. Later entries win.
 /// </summary>
@@ -66,6 +66,8 @@ public sealed record KvCacheConfig
     public int MaxHotPages { get; init; }
     /// <summary>File of the cold tier that pages moved out of RAM go to; null keeps every page in RAM.</summary>
     public string? ColdPath { get; init; }
+    /// <summary>Most bytes the cold file holds; 0 for no limit (oldest pages dropped first, see <see cref="PagedKvOptions.MaxColdBytes"/>).</summary>
+    public long MaxColdBytes { get; init; }
     /// <summary>Read cold pages in place through a read-only mapping (default) rather than copying them back; see <see cref="PagedKvOptions.MapColdTier"/>.</summary>
     public bool ColdMapped { get; init; } = true;
 
@@ -108,6 +110,9 @@ public sealed record KvCacheConfig
                 case "default": config = config with { Default = String(field.Value, where) }; break;
                 case "max_hot_pages": config = config with { MaxHotPages = Integer(field.Value, where) }; break;
                 case "cold_path": config = config with { ColdPath = String(field.Value, where) }; break;
+                case "max_cold_bytes":
+                    config = config with { MaxColdBytes = field.Value.ValueKind == JsonValueKind.Number && field.Value.TryGetInt64(out long bytes) && bytes >= 0 ? bytes : throw new KvConfigException($"{where}: {field.Value.GetRawText()} is not a byte count ≥ 0") };
+                    break;
                 case "cold_mapped":
                     config = config with
                     {
@@ -192,7 +197,7 @@ public sealed record KvCacheConfig
     PagedKvOptions StoreOptions(int layerCount, int kvHeadCount, int headDim, KvMetadata metadata) => new()
     {
         LayerCount = layerCount, KvHeadCount = kvHeadCount, HeadDim = headDim, PageSize = PageSize, KeyType = Type, ValueType = Type,
-        MaxHotPages = MaxHotPages, ColdPath = ColdPath, MapColdTier = ColdMapped, Metadata = metadata,
+        MaxHotPages = MaxHotPages, ColdPath = ColdPath, MaxColdBytes = MaxColdBytes, MapColdTier = ColdMapped, Metadata = metadata,
     };
 
     /// <summary>

@@ -18,6 +18,7 @@ public sealed class KvSequence : IDisposable
         Store = store;
         tables = new PageTable[store.HeadSlots];
         for (int i = 0; i < tables.Length; i++) tables[i] = new PageTable();
+        store.TablesOpened(tables);
         store.SequenceOpened();
     }
 
@@ -30,6 +31,7 @@ public sealed class KvSequence : IDisposable
             tables[i] = parent.tables[i].Clone();
             foreach (int page in tables[i].Pages) Store.Share(page);
         }
+        Store.TablesOpened(tables);
         Store.SequenceOpened();
     }
 
@@ -103,6 +105,7 @@ public sealed class KvSequence : IDisposable
     {
         if (disposed) return;
         disposed = true;
+        Store.TablesClosed(tables);
         foreach (var table in tables)
             while (table.Count > 0) Store.RemovePage(table, table.Count - 1);
         Store.SequenceClosed();

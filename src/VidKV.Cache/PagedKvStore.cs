@@ -24,6 +24,12 @@ public sealed record PagedKvOptions
     /// <summary>File of the cold tier; null keeps every page in RAM.</summary>
     public string? ColdPath { get; init; }
     /// <summary>
+    /// Most bytes the cold file holds (whole pages: at least one); 0 for no limit. When a page must go cold and the file
+    /// is full, the page that went cold first is dropped from every sequence (oldest first; a recalled page, hot again,
+    /// only loses its cold copy).
+    /// </summary>
+    public long MaxColdBytes { get; init; }
+    /// <summary>
     /// Read cold pages in place through a read-only mapping of the cold file where the system has one (default);
     /// false copies each selected cold page back into a hot slot first (FreeKV's recall).
     /// </summary>
@@ -39,6 +45,7 @@ public sealed record PagedKvOptions
 
     internal void Validate()
     {
+        if (MaxColdBytes < 0) throw new ArgumentOutOfRangeException(nameof(MaxColdBytes), $"max cold bytes must be ≥ 0, not {MaxColdBytes}");
         if (PageSize is not (16 or 32 or 64)) throw new ArgumentException($"page size must be 16, 32 or 64 tokens, not {PageSize}");
         foreach (var t in new[] { KeyType, ValueType })
         {
@@ -120,6 +127,12 @@ public sealed unsafe class PagedKvStore : IDisposable
     int hotSlotHigh, hotSlots, reservedPages;
     int sequences;
     readonly ColdTier? cold;
+    // Under a cold limit: the tables of open sequences (a dropped cold page leaves each that holds it), the pages in the
+    // order their cold copies were written (entries whose serial no longer matches are stale), and each page's serial.
+    readonly List<PageTable> openTables = [];
+    readonly Queue<(int Page, long Serial)> coldOrder = new();
+    long[] coldSerial = [];
+    long coldWrites;
     readonly float[] rowScratch;
     byte[]? coldStaging;
 
@@ -142,7 +155,12 @@ public sealed unsafe class PagedKvStore : IDisposable
         rowScratch = new float[d];
         PageBytes = options.PageSize * (keyRow + valueRow);
         if (options.ColdPath != null) cold = new ColdTier(options.ColdPath, PageBytes, options.MapColdTier);
+        maxColdPages = options.MaxColdBytes == 0 ? 0 : (int)Math.Clamp(options.MaxColdBytes / PageBytes, 1, int.MaxValue);
     }
+
+    /// <summary>Pages the cold file may hold (<see cref="PagedKvOptions.MaxColdBytes"/>); 0 for no limit.</summary>
+    public int MaxColdPages => maxColdPages;
+    readonly int maxColdPages;
 
     /// <summary>The shape and storage the store was created with.</summary>
     public PagedKvOptions Options => options;
@@ -583,6 +601,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         Array.Resize(ref count, capacity);
         Array.Resize(ref hotSlotOf, capacity);
         Array.Resize(ref coldSlotOf, capacity);
+        Array.Resize(ref coldSerial, capacity);
         Array.Resize(ref holders, capacity);
         Array.Resize(ref generation, capacity);
         Array.Resize(ref frameIds, capacity * p);
@@ -918,14 +937,94 @@ public sealed unsafe class PagedKvStore : IDisposable
         if ((metadata & KvMetadata.Digest) == KvMetadata.Digest && !digestValid[page]) ComputeDigest(page);
         if (coldSlotOf[page] < 0)
         {
+            if (maxColdPages > 0)
+                while (cold.SlotsInUse >= maxColdPages && DropOldestCold()) { }
             int slot = cold.Allocate();
             try { cold.Write(slot, new ReadOnlySpan<byte>(HotSlotPointer(hot), PageBytes)); }
             catch { cold.Free(slot); throw; }
             coldSlotOf[page] = slot;
+            if (maxColdPages > 0)
+            {
+                coldSerial[page] = ++coldWrites;
+                coldOrder.Enqueue((page, coldWrites));
+                if (coldOrder.Count > 2 * maxColdPages + 64) DropStaleColdOrder();
+            }
         }
         FreeHotSlot(hot);
         hotSlotOf[page] = -1;
         Interlocked.Increment(ref coldOnlyPages);
+    }
+
+    /// <summary>Pages dropped from the cold tier to keep it within <see cref="PagedKvOptions.MaxColdBytes"/> (rows gone for good).</summary>
+    public long ColdDroppedPages { get; private set; }
+    /// <summary>Rows those pages held, counted once per sequence that lost them.</summary>
+    public long ColdDroppedRows { get; private set; }
+
+    /// <summary>
+    /// Frees the cold copy written longest ago: a recalled page only loses its copy (it is hot); a cold-only page
+    /// leaves every open sequence's table that holds it. False when no cold copy is left to free.
+    /// </summary>
+    bool DropOldestCold()
+    {
+        while (coldOrder.TryDequeue(out var entry))
+        {
+            int page = entry.Page;
+            if (coldSerial[page] != entry.Serial || coldSlotOf[page] < 0) continue; // rewritten or freed since
+            CancelPrefetch(page);
+            if (IsHot(page))
+            {
+                cold!.Free(coldSlotOf[page]);
+                coldSlotOf[page] = -1;
+                return true;
+            }
+            ColdDroppedPages++;
+            int first = FirstPosition(page);
+            for (int t = openTables.Count - 1; t >= 0 && holders[page] > 0; t--)
+            {
+                var table = openTables[t];
+                int index = TableIndexOf(table, first);
+                if (index < table.Count && table[index] == page)
+                {
+                    ColdDroppedRows += count[page];
+                    RemovePage(table, index);
+                }
+            }
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>Index of the first page of <paramref name="table"/> whose last position is ≥ <paramref name="position"/>.</summary>
+    int TableIndexOf(PageTable table, int position)
+    {
+        int lo = 0, hi = table.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) / 2;
+            if (count[table[mid]] == 0 || LastPosition(table[mid]) < position) lo = mid + 1; else hi = mid;
+        }
+        return lo;
+    }
+
+    void DropStaleColdOrder()
+    {
+        int n = coldOrder.Count;
+        for (int i = 0; i < n; i++)
+        {
+            var entry = coldOrder.Dequeue();
+            if (coldSerial[entry.Page] == entry.Serial && coldSlotOf[entry.Page] >= 0) coldOrder.Enqueue(entry);
+        }
+    }
+
+    /// <summary>A sequence's tables, so a cold page dropped under the cold limit can leave them.</summary>
+    internal void TablesOpened(PageTable[] tables)
+    {
+        if (maxColdPages > 0) openTables.AddRange(tables);
+    }
+
+    internal void TablesClosed(PageTable[] tables)
+    {
+        if (maxColdPages > 0) openTables.RemoveAll(t => Array.IndexOf(tables, t) >= 0);
     }
 
     /// <summary>
@@ -985,7 +1084,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>Set when a cold write failed (the message names the file and offset); pages then stay in RAM.</summary>
     public string? ColdError { get; set; }
 
-    /// <summary>Bytes the cold file holds.</summary>
+    /// <summary>Length of the cold file (slots ever used; freed ones are reused first, so under a cold limit it stays within it).</summary>
     public long ColdFileBytes => cold?.FileBytes ?? 0;
 
     bool disposed;

@@ -153,6 +153,8 @@ static class BenchVideoCommand
         var question = new Option<string>("--question") { Description = "The question asked at each --ask-at frame.", DefaultValueFactory = _ => "What is happening in the video?" };
         var every = new Option<int>("--every") { Description = "A row of hot/cold KV bytes and RSS every this many frames.", DefaultValueFactory = _ => 100 };
         var workers = new Option<int>("--workers") { Description = "0: sequential decoding (FfmpegSource, ffmpeg's threads); N > 0: QuickDecoder with N workers.", DefaultValueFactory = _ => 0 };
+        var coldDir = CommonOptions.ColdDir();
+        var coldMax = CommonOptions.ColdMax();
         var threads = CommonOptions.Threads();
         var output = Output();
         var command = new Command("ingest", "End-to-end frames/s of a video into a session, ms per frame per stage (decode wait, preprocess, encode, prefill), "
@@ -161,14 +163,14 @@ static class BenchVideoCommand
         {
             source,
         };
-        command.With(model, mmproj, fps, maxFrames, policy, budget, askAt, question, every, workers, threads, output);
+        command.With(model, mmproj, fps, maxFrames, policy, budget, coldDir, coldMax, askAt, question, every, workers, threads, output);
         command.SetAction(r => RunIngest(r.GetValue(source)!, r.GetValue(model)!, r.GetValue(mmproj)!, new FrameSampling { Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames) },
-            r.GetValue(policy), r.GetValue(budget), r.GetValue(askAt) ?? [], r.GetValue(question)!, r.GetValue(every), r.GetValue(workers), r.GetValue(threads),
+            CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(askAt) ?? [], r.GetValue(question)!, r.GetValue(every), r.GetValue(workers), r.GetValue(threads),
             r.GetValue(output) == "json", r.InvocationConfiguration.Output).GetAwaiter().GetResult());
         return command;
     }
 
-    static async Task<int> RunIngest(string source, string modelPath, string mmprojPath, FrameSampling sampling, string? policy, int? budget, int[] askAt,
+    static async Task<int> RunIngest(string source, string modelPath, string mmprojPath, FrameSampling sampling, KvCacheConfig kv, int[] askAt,
         string question, int every, int workers, int threads, bool json, TextWriter output)
     {
         sampling.Validate();
@@ -177,7 +179,6 @@ static class BenchVideoCommand
         if (askAt.Any(n => n < 1)) throw new ArgumentException("--ask-at takes frame counts ≥ 1");
         Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
         var log = Console.Error;
-        var kv = new KvCacheConfig { Default = policy ?? "full", Budget = budget };
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
         using var vision = VisionModel.Load(mmprojPath);
@@ -189,10 +190,26 @@ static class BenchVideoCommand
         var ttfts = new List<object>();
         double decodeMs = 0, appendMs = 0;
         int count = 0;
+        // Each row also times the frames since the row before (frames/s and ms per frame per stage over that window), so
+        // a cost that grows with the stream shows where it grows.
+        double windowDecode = 0, windowAppend = 0, windowPreprocess = 0, windowEncode = 0;
         object Row(int n)
         {
             var memory = engine.Memory;
-            return new { frames = n, hot_kv_bytes = memory.HotBytes, cold_kv_bytes = memory.ColdBytes, rss_bytes = Environment.WorkingSet, session_rows = session.Length };
+            double preprocess = session.PreprocessTime.TotalMilliseconds - windowPreprocess, encode = session.EncodeTime.TotalMilliseconds - windowEncode;
+            double decode = decodeMs - windowDecode, append = appendMs - windowAppend;
+            int frames = every;
+            var row = new
+            {
+                frames = n, hot_kv_bytes = memory.HotBytes, cold_kv_bytes = memory.ColdBytes, cold_dropped_rows = memory.ColdDroppedRows, rss_bytes = Environment.WorkingSet,
+                session_rows = session.Length, gc_gen2_collections = GC.CollectionCount(2), gc_pause_ms = GC.GetTotalPauseDuration().TotalMilliseconds,
+                managed_heap_bytes = GC.GetGCMemoryInfo().HeapSizeBytes, window_frames_per_second = frames / Math.Max((decode + append) / 1000, 1e-12),
+                window_ms_per_frame = new { decode_wait = decode / frames, preprocess = preprocess / frames, encode = encode / frames, prefill = Math.Max(0, append - preprocess - encode) / frames },
+            };
+            (windowDecode, windowAppend, windowPreprocess, windowEncode) = (decodeMs, appendMs, session.PreprocessTime.TotalMilliseconds, session.EncodeTime.TotalMilliseconds);
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  frame {n}: {row.window_frames_per_second:F2} frames/s (last {frames}; encode {row.window_ms_per_frame.encode:F0} ms, prefill {row.window_ms_per_frame.prefill:F0} ms per frame), KV hot {memory.HotBytes / 1048576.0:F1} MiB cold {memory.ColdBytes / 1048576.0:F1} MiB, RSS {row.rss_bytes / 1048576.0:F0} MiB, GC pauses {row.gc_pause_ms / 1000:F1} s"));
+            return row;
         }
         var total = Stopwatch.StartNew();
         await using (var e = frames.ReadAsync().GetAsyncEnumerator())
@@ -209,7 +226,6 @@ static class BenchVideoCommand
                 if (count % every == 0)
                 {
                     rows.Add(Row(count));
-                    log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  frame {count}: {count / total.Elapsed.TotalSeconds:F2} frames/s, KV hot {engine.Memory.HotBytes / 1048576.0:F1} MiB cold {engine.Memory.ColdBytes / 1048576.0:F1} MiB, RSS {Environment.WorkingSet / 1048576.0:F0} MiB"));
                 }
                 if (asks.Contains(count))
                 {
@@ -236,7 +252,7 @@ static class BenchVideoCommand
         var result = new
         {
             source = Path.GetFileName(source), model = Path.GetFileName(modelPath), mmproj = Path.GetFileName(mmprojPath), projector = vision.Config.Projector.ToString(),
-            kv_policy = kv.Default, budget, fps = sampling.Fps, decoder = workers > 0 ? $"QuickDecoder, {workers} workers" : "FfmpegSource", threads,
+            kv_policy = kv.Default, budget = kv.Budget, cold_max_bytes = kv.ColdPath == null ? (long?)null : kv.MaxColdBytes, fps = sampling.Fps, decoder = workers > 0 ? $"QuickDecoder, {workers} workers" : "FfmpegSource", threads,
             frames = count, wall_s = seconds, frames_per_second = count / Math.Max(ingestMs / 1000, 1e-12),
             ms_per_frame = new { decode_wait = PerFrame(decodeMs), preprocess = PerFrame(preprocessMs), encode = PerFrame(encodeMs), prefill = PerFrame(prefillMs), total = PerFrame(ingestMs) },
             every, rows, ttft = ttfts, peak_rss_bytes = Process.GetCurrentProcess().PeakWorkingSet64, kernels = Tensors.MachineLimits.KernelSet,

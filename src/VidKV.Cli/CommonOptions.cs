@@ -1,4 +1,5 @@
 using System.CommandLine;
+using VidKV.Cache;
 using VidKV.Models;
 using VidKV.Tensors;
 
@@ -36,6 +37,26 @@ static class CommonOptions
         Description = "Threads for the kernels (default: one per core, or VIDKV_THREADS).",
         DefaultValueFactory = _ => WorkerPool.DefaultThreadCount(),
     };
+
+    public static Option<string?> ColdDir() => new("--cold-dir")
+    {
+        Description = "Folder for the KV cold-tier file: pages a policy moves out of RAM (resv, livevlm, freekv) go there (default: every page stays in RAM).",
+    };
+
+    public static Option<double> ColdMax() => new("--cold-max")
+    {
+        Description = "Most MiB the cold file holds with --cold-dir; when it is full the pages that went cold first are dropped for good (0 = no limit).",
+        DefaultValueFactory = _ => 0,
+    };
+
+    /// <summary><paramref name="kv"/> with a cold file in <paramref name="dir"/> (one per process) of at most <paramref name="maxMib"/> MiB.</summary>
+    public static KvCacheConfig WithColdTier(KvCacheConfig kv, string? dir, double maxMib)
+    {
+        if (maxMib < 0) throw new ArgumentException($"--cold-max must be ≥ 0 MiB, not {maxMib}");
+        if (dir == null) return maxMib > 0 ? throw new ArgumentException("--cold-max needs --cold-dir (where the cold file goes)") : kv;
+        if (!Directory.Exists(dir)) throw new ArgumentException($"--cold-dir '{dir}': no such folder");
+        return kv with { ColdPath = Path.Combine(dir, $"vidkv-cold-{Environment.ProcessId}.bin"), MaxColdBytes = (long)(maxMib * 1048576) };
+    }
 
     /// <summary>Where the built-in random-weight defaults are written: <c>$VIDKV_CACHE</c>, else <c>~/.cache/vidkv</c>.</summary>
     public static string CacheFolder => Environment.GetEnvironmentVariable("VIDKV_CACHE") is { Length: > 0 } c ? c

@@ -34,26 +34,27 @@ static class WatchCommand
         var threshold = new Option<float>("--threshold") { Description = "--proactive speaks when p(silence) falls below this.", DefaultValueFactory = _ => 0.725f };
         var brackets = new Option<bool>("--brackets") { Description = "Lay frames out as VideoLLM-online's [ frame, frame, … ] instead of the model family's own video format." };
         var predict = new Option<int>("--n-predict", "-n") { Description = "Most tokens per answer.", DefaultValueFactory = _ => 128 };
+        var coldDir = CommonOptions.ColdDir();
+        var coldMax = CommonOptions.ColdMax();
         var threads = CommonOptions.Threads();
         var command = new Command("watch", "Watch a video with a vision-language model: bounded memory, questions while it plays, comments on its own.")
         {
             source,
         };
-        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, ask, proactive, silence, threshold, brackets, predict, threads);
-        command.SetAction(r => Run(r.InvocationConfiguration.Output, r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
+        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, coldDir, coldMax, ask, proactive, silence, threshold, brackets, predict, threads);
+        command.SetAction(r => Run(r.InvocationConfiguration.Output, r.InvocationConfiguration.Error, r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
         {
             Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames),
             Start = r.GetValue(start) is double s ? TimeSpan.FromSeconds(s) : null, End = r.GetValue(end) is double e ? TimeSpan.FromSeconds(e) : null,
-        }, r.GetValue(policy), r.GetValue(budget), r.GetValue(ask) ?? [], r.GetValue(proactive) ? new ProactiveOptions { SilenceToken = r.GetValue(silence)!, Threshold = r.GetValue(threshold) } : null,
+        }, CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(ask) ?? [], r.GetValue(proactive) ? new ProactiveOptions { SilenceToken = r.GetValue(silence)!, Threshold = r.GetValue(threshold) } : null,
             r.GetValue(brackets), r.GetValue(predict), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;
     }
 
-    static async Task<int> Run(TextWriter output, string? source, string? modelPath, string? mmprojPath, FrameSampling sampling, string? policy, int? budget,
+    static async Task<int> Run(TextWriter output, TextWriter log, string? source, string? modelPath, string? mmprojPath, FrameSampling sampling, KvCacheConfig kv,
         string[] questions, ProactiveOptions? proactive, bool brackets, int maxTokens, int threads)
     {
         Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
-        var log = Console.Error;
         sampling.Validate();
         if (modelPath == null)
         {
@@ -63,7 +64,6 @@ static class WatchCommand
         mmprojPath ??= Directory.Exists(modelPath) ? modelPath : throw new ArgumentException("watch needs --mmproj: the vision projector (mmproj GGUF) that goes with -m");
         source ??= DemoVideo(log);
 
-        var kv = new KvCacheConfig { Default = policy ?? "full", Budget = budget };
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
         using var vision = VisionModel.Load(mmprojPath);
@@ -72,31 +72,43 @@ static class WatchCommand
         await using var session = engine.CreateSession();
         log.WriteLine($"watching {frames.Name} with {Path.GetFileName(modelPath)} + {Path.GetFileName(mmprojPath)} ({vision.Config.Projector}), KV policy {kv.Default}");
 
+        var display = WatchDisplay.For(output, log);
         var clock = Stopwatch.StartNew();
         using var stop = new CancellationTokenSource();
-        var typed = Console.IsInputRedirected ? Task.CompletedTask : Task.Run(() => AnswerTypedQuestions(output, session, maxTokens, stop.Token));
+        var typed = Console.IsInputRedirected ? Task.CompletedTask : Task.Run(() => AnswerTypedQuestions(display, session, maxTokens, stop.Token));
         int count = 0;
         void Status(VideoFrame frame)
         {
             count++;
             var store = engine.Store;
             double rate = count / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
-            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  frame {count} at {frame.Timestamp:mm\\:ss\\.f}: {rate:F2} frames/s, KV hot {store.HotBytes / 1048576.0:F1} MiB cold {store.ColdBytes / 1048576.0:F1} MiB, RSS {Environment.WorkingSet / 1048576.0:F0} MiB"));
+            display.Status(string.Create(CultureInfo.InvariantCulture,
+                $"  frame {count} at {frame.Timestamp:mm\\:ss\\.f}: {rate:F2} frames/s, KV hot {store.HotBytes / 1048576.0:F1} MiB cold {store.ColdBytes / 1048576.0:F1} MiB, RSS {Environment.WorkingSet / 1048576.0:F0} MiB"),
+                frame.Timestamp.TotalSeconds);
         }
-        if (proactive != null)
+        frames.FrameSkipped += skipped => display.Note(string.Create(CultureInfo.InvariantCulture,
+            $"  skipped a frame{(skipped.Timestamp is TimeSpan at ? $" at {at:mm\\:ss\\.f}" : "")} (after {skipped.Index} frames): {skipped.Reason}; watching goes on"));
+        await display.RunAsync(async () =>
         {
-            await foreach (var comment in session.WatchAsync(Tap(frames.ReadAsync(stop.Token), Status), proactive, stop.Token))
-                output.WriteLine($"[{comment.Timestamp:mm\\:ss}] {comment.Text.Trim()}");
-        }
-        else
-        {
-            await session.AppendVideoAsync(Tap(frames.ReadAsync(stop.Token), Status), null, stop.Token);
-        }
-        foreach (string question in questions) await Answer(output, session, question, maxTokens, stop.Token);
+            if (proactive != null)
+            {
+                await foreach (var comment in session.WatchAsync(Tap(frames.ReadAsync(stop.Token), Status), proactive, stop.Token))
+                    display.Print($"[{comment.Timestamp:mm\\:ss}] {comment.Text.Trim()}");
+            }
+            else await session.AppendVideoAsync(Tap(frames.ReadAsync(stop.Token), Status), null, stop.Token);
+        }, await Length(frames, sampling));
+        foreach (string question in questions) await Answer(display, session, question, maxTokens, stop.Token);
         stop.Cancel();
         log.WriteLine($"watched {count} frames in {clock.Elapsed.TotalSeconds:F1} s");
         return 0;
+    }
+
+    /// <summary>Seconds of stream the watch will cover when a file says (for the progress bar); null for a live stream or a camera.</summary>
+    static async Task<double?> Length(IFrameSource frames, FrameSampling sampling)
+    {
+        if (frames is not FfmpegSource file || (await file.ProbeAsync().ConfigureAwait(false)).Duration is not TimeSpan duration) return null;
+        var end = sampling.End is TimeSpan e && e < duration ? e : duration;
+        return Math.Max(0, (end - (sampling.Start ?? TimeSpan.Zero)).TotalSeconds);
     }
 
     static async IAsyncEnumerable<VideoFrame> Tap(IAsyncEnumerable<VideoFrame> frames, Action<VideoFrame> seen)
@@ -108,19 +120,14 @@ static class WatchCommand
         }
     }
 
-    static async Task AnswerTypedQuestions(TextWriter output, Session session, int maxTokens, CancellationToken cancellation)
+    static async Task AnswerTypedQuestions(WatchDisplay display, Session session, int maxTokens, CancellationToken cancellation)
     {
         while (!cancellation.IsCancellationRequested && await Console.In.ReadLineAsync(cancellation) is { } line)
-            if (line.Trim().Length > 0) await Answer(output, session, line.Trim(), maxTokens, cancellation);
+            if (line.Trim().Length > 0) await Answer(display, session, line.Trim(), maxTokens, cancellation);
     }
 
-    static async Task Answer(TextWriter output, Session session, string question, int maxTokens, CancellationToken cancellation)
-    {
-        output.WriteLine($"Q: {question}");
-        output.Write("A: ");
-        await foreach (var piece in session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = maxTokens }, cancellation)) output.Write(piece);
-        output.WriteLine();
-    }
+    static Task Answer(WatchDisplay display, Session session, string question, int maxTokens, CancellationToken cancellation) =>
+        display.AnswerAsync(question, session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = maxTokens }, cancellation));
 
     /// <summary>The built-in default: a SmolVLM2-256M-shaped pair of RANDOM weights, written once to the cache folder.</summary>
     static (string Text, string Projector) DefaultPair(TextWriter log)

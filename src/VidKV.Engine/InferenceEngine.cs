@@ -94,7 +94,7 @@ public sealed class InferenceEngine : IAsyncDisposable
     internal FrameEncoder? Encoder { get; }
 
     /// <summary>KV memory now, all sessions together.</summary>
-    public KvMemory Memory => new(store.HotBytes, store.ColdBytes, store.HotBudgetBytes, store.PageCount, store.SequenceCount);
+    public KvMemory Memory => new(store.HotBytes, store.ColdBytes, store.HotBudgetBytes, store.PageCount, store.SequenceCount, store.ColdDroppedRows);
 
     /// <summary>The page pool (tests and tools look at it between steps).</summary>
     internal PagedKvStore Store => store;
@@ -260,8 +260,11 @@ public sealed class InferenceEngine : IAsyncDisposable
     }
 }
 
-/// <summary>KV memory of an engine: bytes in RAM and in the cold file, the hot budget (0 = none), pages and sequences.</summary>
-public readonly record struct KvMemory(long HotBytes, long ColdBytes, long BudgetBytes, int Pages, int Sequences);
+/// <summary>
+/// KV memory of an engine: bytes in RAM and in the cold file, the hot budget (0 = none), pages and sequences, and the
+/// rows dropped from a full cold file (<see cref="KvCacheConfig.MaxColdBytes"/>) so far.
+/// </summary>
+public readonly record struct KvMemory(long HotBytes, long ColdBytes, long BudgetBytes, int Pages, int Sequences, long ColdDroppedRows = 0);
 
 /// <summary>
 /// Work the engine loop runs for a session, a few rows per step: an ingest (rows appended, no logits) or an answer

@@ -31,7 +31,7 @@ public sealed class FfmpegSource : IFrameSource
     /// <inheritdoc/>
     public string Name => input.Name;
 
-    /// <summary>Raised for each frame left out because it could not be decoded; decoding goes on.</summary>
+    /// <inheritdoc/>
     public event Action<SkippedFrame>? FrameSkipped;
 
     /// <summary>What ffprobe says about the video stream (probed once).</summary>

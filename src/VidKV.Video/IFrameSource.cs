@@ -13,4 +13,7 @@ public interface IFrameSource : IAsyncDisposable
 
     /// <summary>The frames, in order; ends when the stream ends; cancellation stops it and ends the decoding work.</summary>
     IAsyncEnumerable<VideoFrame> ReadAsync(CancellationToken cancellation = default);
+
+    /// <summary>Raised for each frame left out because it could not be decoded (a corrupt frame mid-stream); the stream goes on.</summary>
+    event Action<SkippedFrame>? FrameSkipped;
 }

@@ -16,6 +16,9 @@ public sealed class PushedFrameSource : IFrameSource
     readonly FrameSampling sampling;
     readonly TimestampSampler sampler;
     readonly SemaphoreSlim pushGate = new(1, 1);
+
+    /// <summary>Never raised: pushed frames arrive decoded.</summary>
+    public event Action<SkippedFrame>? FrameSkipped { add { } remove { } }
     Stopwatch? clock;
     TimeSpan lastTimestamp = TimeSpan.MinValue;
     long index;

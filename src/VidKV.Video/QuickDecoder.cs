@@ -21,8 +21,14 @@ public sealed record QuickDecoderOptions
     public int MaxFramesAhead { get; init; } = 32;
     /// <summary>Keyframe intervals are merged into one chunk until it decodes at least this many frames (one ffmpeg start
     /// per chunk), while its delivered frames stay within <see cref="MaxFramesAhead"/> / (<see cref="Workers"/> + 1) so that
-    /// every worker has room to run.</summary>
+    /// every worker has room to run, and only across a gap of at most <see cref="MergeGapFrames"/>.</summary>
     public int MinChunkFrames { get; init; } = 48;
+    /// <summary>The most frames a chunk decodes only to reach the next keyframe interval it takes in (the frames after
+    /// its last wanted one, which a chunk of their own would skip: ffmpeg stops at a chunk's last wanted frame). Past it
+    /// the next interval starts a chunk of its own, since decoding the gap costs more than starting another ffmpeg
+    /// (measured: see <c>vidkv bench video decode</c>). Sampling 1 frame/s of a 2-second GOP leaves a gap of about
+    /// half of each GOP, so each GOP becomes a chunk and its second half is never decoded.</summary>
+    public int MergeGapFrames { get; init; } = 12;
     /// <summary>ffmpeg and ffprobe executables and the stall timeout (its <see cref="FfmpegOptions.DecoderThreads"/> is not
     /// used: see <see cref="ThreadsPerWorker"/>).</summary>
     public FfmpegOptions Ffmpeg { get; init; } = FfmpegOptions.Default;
@@ -33,6 +39,7 @@ public sealed record QuickDecoderOptions
         if (ThreadsPerWorker < 0) throw new ArgumentException($"threads per worker must be 0 (automatic) or positive, got {ThreadsPerWorker}");
         if (MaxFramesAhead <= 0) throw new ArgumentException($"frames ahead must be positive, got {MaxFramesAhead}");
         if (MinChunkFrames <= 0) throw new ArgumentException($"chunk frames must be positive, got {MinChunkFrames}");
+        if (MergeGapFrames < 0) throw new ArgumentException($"merge gap must be 0 or more frames, got {MergeGapFrames}");
         Ffmpeg.Validate();
     }
 }
@@ -74,7 +81,7 @@ public sealed class QuickDecoder : IFrameSource
     /// <inheritdoc/>
     public string Name => input.Name;
 
-    /// <summary>Raised for each frame left out because it could not be decoded; decoding goes on.</summary>
+    /// <inheritdoc/>
     public event Action<SkippedFrame>? FrameSkipped;
 
     /// <summary>The chunks of the last plan (for benchmarks and tests).</summary>
@@ -255,6 +262,8 @@ public sealed class QuickDecoder : IFrameSource
             if (last < 0) last = ~last - 1;
             return Math.Max(1, last - first + 1);
         }
+        // Frames strictly between a chunk's last wanted frame and the keyframe of the next interval.
+        int Gap(long lastWanted, long keyframe) => keyframe <= lastWanted ? 0 : FramesFrom(lastWanted, keyframe) - 2;
 
         int maxWantedPerChunk = Math.Max(1, options.MaxFramesAhead / (options.Workers + 1));
         var chunks = new List<Chunk>();
@@ -265,13 +274,15 @@ public sealed class QuickDecoder : IFrameSource
             long? seek = keyframe >= 0 && keyframes[keyframe] > index.FramePts[0] ? keyframes[keyframe] : null;
             long from = keyframe >= 0 ? keyframes[keyframe] : index.FramePts[0];
             int first = i;
-            // Take whole keyframe intervals while the chunk is short of MinChunkFrames decoded frames and has room.
+            // Take whole keyframe intervals while the chunk is short of MinChunkFrames decoded frames, has room, and the
+            // next interval is within MergeGapFrames of the chunk's last wanted frame.
             while (i < wanted.Count)
             {
                 int group = KeyframeBefore(wanted[i]), groupEnd = i;
                 while (groupEnd < wanted.Count && KeyframeBefore(wanted[groupEnd]) == group) groupEnd++;
                 bool firstGroup = i == first;
-                if (!firstGroup && (FramesFrom(from, wanted[i - 1]) >= options.MinChunkFrames || groupEnd - first > maxWantedPerChunk)) break;
+                if (!firstGroup && (FramesFrom(from, wanted[i - 1]) >= options.MinChunkFrames || groupEnd - first > maxWantedPerChunk
+                    || group >= 0 && Gap(wanted[i - 1], keyframes[group]) > options.MergeGapFrames)) break;
                 i = groupEnd;
             }
             chunks.Add(new Chunk(seek, wanted[first], wanted[i - 1], i - first, first, first > 0 ? intervals[first - 1] : -1));

@@ -487,6 +487,69 @@ public class KvCacheTests
         }
     }
 
+    /// <summary>
+    /// A cold file with a limit of three pages: a page going cold into a full file drops the page that went cold first,
+    /// from every sequence that holds it (a fork too); a recalled page, hot again, only loses its cold copy; the pages
+    /// that stay read back unchanged; the file never grows past the limit; each mapped or copied-back read still works.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ColdTierKeepsItsLimitByDroppingTheOldestPages(bool mapped)
+    {
+        const int d = 16, pageSize = 16;
+        string path = Path.Combine(Path.GetTempPath(), $"vidkv-cold-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
+        var shape = new PagedKvOptions { LayerCount = 1, KvHeadCount = 1, HeadDim = d, PageSize = pageSize };
+        int pageBytes;
+        using (var probe = new PagedKvStore(shape)) pageBytes = probe.PageBytes;
+        using var store = new PagedKvStore(shape with { ColdPath = path, MapColdTier = mapped, MaxColdBytes = 3L * pageBytes + pageBytes / 2 });
+        Assert.Equal(3, store.MaxColdPages);
+        using var seq = store.CreateSequence();
+        var rng = new Random(5);
+        var k = new float[d];
+        var v = new float[d];
+        for (int t = 0; t < 8 * pageSize; t++)
+        {
+            for (int i = 0; i < d; i++) { k[i] = (float)rng.NextDouble(); v[i] = (float)rng.NextDouble(); }
+            Assert.True(seq.Append(0, t, 1, k, v));
+        }
+        using var fork = seq.Fork();
+        var pages = seq.Table(0, 0).Pages.ToArray();
+        var before = pages.Select(p => Rows(store, p)).ToArray();
+        for (int i = 0; i < 3; i++) store.MoveCold(pages[i]);
+        Assert.True(store.Recall(pages[1])); // hot again, its clean copy still in the file
+        Assert.Equal(0, store.ColdDroppedPages);
+
+        store.MoveCold(pages[3]); // full: page 0 went cold first and is cold only, so it is gone
+        Assert.Equal(1, store.ColdDroppedPages);
+        Assert.Equal(2 * pageSize, store.ColdDroppedRows); // both sequences lost its rows
+        foreach (var table in new[] { seq.Table(0, 0), fork.Table(0, 0) })
+        {
+            Assert.Equal(pages[1..], table.Pages.ToArray());
+            Assert.Equal(7 * pageSize, table.TokenCount);
+        }
+        store.MoveCold(pages[4]); // full: page 1's copy is the oldest, and page 1 is hot: only the copy goes
+        Assert.Equal(1, store.ColdDroppedPages);
+        Assert.True(store.IsHot(pages[1]));
+        store.MoveCold(pages[1]); // written again, the newest copy now; full: page 2 goes
+        Assert.Equal(2, store.ColdDroppedPages);
+        Assert.Equal(new[] { pages[1] }.Concat(pages[3..]), seq.Table(0, 0).Pages.ToArray());
+        Assert.Equal(seq.Table(0, 0).Pages.ToArray(), fork.Table(0, 0).Pages.ToArray());
+        Assert.Equal(3, store.ColdOnlyPageCount);
+        Assert.True(store.ColdFileBytes <= 3L * pageBytes, $"cold file {store.ColdFileBytes} bytes");
+        foreach (int i in new[] { 1, 3, 4, 5, 6, 7 }) Assert.Equal(before[i], Rows(store, pages[i]));
+        Assert.Equal(6 * pageSize, seq.Table(0, 0).TokenCount);
+
+        static float[] Rows(PagedKvStore store, int page) // from either tier
+        {
+            var keys = new float[store.PageSize * d];
+            var values = new float[store.PageSize * d];
+            store.ReadKeys(page, keys);
+            store.ReadValues(page, values);
+            return [.. keys.AsSpan(0, store.Count(page) * d), .. values.AsSpan(0, store.Count(page) * d)];
+        }
+    }
+
     static HashSet<int> FirstStored(HashSet<int> stored, int count) => stored.Order().Take(count).ToHashSet();
 
     static HashSet<int> StoredPositions(PagedKvStore store, PageTable table)

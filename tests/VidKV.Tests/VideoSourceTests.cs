@@ -39,7 +39,7 @@ public sealed class GeneratedVideos : IDisposable
 
     /// <summary>Zeroes the fifth JPEG of an MJPEG file, from its start-of-image marker to its end-of-image marker, so
     /// the container stays intact and that one packet holds no image.</summary>
-    static void CorruptFifthJpeg(string from, string to)
+    internal static void CorruptFifthJpeg(string from, string to)
     {
         byte[] data = File.ReadAllBytes(from);
         int found = 0, start = -1;
@@ -147,6 +147,24 @@ public class VideoSourceTests(GeneratedVideos videos) : IClassFixture<GeneratedV
             if (video != "h264-g50.mp4" && video != "vp9-g50.webm") Assert.True(decoder.ChunkCount > 1, $"{video}: one chunk only");
             AssertSameFrames(sequential, parallel, $"{video} {samplingName} with {workers} workers");
         }
+    }
+
+    /// <summary>
+    /// Sampling 1 frame/s of a 50-frame GOP at 25 fps wants frames 0, 25 and 50: merging the second GOP into the first
+    /// chunk would decode the 24 frames between 25 and the keyframe at 50 only to get there, so by default (a gap of
+    /// at most 12) the second GOP is a chunk of its own; allowing a gap of 30 merges them. The frames are the same.
+    /// </summary>
+    [Theory]
+    [InlineData(12, 2)]
+    [InlineData(30, 1)]
+    public async Task AWideGapBetweenWantedFramesStartsANewChunk(int gap, int chunks)
+    {
+        var sampling = new FrameSampling { Fps = 1 };
+        var sequential = await ReadAll(new FfmpegSource(videos.Path("h264-g50.mp4"), sampling));
+        Assert.Equal([TimeSpan.Zero, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2)], sequential.Select(f => f.Timestamp));
+        var decoder = new QuickDecoder(videos.Path("h264-g50.mp4"), sampling, new QuickDecoderOptions { Workers = 2, MergeGapFrames = gap });
+        AssertSameFrames(sequential, await ReadAll(decoder), $"gap {gap}");
+        Assert.Equal(chunks, decoder.ChunkCount);
     }
 
     [Fact]

@@ -55,8 +55,27 @@ public class WatchCommandTests
         string path = source.StartsWith("camera:", StringComparison.Ordinal) ? source : dir.File(source);
         var stderr = new StringWriter();
         Assert.Equal(2, CliRunner.Run(CliApp.BuildRoot(), ["watch", path, "-m", text, "--mmproj", projector], stderr));
-        string[] lines = stderr.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Single(lines);
-        Assert.Contains(problem, lines[0]);
+        string[] errors = stderr.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => l.StartsWith("vidkv: error:", StringComparison.Ordinal)).ToArray();
+        Assert.Single(errors);
+        Assert.Contains(problem, errors[0]);
+    }
+
+    /// <summary>A corrupt frame in the middle of a stream is reported on stderr with its time, and watching goes on to the end.</summary>
+    [Fact]
+    public void ACorruptFrameIsReportedAndWatchingGoesOn()
+    {
+        using var dir = new TempDirectory();
+        var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
+        string clean = dir.File("clip.mkv"), corrupt = dir.File("corrupt.mkv");
+        GeneratedVideos.Ffmpeg($"-f lavfi -i testsrc2=size=96x64:rate=10:duration=1 -c:v mjpeg -q:v 5 -pix_fmt yuvj420p -y {clean}");
+        GeneratedVideos.CorruptFifthJpeg(clean, corrupt);
+        var stderr = new StringWriter();
+        var stdout = new StringWriter();
+        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), ["watch", corrupt, "-m", text, "--mmproj", projector, "--fps", "10", "-t", "2"], stderr, stdout));
+        string log = stderr.ToString();
+        var skipped = log.Split('\n').Where(l => l.Contains("skipped a frame", StringComparison.Ordinal)).ToArray();
+        Assert.Single(skipped);
+        Assert.Contains("(after 4 frames)", skipped[0]);
+        Assert.Contains("watched 9 frames", log);
     }
 }

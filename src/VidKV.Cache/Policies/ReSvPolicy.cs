@@ -137,7 +137,7 @@ internal sealed class ReSvPolicy : KvPolicy
         {
             int page = table[i];
             if (!Store.IsHot(page)) break; // moved on an earlier step, and the ones before it too
-            if (Store.FrameIds(page).Contains(-1)) continue; // text is read every step: it stays hot
+            if (Store.FrameIds(page).IndexOfAnyInRange(int.MinValue, FrameIds.None) >= 0) continue; // text (a frame's too) is read every step: it stays hot
             try { Store.MoveCold(page); }
             catch (IOException e) { Store.ColdError = e.Message; return; }
         }
