@@ -11,10 +11,13 @@ namespace VidKV.Cli;
 /// </summary>
 abstract class WatchDisplay
 {
-    /// <summary>The live display when both streams are the process's terminal, else plain lines to the writers given.</summary>
+    /// <summary>
+    /// The live display when both streams are the process's terminal and Spectre.Console finds it interactive (it does
+    /// not with stdin redirected, and would then show no status at all), else plain lines to the writers given.
+    /// </summary>
     public static WatchDisplay For(TextWriter output, TextWriter log) =>
         ReferenceEquals(output, Console.Out) && ReferenceEquals(log, Console.Error) && !Console.IsOutputRedirected && !Console.IsErrorRedirected
-            ? new Live() : new Plain(output, log);
+        && AnsiConsole.Profile.Capabilities.Interactive ? new Live() : new Plain(output, log);
 
     /// <summary>Runs <paramref name="work"/> with the display up; <paramref name="totalSeconds"/>: the stream's length when known.</summary>
     public abstract Task RunAsync(Func<Task> work, double? totalSeconds);
