@@ -982,7 +982,7 @@ public sealed unsafe class PagedKvStore : IDisposable
             for (int t = openTables.Count - 1; t >= 0 && holders[page] > 0; t--)
             {
                 var table = openTables[t];
-                int index = TableIndexOf(table, first);
+                int index = FrameRows.FirstPageFrom(this, table, first);
                 if (index < table.Count && table[index] == page)
                 {
                     ColdDroppedRows += count[page];
@@ -992,18 +992,6 @@ public sealed unsafe class PagedKvStore : IDisposable
             return true;
         }
         return false;
-    }
-
-    /// <summary>Index of the first page of <paramref name="table"/> whose last position is ≥ <paramref name="position"/>.</summary>
-    int TableIndexOf(PageTable table, int position)
-    {
-        int lo = 0, hi = table.Count;
-        while (lo < hi)
-        {
-            int mid = (lo + hi) / 2;
-            if (count[table[mid]] == 0 || LastPosition(table[mid]) < position) lo = mid + 1; else hi = mid;
-        }
-        return lo;
     }
 
     void DropStaleColdOrder()
