@@ -20,12 +20,12 @@ public sealed record QuickDecoderOptions
     /// needs a window of about GOP length × workers to gain.</summary>
     public int MaxFramesAhead { get; init; } = 32;
     /// <summary>Keyframe intervals are merged into one chunk until it decodes at least this many frames (one ffmpeg start
-    /// per chunk), while its delivered frames stay within <see cref="MaxFramesAhead"/> / (<see cref="Workers"/> + 1) so that
-    /// every worker has room to run, and only across a gap of at most <see cref="MergeGapFrames"/>. Measured on a 720p
+    /// per chunk), while its delivered frames stay within <see cref="MaxFramesAhead"/> / <see cref="Workers"/> so that
+    /// every worker has room to decode its whole chunk while the consumer is at the start of the first, and only across a gap of at most <see cref="MergeGapFrames"/>. Measured on a 720p
     /// H.264 file (AMD EPYC Zen 4): an ffmpeg start with its seek costs about 100 ms, about 50 frames of one-thread
     /// decoding (2 ms each), so chunks of 240 frames keep the starts to a small share (1 frame/s of a 10-minute file:
     /// 1.79× one-thread sequential with 60 chunks, against 1.37× with chunks of 48).</summary>
-    public int MinChunkFrames { get; init; } = 240;
+    public int MinChunkFrames { get; init; } = 480;
     /// <summary>The most frames a chunk decodes only to reach the next keyframe interval it takes in (the frames after
     /// its last wanted one, which a chunk of their own would skip: ffmpeg stops at a chunk's last wanted frame). Past it
     /// the next interval starts a chunk of its own, since decoding the gap would cost more than starting another ffmpeg
@@ -267,7 +267,7 @@ public sealed class QuickDecoder : IFrameSource
         // Frames strictly between a chunk's last wanted frame and the keyframe of the next interval.
         int Gap(long lastWanted, long keyframe) => keyframe <= lastWanted ? 0 : FramesFrom(lastWanted, keyframe) - 2;
 
-        int maxWantedPerChunk = Math.Max(1, options.MaxFramesAhead / (options.Workers + 1));
+        int maxWantedPerChunk = Math.Max(1, options.MaxFramesAhead / options.Workers);
         var chunks = new List<Chunk>();
         int i = 0;
         while (i < wanted.Count)
