@@ -198,12 +198,13 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                     int padded = (tokens + IntegerTiles.Tokens - 1) / IntegerTiles.Tokens * IntegerTiles.Tokens;
                     scratch.Ensure(padded * columns, 2 * padded * blocks);
                     bool q4k = a.Type == GgmlType.Q4_K; // its mins need d_x·Σq as well
-                    for (int t = 0; t < tokens; t++)
-                        QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks),
-                            q4k ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
+                    // The integer offsets of Q4_0 (8) and Q8_0 (128) need Σq per block; Q4_K's mins use the float sums.
+                    bool offsetSums = !q4k && a.Type != GgmlType.Q6_K;
+                    QuantizeRows(px, scratch, tokens, columns, q4k, offsetSums, pool);
                     scratch.Quants.AsSpan(tokens * columns, (padded - tokens) * columns).Clear();
                     scratch.Scales.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
                     scratch.Sums.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
+                    if (offsetSums) scratch.BlockSums.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
                     if (a.Type == GgmlType.Q6_K)
                     {
                         // Q6_K's tile blocks are 16 columns: Σq per 16 for its −32, and each d_x twice (in Sums).
@@ -212,10 +213,6 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                             IntegerTiles.BlockSums16(q, 2 * padded * blocks, sums);
                         for (int i = 0; i < padded * blocks; i++) scratch.Sums[2 * i] = scratch.Sums[2 * i + 1] = scratch.Scales[i];
                     }
-                    else if (!q4k) // the integer offsets of Q4_0 (8) and Q8_0 (128) need Σq; Q4_K's mins use the float sums
-                        fixed (sbyte* q = scratch.Quants)
-                        fixed (int* sums = scratch.BlockSums)
-                            IntegerTiles.BlockSums(q, padded * blocks, sums);
                     break;
                 }
                 case GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K when UsesInterleavedDecode(a, b, c, tokens):
@@ -275,6 +272,59 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         }
     }
 
+    /// <summary>
+    /// Quantises the activations of a prefill to 8 bits (<see cref="QuantizedDot.QuantizeRow"/>: quants, d_x per block,
+    /// with <paramref name="floatSums"/> d_x·Σq too) and with <paramref name="offsetSums"/> the integer Σq per block,
+    /// the tokens split over the pool: a ViT layer quantises 1024 × 3072 values for its down projection, a serial
+    /// pause of about a millisecond while the other cores wait.
+    /// </summary>
+    static void QuantizeRows(float* x, Scratch scratch, int tokens, int columns, bool floatSums, bool offsetSums, WorkerPool pool)
+    {
+        fixed (sbyte* q = scratch.Quants)
+        fixed (float* scales = scratch.Scales, sums = scratch.Sums)
+        fixed (int* blockSums = scratch.BlockSums)
+        {
+            var job = new QuantizeJob
+            {
+                X = x, Quants = q, Scales = scales, Sums = floatSums ? sums : null, BlockSums = offsetSums ? blockSums : null, Tokens = tokens, Columns = columns,
+            };
+            pool.Run(&QuantizeShare, &job);
+        }
+    }
+
+    struct QuantizeJob
+    {
+        public float* X, Scales, Sums;
+        public sbyte* Quants;
+        public int* BlockSums;
+        public int Tokens, Columns;
+    }
+
+    static void QuantizeShare(void* context, int thread, int threads)
+    {
+        ref QuantizeJob job = ref *(QuantizeJob*)context;
+        var (start, end) = WorkerPool.Split(job.Tokens, thread, threads);
+        int columns = job.Columns, blocks = columns / QuantizedDot.BlockSize;
+        for (int t = start; t < end; t++)
+            QuantizedDot.QuantizeRow(new ReadOnlySpan<float>(job.X + (long)t * columns, columns), new Span<sbyte>(job.Quants + (long)t * columns, columns),
+                new Span<float>(job.Scales + (long)t * blocks, blocks), job.Sums == null ? default : new Span<float>(job.Sums + (long)t * blocks, blocks));
+        if (job.BlockSums != null && end > start)
+            IntegerTiles.BlockSums(job.Quants + (long)start * columns, (end - start) * blocks, job.BlockSums + (long)start * blocks);
+    }
+
+    /// <summary>
+    /// y[t, r] = Σ_c w[r, c] · x[t, c] for f32 <paramref name="w"/> [rows, columns] on the calling thread alone (no pool,
+    /// nothing allocated once its thread's buffers have grown): the same tiles, so the same sums, as <see cref="MatMul(ReadOnlySpan{float}, int, Span{float}, WorkerPool?)"/>
+    /// of an F32 matrix. For kernels that share their work out themselves (<see cref="Attention.Bidirectional"/>).
+    /// </summary>
+    internal static void MultiplyF32(float* w, int rows, int columns, float* x, int tokens, float* y)
+    {
+        if (rows <= 0 || tokens <= 0) return;
+        var job = new Job { Columns = columns, Tokens = tokens, Type = GgmlType.F32, X = x, Plain = x };
+        job.Add(w, rows, columns * sizeof(float), y);
+        RunRows(ref job, ref job.P0, 0, rows);
+    }
+
     /// <summary>Decode (fewer than 4 tokens) of interleaved Q4_0/Q8_0/Q4_K/Q6_K matrices: every matrix of the job must have the copy.</summary>
     static bool UsesInterleavedDecode(WeightMatrix a, WeightMatrix? b, WeightMatrix? c, int tokens) =>
         !UsesFloatTiles(tokens) && a.IsInterleaved && (b == null || b.IsInterleaved) && (c == null || c.IsInterleaved);
@@ -303,12 +353,14 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         public int* BlockSums;
         public ushort* Bf16; // the activations rounded to bf16, padded to whole groups (Bf16Tiles)
 
-        public void Add(WeightMatrix w, float* y)
+        public void Add(WeightMatrix w, float* y) => Add(w.data, w.Rows, w.RowBytes, y, w.interleaved);
+
+        public void Add(void* weights, int rows, int rowBytes, float* y, byte* interleaved = null)
         {
-            var part = new Part { Weights = w.data, Interleaved = w.interleaved, RowBytes = w.RowBytes, Rows = w.Rows, FirstRow = TotalRows, Y = y };
+            var part = new Part { Weights = (byte*)weights, Interleaved = interleaved, RowBytes = rowBytes, Rows = rows, FirstRow = TotalRows, Y = y };
             if (PartCount == 0) P0 = part; else if (PartCount == 1) P1 = part; else P2 = part;
             PartCount++;
-            TotalRows += w.Rows;
+            TotalRows += rows;
         }
     }
 

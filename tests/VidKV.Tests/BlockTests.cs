@@ -99,7 +99,7 @@ public class BlockTests
     [InlineData(1, 2, 1, 16)]
     [InlineData(13, 4, 2, 24)]
     [InlineData(197, 6, 3, 64)]
-    [InlineData(600, 2, 1, 72)] // more rows than a query block (512), SigLIP so400m's head size
+    [InlineData(600, 2, 1, 72)] // blocks of 64 queries and a tail of 24, SigLIP so400m's head size
     [InlineData(5, 3, 3, 7)]
     public void BidirectionalAttentionSeesEveryRow(int tokens, int heads, int kvHeads, int d)
     {

@@ -480,8 +480,7 @@ public sealed unsafe class VisionModel : IDisposable
             }
         }
         patchKernel.MatMul(im2col, count, destination);
-        if (patchBias != null)
-            for (int r = 0; r < count; r++) TensorPrimitives.Add(destination.Slice(r * e, e), patchBias, destination.Slice(r * e, e));
+        if (patchBias != null) Linear.AddBias(destination, count, patchBias);
     }
 
     /// <summary>
