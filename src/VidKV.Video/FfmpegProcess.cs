@@ -9,7 +9,7 @@ namespace VidKV.Video;
 /// channel (drained all the time, so the tool never blocks on its log while the reader waits on the output). Disposing
 /// kills it if it still runs.
 /// </summary>
-internal sealed class FfmpegProcess : IAsyncDisposable
+internal sealed partial class FfmpegProcess : IAsyncDisposable
 {
     readonly Process process;
     readonly Channel<string> errorLines = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
@@ -36,8 +36,8 @@ internal sealed class FfmpegProcess : IAsyncDisposable
         _ = Fcntl((int)pipe.SafePipeHandle.DangerousGetHandle(), 1031 /* F_SETPIPE_SZ */, PipeBytes);
     }
 
-    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    static extern int Fcntl(int fd, int command, int argument);
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "fcntl")]
+    private static partial int Fcntl(int fd, int command, int argument);
 
     /// <summary>Starts <paramref name="executable"/>; a missing executable is the one-line "ffmpeg not found" error.</summary>
     public static FfmpegProcess Start(FfmpegOptions options, string executable, IEnumerable<string> arguments, string sourceName)
