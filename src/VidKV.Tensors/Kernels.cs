@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace VidKV.Tensors;
 
@@ -123,38 +125,53 @@ internal static class Kernels
     /// x rounded to fp16 whose entries are 0.5·h·(1 + tanh(√(2/π)·h·(1 + 0.044715·h²))) rounded to fp16. Matching its
     /// rounding keeps ViT embeddings within ~1e-4 of llama.cpp's instead of ~2e-3. Destination may alias x.
     /// </summary>
-    public static void Gelu(ReadOnlySpan<float> x, Span<float> destination)
-    {
-        var table = HalfTables.Gelu;
-        Span<Half> halves = stackalloc Half[HalfChunk];
-        for (int start = 0; start < x.Length; start += HalfChunk)
-        {
-            int n = Math.Min(HalfChunk, x.Length - start);
-            var chunk = x.Slice(start, n);
-            TensorPrimitives.ConvertToHalf(chunk, halves[..n]); // vectorised fp16 rounding (nearest even, as the cast)
-            var target = destination.Slice(start, n);
-            for (int i = 0; i < n; i++)
-            {
-                float v = chunk[i];
-                target[i] = v <= -10f ? 0f : v >= 10f ? v : table[BitConverter.HalfToUInt16Bits(halves[i])];
-            }
-        }
-    }
+    public static void Gelu(ReadOnlySpan<float> x, Span<float> destination) => LookUp(HalfTables.Gelu, x, destination, clampAtTen: true);
 
     /// <summary>Elements converted to fp16 at a time by the table activations (a stack buffer).</summary>
     const int HalfChunk = 256;
 
     /// <summary>Quick GELU (CLIP) as ggml-cpu computes it (<c>GGML_GELU_QUICK_FP16</c>): x·σ(1.702·x) looked up at fp16(x), the result an fp16 value. Destination may alias x.</summary>
-    public static void QuickGelu(ReadOnlySpan<float> x, Span<float> destination)
+    public static void QuickGelu(ReadOnlySpan<float> x, Span<float> destination) => LookUp(HalfTables.QuickGelu, x, destination, clampAtTen: false);
+
+    /// <summary>
+    /// destination[i] = table[fp16 bits of x[i]] (with <paramref name="clampAtTen"/>: 0 at x ≤ −10 and x at x ≥ 10, as
+    /// ggml's GELU), 256 values rounded to fp16 at a time, then 8 lookups per AVX2 gather: the scalar loop took 2.5 ns
+    /// an element, 47 ms of a 512² SigLIP-B/16 frame (AMD EPYC Zen 4).
+    /// </summary>
+    static unsafe void LookUp(float[] table, ReadOnlySpan<float> x, Span<float> destination, bool clampAtTen)
     {
-        var table = HalfTables.QuickGelu;
+        if (destination.Length < x.Length) throw new ArgumentException("destination shorter than x", nameof(destination));
         Span<Half> halves = stackalloc Half[HalfChunk];
-        for (int start = 0; start < x.Length; start += HalfChunk)
+        fixed (float* pt = table, px = x, pd = destination)
+        fixed (Half* ph = halves)
         {
-            int n = Math.Min(HalfChunk, x.Length - start);
-            TensorPrimitives.ConvertToHalf(x.Slice(start, n), halves[..n]);
-            var target = destination.Slice(start, n);
-            for (int i = 0; i < n; i++) target[i] = table[BitConverter.HalfToUInt16Bits(halves[i])];
+            var low = Vector256.Create(-10f);
+            var high = Vector256.Create(10f);
+            for (int start = 0; start < x.Length; start += HalfChunk)
+            {
+                int n = Math.Min(HalfChunk, x.Length - start), i = 0;
+                TensorPrimitives.ConvertToHalf(x.Slice(start, n), halves[..n]); // vectorised fp16 rounding (nearest even, as the cast)
+                float* source = px + start, target = pd + start;
+                ushort* bits = (ushort*)ph;
+                if (Avx2.IsSupported)
+                    for (; i + 8 <= n; i += 8)
+                    {
+                        var index = Avx2.ConvertToVector256Int32(bits + i);
+                        var value = Avx2.GatherVector256(pt, index, 4);
+                        if (clampAtTen)
+                        {
+                            var v = Avx.LoadVector256(source + i);
+                            value = Vector256.ConditionalSelect(Vector256.LessThanOrEqual(v, low), Vector256<float>.Zero, value);
+                            value = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(v, high), v, value);
+                        }
+                        Avx.Store(target + i, value);
+                    }
+                for (; i < n; i++)
+                {
+                    float v = source[i];
+                    target[i] = clampAtTen && v <= -10f ? 0f : clampAtTen && v >= 10f ? v : pt[bits[i]];
+                }
+            }
         }
     }
 
