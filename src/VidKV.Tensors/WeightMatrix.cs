@@ -219,16 +219,12 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                 {
                     scratch.Ensure(tokens * columns, 2 * tokens * blocks);
                     bool q4k = a.Type == GgmlType.Q4_K;
-                    for (int t = 0; t < tokens; t++)
-                        QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns), scratch.Scales.AsSpan(t * blocks, blocks),
-                            q4k ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
-                    fixed (sbyte* q = scratch.Quants)
-                    fixed (int* sums = scratch.BlockSums)
-                    {
-                        // Q4_K takes its mins off with the float sums; Q6_K's −32 needs sums of 16 (a scale covers 16).
-                        if (a.Type == GgmlType.Q6_K) IntegerTiles.BlockSums16(q, 2 * tokens * blocks, sums);
-                        else if (!q4k) IntegerTiles.BlockSums(q, tokens * blocks, sums);
-                    }
+                    // Q4_K takes its mins off with the float sums; Q6_K's −32 needs sums of 16 (a scale covers 16).
+                    QuantizeRows(px, scratch, tokens, columns, q4k, offsetSums: !q4k && a.Type != GgmlType.Q6_K, pool);
+                    if (a.Type == GgmlType.Q6_K)
+                        fixed (sbyte* q = scratch.Quants)
+                        fixed (int* sums = scratch.BlockSums)
+                            IntegerTiles.BlockSums16(q, 2 * tokens * blocks, sums);
                     // The interleaved kernels widen f16 scales as d·2^−112 (HalfDot's trick); 2^112 goes on the activations.
                     TensorPrimitives.Multiply(scratch.Scales.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Scales.AsSpan(0, tokens * blocks));
                     if (q4k) TensorPrimitives.Multiply(scratch.Sums.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Sums.AsSpan(0, tokens * blocks));
@@ -236,9 +232,7 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                 }
                 case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K when !UsesFloatTiles(tokens):
                     scratch.Ensure(tokens * columns, tokens * blocks);
-                    for (int t = 0; t < tokens; t++)
-                        QuantizedDot.QuantizeRow(x.Slice(t * columns, columns), scratch.Quants.AsSpan(t * columns, columns),
-                            scratch.Scales.AsSpan(t * blocks, blocks), a.Type is GgmlType.Q4_0 or GgmlType.Q4_K ? scratch.Sums.AsSpan(t * blocks, blocks) : default);
+                    QuantizeRows(px, scratch, tokens, columns, floatSums: a.Type is GgmlType.Q4_0 or GgmlType.Q4_K, offsetSums: false, pool);
                     break;
                 case GgmlType.BF16 when UsesBf16Tiles(a.Type, columns, tokens):
                 {
@@ -273,10 +267,11 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     }
 
     /// <summary>
-    /// Quantises the activations of a prefill to 8 bits (<see cref="QuantizedDot.QuantizeRow"/>: quants, d_x per block,
-    /// with <paramref name="floatSums"/> d_x·Σq too) and with <paramref name="offsetSums"/> the integer Σq per block,
-    /// the tokens split over the pool: a ViT layer quantises 1024 × 3072 values for its down projection, a serial
-    /// pause of about a millisecond while the other cores wait.
+    /// Quantises the activations to 8 bits (<see cref="QuantizedDot.QuantizeRow"/>: quants, d_x per block, with
+    /// <paramref name="floatSums"/> d_x·Σq too) and with <paramref name="offsetSums"/> the integer Σq per block. A prefill's
+    /// tokens are split over the pool (a ViT layer quantises 1024 × 3072 values for its down projection, a serial pause
+    /// of about a millisecond while the other cores waited); fewer than <see cref="ParallelQuantizeTokens"/> tokens
+    /// (decode) stay on the caller, where a pool round trip would cost more than the work.
     /// </summary>
     static void QuantizeRows(float* x, Scratch scratch, int tokens, int columns, bool floatSums, bool offsetSums, WorkerPool pool)
     {
@@ -288,9 +283,13 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
             {
                 X = x, Quants = q, Scales = scales, Sums = floatSums ? sums : null, BlockSums = offsetSums ? blockSums : null, Tokens = tokens, Columns = columns,
             };
-            pool.Run(&QuantizeShare, &job);
+            if (tokens < ParallelQuantizeTokens) QuantizeShare(&job, 0, 1);
+            else pool.Run(&QuantizeShare, &job);
         }
     }
+
+    /// <summary>Tokens from which <see cref="QuantizeRows"/> shares the rows out.</summary>
+    const int ParallelQuantizeTokens = 16;
 
     struct QuantizeJob
     {

@@ -20,11 +20,11 @@ public sealed record QuickDecoderOptions
     /// needs a window of about GOP length × workers to gain.</summary>
     public int MaxFramesAhead { get; init; } = 32;
     /// <summary>Keyframe intervals are merged into one chunk until it decodes at least this many frames (one ffmpeg start
-    /// per chunk), while its delivered frames stay within <see cref="MaxFramesAhead"/> / <see cref="Workers"/> so that
-    /// every worker has room to decode its whole chunk while the consumer is at the start of the first, and only across a gap of at most <see cref="MergeGapFrames"/>. Measured on a 720p
-    /// H.264 file (AMD EPYC Zen 4): an ffmpeg start with its seek costs about 100 ms, about 50 frames of one-thread
-    /// decoding (2 ms each), so chunks of 240 frames keep the starts to a small share (1 frame/s of a 10-minute file:
-    /// 1.79× one-thread sequential with 60 chunks, against 1.37× with chunks of 48).</summary>
+    /// per chunk), while its delivered frames stay within <see cref="MaxFramesAhead"/> / <see cref="Workers"/> (so every
+    /// worker has room to decode its whole chunk while the consumer is at the start of the first), and only across a gap
+    /// of at most <see cref="MergeGapFrames"/>. Measured on a 720p H.264 file (AMD EPYC Zen 4): an ffmpeg start with its
+    /// seek costs about 100 ms, about 50 frames of one-thread decoding (2 ms each); at 1 frame/s of a 10-minute file
+    /// chunks of 480 frames (38 chunks) gave 1.82× one-thread sequential decoding, 240 (60 chunks) 1.61–1.69×, 48 1.37×.</summary>
     public int MinChunkFrames { get; init; } = 480;
     /// <summary>The most frames a chunk decodes only to reach the next keyframe interval it takes in (the frames after
     /// its last wanted one, which a chunk of their own would skip: ffmpeg stops at a chunk's last wanted frame). Past it
