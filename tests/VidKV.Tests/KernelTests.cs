@@ -487,7 +487,8 @@ public class KernelTests
 
     /// <summary>
     /// Attention over masked rows of pages with gaps in positions: equals the reference run on the gathered selected
-    /// rows (dequantised as stored), for f32, f16 and q8_0 pages and prefill batches that see only earlier rows.
+    /// rows (dequantised as stored), for f32, f16 and q8_0 pages and prefill batches that see only earlier rows (several
+    /// token blocks from 41 tokens on), with rows back to back or <paramref name="rowPadding"/> bytes apart.
     /// </summary>
     [Theory]
     [InlineData(1, 300, 4, 2, 32, 16, GgmlType.F16)]
@@ -497,7 +498,10 @@ public class KernelTests
     [InlineData(17, 500, 8, 2, 96, 32, GgmlType.F16)]
     [InlineData(4, 70, 6, 2, 20, 16, GgmlType.F16)]
     [InlineData(2, 45, 3, 3, 5, 64, GgmlType.F32)]
-    public unsafe void PagedAttentionMatchesReferenceOnSelectedRows(int tokens, int stored, int heads, int kvHeads, int headDim, int pageSize, GgmlType type)
+    [InlineData(70, 150, 6, 2, 32, 32, GgmlType.F16)]
+    [InlineData(41, 260, 9, 3, 64, 32, GgmlType.Q8_0, 12)]
+    [InlineData(13, 120, 4, 1, 24, 16, GgmlType.F32, 8)]
+    public unsafe void PagedAttentionMatchesReferenceOnSelectedRows(int tokens, int stored, int heads, int kvHeads, int headDim, int pageSize, GgmlType type, int rowPadding = 0)
     {
         var rng = new Random(tokens * 7919 + stored);
         int group = heads / kvHeads, rowBytes = (int)GgmlTypes.RowBytes(type, headDim);
@@ -522,12 +526,12 @@ public class KernelTests
             {
                 int count = Math.Min(pageSize, positions.Count - first);
                 float[] k = Random(rng, count * headDim, 2), v = Random(rng, count * headDim);
-                byte[] kb = Bytes(k, type), vb = Bytes(v, type);
+                byte[] kb = Padded(Bytes(k, type), rowBytes, rowPadding), vb = Padded(Bytes(v, type), rowBytes, rowPadding);
                 int[] pos = positions.GetRange(first, count).ToArray();
                 bool lastPage = first + count == positions.Count;
                 ulong mask = rng.Next(4) == 0 || lastPage ? KvPageView.AllRows : (ulong)rng.NextInt64() & (count == 64 ? ulong.MaxValue : (1UL << count) - 1);
                 if (rng.Next(5) == 0 && !lastPage) continue; // page not selected at all
-                float[] kr = Dequantized(kb, type, count * headDim), vr = Dequantized(vb, type, count * headDim);
+                float[] kr = Dequantized(Bytes(k, type), type, count * headDim), vr = Dequantized(Bytes(v, type), type, count * headDim);
                 for (int j = 0; j < count; j++)
                 {
                     if (mask != KvPageView.AllRows && (mask >> j & 1) == 0) continue;
@@ -541,7 +545,7 @@ public class KernelTests
                 pins.AddRange([hk, hv, hp]);
                 views.Add(new KvPageView
                 {
-                    Keys = (byte*)hk.AddrOfPinnedObject(), Values = (byte*)hv.AddrOfPinnedObject(), KeyStride = rowBytes, ValueStride = rowBytes,
+                    Keys = (byte*)hk.AddrOfPinnedObject(), Values = (byte*)hv.AddrOfPinnedObject(), KeyStride = rowBytes + rowPadding, ValueStride = rowBytes + rowPadding,
                     Positions = (int*)hp.AddrOfPinnedObject(), Count = count, Mask = mask,
                 });
             }
@@ -579,6 +583,17 @@ public class KernelTests
     }
 
     static float[] Round(float[] x, GgmlType type) => type == GgmlType.F32 ? x : x.Select(v => (float)(Half)v).ToArray();
+
+    /// <summary>Rows of <paramref name="rowBytes"/> moved <paramref name="padding"/> bytes further apart each (the gaps hold 0xCD).</summary>
+    static byte[] Padded(byte[] rows, int rowBytes, int padding)
+    {
+        if (padding == 0) return rows;
+        int count = rows.Length / rowBytes;
+        var padded = new byte[count * (rowBytes + padding)];
+        Array.Fill(padded, (byte)0xCD);
+        for (int j = 0; j < count; j++) rows.AsSpan(j * rowBytes, rowBytes).CopyTo(padded.AsSpan(j * (rowBytes + padding)));
+        return padded;
+    }
 
     static byte[] Bytes(float[] x, GgmlType type)
     {
