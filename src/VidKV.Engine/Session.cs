@@ -15,8 +15,8 @@ public sealed record AskOptions
     /// <summary>How each answer token is picked; greedy by default.</summary>
     public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
     /// <summary>
-    /// Keep generating past end-of-generation tokens until <see cref="MaxTokens"/> (llama.cpp's and vLLM's
-    /// <c>ignore_eos</c>: answers of a fixed length, for benchmarks and tests).
+    /// Keep generating past end-of-generation tokens until <see cref="MaxTokens"/>, their text included (vLLM's
+    /// <c>ignore_eos</c>; llama.cpp's bars those tokens instead): answers of a fixed length, for benchmarks and tests.
     /// </summary>
     public bool IgnoreEndOfGeneration { get; init; }
     /// <summary>Where the answer reports its token counts and why it ended (null: not reported). One per question.</summary>

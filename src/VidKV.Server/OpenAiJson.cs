@@ -25,7 +25,7 @@ sealed class ChatCompletionRequest
     public float? MinP { get; init; }
     public long? Seed { get; init; }
     public int? N { get; init; }
-    /// <summary>llama-server's and vLLM's extension: generate <c>max_tokens</c> whatever the model says.</summary>
+    /// <summary>vLLM's extension: go on past end-of-generation tokens to <c>max_tokens</c> (<see cref="VidKV.Engine.AskOptions.IgnoreEndOfGeneration"/>).</summary>
     public bool? IgnoreEos { get; init; }
     /// <summary>Not supported yet; refused when given, rather than ignored.</summary>
     public JsonElement? Stop { get; init; }

@@ -337,6 +337,23 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
         await Json(await served.PostAsync(Chat(UserText("Once upon a time"), maxTokens: 4)), HttpStatusCode.OK);
     }
 
+    /// <summary>
+    /// A prompt that does not fit the context is a 400 saying so; an answer that would run past it stops at the
+    /// context's end with finish_reason length (prompt plus answer fill the context exactly).
+    /// </summary>
+    [Fact]
+    public async Task ContextLimits()
+    {
+        await using var served = await Served.StartAsync(engineOptions: Exact with { ContextLength = 64 });
+        await Error(await served.PostAsync(Chat(UserText(string.Join(' ', Enumerable.Repeat("Once upon a time", 30))))), HttpStatusCode.BadRequest,
+            "messages", "context_length_exceeded", "context of 64");
+        var body = await Json(await served.PostAsync(Chat(UserText("Once upon a time"), maxTokens: 1000)), HttpStatusCode.OK);
+        var usage = body.GetProperty("usage");
+        Assert.Equal("length", body.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal(64, usage.GetProperty("total_tokens").GetInt32());
+        Assert.Equal(0, served.Engine.Memory.Pages);
+    }
+
     [Fact]
     public async Task OversizeBodyIs413()
     {
