@@ -17,6 +17,7 @@ namespace VidKV.Cli
             KvCommands.Create(),
             BenchCommand.Create(),
             WatchCommand.Create(),
+            ServeCommand.Create(),
         };
     }
 }

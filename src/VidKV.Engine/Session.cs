@@ -14,6 +14,38 @@ public sealed record AskOptions
     public int MaxTokens { get; init; } = 256;
     /// <summary>How each answer token is picked; greedy by default.</summary>
     public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
+    /// <summary>
+    /// Keep generating past end-of-generation tokens until <see cref="MaxTokens"/>, their text included (vLLM's
+    /// <c>ignore_eos</c>; llama.cpp's bars those tokens instead): answers of a fixed length, for benchmarks and tests.
+    /// </summary>
+    public bool IgnoreEndOfGeneration { get; init; }
+    /// <summary>Where the answer reports its token counts and why it ended (null: not reported). One per question.</summary>
+    public AskUsage? Usage { get; init; }
+}
+
+/// <summary>
+/// What one answer of <see cref="Session.AskAsync"/> used, filled in on the engine's loop as the answer runs and final
+/// once its enumeration has ended (the counts an HTTP API reports as usage and finish reason).
+/// </summary>
+public sealed class AskUsage
+{
+    int promptTokens, completionTokens;
+    volatile bool endOfGeneration;
+
+    /// <summary>
+    /// Rows the answer read before its first token: the session's rows when the question forked it, an open video
+    /// segment's closing rows and the prompt's tokens (image and frame rows count one each).
+    /// </summary>
+    public int PromptTokens { get => Volatile.Read(ref promptTokens); internal set => Volatile.Write(ref promptTokens, value); }
+
+    /// <summary>Tokens generated, an end-of-generation token that ended the answer included.</summary>
+    public int CompletionTokens { get => Volatile.Read(ref completionTokens); internal set => Volatile.Write(ref completionTokens, value); }
+
+    /// <summary>
+    /// Whether the answer ended on the model's end-of-generation token; false when it reached
+    /// <see cref="AskOptions.MaxTokens"/>, was stopped or failed.
+    /// </summary>
+    public bool EndedOnEndOfGeneration { get => endOfGeneration; internal set => endOfGeneration = value; }
 }
 
 /// <summary>
@@ -311,7 +343,8 @@ public sealed class Session : IAsyncDisposable
     }
 
     /// <summary>
-    /// Asks a question about what the session holds now and streams the answer as text pieces (whole UTF-8 characters),
+    /// Asks a question about what the session holds now and streams the answer as text pieces (whole UTF-8 characters;
+    /// the end-of-generation token that ends it is not in the text, <see cref="AskOptions.Usage"/> counts it),
     /// generated on a fork of the session's KV while appending goes on. The fork is taken between appends (an append
     /// part way in, such as a frame, finishes first); an open video segment gets its closing rows on the fork only, then
     /// <paramref name="prompt"/> goes in as it is (format it with the model's chat template if it has one), at positions
@@ -633,12 +666,19 @@ public sealed class Session : IAsyncDisposable
                 promptRows!.Advance(rows);
                 if (!promptRows.Finished) return;
             }
+            if (generated == 0 && options.Usage is { } usage) usage.PromptTokens = fork!.Length;
             int token = sampler.Sample(logits, history);
             history.Add(token);
             Tokens.Add(token);
             generated++;
-            bool end = engine.Model.Vocabulary.IsEndOfGeneration(token);
-            Emit(engine.Model.Tokenizer.TokenToPiece(token), flush: end || generated == options.MaxTokens);
+            bool end = !options.IgnoreEndOfGeneration && engine.Model.Vocabulary.IsEndOfGeneration(token);
+            if (options.Usage is { } counts)
+            {
+                counts.CompletionTokens = generated;
+                counts.EndedOnEndOfGeneration = end;
+            }
+            // The end-of-generation token ends the text without being part of it (as generate does not print it).
+            Emit(end ? [] : engine.Model.Tokenizer.TokenToPiece(token), flush: end || generated == options.MaxTokens);
             if (end || generated == options.MaxTokens) Complete(null);
             else nextRow = RowRun.Text([token]);
         }

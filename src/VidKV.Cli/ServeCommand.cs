@@ -1,0 +1,68 @@
+using System.CommandLine;
+using System.Net;
+using VidKV.Engine;
+using VidKV.Models;
+using VidKV.Server;
+
+namespace VidKV.Cli;
+
+/// <summary>
+/// <c>vidkv serve</c>: an OpenAI-compatible HTTP API (<see cref="InferenceServer"/>) over one model, as llama-server
+/// serves one: chat completions whole or streamed, with images when the model's vision projector is given.
+/// </summary>
+static class ServeCommand
+{
+    /// <summary>The environment variable read for the API key when <c>--api-key</c> is not given (a key on the command line shows in ps).</summary>
+    public const string ApiKeyVariable = "VIDKV_API_KEY";
+
+    public static Command Create()
+    {
+        var model = CommonOptions.Model(required: true);
+        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF, or the Hugging Face folder of -m) for images in chat messages." };
+        var host = new Option<string>("--host") { Description = "Address to listen on (an IP address or localhost). Loopback by default: other machines reach the server only when you say so.", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "TCP port (0: any free one).", DefaultValueFactory = _ => 8080 };
+        var apiKey = new Option<string?>("--api-key") { Description = $"Require Authorization: Bearer KEY on every endpoint but /health (default: ${ApiKeyVariable} when set, else no key)." };
+        var mediaRoot = new Option<string?>("--media-root") { Description = "Folder whose image files requests may name (file:// URLs or paths; symbolic links are followed and must stay inside). Default: none, images come as data URLs only." };
+        var maxSessions = new Option<int>("--max-sessions") { Description = "Most requests answered at once, each in its own session on the shared engine; more get 429.", DefaultValueFactory = _ => 4 };
+        var maxBody = new Option<double>("--max-body") { Description = "Largest request body (and image file) in MiB; a larger one gets 413.", DefaultValueFactory = _ => 32 };
+        var context = CommonOptions.ContextSize(4096);
+        var predict = new Option<int>("--n-predict", "-n") { Description = "Most tokens of an answer when a request gives no max_tokens (-1 = until the end of generation or a full context).", DefaultValueFactory = _ => -1 };
+        var threads = CommonOptions.Threads();
+        var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not, text and images).")
+            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, context, predict, threads);
+        command.SetAction(r => Run(r.InvocationConfiguration.Error, r.GetValue(model)!, r.GetValue(mmproj), new ServerOptions
+        {
+            Host = ParseHost(r.GetValue(host)!),
+            Port = r.GetValue(port),
+            ApiKey = r.GetValue(apiKey) ?? (Environment.GetEnvironmentVariable(ApiKeyVariable) is { Length: > 0 } key ? key : null),
+            MediaRoot = r.GetValue(mediaRoot),
+            MaxSessions = r.GetValue(maxSessions),
+            MaxBodyBytes = r.GetValue(maxBody) is var mib && mib > 0 && mib <= 4096 ? (long)(mib * 1048576) : throw new ArgumentException($"--max-body must be more than 0 and at most 4096 MiB, not {mib}"),
+            DefaultMaxTokens = r.GetValue(predict) is var n && n >= 0 ? (n > 0 ? n : throw new ArgumentException("-n must be at least 1, or -1 for no limit")) : null,
+            Log = r.InvocationConfiguration.Error,
+        }, r.GetValue(context), r.GetValue(threads)).GetAwaiter().GetResult());
+        return command;
+    }
+
+    static IPAddress ParseHost(string host) =>
+        host.Equals("localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback
+        : IPAddress.TryParse(host, out var address) ? address
+        : throw new ArgumentException($"--host '{host}' is not an IP address (or localhost)");
+
+    static async Task<int> Run(TextWriter log, string modelPath, string? mmprojPath, ServerOptions options, int contextSize, int threads)
+    {
+        options.Validate(); // before the model loads: a bad option is reported at once
+        if (contextSize < 0) throw new ArgumentException($"-c must be 0 (the model's own) or more, not {contextSize}");
+        Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
+        using var model = ModelLoader.Load(modelPath);
+        using var vision = mmprojPath != null ? VisionModel.Load(mmprojPath) : null;
+        int ctx = contextSize > 0 ? Math.Min(contextSize, model.Config.ContextLength) : model.Config.ContextLength;
+        await using var engine = new InferenceEngine(model, new EngineOptions { ContextLength = ctx }, vision);
+        if (!IPAddress.IsLoopback(options.Host) && options.ApiKey == null)
+            log.WriteLine($"warning: listening on {options.Host} without an API key: anyone who reaches this address can use the model (--api-key or ${ApiKeyVariable})");
+        await using var server = await InferenceServer.StartAsync(engine, options);
+        log.WriteLine($"context {ctx} tokens per request; at most {options.MaxSessions} requests at once; Ctrl+C stops");
+        await server.WaitForShutdownAsync();
+        return 0;
+    }
+}

@@ -1,0 +1,187 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using VidKV.Engine;
+
+namespace VidKV.Server;
+
+/// <summary>
+/// An OpenAI-compatible HTTP API over an <see cref="InferenceEngine"/> (as llama-server and vLLM serve one), on Kestrel
+/// with ASP.NET Core minimal APIs: <c>GET /health</c>, <c>GET /v1/models</c> and <c>POST /v1/chat/completions</c>
+/// (whole or streamed as server-sent events; text and images). JSON is read and written only at this edge, by
+/// source-generated System.Text.Json; each request gets a session of its own on the shared engine, whose loop batches
+/// them. Errors are OpenAI's error body with a 4xx status naming what is wrong and where; one request's failure never
+/// touches another's. Start it with <see cref="StartAsync"/>; dispose it to stop (the engine stays the caller's).
+/// </summary>
+public sealed class InferenceServer : IAsyncDisposable
+{
+    /// <summary>The routes and their methods, for a 405 on a known route asked with another method.</summary>
+    static readonly Dictionary<string, string> Routes = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["/health"] = HttpMethods.Get,
+        ["/v1/models"] = HttpMethods.Get,
+        ["/v1/chat/completions"] = HttpMethods.Post,
+    };
+
+    readonly WebApplication app;
+    readonly ChatCompletions chat;
+
+    InferenceServer(WebApplication app, ChatCompletions chat, Uri address, string modelId)
+    {
+        this.app = app;
+        this.chat = chat;
+        Address = address;
+        ModelId = modelId;
+    }
+
+    /// <summary>Where the server listens (with the real port when <see cref="ServerOptions.Port"/> was 0), e.g. <c>http://127.0.0.1:8080/</c>.</summary>
+    public Uri Address { get; }
+
+    /// <summary>The model's name in <c>/v1/models</c> and in every response.</summary>
+    public string ModelId { get; }
+
+    /// <summary>Chat requests being answered now (tests look at it).</summary>
+    internal int ActiveRequests => chat.Active;
+
+    /// <summary>
+    /// Binds Kestrel to <see cref="ServerOptions.Host"/>:<see cref="ServerOptions.Port"/> and starts serving
+    /// <paramref name="engine"/>'s model.
+    /// </summary>
+    /// <exception cref="ArgumentException">an option is out of range, or the media root does not exist</exception>
+    /// <exception cref="IOException">the address cannot be bound (a port in use)</exception>
+    public static async Task<InferenceServer> StartAsync(InferenceEngine engine, ServerOptions? options = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(engine);
+        options ??= new ServerOptions();
+        options.Validate();
+        string modelId = options.ModelId ?? DefaultModelId(engine.Model.Path);
+        var media = new MediaFiles(options.MediaRoot, options.MaxBodyBytes);
+        byte[]? keyHash = options.ApiKey is { } key ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
+        var chat = new ChatCompletions(engine, options, modelId, media);
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "vidkv", ContentRootPath = AppContext.BaseDirectory });
+        builder.Logging.ClearProviders(); // one line per request goes to options.Log instead
+        builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = options.MaxBodyBytes;
+            kestrel.Listen(options.Host, options.Port);
+        });
+        var app = builder.Build();
+
+        app.Use(async (context, next) =>
+        {
+            long start = Stopwatch.GetTimestamp();
+            try
+            {
+                await next(context).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+            {
+                options.Log?.WriteLine($"{context.Request.Method} {context.Request.Path}: the client went away; its answer was stopped");
+                return;
+            }
+            catch (Exception e)
+            {
+                var error = Unwrap(e) switch
+                {
+                    ApiException api => api,
+                    BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge } =>
+                        new ApiException(StatusCodes.Status413PayloadTooLarge, "invalid_request_error",
+                            $"the request body is larger than the server's limit of {options.MaxBodyBytes} bytes (--max-body)", code: "request_too_large"),
+                    BadHttpRequestException bad => new ApiException(bad.StatusCode, "invalid_request_error", bad.Message),
+                    var other => new ApiException(StatusCodes.Status500InternalServerError, "server_error", $"internal error: {other.Message}"),
+                };
+                if (error.StatusCode >= 500) options.Log?.WriteLine($"{context.Request.Method} {context.Request.Path}: {e}");
+                await WriteErrorAsync(context, error).ConfigureAwait(false);
+            }
+            options.Log?.WriteLine($"{context.Request.Method} {context.Request.Path} {context.Response.StatusCode} {Stopwatch.GetElapsedTime(start).TotalMilliseconds:F0} ms");
+        });
+        if (keyHash != null)
+            app.Use((context, next) =>
+            {
+                if (context.Request.Path.Equals("/health", StringComparison.OrdinalIgnoreCase)) return next(context);
+                string? problem = Authorize(context.Request.Headers.Authorization.ToString(), keyHash);
+                if (problem == null) return next(context);
+                context.Response.Headers.WWWAuthenticate = "Bearer";
+                throw new ApiException(StatusCodes.Status401Unauthorized, "authentication_error", problem, code: "invalid_api_key");
+            });
+
+        app.MapGet("/health", (RequestDelegate)(context => context.Response.WriteAsJsonAsync(new HealthStatus("ok"), Wire.HealthStatus, contentType: "application/json", context.RequestAborted)));
+        app.MapGet("/v1/models", (RequestDelegate)(context => context.Response.WriteAsJsonAsync(new ModelList([new ModelEntry(modelId, created, "vidkv")]), Wire.ModelList,
+            contentType: "application/json", context.RequestAborted)));
+        app.MapPost("/v1/chat/completions", (RequestDelegate)chat.HandleAsync);
+        app.MapFallback("{*path}", (RequestDelegate)(context =>
+        {
+            string path = context.Request.Path.Value ?? "/";
+            if (Routes.TryGetValue(path.TrimEnd('/'), out var method))
+            {
+                context.Response.Headers.Allow = method;
+                throw new ApiException(StatusCodes.Status405MethodNotAllowed, "invalid_request_error", $"{context.Request.Method} {path}: this route takes {method}");
+            }
+            throw new ApiException(StatusCodes.Status404NotFound, "invalid_request_error",
+                $"no route {context.Request.Method} {path} (this server has GET /health, GET /v1/models, POST /v1/chat/completions)", code: "not_found");
+        }));
+
+        try
+        {
+            await app.StartAsync(cancellation).ConfigureAwait(false);
+        }
+        catch
+        {
+            await app.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+        string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        var address = new Uri(bound.EndsWith('/') ? bound : bound + "/");
+        options.Log?.WriteLine($"vidkv serve: listening on {address} (model {modelId}{(engine.Vision != null ? ", with images" : "")}; " +
+            $"{(keyHash != null ? "API key required" : "no API key")}{(options.MediaRoot != null ? $"; media root {media.Root}" : "")})");
+        return new InferenceServer(app, chat, address, modelId);
+    }
+
+    /// <summary>The engine's error inside the channel exception an answer's reader gets when the answer failed.</summary>
+    internal static Exception Unwrap(Exception e) => e is System.Threading.Channels.ChannelClosedException { InnerException: { } inner } ? inner : e;
+
+    /// <summary>The file or folder name of the model, without <c>.gguf</c>.</summary>
+    static string DefaultModelId(string path)
+    {
+        string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
+        return name.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) ? name[..^5] : name;
+    }
+
+    /// <summary>Null when <paramref name="header"/> carries the key (compared in constant time, through SHA-256, so not even its length leaks), else why not.</summary>
+    static string? Authorize(string header, byte[] keyHash)
+    {
+        if (header.Length == 0) return "missing API key: send it as Authorization: Bearer <key>";
+        if (!header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase)) return "the Authorization header must be Bearer <key>";
+        var given = SHA256.HashData(Encoding.UTF8.GetBytes(header["Bearer ".Length..].Trim()));
+        return CryptographicOperations.FixedTimeEquals(given, keyHash) ? null : "invalid API key";
+    }
+
+    static async Task WriteErrorAsync(HttpContext context, ApiException error)
+    {
+        if (context.Response.HasStarted) return; // a stream sends its own error event
+        context.Response.StatusCode = error.StatusCode;
+        await context.Response.WriteAsJsonAsync(error.Body, Wire.ErrorBody, contentType: "application/json", context.RequestAborted).ConfigureAwait(false);
+    }
+
+    /// <summary>Completes when the host is asked to stop (Ctrl+C, SIGTERM) or <paramref name="cancellation"/> fires.</summary>
+    public Task WaitForShutdownAsync(CancellationToken cancellation = default) => app.WaitForShutdownAsync(cancellation);
+
+    /// <summary>Stops listening, lets requests in flight end (their clients see the connection close) and releases the host.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        using (var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5))) await app.StopAsync(timeout.Token).ConfigureAwait(false);
+        await app.DisposeAsync().ConfigureAwait(false);
+    }
+}
