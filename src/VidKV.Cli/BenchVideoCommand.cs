@@ -167,25 +167,27 @@ static class BenchVideoCommand
         var question = new Option<string>("--question") { Description = "The question asked at each --ask-at frame.", DefaultValueFactory = _ => "What is happening in the video?" };
         var every = new Option<int>("--every") { Description = "A row of hot/cold KV bytes and RSS every this many frames.", DefaultValueFactory = _ => 100 };
         var workers = new Option<int>("--workers") { Description = "0: sequential decoding (FfmpegSource, ffmpeg's threads); N > 0: QuickDecoder with N workers.", DefaultValueFactory = _ => 0 };
+        var unchanged = CommonOptions.UnchangedThreshold();
+        var serial = new Option<bool>("--serial") { Description = "Frames go in one at a time, each through every stage before the next is read, so the stages' ms per frame add up (default: overlapped as watch runs them — the next frames decode and encode while the last one prefills — and questions are asked while ingestion goes on)." };
         var coldDir = CommonOptions.ColdDir();
         var coldMax = CommonOptions.ColdMax();
         var threads = CommonOptions.Threads();
         var output = Output();
-        var command = new Command("ingest", "End-to-end frames/s of a video into a session, ms per frame per stage (decode wait, preprocess, encode, prefill), "
-            + "hot/cold KV and RSS every --every frames, TTFT of a question at each --ask-at frame. Frames go in one at a time (no overlap between stages) so the stages add up. "
+        var command = new Command("ingest", "End-to-end frames/s of a video into a session, ms per frame per stage (decode wait, preprocess, encode; prefill with --serial), "
+            + "hot/cold KV and RSS every --every frames, TTFT of a question at each --ask-at frame. Stages overlap as in watch unless --serial. "
             + "Quick run: vidkv model random --shape tiny-idefics3 -o DIR, then vidkv bench video ingest CLIP -m DIR/model.gguf --mmproj DIR/mmproj.gguf --max-frames 20 --every 5 --ask-at 10.")
         {
             source,
         };
-        command.With(model, mmproj, fps, maxFrames, policy, budget, coldDir, coldMax, askAt, question, every, workers, threads, output);
+        command.With(model, mmproj, fps, maxFrames, policy, budget, coldDir, coldMax, askAt, question, every, workers, serial, unchanged, threads, output);
         command.SetAction(r => RunIngest(r.GetValue(source)!, r.GetValue(model)!, r.GetValue(mmproj)!, new FrameSampling { Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames) },
-            CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(askAt) ?? [], r.GetValue(question)!, r.GetValue(every), r.GetValue(workers), r.GetValue(threads),
+            CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(askAt) ?? [], r.GetValue(question)!, r.GetValue(every), r.GetValue(workers), r.GetValue(serial), CommonOptions.CheckUnchangedThreshold(r.GetValue(unchanged)), r.GetValue(threads),
             r.GetValue(output) == "json", r.InvocationConfiguration.Output).GetAwaiter().GetResult());
         return command;
     }
 
     static async Task<int> RunIngest(string source, string modelPath, string mmprojPath, FrameSampling sampling, KvCacheConfig kv, int[] askAt,
-        string question, int every, int workers, int threads, bool json, TextWriter output)
+        string question, int every, int workers, bool serial, double? unchangedThreshold, int threads, bool json, TextWriter output)
     {
         sampling.Validate();
         if (every < 1) throw new ArgumentException("--every must be at least 1");
@@ -197,7 +199,7 @@ static class BenchVideoCommand
         using var text = ModelLoader.Load(modelPath);
         using var vision = VisionModel.Load(mmprojPath);
         await using var frames = workers > 0 ? (IFrameSource)new QuickDecoder(source, sampling, new QuickDecoderOptions { Workers = workers }) : new FfmpegSource(source, sampling);
-        await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv }, vision);
+        await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = new VideoOptions { UnchangedThreshold = unchangedThreshold } }, vision);
         await using var session = engine.CreateSession();
         var asks = new SortedSet<int>(askAt);
         var rows = new List<object>();
@@ -206,27 +208,76 @@ static class BenchVideoCommand
         int count = 0;
         // Each row also times the frames since the row before (frames/s and ms per frame per stage over that window), so
         // a cost that grows with the stream shows where it grows.
-        double windowDecode = 0, windowAppend = 0, windowPreprocess = 0, windowEncode = 0;
+        // Overlapped, a window's time is the wall clock since the row before (stages run side by side: their ms per frame
+        // are busy times and do not add up; prefill is not split out); serial, it is the window's decode + append.
+        var clock = Stopwatch.StartNew();
+        double windowDecode = 0, windowAppend = 0, windowPreprocess = 0, windowEncode = 0, windowWall = 0;
         object Row(int n)
         {
             var memory = engine.Memory;
             double preprocess = session.PreprocessTime.TotalMilliseconds - windowPreprocess, encode = session.EncodeTime.TotalMilliseconds - windowEncode;
-            double decode = decodeMs - windowDecode, append = appendMs - windowAppend;
+            double decode = decodeMs - windowDecode, append = appendMs - windowAppend, wall = clock.Elapsed.TotalMilliseconds;
+            double window = serial ? decode + append : wall - windowWall;
             int frames = every;
             var row = new
             {
-                frames = n, hot_kv_bytes = memory.HotBytes, cold_kv_bytes = memory.ColdBytes, cold_dropped_rows = memory.ColdDroppedRows, rss_bytes = Environment.WorkingSet,
+                frames = n, frames_reused = session.ReusedFrames, hot_kv_bytes = memory.HotBytes, cold_kv_bytes = memory.ColdBytes, cold_dropped_rows = memory.ColdDroppedRows, rss_bytes = Environment.WorkingSet,
                 session_rows = session.Length, gc_gen2_collections = GC.CollectionCount(2), gc_pause_ms = GC.GetTotalPauseDuration().TotalMilliseconds,
-                managed_heap_bytes = GC.GetGCMemoryInfo().HeapSizeBytes, window_frames_per_second = frames / Math.Max((decode + append) / 1000, 1e-12),
-                window_ms_per_frame = new { decode_wait = decode / frames, preprocess = preprocess / frames, encode = encode / frames, prefill = Math.Max(0, append - preprocess - encode) / frames },
+                managed_heap_bytes = GC.GetGCMemoryInfo().HeapSizeBytes, window_frames_per_second = frames / Math.Max(window / 1000, 1e-12),
+                window_ms_per_frame = new
+                {
+                    decode_wait = decode / frames, preprocess = preprocess / frames, encode = encode / frames,
+                    prefill = serial ? Math.Max(0, append - preprocess - encode) / frames : (double?)null,
+                },
             };
-            (windowDecode, windowAppend, windowPreprocess, windowEncode) = (decodeMs, appendMs, session.PreprocessTime.TotalMilliseconds, session.EncodeTime.TotalMilliseconds);
+            (windowDecode, windowAppend, windowPreprocess, windowEncode, windowWall) = (decodeMs, appendMs, session.PreprocessTime.TotalMilliseconds, session.EncodeTime.TotalMilliseconds, wall);
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  frame {n}: {row.window_frames_per_second:F2} frames/s (last {frames}; encode {row.window_ms_per_frame.encode:F0} ms, prefill {row.window_ms_per_frame.prefill:F0} ms per frame), KV hot {memory.HotBytes / 1048576.0:F1} MiB cold {memory.ColdBytes / 1048576.0:F1} MiB, RSS {row.rss_bytes / 1048576.0:F0} MiB, GC pauses {row.gc_pause_ms / 1000:F1} s"));
+                $"  frame {n}: {row.window_frames_per_second:F2} frames/s (last {frames}; encode {row.window_ms_per_frame.encode:F0} ms{(serial ? $", prefill {row.window_ms_per_frame.prefill:F0} ms" : "")} per frame), KV hot {memory.HotBytes / 1048576.0:F1} MiB cold {memory.ColdBytes / 1048576.0:F1} MiB, RSS {row.rss_bytes / 1048576.0:F0} MiB, GC pauses {row.gc_pause_ms / 1000:F1} s"));
             return row;
         }
+        async Task<double> Ask(int frame)
+        {
+            long q = Stopwatch.GetTimestamp();
+            double? first = null;
+            await foreach (var piece in session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = 4 }))
+            {
+                first = Stopwatch.GetElapsedTime(q).TotalMilliseconds;
+                break;
+            }
+            first ??= Stopwatch.GetElapsedTime(q).TotalMilliseconds;
+            lock (ttfts) ttfts.Add(new { frame, ttft_ms = first.Value, session_rows = session.Length });
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  question at frame {frame}: first piece after {first.Value:F1} ms"));
+            return first.Value;
+        }
         var total = Stopwatch.StartNew();
-        await using (var e = frames.ReadAsync().GetAsyncEnumerator())
+        if (!serial)
+        {
+            // As watch runs it: AppendVideoAsync keeps a few frames queued (the next ones decode and encode while the
+            // last one prefills); rows and questions at the frames' arrival, questions while ingestion goes on.
+            var asking = new List<Task>();
+            var progress = new SyncProgress(p =>
+            {
+                count = p.Frames;
+                if (count % every == 0) rows.Add(Row(count));
+                if (asks.Contains(count)) asking.Add(Ask(count));
+            });
+            async IAsyncEnumerable<VideoFrame> Timed()
+            {
+                await using var e = frames.ReadAsync().GetAsyncEnumerator();
+                while (true)
+                {
+                    long t0 = Stopwatch.GetTimestamp();
+                    bool more = await e.MoveNextAsync();
+                    decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                    if (!more) yield break;
+                    yield return e.Current;
+                }
+            }
+            await session.AppendVideoAsync(Timed(), progress);
+            appendMs = total.Elapsed.TotalMilliseconds - decodeMs;
+            await Task.WhenAll(asking);
+        }
+        else await using (var e = frames.ReadAsync().GetAsyncEnumerator())
         {
             while (true)
             {
@@ -241,34 +292,24 @@ static class BenchVideoCommand
                 {
                     rows.Add(Row(count));
                 }
-                if (asks.Contains(count))
-                {
-                    // Paused ingestion: the question runs alone, so its time is the answer's own (not shared with frames).
-                    long q = Stopwatch.GetTimestamp();
-                    double? first = null;
-                    await foreach (var piece in session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = 4 }))
-                    {
-                        first = Stopwatch.GetElapsedTime(q).TotalMilliseconds;
-                        break;
-                    }
-                    first ??= Stopwatch.GetElapsedTime(q).TotalMilliseconds;
-                    ttfts.Add(new { frame = count, ttft_ms = first.Value, session_rows = session.Length });
-                    log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  question at frame {count}: first piece after {first.Value:F1} ms"));
-                }
+                // Paused ingestion: the question runs alone, so its time is the answer's own (not shared with frames).
+                if (asks.Contains(count)) await Ask(count);
             }
         }
         double seconds = total.Elapsed.TotalSeconds;
         // The ask time is in the wall clock; end-to-end frames/s counts decode + append only.
         double ingestMs = decodeMs + appendMs;
         double preprocessMs = session.PreprocessTime.TotalMilliseconds, encodeMs = session.EncodeTime.TotalMilliseconds;
-        double prefillMs = Math.Max(0, appendMs - preprocessMs - encodeMs);
+        double? prefillMs = serial ? Math.Max(0, appendMs - preprocessMs - encodeMs) : null;
         double PerFrame(double ms) => count == 0 ? 0 : ms / count;
+        double? PerFrameOrNull(double? ms) => ms is double v ? PerFrame(v) : null;
         var result = new
         {
             source = Path.GetFileName(source), model = Path.GetFileName(modelPath), mmproj = Path.GetFileName(mmprojPath), projector = vision.Config.Projector.ToString(),
             kv_policy = kv.Default, budget = kv.Budget, cold_max_bytes = kv.ColdPath == null ? (long?)null : kv.MaxColdBytes, fps = sampling.Fps, decoder = workers > 0 ? $"QuickDecoder, {workers} workers" : "FfmpegSource", threads,
-            frames = count, wall_s = seconds, frames_per_second = count / Math.Max(ingestMs / 1000, 1e-12),
-            ms_per_frame = new { decode_wait = PerFrame(decodeMs), preprocess = PerFrame(preprocessMs), encode = PerFrame(encodeMs), prefill = PerFrame(prefillMs), total = PerFrame(ingestMs) },
+            stages = serial ? "serial" : "overlapped", unchanged_threshold = unchangedThreshold,
+            frames = count, frames_reused = session.ReusedFrames, wall_s = seconds, frames_per_second = count / Math.Max(ingestMs / 1000, 1e-12),
+            ms_per_frame = new { decode_wait = PerFrame(decodeMs), preprocess = PerFrame(preprocessMs), encode = PerFrame(encodeMs), prefill = PerFrameOrNull(prefillMs), total = PerFrame(ingestMs) },
             every, rows, ttft = ttfts, peak_rss_bytes = Process.GetCurrentProcess().PeakWorkingSet64, kernels = Tensors.MachineLimits.KernelSet,
         };
         if (json)
@@ -277,7 +318,7 @@ static class BenchVideoCommand
             return 0;
         }
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{count} frames, {result.frames_per_second:F2} frames/s end to end; ms per frame: decode wait {PerFrame(decodeMs):F1}, preprocess {PerFrame(preprocessMs):F1}, encode {PerFrame(encodeMs):F1}, prefill {PerFrame(prefillMs):F1}"));
+            $"{count} frames{(unchangedThreshold != null ? $" ({session.ReusedFrames} unchanged: tokens reused)" : "")}, {result.frames_per_second:F2} frames/s end to end ({result.stages}); ms per frame: decode wait {PerFrame(decodeMs):F1}, preprocess {PerFrame(preprocessMs):F1}, encode {PerFrame(encodeMs):F1}{(prefillMs is double p ? $", prefill {PerFrame(p):F1}" : "")}"));
         output.WriteLine();
         output.WriteLine("| frames | hot KV MiB | cold KV MiB | RSS MiB | session rows |");
         output.WriteLine("| ---: | ---: | ---: | ---: | ---: |");
@@ -294,6 +335,12 @@ static class BenchVideoCommand
                     $"| {t.GetProperty("frame").GetInt32()} | {t.GetProperty("ttft_ms").GetDouble():F1} | {t.GetProperty("session_rows").GetInt32()} |"));
         }
         return 0;
+    }
+
+    /// <summary>Calls its action on the reporting thread (Progress&lt;T&gt; would post it to the thread pool, out of order with the frames).</summary>
+    sealed class SyncProgress(Action<VideoProgress> report) : IProgress<VideoProgress>
+    {
+        public void Report(VideoProgress value) => report(value);
     }
 
     static double Median(List<double> values)

@@ -49,6 +49,15 @@ static class CommonOptions
         DefaultValueFactory = _ => 0,
     };
 
+    public static Option<double?> UnchangedThreshold() => new("--unchanged-threshold")
+    {
+        Description = "Skip the vision encoder for a frame whose pixels (as the encoder takes them) differ from the last encoded frame's by at most this mean absolute difference, in levels 0–255: it reuses that frame's tokens at its own time (default: every frame is encoded; 0 reuses only identical frames).",
+    };
+
+    /// <summary>The threshold of <see cref="UnchangedThreshold"/>, checked.</summary>
+    public static double? CheckUnchangedThreshold(double? threshold) =>
+        threshold is double t && !(t >= 0 && t <= 255) ? throw new ArgumentException($"--unchanged-threshold must be in 0..255 (mean levels per byte), not {t}") : threshold;
+
     /// <summary><paramref name="kv"/> with a cold file in <paramref name="dir"/> (one per process) of at most <paramref name="maxMib"/> MiB.</summary>
     public static KvCacheConfig WithColdTier(KvCacheConfig kv, string? dir, double maxMib)
     {

@@ -34,6 +34,7 @@ static class WatchCommand
         var threshold = new Option<float>("--threshold") { Description = "--proactive speaks when p(silence) falls below this.", DefaultValueFactory = _ => 0.725f };
         var brackets = new Option<bool>("--brackets") { Description = "Lay frames out as VideoLLM-online's [ frame, frame, … ] instead of the model family's own video format." };
         var predict = new Option<int>("--n-predict", "-n") { Description = "Most tokens per answer.", DefaultValueFactory = _ => 128 };
+        var unchanged = CommonOptions.UnchangedThreshold();
         var coldDir = CommonOptions.ColdDir();
         var coldMax = CommonOptions.ColdMax();
         var threads = CommonOptions.Threads();
@@ -41,18 +42,19 @@ static class WatchCommand
         {
             source,
         };
-        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, coldDir, coldMax, ask, proactive, silence, threshold, brackets, predict, threads);
+        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, coldDir, coldMax, ask, proactive, silence, threshold, brackets, unchanged, predict, threads);
         command.SetAction(r => Run(r.InvocationConfiguration.Output, r.InvocationConfiguration.Error, r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
         {
             Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames),
             Start = r.GetValue(start) is double s ? TimeSpan.FromSeconds(s) : null, End = r.GetValue(end) is double e ? TimeSpan.FromSeconds(e) : null,
         }, CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(ask) ?? [], r.GetValue(proactive) ? new ProactiveOptions { SilenceToken = r.GetValue(silence)!, Threshold = r.GetValue(threshold) } : null,
-            r.GetValue(brackets), r.GetValue(predict), r.GetValue(threads)).GetAwaiter().GetResult());
+            new VideoOptions { Format = r.GetValue(brackets) ? VideoFormat.FrameBrackets : VideoFormat.Native, UnchangedThreshold = CommonOptions.CheckUnchangedThreshold(r.GetValue(unchanged)) },
+            r.GetValue(predict), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;
     }
 
     static async Task<int> Run(TextWriter output, TextWriter log, string? source, string? modelPath, string? mmprojPath, FrameSampling sampling, KvCacheConfig kv,
-        string[] questions, ProactiveOptions? proactive, bool brackets, int maxTokens, int threads)
+        string[] questions, ProactiveOptions? proactive, VideoOptions video, int maxTokens, int threads)
     {
         Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
         sampling.Validate();
@@ -68,7 +70,7 @@ static class WatchCommand
         using var text = ModelLoader.Load(modelPath);
         using var vision = VisionModel.Load(mmprojPath);
         await using var frames = Directory.Exists(source) ? (IFrameSource)new ImageFolderSource(source, sampling.Fps ?? 1, sampling) : new FfmpegSource(source, sampling);
-        await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = new VideoOptions { Format = brackets ? VideoFormat.FrameBrackets : VideoFormat.Native } }, vision);
+        await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = video }, vision);
         await using var session = engine.CreateSession();
         log.WriteLine($"watching {frames.Name} with {Path.GetFileName(modelPath)} + {Path.GetFileName(mmprojPath)} ({vision.Config.Projector}), KV policy {kv.Default}");
 
@@ -99,7 +101,7 @@ static class WatchCommand
         }, await Length(frames, sampling));
         foreach (string question in questions) await Answer(display, session, question, maxTokens, stop.Token);
         stop.Cancel();
-        log.WriteLine($"watched {count} frames in {clock.Elapsed.TotalSeconds:F1} s");
+        log.WriteLine($"watched {count} frames in {clock.Elapsed.TotalSeconds:F1} s{(video.UnchangedThreshold != null ? $" ({session.ReusedFrames} unchanged: tokens reused)" : "")}");
         return 0;
     }
 

@@ -102,6 +102,10 @@ public sealed class Session : IAsyncDisposable
     }
 
     long preprocessTicks, encodeTicks;
+    int reusedFrames;
+
+    /// <summary>Video frame units that reused the last encoded unit's rows instead of being encoded (<see cref="VideoOptions.UnchangedThreshold"/>).</summary>
+    public int ReusedFrames => Volatile.Read(ref reusedFrames);
 
     /// <summary>Time spent so far preparing video frames (resize, normalise; measured around each frame's preparation, for benchmarks).</summary>
     public TimeSpan PreprocessTime => TimeSpan.FromTicks(Interlocked.Read(ref preprocessTicks));
@@ -286,6 +290,7 @@ public sealed class Session : IAsyncDisposable
         long encodeStart = System.Diagnostics.Stopwatch.GetTimestamp();
         var encoded = await encoder.EncodeAsync(first, second, cancellation).ConfigureAwait(false);
         Interlocked.Add(ref encodeTicks, System.Diagnostics.Stopwatch.GetElapsedTime(encodeStart).Ticks);
+        if (encoded.Reused) Interlocked.Increment(ref reusedFrames);
         bool firstAppend = Interlocked.Increment(ref appendCalls) == 1;
         return Queue(new Append(AppendKind.Frame, firstAppend ? BosRuns() : []) { Frame = encoded }, cancellation);
     }

@@ -43,16 +43,28 @@ public sealed record VideoOptions
     /// OneVision prompt has no timestamps.
     /// </summary>
     public bool TimeInstruction { get; init; }
+
+    /// <summary>
+    /// Skip the tower for frames that have not changed: a frame whose tower input (its RGB bytes resized for the tower)
+    /// differs from the last encoded frame's by at most this mean absolute difference, in levels of 0–255 per byte,
+    /// reuses that frame's rows — it still goes into the session in its place, with its own timestamp (see
+    /// <see cref="Session.ReusedFrames"/>). Compared with the last frame that was encoded, not the last reused one, so a
+    /// slow drift is caught. Null (the default): every frame is encoded. 0 reuses only identical inputs.
+    /// </summary>
+    public double? UnchangedThreshold { get; init; }
 }
 
 /// <summary>Progress of <see cref="Session.AppendVideoAsync"/>: frames in the session so far, and the last one's stream timestamp and index.</summary>
 public readonly record struct VideoProgress(int Frames, TimeSpan Timestamp, long Index);
 
-/// <summary>A frame preprocessed for the tower: planes [3][height][width], normalised.</summary>
-internal sealed record PreparedFrame(float[] Pixels, int Width, int Height, TimeSpan Timestamp, long Index);
+/// <summary>A frame preprocessed for the tower: planes [3][height][width], normalised, and the resized RGB bytes they came from.</summary>
+internal sealed record PreparedFrame(float[] Pixels, int Width, int Height, TimeSpan Timestamp, long Index, byte[] Resized);
 
-/// <summary>One video unit's projector rows (a frame; a Qwen-VL frame pair), with its grid columns (0: consecutive positions).</summary>
-internal sealed record EncodedFrame(float[] Rows, int Width, int Columns, TimeSpan Timestamp, long Index);
+/// <summary>
+/// One video unit's projector rows (a frame; a Qwen-VL frame pair), with its grid columns (0: consecutive positions);
+/// <see cref="Reused"/> when the rows are an earlier unit's (<see cref="VideoOptions.UnchangedThreshold"/>).
+/// </summary>
+internal sealed record EncodedFrame(float[] Rows, int Width, int Columns, TimeSpan Timestamp, long Index, bool Reused = false);
 
 /// <summary>
 /// The engine's vision half: frames and images through the preprocessor, tower and projector, one entry at a time
@@ -87,7 +99,7 @@ internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoO
         };
         var planar = new float[3 * entry.Width * entry.Height];
         ImagePreprocessor.Normalize(c, entry, planar);
-        return new PreparedFrame(planar, entry.Width, entry.Height, frame.Timestamp, frame.Index);
+        return new PreparedFrame(planar, entry.Width, entry.Height, frame.Timestamp, frame.Index, entry.Pixels);
     }, cancellation);
 
     /// <summary>
@@ -100,7 +112,10 @@ internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoO
         await gate.WaitAsync(cancellation).ConfigureAwait(false);
         try
         {
-            return await Task.Run(() =>
+            if (last is { } previous && options.UnchangedThreshold is double threshold && first.Width == previous.Width && first.Height == previous.Height
+                && Unchanged(first.Resized, previous.First, threshold) && Unchanged((second ?? first).Resized, previous.Second ?? previous.First, threshold))
+                return previous.Encoded with { Timestamp = first.Timestamp, Index = first.Index, Reused = true };
+            var encoded = await Task.Run(() =>
             {
                 int width = vision.OutputLength, columns = 0;
                 float[] rows;
@@ -117,12 +132,20 @@ internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoO
                 }
                 return new EncodedFrame(rows, width, columns, first.Timestamp, first.Index);
             }, cancellation).ConfigureAwait(false);
+            if (options.UnchangedThreshold != null) last = (first.Resized, second?.Resized, first.Width, first.Height, encoded);
+            return encoded;
         }
         finally
         {
             gate.Release();
         }
     }
+
+    /// <summary>The last unit encoded: its frames' tower inputs and rows (kept only when unchanged frames are skipped).</summary>
+    (byte[] First, byte[]? Second, int Width, int Height, EncodedFrame Encoded)? last;
+
+    /// <summary>Whether tower input <paramref name="frame"/> is within <paramref name="threshold"/> levels (mean absolute difference) of <paramref name="encoded"/> (same size).</summary>
+    static bool Unchanged(byte[] frame, byte[] encoded, double threshold) => Kernels.SumAbsoluteDifferences(frame, encoded) <= threshold * frame.Length;
 
     /// <summary>One image in <see cref="MediaPrompt"/>'s layout (llama.cpp's mtmd), as runs: text, entries, Qwen-VL's grid.</summary>
     public async Task<List<RowRun>> EncodeImageAsync(RgbImage image, CancellationToken cancellation)

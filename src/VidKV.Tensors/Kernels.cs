@@ -208,4 +208,28 @@ internal static class Kernels
     /// with <see cref="VectorMath"/>'s exp (a few ulp from the scalar formula). Destination may alias gate.
     /// </summary>
     public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination) => VectorMath.SwiGlu(gate, up, destination);
+
+    /// <summary>Σ |a[i] − b[i]| over two byte rows of one length (psadbw: 32 or 64 bytes per instruction).</summary>
+    public static long SumAbsoluteDifferences(ReadOnlySpan<byte> a, ReadOnlySpan<byte> b)
+    {
+        if (a.Length != b.Length) throw new ArgumentException($"rows of {a.Length} and {b.Length} bytes");
+        long sum = 0;
+        int i = 0;
+        if (Avx512BW.IsSupported)
+        {
+            var total = Vector512<ulong>.Zero;
+            for (; i + 64 <= a.Length; i += 64)
+                total += Avx512BW.SumAbsoluteDifferences(Vector512.Create(a.Slice(i, 64)), Vector512.Create(b.Slice(i, 64))).AsUInt64();
+            sum += (long)Vector512.Sum(total);
+        }
+        if (Avx2.IsSupported)
+        {
+            var total = Vector256<ulong>.Zero;
+            for (; i + 32 <= a.Length; i += 32)
+                total += Avx2.SumAbsoluteDifferences(Vector256.Create(a.Slice(i, 32)), Vector256.Create(b.Slice(i, 32))).AsUInt64();
+            sum += (long)Vector256.Sum(total);
+        }
+        for (; i < a.Length; i++) sum += Math.Abs(a[i] - b[i]);
+        return sum;
+    }
 }

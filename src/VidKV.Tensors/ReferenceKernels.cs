@@ -14,6 +14,13 @@ internal static class ReferenceKernels
         for (int i = 0; i < x.Length; i++) destination[i] = (float)(x[i] * scale * weight[i]);
     }
 
+    public static long SumAbsoluteDifferences(ReadOnlySpan<byte> a, ReadOnlySpan<byte> b)
+    {
+        long sum = 0;
+        for (int i = 0; i < a.Length; i++) sum += Math.Abs(a[i] - b[i]);
+        return sum;
+    }
+
     public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
     {
         for (int i = 0; i < gate.Length; i++) destination[i] = (float)(gate[i] / (1 + Math.Exp(-gate[i])) * up[i]);

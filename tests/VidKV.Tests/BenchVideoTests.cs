@@ -44,22 +44,30 @@ public class BenchVideoTests
         Assert.Equal(JsonValueKind.Number, json.GetProperty("ratio_quick_vs_ffmpeg_threads").ValueKind);
     }
 
-    [Fact]
-    public void IngestReportsStagesRowsAndTtft()
+    /// <summary>Both ways of running the stages: one frame at a time (stages add up, prefill split out) and overlapped as watch runs them (questions while ingesting).</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void IngestReportsStagesRowsAndTtft(bool serial)
     {
         using var dir = new TempDirectory();
         var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
-        var json = RunJson(["bench", "video", "ingest", MakeVideo(dir), "-m", text, "--mmproj", projector, "--fps", "4", "--max-frames", "10",
-            "--every", "3", "--ask-at", "2", "--ask-at", "9", "-t", "2", "-o", "json"]);
+        string[] args = ["bench", "video", "ingest", MakeVideo(dir), "-m", text, "--mmproj", projector, "--fps", "4", "--max-frames", "10",
+            "--every", "3", "--ask-at", "2", "--ask-at", "9", "-t", "2", "-o", "json"];
+        var json = RunJson(serial ? [.. args, "--serial"] : args);
+        Assert.Equal(serial ? "serial" : "overlapped", json.GetProperty("stages").GetString());
         Assert.Equal(10, json.GetProperty("frames").GetInt32());
         var rows = json.GetProperty("rows").EnumerateArray().ToList();
         Assert.Equal([3, 6, 9], rows.Select(r => r.GetProperty("frames").GetInt32()));
         Assert.All(rows, r => Assert.True(r.GetProperty("hot_kv_bytes").GetInt64() > 0));
         Assert.All(rows, r => Assert.True(r.GetProperty("rss_bytes").GetInt64() > 0));
         var ttft = json.GetProperty("ttft").EnumerateArray().ToList();
-        Assert.Equal([2, 9], ttft.Select(t => t.GetProperty("frame").GetInt32()));
+        Assert.Equal([2, 9], ttft.Select(t => t.GetProperty("frame").GetInt32()).Order());
+        Assert.All(ttft, t => Assert.True(t.GetProperty("session_rows").GetInt32() > 0));
         var stages = json.GetProperty("ms_per_frame");
-        foreach (string stage in new[] { "decode_wait", "preprocess", "encode", "prefill", "total" })
+        foreach (string stage in new[] { "decode_wait", "preprocess", "encode", "total" })
             Assert.Equal(JsonValueKind.Number, stages.GetProperty(stage).ValueKind);
+        Assert.Equal(serial ? JsonValueKind.Number : JsonValueKind.Null, stages.GetProperty("prefill").ValueKind);
+        Assert.True(stages.GetProperty("encode").GetDouble() > 0);
     }
 }

@@ -103,6 +103,25 @@ public class KernelTests
         }
     }
 
+    /// <summary>The byte distance of the unchanged-frame check equals the scalar sum at every length (vector tails), also a 720p-sized row at the extremes.</summary>
+    [Fact]
+    public void SumAbsoluteDifferencesAtEveryLength()
+    {
+        var rng = new Random(17);
+        foreach (int n in Lengths.Append(1280 * 720 * 3 + 5))
+        {
+            byte[] a = new byte[n], b = new byte[n];
+            rng.NextBytes(a);
+            rng.NextBytes(b);
+            for (int i = 0; i < n; i += 7) b[i] = a[i]; // some equal bytes
+            Assert.Equal(ReferenceKernels.SumAbsoluteDifferences(a, b), Kernels.SumAbsoluteDifferences(a, b));
+        }
+        byte[] zeros = new byte[2_764_805], full = new byte[zeros.Length];
+        Array.Fill(full, (byte)255);
+        Assert.Equal(255L * zeros.Length, Kernels.SumAbsoluteDifferences(zeros, full));
+        Assert.Throws<ArgumentException>(() => Kernels.SumAbsoluteDifferences(zeros, new byte[3]));
+    }
+
     [Fact]
     public void RmsNormAndSwiGluAtEveryLength()
     {

@@ -469,6 +469,92 @@ public class VideoSessionTests
         }
     }
 
+    /// <summary>"hi", the frames one by one (unchanged frames skipped at <paramref name="threshold"/>), the segment's end; the rows sent and the frames reused.</summary>
+    static async Task<(List<SessionRow> Rows, int Reused)> RecordReusing(Pair pair, VideoFrame[] frames, double? threshold)
+    {
+        var options = Options();
+        await using var engine = new InferenceEngine(pair.Text, options with { Video = options.Video with { UnchangedThreshold = threshold } }, pair.Vision);
+        await using var session = engine.CreateSession();
+        session.Record = [];
+        await session.AppendAsync("hi");
+        foreach (var frame in frames) await session.AppendFrameAsync(frame);
+        await session.EndVideoSegmentAsync();
+        return (session.Record, session.ReusedFrames);
+    }
+
+    static void AssertSameRows(List<SessionRow> expected, List<SessionRow> actual)
+    {
+        Assert.Equal(expected.Count, actual.Count);
+        for (int i = 0; i < expected.Count; i++)
+        {
+            Assert.Equal(expected[i].Token, actual[i].Token);
+            Assert.Equal(expected[i].Position, actual[i].Position);
+            Assert.Equal(expected[i].Frame, actual[i].Frame);
+            Assert.Equal(expected[i].Embedding, actual[i].Embedding); // bit for bit
+        }
+    }
+
+    /// <summary>
+    /// Unchanged frames skip the tower: four frames of one picture then two of another, at their own times. At threshold 0
+    /// each repeat reuses the last encoded unit's rows (SmolVLM, OneVision: 4 of 6 frames; Qwen-VL's pairs (A,A) (A,A)
+    /// (B,B): 1 of 3 units) and the session sends exactly the rows, positions, frame ids and timestamps of a session
+    /// that encoded every frame; at 255 every unit after the first reuses the first's rows, so B's rows are A's.
+    /// </summary>
+    [Theory]
+    [InlineData("tiny-idefics3")]
+    [InlineData("tiny-llava")]
+    [InlineData("tiny-qwen2vl")]
+    public async Task UnchangedFramesReuseTheLastEncodedRows(string family)
+    {
+        using var pair = new Pair(family);
+        var (width, height) = FrameSize(family);
+        var a = Frame(0, width, height).Image;
+        var b = Frame(3, width, height).Image;
+        var frames = Enumerable.Range(0, 6).Select(i => new VideoFrame(i < 4 ? a : b, TimeSpan.FromSeconds(0.5 * i), i)).ToArray();
+        bool pairs = family == "tiny-qwen2vl";
+
+        var (encodedAll, none) = await RecordReusing(pair, frames, null);
+        var (reusing, reused) = await RecordReusing(pair, frames, 0);
+        Assert.Equal(0, none);
+        Assert.Equal(pairs ? 1 : 4, reused);
+        AssertSameRows(encodedAll, reusing);
+
+        var (loose, reusedLoose) = await RecordReusing(pair, frames, 255);
+        Assert.Equal(pairs ? 2 : 5, reusedLoose);
+        Assert.Equal(encodedAll.Count, loose.Count);
+        var firstFrameRows = loose.Where(r => r.Frame == 0).Select(r => r.Embedding!).ToList();
+        var lastFrameRows = loose.Where(r => r.Frame == (pairs ? 2 : 5) && r.Embedding != null).Select(r => r.Embedding!).ToList();
+        var lastEncodedRows = encodedAll.Where(r => r.Frame == (pairs ? 2 : 5) && r.Embedding != null).Select(r => r.Embedding!).ToList();
+        Assert.Equal(firstFrameRows.Count, lastFrameRows.Count);
+        Assert.True(lastFrameRows.Zip(firstFrameRows).All(x => x.First.AsSpan().SequenceEqual(x.Second)));
+        Assert.False(lastEncodedRows.Zip(firstFrameRows).All(x => x.First.AsSpan().SequenceEqual(x.Second)));
+    }
+
+    /// <summary>
+    /// The comparison is with the last frame that was encoded, not the last reused: frames brightening by 10 levels a
+    /// frame at threshold 15 reuse every other one (a chain of reuses cannot drift).
+    /// </summary>
+    [Fact]
+    public async Task UnchangedFramesAreMeasuredAgainstTheLastEncodedFrame()
+    {
+        using var pair = new Pair("tiny-idefics3");
+        var frames = Enumerable.Range(0, 5).Select(i =>
+        {
+            var image = new RgbImage(64, 64);
+            for (int y = 0; y < 64; y++)
+                for (int x = 0; x < 64; x++)
+                {
+                    var p = image.Pixel(x, y);
+                    p[0] = (byte)(x + 10 * i);
+                    p[1] = (byte)(y + 10 * i);
+                    p[2] = (byte)((x ^ y) + 10 * i);
+                }
+            return new VideoFrame(image, TimeSpan.FromSeconds(i), i);
+        }).ToArray();
+        var (_, reused) = await RecordReusing(pair, frames, 15);
+        Assert.Equal(2, reused); // frames 1 and 3 (10 levels from 0 and 2); 2 and 4 are 20 from the last encoded
+    }
+
     /// <summary><see cref="Session.AppendVideoAsync"/> reports each frame once it is in and ends the clip (OneVision: its newline row last).</summary>
     [Fact]
     public async Task AppendVideoReportsProgressAndEndsTheClip()

@@ -60,6 +60,27 @@ public class WatchCommandTests
         Assert.Contains(problem, errors[0]);
     }
 
+    /// <summary>
+    /// A still scene with <c>--unchanged-threshold</c>: every frame after the first reuses its tokens (said at the end);
+    /// a threshold outside 0..255 is one line, exit 2.
+    /// </summary>
+    [Fact]
+    public void StillFramesReuseTheirTokens()
+    {
+        using var dir = new TempDirectory();
+        var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
+        string still = dir.File("still.mkv");
+        GeneratedVideos.Ffmpeg($"-f lavfi -i color=c=0x3060a0:size=96x64:rate=10:duration=1 -c:v mjpeg -q:v 2 -pix_fmt yuvj420p -y {still}");
+        var stderr = new StringWriter();
+        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), ["watch", still, "-m", text, "--mmproj", projector, "--fps", "5", "--unchanged-threshold", "1", "-t", "2"], stderr, new StringWriter()));
+        Assert.Contains("watched 5 frames", stderr.ToString());
+        Assert.Contains("(4 unchanged: tokens reused)", stderr.ToString());
+
+        var bad = new StringWriter();
+        Assert.Equal(2, CliRunner.Run(CliApp.BuildRoot(), ["watch", still, "-m", text, "--mmproj", projector, "--unchanged-threshold", "300"], bad));
+        Assert.Single(bad.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.StartsWith("vidkv: error:", StringComparison.Ordinal) && l.Contains("--unchanged-threshold"));
+    }
+
     /// <summary>A corrupt frame in the middle of a stream is reported on stderr with its time, and watching goes on to the end.</summary>
     [Fact]
     public void ACorruptFrameIsReportedAndWatchingGoesOn()
