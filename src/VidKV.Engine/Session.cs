@@ -85,7 +85,11 @@ public sealed class Session : IAsyncDisposable
     // Loop thread.
     readonly SequencePositions positions;
     readonly VideoLayout? layout;
-    readonly List<TimeSpan> frameTimes = []; // by frame id; locked for readers
+    /// <summary>Timestamps kept for <see cref="FrameTimestamp"/>: the newest 65,536 frame units (18 hours at 1 frame/s), so a stream's memory stays bounded (a power of two; tests set a small one before the first frame).</summary>
+    internal int TimestampsKept { get; set; } = 1 << 16;
+    readonly object frameLock = new();
+    TimeSpan[] frameTimes = []; // frame id mod TimestampsKept once full (grown to it); under frameLock
+    int frameCount;
     int nextPosition;
 
     internal Session(InferenceEngine engine)
@@ -122,13 +126,17 @@ public sealed class Session : IAsyncDisposable
     /// <summary>Video frame units in the session so far (frames; Qwen-VL frame pairs), which is the next frame id.</summary>
     public int FrameCount
     {
-        get { lock (frameTimes) return frameTimes.Count; }
+        get { lock (frameLock) return frameCount; }
     }
 
-    /// <summary>The stream timestamp of frame <paramref name="frameId"/> (a pair's first frame), or null for an id not (yet) given.</summary>
+    /// <summary>
+    /// The stream timestamp of frame <paramref name="frameId"/> (a pair's first frame); null for an id not (yet) given,
+    /// or older than the newest 65,536 frame units (the map is bounded; frames keep their time in the prompt text where
+    /// the family's format has one).
+    /// </summary>
     public TimeSpan? FrameTimestamp(int frameId)
     {
-        lock (frameTimes) return (uint)frameId < (uint)frameTimes.Count ? frameTimes[frameId] : null;
+        lock (frameLock) return frameId >= 0 && frameId < frameCount && frameId >= frameCount - TimestampsKept ? frameTimes[frameId % TimestampsKept] : null;
     }
 
     internal PagedKvCache Cache => cache ?? throw new InvalidOperationException("the session's cache is not created yet");
@@ -489,10 +497,11 @@ public sealed class Session : IAsyncDisposable
         if (append.Kind == AppendKind.Frame && layout != null)
         {
             int id;
-            lock (frameTimes)
+            lock (frameLock)
             {
-                id = frameTimes.Count;
-                frameTimes.Add(append.Frame!.Timestamp);
+                id = frameCount++;
+                if (id == frameTimes.Length && id < TimestampsKept) Array.Resize(ref frameTimes, Math.Min(TimestampsKept, Math.Max(256, 2 * id)));
+                frameTimes[id % TimestampsKept] = append.Frame!.Timestamp;
             }
             runs.AddRange(layout.Frame(append.Frame!, id));
         }

@@ -530,6 +530,20 @@ public class VideoSessionTests
         Assert.False(lastEncodedRows.Zip(firstFrameRows).All(x => x.First.AsSpan().SequenceEqual(x.Second)));
     }
 
+    /// <summary>The frame-time map keeps the newest units only (bounded however long the stream): older ids give null.</summary>
+    [Fact]
+    public async Task FrameTimestampsKeepTheNewestFrames()
+    {
+        using var pair = new Pair("tiny-idefics3");
+        await using var engine = new InferenceEngine(pair.Text, Options(), pair.Vision);
+        await using var session = engine.CreateSession();
+        session.TimestampsKept = 4;
+        for (int i = 0; i < 6; i++) await session.AppendFrameAsync(Frame(i, 64, 64, seconds: 10 + i));
+        Assert.Equal(6, session.FrameCount);
+        Assert.Equal(new TimeSpan?[] { null, null, TimeSpan.FromSeconds(12), TimeSpan.FromSeconds(13), TimeSpan.FromSeconds(14), TimeSpan.FromSeconds(15), null, null },
+            new[] { 0, 1, 2, 3, 4, 5, 6, -1 }.Select(session.FrameTimestamp).ToArray());
+    }
+
     /// <summary>
     /// The comparison is with the last frame that was encoded, not the last reused: frames brightening by 10 levels a
     /// frame at threshold 15 reuse every other one (a chain of reuses cannot drift).
