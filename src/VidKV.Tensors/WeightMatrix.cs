@@ -324,6 +324,64 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         RunRows(ref job, ref job.P0, 0, rows);
     }
 
+    /// <summary>
+    /// Packs f32 <paramref name="w"/> [rows, columns] once into the tiles <see cref="MultiplyPacked"/> runs on (32-row
+    /// tiles of two panels [column][16], as the prefill kernel packs each tile of a weight matrix as it goes), for a
+    /// product repeated over many groups of tokens. <paramref name="w"/> must have room for its rows rounded up to 32:
+    /// the rows past <paramref name="rows"/> are zeroed. <paramref name="packed"/> takes rows rounded up to 32 × columns.
+    /// </summary>
+    internal static void PackF32(float* w, int rows, int columns, float* packed)
+    {
+        for (int tile = 0; tile < rows; tile += PanelRows)
+        {
+            int n = Math.Min(PanelRows, rows - tile);
+            float* source = w + (long)tile * columns, target = packed + (long)tile * columns;
+            SmallMatrix.Transpose(source, Math.Min(n, 16), columns, target, 16);
+            if (n > 16) SmallMatrix.Transpose(source + 16 * columns, n - 16, columns, target + 16 * columns, 16);
+            else new Span<float>(target + 16 * columns, 16 * columns).Clear();
+        }
+    }
+
+    /// <summary>
+    /// y[t, r] = Σ_c w[r, c] · x[t, c] for <paramref name="packed"/> = <see cref="PackF32"/>(w) on the calling thread:
+    /// the prefill kernel's tiles and sums (so the same bits as an F32 <see cref="MatMul(ReadOnlySpan{float}, int, Span{float}, WorkerPool?)"/>
+    /// of 4+ tokens) without packing again. Needs AVX-512 (<see cref="Vector512.IsHardwareAccelerated"/>).
+    /// </summary>
+    internal static void MultiplyPacked(float* packed, int rows, int columns, float* x, int tokens, float* y)
+    {
+        if (rows <= 0 || tokens <= 0) return;
+        int whole = tokens / PanelTokens * PanelTokens;
+        float[] tailBuffer = Scratch.ForCurrentThread.Tail(tokens > whole ? PanelTokens * columns : 0);
+        float* output = stackalloc float[PanelTokens * PanelRows];
+        fixed (float* tail = tailBuffer)
+        {
+            if (tokens > whole)
+            {
+                new Span<float>(x + (long)whole * columns, (tokens - whole) * columns).CopyTo(new Span<float>(tail, PanelTokens * columns));
+                new Span<float>(tail + (tokens - whole) * columns, (PanelTokens - tokens + whole) * columns).Clear();
+            }
+            for (int tile = 0; tile < rows; tile += PanelRows)
+            {
+                int n = Math.Min(PanelRows, rows - tile);
+                float* panel = packed + (long)tile * columns, yt = y + tile;
+                for (int t = 0; t < whole; t += PanelTokens)
+                {
+                    if (n == PanelRows) Panel32x8(panel, x + (long)t * columns, columns, yt + (long)t * rows, rows);
+                    else
+                    {
+                        Panel32x8(panel, x + (long)t * columns, columns, output, PanelRows);
+                        CopyOut(output, PanelTokens, n, yt + (long)t * rows, rows);
+                    }
+                }
+                if (tokens > whole)
+                {
+                    Panel32x8(panel, tail, columns, output, PanelRows);
+                    CopyOut(output, tokens - whole, n, yt + (long)whole * rows, rows);
+                }
+            }
+        }
+    }
+
     /// <summary>Decode (fewer than 4 tokens) of interleaved Q4_0/Q8_0/Q4_K/Q6_K matrices: every matrix of the job must have the copy.</summary>
     static bool UsesInterleavedDecode(WeightMatrix a, WeightMatrix? b, WeightMatrix? c, int tokens) =>
         !UsesFloatTiles(tokens) && a.IsInterleaved && (b == null || b.IsInterleaved) && (c == null || c.IsInterleaved);
