@@ -9,6 +9,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
 using VidKV.Engine;
 
 namespace VidKV.Server;
@@ -16,8 +17,9 @@ namespace VidKV.Server;
 /// <summary>
 /// An OpenAI-compatible HTTP API over an <see cref="InferenceEngine"/> (as llama-server and vLLM serve one), on Kestrel
 /// with ASP.NET Core minimal APIs: <c>GET /health</c>, <c>GET /v1/models</c> and <c>POST /v1/chat/completions</c>
-/// (whole or streamed as server-sent events; text, images and video) and live video sessions under <c>/v1/sessions</c>
-/// (<see cref="LiveSessions"/>). JSON is read and written only at this edge, by
+/// (whole or streamed as server-sent events; text, images and video), live video sessions under <c>/v1/sessions</c>
+/// (<see cref="LiveSessions"/>), and <c>GET /metrics</c> (the engine's <see cref="EngineMetrics"/> in Prometheus text,
+/// by OpenTelemetry's exporter). JSON is read and written only at this edge, by
 /// source-generated System.Text.Json; each request gets a session of its own on the shared engine, whose loop batches
 /// them. Errors are OpenAI's error body with a 4xx status naming what is wrong and where; one request's failure never
 /// touches another's. Start it with <see cref="StartAsync"/>; dispose it to stop (the engine stays the caller's).
@@ -29,6 +31,7 @@ public sealed class InferenceServer : IAsyncDisposable
     {
         ["/health"] = HttpMethods.Get,
         ["/v1/models"] = HttpMethods.Get,
+        ["/metrics"] = HttpMethods.Get,
         ["/v1/chat/completions"] = HttpMethods.Post,
         ["/v1/sessions"] = HttpMethods.Post,
     };
@@ -80,6 +83,9 @@ public sealed class InferenceServer : IAsyncDisposable
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "vidkv", ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders(); // one line per request goes to options.Log instead
         builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        // The engine's meter, scraped fresh each time (the exporter's default caches a scrape for 300 ms).
+        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(EngineMetrics.MeterName)
+            .AddPrometheusExporter(prometheus => prometheus.ScrapeResponseCacheDurationMilliseconds = 0));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
@@ -132,6 +138,7 @@ public sealed class InferenceServer : IAsyncDisposable
         app.UseWebSockets();
         app.MapPost("/v1/chat/completions", (RequestDelegate)chat.HandleAsync);
         live.Map(app);
+        app.MapPrometheusScrapingEndpoint("/metrics").WithMetadata(new Microsoft.AspNetCore.Routing.HttpMethodMetadata([HttpMethods.Get])); // others: 405
         app.MapFallback("{*path}", (RequestDelegate)(context =>
         {
             string path = context.Request.Path.Value ?? "/";
@@ -141,7 +148,7 @@ public sealed class InferenceServer : IAsyncDisposable
                 throw new ApiException(StatusCodes.Status405MethodNotAllowed, "invalid_request_error", $"{context.Request.Method} {path}: this route takes {method}");
             }
             throw new ApiException(StatusCodes.Status404NotFound, "invalid_request_error",
-                $"no route {context.Request.Method} {path} (this server has GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/sessions, " +
+                $"no route {context.Request.Method} {path} (this server has GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions, POST /v1/sessions, " +
                 "GET and DELETE /v1/sessions/{id}, POST /v1/sessions/{id}/frames, /v1/sessions/{id}/stream (WebSocket), POST /v1/sessions/{id}/ask, GET /v1/sessions/{id}/events)", code: "not_found");
         }));
 
