@@ -187,8 +187,10 @@ public sealed record KvCacheConfig
     /// A page pool for many sequences of a model of this shape (the KV manager's store), keeping the metadata this
     /// config's policies read; give each sequence a cache with <see cref="CreateCache(KvSequence, int)"/>.
     /// </summary>
-    public PagedKvStore CreateStore(int layerCount, int kvHeadCount, int headDim) =>
-        new(StoreOptions(layerCount, kvHeadCount, headDim, BuildPolicies(layerCount, kvHeadCount).Metadata));
+    /// <param name="extraMetadata">page metadata to keep beyond what this config's policies read, so sequences may run
+    /// other policies that read it (<see cref="PagedKvCache(KvSequence, KvPolicyMap, int)"/>)</param>
+    public PagedKvStore CreateStore(int layerCount, int kvHeadCount, int headDim, KvMetadata extraMetadata = KvMetadata.None) =>
+        new(StoreOptions(layerCount, kvHeadCount, headDim, BuildPolicies(layerCount, kvHeadCount).Metadata | extraMetadata));
 
     /// <summary>A cache over <paramref name="sequence"/> (of a store from <see cref="CreateStore"/>) with its own policies from this config.</summary>
     public PagedKvCache CreateCache(KvSequence sequence, int contextLength = int.MaxValue) =>

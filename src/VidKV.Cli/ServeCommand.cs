@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Net;
+using VidKV.Cache;
 using VidKV.Engine;
 using VidKV.Models;
 using VidKV.Server;
@@ -28,8 +29,13 @@ static class ServeCommand
         var context = CommonOptions.ContextSize(4096);
         var predict = new Option<int>("--n-predict", "-n") { Description = "Most tokens of an answer when a request gives no max_tokens (-1 = until the end of generation or a full context).", DefaultValueFactory = _ => -1 };
         var threads = CommonOptions.Threads();
-        var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not, text and images).")
-            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, context, predict, threads);
+        var sessionPolicy = new Option<string>("--session-policy") { Description = PolicyDocs.SpecHelp("KV policy of a live session that names none (its kv_policy), bounded so a session's memory stays bounded however long it watches."), DefaultValueFactory = _ => "infinipotv" };
+        var sessionBudget = new Option<int>("--session-budget") { Description = "Token budget per KV head of a live session's policy when it gives none (its kv_budget).", DefaultValueFactory = _ => 2048 };
+        var videoFps = new Option<double>("--video-fps") { Description = "Frames per second read from a video in a chat message when the request does not say (media_io_kwargs.video.fps).", DefaultValueFactory = _ => 1 };
+        var maxVideoFrames = new Option<int>("--max-video-frames") { Description = "Most frames read from one video in a chat message (and the most media_io_kwargs.video.num_frames may ask).", DefaultValueFactory = _ => 64 };
+        var fetchTimeout = new Option<double>("--fetch-timeout") { Description = "Seconds an http(s) video URL may take to arrive whole (at most --max-body MiB); past it the request gets 400.", DefaultValueFactory = _ => 10 };
+        var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not; text, images and video), live video sessions (/v1/sessions), GET /metrics.")
+            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, threads);
         command.SetAction(r => Run(r.InvocationConfiguration.Error, r.GetValue(model)!, r.GetValue(mmproj), new ServerOptions
         {
             Host = ParseHost(r.GetValue(host)!),
@@ -40,6 +46,10 @@ static class ServeCommand
             MaxBodyBytes = r.GetValue(maxBody) is var mib && mib > 0 && mib <= 4096 ? (long)(mib * 1048576) : throw new ArgumentException($"--max-body must be more than 0 and at most 4096 MiB, not {mib}"),
             DefaultMaxTokens = r.GetValue(predict) is var n && n >= 0 ? (n > 0 ? n : throw new ArgumentException("-n must be at least 1, or -1 for no limit")) : null,
             Log = r.InvocationConfiguration.Error,
+            SessionKv = new KvCacheConfig { Default = r.GetValue(sessionPolicy)!, Budget = r.GetValue(sessionBudget) },
+            VideoFps = r.GetValue(videoFps),
+            MaxVideoFrames = r.GetValue(maxVideoFrames),
+            FetchTimeout = r.GetValue(fetchTimeout) is var seconds && seconds > 0 && seconds <= 3600 ? TimeSpan.FromSeconds(seconds) : throw new ArgumentException($"--fetch-timeout must be more than 0 and at most 3600 seconds, not {seconds}"),
         }, r.GetValue(context), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;
     }
@@ -57,11 +67,12 @@ static class ServeCommand
         using var model = ModelLoader.Load(modelPath);
         using var vision = mmprojPath != null ? VisionModel.Load(mmprojPath) : null;
         int ctx = contextSize > 0 ? Math.Min(contextSize, model.Config.ContextLength) : model.Config.ContextLength;
-        await using var engine = new InferenceEngine(model, new EngineOptions { ContextLength = ctx }, vision);
+        // The store keeps every kind of page metadata, so each live session may run the policy it names.
+        await using var engine = new InferenceEngine(model, new EngineOptions { ContextLength = ctx, KvMetadata = Cache.KvMetadata.All }, vision);
         if (!IPAddress.IsLoopback(options.Host) && options.ApiKey == null)
             log.WriteLine($"warning: listening on {options.Host} without an API key: anyone who reaches this address can use the model (--api-key or ${ApiKeyVariable})");
         await using var server = await InferenceServer.StartAsync(engine, options);
-        log.WriteLine($"context {ctx} tokens per request; at most {options.MaxSessions} requests at once; Ctrl+C stops");
+        log.WriteLine($"context {ctx} tokens per request; at most {options.MaxSessions} requests and live sessions at once; live sessions' KV policy {options.SessionKv.Default} (budget {options.SessionKv.Budget}); Ctrl+C stops");
         await server.WaitForShutdownAsync();
         return 0;
     }

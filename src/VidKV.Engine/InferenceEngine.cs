@@ -25,6 +25,29 @@ public sealed record EngineOptions
     public int MaxBatchRows { get; init; } = 512;
     /// <summary>How sessions lay out video frames (the family's own format by default).</summary>
     public VideoOptions Video { get; init; } = new();
+    /// <summary>
+    /// Page metadata the shared store keeps beyond what <see cref="Kv"/>'s policies read, so that sessions may run
+    /// policies of their own that read it (<see cref="SessionOptions.Kv"/>); <see cref="KvMetadata.All"/> allows every
+    /// policy, at the cost of its metadata for every page.
+    /// </summary>
+    public KvMetadata KvMetadata { get; init; }
+}
+
+/// <summary>How one session of an <see cref="InferenceEngine"/> differs from the engine's defaults.</summary>
+public sealed record SessionOptions
+{
+    /// <summary>
+    /// The KV policies of this session and of its questions' forks (<see cref="KvCacheConfig.Default"/>,
+    /// <see cref="KvCacheConfig.Budget"/>, the layer and head overrides); null runs the engine's. Page size, type, the hot
+    /// budget and the cold tier are the engine's store's whatever this says, and the store must keep the page metadata
+    /// the policies read (<see cref="EngineOptions.KvMetadata"/>).
+    /// </summary>
+    public KvCacheConfig? Kv { get; init; }
+    /// <summary>
+    /// Most positions the session (or a question on it) may reach; null takes <see cref="EngineOptions.ContextLength"/>.
+    /// A live stream under a bounded policy keeps its memory bounded, but its positions go on growing.
+    /// </summary>
+    public int? ContextLength { get; init; }
 }
 
 /// <summary>
@@ -76,7 +99,8 @@ public sealed class InferenceEngine : IAsyncDisposable
         if (this.options.PrefillChunk < 1 || this.options.MaxBatchRows < this.options.PrefillChunk)
             throw new ArgumentException($"prefill chunk {this.options.PrefillChunk} must be at least 1 and at most the batch's {this.options.MaxBatchRows} rows");
         var c = model.Config;
-        store = this.options.Kv.CreateStore(c.LayerCount, c.KvHeadCount, c.HeadDim);
+        store = this.options.Kv.CreateStore(c.LayerCount, c.KvHeadCount, c.HeadDim, this.options.KvMetadata);
+        EngineMetrics.Register(this);
         batch = model.CreateBatch();
         loop = new Thread(Loop) { IsBackground = true, Name = "vidkv-engine" };
         loop.Start();
@@ -108,12 +132,34 @@ public sealed class InferenceEngine : IAsyncDisposable
     /// <summary>Forward-pass phase times of all steps so far.</summary>
     public ForwardTimes Times => profile.Times;
 
-    /// <summary>A new session with an empty KV sequence under the engine's policies.</summary>
-    public Session CreateSession()
+    /// <summary>A new session with an empty KV sequence, under the engine's policies and context unless <paramref name="options"/> gives its own.</summary>
+    /// <exception cref="KvConfigException">a policy spec is bad, names layers or heads the model lacks, or reads page metadata the store does not keep</exception>
+    /// <exception cref="ArgumentOutOfRangeException">the context length is below 1</exception>
+    public Session CreateSession(SessionOptions? options = null)
     {
         ObjectDisposedException.ThrowIf(stopping.IsCancellationRequested, this);
-        return new Session(this);
+        var kv = options?.Kv ?? this.options.Kv;
+        int contextLength = options?.ContextLength ?? this.options.ContextLength;
+        if (contextLength < 1) throw new ArgumentOutOfRangeException(nameof(options), $"the context length must be at least 1, not {contextLength}");
+        if (options?.Kv != null)
+        {
+            // Checked here, on the caller's thread: a policy the store cannot serve would otherwise fail on the loop.
+            var policies = kv.BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount);
+            var missing = policies.Metadata & ~store.Metadata;
+            if (missing != KvMetadata.None)
+                throw new KvConfigException($"policy '{kv.Default}' reads {missing} page metadata, which this engine's KV store does not keep (EngineOptions.KvMetadata)");
+        }
+        var session = new Session(this, kv, contextLength);
+        Interlocked.Increment(ref openSessions);
+        return session;
     }
+
+    int openSessions;
+
+    /// <summary>Sessions created and not yet disposed.</summary>
+    public int OpenSessions => Volatile.Read(ref openSessions);
+
+    internal void SessionClosed() => Interlocked.Decrement(ref openSessions);
 
     /// <summary>Runs <paramref name="action"/> on the loop thread before its next step.</summary>
     internal void Post(Action action)
@@ -135,9 +181,9 @@ public sealed class InferenceEngine : IAsyncDisposable
         return done.Task;
     }
 
-    internal PagedKvCache CreateCache() => options.Kv.CreateCache(store.CreateSequence(), options.ContextLength);
-    internal PagedKvCache Fork(PagedKvCache cache) =>
-        cache.Fork(options.Kv.BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount));
+    internal PagedKvCache CreateCache(KvCacheConfig kv, int contextLength) => kv.CreateCache(store.CreateSequence(), contextLength);
+    internal PagedKvCache Fork(PagedKvCache cache, KvCacheConfig kv) =>
+        cache.Fork(kv.BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount));
 
     /// <summary>Adds work for the loop (called on the loop thread).</summary>
     internal void Start(Work work) => active.Add(work);
@@ -255,6 +301,7 @@ public sealed class InferenceEngine : IAsyncDisposable
         wake.Release();
         await stopped.Task.ConfigureAwait(false);
         loop.Join();
+        EngineMetrics.Unregister(this);
         store.Dispose();
         wake.Dispose();
     }

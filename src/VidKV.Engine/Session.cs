@@ -92,15 +92,18 @@ public sealed class Session : IAsyncDisposable
     int frameCount;
     int nextPosition;
 
-    internal Session(InferenceEngine engine)
+    readonly KvCacheConfig kv;
+
+    internal Session(InferenceEngine engine, KvCacheConfig kv, int contextLength)
     {
         this.engine = engine;
+        this.kv = kv;
         ingest = new Ingest(this);
         positions = new SequencePositions(engine.Model.PositionComponents);
         if (engine.Encoder is { } encoder) layout = new VideoLayout(engine.Model, encoder.Vision, engine.Options.Video);
         engine.Post(() =>
         {
-            cache = engine.CreateCache();
+            cache = engine.CreateCache(kv, contextLength);
             engine.Start(ingest);
         });
     }
@@ -229,7 +232,8 @@ public sealed class Session : IAsyncDisposable
     /// <summary>
     /// Appends the frames of <paramref name="frames"/> as they come (<see cref="AppendFrameAsync"/> each; the next frame
     /// encodes while the last one is prefilled, at most a few ahead), then ends the segment (<see cref="EndVideoSegmentAsync"/>).
-    /// <paramref name="progress"/> hears of each frame once it is in the session. Cancelling stops reading frames;
+    /// <paramref name="progress"/> hears of each frame once it is in the session (also while the source waits for its
+    /// next frame). Cancelling stops reading frames;
     /// the frames already in stay, and the segment stays open until the next append ends it.
     /// </summary>
     public async Task AppendVideoAsync(IAsyncEnumerable<VideoFrame> frames, IProgress<VideoProgress>? progress = null, CancellationToken cancellation = default)
@@ -244,8 +248,19 @@ public sealed class Session : IAsyncDisposable
             await done.ConfigureAwait(false);
             if (frame != null) progress?.Report(new VideoProgress(++count, frame.Timestamp, frame.Index));
         }
-        await foreach (var frame in frames.WithCancellation(cancellation).ConfigureAwait(false))
+        await using var source = frames.GetAsyncEnumerator(cancellation);
+        while (true)
         {
+            var next = source.MoveNextAsync().AsTask();
+            // While the source has no frame yet (a live stream, pushed frames), frames are reported as they land in the
+            // KV rather than when later frames push them out of the look-ahead.
+            while (inFlight.Count > 0 && !next.IsCompleted)
+            {
+                await Task.WhenAny(next, inFlight.Peek().Done).ConfigureAwait(false);
+                if (inFlight.Peek().Done.IsCompleted) await Settle().ConfigureAwait(false);
+            }
+            if (!await next.ConfigureAwait(false)) break;
+            var frame = source.Current;
             inFlight.Enqueue((await QueueFrameAsync(frame, cancellation).ConfigureAwait(false), frame));
             while (inFlight.Count > FramesAhead) await Settle().ConfigureAwait(false);
         }
@@ -300,7 +315,7 @@ public sealed class Session : IAsyncDisposable
         Interlocked.Add(ref encodeTicks, System.Diagnostics.Stopwatch.GetElapsedTime(encodeStart).Ticks);
         if (encoded.Reused) Interlocked.Increment(ref reusedFrames);
         bool firstAppend = Interlocked.Increment(ref appendCalls) == 1;
-        return Queue(new Append(AppendKind.Frame, firstAppend ? BosRuns() : []) { Frame = encoded }, cancellation);
+        return Queue(new Append(AppendKind.Frame, firstAppend ? BosRuns() : []) { Frame = encoded, Started = encodeStart, Frames = second != null ? 2 : 1 }, cancellation);
     }
 
     async Task<PreparedFrame> TimedAsync(Task<PreparedFrame> preparing, long start)
@@ -461,6 +476,7 @@ public sealed class Session : IAsyncDisposable
     {
         if (disposed) return;
         disposed = true;
+        engine.SessionClosed();
         try
         {
             await engine.Call(() =>
@@ -483,6 +499,8 @@ public sealed class Session : IAsyncDisposable
         public readonly AppendKind Kind = kind;
         public readonly List<RowRun> Runs = runs;
         public EncodedFrame? Frame;
+        public long Started; // a frame's encoding start (Stopwatch timestamp), for EngineMetrics.FrameDuration
+        public int Frames; // video frames in a frame unit (two in a Qwen-VL pair)
         public RowCursor? Cursor; // set when it starts
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public CancellationTokenRegistration Registration;
@@ -572,6 +590,11 @@ public sealed class Session : IAsyncDisposable
         void Complete(Append append, Exception? error = null)
         {
             append.Registration.Dispose();
+            if (error == null && append.Kind == AppendKind.Frame)
+            {
+                EngineMetrics.FramesIngested.Add(append.Frames);
+                EngineMetrics.FrameDuration.Record(EngineMetrics.Seconds(append.Started, System.Diagnostics.Stopwatch.GetTimestamp()));
+            }
             if (error == null) append.Done.TrySetResult();
             else append.Done.TrySetException(error);
             foreach (var action in atBoundary) session.engine.Post(action);
@@ -612,6 +635,9 @@ public sealed class Session : IAsyncDisposable
         RowRun? nextRow;
         int generated;
         bool finished;
+        readonly long asked = System.Diagnostics.Stopwatch.GetTimestamp();
+        long firstToken;
+        int inputTokens;
 
         public ChannelReader<string> Output => output.Reader;
         readonly TaskCompletionSource ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -633,7 +659,7 @@ public sealed class Session : IAsyncDisposable
             }
             try
             {
-                fork = engine.Fork(session.Cache);
+                fork = engine.Fork(session.Cache, session.kv);
                 positions = session.positions.Clone();
                 if (startLogits != null)
                 {
@@ -680,11 +706,21 @@ public sealed class Session : IAsyncDisposable
                 promptRows!.Advance(rows);
                 if (!promptRows.Finished) return;
             }
-            if (generated == 0 && options.Usage is { } usage) usage.PromptTokens = fork!.Length;
+            if (generated == 0)
+            {
+                inputTokens = fork!.Length;
+                if (options.Usage is { } usage) usage.PromptTokens = inputTokens;
+            }
             int token = sampler.Sample(logits, history);
             history.Add(token);
             Tokens.Add(token);
             generated++;
+            EngineMetrics.GeneratedTokens.Add(1);
+            if (generated == 1)
+            {
+                firstToken = System.Diagnostics.Stopwatch.GetTimestamp();
+                if (startLogits == null) EngineMetrics.TimeToFirstToken.Record(EngineMetrics.Seconds(asked, firstToken));
+            }
             bool end = !options.IgnoreEndOfGeneration && engine.Model.Vocabulary.IsEndOfGeneration(token);
             if (options.Usage is { } counts)
             {
@@ -711,6 +747,12 @@ public sealed class Session : IAsyncDisposable
         {
             if (finished) return;
             finished = true;
+            if (generated > 0 && startLogits == null)
+            {
+                EngineMetrics.RecordUsage(inputTokens, generated);
+                if (error == null && generated > 1)
+                    EngineMetrics.TimePerOutputToken.Record(EngineMetrics.Seconds(firstToken, System.Diagnostics.Stopwatch.GetTimestamp()) / (generated - 1));
+            }
             fork?.Dispose(); // its pages go back before the reader hears the end
             fork = null;
             output.Writer.TryComplete(error);

@@ -6,54 +6,58 @@ using Microsoft.AspNetCore.Http;
 using VidKV.Engine;
 using VidKV.Formats;
 using VidKV.Text;
+using VidKV.Video;
 
 namespace VidKV.Server;
 
 /// <summary>
 /// <c>POST /v1/chat/completions</c>: the JSON body becomes a <see cref="PreparedChat"/> (messages rendered with the
-/// model's chat template, images decoded, sampling settings checked), then a session of its own on the shared engine
-/// reads the prompt — text up to each image with <see cref="Session.AppendAsync(string, CancellationToken)"/>, each image with
-/// <see cref="Session.AppendImageAsync"/> — and answers the rest with <see cref="Session.AskAsync"/>, whole or as
-/// server-sent events. The request's abort token runs through every call, so a client that goes away stops its answer,
-/// and the session's pages go back when the request ends.
+/// model's chat template, images decoded, videos located, sampling settings checked), then a session of its own on the
+/// shared engine reads the prompt — text up to each image or video with <see cref="Session.AppendAsync(string, CancellationToken)"/>,
+/// each image with <see cref="Session.AppendImageAsync"/>, each video's frames (ffmpeg, at the request's fps and frame
+/// limit) with <see cref="Session.AppendVideoAsync"/> in the model family's video layout — and answers the rest with
+/// <see cref="Session.AskAsync"/>, whole or as server-sent events. The request's abort token runs through every call,
+/// so a client that goes away stops its answer, and the session's pages go back when the request ends.
 /// </summary>
-sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, string modelId, MediaFiles media)
+sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, string modelId, MediaFiles media, SessionSlots slots)
 {
-    readonly SemaphoreSlim slots = new(options.MaxSessions, options.MaxSessions);
     readonly ChatFormat format = ChatTemplate.Detect(engine.Model.Vocabulary.ChatTemplate);
 
     static readonly byte[] DonePayload = "data: [DONE]\n\n"u8.ToArray();
 
-    /// <summary>Requests being answered now.</summary>
-    public int Active => options.MaxSessions - slots.CurrentCount;
-
     public async Task HandleAsync(HttpContext context)
     {
-        var request = await ReadAsync(context).ConfigureAwait(false);
+        var request = await ReadJsonAsync(context, Wire.ChatCompletionRequest).ConfigureAwait(false);
         var chat = Prepare(request);
-        if (!slots.Wait(0))
-            throw new ApiException(StatusCodes.Status429TooManyRequests, "rate_limit_error",
-                $"the server is answering {options.MaxSessions} requests already (its --max-sessions); try again when one has finished", code: "too_many_sessions");
+        slots.Take();
+        var videos = new List<VideoFile>();
         try
         {
-            await AnswerAsync(context, chat).ConfigureAwait(false);
+            foreach (var item in chat.Media)
+                if (item.VideoUrl is { } url) videos.Add(await media.OpenVideoAsync(url, item.Param, item.PlainBase64, context.RequestAborted).ConfigureAwait(false));
+            await AnswerAsync(context, chat, videos).ConfigureAwait(false);
         }
         finally
         {
+            foreach (var video in videos) video.Dispose();
             slots.Release();
         }
     }
 
+    /// <summary>One image or video of a request, in prompt order, with its place in the request for errors.</summary>
+    sealed record MediaItem(string Param, RgbImage? Image, string? VideoUrl = null, bool PlainBase64 = false);
+
     /// <summary>A request checked and turned into the engine's terms.</summary>
-    sealed record PreparedChat(string[] Segments, List<RgbImage> Images, List<string> ImageParams, int? MaxTokens, SamplingOptions Sampling,
+    sealed record PreparedChat(string[] Segments, List<MediaItem> Media, FrameSampling VideoSampling, int? MaxTokens, SamplingOptions Sampling,
         bool IgnoreEos, bool Stream, bool IncludeUsage);
 
-    static async Task<ChatCompletionRequest> ReadAsync(HttpContext context)
+    /// <summary>The JSON body as <typeparamref name="T"/>; malformed JSON is a 400 naming where and why.</summary>
+    internal static async Task<T> ReadJsonAsync<T>(HttpContext context, JsonTypeInfo<T> type) where T : class
     {
-        ChatCompletionRequest? request;
+        T? request;
         try
         {
-            request = await JsonSerializer.DeserializeAsync(context.Request.Body, Wire.ChatCompletionRequest, context.RequestAborted).ConfigureAwait(false);
+            request = await JsonSerializer.DeserializeAsync(context.Request.Body, type, context.RequestAborted).ConfigureAwait(false);
         }
         catch (JsonException e)
         {
@@ -75,12 +79,12 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
         string field = e.Path is { } path ? path[(path.LastIndexOf('.') + 1)..].Split('[')[0] : "";
         string expected = field switch
         {
-            "max_tokens" or "max_completion_tokens" or "top_k" or "n" or "seed" => "an integer",
-            "temperature" or "top_p" or "min_p" => "a number",
-            "stream" or "ignore_eos" or "include_usage" => "true or false",
-            "model" or "role" or "type" or "text" or "url" or "detail" => "a string",
+            "max_tokens" or "max_completion_tokens" or "top_k" or "n" or "seed" or "num_frames" or "max_frames" or "kv_budget" or "comment_max_tokens" => "an integer",
+            "temperature" or "top_p" or "min_p" or "fps" or "threshold" => "a number",
+            "stream" or "ignore_eos" or "include_usage" or "proactive" => "true or false",
+            "model" or "role" or "type" or "text" or "url" or "detail" or "data" or "format" or "source" or "question" or "kv_policy" or "silence_token" => "a string",
             "messages" => "an array of messages",
-            "stream_options" or "image_url" => "an object",
+            "stream_options" or "image_url" or "video_url" or "input_video" or "media_io_kwargs" or "video" => "an object",
             _ => "a value of another type",
         };
         return $"the value has the wrong type: expected {expected}";
@@ -97,25 +101,12 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
         string maxName = request.MaxCompletionTokens != null ? "max_completion_tokens" : "max_tokens";
         int? maxTokens = request.MaxCompletionTokens ?? request.MaxTokens;
         if (maxTokens is < 1) throw ApiException.BadRequest($"must be at least 1, not {maxTokens}", maxName);
-        var defaults = new SamplingOptions();
-        if (request.Temperature is float t && (!float.IsFinite(t) || t < 0)) throw ApiException.BadRequest($"must be 0 (greedy) or more, not {t}", "temperature");
-        if (request.TopP is float p && (!float.IsFinite(p) || p <= 0 || p > 1)) throw ApiException.BadRequest($"must be in (0, 1], not {p}", "top_p");
-        if (request.TopK is < 0) throw ApiException.BadRequest($"must be 0 (off) or more, not {request.TopK}", "top_k");
-        if (request.MinP is float m && (!float.IsFinite(m) || m < 0 || m > 1)) throw ApiException.BadRequest($"must be in [0, 1], not {m}", "min_p");
-        var sampling = new SamplingOptions
-        {
-            Temperature = request.Temperature ?? defaults.Temperature,
-            TopP = request.TopP ?? defaults.TopP,
-            TopK = request.TopK ?? defaults.TopK,
-            MinP = request.MinP ?? defaults.MinP,
-            // OpenAI's seed is 64-bit; the sampler's is 32: fold the halves, so every seed still picks one fixed stream.
-            Seed = request.Seed is long seed ? unchecked((int)seed ^ (int)(seed >> 32)) : null,
-        };
+        var sampling = Sampling(request.Temperature, request.TopP, request.TopK, request.MinP, request.Seed);
+        var videoSampling = VideoSampling(request.MediaIoKwargs?.Video);
 
-        // Each image stands in the rendered prompt as a marker no client text can contain, then the prompt is cut there.
-        string marker = $"<vidkv-image-{Guid.NewGuid():N}>";
-        var images = new List<RgbImage>();
-        var imageParams = new List<string>();
+        // Each image or video stands in the rendered prompt as a marker no client text can contain, then the prompt is cut there.
+        string marker = $"<vidkv-media-{Guid.NewGuid():N}>";
+        var mediaItems = new List<MediaItem>();
         var turns = new List<ChatMessage>();
         for (int i = 0; i < messages.Count; i++)
         {
@@ -146,46 +137,107 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                         if (engine.Vision == null)
                             throw ApiException.BadRequest($"the model {modelId} reads no images: start the server with its vision projector (--mmproj)", partAt, "model_not_multimodal");
                         string url = part.ImageUrl?.Url ?? throw ApiException.BadRequest("an image_url part needs image_url.url", urlAt);
-                        images.Add(media.Load(url, urlAt));
-                        imageParams.Add(urlAt);
+                        mediaItems.Add(new MediaItem(urlAt, media.Load(url, urlAt)));
+                        text.Append(marker);
+                        break;
+                    case "video_url" or "input_video":
+                        if (role != "user") throw ApiException.BadRequest($"videos go in user messages, not {role} ones", partAt);
+                        if (engine.Vision == null)
+                            throw ApiException.BadRequest($"the model {modelId} reads no video: start the server with its vision projector (--mmproj)", partAt, "model_not_multimodal");
+                        if (part.Type == "video_url")
+                        {
+                            string videoAt = $"{partAt}.video_url.url";
+                            mediaItems.Add(new MediaItem(videoAt, null, part.VideoUrl?.Url ?? throw ApiException.BadRequest("a video_url part needs video_url.url", videoAt)));
+                        }
+                        else
+                        {
+                            // llama-server's shape: input_video.data (base64) or input_video.url (a URL, a file, or base64 too).
+                            var input = part.InputVideo ?? throw ApiException.BadRequest("an input_video part needs input_video.data or input_video.url", $"{partAt}.input_video");
+                            string videoAt = input.Data != null ? $"{partAt}.input_video.data" : $"{partAt}.input_video.url";
+                            string value = input.Data ?? input.Url ?? throw ApiException.BadRequest("an input_video part needs input_video.data or input_video.url", $"{partAt}.input_video");
+                            mediaItems.Add(new MediaItem(videoAt, null, value, PlainBase64: input.Data != null));
+                        }
                         text.Append(marker);
                         break;
                     case null:
-                        throw ApiException.BadRequest("missing part type (text, image_url)", $"{partAt}.type");
+                        throw ApiException.BadRequest("missing part type (text, image_url, video_url, input_video)", $"{partAt}.type");
                     default:
-                        throw ApiException.BadRequest($"content part type '{part.Type}' is not supported (text, image_url)", $"{partAt}.type");
+                        throw ApiException.BadRequest($"content part type '{part.Type}' is not supported (text, image_url, video_url, input_video)", $"{partAt}.type");
                 }
             }
             turns.Add(new ChatMessage(role, text.ToString()));
         }
         string prompt = ChatTemplate.Apply(format, turns);
-        return new PreparedChat(prompt.Split(marker), images, imageParams, maxTokens, sampling, request.IgnoreEos ?? false, request.Stream ?? false,
+        return new PreparedChat(prompt.Split(marker), mediaItems, videoSampling, maxTokens, sampling, request.IgnoreEos ?? false, request.Stream ?? false,
             request.StreamOptions?.IncludeUsage ?? false);
     }
 
-    async Task AnswerAsync(HttpContext context, PreparedChat chat)
+    /// <summary>Sampling settings checked, each bad one a 400 naming its field.</summary>
+    internal static SamplingOptions Sampling(float? temperature, float? topP, int? topK, float? minP, long? seed)
+    {
+        var defaults = new SamplingOptions();
+        if (temperature is float t && (!float.IsFinite(t) || t < 0)) throw ApiException.BadRequest($"must be 0 (greedy) or more, not {t}", "temperature");
+        if (topP is float p && (!float.IsFinite(p) || p <= 0 || p > 1)) throw ApiException.BadRequest($"must be in (0, 1], not {p}", "top_p");
+        if (topK is < 0) throw ApiException.BadRequest($"must be 0 (off) or more, not {topK}", "top_k");
+        if (minP is float m && (!float.IsFinite(m) || m < 0 || m > 1)) throw ApiException.BadRequest($"must be in [0, 1], not {m}", "min_p");
+        return new SamplingOptions
+        {
+            Temperature = temperature ?? defaults.Temperature,
+            TopP = topP ?? defaults.TopP,
+            TopK = topK ?? defaults.TopK,
+            MinP = minP ?? defaults.MinP,
+            // OpenAI's seed is 64-bit; the sampler's is 32: fold the halves, so every seed still picks one fixed stream.
+            Seed = seed is long s ? unchecked((int)s ^ (int)(s >> 32)) : null,
+        };
+    }
+
+    /// <summary>A request's video sampling: vLLM's <c>media_io_kwargs.video</c> fps and num_frames, else the server's defaults; at most the server's frame limit.</summary>
+    FrameSampling VideoSampling(VideoSampling? video)
+    {
+        const string at = "media_io_kwargs.video";
+        double fps = video?.Fps ?? options.VideoFps;
+        if (!double.IsFinite(fps) || fps <= 0 || fps > 60) throw ApiException.BadRequest($"must be more than 0 and at most 60, not {fps}", $"{at}.fps");
+        int frames = video?.NumFrames ?? options.MaxVideoFrames;
+        if (frames < 1 || frames > options.MaxVideoFrames)
+            throw ApiException.BadRequest($"must be 1 to the server's limit of {options.MaxVideoFrames} (--max-video-frames), not {frames}", $"{at}.num_frames");
+        return new FrameSampling { Fps = fps, MaxFrames = frames };
+    }
+
+    async Task AnswerAsync(HttpContext context, PreparedChat chat, List<VideoFile> videos)
     {
         var aborted = context.RequestAborted;
         int contextLength = engine.Options.ContextLength;
         await using var session = engine.CreateSession();
-        for (int k = 0; k < chat.Images.Count; k++)
+        for (int k = 0, v = 0; k < chat.Media.Count; k++)
         {
+            var item = chat.Media[k];
             try
             {
                 if (chat.Segments[k].Length > 0) await session.AppendAsync(chat.Segments[k], aborted).ConfigureAwait(false);
-                await session.AppendImageAsync(chat.Images[k], aborted).ConfigureAwait(false);
+                if (item.Image != null) await session.AppendImageAsync(item.Image, aborted).ConfigureAwait(false);
+                else
+                {
+                    var source = new FfmpegSource(videos[v++].Path, chat.VideoSampling);
+                    await session.AppendVideoAsync(source.ReadAsync(aborted), null, aborted).ConfigureAwait(false);
+                }
+            }
+            catch (VideoSourceException e) when (!aborted.IsCancellationRequested)
+            {
+                // Its message starts with the (temporary) file's name: the client knows the video by its field.
+                string problem = e.Message.StartsWith(e.SourceName + ": ", StringComparison.Ordinal) ? e.Message[(e.SourceName.Length + 2)..] : e.Message;
+                throw new ApiException(400, "invalid_request_error", $"{item.Param}: the video cannot be read: {problem}", item.Param, "invalid_video");
             }
             catch (ArgumentException e)
             {
-                throw ApiException.BadRequest(e.Message, chat.ImageParams[k]);
+                throw ApiException.BadRequest(e.Message, item.Param);
             }
             catch (InvalidOperationException e) when (e is not ObjectDisposedException && !aborted.IsCancellationRequested)
             {
-                throw new ApiException(400, "invalid_request_error", $"the prompt up to this image does not fit: {e.Message}", chat.ImageParams[k], "context_length_exceeded");
+                throw new ApiException(400, "invalid_request_error", $"the prompt up to this {(item.Image != null ? "image" : "video")} does not fit: {e.Message}", item.Param, "context_length_exceeded");
             }
         }
         string question = chat.Segments[^1];
-        int questionTokens = engine.Model.Tokenizer.Encode(question, addSpecial: chat.Images.Count == 0, parseSpecial: true).Count;
+        int questionTokens = engine.Model.Tokenizer.Encode(question, addSpecial: chat.Media.Count == 0, parseSpecial: true).Count;
         long used = (long)session.NextPosition + questionTokens;
         if (used >= contextLength)
             throw new ApiException(400, "invalid_request_error", $"the prompt takes {used} positions, which does not fit the context of {contextLength} (the server's -c)", "messages", "context_length_exceeded");
@@ -196,20 +248,35 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
             MaxTokens = Math.Min(chat.MaxTokens ?? options.DefaultMaxTokens ?? int.MaxValue, room),
             Sampling = chat.Sampling, IgnoreEndOfGeneration = chat.IgnoreEos, Usage = usage,
         };
+        // The pages are back before the client hears the end of the answer.
+        await RespondAsync(context, session, question, ask, chat.Stream, chat.IncludeUsage, modelId, options.Log, () => session.DisposeAsync()).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Asks <paramref name="question"/> on <paramref name="session"/> and sends the answer as a <c>chat.completion</c>
+    /// (whole) or <c>chat.completion.chunk</c> server-sent events ending <c>data: [DONE]</c>; <paramref name="beforeEnd"/>
+    /// runs once the answer is complete, before its end is sent. Nothing is sent before the first piece, so a failure up
+    /// to there still gets a status code; after it, an error travels as an event.
+    /// </summary>
+    internal static async Task RespondAsync(HttpContext context, Session session, string question, AskOptions ask, bool stream, bool includeUsage,
+        string modelId, TextWriter? log, Func<ValueTask>? beforeEnd)
+    {
+        var aborted = context.RequestAborted;
+        var usage = ask.Usage!;
         string id = "chatcmpl-" + RandomNumberGenerator.GetHexString(24, lowercase: true);
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         await using var pieces = session.AskAsync(question, ask, aborted).GetAsyncEnumerator(aborted);
         // The first piece (or the end) before any byte is sent: a failure up to here still gets a status code.
         bool more = await pieces.MoveNextAsync().ConfigureAwait(false);
-        if (!chat.Stream)
+        if (!stream)
         {
             var text = new StringBuilder();
             for (; more; more = await pieces.MoveNextAsync().ConfigureAwait(false)) text.Append(pieces.Current);
-            await session.DisposeAsync().ConfigureAwait(false); // the pages are back before the client hears the answer
+            if (beforeEnd != null) await beforeEnd().ConfigureAwait(false);
             var completion = new ChatCompletion(id, created, modelId, [new CompletionChoice(0, new AssistantMessage(text.ToString()), FinishReason(usage))],
                 new Usage(usage.PromptTokens, usage.CompletionTokens));
             await context.Response.WriteAsJsonAsync(completion, Wire.ChatCompletion, contentType: "application/json", aborted).ConfigureAwait(false);
-            options.Log?.WriteLine($"  {id}: {usage.PromptTokens} prompt + {usage.CompletionTokens} completion tokens, {FinishReason(usage)}");
+            log?.WriteLine($"  {id}: {usage.PromptTokens} prompt + {usage.CompletionTokens} completion tokens, {FinishReason(usage)}");
             return;
         }
 
@@ -229,16 +296,16 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
             // Headers are gone: the error travels as an event, as llama-server sends it, and the stream ends without [DONE].
             string reason = InferenceServer.Unwrap(e).Message;
             await WriteEventAsync(response, new ErrorBody(new ErrorDetail($"the answer failed: {reason}", "server_error", null, null)), Wire.ErrorBody, aborted).ConfigureAwait(false);
-            options.Log?.WriteLine($"  {id}: failed mid-stream: {reason}");
+            log?.WriteLine($"  {id}: failed mid-stream: {reason}");
             return;
         }
-        await session.DisposeAsync().ConfigureAwait(false);
+        if (beforeEnd != null) await beforeEnd().ConfigureAwait(false);
         await WriteEventAsync(response, Chunk(null, null, FinishReason(usage)), aborted).ConfigureAwait(false);
-        if (chat.IncludeUsage)
+        if (includeUsage)
             await WriteEventAsync(response, new ChatCompletionChunk(id, created, modelId, [], new Usage(usage.PromptTokens, usage.CompletionTokens)), aborted).ConfigureAwait(false);
         await response.Body.WriteAsync(DonePayload, aborted).ConfigureAwait(false);
         await response.Body.FlushAsync(aborted).ConfigureAwait(false);
-        options.Log?.WriteLine($"  {id}: {usage.PromptTokens} prompt + {usage.CompletionTokens} completion tokens, {FinishReason(usage)} (streamed)");
+        log?.WriteLine($"  {id}: {usage.PromptTokens} prompt + {usage.CompletionTokens} completion tokens, {FinishReason(usage)} (streamed)");
     }
 
     static string FinishReason(AskUsage usage) => usage.EndedOnEndOfGeneration ? "stop" : "length";
@@ -247,7 +314,7 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
         WriteEventAsync(response, chunk, Wire.ChatCompletionChunk, cancellation);
 
     /// <summary>One server-sent event, <c>data: {json}</c> and a blank line, flushed at once.</summary>
-    static async Task WriteEventAsync<T>(HttpResponse response, T value, JsonTypeInfo<T> type, CancellationToken cancellation)
+    internal static async Task WriteEventAsync<T>(HttpResponse response, T value, JsonTypeInfo<T> type, CancellationToken cancellation)
     {
         var buffer = new MemoryStream();
         buffer.Write("data: "u8);

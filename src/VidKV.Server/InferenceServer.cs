@@ -9,6 +9,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
 using VidKV.Engine;
 
 namespace VidKV.Server;
@@ -16,7 +17,9 @@ namespace VidKV.Server;
 /// <summary>
 /// An OpenAI-compatible HTTP API over an <see cref="InferenceEngine"/> (as llama-server and vLLM serve one), on Kestrel
 /// with ASP.NET Core minimal APIs: <c>GET /health</c>, <c>GET /v1/models</c> and <c>POST /v1/chat/completions</c>
-/// (whole or streamed as server-sent events; text and images). JSON is read and written only at this edge, by
+/// (whole or streamed as server-sent events; text, images and video), live video sessions under <c>/v1/sessions</c>
+/// (<see cref="LiveSessions"/>), and <c>GET /metrics</c> (the engine's <see cref="EngineMetrics"/> in Prometheus text,
+/// by OpenTelemetry's exporter). JSON is read and written only at this edge, by
 /// source-generated System.Text.Json; each request gets a session of its own on the shared engine, whose loop batches
 /// them. Errors are OpenAI's error body with a 4xx status naming what is wrong and where; one request's failure never
 /// touches another's. Start it with <see cref="StartAsync"/>; dispose it to stop (the engine stays the caller's).
@@ -28,16 +31,20 @@ public sealed class InferenceServer : IAsyncDisposable
     {
         ["/health"] = HttpMethods.Get,
         ["/v1/models"] = HttpMethods.Get,
+        ["/metrics"] = HttpMethods.Get,
         ["/v1/chat/completions"] = HttpMethods.Post,
+        ["/v1/sessions"] = HttpMethods.Post,
     };
 
     readonly WebApplication app;
-    readonly ChatCompletions chat;
+    readonly SessionSlots slots;
+    readonly LiveSessions live;
 
-    InferenceServer(WebApplication app, ChatCompletions chat, Uri address, string modelId)
+    InferenceServer(WebApplication app, SessionSlots slots, LiveSessions live, Uri address, string modelId)
     {
         this.app = app;
-        this.chat = chat;
+        this.slots = slots;
+        this.live = live;
         Address = address;
         ModelId = modelId;
     }
@@ -49,7 +56,10 @@ public sealed class InferenceServer : IAsyncDisposable
     public string ModelId { get; }
 
     /// <summary>Chat requests being answered now (tests look at it).</summary>
-    internal int ActiveRequests => chat.Active;
+    internal int ActiveRequests => slots.Held - live.Count;
+
+    /// <summary>Live video sessions now (tests look at it).</summary>
+    internal int LiveSessionCount => live.Count;
 
     /// <summary>
     /// Binds Kestrel to <see cref="ServerOptions.Host"/>:<see cref="ServerOptions.Port"/> and starts serving
@@ -63,14 +73,19 @@ public sealed class InferenceServer : IAsyncDisposable
         options ??= new ServerOptions();
         options.Validate();
         string modelId = options.ModelId ?? DefaultModelId(engine.Model.Path);
-        var media = new MediaFiles(options.MediaRoot, options.MaxBodyBytes);
+        var media = new MediaFiles(options.MediaRoot, options.MaxBodyBytes, options.FetchTimeout);
         byte[]? keyHash = options.ApiKey is { } key ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
-        var chat = new ChatCompletions(engine, options, modelId, media);
+        var slots = new SessionSlots(options.MaxSessions);
+        var chat = new ChatCompletions(engine, options, modelId, media, slots);
+        var live = new LiveSessions(engine, options, modelId, media, slots);
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "vidkv", ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders(); // one line per request goes to options.Log instead
         builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        // The engine's meter, scraped fresh each time (the exporter's default caches a scrape for 300 ms).
+        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddMeter(EngineMetrics.MeterName)
+            .AddPrometheusExporter(prometheus => prometheus.ScrapeResponseCacheDurationMilliseconds = 0));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
@@ -120,7 +135,10 @@ public sealed class InferenceServer : IAsyncDisposable
         app.MapGet("/health", (RequestDelegate)(context => context.Response.WriteAsJsonAsync(new HealthStatus("ok"), Wire.HealthStatus, contentType: "application/json", context.RequestAborted)));
         app.MapGet("/v1/models", (RequestDelegate)(context => context.Response.WriteAsJsonAsync(new ModelList([new ModelEntry(modelId, created, "vidkv")]), Wire.ModelList,
             contentType: "application/json", context.RequestAborted)));
+        app.UseWebSockets();
         app.MapPost("/v1/chat/completions", (RequestDelegate)chat.HandleAsync);
+        live.Map(app);
+        app.MapPrometheusScrapingEndpoint("/metrics").WithMetadata(new Microsoft.AspNetCore.Routing.HttpMethodMetadata([HttpMethods.Get])); // others: 405
         app.MapFallback("{*path}", (RequestDelegate)(context =>
         {
             string path = context.Request.Path.Value ?? "/";
@@ -130,7 +148,8 @@ public sealed class InferenceServer : IAsyncDisposable
                 throw new ApiException(StatusCodes.Status405MethodNotAllowed, "invalid_request_error", $"{context.Request.Method} {path}: this route takes {method}");
             }
             throw new ApiException(StatusCodes.Status404NotFound, "invalid_request_error",
-                $"no route {context.Request.Method} {path} (this server has GET /health, GET /v1/models, POST /v1/chat/completions)", code: "not_found");
+                $"no route {context.Request.Method} {path} (this server has GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions, POST /v1/sessions, " +
+                "GET and DELETE /v1/sessions/{id}, POST /v1/sessions/{id}/frames, /v1/sessions/{id}/stream (WebSocket), POST /v1/sessions/{id}/ask, GET /v1/sessions/{id}/events)", code: "not_found");
         }));
 
         try
@@ -146,7 +165,7 @@ public sealed class InferenceServer : IAsyncDisposable
         var address = new Uri(bound.EndsWith('/') ? bound : bound + "/");
         options.Log?.WriteLine($"vidkv serve: listening on {address} (model {modelId}{(engine.Vision != null ? ", with images" : "")}; " +
             $"{(keyHash != null ? "API key required" : "no API key")}{(options.MediaRoot != null ? $"; media root {media.Root}" : "")})");
-        return new InferenceServer(app, chat, address, modelId);
+        return new InferenceServer(app, slots, live, address, modelId);
     }
 
     /// <summary>The engine's error inside the channel exception an answer's reader gets when the answer failed.</summary>
@@ -181,7 +200,9 @@ public sealed class InferenceServer : IAsyncDisposable
     /// <summary>Stops listening, lets requests in flight end (their clients see the connection close) and releases the host.</summary>
     public async ValueTask DisposeAsync()
     {
+        await live.DisposeAsync().ConfigureAwait(false); // ends their event streams, so stopping does not wait on them
         using (var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5))) await app.StopAsync(timeout.Token).ConfigureAwait(false);
+        await live.DisposeAsync().ConfigureAwait(false); // any a request started meanwhile
         await app.DisposeAsync().ConfigureAwait(false);
     }
 }

@@ -31,6 +31,21 @@ sealed class ChatCompletionRequest
     public JsonElement? Stop { get; init; }
     /// <summary>Not supported yet; refused when given, rather than ignored.</summary>
     public JsonElement? Tools { get; init; }
+    /// <summary>vLLM's per-request media settings: <c>{"video": {"fps": 2, "num_frames": 16}}</c>.</summary>
+    public MediaIoKwargs? MediaIoKwargs { get; init; }
+}
+
+/// <summary>vLLM's <c>media_io_kwargs</c>; only its <c>video</c> entry is read.</summary>
+sealed class MediaIoKwargs
+{
+    public VideoSampling? Video { get; init; }
+}
+
+/// <summary>How a request's videos are sampled: <c>fps</c> frames per second, at most <c>num_frames</c> frames (vLLM's names).</summary>
+sealed class VideoSampling
+{
+    public double? Fps { get; init; }
+    public int? NumFrames { get; init; }
 }
 
 sealed class StreamOptions
@@ -56,6 +71,18 @@ sealed class ContentPart
     public string? Type { get; init; }
     public string? Text { get; init; }
     public ImageUrl? ImageUrl { get; init; }
+    /// <summary>vLLM's video part: <c>{"type": "video_url", "video_url": {"url": …}}</c>.</summary>
+    public ImageUrl? VideoUrl { get; init; }
+    /// <summary>llama-server's video part: <c>{"type": "input_video", "input_video": {"data" or "url": …}}</c>.</summary>
+    public InputVideo? InputVideo { get; init; }
+}
+
+/// <summary>llama-server's <c>input_video</c>: <c>data</c> (base64) or <c>url</c> (an http(s) URL, a file, base64).</summary>
+sealed class InputVideo
+{
+    public string? Data { get; init; }
+    public string? Url { get; init; }
+    public string? Format { get; init; }
 }
 
 sealed class ImageUrl
@@ -131,6 +158,73 @@ sealed record ModelEntry(string Id, long Created, string OwnedBy)
 
 sealed record HealthStatus(string Status);
 
+/// <summary>The body of <c>POST /v1/sessions</c>.</summary>
+sealed class SessionRequest
+{
+    /// <summary>A file under the media root, an http(s)/rtsp(s)/rtmp(s) URL, <c>camera:/dev/videoN</c>, or <c>push</c>.</summary>
+    public string? Source { get; init; }
+    public double? Fps { get; init; }
+    public int? MaxFrames { get; init; }
+    public bool? Proactive { get; init; }
+    public string? SilenceToken { get; init; }
+    public float? Threshold { get; init; }
+    public int? CommentMaxTokens { get; init; }
+    public string? KvPolicy { get; init; }
+    public int? KvBudget { get; init; }
+}
+
+/// <summary>A live session as <c>GET /v1/sessions/{id}</c> shows it.</summary>
+sealed record SessionInfo(string Id, long Created, string Source, string Kind, string State, int Frames,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.Never)] double? LastTimestamp, double FramesPerSecond, int Rows, string KvPolicy, bool Proactive,
+    EngineKv Kv, string? Error = null)
+{
+    [JsonPropertyOrder(-1)]
+    public string Object => "session";
+}
+
+/// <summary>The engine's KV memory, every session together.</summary>
+sealed record EngineKv(long HotBytes, long ColdBytes, long BudgetBytes, int Pages);
+
+/// <summary>The body of <c>POST /v1/sessions/{id}/ask</c>.</summary>
+sealed class AskRequest
+{
+    public string? Question { get; init; }
+    public int? MaxTokens { get; init; }
+    public bool? Stream { get; init; }
+    public StreamOptions? StreamOptions { get; init; }
+    public float? Temperature { get; init; }
+    public float? TopP { get; init; }
+    public int? TopK { get; init; }
+    public float? MinP { get; init; }
+    public long? Seed { get; init; }
+    /// <summary>vLLM's extension, as in chat completions.</summary>
+    public bool? IgnoreEos { get; init; }
+}
+
+/// <summary>One event of <c>GET /v1/sessions/{id}/events</c> (its <c>type</c> is also the SSE event name).</summary>
+sealed record SessionEvent(string Type)
+{
+    public int? Frames { get; init; }
+    public double? Timestamp { get; init; }
+    public double? FramesPerSecond { get; init; }
+    public long? HotBytes { get; init; }
+    public long? ColdBytes { get; init; }
+    public int? Frame { get; init; }
+    public string? Text { get; init; }
+    public string? Message { get; init; }
+    public string? State { get; init; }
+}
+
+/// <summary>The answer to a pushed frame (<c>POST /v1/sessions/{id}/frames</c>, or a WebSocket message).</summary>
+sealed record FrameAccepted(bool Accepted, int FramesReceived, double Timestamp);
+
+/// <summary>The answer to <c>DELETE /v1/sessions/{id}</c>.</summary>
+sealed record SessionDeleted(string Id, bool Deleted)
+{
+    [JsonPropertyOrder(-1)]
+    public string Object => "session.deleted";
+}
+
 /// <summary>OpenAI's error body: <c>{"error": {"message", "type", "param", "code"}}</c>.</summary>
 sealed record ErrorBody(ErrorDetail Error);
 
@@ -149,6 +243,12 @@ sealed record ErrorDetail(
 [JsonSerializable(typeof(ModelList))]
 [JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(ErrorBody))]
+[JsonSerializable(typeof(SessionRequest))]
+[JsonSerializable(typeof(SessionInfo))]
+[JsonSerializable(typeof(AskRequest))]
+[JsonSerializable(typeof(SessionEvent))]
+[JsonSerializable(typeof(FrameAccepted))]
+[JsonSerializable(typeof(SessionDeleted))]
 partial class ServerJson : JsonSerializerContext;
 
 /// <summary>
@@ -166,6 +266,12 @@ static class Wire
     public static readonly JsonTypeInfo<ModelList> ModelList = Get<ModelList>();
     public static readonly JsonTypeInfo<HealthStatus> HealthStatus = Get<HealthStatus>();
     public static readonly JsonTypeInfo<ErrorBody> ErrorBody = Get<ErrorBody>();
+    public static readonly JsonTypeInfo<SessionRequest> SessionRequest = Get<SessionRequest>();
+    public static readonly JsonTypeInfo<SessionInfo> SessionInfo = Get<SessionInfo>();
+    public static readonly JsonTypeInfo<AskRequest> AskRequest = Get<AskRequest>();
+    public static readonly JsonTypeInfo<SessionEvent> SessionEvent = Get<SessionEvent>();
+    public static readonly JsonTypeInfo<FrameAccepted> FrameAccepted = Get<FrameAccepted>();
+    public static readonly JsonTypeInfo<SessionDeleted> SessionDeleted = Get<SessionDeleted>();
 
     static JsonTypeInfo<T> Get<T>() => (JsonTypeInfo<T>)Options.GetTypeInfo(typeof(T));
 }

@@ -1,4 +1,5 @@
 using System.Net;
+using VidKV.Cache;
 
 namespace VidKV.Server;
 
@@ -23,6 +24,22 @@ public sealed record ServerOptions
     public string? ModelId { get; init; }
     /// <summary>Where a line per request and the start-up line go (null: nowhere).</summary>
     public TextWriter? Log { get; init; }
+    /// <summary>
+    /// The KV policies of a live session that names none (<c>POST /v1/sessions</c>'s <c>kv_policy</c>, <c>kv_budget</c>
+    /// override them): InfiniPot-V's hard cap on video rows by default, so a session's memory stays bounded however
+    /// long it watches. Only the policy fields count; the store is the engine's.
+    /// </summary>
+    public KvCacheConfig SessionKv { get; init; } = new() { Default = "infinipotv", Budget = 2048 };
+    /// <summary>Frames per second sampled from a video in a chat message when the request does not say (vLLM's <c>media_io_kwargs.video.fps</c>).</summary>
+    public double VideoFps { get; init; } = 1;
+    /// <summary>Most frames read from one video in a chat message (and the most a request's <c>num_frames</c> may ask).</summary>
+    public int MaxVideoFrames { get; init; } = 64;
+    /// <summary>Longest an http(s) video URL may take to arrive whole; past it the request gets 400.</summary>
+    public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>Most questions answered at once on one live session (each on a fork of its KV); more get 429.</summary>
+    public int MaxAsksPerSession { get; init; } = 4;
+    /// <summary>Most clients reading one live session's events at once; more get 429.</summary>
+    public int MaxEventReaders { get; init; } = 8;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first setting out of range.</summary>
     public void Validate()
@@ -33,5 +50,11 @@ public sealed record ServerOptions
         if (DefaultMaxTokens is < 1) throw new ArgumentException($"the default max tokens must be at least 1, not {DefaultMaxTokens}");
         if (ApiKey is { Length: 0 }) throw new ArgumentException("the API key is empty");
         if (MediaRoot != null && !Directory.Exists(MediaRoot)) throw new ArgumentException($"media root '{MediaRoot}': no such folder");
+        if (!double.IsFinite(VideoFps) || VideoFps <= 0 || VideoFps > 60) throw new ArgumentException($"video fps must be more than 0 and at most 60, not {VideoFps}");
+        if (MaxVideoFrames < 1) throw new ArgumentException($"max video frames must be at least 1, not {MaxVideoFrames}");
+        if (FetchTimeout <= TimeSpan.Zero) throw new ArgumentException($"the fetch timeout must be positive, not {FetchTimeout}");
+        if (MaxAsksPerSession < 1) throw new ArgumentException($"max asks per session must be at least 1, not {MaxAsksPerSession}");
+        if (MaxEventReaders < 1) throw new ArgumentException($"max event readers must be at least 1, not {MaxEventReaders}");
+        SessionKv.ValidateSpecs();
     }
 }

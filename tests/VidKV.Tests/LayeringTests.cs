@@ -18,7 +18,7 @@ public class LayeringTests
         ["Models"] = ["Tensors", "Formats", "Text", "Cache"],
         ["Video"] = ["Tensors", "Formats"],
         ["Engine"] = ["Tensors", "Formats", "Text", "Cache", "Models", "Video"],
-        ["Server"] = ["Formats", "Text", "Models", "Engine"],
+        ["Server"] = ["Formats", "Text", "Cache", "Models", "Video", "Engine"],
     };
 
     [Fact]

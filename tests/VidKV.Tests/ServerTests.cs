@@ -53,10 +53,10 @@ public sealed class TinyVisionPair : IDisposable
 /// </summary>
 public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
 {
-    static readonly EngineOptions Exact = new() { Kv = new KvCacheConfig { Default = "full", PageSize = 16, Type = GgmlType.F32 }, ContextLength = 4096 };
+    internal static readonly EngineOptions Exact = new() { Kv = new KvCacheConfig { Default = "full", PageSize = 16, Type = GgmlType.F32 }, ContextLength = 4096 };
 
     /// <summary>An engine and a server over it, with an HTTP client pointed at it.</summary>
-    sealed class Served : IAsyncDisposable
+    internal sealed class Served : IAsyncDisposable
     {
         readonly DecoderModel? ownedModel;
 
@@ -148,7 +148,7 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
         return (Encoding.UTF8.GetString(bytes.ToArray()), ids.Count, count, false);
     }
 
-    static async Task<JsonElement> Json(HttpResponseMessage response, HttpStatusCode expected)
+    internal static async Task<JsonElement> Json(HttpResponseMessage response, HttpStatusCode expected)
     {
         string body = await response.Content.ReadAsStringAsync();
         Assert.True(response.StatusCode == expected, $"expected {(int)expected}, got {(int)response.StatusCode}: {body}");
@@ -157,7 +157,7 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
     }
 
     /// <summary>OpenAI's error body with <paramref name="status"/>; returns it for more checks.</summary>
-    static async Task<JsonElement> Error(HttpResponseMessage response, HttpStatusCode status, string? param = null, string? code = null, string? says = null)
+    internal static async Task<JsonElement> Error(HttpResponseMessage response, HttpStatusCode status, string? param = null, string? code = null, string? says = null)
     {
         var error = (await Json(response, status)).GetProperty("error");
         Assert.False(string.IsNullOrWhiteSpace(error.GetProperty("message").GetString()));
@@ -170,7 +170,7 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
     }
 
     /// <summary>The <c>data:</c> payloads of a server-sent event stream, in order, up to and including <c>[DONE]</c>.</summary>
-    static async Task<List<string>> Events(HttpResponseMessage response)
+    internal static async Task<List<string>> Events(HttpResponseMessage response)
     {
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
@@ -185,7 +185,7 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
         return events;
     }
 
-    static byte[] Png(int width, int height, int seed)
+    internal static byte[] Png(int width, int height, int seed)
     {
         var pixels = new byte[3 * width * height];
         for (int y = 0; y < height; y++)
@@ -201,10 +201,10 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
         return stream.ToArray();
     }
 
-    static string DataUrl(byte[] png) => "data:image/png;base64," + Convert.ToBase64String(png);
+    internal static string DataUrl(byte[] png) => "data:image/png;base64," + Convert.ToBase64String(png);
 
     /// <summary>Polls <paramref name="condition"/> (a deadline for a hung server, not a timing assert).</summary>
-    static async Task Eventually(Func<bool> condition, string what)
+    internal static async Task Eventually(Func<bool> condition, string what)
     {
         for (int i = 0; i < 600 && !condition(); i++) await Task.Delay(100);
         Assert.True(condition(), $"still not true after a minute: {what}");
