@@ -20,6 +20,9 @@ public sealed record SamplingOptions
 
     /// <summary>Always the most likely token (temperature 0), so answers are reproducible.</summary>
     public static SamplingOptions Greedy { get; } = new() { Temperature = 0 };
+
+    /// <summary>A 64-bit seed (OpenAI's, Microsoft.Extensions.AI's) as the sampler's 32-bit one: its halves folded, so every seed still picks one fixed stream.</summary>
+    internal static int FoldSeed(long seed) => unchecked((int)seed ^ (int)(seed >> 32));
 }
 
 /// <summary>

@@ -21,6 +21,11 @@ public sealed record AskOptions
     public bool IgnoreEndOfGeneration { get; init; }
     /// <summary>Where the answer reports its token counts and why it ended (null: not reported). One per question.</summary>
     public AskUsage? Usage { get; init; }
+    /// <summary>
+    /// Gets the answer's token ids as they are generated (an end-of-generation token that ended it included), complete
+    /// once the enumeration has ended: a conversation appends them to its session. One list per question.
+    /// </summary>
+    internal List<int>? AnswerTokens { get; init; }
 }
 
 /// <summary>
@@ -370,6 +375,10 @@ public sealed class Session : IAsyncDisposable
         return append.Done.Task;
     }
 
+    /// <summary>The tokens <see cref="AskAsync"/> reads for <paramref name="prompt"/> now (the vocabulary's BOS among them while nothing was appended).</summary>
+    internal int PromptTokenCount(string prompt) =>
+        engine.Model.Tokenizer.Encode(prompt, addSpecial: Volatile.Read(ref appendCalls) == 0, parseSpecial: true).Count;
+
     /// <summary>
     /// Asks a question about what the session holds now and streams the answer as text pieces (whole UTF-8 characters;
     /// the end-of-generation token that ends it is not in the text, <see cref="AskOptions.Usage"/> counts it),
@@ -714,6 +723,7 @@ public sealed class Session : IAsyncDisposable
             int token = sampler.Sample(logits, history);
             history.Add(token);
             Tokens.Add(token);
+            options.AnswerTokens?.Add(token);
             generated++;
             EngineMetrics.GeneratedTokens.Add(1);
             if (generated == 1)

@@ -11,11 +11,12 @@ using VidKV.Video;
 namespace VidKV.Server;
 
 /// <summary>
-/// <c>POST /v1/chat/completions</c>: the JSON body becomes a <see cref="PreparedChat"/> (messages rendered with the
-/// model's chat template, images decoded, videos located, sampling settings checked), then a session of its own on the
-/// shared engine reads the prompt — text up to each image or video with <see cref="Session.AppendAsync(string, CancellationToken)"/>,
-/// each image with <see cref="Session.AppendImageAsync"/>, each video's frames (ffmpeg, at the request's fps and frame
-/// limit) with <see cref="Session.AppendVideoAsync"/> in the model family's video layout — and answers the rest with
+/// <c>POST /v1/chat/completions</c>: the JSON body becomes a <see cref="PreparedChat"/> (a <see cref="ChatPrompt"/>:
+/// messages rendered with the model's chat template, images decoded, videos located; sampling settings checked), then a
+/// session of its own on the shared engine reads the prompt part by part (<see cref="ChatPrompt.AppendPartAsync"/>, as
+/// <see cref="VidKVChatClient"/> reads it) — text up to each image or video, each image with
+/// <see cref="Session.AppendImageAsync"/>, each video's frames (ffmpeg, at the request's fps and frame limit) with
+/// <see cref="Session.AppendVideoAsync"/> in the model family's video layout — and answers the rest with
 /// <see cref="Session.AskAsync"/>, whole or as server-sent events. The request's abort token runs through every call,
 /// so a client that goes away stops its answer, and the session's pages go back when the request ends.
 /// </summary>
@@ -39,6 +40,7 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
         }
         finally
         {
+            await chat.Prompt.DisposeAsync().ConfigureAwait(false);
             foreach (var video in videos) video.Dispose();
             slots.Release();
         }
@@ -48,7 +50,7 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
     sealed record MediaItem(string Param, RgbImage? Image, string? VideoUrl = null, bool PlainBase64 = false);
 
     /// <summary>A request checked and turned into the engine's terms.</summary>
-    sealed record PreparedChat(string[] Segments, List<MediaItem> Media, FrameSampling VideoSampling, int? MaxTokens, SamplingOptions Sampling,
+    sealed record PreparedChat(ChatPrompt Prompt, List<MediaItem> Media, FrameSampling VideoSampling, int? MaxTokens, SamplingOptions Sampling,
         bool IgnoreEos, bool Stream, bool IncludeUsage);
 
     /// <summary>The JSON body as <typeparamref name="T"/>; malformed JSON is a 400 naming where and why.</summary>
@@ -104,10 +106,9 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
         var sampling = Sampling(request.Temperature, request.TopP, request.TopK, request.MinP, request.Seed);
         var videoSampling = VideoSampling(request.MediaIoKwargs?.Video);
 
-        // Each image or video stands in the rendered prompt as a marker no client text can contain, then the prompt is cut there.
-        string marker = $"<vidkv-media-{Guid.NewGuid():N}>";
+        // Videos are opened once the request is checked and has its slot (HandleAsync), then given to the prompt.
+        var prompt = new ChatPrompt.Builder(format);
         var mediaItems = new List<MediaItem>();
-        var turns = new List<ChatMessage>();
         for (int i = 0; i < messages.Count; i++)
         {
             string at = $"messages[{i}]";
@@ -121,7 +122,7 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                 var other => throw ApiException.BadRequest($"role '{other}' is not supported (system, developer, user, assistant)", $"{at}.role"),
             };
             var content = message.Content ?? throw ApiException.BadRequest("missing content", $"{at}.content");
-            var text = new StringBuilder();
+            prompt.BeginMessage(role);
             for (int j = 0; j < content.Parts.Count; j++)
             {
                 string partAt = $"{at}.content[{j}]";
@@ -129,7 +130,7 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                 switch (part.Type)
                 {
                     case "text":
-                        text.Append(part.Text ?? throw ApiException.BadRequest("a text part needs its text", $"{partAt}.text"));
+                        prompt.AddText(part.Text ?? throw ApiException.BadRequest("a text part needs its text", $"{partAt}.text"));
                         break;
                     case "image_url":
                         string urlAt = $"{partAt}.image_url.url";
@@ -137,8 +138,9 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                         if (engine.Vision == null)
                             throw ApiException.BadRequest($"the model {modelId} reads no images: start the server with its vision projector (--mmproj)", partAt, "model_not_multimodal");
                         string url = part.ImageUrl?.Url ?? throw ApiException.BadRequest("an image_url part needs image_url.url", urlAt);
-                        mediaItems.Add(new MediaItem(urlAt, media.Load(url, urlAt)));
-                        text.Append(marker);
+                        var image = media.Load(url, urlAt);
+                        mediaItems.Add(new MediaItem(urlAt, image));
+                        prompt.AddImage(image, urlAt);
                         break;
                     case "video_url" or "input_video":
                         if (role != "user") throw ApiException.BadRequest($"videos go in user messages, not {role} ones", partAt);
@@ -157,7 +159,7 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                             string value = input.Data ?? input.Url ?? throw ApiException.BadRequest("an input_video part needs input_video.data or input_video.url", $"{partAt}.input_video");
                             mediaItems.Add(new MediaItem(videoAt, null, value, PlainBase64: input.Data != null));
                         }
-                        text.Append(marker);
+                        prompt.AddVideo(null, mediaItems[^1].Param);
                         break;
                     case null:
                         throw ApiException.BadRequest("missing part type (text, image_url, video_url, input_video)", $"{partAt}.type");
@@ -165,10 +167,8 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                         throw ApiException.BadRequest($"content part type '{part.Type}' is not supported (text, image_url, video_url, input_video)", $"{partAt}.type");
                 }
             }
-            turns.Add(new ChatMessage(role, text.ToString()));
         }
-        string prompt = ChatTemplate.Apply(format, turns);
-        return new PreparedChat(prompt.Split(marker), mediaItems, videoSampling, maxTokens, sampling, request.IgnoreEos ?? false, request.Stream ?? false,
+        return new PreparedChat(prompt.Build(), mediaItems, videoSampling, maxTokens, sampling, request.IgnoreEos ?? false, request.Stream ?? false,
             request.StreamOptions?.IncludeUsage ?? false);
     }
 
@@ -186,8 +186,7 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
             TopP = topP ?? defaults.TopP,
             TopK = topK ?? defaults.TopK,
             MinP = minP ?? defaults.MinP,
-            // OpenAI's seed is 64-bit; the sampler's is 32: fold the halves, so every seed still picks one fixed stream.
-            Seed = seed is long s ? unchecked((int)s ^ (int)(s >> 32)) : null,
+            Seed = seed is long s ? SamplingOptions.FoldSeed(s) : null, // OpenAI's seed is 64-bit, the sampler's 32
         };
     }
 
@@ -213,13 +212,8 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
             var item = chat.Media[k];
             try
             {
-                if (chat.Segments[k].Length > 0) await session.AppendAsync(chat.Segments[k], aborted).ConfigureAwait(false);
-                if (item.Image != null) await session.AppendImageAsync(item.Image, aborted).ConfigureAwait(false);
-                else
-                {
-                    var source = new FfmpegSource(videos[v++].Path, chat.VideoSampling);
-                    await session.AppendVideoAsync(source.ReadAsync(aborted), null, aborted).ConfigureAwait(false);
-                }
+                if (item.Image == null) chat.Prompt.ProvideVideo(k, new FfmpegSource(videos[v++].Path, chat.VideoSampling));
+                await chat.Prompt.AppendPartAsync(session, k, aborted).ConfigureAwait(false);
             }
             catch (VideoSourceException e) when (!aborted.IsCancellationRequested)
             {
@@ -236,9 +230,8 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                 throw new ApiException(400, "invalid_request_error", $"the prompt up to this {(item.Image != null ? "image" : "video")} does not fit: {e.Message}", item.Param, "context_length_exceeded");
             }
         }
-        string question = chat.Segments[^1];
-        int questionTokens = engine.Model.Tokenizer.Encode(question, addSpecial: chat.Media.Count == 0, parseSpecial: true).Count;
-        long used = (long)session.NextPosition + questionTokens;
+        string question = chat.Prompt.Question;
+        long used = (long)session.NextPosition + session.PromptTokenCount(question);
         if (used >= contextLength)
             throw new ApiException(400, "invalid_request_error", $"the prompt takes {used} positions, which does not fit the context of {contextLength} (the server's -c)", "messages", "context_length_exceeded");
         int room = (int)Math.Min(contextLength - used, int.MaxValue);

@@ -72,7 +72,7 @@ public sealed class InferenceServer : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(engine);
         options ??= new ServerOptions();
         options.Validate();
-        string modelId = options.ModelId ?? DefaultModelId(engine.Model.Path);
+        string modelId = options.ModelId ?? VidKVChatClient.DefaultModelId(engine.Model.Path);
         var media = new MediaFiles(options.MediaRoot, options.MaxBodyBytes, options.FetchTimeout);
         byte[]? keyHash = options.ApiKey is { } key ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
         var slots = new SessionSlots(options.MaxSessions);
@@ -172,12 +172,6 @@ public sealed class InferenceServer : IAsyncDisposable
     internal static Exception Unwrap(Exception e) => e is System.Threading.Channels.ChannelClosedException { InnerException: { } inner } ? inner : e;
 
     /// <summary>The file or folder name of the model, without <c>.gguf</c>.</summary>
-    static string DefaultModelId(string path)
-    {
-        string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(path));
-        return name.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) ? name[..^5] : name;
-    }
-
     /// <summary>Null when <paramref name="header"/> carries the key (compared in constant time, through SHA-256, so not even its length leaks), else why not.</summary>
     static string? Authorize(string header, byte[] keyHash)
     {
