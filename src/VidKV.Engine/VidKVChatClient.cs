@@ -347,8 +347,9 @@ public sealed class VidKVChatClient : IChatClient, IAsyncDisposable
                             break;
                         case DataContent data when data.HasTopLevelMediaType("video"):
                             RequireVision(contentAt, role);
-                            var video = await OpenVideoAsync(await TemporaryVideo.WriteAsync(data.Data, cancellation).ConfigureAwait(false), contentAt, opened, cancellation).ConfigureAwait(false);
-                            builder.AddVideo(video, contentAt);
+                            string file = await TemporaryVideo.WriteAsync(data.Data, cancellation).ConfigureAwait(false);
+                            var temporary = new FfmpegSource(file, Sampling());
+                            builder.AddVideo(await OpenVideoAsync(temporary, new TemporaryVideo(file, temporary), contentAt, opened, cancellation).ConfigureAwait(false), contentAt);
                             break;
                         case DataContent data:
                             throw new ArgumentException($"{contentAt}: media type '{data.MediaType}' is not supported (images: {string.Join(", ", ImageTypes)}; videos: video/*)", nameof(messages));
@@ -370,7 +371,8 @@ public sealed class VidKVChatClient : IChatClient, IAsyncDisposable
                             else if (uri.HasTopLevelMediaType("video"))
                             {
                                 RequireVision(contentAt, role);
-                                builder.AddVideo(await OpenVideoAsync(new FfmpegSource(path, Sampling()), contentAt, opened, cancellation).ConfigureAwait(false), contentAt);
+                                var video = new FfmpegSource(path, Sampling());
+                                builder.AddVideo(await OpenVideoAsync(video, video, contentAt, opened, cancellation).ConfigureAwait(false), contentAt);
                             }
                             else throw new ArgumentException($"{contentAt}: media type '{uri.MediaType}' is not supported (image/*, video/*)", nameof(messages));
                             break;
@@ -413,13 +415,15 @@ public sealed class VidKVChatClient : IChatClient, IAsyncDisposable
         }
     }
 
-    /// <summary>Probes <paramref name="source"/> (so an unreadable video fails here, naming <paramref name="at"/>) and keeps it in <paramref name="opened"/>.</summary>
-    static async Task<IFrameSource> OpenVideoAsync(IFrameSource source, string at, List<IFrameSource> opened, CancellationToken cancellation)
+    /// <summary>
+    /// Keeps <paramref name="source"/> in <paramref name="opened"/> and probes the ffmpeg source under it, so an
+    /// unreadable video fails here, naming <paramref name="at"/>.
+    /// </summary>
+    static async Task<IFrameSource> OpenVideoAsync(FfmpegSource ffmpeg, IFrameSource source, string at, List<IFrameSource> opened, CancellationToken cancellation)
     {
         opened.Add(source);
         try
         {
-            var ffmpeg = source as FfmpegSource ?? ((TemporaryVideo)source).Source;
             await ffmpeg.ProbeAsync(cancellation).ConfigureAwait(false);
         }
         catch (VideoSourceException e)
@@ -435,11 +439,17 @@ public sealed class VidKVChatClient : IChatClient, IAsyncDisposable
         public static async Task<string> WriteAsync(ReadOnlyMemory<byte> data, CancellationToken cancellation)
         {
             string path = Path.Combine(Path.GetTempPath(), $"vidkv-chat-{Guid.NewGuid():N}.video");
-            await File.WriteAllBytesAsync(path, data, cancellation).ConfigureAwait(false);
+            try
+            {
+                await File.WriteAllBytesAsync(path, data, cancellation).ConfigureAwait(false);
+            }
+            catch
+            {
+                File.Delete(path);
+                throw;
+            }
             return path;
         }
-
-        public FfmpegSource Source => source;
         public string Name => source.Name;
         public event Action<SkippedFrame>? FrameSkipped
         {
@@ -455,9 +465,6 @@ public sealed class VidKVChatClient : IChatClient, IAsyncDisposable
             catch (IOException) { } // a temporary file left behind is the system's to clean
         }
     }
-
-    Task<IFrameSource> OpenVideoAsync(string temporaryPath, string at, List<IFrameSource> opened, CancellationToken cancellation) =>
-        OpenVideoAsync(new TemporaryVideo(temporaryPath, new FfmpegSource(temporaryPath, Sampling())), at, opened, cancellation);
 
     /// <summary>
     /// The conversation kept under <paramref name="id"/> (a new session on first use), counted as used; the least
