@@ -237,7 +237,7 @@ public sealed class VidKVChatClient : IChatClient, IAsyncDisposable
                 }
                 catch (Exception e) when (e is ArgumentException or VideoSourceException or ImageFormatException)
                 {
-                    throw new ArgumentException($"{prompt.MediaLabels[k]}: {e.Message}", nameof(messages), e);
+                    throw new ArgumentException($"{prompt.MediaLabels[k]}: {Problem(e)}", nameof(messages), e);
                 }
                 catch (InvalidOperationException e) when (e is not ObjectDisposedException && !cancellation.IsCancellationRequested)
                 {
@@ -428,10 +428,14 @@ public sealed class VidKVChatClient : IChatClient, IAsyncDisposable
         }
         catch (VideoSourceException e)
         {
-            throw new ArgumentException($"{at}: not a readable video: {e.Message}", "messages", e);
+            throw new ArgumentException($"{at}: not a readable video: {Problem(e)}", "messages", e);
         }
         return source;
     }
+
+    /// <summary>An exception's message, less the (perhaps temporary) file name a video error starts with: the caller knows the video by its content's place.</summary>
+    static string Problem(Exception e) =>
+        e is VideoSourceException video && e.Message.StartsWith(video.SourceName + ": ", StringComparison.Ordinal) ? e.Message[(video.SourceName.Length + 2)..] : e.Message;
 
     /// <summary>A video given as bytes, in a temporary file for ffmpeg; the file goes when the source is disposed.</summary>
     sealed class TemporaryVideo(string path, FfmpegSource source) : IFrameSource

@@ -333,7 +333,8 @@ public class ChatClientTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair
         {
             var e = await Assert.ThrowsAsync<T>(() => client.GetResponseAsync(
                 [new(ChatRole.System, "Be brief."), new(ChatRole.User, [new TextContent("Look: "), content])], options));
-            Assert.Contains("messages[1].Contents[1]", e.Message);
+            Assert.StartsWith("messages[1].Contents[1]: ", e.Message);
+            Assert.DoesNotContain("vidkv-chat-", e.Message); // not the temporary file's name
             Assert.Contains(says, e.Message);
         }
 
@@ -342,6 +343,9 @@ public class ChatClientTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair
         await Refused<ArgumentException>(new DataContent(Png(8, 8, 1), "image/webp"), "image/webp");
         await Refused<ArgumentException>(new DataContent(new byte[] { 1, 2, 3 }, "application/pdf"), "application/pdf");
         await Refused<ArgumentException>(new DataContent(Encoding.ASCII.GetBytes("no video here, only words"), "video/mp4"), "not a readable video");
+        var missing = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(
+            [new(ChatRole.User, [new UriContent(new Uri("file:///nonexistent/clip.mp4"), "video/mp4")])], options));
+        Assert.StartsWith("messages[0].Contents[0]: not a readable video: ", missing.Message);
         await Refused<ArgumentException>(new UriContent(new Uri("https://example.com/cat.png"), "image/png"), "file: URIs");
         await Refused<ArgumentException>(new UriContent(new Uri("file:///nonexistent/cat.png"), "image/png"), "cannot be read");
         await Refused<ArgumentException>(new FunctionCallContent("call", "f"), "FunctionCallContent");
