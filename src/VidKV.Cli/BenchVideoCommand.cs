@@ -168,13 +168,13 @@ static class BenchVideoCommand
         var every = new Option<int>("--every") { Description = "A row of hot/cold KV bytes and RSS every this many frames.", DefaultValueFactory = _ => 100 };
         var workers = new Option<int>("--workers") { Description = "0: sequential decoding (FfmpegSource, ffmpeg's threads); N > 0: QuickDecoder with N workers.", DefaultValueFactory = _ => 0 };
         var unchanged = CommonOptions.UnchangedThreshold();
-        var serial = new Option<bool>("--serial") { Description = "Frames go in one at a time, each through every stage before the next is read, so the stages' ms per frame add up (default: overlapped as watch runs them — the next frames decode and encode while the last one prefills — and questions are asked while ingestion goes on)." };
+        var serial = new Option<bool>("--serial") { Description = "Frames go in one at a time, each through every stage before the next is read, so the stages' ms per frame add up (default: as watch runs them, through the session's video path — the source decodes ahead while a frame is encoded and prefilled — and questions are asked while ingestion goes on; prefill is not split out)." };
         var coldDir = CommonOptions.ColdDir();
         var coldMax = CommonOptions.ColdMax();
         var threads = CommonOptions.Threads();
         var output = Output();
         var command = new Command("ingest", "End-to-end frames/s of a video into a session, ms per frame per stage (decode wait, preprocess, encode; prefill with --serial), "
-            + "hot/cold KV and RSS every --every frames, TTFT of a question at each --ask-at frame. Stages overlap as in watch unless --serial. "
+            + "hot/cold KV and RSS every --every frames, TTFT of a question at each --ask-at frame. Frames go in as watch takes them unless --serial. "
             + "Quick run: vidkv model random --shape tiny-idefics3 -o DIR, then vidkv bench video ingest CLIP -m DIR/model.gguf --mmproj DIR/mmproj.gguf --max-frames 20 --every 5 --ask-at 10.")
         {
             source,
@@ -252,8 +252,8 @@ static class BenchVideoCommand
         var total = Stopwatch.StartNew();
         if (!serial)
         {
-            // As watch runs it: AppendVideoAsync keeps a few frames queued (the next ones decode and encode while the
-            // last one prefills); rows and questions at the frames' arrival, questions while ingestion goes on.
+            // As watch runs it, through AppendVideoAsync (the source decodes ahead); rows and questions at the frames'
+            // arrival, questions while ingestion goes on.
             var asking = new List<Task>();
             var progress = new SyncProgress(p =>
             {

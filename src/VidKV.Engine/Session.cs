@@ -77,8 +77,14 @@ public sealed class AskUsage
 /// </summary>
 public sealed class Session : IAsyncDisposable
 {
-    /// <summary>Frames <see cref="AppendVideoAsync"/> keeps queued ahead of the one being prefilled (encoding overlaps prefill; no more buffering).</summary>
-    const int FramesAhead = 2;
+    /// <summary>
+    /// Frames <see cref="AppendVideoAsync"/> keeps queued ahead of the one being prefilled: none. The tower and the
+    /// prefill each use every core, and with two frames ahead (the next one encoding while the last one prefilled) a
+    /// SmolVLM2-256M-shaped pair ingested 0.95–1.06 frames/s against 1.04–1.14 one frame at a time (2 cores, AMD EPYC
+    /// Zen 4, 4 runs each of `vidkv bench video ingest … --fps 4 --max-frames 60`, with and without `--serial`).
+    /// The source still decodes ahead (ffmpeg is its own process).
+    /// </summary>
+    const int FramesAhead = 0;
 
     readonly InferenceEngine engine;
     readonly Ingest ingest;
@@ -235,8 +241,8 @@ public sealed class Session : IAsyncDisposable
     }
 
     /// <summary>
-    /// Appends the frames of <paramref name="frames"/> as they come (<see cref="AppendFrameAsync"/> each; the next frame
-    /// encodes while the last one is prefilled, at most a few ahead), then ends the segment (<see cref="EndVideoSegmentAsync"/>).
+    /// Appends the frames of <paramref name="frames"/> as they come (<see cref="AppendFrameAsync"/> each, one
+    /// after the other: see <see cref="FramesAhead"/>; the source decodes ahead meanwhile), then ends the segment (<see cref="EndVideoSegmentAsync"/>).
     /// <paramref name="progress"/> hears of each frame once it is in the session (also while the source waits for its
     /// next frame). Cancelling stops reading frames;
     /// the frames already in stay, and the segment stays open until the next append ends it.
@@ -322,6 +328,7 @@ public sealed class Session : IAsyncDisposable
         bool firstAppend = Interlocked.Increment(ref appendCalls) == 1;
         return Queue(new Append(AppendKind.Frame, firstAppend ? BosRuns() : []) { Frame = encoded, Started = encodeStart, Frames = second != null ? 2 : 1 }, cancellation);
     }
+
 
     async Task<PreparedFrame> TimedAsync(Task<PreparedFrame> preparing, long start)
     {

@@ -98,7 +98,9 @@ public class ServerSessionTests(TinyVisionPair pair, ServerSessionTests.Clips cl
     public async Task PushSessionTakesFramesOverPostAndWebSocket()
     {
         await using var served = await StartAsync();
-        var created = await CreateAsync(served, new { source = "push", fps = 10 });
+        // At 60 frames/s the sampler keeps frames 1/60 s apart: the POSTed times below pass, and so does every WebSocket
+        // frame (their arrival times come ≥ 150 ms after the last), however fast or slow the machine.
+        var created = await CreateAsync(served, new { source = "push", fps = 60 });
         string id = created.GetProperty("id").GetString()!;
         Assert.Equal("push", created.GetProperty("kind").GetString());
         Assert.Equal("ingesting", created.GetProperty("state").GetString());
@@ -106,14 +108,14 @@ public class ServerSessionTests(TinyVisionPair pair, ServerSessionTests.Clips cl
 
         for (int k = 0; k < 3; k++)
         {
-            var ack = await PushAsync(served, id, Png(64, 48, k), timestamp: 0.1 * k);
+            var ack = await PushAsync(served, id, Png(64, 48, k), timestamp: 0.02 * k);
             Assert.True(ack.GetProperty("accepted").GetBoolean());
             Assert.Equal(k + 1, ack.GetProperty("frames_received").GetInt32());
         }
         await Eventually(() => StatusAsync(served, id).Result.GetProperty("frames").GetInt32() == 3, "the three POSTed frames are not in the session");
         int rowsAfterPost = (await StatusAsync(served, id)).GetProperty("rows").GetInt32();
 
-        // The WebSocket: frames as binary messages (their times are arrival times, past 0.2 s by now), a corrupt one
+        // The WebSocket: frames as binary messages (their times are arrival times, past 0.04 s by now), a corrupt one
         // and a text message answered with errors, and the socket goes on.
         using var socket = new ClientWebSocket();
         await socket.ConnectAsync(new Uri($"ws://{served.Server.Address.Authority}/v1/sessions/{id}/stream"), CancellationToken.None);
