@@ -47,21 +47,7 @@ public class ChatClientTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair
 
     static List<int> Encode(DecoderModel model, string text, bool first) => [.. model.Tokenizer.Encode(text, addSpecial: first, parseSpecial: true)];
 
-    static byte[] Png(int width, int height, int seed)
-    {
-        var pixels = new byte[3 * width * height];
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-            {
-                int i = 3 * (y * width + x);
-                pixels[i] = (byte)(4 * x + 37 * seed);
-                pixels[i + 1] = (byte)(5 * y + 11 * seed);
-                pixels[i + 2] = (byte)(3 * ((x + seed) ^ y));
-            }
-        using var stream = new MemoryStream();
-        new ImageWriter().WritePng(pixels, width, height, ColorComponents.RedGreenBlue, stream);
-        return stream.ToArray();
-    }
+    static byte[] Png(int width, int height, int seed) => ServerTests.Png(width, height, seed);
 
     /// <summary>The session path: text, then the image or video, then the question, greedy; its answer and the rows it read.</summary>
     async Task<(string Text, int PromptRows)> SessionAnswerAsync(string before, Func<Session, Task> appendMedium, string question, int maxTokens)
