@@ -22,27 +22,7 @@ using TurnMessage = VidKV.Text.ChatMessage;
 namespace VidKV.Tests;
 
 /// <summary>A tiny random Idefics3-shaped text + mmproj pair, written once for the server tests that send images.</summary>
-public sealed class TinyVisionPair : IDisposable
-{
-    readonly TempDirectory directory = new();
-
-    public TinyVisionPair()
-    {
-        var (text, projector) = RandomVisionModel.Write(directory.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
-        Text = ModelLoader.Load(text);
-        Vision = VisionModel.Load(projector);
-    }
-
-    public DecoderModel Text { get; }
-    public VisionModel Vision { get; }
-
-    public void Dispose()
-    {
-        Vision.Dispose();
-        Text.Dispose();
-        directory.Dispose();
-    }
-}
+public sealed class TinyVisionPair() : VideoSessionTests.Pair("tiny-idefics3");
 
 /// <summary>
 /// <c>vidkv serve</c>'s HTTP API on a real Kestrel bound to 127.0.0.1 (port 0), with stories260K for text and a tiny

@@ -15,7 +15,7 @@ namespace VidKV.Tests;
 public class VideoSessionTests
 {
     /// <summary>A tiny text + vision pair written for the test (OneVision's mmproj with a <c>v.image_newline</c> added, which the random writer leaves out).</summary>
-    sealed class Pair : IDisposable
+    public class Pair : IDisposable
     {
         readonly TempDirectory directory = new();
 
