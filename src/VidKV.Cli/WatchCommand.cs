@@ -64,7 +64,7 @@ static class WatchCommand
             if (source == null) sampling = sampling with { MaxFrames = sampling.MaxFrames ?? 8 };
         }
         mmprojPath ??= Directory.Exists(modelPath) ? modelPath : throw new ArgumentException("watch needs --mmproj: the vision projector (mmproj GGUF) that goes with -m");
-        source ??= DemoVideo(log);
+        source ??= await DemoVideo.EnsureAsync(log: log);
 
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
@@ -145,30 +145,5 @@ static class WatchCommand
             RandomVisionModel.Write(dir, RandomVisionShape.SmolVlm2_256M, Tensors.GgmlType.Q8_0);
         }
         return (text, projector);
-    }
-
-    /// <summary>A 10-second 320×240 test pattern (ffmpeg's testsrc2) in the temporary folder.</summary>
-    static string DemoVideo(TextWriter log)
-    {
-        string path = Path.Combine(Path.GetTempPath(), "vidkv-demo-testsrc2.mp4");
-        if (File.Exists(path)) return path;
-        log.WriteLine($"making a demo video with ffmpeg: {path}");
-        string partial = path + ".partial.mp4";
-        Process? ffmpeg;
-        try
-        {
-            ffmpeg = Process.Start(new ProcessStartInfo("ffmpeg", ["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=10", "-c:v", "libx264", "-pix_fmt", "yuv420p", partial])
-            { RedirectStandardError = true });
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            throw new VideoSourceException("demo video", "ffmpeg not found: install it with apt-get install -y ffmpeg", e);
-        }
-        if (ffmpeg == null) throw new VideoSourceException("demo video", "ffmpeg did not start");
-        string error = ffmpeg.StandardError.ReadToEnd();
-        ffmpeg.WaitForExit();
-        if (ffmpeg.ExitCode != 0) throw new VideoSourceException("demo video", $"ffmpeg failed: {error.Trim()}");
-        File.Move(partial, path, overwrite: true);
-        return path;
     }
 }
