@@ -131,6 +131,11 @@ public sealed class Session : IAsyncDisposable
     /// <summary>Time spent so far encoding video frames (vision tower + projector, waits for the encoder included; for benchmarks).</summary>
     public TimeSpan EncodeTime => TimeSpan.FromTicks(Interlocked.Read(ref encodeTicks));
 
+    long generatedTokens;
+
+    /// <summary>Tokens generated on this session so far by its answers and proactive comments (an end-of-generation token included); its rate is the session's tokens/s.</summary>
+    public long GeneratedTokens => Interlocked.Read(ref generatedTokens);
+
     /// <summary>Rows in the session's KV sequence so far (what questions see).</summary>
     public int Length => cache?.Length ?? 0;
 
@@ -733,6 +738,7 @@ public sealed class Session : IAsyncDisposable
             options.AnswerTokens?.Add(token);
             generated++;
             EngineMetrics.GeneratedTokens.Add(1);
+            Interlocked.Increment(ref session.generatedTokens);
             if (generated == 1)
             {
                 firstToken = System.Diagnostics.Stopwatch.GetTimestamp();
