@@ -9,7 +9,8 @@ namespace VidKV.Cli;
 
 /// <summary>
 /// <c>vidkv serve</c>: an OpenAI-compatible HTTP API (<see cref="InferenceServer"/>) over one model, as llama-server
-/// serves one: chat completions whole or streamed, with images when the model's vision projector is given.
+/// serves one: chat completions whole or streamed, with images and video when the model's vision projector is given,
+/// live video sessions, and a web page at <c>/</c> to watch and ask from a browser.
 /// </summary>
 static class ServeCommand
 {
@@ -23,9 +24,10 @@ static class ServeCommand
         var host = new Option<string>("--host") { Description = "Address to listen on (an IP address or localhost). Loopback by default: other machines reach the server only when you say so.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0: any free one).", DefaultValueFactory = _ => 8080 };
         var apiKey = new Option<string?>("--api-key") { Description = $"Require Authorization: Bearer KEY on every endpoint but /health (default: ${ApiKeyVariable} when set, else no key)." };
-        var mediaRoot = new Option<string?>("--media-root") { Description = "Folder whose image files requests may name (file:// URLs or paths; symbolic links are followed and must stay inside). Default: none, images come as data URLs only." };
+        var mediaRoot = new Option<string?>("--media-root") { Description = "Folder whose image and video files requests and live sessions may name (file:// URLs or paths; symbolic links are followed and must stay inside); GET /v1/media and the web page list its videos. Default: none, media come as data URLs, uploads or URLs only." };
         var maxSessions = new Option<int>("--max-sessions") { Description = "Most requests answered at once, each in its own session on the shared engine; more get 429.", DefaultValueFactory = _ => 4 };
         var maxBody = new Option<double>("--max-body") { Description = "Largest request body (and image file) in MiB; a larger one gets 413.", DefaultValueFactory = _ => 32 };
+        var maxUpload = new Option<double>("--max-upload") { Description = "Largest video in MiB that POST /v1/uploads (the web page's upload) takes, kept in a temporary folder until its session is deleted or the server stops; a larger one gets 413.", DefaultValueFactory = _ => 512 };
         var context = CommonOptions.ContextSize(4096);
         var predict = new Option<int>("--n-predict", "-n") { Description = "Most tokens of an answer when a request gives no max_tokens (-1 = until the end of generation or a full context).", DefaultValueFactory = _ => -1 };
         var threads = CommonOptions.Threads();
@@ -34,8 +36,8 @@ static class ServeCommand
         var videoFps = new Option<double>("--video-fps") { Description = "Frames per second read from a video in a chat message when the request does not say (media_io_kwargs.video.fps).", DefaultValueFactory = _ => 1 };
         var maxVideoFrames = new Option<int>("--max-video-frames") { Description = "Most frames read from one video in a chat message (and the most media_io_kwargs.video.num_frames may ask).", DefaultValueFactory = _ => 64 };
         var fetchTimeout = new Option<double>("--fetch-timeout") { Description = "Seconds an http(s) video URL may take to arrive whole (at most --max-body MiB); past it the request gets 400.", DefaultValueFactory = _ => 10 };
-        var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not; text, images and video), live video sessions (/v1/sessions), GET /metrics.")
-            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, threads);
+        var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not; text, images and video), live video sessions (/v1/sessions, /v1/uploads, /v1/media), GET /metrics, and a web page at / to watch a video and ask about it.")
+            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, maxUpload, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, threads);
         command.SetAction(r => Run(r.InvocationConfiguration.Error, r.GetValue(model)!, r.GetValue(mmproj), new ServerOptions
         {
             Host = ParseHost(r.GetValue(host)!),
@@ -44,6 +46,7 @@ static class ServeCommand
             MediaRoot = r.GetValue(mediaRoot),
             MaxSessions = r.GetValue(maxSessions),
             MaxBodyBytes = r.GetValue(maxBody) is var mib && mib > 0 && mib <= 4096 ? (long)(mib * 1048576) : throw new ArgumentException($"--max-body must be more than 0 and at most 4096 MiB, not {mib}"),
+            MaxUploadBytes = r.GetValue(maxUpload) is var upload && upload > 0 && upload <= 1 << 20 ? (long)(upload * 1048576) : throw new ArgumentException($"--max-upload must be more than 0 and at most 1048576 MiB, not {upload}"),
             DefaultMaxTokens = r.GetValue(predict) is var n && n >= 0 ? (n > 0 ? n : throw new ArgumentException("-n must be at least 1, or -1 for no limit")) : null,
             Log = r.InvocationConfiguration.Error,
             SessionKv = new KvCacheConfig { Default = r.GetValue(sessionPolicy)!, Budget = r.GetValue(sessionBudget) },

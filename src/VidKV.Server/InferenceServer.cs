@@ -18,8 +18,9 @@ namespace VidKV.Server;
 /// An OpenAI-compatible HTTP API over an <see cref="InferenceEngine"/> (as llama-server and vLLM serve one), on Kestrel
 /// with ASP.NET Core minimal APIs: <c>GET /health</c>, <c>GET /v1/models</c> and <c>POST /v1/chat/completions</c>
 /// (whole or streamed as server-sent events; text, images and video), live video sessions under <c>/v1/sessions</c>
-/// (<see cref="LiveSessions"/>), and <c>GET /metrics</c> (the engine's <see cref="EngineMetrics"/> in Prometheus text,
-/// by OpenTelemetry's exporter). JSON is read and written only at this edge, by
+/// (<see cref="LiveSessions"/>) with <c>POST /v1/uploads</c> (<see cref="Uploads"/>) and <c>GET /v1/media</c> (the
+/// media root's videos), <c>GET /metrics</c> (the engine's <see cref="EngineMetrics"/> in Prometheus text, by
+/// OpenTelemetry's exporter), and a web page at <c>/</c> (<see cref="WebPage"/>). JSON is read and written only at this edge, by
 /// source-generated System.Text.Json; each request gets a session of its own on the shared engine, whose loop batches
 /// them. Errors are OpenAI's error body with a 4xx status naming what is wrong and where; one request's failure never
 /// touches another's. Start it with <see cref="StartAsync"/>; dispose it to stop (the engine stays the caller's).
@@ -34,17 +35,25 @@ public sealed class InferenceServer : IAsyncDisposable
         ["/metrics"] = HttpMethods.Get,
         ["/v1/chat/completions"] = HttpMethods.Post,
         ["/v1/sessions"] = HttpMethods.Post,
+        ["/v1/uploads"] = HttpMethods.Post,
+        ["/v1/media"] = HttpMethods.Get,
+        [""] = HttpMethods.Get, // the page at /
     };
+
+    /// <summary>How many files <c>GET /v1/media</c> lists at most.</summary>
+    const int MaxListedFiles = 1000;
 
     readonly WebApplication app;
     readonly SessionSlots slots;
     readonly LiveSessions live;
+    readonly Uploads uploads;
 
-    InferenceServer(WebApplication app, SessionSlots slots, LiveSessions live, Uri address, string modelId)
+    InferenceServer(WebApplication app, SessionSlots slots, LiveSessions live, Uploads uploads, Uri address, string modelId)
     {
         this.app = app;
         this.slots = slots;
         this.live = live;
+        this.uploads = uploads;
         Address = address;
         ModelId = modelId;
     }
@@ -60,6 +69,9 @@ public sealed class InferenceServer : IAsyncDisposable
 
     /// <summary>Live video sessions now (tests look at it).</summary>
     internal int LiveSessionCount => live.Count;
+
+    /// <summary>The folder uploads are kept in while the server runs (tests look at it).</summary>
+    internal string UploadFolder => uploads.Folder;
 
     /// <summary>
     /// Binds Kestrel to <see cref="ServerOptions.Host"/>:<see cref="ServerOptions.Port"/> and starts serving
@@ -77,7 +89,9 @@ public sealed class InferenceServer : IAsyncDisposable
         byte[]? keyHash = options.ApiKey is { } key ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
         var slots = new SessionSlots(options.MaxSessions);
         var chat = new ChatCompletions(engine, options, modelId, media, slots);
-        var live = new LiveSessions(engine, options, modelId, media, slots);
+        var uploads = new Uploads(options.MaxUploadBytes, options.MaxSessions);
+        var live = new LiveSessions(engine, options, modelId, media, uploads, slots);
+        var page = new WebPage();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "vidkv", ContentRootPath = AppContext.BaseDirectory });
@@ -125,7 +139,9 @@ public sealed class InferenceServer : IAsyncDisposable
         if (keyHash != null)
             app.Use((context, next) =>
             {
-                if (context.Request.Path.Equals("/health", StringComparison.OrdinalIgnoreCase)) return next(context);
+                // The page holds no secret (it asks for the key); a session's video has a token of its own (LiveSessions.VideoAsync).
+                var path = context.Request.Path;
+                if (path.Equals("/health", StringComparison.OrdinalIgnoreCase) || WebPage.IsPagePath(path) || IsVideoPath(path)) return next(context);
                 string? problem = Authorize(context.Request.Headers.Authorization.ToString(), keyHash);
                 if (problem == null) return next(context);
                 context.Response.Headers.WWWAuthenticate = "Bearer";
@@ -138,6 +154,13 @@ public sealed class InferenceServer : IAsyncDisposable
         app.UseWebSockets();
         app.MapPost("/v1/chat/completions", (RequestDelegate)chat.HandleAsync);
         live.Map(app);
+        app.MapPost("/v1/uploads", (RequestDelegate)uploads.HandleAsync);
+        app.MapGet("/v1/media", (RequestDelegate)(context =>
+        {
+            var (files, truncated) = media.ListVideos(MaxListedFiles);
+            return context.Response.WriteAsJsonAsync(new MediaList(files, truncated), Wire.MediaList, contentType: "application/json", context.RequestAborted);
+        }));
+        page.Map(app);
         app.MapPrometheusScrapingEndpoint("/metrics").WithMetadata(new Microsoft.AspNetCore.Routing.HttpMethodMetadata([HttpMethods.Get])); // others: 405
         app.MapFallback("{*path}", (RequestDelegate)(context =>
         {
@@ -148,8 +171,9 @@ public sealed class InferenceServer : IAsyncDisposable
                 throw new ApiException(StatusCodes.Status405MethodNotAllowed, "invalid_request_error", $"{context.Request.Method} {path}: this route takes {method}");
             }
             throw new ApiException(StatusCodes.Status404NotFound, "invalid_request_error",
-                $"no route {context.Request.Method} {path} (this server has GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions, POST /v1/sessions, " +
-                "GET and DELETE /v1/sessions/{id}, POST /v1/sessions/{id}/frames, /v1/sessions/{id}/stream (WebSocket), POST /v1/sessions/{id}/ask, GET /v1/sessions/{id}/events)", code: "not_found");
+                $"no route {context.Request.Method} {path} (this server has GET / (its web page), GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions, " +
+                "GET /v1/media, POST /v1/uploads, POST /v1/sessions, GET and DELETE /v1/sessions/{id}, POST /v1/sessions/{id}/frames, /v1/sessions/{id}/stream (WebSocket), " +
+                "GET /v1/sessions/{id}/video, POST /v1/sessions/{id}/ask, GET /v1/sessions/{id}/events)", code: "not_found");
         }));
 
         try
@@ -159,19 +183,19 @@ public sealed class InferenceServer : IAsyncDisposable
         catch
         {
             await app.DisposeAsync().ConfigureAwait(false);
+            uploads.Dispose();
             throw;
         }
         string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         var address = new Uri(bound.EndsWith('/') ? bound : bound + "/");
         options.Log?.WriteLine($"vidkv serve: listening on {address} (model {modelId}{(engine.Vision != null ? ", with images" : "")}; " +
-            $"{(keyHash != null ? "API key required" : "no API key")}{(options.MediaRoot != null ? $"; media root {media.Root}" : "")})");
-        return new InferenceServer(app, slots, live, address, modelId);
+            $"{(keyHash != null ? "API key required" : "no API key")}{(options.MediaRoot != null ? $"; media root {media.Root}" : "")}); web page: open {address} in a browser");
+        return new InferenceServer(app, slots, live, uploads, address, modelId);
     }
 
     /// <summary>The engine's error inside the channel exception an answer's reader gets when the answer failed.</summary>
     internal static Exception Unwrap(Exception e) => e is System.Threading.Channels.ChannelClosedException { InnerException: { } inner } ? inner : e;
 
-    /// <summary>The file or folder name of the model, without <c>.gguf</c>.</summary>
     /// <summary>Null when <paramref name="header"/> carries the key (compared in constant time, through SHA-256, so not even its length leaks), else why not.</summary>
     static string? Authorize(string header, byte[] keyHash)
     {
@@ -180,6 +204,11 @@ public sealed class InferenceServer : IAsyncDisposable
         var given = SHA256.HashData(Encoding.UTF8.GetBytes(header["Bearer ".Length..].Trim()));
         return CryptographicOperations.FixedTimeEquals(given, keyHash) ? null : "invalid API key";
     }
+
+    /// <summary>Whether <paramref name="path"/> is <c>/v1/sessions/{id}/video</c>.</summary>
+    static bool IsVideoPath(PathString path) =>
+        path.Value is { } value && value.StartsWith("/v1/sessions/", StringComparison.Ordinal) && value.EndsWith("/video", StringComparison.Ordinal)
+        && value.AsSpan("/v1/sessions/".Length, value.Length - "/v1/sessions/".Length - "/video".Length).IndexOf('/') < 0;
 
     static async Task WriteErrorAsync(HttpContext context, ApiException error)
     {
@@ -198,5 +227,6 @@ public sealed class InferenceServer : IAsyncDisposable
         using (var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5))) await app.StopAsync(timeout.Token).ConfigureAwait(false);
         await live.DisposeAsync().ConfigureAwait(false); // any a request started meanwhile
         await app.DisposeAsync().ConfigureAwait(false);
+        uploads.Dispose();
     }
 }

@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
 using System.Threading.Channels;
 using Microsoft.AspNetCore.Http;
 using VidKV.Engine;
@@ -30,9 +32,12 @@ sealed class LiveSession
     volatile string? error;
     int asks;
 
+    /// <param name="video">the file the session reads, which <c>GET /v1/sessions/{id}/video</c> plays (null for a URL, a camera or pushed frames); an upload's is deleted when the session stops</param>
     public LiveSession(string id, string source, string kind, string kvPolicy, bool proactive, InferenceEngine engine, Session session,
-        IFrameSource frames, int maxEventReaders)
+        IFrameSource frames, VideoFile? video, int maxEventReaders)
     {
+        Video = video;
+        if (video != null) VideoToken = RandomNumberGenerator.GetHexString(32, lowercase: true);
         Id = id;
         Source = source;
         Kind = kind;
@@ -49,13 +54,21 @@ sealed class LiveSession
     public string Id { get; }
     /// <summary>The source as the client named it.</summary>
     public string Source { get; }
-    /// <summary><c>file</c>, <c>url</c>, <c>camera</c> or <c>push</c>.</summary>
+    /// <summary><c>file</c>, <c>upload</c>, <c>demo</c>, <c>url</c>, <c>camera</c> or <c>push</c>.</summary>
     public string Kind { get; }
     public string KvPolicy { get; }
     public bool Proactive { get; }
     public long Created { get; }
     public Session Session { get; }
     public SessionEvents Events { get; }
+    /// <summary>The video file the session reads, when it reads one.</summary>
+    public VideoFile? Video { get; }
+    /// <summary>The secret of <see cref="Video"/>'s URL (a query parameter, as a video element sends no header); null without a video.</summary>
+    public string? VideoToken { get; }
+
+    /// <summary>Whether <paramref name="token"/> is <see cref="VideoToken"/> (compared in constant time).</summary>
+    public bool IsVideoToken(string? token) =>
+        VideoToken != null && token != null && CryptographicOperations.FixedTimeEquals(Encoding.ASCII.GetBytes(token), Encoding.ASCII.GetBytes(VideoToken));
     /// <summary><c>ingesting</c>, then <c>ended</c> (the source ended), <c>failed</c> or <c>stopped</c> (deleted).</summary>
     public string State => state;
 
@@ -143,7 +156,8 @@ sealed class LiveSession
         var memory = engine.Memory;
         long last = Volatile.Read(ref lastTimestampTicks);
         return new SessionInfo(Id, Created, Source, Kind, state, Volatile.Read(ref frameCount), last >= 0 ? TimeSpan.FromTicks(last).TotalSeconds : null,
-            Math.Round(framesPerSecond, 3), Session.Length, KvPolicy, Proactive, new EngineKv(memory.HotBytes, memory.ColdBytes, memory.BudgetBytes, memory.Pages), error);
+            Math.Round(framesPerSecond, 3), Session.Length, KvPolicy, Proactive, new EngineKv(memory.HotBytes, memory.ColdBytes, memory.BudgetBytes, memory.Pages),
+            Session.GeneratedTokens, VideoToken != null ? $"/v1/sessions/{Id}/video?token={VideoToken}" : null, error);
     }
 
     /// <summary>The event a new reader gets first: where the session is now.</summary>
@@ -213,7 +227,7 @@ sealed class LiveSession
 
     public void EndAsk() => Interlocked.Decrement(ref asks);
 
-    /// <summary>Stops ingestion, waits for it, gives the session's pages back and ends its source; event readers get the end.</summary>
+    /// <summary>Stops ingestion, waits for it, gives the session's pages back and ends its source (an upload's file is deleted); event readers get the end.</summary>
     public async Task StopAsync()
     {
         stop.Cancel();
@@ -221,6 +235,7 @@ sealed class LiveSession
         await ingestion.ConfigureAwait(false); // it catches everything itself
         await Session.DisposeAsync().ConfigureAwait(false);
         await frames.DisposeAsync().ConfigureAwait(false);
+        Video?.Dispose();
     }
 }
 

@@ -16,14 +16,16 @@ namespace VidKV.Server;
 
 /// <summary>
 /// The live-session endpoints: <c>POST /v1/sessions</c> starts a session that watches a file under the media root, an
-/// http(s)/rtsp/rtmp URL, a camera, or frames clients push (<c>POST /v1/sessions/{id}/frames</c>, or binary messages on
-/// the WebSocket <c>/v1/sessions/{id}/stream</c>); <c>POST /v1/sessions/{id}/ask</c> answers a question on a fork of
+/// upload (<see cref="Uploads"/>), the built-in demo clip (<see cref="DemoVideo"/>), an http(s)/rtsp/rtmp URL, a
+/// camera, or frames clients push (<c>POST /v1/sessions/{id}/frames</c>, or binary messages on the WebSocket
+/// <c>/v1/sessions/{id}/stream</c>); <c>GET /v1/sessions/{id}/video</c> plays the file a session reads (range requests,
+/// for a video element); <c>POST /v1/sessions/{id}/ask</c> answers a question on a fork of
 /// what it has seen so far while it goes on watching; <c>GET /v1/sessions/{id}/events</c> streams its progress,
 /// proactive comments, errors and end; <c>GET</c> and <c>DELETE /v1/sessions/{id}</c> show and end it. Each live
 /// session holds one of the server's <see cref="ServerOptions.MaxSessions"/> slots until it is deleted. A bad request
 /// about a session (a corrupt frame, a frame for a session that reads a file) is refused and the session goes on.
 /// </summary>
-sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options, string modelId, MediaFiles media, SessionSlots slots) : IAsyncDisposable
+sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options, string modelId, MediaFiles media, Uploads uploads, SessionSlots slots) : IAsyncDisposable
 {
     /// <summary>Frames a push session queues before a push waits (the back-pressure that keeps it bounded).</summary>
     const int PushQueue = 8;
@@ -42,6 +44,7 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
             context.Response.WriteAsJsonAsync(Find(context).Info(), Wire.SessionInfo, contentType: "application/json", context.RequestAborted)));
         app.MapDelete("/v1/sessions/{id}", (RequestDelegate)DeleteAsync);
         app.MapPost("/v1/sessions/{id}/frames", (RequestDelegate)PushFrameAsync);
+        app.MapGet("/v1/sessions/{id}/video", (RequestDelegate)VideoAsync);
         app.MapGet("/v1/sessions/{id}/stream", (RequestDelegate)StreamAsync);
         app.MapPost("/v1/sessions/{id}/ask", (RequestDelegate)AskAsync);
         app.MapGet("/v1/sessions/{id}/events", (RequestDelegate)EventsAsync);
@@ -64,7 +67,8 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         var request = await ChatCompletions.ReadJsonAsync(context, Wire.SessionRequest).ConfigureAwait(false);
         if (engine.Vision == null)
             throw ApiException.BadRequest($"the model {modelId} watches no video: start the server with its vision projector (--mmproj)", null, "model_not_multimodal");
-        string source = request.Source is { Length: > 0 } s ? s : throw ApiException.BadRequest("a source is needed: a file under --media-root, an http(s)/rtsp URL, camera:/dev/videoN, or \"push\"", "source");
+        string source = request.Source is { Length: > 0 } s ? s
+            : throw ApiException.BadRequest("a source is needed: a file under --media-root, upload:ID, \"demo\", an http(s)/rtsp URL, camera:/dev/videoN, or \"push\"", "source");
         double fps = request.Fps ?? 1;
         if (!double.IsFinite(fps) || fps <= 0 || fps > 60) throw ApiException.BadRequest($"must be more than 0 and at most 60, not {fps}", "fps");
         if (request.MaxFrames is < 1) throw ApiException.BadRequest($"must be at least 1, not {request.MaxFrames}", "max_frames");
@@ -89,20 +93,34 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
             if (proactive.MaxTokens < 1) throw ApiException.BadRequest($"must be at least 1, not {proactive.MaxTokens}", "comment_max_tokens");
         }
 
-        var (kind, frames) = await OpenSourceAsync(source, sampling, context.RequestAborted).ConfigureAwait(false);
+        // The slot first: an upload is the session's once its source is open, so nothing may refuse the session after that.
         slots.Take();
+        string kind;
+        IFrameSource frames;
+        VideoFile? video;
         Session session;
         try
         {
-            session = engine.CreateSession(new VidKV.Engine.SessionOptions { Kv = kv, ContextLength = int.MaxValue });
+            (kind, frames, video, source) = await OpenSourceAsync(source, sampling, context.RequestAborted).ConfigureAwait(false);
+            try
+            {
+                session = engine.CreateSession(new VidKV.Engine.SessionOptions { Kv = kv, ContextLength = int.MaxValue });
+            }
+            catch (KvConfigException e)
+            {
+                video?.Dispose();
+                await frames.DisposeAsync().ConfigureAwait(false);
+                throw ApiException.BadRequest(e.Message, "kv_policy");
+            }
         }
-        catch (KvConfigException e)
+        catch
         {
             slots.Release();
-            throw ApiException.BadRequest(e.Message, "kv_policy");
+            throw;
         }
         string id = "sess_" + RandomNumberGenerator.GetHexString(24, lowercase: true);
-        var live = new LiveSession(id, source, kind, kv.Default + (kv.Budget is int b ? $" (budget {b})" : ""), proactive != null, engine, session, frames, options.MaxEventReaders);
+        var live = new LiveSession(id, source, kind, kv.Default + (kv.Budget is int b ? $" (budget {b})" : ""), proactive != null, engine, session, frames, video,
+            options.MaxEventReaders);
         sessions[id] = live;
         live.Start(UserTurnOpening(), proactive);
         options.Log?.WriteLine($"  {id}: watching {(kind == "push" ? "pushed frames" : source)} at {fps} fps, KV policy {live.KvPolicy}{(proactive != null ? ", proactive" : "")}");
@@ -111,16 +129,38 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         await context.Response.WriteAsJsonAsync(live.Info(), Wire.SessionInfo, contentType: "application/json", context.RequestAborted).ConfigureAwait(false);
     }
 
-    /// <summary>The frame source <paramref name="source"/> names; a file is probed at once, so a corrupt one is a 400 here.</summary>
-    async Task<(string Kind, IFrameSource Frames)> OpenSourceAsync(string source, FrameSampling sampling, CancellationToken cancellation)
+    /// <summary>
+    /// The frame source <paramref name="source"/> names, the video file it reads (if one), and the source as the
+    /// session shows it (an upload by its file name); a file is probed at once, so a corrupt one is a 400 here.
+    /// </summary>
+    async Task<(string Kind, IFrameSource Frames, VideoFile? Video, string Shown)> OpenSourceAsync(string source, FrameSampling sampling, CancellationToken cancellation)
     {
-        if (source == "push") return ("push", new PushedFrameSource(PushQueue, sampling, "pushed frames"));
+        if (source == "push") return ("push", new PushedFrameSource(PushQueue, sampling, "pushed frames"), null, source);
+        if (source == "demo")
+        {
+            string clip;
+            try
+            {
+                clip = await DemoVideo.EnsureAsync(log: options.Log, cancellation: cancellation).ConfigureAwait(false);
+            }
+            catch (VideoSourceException e)
+            {
+                throw new ApiException(StatusCodes.Status500InternalServerError, "server_error", $"the demo video cannot be made: {e.Message}", "source", "demo_unavailable");
+            }
+            return ("demo", new FfmpegSource(clip, sampling), new VideoFile(clip, temporary: false), source);
+        }
+        if (source.StartsWith(Uploads.SourcePrefix, StringComparison.Ordinal))
+        {
+            // Probed when it was uploaded.
+            var (upload, name) = uploads.Take(source[Uploads.SourcePrefix.Length..], "source");
+            return ("upload", new FfmpegSource(upload.Path, sampling), upload, $"{source} ({name})");
+        }
         if (source.StartsWith("camera:", StringComparison.Ordinal))
-            return CameraSource().IsMatch(source) ? ("camera", new FfmpegSource(source, sampling))
+            return CameraSource().IsMatch(source) ? ("camera", new FfmpegSource(source, sampling), null, source)
                 : throw ApiException.BadRequest($"'{Shorten(source)}' is not a camera (camera:/dev/videoN)", "source");
         int scheme = source.IndexOf("://", StringComparison.Ordinal);
         if (scheme > 0 && !source.StartsWith("file:", StringComparison.OrdinalIgnoreCase))
-            return StreamSchemes.Contains(source[..scheme].ToLowerInvariant()) ? ("url", new FfmpegSource(source, sampling))
+            return StreamSchemes.Contains(source[..scheme].ToLowerInvariant()) ? ("url", new FfmpegSource(source, sampling), null, source)
                 : throw ApiException.BadRequest($"unsupported URL scheme in '{Shorten(source)}' (http, https, rtsp, rtsps, rtmp, rtmps; or a file under --media-root)", "source");
         string path = media.ResolveFile(source, "source", "video");
         var file = new FfmpegSource(path, sampling);
@@ -133,7 +173,7 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
             string problem = e.Message.StartsWith(e.SourceName + ": ", StringComparison.Ordinal) ? e.Message[(e.SourceName.Length + 2)..] : e.Message;
             throw new ApiException(StatusCodes.Status400BadRequest, "invalid_request_error", $"source: '{Shorten(source)}' cannot be read as a video: {problem}", "source", "invalid_video");
         }
-        return ("file", file);
+        return ("file", file, new VideoFile(path, temporary: false), source);
     }
 
     /// <summary>The chat template's opening of a user turn: the frames go inside it, and a question closes it.</summary>
@@ -165,6 +205,25 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         options.Log?.WriteLine($"  {live.Id}: deleted after {live.Info().Frames} frames");
         await context.Response.WriteAsJsonAsync(new SessionDeleted(live.Id, true), Wire.SessionDeleted, contentType: "application/json", context.RequestAborted).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// The video file a session reads, with range requests (a video element seeks with them). The URL's token, from the
+    /// session's <c>video_url</c>, is what authorises it: the API key check lets this route through, since a video
+    /// element cannot send a header.
+    /// </summary>
+    Task VideoAsync(HttpContext context)
+    {
+        var live = Find(context);
+        if (live.Video == null)
+            throw new ApiException(StatusCodes.Status404NotFound, "invalid_request_error", $"session {live.Id} reads {live.Kind switch { "push" => "pushed frames", var k => "a " + k }}: it has no video file to play", "id", "no_video");
+        if (!live.IsVideoToken(context.Request.Query["token"].FirstOrDefault()))
+            throw new ApiException(StatusCodes.Status403Forbidden, "authentication_error", "the video's token is missing or wrong: play the session's video_url as GET /v1/sessions/{id} gives it", "token", "invalid_video_token");
+        if (!ContentTypes.TryGetContentType(live.Video.Path, out var type)) type = "application/octet-stream";
+        return TypedResults.PhysicalFile(live.Video.Path, type, enableRangeProcessing: true).ExecuteAsync(context);
+    }
+
+    /// <summary>Video types by file name extension: ASP.NET Core's table, which leaves Matroska out.</summary>
+    static readonly Microsoft.AspNetCore.StaticFiles.FileExtensionContentTypeProvider ContentTypes = new() { Mappings = { [".mkv"] = "video/x-matroska" } };
 
     async Task PushFrameAsync(HttpContext context)
     {

@@ -205,6 +205,50 @@ sealed class MediaFiles
         }
     }
 
+    /// <summary>The file name extensions <see cref="ListVideos"/> counts as video (ffmpeg reads the content, whatever the name).</summary>
+    static readonly HashSet<string> VideoExtensions = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".mpg", ".mpeg", ".ogv", ".3gp", ".wmv",
+    };
+
+    /// <summary>
+    /// The video files under the media root (by name; hidden files and folders left out), as paths relative to it with
+    /// <c>/</c> between folders, sorted, at most <paramref name="most"/> (then <c>Truncated</c>). Each is resolved
+    /// through its symbolic links as <see cref="ResolveFile"/> resolves a path, and one that leads outside the root is
+    /// not listed, so the listing names only files a session may read. Empty when there is no media root.
+    /// </summary>
+    public (List<MediaEntry> Files, bool Truncated) ListVideos(int most)
+    {
+        var files = new List<MediaEntry>();
+        if (root == null) return (files, false);
+        var walk = new EnumerationOptions { RecurseSubdirectories = true, IgnoreInaccessible = true, MaxRecursionDepth = 16 };
+        bool truncated = false;
+        foreach (string path in Directory.EnumerateFiles(root, "*", walk))
+        {
+            if (!VideoExtensions.Contains(Path.GetExtension(path))) continue;
+            string resolved;
+            try
+            {
+                resolved = Resolve(path);
+            }
+            catch (IOException)
+            {
+                continue; // a link loop
+            }
+            var file = new FileInfo(resolved);
+            if (!IsUnderRoot(resolved, root) || !file.Exists) continue;
+            if (files.Count == most)
+            {
+                truncated = true;
+                break;
+            }
+            files.Add(new MediaEntry(Path.GetRelativePath(root, path).Replace(Path.DirectorySeparatorChar, '/'), file.Length,
+                new DateTimeOffset(file.LastWriteTimeUtc).ToUnixTimeSeconds()));
+        }
+        files.Sort((a, b) => string.CompareOrdinal(a.Path, b.Path));
+        return (files, truncated);
+    }
+
     static bool IsUnderRoot(string path, string folder) =>
         folder == "/" || path == folder || path.StartsWith(folder + Path.DirectorySeparatorChar, StringComparison.Ordinal);
 

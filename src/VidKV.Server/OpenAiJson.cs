@@ -161,7 +161,10 @@ sealed record HealthStatus(string Status);
 /// <summary>The body of <c>POST /v1/sessions</c>.</summary>
 sealed class SessionRequest
 {
-    /// <summary>A file under the media root, an http(s)/rtsp(s)/rtmp(s) URL, <c>camera:/dev/videoN</c>, or <c>push</c>.</summary>
+    /// <summary>
+    /// A file under the media root, an http(s)/rtsp(s)/rtmp(s) URL, <c>camera:/dev/videoN</c>, <c>push</c>, <c>demo</c>
+    /// (the built-in test pattern clip) or <c>upload:ID</c> (a video <c>POST /v1/uploads</c> took).
+    /// </summary>
     public string? Source { get; init; }
     public double? Fps { get; init; }
     public int? MaxFrames { get; init; }
@@ -173,10 +176,15 @@ sealed class SessionRequest
     public int? KvBudget { get; init; }
 }
 
-/// <summary>A live session as <c>GET /v1/sessions/{id}</c> shows it.</summary>
+/// <summary>
+/// A live session as <c>GET /v1/sessions/{id}</c> shows it. <c>tokens_generated</c> counts the tokens its answers and
+/// proactive comments generated so far (their rate is its tokens/s); <c>video_url</c>, for a session that reads a file
+/// (a file under the media root, an upload, the demo), plays that file with range requests, its token standing in for
+/// the API key (a video element sends no Authorization header).
+/// </summary>
 sealed record SessionInfo(string Id, long Created, string Source, string Kind, string State, int Frames,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.Never)] double? LastTimestamp, double FramesPerSecond, int Rows, string KvPolicy, bool Proactive,
-    EngineKv Kv, string? Error = null)
+    EngineKv Kv, long TokensGenerated, string? VideoUrl, string? Error = null)
 {
     [JsonPropertyOrder(-1)]
     public string Object => "session";
@@ -218,6 +226,24 @@ sealed record SessionEvent(string Type)
 /// <summary>The answer to a pushed frame (<c>POST /v1/sessions/{id}/frames</c>, or a WebSocket message).</summary>
 sealed record FrameAccepted(bool Accepted, int FramesReceived, double Timestamp);
 
+/// <summary>The answer to <c>POST /v1/uploads</c>: what ffprobe found, and the <c>source</c> a session watches it by.</summary>
+sealed record UploadInfo(string Id, string Filename, long Bytes, [property: JsonIgnore(Condition = JsonIgnoreCondition.Never)] double? Duration,
+    int Width, int Height, string Source)
+{
+    [JsonPropertyOrder(-1)]
+    public string Object => "upload";
+}
+
+/// <summary><c>GET /v1/media</c>: the video files under the media root, each a <c>source</c> a session may watch.</summary>
+sealed record MediaList(List<MediaEntry> Data, bool Truncated)
+{
+    [JsonPropertyOrder(-1)]
+    public string Object => "list";
+}
+
+/// <summary>One video file under the media root: its path relative to the root, its size and its modification time (Unix seconds).</summary>
+sealed record MediaEntry(string Path, long Bytes, long Modified);
+
 /// <summary>The answer to <c>DELETE /v1/sessions/{id}</c>.</summary>
 sealed record SessionDeleted(string Id, bool Deleted)
 {
@@ -249,6 +275,8 @@ sealed record ErrorDetail(
 [JsonSerializable(typeof(SessionEvent))]
 [JsonSerializable(typeof(FrameAccepted))]
 [JsonSerializable(typeof(SessionDeleted))]
+[JsonSerializable(typeof(UploadInfo))]
+[JsonSerializable(typeof(MediaList))]
 partial class ServerJson : JsonSerializerContext;
 
 /// <summary>
@@ -272,6 +300,8 @@ static class Wire
     public static readonly JsonTypeInfo<SessionEvent> SessionEvent = Get<SessionEvent>();
     public static readonly JsonTypeInfo<FrameAccepted> FrameAccepted = Get<FrameAccepted>();
     public static readonly JsonTypeInfo<SessionDeleted> SessionDeleted = Get<SessionDeleted>();
+    public static readonly JsonTypeInfo<UploadInfo> UploadInfo = Get<UploadInfo>();
+    public static readonly JsonTypeInfo<MediaList> MediaList = Get<MediaList>();
 
     static JsonTypeInfo<T> Get<T>() => (JsonTypeInfo<T>)Options.GetTypeInfo(typeof(T));
 }
