@@ -20,10 +20,10 @@ static class ServeCommand
     public static Command Create()
     {
         var model = CommonOptions.Model(required: true);
-        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF, or the Hugging Face folder of -m) for images in chat messages." };
+        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF, or the Hugging Face folder of -m) for images and video in chat messages and live sessions." };
         var host = new Option<string>("--host") { Description = "Address to listen on (an IP address or localhost). Loopback by default: other machines reach the server only when you say so.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0: any free one).", DefaultValueFactory = _ => 8080 };
-        var apiKey = new Option<string?>("--api-key") { Description = $"Require Authorization: Bearer KEY on every endpoint but /health (default: ${ApiKeyVariable} when set, else no key)." };
+        var apiKey = new Option<string?>("--api-key") { Description = $"Require Authorization: Bearer KEY on every endpoint but /health and the web page at / (which asks for the key and sends it); default: ${ApiKeyVariable} when set, else no key." };
         var mediaRoot = new Option<string?>("--media-root") { Description = "Folder whose image and video files requests and live sessions may name (file:// URLs or paths; symbolic links are followed and must stay inside); GET /v1/media and the web page list its videos. Default: none, media come as data URLs, uploads or URLs only." };
         var maxSessions = new Option<int>("--max-sessions") { Description = "Most requests answered at once, each in its own session on the shared engine; more get 429.", DefaultValueFactory = _ => 4 };
         var maxBody = new Option<double>("--max-body") { Description = "Largest request body (and image file) in MiB; a larger one gets 413.", DefaultValueFactory = _ => 32 };

@@ -567,6 +567,7 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
         { ["serve", "-m", "MODEL", "--media-root", "/no/such/folder"], "/no/such/folder" },
         { ["serve", "-m", "MODEL", "--max-sessions", "0"], "max sessions" },
         { ["serve", "-m", "MODEL", "--max-body", "0"], "--max-body" },
+        { ["serve", "-m", "MODEL", "--max-upload", "-1"], "--max-upload" },
     };
 
     [Theory]
@@ -587,7 +588,7 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
     {
         var stdout = new StringWriter();
         Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), ["serve", "--help"], new StringWriter(), stdout));
-        foreach (string option in new[] { "--model", "--mmproj", "--host", "--port", "--api-key", "--media-root", "--max-sessions", "--max-body", "--ctx-size", "--n-predict" })
+        foreach (string option in new[] { "--model", "--mmproj", "--host", "--port", "--api-key", "--media-root", "--max-sessions", "--max-body", "--max-upload", "--ctx-size", "--n-predict" })
             Assert.Contains(option, stdout.ToString());
     }
 }

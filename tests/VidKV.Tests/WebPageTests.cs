@@ -222,23 +222,30 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
     }
 
     [Fact]
-    public async Task DemoSessionPlaysTheGeneratedClipAndCountsItsTokens()
+    public async Task DemoSessionPlaysTheGeneratedClipWithItsTokenAndCountsItsTokens()
     {
-        await using var served = await StartAsync();
-        var created = await Json(await served.Http.PostAsync("v1/sessions", JsonBody(new { source = "demo", fps = 1 })), HttpStatusCode.Created);
+        await using var served = await StartAsync(new ServerOptions { ApiKey = Key });
+        var created = await Json(await served.Http.SendAsync(Request(HttpMethod.Post, "v1/sessions", Key, JsonBody(new { source = "demo", fps = 1 }))), HttpStatusCode.Created);
         string id = created.GetProperty("id").GetString()!;
         Assert.Equal("demo", created.GetProperty("kind").GetString());
         Assert.Equal(0, created.GetProperty("tokens_generated").GetInt64());
-        var video = await served.Http.GetAsync(created.GetProperty("video_url").GetString()!.TrimStart('/'));
+        // The video URL needs no key (a video element sends none): its token is the key.
+        string videoUrl = created.GetProperty("video_url").GetString()!;
+        Assert.StartsWith($"/v1/sessions/{id}/video?token=", videoUrl);
+        var video = await served.Http.GetAsync(videoUrl.TrimStart('/'));
         Assert.Equal(HttpStatusCode.OK, video.StatusCode);
         Assert.Equal("video/mp4", video.Content.Headers.ContentType?.MediaType);
         Assert.Equal(File.ReadAllBytes(VidKV.Video.DemoVideo.DefaultPath), await video.Content.ReadAsByteArrayAsync());
+        await Error(await served.Http.GetAsync($"v1/sessions/{id}/video?token={new string('0', 32)}"), HttpStatusCode.Forbidden, "token", "invalid_video_token");
+        await Error(await served.Http.GetAsync($"v1/sessions/{id}"), HttpStatusCode.Unauthorized, code: "invalid_api_key"); // the rest of the session still needs the key
 
-        var answer = await Json(await served.Http.PostAsync($"v1/sessions/{id}/ask", JsonBody(new { question = "What moves?", max_tokens = 5, ignore_eos = true, stream = false })), HttpStatusCode.OK);
+        var answer = await Json(await served.Http.SendAsync(Request(HttpMethod.Post, $"v1/sessions/{id}/ask", Key,
+            JsonBody(new { question = "What moves?", max_tokens = 5, ignore_eos = true, stream = false }))), HttpStatusCode.OK);
         Assert.Equal(5, answer.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
-        Assert.Equal(5, (await Json(await served.Http.GetAsync($"v1/sessions/{id}"), HttpStatusCode.OK)).GetProperty("tokens_generated").GetInt64());
+        var status = await Json(await served.Http.SendAsync(Request(HttpMethod.Get, $"v1/sessions/{id}", Key)), HttpStatusCode.OK);
+        Assert.Equal(5, status.GetProperty("tokens_generated").GetInt64());
         // A push session has no file to play.
-        var push = await Json(await served.Http.PostAsync("v1/sessions", JsonBody(new { source = "push" })), HttpStatusCode.Created);
+        var push = await Json(await served.Http.SendAsync(Request(HttpMethod.Post, "v1/sessions", Key, JsonBody(new { source = "push" }))), HttpStatusCode.Created);
         Assert.False(push.TryGetProperty("video_url", out _));
         await Error(await served.Http.GetAsync($"v1/sessions/{push.GetProperty("id").GetString()}/video?token=x"), HttpStatusCode.NotFound, "id", "no_video");
     }

@@ -242,7 +242,7 @@ function onSessionEvent(event) {
   switch (event.type) {
     case 'progress':
       $('progress').textContent = `read ${event.frames} frames, up to ${(event.timestamp || 0).toFixed(1)} s of the stream`
-        + ` (${(event.frames_per_second || 0).toFixed(2)} frames/s; KV hot ${(event.hot_bytes / MiB).toFixed(1)} MiB, cold ${(event.cold_bytes / MiB).toFixed(1)} MiB)`;
+        + ` (${(event.frames_per_second || 0).toFixed(2)} frames/s; KV hot ${(event.hot_bytes / MiB).toFixed(2)} MiB, cold ${(event.cold_bytes / MiB).toFixed(2)} MiB)`;
       break;
     case 'comment':
       addEvent('comment', `[${(event.timestamp || 0).toFixed(1)} s] ${event.text}`);
@@ -331,9 +331,16 @@ function init() {
     const file = $('upload-file').files[0];
     if (!file) throw new Error('choose a video file to upload first');
     $('progress').textContent = `uploading ${file.name} (${(file.size / MiB).toFixed(1)} MiB)…`;
-    const response = await api(`/v1/uploads?filename=${encodeURIComponent(file.name)}`, {
-      method: 'POST', headers: { 'Content-Type': file.type || 'application/octet-stream' }, body: file,
-    });
+    let response;
+    try {
+      response = await api(`/v1/uploads?filename=${encodeURIComponent(file.name)}`, {
+        method: 'POST', headers: { 'Content-Type': file.type || 'application/octet-stream' }, body: file,
+      });
+    } catch (error) {
+      // A server that refuses a large body early may close the connection before the browser reads its 413.
+      if (error instanceof TypeError) throw new Error(`the upload of ${file.name} failed (${error.message}): is it over the server's --max-upload limit?`);
+      throw error;
+    }
     const upload = await response.json();
     await startSession(upload.source);
   });
