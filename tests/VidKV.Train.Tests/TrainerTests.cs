@@ -74,6 +74,15 @@ public class TrainerTests
             $"row {worst / vocab} logit {worst % vocab}: torch {want[worst]}, VidKV {got[worst]} (scale {scale})");
     }
 
+    /// <summary>Every exported tensor is a trained parameter and the other way round (a block left unregistered would not learn).</summary>
+    [Fact]
+    public void EveryExportedTensorIsAParameter()
+    {
+        using var model = new TinyVlm(Small);
+        Assert.Equal(model.Export().Values.Sum(v => (long)v.Length), model.parameters().Sum(p => p.numel()));
+        Assert.Equal(model.Export().Count, model.parameters().Count());
+    }
+
     /// <summary>A few AdamW steps on one fixed batch (a frame between tokens, loss on the tokens after it) at least halve the loss.</summary>
     [Fact]
     public void LossFallsOnAFixedBatch()

@@ -108,7 +108,9 @@ public sealed class TinyVlm : nn.Module
         output = Normal([config.Vocab, d], 1 / Math.Sqrt(d));
         int half = config.HeadDim / 2;
         inverseFrequencies = pow(config.RopeBase, -arange(0, half, dtype: float32) * 2 / config.HeadDim);
-        RegisterComponents();
+        RegisterComponents(); // fields only: the blocks in arrays are registered by name, as the GGUF numbers them
+        for (int i = 0; i < visionBlocks.Length; i++) register_module($"v_blk_{i}", visionBlocks[i]);
+        for (int i = 0; i < layers.Length; i++) register_module($"blk_{i}", layers[i]);
     }
 
     /// <summary>The sizes.</summary>
