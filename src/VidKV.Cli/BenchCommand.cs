@@ -36,6 +36,7 @@ static class BenchCommand
             .With(models, prompt, generate, depth, threads, repetitions, output, cacheK, cacheV, policy, budget, pageSize, kvConfig, coldDir, roofline, interleave, noRepack);
         command.Subcommands.Add(Vision());
         command.Subcommands.Add(BenchVideoCommand.Create());
+        command.Subcommands.Add(BenchServeCommand.Create());
         command.SetAction(r =>
         {
             int[] depths = ParseList(r.GetValue(depth)!, "-d", min: 0), threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);

@@ -18,6 +18,7 @@ namespace VidKV.Cli
             BenchCommand.Create(),
             WatchCommand.Create(),
             ServeCommand.Create(),
+            WorldCommand.Create(),
         };
     }
 }

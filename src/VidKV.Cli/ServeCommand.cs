@@ -36,8 +36,9 @@ static class ServeCommand
         var videoFps = new Option<double>("--video-fps") { Description = "Frames per second read from a video in a chat message when the request does not say (media_io_kwargs.video.fps).", DefaultValueFactory = _ => 1 };
         var maxVideoFrames = new Option<int>("--max-video-frames") { Description = "Most frames read from one video in a chat message (and the most media_io_kwargs.video.num_frames may ask).", DefaultValueFactory = _ => 64 };
         var fetchTimeout = new Option<double>("--fetch-timeout") { Description = "Seconds an http(s) video URL may take to arrive whole (at most --max-body MiB); past it the request gets 400.", DefaultValueFactory = _ => 10 };
+        var prefill = PrefillOption();
         var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not; text, images and video), live video sessions (/v1/sessions, /v1/uploads, /v1/media), GET /metrics, and a web page at / to watch a video and ask about it.")
-            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, maxUpload, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, threads);
+            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, maxUpload, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, prefill, threads);
         command.SetAction(r => Run(r.InvocationConfiguration.Error, r.GetValue(model)!, r.GetValue(mmproj), new ServerOptions
         {
             Host = ParseHost(r.GetValue(host)!),
@@ -53,16 +54,31 @@ static class ServeCommand
             VideoFps = r.GetValue(videoFps),
             MaxVideoFrames = r.GetValue(maxVideoFrames),
             FetchTimeout = r.GetValue(fetchTimeout) is var seconds && seconds > 0 && seconds <= 3600 ? TimeSpan.FromSeconds(seconds) : throw new ArgumentException($"--fetch-timeout must be more than 0 and at most 3600 seconds, not {seconds}"),
-        }, r.GetValue(context), r.GetValue(threads)).GetAwaiter().GetResult());
+        }, r.GetValue(context), ParsePrefill(r.GetValue(prefill)!), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;
     }
+
+    /// <summary><c>--prefill chunked|prepacked</c>: how prompts fill the engine's steps (<see cref="PrefillScheduling"/>).</summary>
+    internal static Option<string> PrefillOption()
+    {
+        var option = new Option<string>("--prefill")
+        {
+            Description = "How waiting prompts fill each engine step after the decode rows: chunked (default; each prompt a chunk of up to 128 rows per step, in turn) "
+                + "or prepacked (Prepacking: prompts that fit go in whole, bin-packed first-fit decreasing into the step's 512 rows; longer ones still in chunks).",
+            DefaultValueFactory = _ => "chunked",
+        };
+        option.AcceptOnlyFromAmong("chunked", "prepacked");
+        return option;
+    }
+
+    internal static PrefillScheduling ParsePrefill(string value) => value == "prepacked" ? PrefillScheduling.Prepacked : PrefillScheduling.Chunked;
 
     static IPAddress ParseHost(string host) =>
         host.Equals("localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback
         : IPAddress.TryParse(host, out var address) ? address
         : throw new ArgumentException($"--host '{host}' is not an IP address (or localhost)");
 
-    static async Task<int> Run(TextWriter log, string modelPath, string? mmprojPath, ServerOptions options, int contextSize, int threads)
+    static async Task<int> Run(TextWriter log, string modelPath, string? mmprojPath, ServerOptions options, int contextSize, PrefillScheduling prefill, int threads)
     {
         options.Validate(); // before the model loads: a bad option is reported at once
         if (contextSize < 0) throw new ArgumentException($"-c must be 0 (the model's own) or more, not {contextSize}");
@@ -71,11 +87,11 @@ static class ServeCommand
         using var vision = mmprojPath != null ? VisionModel.Load(mmprojPath) : null;
         int ctx = contextSize > 0 ? Math.Min(contextSize, model.Config.ContextLength) : model.Config.ContextLength;
         // The store keeps every kind of page metadata, so each live session may run the policy it names.
-        await using var engine = new InferenceEngine(model, new EngineOptions { ContextLength = ctx, KvMetadata = Cache.KvMetadata.All }, vision);
+        await using var engine = new InferenceEngine(model, new EngineOptions { ContextLength = ctx, KvMetadata = Cache.KvMetadata.All, Prefill = prefill }, vision);
         if (!IPAddress.IsLoopback(options.Host) && options.ApiKey == null)
             log.WriteLine($"warning: listening on {options.Host} without an API key: anyone who reaches this address can use the model (--api-key or ${ApiKeyVariable})");
         await using var server = await InferenceServer.StartAsync(engine, options);
-        log.WriteLine($"context {ctx} tokens per request; at most {options.MaxSessions} requests and live sessions at once; live sessions' KV policy {options.SessionKv.Default} (budget {options.SessionKv.Budget}); Ctrl+C stops");
+        log.WriteLine($"context {ctx} tokens per request; {prefill.ToString().ToLowerInvariant()} prefill; at most {options.MaxSessions} requests and live sessions at once; live sessions' KV policy {options.SessionKv.Default} (budget {options.SessionKv.Budget}); Ctrl+C stops");
         await server.WaitForShutdownAsync();
         return 0;
     }

@@ -18,9 +18,16 @@ public sealed record EngineOptions
     public int ContextLength { get; init; } = int.MaxValue;
     /// <summary>
     /// Most rows of one session's ingest or prompt in one step: a long ingest goes in chunks of this size between
-    /// other sessions' decode steps, so it cannot starve an answer.
+    /// other sessions' decode steps, so it cannot starve an answer. Under <see cref="PrefillScheduling.Prepacked"/>
+    /// only prompts too long for a step's free rows go in chunks.
     /// </summary>
     public int PrefillChunk { get; init; } = 128;
+    /// <summary>
+    /// How prompts and ingests fill a step's rows after its decode rows: in chunks, in turn
+    /// (<see cref="PrefillScheduling.Chunked"/>, the default), or whole prompts bin-packed
+    /// (<see cref="PrefillScheduling.Prepacked"/>).
+    /// </summary>
+    public PrefillScheduling Prefill { get; init; } = PrefillScheduling.Chunked;
     /// <summary>Most rows of one step, all sessions together.</summary>
     public int MaxBatchRows { get; init; } = 512;
     /// <summary>How sessions lay out video frames (the family's own format by default).</summary>
@@ -73,6 +80,11 @@ public sealed class InferenceEngine : IAsyncDisposable
     readonly List<Work> active = [];
     readonly List<KvCache> batchCaches = [];
     readonly List<(Work Work, int Rows, int LogitRow)> batchParts = [];
+    // Prepacked scheduling's scratch, reused step after step: the whole prompts (and their sizes, bins, order, bin
+    // loads) and the active indices of the prompts too long for the step.
+    readonly List<Work> packed = [];
+    readonly List<int> tooLong = [];
+    int[] packSizes = new int[16], packBins = new int[16], packOrder = new int[16], packLoads = new int[16];
     readonly DecoderBatch batch;
     readonly Activations buffers = new();
     readonly ForwardProfile profile = new();
@@ -98,6 +110,8 @@ public sealed class InferenceEngine : IAsyncDisposable
         }
         if (this.options.PrefillChunk < 1 || this.options.MaxBatchRows < this.options.PrefillChunk)
             throw new ArgumentException($"prefill chunk {this.options.PrefillChunk} must be at least 1 and at most the batch's {this.options.MaxBatchRows} rows");
+        if (!Enum.IsDefined(this.options.Prefill))
+            throw new ArgumentException($"prefill scheduling {this.options.Prefill} is not one of {string.Join(", ", Enum.GetNames<PrefillScheduling>())}", nameof(options));
         var c = model.Config;
         store = this.options.Kv.CreateStore(c.LayerCount, c.KvHeadCount, c.HeadDim, this.options.KvMetadata);
         EngineMetrics.Register(this);
@@ -123,11 +137,33 @@ public sealed class InferenceEngine : IAsyncDisposable
     /// <summary>The page pool (tests and tools look at it between steps).</summary>
     internal PagedKvStore Store => store;
 
+    /// <summary>
+    /// While set, the loop runs posted actions but no step, so work posted meanwhile meets in the first step after it
+    /// is cleared (tests line up prompts that way).
+    /// </summary>
+    internal bool Paused
+    {
+        get => Volatile.Read(ref paused);
+        set
+        {
+            Volatile.Write(ref paused, value);
+            if (!value) wake.Release();
+        }
+    }
+
+    bool paused;
+
+    /// <summary>On the loop thread: works with prompt or ingest rows waiting (tests call it through <see cref="Call"/>).</summary>
+    internal int WaitingWorks => active.Count(w => !w.IsDecoding && w.HasPendingRows);
+
     /// <summary>Called on the loop thread after every step (tests check invariants there).</summary>
     internal Action? StepCompleted { get; set; }
 
     /// <summary>Sequences the last step ran rows of (several when sessions share a batch).</summary>
     internal int LastStepSequences => batchCaches.Count;
+
+    /// <summary>The last step's batch and its sequences' caches, in the batch's sequence order (tests look at them in <see cref="StepCompleted"/>).</summary>
+    internal (DecoderBatch Batch, IReadOnlyList<KvCache> Caches) LastStep => (batch, batchCaches);
 
     /// <summary>Forward-pass phase times of all steps so far.</summary>
     public ForwardTimes Times => profile.Times;
@@ -198,7 +234,7 @@ public sealed class InferenceEngine : IAsyncDisposable
                 for (int i = active.Count - 1; i >= 0; i--)
                     if (active[i].IsFinished) active.RemoveAt(i);
                 if (stopping.IsCancellationRequested) break;
-                if (!Step())
+                if (Paused || !Step())
                 {
                     wake.Wait(); // nothing to run until a session posts work
                     continue;
@@ -215,8 +251,9 @@ public sealed class InferenceEngine : IAsyncDisposable
     }
 
     /// <summary>
-    /// One step: the decode row of every generating answer first (latency), then prompt and ingest chunks in turn
-    /// (round robin from where the last step stopped) while rows are left. False when there was nothing to run.
+    /// One step: the decode row of every generating answer first (latency), then prompt and ingest rows while rows are
+    /// left, as <see cref="EngineOptions.Prefill"/> says: chunks in turn (round robin from where the last step stopped)
+    /// or whole prompts packed. False when there was nothing to run.
     /// </summary>
     bool Step()
     {
@@ -227,29 +264,22 @@ public sealed class InferenceEngine : IAsyncDisposable
         foreach (var work in active)
             if (work.IsDecoding && rows < options.MaxBatchRows)
                 Add(work, work.AddRows(batch, batchCaches.Count, 1), ref rows, ref logitRows);
-        int start = nextWork;
-        for (int k = 0; k < active.Count && rows < options.MaxBatchRows; k++)
-        {
-            var work = active[(start + k) % active.Count];
-            if (work.IsDecoding || !work.HasPendingRows) continue;
-            int want = Math.Min(options.PrefillChunk, options.MaxBatchRows - rows);
-            Add(work, work.AddRows(batch, batchCaches.Count, want), ref rows, ref logitRows);
-            nextWork = (start + k + 1) % Math.Max(1, active.Count);
-        }
+        if (options.Prefill == PrefillScheduling.Prepacked) AddPrepacked(ref rows, ref logitRows);
+        else AddChunks(ref rows, ref logitRows);
         if (batchParts.Count == 0) return false;
         var status = Run(logitRows);
         if (status != DecodeStatus.Ok && batchParts.Count > 1)
         {
             // Together they do not fit: run each part alone, so only the ones that cannot fit at all fail.
             var parts = batchParts.ToArray();
-            foreach (var (work, _, _) in parts)
+            foreach (var (work, count, _) in parts)
             {
                 if (work.IsFinished) continue;
                 batch.Clear();
                 batchCaches.Clear();
                 batchParts.Clear();
                 rows = logitRows = 0;
-                Add(work, work.AddRows(batch, 0, work.IsDecoding ? 1 : options.PrefillChunk), ref rows, ref logitRows);
+                Add(work, work.AddRows(batch, 0, count), ref rows, ref logitRows);
                 Finish(Run(logitRows));
             }
             return true;
@@ -266,6 +296,78 @@ public sealed class InferenceEngine : IAsyncDisposable
                     ? $"KV budget full: {store.HotBytes} of {store.HotBudgetBytes} bytes in use; use a KV policy that evicts or moves pages cold, or a larger budget"
                     : $"context full: the session would pass {options.ContextLength} positions"));
             }
+        }
+    }
+
+    /// <summary>Chunked prefill: a chunk of each pending prompt or ingest in turn, from where the last step stopped, while rows are left.</summary>
+    void AddChunks(ref int rows, ref int logitRows)
+    {
+        int start = nextWork;
+        for (int k = 0; k < active.Count && rows < options.MaxBatchRows; k++)
+        {
+            var work = active[(start + k) % active.Count];
+            if (work.IsDecoding || !work.HasPendingRows) continue;
+            int want = Math.Min(options.PrefillChunk, options.MaxBatchRows - rows);
+            Add(work, work.AddRows(batch, batchCaches.Count, want), ref rows, ref logitRows);
+            nextWork = (start + k + 1) % Math.Max(1, active.Count);
+        }
+    }
+
+    /// <summary>
+    /// Prepacked prefill: the prompts that fit the free rows whole are packed first-fit decreasing into them (less a
+    /// chunk kept for the longer ones, if any) and the first bin goes in; then the longer prompts get chunks in turn
+    /// while rows are left. Equal sizes pack in the order the work started (first come, first served).
+    /// </summary>
+    void AddPrepacked(ref int rows, ref int logitRows)
+    {
+        int free = options.MaxBatchRows - rows;
+        if (free <= 0) return;
+        packed.Clear();
+        tooLong.Clear();
+        for (int i = 0; i < active.Count; i++)
+        {
+            var work = active[i];
+            if (work.IsDecoding || !work.HasPendingRows) continue;
+            int pending = work.PendingRows;
+            if (pending == 0) continue;
+            if (pending > free)
+            {
+                tooLong.Add(i);
+                continue;
+            }
+            if (packed.Count == packSizes.Length)
+            {
+                int grown = 2 * packSizes.Length;
+                Array.Resize(ref packSizes, grown);
+                Array.Resize(ref packBins, grown);
+                Array.Resize(ref packOrder, grown);
+                Array.Resize(ref packLoads, grown);
+            }
+            packSizes[packed.Count] = pending;
+            packed.Add(work);
+        }
+        int capacity = free - (tooLong.Count > 0 ? Math.Min(options.PrefillChunk, free) : 0);
+        if (packed.Count > 0 && capacity > 0)
+        {
+            int n = packed.Count;
+            Prepacking.FirstFitDecreasing(packSizes.AsSpan(0, n), capacity, packBins.AsSpan(0, n), packOrder.AsSpan(0, n), packLoads.AsSpan(0, n));
+            for (int k = 0; k < n; k++)
+            {
+                int item = packOrder[k];
+                if (packBins[item] == 0) Add(packed[item], packed[item].AddRows(batch, batchCaches.Count, packSizes[item]), ref rows, ref logitRows);
+            }
+        }
+        if (tooLong.Count == 0) return;
+        // The long ones in turn from where the last step stopped: the first at or after nextWork goes first.
+        int first = 0;
+        while (first < tooLong.Count && tooLong[first] < nextWork) first++;
+        for (int k = 0; k < tooLong.Count && rows < options.MaxBatchRows; k++)
+        {
+            int index = tooLong[(first + k) % tooLong.Count];
+            var work = active[index];
+            int want = Math.Min(options.PrefillChunk, options.MaxBatchRows - rows);
+            Add(work, work.AddRows(batch, batchCaches.Count, want), ref rows, ref logitRows);
+            nextWork = index + 1;
         }
     }
 
@@ -324,6 +426,11 @@ abstract class Work
     /// <summary>Whether the work now needs one decode row per step (an answer past its prompt).</summary>
     public virtual bool IsDecoding => false;
     public abstract bool HasPendingRows { get; }
+    /// <summary>
+    /// Rows the work's current unit (an answer's prompt, a session's first queued append) has still to run; 0 when none
+    /// waits. Reading it may lay the unit's rows out (an append then counts as begun).
+    /// </summary>
+    public abstract int PendingRows { get; }
     /// <summary>Adds up to <paramref name="most"/> of its next rows to the batch as sequence <paramref name="sequence"/>; returns how many.</summary>
     public abstract int AddRows(DecoderBatch batch, int sequence, int most);
     /// <summary>The step ran: <paramref name="rows"/> of its rows are in the cache; <paramref name="logits"/> are its last row's when it asked.</summary>

@@ -559,8 +559,11 @@ public sealed class Session : IAsyncDisposable
         public override bool IsFinished => closed;
         public override bool HasPendingRows => queue.Count > 0;
 
-        /// <summary>Whether an append is part way in (a fork now would see half of it).</summary>
-        public bool MidAppend => queue.TryPeek(out var append) && append.Cursor is { Done: > 0 };
+        /// <summary>
+        /// Whether an append is part way in (a fork now would see half of it): its rows are laid out — the video layout
+        /// has taken its frame — whether or not any has run yet.
+        /// </summary>
+        public bool MidAppend => queue.TryPeek(out var append) && append.Cursor != null;
 
         /// <summary>Runs <paramref name="action"/> (posted to the loop) once no append is part way in.</summary>
         public void AtBoundary(Action action)
@@ -585,17 +588,22 @@ public sealed class Session : IAsyncDisposable
             append.Done.TrySetCanceled(cancellation);
         }
 
-        public override int AddRows(DecoderBatch batch, int sequence, int most)
+        /// <summary>The append going in, its rows laid out; appends with no rows (a segment end with no segment open) complete on the way. Null when none waits.</summary>
+        Append? Front()
         {
             while (queue.TryPeek(out var append))
             {
                 append.Cursor ??= new RowCursor(session.LayOut(append));
-                if (append.Cursor.Total > 0)
-                    return append.Cursor.AddRows(batch, session.positions, sequence, most, session.KeepLogits, session.Record);
-                Complete(queue.Dequeue()); // nothing to add (a segment end with no segment open)
+                if (append.Cursor.Total > 0) return append;
+                Complete(queue.Dequeue());
             }
-            return 0;
+            return null;
         }
+
+        public override int PendingRows => Front() is { Cursor: { } cursor } ? cursor.Total - cursor.Done : 0;
+
+        public override int AddRows(DecoderBatch batch, int sequence, int most) =>
+            Front() is { Cursor: { } cursor } ? cursor.AddRows(batch, session.positions, sequence, most, session.KeepLogits, session.Record) : 0;
 
         public override void Advance(int rows, ReadOnlySpan<float> logits)
         {
@@ -668,6 +676,7 @@ public sealed class Session : IAsyncDisposable
         public override bool IsFinished => finished;
         public override bool IsDecoding => !finished && nextRow != null;
         public override bool HasPendingRows => !finished && promptRows is { Finished: false };
+        public override int PendingRows => HasPendingRows ? promptRows!.Total - promptRows.Done : 0;
 
         /// <summary>On the loop thread: fork the session as it is at the end of the append being ingested and join the loop.</summary>
         public void Begin()

@@ -36,7 +36,14 @@ internal static class RandomModel
 {
     public static readonly GgmlType[] WritableTypes = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
-    public static void Write(string path, RandomModelShape shape, GgmlType type, ulong seed = 42)
+    public static void Write(string path, RandomModelShape shape, GgmlType type, ulong seed = 42) =>
+        Write(path, shape, type, w => new RandomTensors(w, seed), $"VidKV random {shape.Name} {GgmlTypes.Name(type)} (RANDOM WEIGHTS, not a trained model)");
+
+    /// <summary>
+    /// Writes a text model of <paramref name="shape"/> whose tensors come from <paramref name="fill"/> (random, or a
+    /// trainer's <see cref="GivenTensors"/>), named <paramref name="name"/> (<c>general.name</c>).
+    /// </summary>
+    public static void Write(string path, RandomModelShape shape, GgmlType type, Func<GgufWriter, ITensorFill> fill, string name)
     {
         if (!WritableTypes.Contains(type))
             throw new ArgumentException($"type {GgmlTypes.Name(type)} is not supported for random models ({string.Join(", ", WritableTypes.Select(GgmlTypes.Name))})");
@@ -44,7 +51,7 @@ internal static class RandomModel
         int headDim = shape.Embedding / shape.Heads, kvDim = shape.KvHeads * headDim;
         var w = new GgufWriter();
         w.Add("general.architecture", a);
-        w.Add("general.name", $"VidKV random {shape.Name} {GgmlTypes.Name(type)} (RANDOM WEIGHTS, not a trained model)");
+        w.Add("general.name", name);
         w.Add("general.file_type", FileType(type));
         w.Add($"{a}.block_count", (uint)shape.Layers);
         w.Add($"{a}.context_length", (uint)shape.ContextLength);
@@ -57,7 +64,7 @@ internal static class RandomModel
         if (shape.RopeSections != null) w.Add($"{a}.rope.dimension_sections", GgufValue.Of(shape.RopeSections));
         SyntheticVocabulary.AddTo(w, shape.Vocab, shape.Vocabulary);
 
-        var random = new RandomTensors(w, seed);
+        var random = fill(w);
         void Matrix(string name, int rows, int columns, GgmlType t, float std)
         {
             // K-quants need rows of whole 256-column super-blocks; like llama-quantize, other rows fall back (to Q8_0).
@@ -104,10 +111,47 @@ internal static class RandomModel
 }
 
 /// <summary>
+/// Where the model writers (<see cref="RandomModel"/>, <see cref="RandomVisionModel"/>) take each tensor's values from:
+/// random draws of the given spread (<see cref="RandomTensors"/>), or a trained model's values (<see cref="GivenTensors"/>).
+/// </summary>
+internal interface ITensorFill
+{
+    /// <summary>Adds tensor <paramref name="name"/> of ggml shape <paramref name="shape"/> (ne0 first) as <paramref name="type"/>; <paramref name="std"/> is a random fill's spread.</summary>
+    void Matrix(string name, long[] shape, GgmlType type, float std);
+    /// <summary>Adds F32 vector <paramref name="name"/>; <paramref name="mean"/> and <paramref name="std"/> are a random fill's.</summary>
+    void Vector(string name, int length, float mean, float std);
+}
+
+/// <summary>
+/// Adds given tensors to a <see cref="GgufWriter"/>: each name's values (row-major, ne0 fastest, as ggml stores them)
+/// from <paramref name="values"/>, converted to the writer's type; a name that is missing or of the wrong size fails.
+/// </summary>
+internal sealed class GivenTensors(GgufWriter writer, IReadOnlyDictionary<string, float[]> values) : ITensorFill
+{
+    readonly HashSet<string> used = [];
+
+    float[] Values(string name, long count)
+    {
+        if (!values.TryGetValue(name, out var v)) throw new ArgumentException($"no values for tensor '{name}'");
+        if (v.Length != count) throw new ArgumentException($"tensor '{name}' needs {count} values, {v.Length} were given");
+        used.Add(name);
+        return v;
+    }
+
+    public void Matrix(string name, long[] shape, GgmlType type, float std) =>
+        writer.AddTensor(name, type, shape, Values(name, shape.Aggregate(1L, (a, b) => a * b)));
+
+    public void Vector(string name, int length, float mean, float std) => writer.AddTensor(name, GgmlType.F32, [length], Values(name, length));
+
+    /// <summary>Names given but never written (a trainer's tensor the writer does not know).</summary>
+    public IEnumerable<string> Unused => values.Keys.Where(k => !used.Contains(k));
+}
+
+/// <summary>
 /// Adds random tensors to a <see cref="GgufWriter"/>: each draws from its own <see cref="NormalRandom"/> stream, seeded by
 /// the file's seed, the tensor's index in the order added and a per-file salt, so the bytes depend only on those.
 /// </summary>
-internal sealed class RandomTensors(GgufWriter writer, ulong seed, ulong salt = 0)
+internal sealed class RandomTensors(GgufWriter writer, ulong seed, ulong salt = 0) : ITensorFill
 {
     int index;
 

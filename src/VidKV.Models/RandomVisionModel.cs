@@ -243,7 +243,13 @@ internal static class RandomVisionModel
     }
 
     /// <summary>Writes the mmproj file alone.</summary>
-    public static void WriteProjector(string path, RandomVisionShape shape, GgmlType type, ulong seed = 42)
+    public static void WriteProjector(string path, RandomVisionShape shape, GgmlType type, ulong seed = 42) =>
+        WriteProjector(path, shape, type, w => new RandomTensors(w, seed, ProjectorSalt),
+            $"VidKV random {shape.Name} mmproj {GgmlTypes.Name(type)} (RANDOM WEIGHTS, not a trained model)",
+            $"random-weight {VisionConfig.TypeName(shape.Vision.Projector)} vision tower and projector of the {shape.Name} shape");
+
+    /// <summary>Writes the mmproj file with tensors from <paramref name="fill"/>, with <c>general.name</c> <paramref name="name"/> and <c>general.description</c> <paramref name="description"/>.</summary>
+    public static void WriteProjector(string path, RandomVisionShape shape, GgmlType type, Func<GgufWriter, ITensorFill> fill, string name, string description)
     {
         var v = shape.Vision;
         int e = v.Width, f = v.FeedForward, p = v.PatchSize, output = shape.Text.Embedding, side = v.ImageSize / v.PatchSize;
@@ -254,8 +260,8 @@ internal static class RandomVisionModel
         var w = new GgufWriter();
         w.Add("general.architecture", "clip");
         w.Add("general.type", "mmproj");
-        w.Add("general.name", $"VidKV random {shape.Name} mmproj {GgmlTypes.Name(type)} (RANDOM WEIGHTS, not a trained model)");
-        w.Add("general.description", $"random-weight {VisionConfig.TypeName(v.Projector)} vision tower and projector of the {shape.Name} shape");
+        w.Add("general.name", name);
+        w.Add("general.description", description);
         w.Add("general.file_type", RandomModel.FileType(type));
         w.Add("clip.has_vision_encoder", true);
         w.Add("clip.projector_type", VisionConfig.TypeName(v.Projector));
@@ -291,7 +297,7 @@ internal static class RandomVisionModel
                 break;
         }
 
-        var random = new RandomTensors(w, seed, ProjectorSalt);
+        var random = fill(w);
         void Linear(string name, int rows, int columns, bool bias = true)
         {
             var t = type == GgmlType.Q8_0 && columns % GgmlTypes.BlockSize(GgmlType.Q8_0) != 0 ? GgmlType.F16 : type;

@@ -17,6 +17,13 @@ internal sealed record SyntheticVocabularyOptions
     /// reachable by merging its prefix with its last symbol (missing prefixes are added first).
     /// </summary>
     public string[] ExtraTokens { get; init; } = [];
+    /// <summary>
+    /// Merges (left, right), in rank order, placed right after the 256 byte symbols and before <see cref="ExtraTokens"/>;
+    /// each adds the token left + right. Both sides must be byte symbols or tokens of earlier merges. A vocabulary whose
+    /// words must each become one token learns these by BPE (a chain of prefixes per word, as extra tokens get, can be
+    /// broken by another word's earlier merge).
+    /// </summary>
+    public (string Left, string Right)[] Merges { get; init; } = [];
     /// <summary>Jinja chat template stored as <c>tokenizer.chat_template</c>.</summary>
     public required string ChatTemplate { get; init; }
     /// <summary>Text of the BOS token (one of <see cref="SpecialTokens"/>).</summary>
@@ -59,6 +66,12 @@ internal static class SyntheticVocabulary
         var merges = new List<string>();
         for (int b = 0; b < 256; b++) tokens.Add(ByteLevelBpeTokenizer.ByteSymbol((byte)b).ToString());
         var known = new HashSet<string>(tokens, StringComparer.Ordinal);
+        foreach (var (left, right) in options.Merges)
+        {
+            if (!known.Contains(left) || !known.Contains(right)) throw new ArgumentException($"merge '{left} {right}' joins a symbol that is not yet a token");
+            merges.Add(left + " " + right);
+            if (known.Add(left + right)) tokens.Add(left + right);
+        }
         foreach (string extra in options.ExtraTokens)
         {
             if (extra.Length == 0 || !known.Contains(extra[..1])) throw new ArgumentException($"extra token '{extra}' does not start with a byte symbol");

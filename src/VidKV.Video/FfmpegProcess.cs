@@ -60,6 +60,9 @@ internal sealed partial class FfmpegProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>The tool's standard input (frames for an encoder).</summary>
+    public Stream Input => process.StandardInput.BaseStream;
+
     /// <summary>The tool's standard output.</summary>
     public Stream Output => process.StandardOutput.BaseStream;
 

@@ -89,7 +89,8 @@ public class EngineTests
         Assert.Equal(1, engine.Memory.Sequences);
     }
 
-    static unsafe List<byte[]> Snapshot(KvSequence sequence)
+    /// <summary>Every stored K and V row of <paramref name="sequence"/> with its positions, page by page (call on the loop thread).</summary>
+    internal static unsafe List<byte[]> Snapshot(KvSequence sequence)
     {
         var store = sequence.Store;
         var rows = new List<byte[]>();

@@ -1,0 +1,81 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using VidKV.World;
+
+namespace VidKV.Cli;
+
+/// <summary><c>vidkv world generate</c>: a synthetic world as an H.264 video with its event log and sample questions as JSON.</summary>
+static class WorldCommand
+{
+    public static Command Create()
+    {
+        var command = new Command("world", "The synthetic video world (shapes that enter, leave, move, stop and change colour): videos whose every event is known.");
+        command.Subcommands.Add(Generate());
+        return command;
+    }
+
+    static Command Generate()
+    {
+        var seed = new Option<ulong>("--seed", "-s") { Description = "Random seed: the same seed and options give the same video.", DefaultValueFactory = _ => 1UL };
+        var ticks = new Option<int>("--ticks") { Description = "Length in ticks (one tick per second of video).", DefaultValueFactory = _ => 60 };
+        var size = new Option<string>("--size") { Description = "Frame size: N (square) or WxH, even numbers (H.264 in yuv420p).", DefaultValueFactory = _ => "256" };
+        var fps = new Option<double>("--fps") { Description = "Frames per second of the video (frames between ticks are interpolated).", DefaultValueFactory = _ => 8 };
+        var output = new Option<string>("--output", "-o") { Description = "The video file (.mp4, .mkv, .mov); its log goes beside it as .json.", Required = true };
+        var preset = new Option<string>("--preset") { Description = "clip: eventful (an event on a third of the ticks); stream: sparse events and long static stretches, for long streams.", DefaultValueFactory = _ => "clip" };
+        preset.AcceptOnlyFromAmong("clip", "stream");
+        var maxObjects = new Option<int?>("--max-objects") { Description = $"Most objects on screen, 1..{WorldOptions.ObjectLimit} (default 4)." };
+        var eventProbability = new Option<double?>("--event-probability") { Description = "Probability of an event at a tick outside static stretches (default: the preset's)." };
+        var questions = new Option<int>("--questions") { Description = "Sample questions asked at the last tick, written to the log.", DefaultValueFactory = _ => 8 };
+        var crf = new Option<int>("--crf") { Description = "x264 quality, 0..51 (lower is better).", DefaultValueFactory = _ => 18 };
+        var command = new Command("generate", "Generate a world video and its log: VIDEO plus VIDEO.json with every event (tick, mm:ss, narration) and sample questions with answers.")
+            .With(seed, ticks, size, fps, output, preset, maxObjects, eventProbability, questions, crf);
+        command.SetAction(r =>
+        {
+            var options = r.GetValue(preset) == "stream" ? WorldOptions.Stream : WorldOptions.Clip;
+            if (r.GetValue(maxObjects) is int most) options = options with { MaxObjects = most, MinObjects = Math.Min(options.MinObjects, most) };
+            if (r.GetValue(eventProbability) is double p) options = options with { EventProbability = p };
+            return Run(r.InvocationConfiguration.Error, r.GetValue(seed), r.GetValue(ticks), r.GetValue(size)!, r.GetValue(fps), r.GetValue(output)!, options,
+                r.GetValue(questions), r.GetValue(crf));
+        });
+        return command;
+    }
+
+    static int Run(TextWriter log, ulong seed, int ticks, string size, double fps, string path, WorldOptions options, int questionCount, int crf)
+    {
+        if (ticks is < 1 or > 360_000) throw new ArgumentException($"--ticks must be in 1..360000 (100 hours), got {ticks}");
+        var (width, height) = ParseSize(size);
+        if (!(fps > 0 && fps <= 120)) throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"--fps must be in (0, 120], got {fps}"));
+        if (questionCount < 0) throw new ArgumentException($"--questions must be ≥ 0, got {questionCount}");
+        string? folder = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (folder == null || !Directory.Exists(folder)) throw new ArgumentException($"--output '{path}': no such folder '{folder}'");
+        options.Validate();
+
+        var clock = Stopwatch.StartNew();
+        var stream = WorldStream.Generate(seed, ticks, options);
+        var random = new WorldRandom(seed ^ 0x5155455354494F4EUL); // the questions' own sequence ("QUESTION"), apart from the world's
+        var asked = new List<WorldQuestion>();
+        // Distinct questions: a short clip may have fewer than asked for, so the draws are bounded.
+        for (int draw = 0; asked.Count < questionCount && draw < 20 * questionCount; draw++)
+            if (WorldQuestions.Sample(stream, ticks - 1, random) is { } question && !asked.Any(q => q.Question == question.Question)) asked.Add(question);
+        WorldVideo.WriteAsync(stream, path, width, height, fps, crf).GetAwaiter().GetResult();
+        string logPath = Path.ChangeExtension(path, ".json");
+        WorldVideo.WriteLog(WorldLog.Of(stream, width, height, fps, asked), logPath);
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"wrote {path} ({WorldVideo.FrameCount(stream, fps)} frames, {width}×{height} at {fps} fps) and {logPath} ({stream.Events.Count} events, {asked.Count} questions) in {clock.Elapsed.TotalSeconds:F1} s"));
+        return 0;
+    }
+
+    /// <summary>"256" or "320x240" as a width and height, both positive and even.</summary>
+    static (int Width, int Height) ParseSize(string size)
+    {
+        string[] parts = size.Split('x');
+        if (parts.Length is 1 or 2 && parts.All(p => int.TryParse(p, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n is > 0 and <= 8192))
+        {
+            int width = int.Parse(parts[0], CultureInfo.InvariantCulture), height = int.Parse(parts[^1], CultureInfo.InvariantCulture);
+            if (width % 2 == 0 && height % 2 == 0) return (width, height);
+            throw new ArgumentException($"--size {size}: H.264 in yuv420p needs an even width and height");
+        }
+        throw new ArgumentException($"--size '{size}' is not N or WxH with sides in 1..8192");
+    }
+}

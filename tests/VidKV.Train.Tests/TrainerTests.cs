@@ -1,0 +1,142 @@
+using TorchSharp;
+using VidKV.Cache;
+using VidKV.Models;
+using VidKV.Tensors;
+using VidKV.Train;
+using static TorchSharp.torch;
+
+namespace VidKV.Train.Tests;
+
+/// <summary>The trainer's model against VidKV's engine, its training step, and the libtorch load fix.</summary>
+public class TrainerTests
+{
+    static TrainerTests() => LibTorchLoadFix.Apply();
+
+    /// <summary>Small sizes of every part (odd token counts; GQA; two ViT blocks; a 4-token frame).</summary>
+    static readonly TinyVlmConfig Small = new()
+    {
+        ImageSize = 32, PatchSize = 8, VisionWidth = 32, VisionBlocks = 2, VisionHeads = 2, VisionFeedForward = 80, MergeFactor = 2,
+        Layers = 2, Embedding = 64, Heads = 4, KvHeads = 2, FeedForward = 96, Vocab = 400,
+    };
+
+    sealed class TempDir : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("vidkv-train-").FullName;
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+
+    /// <summary>
+    /// The exported pair, loaded by VidKV, gives the torch model's logits at every row of a prompt of tokens, a frame's
+    /// projector rows and more tokens: the tower, pixel shuffle, projector, RoPE, GQA and SwiGLU agree. Tolerance 2e-3
+    /// of the logits' scale: VidKV's GELU reads ggml's fp16 table (inputs rounded to fp16) where torch computes tanh GELU
+    /// in f32.
+    /// </summary>
+    [Fact]
+    public void ExportedPairGivesTheTorchModelsLogits()
+    {
+        using var dir = new TempDir();
+        using var model = new TinyVlm(Small, seed: 3);
+        var (textPath, projectorPath) = ModelExport.Write(dir.Path, model, "train-test", RandomVisionShape.SmolVlmVocabulary);
+
+        var rng = new Random(5);
+        int size = Small.ImageSize, frameRows = Small.TokensPerFrame, d = Small.Embedding, vocab = Small.Vocab;
+        var pixels = new float[3 * size * size];
+        for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 2 - 1);
+        int[] before = [.. Enumerable.Range(0, 7).Select(_ => rng.Next(256))], after = [.. Enumerable.Range(0, 6).Select(_ => rng.Next(256))];
+        int rows = before.Length + frameRows + after.Length;
+
+        float[] want;
+        using (no_grad())
+        {
+            var frame = model.EncodeFrames(tensor(pixels).view(1, 3, size, size))[0];
+            var inputs = cat([model.EmbedTokens(tensor(before, int64)), frame, model.EmbedTokens(tensor(after, int64))], 0).unsqueeze(0);
+            var logits = model.Decode(inputs, arange(rows, dtype: float32).unsqueeze(0));
+            want = logits.contiguous().data<float>().ToArray();
+        }
+
+        using var text = ModelLoader.Load(textPath);
+        using var vision = VisionModel.Load(projectorPath);
+        Assert.Equal(frameRows, vision.TokensPerEntry);
+        var buffers = new Activations();
+        var frameOut = new float[frameRows * d];
+        vision.Encode(pixels, frameOut, buffers);
+        var batch = text.CreateBatch();
+        foreach (int t in before) batch.AddToken(t, logits: true);
+        for (int r = 0; r < frameRows; r++) batch.AddEmbedding(frameOut.AsSpan(r * d, d), logits: true);
+        foreach (int t in after) batch.AddToken(t, logits: true);
+        using var cache = new PagedKvCache(new PagedKvStore(text.PagedOptions(16, GgmlType.F32)), new KvPolicyMap(text.Config.LayerCount, text.Config.KvHeadCount, new FullPolicy()));
+        var got = new float[rows * vocab];
+        Assert.Equal(DecodeStatus.Ok, text.Decode(batch, [cache], new Activations(), got));
+
+        float scale = want.Max(MathF.Abs);
+        int worst = Enumerable.Range(0, want.Length).MaxBy(i => MathF.Abs(want[i] - got[i]));
+        Assert.True(MathF.Abs(want[worst] - got[worst]) <= 2e-3f * scale,
+            $"row {worst / vocab} logit {worst % vocab}: torch {want[worst]}, VidKV {got[worst]} (scale {scale})");
+    }
+
+    /// <summary>Every exported tensor is a trained parameter and the other way round (a block left unregistered would not learn).</summary>
+    [Fact]
+    public void EveryExportedTensorIsAParameter()
+    {
+        using var model = new TinyVlm(Small);
+        Assert.Equal(model.Export().Values.Sum(v => (long)v.Length), model.parameters().Sum(p => p.numel()));
+        Assert.Equal(model.Export().Count, model.parameters().Count());
+    }
+
+    /// <summary>A few AdamW steps on one fixed batch (a frame between tokens, loss on the tokens after it) at least halve the loss.</summary>
+    [Fact]
+    public void LossFallsOnAFixedBatch()
+    {
+        torch.manual_seed(7);
+        using var model = new TinyVlm(Small, seed: 11);
+        var rng = new Random(9);
+        int size = Small.ImageSize, frameRows = Small.TokensPerFrame;
+        var pixels = rand(2, 3, size, size) * 2 - 1;
+        long[] prompt = [.. Enumerable.Range(0, 5).Select(_ => (long)rng.Next(Small.Vocab))];
+        long[][] answers = [[.. Enumerable.Range(0, 9).Select(_ => (long)rng.Next(Small.Vocab))], [.. Enumerable.Range(0, 9).Select(_ => (long)rng.Next(Small.Vocab))]];
+        var optimizer = optim.AdamW(model.parameters(), lr: 3e-3);
+        double Step(bool train)
+        {
+            using var scope = NewDisposeScope();
+            var frames = model.EncodeFrames(pixels);
+            var loss = zeros(1);
+            for (int s = 0; s < 2; s++)
+            {
+                var inputs = cat([model.EmbedTokens(tensor(prompt)), frames[s], model.EmbedTokens(tensor(answers[s]))], 0).unsqueeze(0);
+                int rows = (int)inputs.shape[1];
+                var logits = model.Decode(inputs, arange(rows, dtype: float32).unsqueeze(0))[0];
+                int first = prompt.Length + frameRows; // logits at row r predict row r + 1
+                loss = loss + nn.functional.cross_entropy(logits.narrow(0, first - 1, answers[s].Length), tensor(answers[s]));
+            }
+            if (train)
+            {
+                optimizer.zero_grad();
+                loss.backward();
+                optimizer.step();
+            }
+            return loss.item<float>();
+        }
+        double start = Step(train: false);
+        for (int i = 0; i < 40; i++) Step(train: true);
+        double end = Step(train: false);
+        Assert.True(end < start / 2, $"loss {start:F3} → {end:F3} after 40 steps");
+    }
+
+    /// <summary>
+    /// The load fix flips exactly one byte of TorchSharp's native library — the weak flag of its GLIBCXX_3.4.32 version
+    /// need — once: a second pass finds it done; a version the library does not need, or a file that is not ELF, is refused.
+    /// </summary>
+    [Fact]
+    public void LoadFixMarksTheVersionNeedWeakOnce()
+    {
+        string path = Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native", "libLibTorchSharp.so");
+        var strict = File.ReadAllBytes(path); // patched at start-up on a system without GLIBCXX_3.4.32, else as shipped
+        LibTorchLoadFix.SetVersionNeedWeak(strict, "GLIBCXX_3.4.32", weak: false);
+        var patched = (byte[])strict.Clone();
+        Assert.True(LibTorchLoadFix.SetVersionNeedWeak(patched, "GLIBCXX_3.4.32", weak: true));
+        Assert.False(LibTorchLoadFix.SetVersionNeedWeak(patched, "GLIBCXX_3.4.32", weak: true));
+        Assert.Equal(1, Enumerable.Range(0, strict.Length).Count(i => strict[i] != patched[i]));
+        Assert.False(LibTorchLoadFix.SetVersionNeedWeak(patched, "GLIBCXX_9.9.99", weak: true));
+        Assert.Throws<InvalidDataException>(() => LibTorchLoadFix.SetVersionNeedWeak(new byte[100], "GLIBCXX_3.4.32", weak: true));
+    }
+}

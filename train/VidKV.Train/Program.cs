@@ -1,0 +1,120 @@
+using System.CommandLine;
+using System.Globalization;
+using TorchSharp;
+using VidKV.Tensors;
+
+namespace VidKV.Train;
+
+/// <summary>
+/// <c>dotnet run --project train/VidKV.Train -c Release -- train|eval …</c>: trains the built-in tiny VLM on generated
+/// worlds and exports it as a GGUF pair (issue 20), or scores a checkpoint on held-out worlds.
+/// </summary>
+public static class Program
+{
+    /// <summary>Held-out evaluation worlds use seeds from here on (training seeds are far below).</summary>
+    public const ulong HeldOutSeeds = 1UL << 62;
+
+    /// <summary>Entry point: exit 0 on success, 2 on bad arguments.</summary>
+    public static int Main(string[] args)
+    {
+        LibTorchLoadFix.Apply();
+        var root = new RootCommand("Trains VidKV's built-in tiny vision-language model on generated video worlds (TorchSharp, CPU).");
+        root.Subcommands.Add(TrainCommand());
+        root.Subcommands.Add(EvalCommand());
+        try
+        {
+            return root.Parse(args).Invoke();
+        }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+    }
+
+    static readonly Option<int> Steps = new("--steps") { Description = "Optimizer steps, one generated clip each.", DefaultValueFactory = _ => new TrainOptions().Steps };
+    static readonly Option<long> Seed = new("--seed") { Description = "Seed of the initial weights and of the training worlds.", DefaultValueFactory = _ => 1 };
+    static readonly Option<int> Threads = new("--threads", "-t") { Description = "libtorch threads (default: all cores).", DefaultValueFactory = _ => Environment.ProcessorCount };
+    static readonly Option<int> MaxFrames = new("--max-frames") { Description = "Longest training clip, in frames (1 per second).", DefaultValueFactory = _ => new ExampleOptions().MaxFrames };
+    static readonly Option<int> EvalClips = new("--eval-clips") { Description = "Held-out clips scored at the end (and at each checkpoint).", DefaultValueFactory = _ => 64 };
+
+    static Command TrainCommand()
+    {
+        var output = new Option<string>("--out", "-o") { Description = "Folder for checkpoints and the exported model.gguf + mmproj.gguf.", Required = true };
+        var resume = new Option<string?>("--resume") { Description = "A checkpoint (…/step-N.bin) to go on from." };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => new TrainOptions().LearningRate };
+        var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
+        var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
+        {
+            output, Steps, Seed, Threads, MaxFrames, lr, resume, EvalClips, type,
+        };
+        command.SetAction(r =>
+        {
+            var exportType = ParseType(r.GetValue(type)!);
+            var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr) };
+            var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
+            var tokenizer = WorldVocabulary.CreateTokenizer();
+            var examples = new WorldExamples(config, tokenizer, new ExampleOptions { MaxFrames = Positive(r.GetValue(MaxFrames), "--max-frames") });
+            string dir = r.GetValue(output)!;
+            Directory.CreateDirectory(dir);
+            torch.manual_seed(options.Seed);
+            using var model = new TinyVlm(config, options.Seed);
+            int first = 0;
+            if (r.GetValue(resume) is { } checkpoint)
+            {
+                model.load(checkpoint);
+                first = int.Parse(Path.GetFileNameWithoutExtension(checkpoint).Split('-')[^1], CultureInfo.InvariantCulture);
+                Console.Error.WriteLine($"resuming from {checkpoint} at step {first}");
+            }
+            long parameters = model.parameters().Sum(p => p.numel());
+            Console.Error.WriteLine($"tiny VLM: {parameters:N0} parameters, vocabulary {config.Vocab}, {config.TokensPerFrame} rows per frame; {options.Steps} steps on {options.Threads} threads");
+            var trainer = new Trainer(model, examples, options);
+            int clips = r.GetValue(EvalClips);
+            trainer.Run(Console.Error, first, step =>
+            {
+                string path = Path.Combine(dir, $"step-{step}.bin");
+                model.save(path);
+                Console.Error.WriteLine($"checkpoint {path}; held-out: {trainer.Evaluate(HeldOut(Math.Min(clips, 16)))}");
+            });
+            model.save(Path.Combine(dir, "final.bin"));
+            Console.Error.WriteLine($"held-out ({clips} clips): {trainer.Evaluate(HeldOut(clips))}");
+            var (text, projector) = ModelExport.Write(dir, model, "vidkv-world-tiny", WorldVocabulary.Options, exportType);
+            Console.Error.WriteLine($"wrote {text} and {projector}");
+            return 0;
+        });
+        return command;
+    }
+
+    static Command EvalCommand()
+    {
+        var checkpoint = new Option<string>("--checkpoint", "-c") { Description = "A checkpoint written by train.", Required = true };
+        var command = new Command("eval", "Score a checkpoint on held-out clips (answers exact, narration F1, silence on quiet frames).")
+        {
+            checkpoint, EvalClips, MaxFrames, Threads,
+        };
+        command.SetAction(r =>
+        {
+            torch.set_num_threads(Positive(r.GetValue(Threads), "--threads"));
+            var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
+            var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MaxFrames = Positive(r.GetValue(MaxFrames), "--max-frames") });
+            using var model = new TinyVlm(config);
+            model.load(r.GetValue(checkpoint)!);
+            Console.WriteLine(new Trainer(model, examples, new TrainOptions()).Evaluate(HeldOut(r.GetValue(EvalClips))));
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>The seeds of the first <paramref name="count"/> held-out clips (never trained on).</summary>
+    public static IEnumerable<ulong> HeldOut(int count) => Enumerable.Range(0, count).Select(i => HeldOutSeeds + (ulong)i);
+
+    static int Positive(int value, string name) => value >= 1 ? value : throw new ArgumentException($"{name} must be at least 1, not {value}");
+
+    static GgmlType ParseType(string name) => name.ToLowerInvariant() switch
+    {
+        "f32" => GgmlType.F32,
+        "f16" => GgmlType.F16,
+        "q8_0" => GgmlType.Q8_0,
+        _ => throw new ArgumentException($"--type must be f32, f16 or q8_0, not '{name}'"),
+    };
+}

@@ -1,0 +1,193 @@
+using System.Diagnostics;
+using System.Globalization;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace VidKV.Train;
+
+/// <summary>How a training run goes.</summary>
+public sealed record TrainOptions
+{
+    /// <summary>Optimizer steps (one example each).</summary>
+    public int Steps { get; init; } = 4000;
+    /// <summary>Peak learning rate (AdamW), reached after <see cref="WarmupSteps"/>, then cosine down to a tenth.</summary>
+    public double LearningRate { get; init; } = 2e-3;
+    /// <summary>Steps of linear warm-up.</summary>
+    public int WarmupSteps { get; init; } = 100;
+    /// <summary>AdamW weight decay.</summary>
+    public double WeightDecay { get; init; } = 0.01;
+    /// <summary>Gradient norm clip.</summary>
+    public double ClipNorm { get; init; } = 1.0;
+    /// <summary>Seed of the weights and of the training examples (example k of the run is world seed <c>Seed · 10⁹ + k</c>).</summary>
+    public long Seed { get; init; } = 1;
+    /// <summary>Threads libtorch uses (0: its default).</summary>
+    public int Threads { get; init; }
+    /// <summary>Write a checkpoint every this many steps (0: only at the end).</summary>
+    public int CheckpointEvery { get; init; } = 500;
+}
+
+/// <summary>Answer and narration scores of a model on examples (<see cref="Trainer.Evaluate"/>).</summary>
+public sealed record EvalResult(int Questions, int Correct, int EventFrames, int Narrated, int Comments, int QuietFrames, int QuietKept, double Loss)
+{
+    /// <summary>Share of questions whose whole answer (and its end) the model gives greedily.</summary>
+    public double Accuracy => Questions == 0 ? 0 : (double)Correct / Questions;
+    /// <summary>Narration F1 on event frames: a hit is an event frame where the model speaks and says the narration's first token.</summary>
+    public double NarrationF1 => Narrated == 0 ? 0 : 2.0 * Narrated / (EventFrames + Comments);
+    /// <summary>Share of event-free frames where the model stays silent.</summary>
+    public double Silence => QuietFrames == 0 ? 1 : (double)QuietKept / QuietFrames;
+
+    /// <inheritdoc/>
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture,
+        $"answers {Correct}/{Questions} ({Accuracy:P1}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}");
+}
+
+/// <summary>
+/// Trains a <see cref="TinyVlm"/> on <see cref="WorldExamples"/>: one example per step (its questions share its stream
+/// through the branch mask), AdamW, warm-up then cosine decay, gradient clipping; progress with loss and ETA.
+/// </summary>
+public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions options)
+{
+    /// <summary>p(silence) at or above which VidKV's proactive mode stays silent (ProactiveOptions.Threshold's default).</summary>
+    public const float SilenceThreshold = 0.725f;
+
+    /// <summary>Runs the steps from <paramref name="firstStep"/>, reporting to <paramref name="log"/>; <paramref name="checkpoint"/> is called with the step every <see cref="TrainOptions.CheckpointEvery"/>.</summary>
+    public void Run(TextWriter log, int firstStep = 0, Action<int>? checkpoint = null, CancellationToken cancellation = default)
+    {
+        if (options.Threads > 0) torch.set_num_threads(options.Threads);
+        model.train();
+        using var optimizer = optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: options.WeightDecay);
+        var clock = Stopwatch.StartNew();
+        double average = double.NaN;
+        int done = 0;
+        for (int step = firstStep; step < options.Steps && !cancellation.IsCancellationRequested; step++)
+        {
+            foreach (var group in optimizer.ParamGroups) group.LearningRate = LearningRate(step);
+            var example = examples.Make(ExampleSeed(options.Seed, step));
+            using (var scope = NewDisposeScope())
+            {
+                var (loss, _) = Forward(example);
+                optimizer.zero_grad();
+                loss.backward();
+                nn.utils.clip_grad_norm_(model.parameters(), options.ClipNorm);
+                optimizer.step();
+                float value = loss.item<float>();
+                average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
+            }
+            done++;
+            if (step % 20 == 0 || step == options.Steps - 1)
+            {
+                double perStep = clock.Elapsed.TotalSeconds / done;
+                var eta = TimeSpan.FromSeconds(perStep * (options.Steps - step - 1));
+                log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"step {step + 1}/{options.Steps}  loss {average:F4}  lr {LearningRate(step):E2}  {perStep:F2} s/step  elapsed {clock.Elapsed:hh\\:mm\\:ss}  ETA {eta:hh\\:mm\\:ss}"));
+            }
+            if (checkpoint != null && options.CheckpointEvery > 0 && (step + 1) % options.CheckpointEvery == 0) checkpoint(step + 1);
+        }
+    }
+
+    double LearningRate(int step)
+    {
+        if (step < options.WarmupSteps) return options.LearningRate * (step + 1) / options.WarmupSteps;
+        double progress = (double)(step - options.WarmupSteps) / Math.Max(1, options.Steps - options.WarmupSteps);
+        return options.LearningRate * (0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1, progress))));
+    }
+
+    /// <summary>The world seed of training example <paramref name="step"/> of a run seeded <paramref name="seed"/> (held-out evaluation seeds start at 2⁶²).</summary>
+    public static ulong ExampleSeed(long seed, int step) => (ulong)seed * 1_000_000_000UL + (ulong)step;
+
+    /// <summary>The loss of one example (mean over its targets) and its logits [rows, vocab].</summary>
+    public (Tensor Loss, Tensor Logits) Forward(WorldExample example)
+    {
+        var s = example.Sequence;
+        var c = model.Config;
+        int rows = s.Length, size = c.ImageSize;
+        var frames = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, size, size)); // [F, R, D]
+        var flat = frames.view(-1, c.Embedding);
+        var frameIndex = new long[rows];
+        var isFrame = new bool[rows];
+        for (int i = 0; i < rows; i++)
+            if (s.FrameOf[i] >= 0)
+            {
+                frameIndex[i] = (long)s.FrameOf[i] * c.TokensPerFrame + s.FrameRow[i];
+                isFrame[i] = true;
+            }
+        var inputs = where(tensor(isFrame).unsqueeze(1), flat.index_select(0, tensor(frameIndex)), model.EmbedTokens(tensor(s.Tokens)));
+        var logits = model.Decode(inputs.unsqueeze(0), tensor(s.Positions).unsqueeze(0), Mask(s))[0];
+        var loss = F.cross_entropy(logits, tensor(s.Labels), ignore_index: -100);
+        return (loss, logits);
+    }
+
+    /// <summary>The additive attention mask [1, 1, rows, rows]: stream rows causal, a question's branch its stream prefix and itself causally.</summary>
+    static Tensor Mask(TrainingSequence s)
+    {
+        int n = s.Length;
+        var mask = new float[n * n];
+        Array.Fill(mask, float.NegativeInfinity);
+        for (int i = 0; i < n; i++)
+        {
+            Array.Clear(mask, i * n, s.VisibleUntil[i]);
+            if (s.BranchStart[i] >= 0) Array.Clear(mask, i * n + s.BranchStart[i], i - s.BranchStart[i] + 1);
+        }
+        return tensor(mask).view(1, 1, n, n);
+    }
+
+    /// <summary>
+    /// Scores <paramref name="seeds"/>' examples: a question is right when every token of its answer and the end of the
+    /// utterance are the model's greedy choice (teacher-forced: the same as generating greedily, since each choice then
+    /// equals its input); a frame is narrated when p(silence) falls below <see cref="SilenceThreshold"/>, and a hit when
+    /// it is an event frame and the first token is the narration's.
+    /// </summary>
+    public EvalResult Evaluate(IEnumerable<ulong> seeds)
+    {
+        model.eval();
+        int questions = 0, correct = 0, eventFrames = 0, narrated = 0, comments = 0, quiet = 0, quietKept = 0;
+        double lossSum = 0;
+        int count = 0;
+        long silence = examples.SilenceToken;
+        using (no_grad())
+            foreach (ulong seed in seeds)
+            {
+                using var scope = NewDisposeScope();
+                var example = examples.Make(seed);
+                var (loss, logits) = Forward(example);
+                lossSum += loss.item<float>();
+                count++;
+                var s = example.Sequence;
+                var best = logits.argmax(-1).data<long>().ToArray();
+                var probabilities = F.softmax(logits, -1);
+                var pSilence = probabilities.select(1, silence).data<float>().ToArray();
+                // Branches: one per question, in order; a branch's targets run from its first label to its last.
+                int row = 0;
+                while (row < s.Length)
+                {
+                    if (s.BranchStart[row] < 0)
+                    {
+                        if (s.Decision[row])
+                        {
+                            // A frame's closing row: its proactive decision.
+                            bool silentTarget = s.Labels[row] == silence;
+                            bool speaks = pSilence[row] < SilenceThreshold;
+                            if (silentTarget) { quiet++; if (!speaks) quietKept++; }
+                            else { eventFrames++; }
+                            if (speaks) comments++;
+                            if (speaks && !silentTarget && best[row] == s.Labels[row]) narrated++;
+                        }
+                        row++;
+                        continue;
+                    }
+                    int start = row;
+                    bool right = true;
+                    while (row < s.Length && s.BranchStart[row] == start)
+                    {
+                        if (s.Labels[row] >= 0 && best[row] != s.Labels[row]) right = false;
+                        row++;
+                    }
+                    questions++;
+                    if (right) correct++;
+                }
+            }
+        model.train();
+        return new EvalResult(questions, correct, eventFrames, narrated, comments, quiet, quietKept, count == 0 ? 0 : lossSum / count);
+    }
+}

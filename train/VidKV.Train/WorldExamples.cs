@@ -1,0 +1,79 @@
+using VidKV.Formats;
+using VidKV.Models;
+using VidKV.Text;
+using VidKV.World;
+
+namespace VidKV.Train;
+
+/// <summary>What examples look like: clip lengths, questions per clip, how often narration stays in the stream.</summary>
+public sealed record ExampleOptions
+{
+    /// <summary>Fewest frames (ticks) of a clip.</summary>
+    public int MinFrames { get; init; } = 2;
+    /// <summary>Most frames (ticks) of a clip.</summary>
+    public int MaxFrames { get; init; } = 24;
+    /// <summary>Questions per clip on average (asked after random frames; one is always asked after the last).</summary>
+    public double QuestionsPerClip { get; init; } = 4;
+    /// <summary>Probability that a clip's narrations are in its stream (proactive mode) rather than only learnt as the first token.</summary>
+    public double NarrationInStream { get; init; } = 0.5;
+    /// <summary>Side of the frames the world is drawn at before VidKV's bilinear resize to the tower's size (as a video of that size would be).</summary>
+    public int RenderSize { get; init; } = 256;
+    /// <summary>How eventful the clips are.</summary>
+    public WorldOptions World { get; init; } = WorldOptions.Clip;
+}
+
+/// <summary>One example: its sequence, its frames' pixels [frames, 3, size, size], and where its answers and proactive decisions are.</summary>
+public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int Frames, IReadOnlyList<WorldQuestion> Questions);
+
+/// <summary>
+/// Makes training and evaluation examples from generated worlds (<see cref="WorldStream"/>): a clip of a random length,
+/// every frame drawn and resized as VidKV's session would take it from a video, questions sampled after random frames
+/// (<see cref="WorldQuestions.Sample"/>), narrations as the proactive targets. The same seed gives the same example.
+/// </summary>
+public sealed class WorldExamples(TinyVlmConfig config, Tokenizer tokenizer, ExampleOptions options)
+{
+    /// <summary>The silence token's id (what a frame without an event should predict).</summary>
+    public long SilenceToken { get; } = new SequenceBuilder(tokenizer, config.TokensPerFrame).SilenceToken;
+
+    /// <summary>The example of <paramref name="seed"/>.</summary>
+    public WorldExample Make(ulong seed)
+    {
+        var random = new WorldRandom(seed ^ 0x5EED5EED5EED5EEDUL);
+        int frames = options.MinFrames + random.Next(options.MaxFrames - options.MinFrames + 1);
+        var stream = WorldStream.Generate(seed, frames, options.World);
+        bool narrated = random.NextDouble() < options.NarrationInStream;
+        var builder = new SequenceBuilder(tokenizer, config.TokensPerFrame);
+        int size = config.ImageSize, plane = size * size;
+        var pixels = new float[frames * 3 * plane];
+        var questions = new List<WorldQuestion>();
+        double perFrame = Math.Max(0, options.QuestionsPerClip - 1) / frames;
+        for (int tick = 0; tick < frames; tick++)
+        {
+            builder.Frame(tick, stream.Narration(tick), narrated);
+            DrawFrame(stream, tick, pixels.AsSpan(tick * 3 * plane, 3 * plane));
+            bool last = tick == frames - 1;
+            int asked = last ? 1 : 0;
+            for (double p = perFrame; p > 0; p -= 1)
+                if (random.NextDouble() < p) asked++;
+            for (int k = 0; k < asked; k++)
+                if (WorldQuestions.Sample(stream, tick, random) is { } q)
+                {
+                    builder.Question(q.Question, q.Answer);
+                    questions.Add(q);
+                }
+        }
+        return new WorldExample(builder.Build(), pixels, frames, questions);
+    }
+
+    /// <summary>Draws the frame of <paramref name="tick"/> at the render size, resizes it to the tower's as VidKV does (bilinear) and normalises it to planes of (x/255 − 0.5)/0.5.</summary>
+    void DrawFrame(WorldStream stream, int tick, Span<float> planes)
+    {
+        int size = config.ImageSize, plane = size * size;
+        var image = stream.Render(tick, options.RenderSize, options.RenderSize);
+        var resized = options.RenderSize == size ? image : ImageResize.Resize(image, size, size, ResizeAlgorithm.Bilinear, ResizePadding.None);
+        var rgb = resized.Pixels;
+        for (int i = 0; i < plane; i++)
+            for (int c = 0; c < 3; c++)
+                planes[c * plane + i] = (rgb[3 * i + c] / 255f - 0.5f) / 0.5f;
+    }
+}
