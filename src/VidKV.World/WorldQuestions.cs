@@ -78,7 +78,8 @@ public static class WorldQuestions
         Check(stream, evidenceTick, askTick);
         if (evidenceTick > 0) yield return Happened(stream, evidenceTick, askTick);
         foreach (var q in ColourAt(stream, evidenceTick, askTick)) yield return q;
-        if (stream.EventAt(evidenceTick) is { Kind: WorldEventKind.Enter or WorldEventKind.Leave } e && When(stream, e, askTick) is { } when) yield return when;
+        if (stream.EventAt(evidenceTick) is { Kind: WorldEventKind.Enter or WorldEventKind.Leave } e && new History(stream, askTick).Name(e) is { } name)
+            yield return When(e, name, askTick);
     }
 
     /// <summary>"Which entered first" and "which left first" over every pair of nameable enters (or leaves) up to <paramref name="askTick"/>.</summary>
@@ -88,19 +89,10 @@ public static class WorldQuestions
         var history = new History(stream, askTick);
         foreach (var kind in new[] { WorldEventKind.Enter, WorldEventKind.Leave })
         {
-            var named = stream.Events.Where(e => e.Tick <= askTick && e.Kind == kind)
-                .Select(e => (Event: e, Name: history.Name(e)))
-                .Where(x => x.Name != null).ToArray();
-            string verb = kind == WorldEventKind.Enter ? "entered" : "left";
+            var named = history.Named(kind);
             for (int i = 0; i < named.Length; i++)
                 for (int j = i + 1; j < named.Length; j++)
-                {
-                    var (first, second) = (named[i], named[j]);
-                    // Which is named first in the question alternates, so the answer is not always the first named.
-                    var (a, b) = (first.Event.Tick + second.Event.Tick) % 2 == 0 ? (first, second) : (second, first);
-                    yield return new WorldQuestion(QuestionKind.WhichFirst, $"which {verb} first, the {a.Name} or the {b.Name}?", $"the {first.Name}", askTick,
-                        [first.Event.Tick - 1, first.Event.Tick, second.Event.Tick - 1, second.Event.Tick]);
-                }
+                    yield return Which(named[i], named[j], askTick);
         }
     }
 
@@ -117,29 +109,55 @@ public static class WorldQuestions
             QuestionKind.Objects or QuestionKind.Count or QuestionKind.Colour or QuestionKind.Where => Now(stream, askTick).Where(q => q.Kind == kind),
             QuestionKind.Happened => Enumerable.Range(1, askTick).Select(tick => Happened(stream, tick, askTick)),
             QuestionKind.ColourAt => Enumerable.Range(0, askTick + 1).SelectMany(tick => ColourAt(stream, tick, askTick)),
-            QuestionKind.WhenEntered or QuestionKind.WhenLeft => stream.Events
-                .Where(e => e.Tick <= askTick && e.Kind == (kind == QuestionKind.WhenEntered ? WorldEventKind.Enter : WorldEventKind.Leave))
-                .Select(e => When(stream, e, askTick)).OfType<WorldQuestion>(),
+            QuestionKind.WhenEntered or QuestionKind.WhenLeft => new History(stream, askTick).Named(EventOf(kind)).Select(x => When(x.Event, x.Name, askTick)),
             _ => WhichFirst(stream, askTick),
         };
     }
 
     /// <summary>
-    /// One question at <paramref name="askTick"/>: a template drawn uniformly among those with at least one question,
-    /// then one of its questions uniformly; null only when none exists (never: "what is on the screen?" always can be asked).
+    /// One question at <paramref name="askTick"/>, cheap at any stream length: a template drawn uniformly among those
+    /// that can be asked, then uniformly what it asks about — an object on screen, a tick (what happened, what colour
+    /// was), a nameable enter or leave, a pair of them. Null only when nothing can be asked (never: "what is on the
+    /// screen?" always can).
     /// </summary>
     public static WorldQuestion? Sample(WorldStream stream, int askTick, WorldRandom random)
     {
+        Check(stream, askTick, askTick);
+        History? history = null;
         var kinds = Enum.GetValues<QuestionKind>().ToList();
         while (kinds.Count > 0)
         {
             int index = random.Next(kinds.Count);
-            var questions = OfKind(stream, kinds[index], askTick).ToArray();
-            if (questions.Length > 0) return questions[random.Next(questions.Length)];
+            var kind = kinds[index];
+            var question = kind switch
+            {
+                QuestionKind.Objects or QuestionKind.Count or QuestionKind.Colour or QuestionKind.Where => Pick(Now(stream, askTick).Where(q => q.Kind == kind).ToArray()),
+                QuestionKind.Happened => askTick > 0 ? Happened(stream, random.Next(1, askTick), askTick) : null,
+                // A tick where no object is nameable by its shape alone leaves this template out of the draw.
+                QuestionKind.ColourAt => Pick(ColourAt(stream, random.Next(0, askTick), askTick).ToArray()),
+                QuestionKind.WhenEntered or QuestionKind.WhenLeft =>
+                    Pick((history ??= new History(stream, askTick)).Named(EventOf(kind))) is ({ } e, { } name) ? When(e, name, askTick) : null,
+                _ => SampleWhich(history ??= new History(stream, askTick)),
+            };
+            if (question != null) return question;
             kinds.RemoveAt(index);
         }
         return null;
+
+        T? Pick<T>(T[] items) => items.Length == 0 ? default : items[random.Next(items.Length)];
+
+        WorldQuestion? SampleWhich(History history)
+        {
+            var pairs = new[] { history.Named(WorldEventKind.Enter), history.Named(WorldEventKind.Leave) }.Where(named => named.Length >= 2).ToArray();
+            if (pairs.Length == 0) return null;
+            var named = Pick(pairs)!;
+            int i = random.Next(named.Length), j = random.Next(named.Length - 1);
+            if (j >= i) j++;
+            return Which(named[Math.Min(i, j)], named[Math.Max(i, j)], askTick);
+        }
     }
+
+    static WorldEventKind EventOf(QuestionKind kind) => kind == QuestionKind.WhenEntered ? WorldEventKind.Enter : WorldEventKind.Leave;
 
     static WorldQuestion Happened(WorldStream stream, int tick, int askTick) =>
         new(QuestionKind.Happened, $"what happened at {WorldWords.Time(tick)}?", stream.Narration(tick)?.TrimEnd('.') ?? "nothing", askTick, [tick - 1, tick]);
@@ -152,12 +170,21 @@ public static class WorldQuestions
                 yield return new WorldQuestion(QuestionKind.ColourAt, $"what colour was the {name} at {WorldWords.Time(tick)}?", WorldWords.Of(o.Colour), askTick, [tick]);
     }
 
-    static WorldQuestion? When(WorldStream stream, WorldEvent e, int askTick)
+    static WorldQuestion When(WorldEvent e, string name, int askTick)
     {
-        if (new History(stream, askTick).Name(e) is not { } name) return null;
         bool entered = e.Kind == WorldEventKind.Enter;
         return new WorldQuestion(entered ? QuestionKind.WhenEntered : QuestionKind.WhenLeft, $"when did the {name} {(entered ? "enter" : "leave")}?",
             $"at {e.Time}", askTick, [e.Tick - 1, e.Tick]);
+    }
+
+    /// <summary>Which of two enters (or leaves) came first; <paramref name="first"/> is the earlier.</summary>
+    static WorldQuestion Which((WorldEvent Event, string Name) first, (WorldEvent Event, string Name) second, int askTick)
+    {
+        // Which is named first in the question alternates, so the answer is not always the first named.
+        var (a, b) = (first.Event.Tick + second.Event.Tick) % 2 == 0 ? (first, second) : (second, first);
+        string verb = first.Event.Kind == WorldEventKind.Enter ? "entered" : "left";
+        return new WorldQuestion(QuestionKind.WhichFirst, $"which {verb} first, the {a.Name} or the {b.Name}?", $"the {first.Name}", askTick,
+            [first.Event.Tick - 1, first.Event.Tick, second.Event.Tick - 1, second.Event.Tick]);
     }
 
     static void Check(WorldStream stream, int evidenceTick, int askTick)
@@ -173,6 +200,7 @@ public static class WorldQuestions
     sealed class History
     {
         readonly List<WorldObject> appeared = [], disappeared = [];
+        readonly List<WorldEvent> events = [];
 
         public History(WorldStream stream, int askTick)
         {
@@ -180,6 +208,7 @@ public static class WorldQuestions
             foreach (var e in stream.Events)
             {
                 if (e.Tick > askTick) break;
+                events.Add(e);
                 switch (e.Kind)
                 {
                     case WorldEventKind.Enter: appeared.Add(e.Object!.Value); break;
@@ -191,6 +220,10 @@ public static class WorldQuestions
                 }
             }
         }
+
+        /// <summary>The enters (or leaves) up to the tick that have a name, in time order.</summary>
+        public (WorldEvent Event, string Name)[] Named(WorldEventKind kind) =>
+            [.. events.Where(e => e.Kind == kind).Select(e => (Event: e, Name: Name(e)!)).Where(x => x.Name != null)];
 
         public string? Name(WorldEvent e)
         {

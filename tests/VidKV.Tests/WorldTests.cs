@@ -342,7 +342,7 @@ public class WorldTests
     {
         var random = new WorldRandom(2024);
         var vocabulary = WorldWords.Vocabulary.ToHashSet();
-        var kinds = new HashSet<QuestionKind>();
+        HashSet<QuestionKind> kinds = [], sampledKinds = [];
         const int width = 37, height = 53;
         var frame = new byte[3 * width * height];
         for (int trial = 0; trial < 16; trial++)
@@ -362,8 +362,17 @@ public class WorldTests
                 Assert.All(q.EvidenceTicks, t => Assert.InRange(t, 0, ask));
                 Assert.Equal(Recompute(stream, q, frame, width, height), q.Answer);
             }
-            Assert.NotNull(WorldQuestions.Sample(stream, ask, random));
+            // Sampling draws from the same questions.
+            var asked = questions.ToDictionary(q => q.Question);
+            for (int i = 0; i < 20; i++)
+            {
+                var sampled = WorldQuestions.Sample(stream, ask, random)!;
+                Assert.True(asked.TryGetValue(sampled.Question, out var same) && same == sampled with { EvidenceTicks = same.EvidenceTicks }
+                    && same.EvidenceTicks.SequenceEqual(sampled.EvidenceTicks), $"sampled '{sampled.Question}' → '{sampled.Answer}' is not among the questions");
+                sampledKinds.Add(sampled.Kind);
+            }
         }
+        Assert.Equal(Enum.GetValues<QuestionKind>(), sampledKinds.Order());
         Assert.Equal(Enum.GetValues<QuestionKind>(), kinds.Order());
     }
 
