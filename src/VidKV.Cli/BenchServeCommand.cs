@@ -155,7 +155,10 @@ static class BenchServeCommand
 
     static async Task<int> RunAsync(Settings settings, PrefillScheduling[] variants, bool json, TextWriter output, TextWriter log)
     {
-        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = int.MaxValue, PooledConnectionLifetime = TimeSpan.FromMinutes(10) })
+        // A new connection per request (loopback: a fraction of a millisecond): a server may close a kept-alive
+        // connection just as the next request goes out on it, which then fails before it starts (seen with llama-server
+        // under 16 clients), and that would count against the server.
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = int.MaxValue, PooledConnectionLifetime = TimeSpan.Zero })
         {
             Timeout = TimeSpan.FromMinutes(30),
         };
@@ -183,7 +186,8 @@ static class BenchServeCommand
                 {
                     var prefill = variants[(v + round) % variants.Length];
                     await using var engine = new InferenceEngine(model, new EngineOptions { ContextLength = ctx, Prefill = prefill });
-                    await using var server = await InferenceServer.StartAsync(engine, new ServerOptions { Port = 0, MaxSessions = settings.Clients.Max() });
+                    await using var server = await InferenceServer.StartAsync(engine, new ServerOptions { Port = 0, MaxSessions = 2 * settings.Clients.Max() });
+                    // (twice the clients: a client may send its next request before the server has let go of its last one)
                     rounds.Add(await RunRoundAsync(http, server.Address, settings, clients, prefill.ToString().ToLowerInvariant(), sampleRss: true, log));
                 }
             }
