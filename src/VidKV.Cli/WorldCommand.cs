@@ -12,8 +12,58 @@ static class WorldCommand
     {
         var command = new Command("world", "The synthetic video world (shapes that enter, leave, move, stop and change colour): videos whose every event is known.");
         command.Subcommands.Add(Generate());
+        command.Subcommands.Add(Eval());
         return command;
     }
+
+    static Command Eval()
+    {
+        var model = CommonOptions.Model(required: true);
+        var mmproj = new Option<string>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m.", Required = true };
+        var clips = new Option<int>("--clips") { Description = "Held-out worlds to watch (seeds from 2^62 on, which the trainer never uses).", DefaultValueFactory = _ => 20 };
+        var ticks = new Option<int>("--ticks") { Description = "Frames of each world (one per second).", DefaultValueFactory = _ => 24 };
+        var size = new Option<int>("--size") { Description = "Side of the frames as drawn (the session resizes them for the tower, as from a video).", DefaultValueFactory = _ => 256 };
+        var questions = new Option<int>("--questions") { Description = "Distinct questions asked about each world after its last frame.", DefaultValueFactory = _ => 4 };
+        var policy = new Option<string?>("--policy") { Description = PolicyDocs.SpecHelp("KV policy spec of the sessions; default full.") };
+        var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policy." };
+        var threads = CommonOptions.Threads();
+        var json = new Option<bool>("--json") { Description = "Print the result as JSON." };
+        var command = new Command("eval", "Watch held-out generated worlds with a model through VidKV's engine (proactive comments on, then questions) and score it: exact answers per question kind, narration F1 on event frames, silence on event-free frames.")
+            .With(model, mmproj, clips, ticks, size, questions, policy, budget, threads, json);
+        command.SetAction(async (r, cancellation) =>
+        {
+            int clipCount = Positive(r.GetValue(clips), "--clips"), tickCount = Positive(r.GetValue(ticks), "--ticks"), side = Positive(r.GetValue(size), "--size");
+            int asked = Positive(r.GetValue(questions), "--questions");
+            var kv = new VidKV.Cache.KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) };
+            kv.ValidateSpecs();
+            Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
+            using var text = Models.ModelLoader.Load(r.GetValue(model)!);
+            using var vision = Models.VisionModel.Load(r.GetValue(mmproj)!);
+            await using var engine = new Engine.InferenceEngine(text, new Engine.EngineOptions { Kv = kv }, vision);
+            var log = r.InvocationConfiguration.Error;
+            var score = await WorldEvaluation.RunAsync(engine, clipCount, tickCount, side, asked, WorldOptions.Clip,
+                s => log.WriteLine($"  {s.Clips}/{clipCount}: {s.Summary()}"), cancellation);
+            var output = r.InvocationConfiguration.Output;
+            if (r.GetValue(json))
+            {
+                output.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
+                {
+                    clips = score.Clips, questions = score.Questions, correct = score.Correct, accuracy = score.Accuracy,
+                    by_kind = score.ByKind.ToDictionary(kv => kv.Key.ToString(), kv => new { asked = kv.Value.Asked, right = kv.Value.Right }),
+                    event_frames = score.EventFrames, comments = score.Comments, hits = score.Hits, narration_f1 = score.NarrationF1,
+                    quiet_frames = score.QuietFrames, quiet_silent = score.QuietSilent, silence = score.Silence, misses = score.Misses,
+                }));
+                return 0;
+            }
+            output.WriteLine(score.Summary());
+            foreach (var (kind, (a, right)) in score.ByKind.OrderBy(k => k.Key)) output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {kind,-12} {right}/{a}"));
+            foreach (string miss in score.Misses) output.WriteLine($"  miss: {miss}");
+            return 0;
+        });
+        return command;
+    }
+
+    static int Positive(int value, string name) => value >= 1 ? value : throw new ArgumentException($"{name} must be at least 1, not {value}");
 
     static Command Generate()
     {

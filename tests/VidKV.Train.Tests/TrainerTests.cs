@@ -83,6 +83,32 @@ public class TrainerTests
         Assert.Equal(model.Export().Count, model.parameters().Count());
     }
 
+    /// <summary>Training goes on after an evaluation between steps (a checkpoint's), and the evaluation scores what it asked.</summary>
+    [Fact]
+    public void TrainingGoesOnAfterAnEvaluation()
+    {
+        var config = Small with { Vocab = WorldVocabulary.Size };
+        using var model = new TinyVlm(config, seed: 2);
+        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MaxFrames = 4, RenderSize = 32 });
+        var trainer = new Trainer(model, examples, new TrainOptions { Steps = 6, CheckpointEvery = 2, WarmupSteps = 1 });
+        var results = new List<EvalResult>();
+        string saved = Path.GetTempFileName();
+        try
+        {
+            trainer.Run(TextWriter.Null, checkpoint: _ =>
+            {
+                model.save(saved);
+                results.Add(trainer.Evaluate([Program.HeldOutSeeds]));
+            });
+        }
+        finally
+        {
+            File.Delete(saved);
+        }
+        Assert.Equal(3, results.Count);
+        Assert.All(results, r => Assert.True(r.Questions >= 1 && r.QuietFrames + r.EventFrames >= 2));
+    }
+
     /// <summary>A few AdamW steps on one fixed batch (a frame between tokens, loss on the tokens after it) at least halve the loss.</summary>
     [Fact]
     public void LossFallsOnAFixedBatch()
@@ -112,12 +138,15 @@ public class TrainerTests
             {
                 optimizer.zero_grad();
                 loss.backward();
-                optimizer.step();
             }
             return loss.item<float>();
         }
         double start = Step(train: false);
-        for (int i = 0; i < 40; i++) Step(train: true);
+        for (int i = 0; i < 40; i++)
+        {
+            Step(train: true);
+            optimizer.step(); // outside Step's scope, which would free the optimizer's state (see Trainer.Run)
+        }
         double end = Step(train: false);
         Assert.True(end < start / 2, $"loss {start:F3} → {end:F3} after 40 steps");
     }

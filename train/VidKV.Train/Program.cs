@@ -21,6 +21,7 @@ public static class Program
         var root = new RootCommand("Trains VidKV's built-in tiny vision-language model on generated video worlds (TorchSharp, CPU).");
         root.Subcommands.Add(TrainCommand());
         root.Subcommands.Add(EvalCommand());
+        root.Subcommands.Add(ExportCommand());
         try
         {
             return root.Parse(args).Invoke();
@@ -75,6 +76,11 @@ public static class Program
                 string path = Path.Combine(dir, $"step-{step}.bin");
                 model.save(path);
                 Console.Error.WriteLine($"checkpoint {path}; held-out: {trainer.Evaluate(HeldOut(Math.Min(clips, 16)))}");
+                // The evaluation leaves much garbage; collect it here, between steps, rather than while a native call runs
+                // (two runs died inside libtorch a few steps after a checkpoint, on a scalar freed under them).
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+                GC.Collect();
             });
             model.save(Path.Combine(dir, "final.bin"));
             Console.Error.WriteLine($"held-out ({clips} clips): {trainer.Evaluate(HeldOut(clips))}");
@@ -100,6 +106,24 @@ public static class Program
             using var model = new TinyVlm(config);
             model.load(r.GetValue(checkpoint)!);
             Console.WriteLine(new Trainer(model, examples, new TrainOptions()).Evaluate(HeldOut(r.GetValue(EvalClips))));
+            return 0;
+        });
+        return command;
+    }
+
+    static Command ExportCommand()
+    {
+        var checkpoint = new Option<string>("--checkpoint", "-c") { Description = "A checkpoint written by train.", Required = true };
+        var output = new Option<string>("--out", "-o") { Description = "Folder for model.gguf + mmproj.gguf.", Required = true };
+        var type = new Option<string>("--type") { Description = "Tensor type: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
+        var command = new Command("export", "Write a checkpoint as the GGUF pair VidKV and llama.cpp load.") { checkpoint, output, type };
+        command.SetAction(r =>
+        {
+            var exportType = ParseType(r.GetValue(type)!);
+            using var model = new TinyVlm(new TinyVlmConfig { Vocab = WorldVocabulary.Size });
+            model.load(r.GetValue(checkpoint)!);
+            var (text, projector) = ModelExport.Write(r.GetValue(output)!, model, "vidkv-world-tiny", WorldVocabulary.Options, exportType);
+            Console.Error.WriteLine($"wrote {text} and {projector}");
             return 0;
         });
         return command;

@@ -64,16 +64,19 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         {
             foreach (var group in optimizer.ParamGroups) group.LearningRate = LearningRate(step);
             var example = examples.Make(ExampleSeed(options.Seed, step));
+            float value;
             using (var scope = NewDisposeScope())
             {
                 var (loss, _) = Forward(example);
                 optimizer.zero_grad();
                 loss.backward();
-                nn.utils.clip_grad_norm_(model.parameters(), options.ClipNorm);
-                optimizer.step();
-                float value = loss.item<float>();
-                average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
+                value = loss.item<float>();
             }
+            // Outside the scope: AdamW keeps state (moments, and scalars it makes on its first step) across steps, and a
+            // scope would free what it made inside it at its end — a run died at step 501 in AdamW with "Unknown scalar type".
+            nn.utils.clip_grad_norm_(model.parameters(), options.ClipNorm);
+            optimizer.step();
+            average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
             done++;
             if (step % 20 == 0 || step == options.Steps - 1)
             {
