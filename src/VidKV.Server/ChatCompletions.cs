@@ -84,9 +84,10 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
             "max_tokens" or "max_completion_tokens" or "top_k" or "n" or "seed" or "num_frames" or "max_frames" or "kv_budget" or "comment_max_tokens" => "an integer",
             "temperature" or "top_p" or "min_p" or "fps" or "threshold" => "a number",
             "stream" or "ignore_eos" or "include_usage" or "proactive" => "true or false",
-            "model" or "role" or "type" or "text" or "url" or "detail" or "data" or "format" or "source" or "question" or "kv_policy" or "silence_token" => "a string",
+            "model" or "role" or "type" or "text" or "url" or "detail" or "data" or "format" or "source" or "question" or "kv_policy" or "silence_token"
+                or "file_data" or "filename" or "file_id" => "a string",
             "messages" => "an array of messages",
-            "stream_options" or "image_url" or "video_url" or "input_video" or "media_io_kwargs" or "video" => "an object",
+            "stream_options" or "image_url" or "video_url" or "input_video" or "file" or "media_io_kwargs" or "video" => "an object",
             _ => "a value of another type",
         };
         return $"the value has the wrong type: expected {expected}";
@@ -161,10 +162,37 @@ sealed class ChatCompletions(InferenceEngine engine, ServerOptions options, stri
                         }
                         prompt.AddVideo(null, mediaItems[^1].Param);
                         break;
+                    case "file":
+                    {
+                        // OpenAI's file part, inline: a data: URL whose media type says image or video.
+                        string fileAt = $"{partAt}.file.file_data";
+                        var file = part.File ?? throw ApiException.BadRequest("a file part needs file.file_data", $"{partAt}.file");
+                        if (file.FileData == null)
+                            throw ApiException.BadRequest(file.FileId != null ? "file_id refers to an uploaded file, which this server does not keep: send the file inline as file_data" : "a file part needs file.file_data", fileAt);
+                        string mediaType = file.FileData.StartsWith("data:", StringComparison.OrdinalIgnoreCase) ? file.FileData[5..].Split([';', ','], 2)[0].ToLowerInvariant() : "";
+                        bool isImage = mediaType.StartsWith("image/", StringComparison.Ordinal), isVideo = mediaType.StartsWith("video/", StringComparison.Ordinal);
+                        if (!isImage && !isVideo)
+                            throw ApiException.BadRequest($"file_data must be a data: URL of an image or a video, not {(mediaType.Length == 0 ? "this" : $"'{mediaType}'")}", fileAt);
+                        if (role != "user") throw ApiException.BadRequest($"{(isImage ? "images" : "videos")} go in user messages, not {role} ones", partAt);
+                        if (engine.Vision == null)
+                            throw ApiException.BadRequest($"the model {modelId} reads no {(isImage ? "images" : "video")}: start the server with its vision projector (--mmproj)", partAt, "model_not_multimodal");
+                        if (isImage)
+                        {
+                            var fileImage = media.Load(file.FileData, fileAt);
+                            mediaItems.Add(new MediaItem(fileAt, fileImage));
+                            prompt.AddImage(fileImage, fileAt);
+                        }
+                        else
+                        {
+                            mediaItems.Add(new MediaItem(fileAt, null, file.FileData));
+                            prompt.AddVideo(null, fileAt);
+                        }
+                        break;
+                    }
                     case null:
-                        throw ApiException.BadRequest("missing part type (text, image_url, video_url, input_video)", $"{partAt}.type");
+                        throw ApiException.BadRequest("missing part type (text, image_url, video_url, input_video, file)", $"{partAt}.type");
                     default:
-                        throw ApiException.BadRequest($"content part type '{part.Type}' is not supported (text, image_url, video_url, input_video)", $"{partAt}.type");
+                        throw ApiException.BadRequest($"content part type '{part.Type}' is not supported (text, image_url, video_url, input_video, file)", $"{partAt}.type");
                 }
             }
         }

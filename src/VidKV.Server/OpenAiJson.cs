@@ -75,6 +75,16 @@ sealed class ContentPart
     public ImageUrl? VideoUrl { get; init; }
     /// <summary>llama-server's video part: <c>{"type": "input_video", "input_video": {"data" or "url": …}}</c>.</summary>
     public InputVideo? InputVideo { get; init; }
+    /// <summary>OpenAI's file part: <c>{"type": "file", "file": {"file_data": "data:…;base64,…", "filename": …}}</c> (what the official clients send for a video).</summary>
+    public FilePart? File { get; init; }
+}
+
+/// <summary>OpenAI's <c>file</c> content: inline <c>file_data</c> (a data: URL) and its name; <c>file_id</c> (an uploaded file) is not served here.</summary>
+sealed class FilePart
+{
+    public string? FileData { get; init; }
+    public string? Filename { get; init; }
+    public string? FileId { get; init; }
 }
 
 /// <summary>llama-server's <c>input_video</c>: <c>data</c> (base64) or <c>url</c> (an http(s) URL, a file, base64).</summary>

@@ -401,6 +401,60 @@ public class ServerSessionTests(TinyVisionPair pair, ServerSessionTests.Clips cl
         return body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
     }
 
+    /// <summary>
+    /// The official OpenAI client (a file part with the video inline, as it sends any file) and Microsoft.Extensions.AI's
+    /// IChatClient over it (that part as an <c>AIContent</c>'s raw representation) complete and stream a chat about a video: the answer and prompt
+    /// of the raw API's <c>video_url</c> with the same data. A file part that is not an image or a video, or that names
+    /// an uploaded file, is a 400 naming <c>file.file_data</c>.
+    /// </summary>
+    [Fact]
+    public async Task OpenAiAndExtensionsAiClientsSendVideos()
+    {
+        await using var served = await StartAsync(new ServerOptions { MaxVideoFrames = 3 });
+        string dataUrl = "data:video/mp4;base64," + Convert.ToBase64String(clips.Clip);
+        var raw = await Json(await served.Http.PostAsync("v1/chat/completions", JsonBody(VideoChat(VideoUrl(dataUrl)))), HttpStatusCode.OK);
+        string expected = raw.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!;
+        int promptTokens = raw.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        Assert.NotEmpty(expected);
+
+        var client = new OpenAI.Chat.ChatClient(served.Server.ModelId, new System.ClientModel.ApiKeyCredential("no-key-needed"),
+            new OpenAI.OpenAIClientOptions { Endpoint = new Uri(served.Server.Address, "v1") });
+        var options = new OpenAI.Chat.ChatCompletionOptions { Temperature = 0, MaxOutputTokenCount = 2 };
+#pragma warning disable OPENAI001 // CreateFilePart is marked "for evaluation" in OpenAI 2.15.0: the file part it sends is OpenAI's documented shape
+        var message = new OpenAI.Chat.UserChatMessage(OpenAI.Chat.ChatMessageContentPart.CreateFilePart(BinaryData.FromBytes(clips.Clip), "video/mp4", "clip.mp4"),
+            OpenAI.Chat.ChatMessageContentPart.CreateTextPart("What happens?"));
+#pragma warning restore OPENAI001
+        var rawFile = await Json(await served.Http.PostAsync("v1/chat/completions", JsonBody(VideoChat(new { type = "file", file = new { file_data = dataUrl, filename = "clip.mp4" } }))), HttpStatusCode.OK);
+        Assert.Equal(promptTokens, rawFile.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(expected, rawFile.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+        OpenAI.Chat.ChatCompletion completion = await client.CompleteChatAsync([message], options);
+        Assert.Equal(promptTokens, completion.Usage.InputTokenCount);
+        Assert.Equal(expected, completion.Content[0].Text);
+        var streamed = new StringBuilder();
+        await foreach (var update in client.CompleteChatStreamingAsync([message], options))
+            foreach (var part in update.ContentUpdate) streamed.Append(part.Text);
+        Assert.Equal(expected, streamed.ToString());
+
+        Microsoft.Extensions.AI.IChatClient chat = Microsoft.Extensions.AI.OpenAIClientExtensions.AsIChatClient(client);
+        // Microsoft.Extensions.AI.OpenAI 11.0.0 sends a DataContent only when it is an image, audio or a PDF (a video one
+        // is dropped: the prompt had only the text's 21 tokens), so the video goes as the OpenAI part itself, through
+        // RawRepresentation, the library's way to send a part it does not map.
+        var aiMessage = new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User,
+            [new Microsoft.Extensions.AI.AIContent { RawRepresentation = message.Content[0] }, new Microsoft.Extensions.AI.TextContent("What happens?")]);
+        var aiOptions = new Microsoft.Extensions.AI.ChatOptions { Temperature = 0, MaxOutputTokens = 2 };
+        var response = await chat.GetResponseAsync([aiMessage], aiOptions);
+        Assert.Equal((long)promptTokens, response.Usage?.InputTokenCount);
+        Assert.Equal(expected, response.Text);
+        var aiStreamed = new StringBuilder();
+        await foreach (var update in chat.GetStreamingResponseAsync([aiMessage], aiOptions)) aiStreamed.Append(update.Text);
+        Assert.Equal(expected, aiStreamed.ToString());
+
+        await Error(await served.Http.PostAsync("v1/chat/completions", JsonBody(VideoChat(new { type = "file", file = new { file_data = "data:application/pdf;base64,AAAA", filename = "a.pdf" } }))),
+            HttpStatusCode.BadRequest, param: "messages[0].content[0].file.file_data", says: "application/pdf");
+        await Error(await served.Http.PostAsync("v1/chat/completions", JsonBody(VideoChat(new { type = "file", file = new { file_id = "file-123" } }))),
+            HttpStatusCode.BadRequest, param: "messages[0].content[0].file.file_data", says: "inline");
+    }
+
     [Fact]
     public async Task VideoInChatCompletions()
     {

@@ -65,17 +65,19 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             foreach (var group in optimizer.ParamGroups) group.LearningRate = LearningRate(step);
             var example = examples.Make(ExampleSeed(options.Seed, step));
             float value;
-            using (var scope = NewDisposeScope())
+            using (NoCollection())
             {
-                var (loss, _) = Forward(example);
-                optimizer.zero_grad();
-                loss.backward();
-                value = loss.item<float>();
+                using (var scope = NewDisposeScope())
+                {
+                    var (loss, _) = Forward(example);
+                    optimizer.zero_grad();
+                    loss.backward();
+                    value = loss.item<float>();
+                }
+                // Outside the scope: AdamW keeps its state (the moments it makes on its first step) across steps.
+                nn.utils.clip_grad_norm_(model.parameters(), options.ClipNorm);
+                optimizer.step();
             }
-            // Outside the scope: AdamW keeps state (moments, and scalars it makes on its first step) across steps, and a
-            // scope would free what it made inside it at its end — a run died at step 501 in AdamW with "Unknown scalar type".
-            nn.utils.clip_grad_norm_(model.parameters(), options.ClipNorm);
-            optimizer.step();
             average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
             done++;
             if (step % 20 == 0 || step == options.Steps - 1)
@@ -86,6 +88,30 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                     $"step {step + 1}/{options.Steps}  loss {average:F4}  lr {LearningRate(step):E2}  {perStep:F2} s/step  elapsed {clock.Elapsed:hh\\:mm\\:ss}  ETA {eta:hh\\:mm\\:ss}"));
             }
             if (checkpoint != null && options.CheckpointEvery > 0 && (step + 1) % options.CheckpointEvery == 0) checkpoint(step + 1);
+        }
+    }
+
+    /// <summary>
+    /// No garbage collection until disposed (for one step). TorchSharp turns numbers into native scalars behind its
+    /// operators (<c>x.pow(2)</c>, <c>t + u</c>'s alpha, AdamW's arithmetic) and lets go of the wrapper before the native
+    /// call that reads it returns, so a collection during that call can free the scalar under it: runs here died every
+    /// 20–600 steps inside libtorch ("Unknown scalar type", Scalar.h asserts) until steps ran with no collection in them.
+    /// Between steps the garbage goes (nothing native is running then).
+    /// </summary>
+    static IDisposable NoCollection()
+    {
+        const long budget = 192L << 20; // a step allocates a few MB of managed memory (wrappers, the mask, the frames)
+        bool started = false;
+        try { started = GC.TryStartNoGCRegion(budget); }
+        catch (InvalidOperationException) { } // already in one
+        return new EndNoCollection(started);
+    }
+
+    sealed class EndNoCollection(bool started) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (started && System.Runtime.GCSettings.LatencyMode == System.Runtime.GCLatencyMode.NoGCRegion) GC.EndNoGCRegion();
         }
     }
 
@@ -151,6 +177,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         using (no_grad())
             foreach (ulong seed in seeds)
             {
+                using var noCollection = NoCollection();
                 using var scope = NewDisposeScope();
                 var example = examples.Make(seed);
                 var (loss, logits) = Forward(example);
