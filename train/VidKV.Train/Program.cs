@@ -37,6 +37,7 @@ public static class Program
     static readonly Option<long> Seed = new("--seed") { Description = "Seed of the initial weights and of the training worlds.", DefaultValueFactory = _ => 1 };
     static readonly Option<int> Threads = new("--threads", "-t") { Description = "libtorch threads (default: all cores).", DefaultValueFactory = _ => Environment.ProcessorCount };
     static readonly Option<int> MaxFrames = new("--max-frames") { Description = "Longest training clip, in frames (1 per second).", DefaultValueFactory = _ => new ExampleOptions().MaxFrames };
+    static readonly Option<int> MinFrames = new("--min-frames") { Description = "Shortest training clip, in frames.", DefaultValueFactory = _ => new ExampleOptions().MinFrames };
     static readonly Option<int> EvalClips = new("--eval-clips") { Description = "Held-out clips scored at the end (and at each checkpoint).", DefaultValueFactory = _ => 64 };
 
     static Command TrainCommand()
@@ -47,7 +48,7 @@ public static class Program
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MaxFrames, lr, resume, EvalClips, type,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, lr, resume, EvalClips, type,
         };
         command.SetAction(r =>
         {
@@ -55,7 +56,7 @@ public static class Program
             var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr) };
             var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
             var tokenizer = WorldVocabulary.CreateTokenizer();
-            var examples = new WorldExamples(config, tokenizer, new ExampleOptions { MaxFrames = Positive(r.GetValue(MaxFrames), "--max-frames") });
+            var examples = new WorldExamples(config, tokenizer, Frames(r));
             string dir = r.GetValue(output)!;
             Directory.CreateDirectory(dir);
             torch.manual_seed(options.Seed);
@@ -96,13 +97,13 @@ public static class Program
         var checkpoint = new Option<string>("--checkpoint", "-c") { Description = "A checkpoint written by train.", Required = true };
         var command = new Command("eval", "Score a checkpoint on held-out clips (answers exact, narration F1, silence on quiet frames).")
         {
-            checkpoint, EvalClips, MaxFrames, Threads,
+            checkpoint, EvalClips, MinFrames, MaxFrames, Threads,
         };
         command.SetAction(r =>
         {
             torch.set_num_threads(Positive(r.GetValue(Threads), "--threads"));
             var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
-            var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MaxFrames = Positive(r.GetValue(MaxFrames), "--max-frames") });
+            var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), Frames(r));
             using var model = new TinyVlm(config);
             model.load(r.GetValue(checkpoint)!);
             Console.WriteLine(new Trainer(model, examples, new TrainOptions()).Evaluate(HeldOut(r.GetValue(EvalClips))));
@@ -131,6 +132,13 @@ public static class Program
 
     /// <summary>The seeds of the first <paramref name="count"/> held-out clips (never trained on).</summary>
     public static IEnumerable<ulong> HeldOut(int count) => Enumerable.Range(0, count).Select(i => HeldOutSeeds + (ulong)i);
+
+    static ExampleOptions Frames(ParseResult r)
+    {
+        int least = Positive(r.GetValue(MinFrames), "--min-frames"), most = Positive(r.GetValue(MaxFrames), "--max-frames");
+        if (most < least) throw new ArgumentException($"--max-frames {most} is below --min-frames {least}");
+        return new ExampleOptions { MinFrames = least, MaxFrames = most };
+    }
 
     static int Positive(int value, string name) => value >= 1 ? value : throw new ArgumentException($"{name} must be at least 1, not {value}");
 
