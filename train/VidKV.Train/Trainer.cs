@@ -170,7 +170,8 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     /// Scores <paramref name="seeds"/>' examples: a question is right when every token of its answer and the end of the
     /// utterance are the model's greedy choice (teacher-forced: the same as generating greedily, since each choice then
     /// equals its input); a frame is narrated when p(silence) falls below <see cref="SilenceThreshold"/>, and a hit when
-    /// it is an event frame and the first token is the narration's.
+    /// it is an event frame and the first token (the greedy pick with silence zeroed, as VidKV's proactive mode picks it)
+    /// is the narration's.
     /// </summary>
     public EvalResult Evaluate(IEnumerable<ulong> seeds)
     {
@@ -190,6 +191,8 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                 count++;
                 var s = example.Sequence;
                 var best = logits.argmax(-1).data<long>().ToArray();
+                // What a comment starts with: VidKV's proactive mode zeroes the silence token before its greedy pick.
+                var spoken = logits.index_fill(1, tensor(new[] { silence }), float.NegativeInfinity).argmax(-1).data<long>().ToArray();
                 var probabilities = F.softmax(logits, -1);
                 var pSilence = probabilities.select(1, silence).data<float>().ToArray();
                 // Branches: one per question, in order; a branch's targets run from its first label to its last.
@@ -206,7 +209,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                             if (silentTarget) { quiet++; if (!speaks) quietKept++; }
                             else { eventFrames++; }
                             if (speaks) comments++;
-                            if (speaks && !silentTarget && best[row] == s.Labels[row]) narrated++;
+                            if (speaks && !silentTarget && spoken[row] == s.Labels[row]) narrated++;
                         }
                         row++;
                         continue;
