@@ -108,7 +108,8 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         const long budget = 192L << 20; // a step allocates a few MB of managed memory (wrappers, the mask, the frames)
         bool started = false;
         try { started = GC.TryStartNoGCRegion(budget); }
-        catch (InvalidOperationException) { } // already in one
+        catch (InvalidOperationException) { } // already in one (another thread's: the region is process-wide)
+        catch (ArgumentOutOfRangeException) { } // a runtime whose limit is lower: go on without
         return new EndNoCollection(started);
     }
 
@@ -116,7 +117,9 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     {
         public void Dispose()
         {
-            if (started && System.Runtime.GCSettings.LatencyMode == System.Runtime.GCLatencyMode.NoGCRegion) GC.EndNoGCRegion();
+            if (!started || System.Runtime.GCSettings.LatencyMode != System.Runtime.GCLatencyMode.NoGCRegion) return;
+            try { GC.EndNoGCRegion(); }
+            catch (InvalidOperationException) { } // the budget ran out and a collection ended it meanwhile
         }
     }
 
