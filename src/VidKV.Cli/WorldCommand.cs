@@ -103,11 +103,7 @@ static class WorldCommand
 
         var clock = Stopwatch.StartNew();
         var stream = WorldStream.Generate(seed, ticks, options);
-        var random = new WorldRandom(seed ^ 0x5155455354494F4EUL); // the questions' own sequence ("QUESTION"), apart from the world's
-        var asked = new List<WorldQuestion>();
-        // Distinct questions: a short clip may have fewer than asked for, so the draws are bounded.
-        for (int draw = 0; asked.Count < questionCount && draw < 20 * questionCount; draw++)
-            if (WorldQuestions.Sample(stream, ticks - 1, random) is { } question && !asked.Any(q => q.Question == question.Question)) asked.Add(question);
+        var asked = WorldQuestions.SampleDistinct(stream, ticks - 1, seed, questionCount);
         WorldVideo.WriteAsync(stream, path, width, height, fps, crf).GetAwaiter().GetResult();
         string logPath = Path.ChangeExtension(path, ".json");
         WorldVideo.WriteLog(WorldLog.Of(stream, width, height, fps, asked), logPath);

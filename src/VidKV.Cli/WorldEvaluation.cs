@@ -33,16 +33,13 @@ public sealed class WorldScore
 /// </summary>
 public static class WorldEvaluation
 {
-    /// <summary>Held-out worlds start at this seed (the trainer's too: it never trains on one).</summary>
-    public const ulong HeldOutSeeds = 1UL << 62;
-
     public static async Task<WorldScore> RunAsync(InferenceEngine engine, int clips, int ticks, int size, int questionsPerClip, WorldOptions options,
         Action<WorldScore>? progress = null, CancellationToken cancellation = default)
     {
         var score = new WorldScore();
         for (int clip = 0; clip < clips; clip++)
         {
-            ulong seed = HeldOutSeeds + (ulong)clip;
+            ulong seed = WorldStream.HeldOutSeeds + (ulong)clip;
             var stream = WorldStream.Generate(seed, ticks, options);
             await using var session = engine.CreateSession();
             var said = new Dictionary<int, string>();
@@ -64,11 +61,8 @@ public static class WorldEvaluation
                 score.Comments++;
                 if (text == narration) score.Hits++;
             }
-            var random = new WorldRandom(seed ^ 0x5155455354494F4EUL);
-            var asked = new HashSet<string>();
-            for (int draw = 0; asked.Count < questionsPerClip && draw < 20 * questionsPerClip; draw++)
+            foreach (var question in WorldQuestions.SampleDistinct(stream, ticks - 1, seed, questionsPerClip))
             {
-                if (WorldQuestions.Sample(stream, ticks - 1, random) is not { } question || !asked.Add(question.Question)) continue;
                 var answer = new System.Text.StringBuilder();
                 await foreach (var piece in session.AskAsync($"\n{question.Question}\n", new AskOptions { MaxTokens = 32 }, cancellation).ConfigureAwait(false))
                     answer.Append(piece);

@@ -159,6 +159,20 @@ public static class WorldQuestions
 
     static WorldEventKind EventOf(QuestionKind kind) => kind == QuestionKind.WhenEntered ? WorldEventKind.Enter : WorldEventKind.Leave;
 
+    /// <summary>
+    /// Up to <paramref name="count"/> distinct questions (by text) at <paramref name="askTick"/>, drawn by <see cref="Sample"/>
+    /// from the question stream of <paramref name="seed"/> (its own sequence, apart from the world's); a short clip may
+    /// have fewer, so the draws stop after 20 per question asked for.
+    /// </summary>
+    public static List<WorldQuestion> SampleDistinct(WorldStream stream, int askTick, ulong seed, int count)
+    {
+        var random = new WorldRandom(seed ^ 0x5155455354494F4EUL); // "QUESTION"
+        var asked = new List<WorldQuestion>();
+        for (int draw = 0; asked.Count < count && draw < 20 * count; draw++)
+            if (Sample(stream, askTick, random) is { } question && !asked.Any(q => q.Question == question.Question)) asked.Add(question);
+        return asked;
+    }
+
     static WorldQuestion Happened(WorldStream stream, int tick, int askTick) =>
         new(QuestionKind.Happened, $"what happened at {WorldWords.Time(tick)}?", stream.Narration(tick)?.TrimEnd('.') ?? "nothing", askTick, [tick - 1, tick]);
 

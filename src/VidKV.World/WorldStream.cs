@@ -36,6 +36,12 @@ public sealed class WorldStream
         return new WorldStream(seed, options, generator);
     }
 
+    /// <summary>
+    /// Held-out worlds (for evaluation) have seeds from here on; training never draws one (the trainer's seeds are
+    /// run seed · 10⁹ + step).
+    /// </summary>
+    public const ulong HeldOutSeeds = 1UL << 62;
+
     /// <summary>The seed it was generated from.</summary>
     public ulong Seed { get; }
     /// <summary>The options it was generated with.</summary>

@@ -27,7 +27,7 @@ public class WorldEvalTests
         int events = 0;
         for (ulong clip = 0; clip < 2; clip++)
         {
-            var stream = WorldStream.Generate(WorldEvaluation.HeldOutSeeds + clip, 5);
+            var stream = WorldStream.Generate(WorldStream.HeldOutSeeds + clip, 5);
             events += Enumerable.Range(0, 5).Count(t => stream.Narration(t) != null);
         }
         Assert.Equal(2, root.GetProperty("clips").GetInt32());

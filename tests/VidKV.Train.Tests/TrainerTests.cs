@@ -98,7 +98,7 @@ public class TrainerTests
             trainer.Run(TextWriter.Null, checkpoint: _ =>
             {
                 model.save(saved);
-                results.Add(trainer.Evaluate([Program.HeldOutSeeds]));
+                results.Add(trainer.Evaluate([VidKV.World.WorldStream.HeldOutSeeds]));
             });
         }
         finally

@@ -44,7 +44,7 @@ public static class LibTorchLoadFix
         string[] candidates = ["/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6"];
         string? found = candidates.FirstOrDefault(File.Exists);
         if (found == null) return false; // cannot tell: patching is harmless (a weak need is still checked when present)
-        return IndexOf(File.ReadAllBytes(found), Encoding.ASCII.GetBytes(Version + "\0")) >= 0;
+        return File.ReadAllBytes(found).AsSpan().IndexOf(Encoding.ASCII.GetBytes(Version + "\0")) >= 0;
     }
 
     /// <summary>
@@ -102,6 +102,4 @@ public static class LibTorchLoadFix
         var rest = elf[(int)offset..];
         return Encoding.ASCII.GetString(rest[..rest.IndexOf((byte)0)]);
     }
-
-    static int IndexOf(byte[] haystack, byte[] needle) => haystack.AsSpan().IndexOf(needle);
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using TorchSharp;
 using VidKV.Tensors;
+using VidKV.World;
 
 namespace VidKV.Train;
 
@@ -11,9 +12,6 @@ namespace VidKV.Train;
 /// </summary>
 public static class Program
 {
-    /// <summary>Held-out evaluation worlds use seeds from here on (training seeds are far below).</summary>
-    public const ulong HeldOutSeeds = 1UL << 62;
-
     /// <summary>Entry point: exit 0 on success, 2 on bad arguments.</summary>
     public static int Main(string[] args)
     {
@@ -131,7 +129,7 @@ public static class Program
     }
 
     /// <summary>The seeds of the first <paramref name="count"/> held-out clips (never trained on).</summary>
-    public static IEnumerable<ulong> HeldOut(int count) => Enumerable.Range(0, count).Select(i => HeldOutSeeds + (ulong)i);
+    public static IEnumerable<ulong> HeldOut(int count) => Enumerable.Range(0, count).Select(i => WorldStream.HeldOutSeeds + (ulong)i);
 
     static ExampleOptions Frames(ParseResult r)
     {

@@ -104,7 +104,7 @@ public sealed class SequenceBuilder
     /// </summary>
     public void Frame(int seconds, string? narration, bool narrationInStream)
     {
-        foreach (long t in Encode($"\nFrame from {seconds / 60:00}:{seconds % 60:00}:<fake_token_around_image><global-img>")) Add(t, Ignore);
+        foreach (long t in Encode($"\nFrame from {VidKV.World.WorldWords.Time(seconds)}:<fake_token_around_image><global-img>")) Add(t, Ignore);
         for (int r = 0; r < rowsPerFrame; r++)
         {
             tokens.Add(0);
