@@ -36,22 +36,25 @@ public static class Program
     static readonly Option<int> Threads = new("--threads", "-t") { Description = "libtorch threads (default: all cores).", DefaultValueFactory = _ => Environment.ProcessorCount };
     static readonly Option<int> MaxFrames = new("--max-frames") { Description = "Longest training clip, in frames (1 per second).", DefaultValueFactory = _ => new ExampleOptions().MaxFrames };
     static readonly Option<int> MinFrames = new("--min-frames") { Description = "Shortest training clip, in frames.", DefaultValueFactory = _ => new ExampleOptions().MinFrames };
+    static readonly Option<double> Questions = new("--questions") { Description = "Questions per training clip on average (one after the last frame, the rest after random frames).", DefaultValueFactory = _ => new ExampleOptions().QuestionsPerClip };
     static readonly Option<int> EvalClips = new("--eval-clips") { Description = "Held-out clips scored at the end (and at each checkpoint).", DefaultValueFactory = _ => 64 };
 
     static Command TrainCommand()
     {
         var output = new Option<string>("--out", "-o") { Description = "Folder for checkpoints and the exported model.gguf + mmproj.gguf.", Required = true };
         var resume = new Option<string?>("--resume") { Description = "A checkpoint (…/step-N.bin) to go on from." };
+        var probe = new Option<double>("--probe") { Description = "Weight of the training-only perception probe's loss (0: none).", DefaultValueFactory = _ => new TrainOptions().ProbeWeight };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => new TrainOptions().LearningRate };
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MinFrames, MaxFrames, lr, resume, EvalClips, type,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, probe, lr, resume, EvalClips, type,
         };
         command.SetAction(r =>
         {
             var exportType = ParseType(r.GetValue(type)!);
-            var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr) };
+            var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr),
+                ProbeWeight = r.GetValue(probe) };
             var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
             var tokenizer = WorldVocabulary.CreateTokenizer();
             var examples = new WorldExamples(config, tokenizer, Frames(r));
@@ -95,7 +98,7 @@ public static class Program
         var checkpoint = new Option<string>("--checkpoint", "-c") { Description = "A checkpoint written by train.", Required = true };
         var command = new Command("eval", "Score a checkpoint on held-out clips (answers exact, narration F1, silence on quiet frames).")
         {
-            checkpoint, EvalClips, MinFrames, MaxFrames, Threads,
+            checkpoint, EvalClips, MinFrames, MaxFrames, Questions, Threads,
         };
         command.SetAction(r =>
         {
@@ -135,7 +138,9 @@ public static class Program
     {
         int least = Positive(r.GetValue(MinFrames), "--min-frames"), most = Positive(r.GetValue(MaxFrames), "--max-frames");
         if (most < least) throw new ArgumentException($"--max-frames {most} is below --min-frames {least}");
-        return new ExampleOptions { MinFrames = least, MaxFrames = most };
+        double questions = r.GetValue(Questions);
+        if (!(questions >= 1)) throw new ArgumentException($"--questions must be at least 1, not {questions}");
+        return new ExampleOptions { MinFrames = least, MaxFrames = most, QuestionsPerClip = questions };
     }
 
     static int Positive(int value, string name) => value >= 1 ? value : throw new ArgumentException($"{name} must be at least 1, not {value}");

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -24,10 +25,17 @@ public sealed record TrainOptions
     public double WeightDecay { get; init; } = 0.01;
     /// <summary>Gradient norm clip.</summary>
     public double ClipNorm { get; init; } = 1.0;
-    /// <summary>Seed of the weights and of the training examples (example k of the run is world seed <c>Seed · 10⁹ + k</c>).</summary>
+    /// <summary>Seed of the weights and of the training examples (example k of the run is world seed <c>Seed · 10⁹ + k</c>, k the step).</summary>
     public long Seed { get; init; } = 1;
     /// <summary>Threads libtorch uses (0: its default).</summary>
     public int Threads { get; init; }
+    /// <summary>
+    /// Weight of the perception probe's loss beside the language loss (0: no probe). The probe is a linear head, used in
+    /// training only, that reads each frame row and names the colour, shape and size of the object centred in its cell
+    /// and where in the cell: dense supervision of the tower that the answers alone give slowly (after 10,000 steps
+    /// without it, "where" questions were right 15 % of the time and object lists never).
+    /// </summary>
+    public double ProbeWeight { get; init; } = 0.5;
     /// <summary>Write a checkpoint every this many steps (0: only at the end).</summary>
     public int CheckpointEvery { get; init; } = 500;
 }
@@ -35,16 +43,19 @@ public sealed record TrainOptions
 /// <summary>Answer and narration scores of a model on examples (<see cref="Trainer.Evaluate"/>).</summary>
 public sealed record EvalResult(int Questions, int Correct, int EventFrames, int Narrated, int Comments, int QuietFrames, int QuietKept, double Loss)
 {
+    /// <summary>Questions asked and answered right, per template.</summary>
+    public IReadOnlyDictionary<VidKV.World.QuestionKind, (int Correct, int Asked)> ByKind { get; init; } = new Dictionary<VidKV.World.QuestionKind, (int, int)>();
+
     /// <summary>Share of questions whose whole answer (and its end) the model gives greedily.</summary>
     public double Accuracy => Questions == 0 ? 0 : (double)Correct / Questions;
-    /// <summary>Narration F1 on event frames: a hit is an event frame where the model speaks and says the narration's first token.</summary>
+    /// <summary>Narration F1 on event frames: a hit is an event frame where the model speaks and says the whole narration and its end.</summary>
     public double NarrationF1 => Narrated == 0 ? 0 : 2.0 * Narrated / (EventFrames + Comments);
     /// <summary>Share of event-free frames where the model stays silent.</summary>
     public double Silence => QuietFrames == 0 ? 1 : (double)QuietKept / QuietFrames;
 
     /// <inheritdoc/>
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"answers {Correct}/{Questions} ({Accuracy:P1}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}");
+        $"answers {Correct}/{Questions} ({Accuracy:P1}; {string.Join(", ", ByKind.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value.Correct}/{k.Value.Asked}"))}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}");
 }
 
 /// <summary>
@@ -53,6 +64,8 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
 /// </summary>
 public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions options)
 {
+    readonly PerceptionProbe probe = new(model.Config.Embedding);
+
     /// <summary>p(silence) at or above which VidKV's proactive mode stays silent (ProactiveOptions.Threshold's default).</summary>
     public const float SilenceThreshold = 0.725f;
 
@@ -61,7 +74,8 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     {
         if (options.Threads > 0) torch.set_num_threads(options.Threads);
         model.train();
-        using var optimizer = optim.AdamW(model.parameters(), lr: options.LearningRate, weight_decay: options.WeightDecay);
+        var parameters = model.parameters().Concat(options.ProbeWeight > 0 ? probe.parameters() : []).ToList();
+        using var optimizer = optim.AdamW(parameters, lr: options.LearningRate, weight_decay: options.WeightDecay);
         var clock = Stopwatch.StartNew();
         double average = double.NaN;
         int done = 0;
@@ -74,13 +88,13 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             {
                 using (var scope = NewDisposeScope())
                 {
-                    var (loss, _) = Forward(example);
+                    var (loss, _) = Forward(example, options.ProbeWeight);
                     optimizer.zero_grad();
                     loss.backward();
                     value = loss.item<float>();
                 }
                 // Outside the scope: AdamW keeps its state (the moments it makes on its first step) across steps.
-                nn.utils.clip_grad_norm_(model.parameters(), options.ClipNorm);
+                nn.utils.clip_grad_norm_(parameters, options.ClipNorm);
                 optimizer.step();
             }
             average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
@@ -133,8 +147,11 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     /// <summary>The world seed of training example <paramref name="step"/> of a run seeded <paramref name="seed"/> (held-out evaluation seeds start at 2⁶²).</summary>
     public static ulong ExampleSeed(long seed, int step) => (ulong)seed * 1_000_000_000UL + (ulong)step;
 
-    /// <summary>The loss of one example (mean over its targets) and its logits [rows, vocab].</summary>
-    public (Tensor Loss, Tensor Logits) Forward(WorldExample example)
+    /// <summary>
+    /// The loss of one example (mean over its targets, plus <paramref name="probeWeight"/> times the perception probe's)
+    /// and its logits [rows, vocab].
+    /// </summary>
+    public (Tensor Loss, Tensor Logits) Forward(WorldExample example, double probeWeight = 0)
     {
         var s = example.Sequence;
         var c = model.Config;
@@ -152,6 +169,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         var inputs = where(tensor(isFrame).unsqueeze(1), flat.index_select(0, tensor(frameIndex)), model.EmbedTokens(tensor(s.Tokens)));
         var logits = model.Decode(inputs.unsqueeze(0), tensor(s.Positions).unsqueeze(0), Mask(s))[0];
         var loss = F.cross_entropy(logits, tensor(s.Labels), ignore_index: -100);
+        if (probeWeight > 0) loss = loss + probeWeight * probe.Loss(flat, example.Cells);
         return (loss, logits);
     }
 
@@ -169,17 +187,49 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         return tensor(mask).view(1, 1, n, n);
     }
 
+    /// <summary>The training-only linear head on frame rows (<see cref="TrainOptions.ProbeWeight"/>); never exported.</summary>
+    sealed class PerceptionProbe : nn.Module
+    {
+        readonly Parameter weight, bias;
+        readonly int colours = CellTargets.Colours, shapes = CellTargets.Shapes, sizes = CellTargets.Sizes;
+
+        public PerceptionProbe(int embedding) : base("perception_probe")
+        {
+            int outputs = colours + shapes + sizes + 2;
+            weight = new Parameter(normal(0, 1 / Math.Sqrt(embedding), [outputs, embedding]));
+            bias = new Parameter(zeros(outputs));
+            RegisterComponents();
+        }
+
+        /// <summary>Cross-entropy of colour, shape and size per cell plus the squared error of occupied cells' offsets.</summary>
+        public Tensor Loss(Tensor rows, CellTargets targets)
+        {
+            var y = F.linear(rows, weight, bias);
+            var colour = tensor(targets.Colour);
+            var shape = tensor(targets.Shape);
+            var size = tensor(targets.Size);
+            var offset = tensor(targets.Offset).view(-1, 2);
+            var occupied = (size > 0).to(float32).unsqueeze(1);
+            var predicted = y.narrow(1, colours + shapes + sizes, 2).sigmoid();
+            var where = ((predicted - offset).pow(2) * occupied).sum() / (occupied.sum() + 1);
+            return F.cross_entropy(y.narrow(1, 0, colours), colour) + F.cross_entropy(y.narrow(1, colours, shapes), shape)
+                + F.cross_entropy(y.narrow(1, colours + shapes, sizes), size) + 10 * where;
+        }
+    }
+
     /// <summary>
     /// Scores <paramref name="seeds"/>' examples: a question is right when every token of its answer and the end of the
     /// utterance are the model's greedy choice (teacher-forced: the same as generating greedily, since each choice then
     /// equals its input); a frame is narrated when p(silence) falls below <see cref="SilenceThreshold"/>, and a hit when
     /// it is an event frame and the first token (the greedy pick with silence zeroed, as VidKV's proactive mode picks it)
-    /// is the narration's.
+    /// is the narration's and every later token of it is the greedy choice too (the narrations are in the evaluated
+    /// streams, so this is the whole comment, as proactive mode would say it).
     /// </summary>
     public EvalResult Evaluate(IEnumerable<ulong> seeds)
     {
         model.eval();
         int questions = 0, correct = 0, eventFrames = 0, narrated = 0, comments = 0, quiet = 0, quietKept = 0;
+        var byKind = new Dictionary<VidKV.World.QuestionKind, (int Correct, int Asked)>();
         double lossSum = 0;
         int count = 0;
         long silence = examples.SilenceToken;
@@ -188,7 +238,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             {
                 using var noCollection = NoCollection();
                 using var scope = NewDisposeScope();
-                var example = examples.Make(seed);
+                var example = examples.Make(seed, narrate: true);
                 var (loss, logits) = Forward(example);
                 lossSum += loss.item<float>();
                 count++;
@@ -199,7 +249,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                 var probabilities = F.softmax(logits, -1);
                 var pSilence = probabilities.select(1, silence).data<float>().ToArray();
                 // Branches: one per question, in order; a branch's targets run from its first label to its last.
-                int row = 0;
+                int row = 0, firstQuestion = questions;
                 while (row < s.Length)
                 {
                     if (s.BranchStart[row] < 0)
@@ -212,7 +262,14 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                             if (silentTarget) { quiet++; if (!speaks) quietKept++; }
                             else { eventFrames++; }
                             if (speaks) comments++;
-                            if (speaks && !silentTarget && spoken[row] == s.Labels[row]) narrated++;
+                            if (speaks && !silentTarget && spoken[row] == s.Labels[row])
+                            {
+                                // The rest of the comment: its tokens, each learning the next, up to the end of the utterance.
+                                bool whole = true;
+                                for (int next = row + 1; next < s.Length && s.Labels[next] >= 0 && !s.Decision[next]; next++)
+                                    whole &= best[next] == s.Labels[next];
+                                if (whole) narrated++;
+                            }
                         }
                         row++;
                         continue;
@@ -224,11 +281,14 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                         if (s.Labels[row] >= 0 && best[row] != s.Labels[row]) right = false;
                         row++;
                     }
+                    var kind = example.Questions[questions - firstQuestion].Kind;
+                    var (kindRight, kindAsked) = byKind.GetValueOrDefault(kind);
+                    byKind[kind] = (kindRight + (right ? 1 : 0), kindAsked + 1);
                     questions++;
                     if (right) correct++;
                 }
             }
         model.train();
-        return new EvalResult(questions, correct, eventFrames, narrated, comments, quiet, quietKept, count == 0 ? 0 : lossSum / count);
+        return new EvalResult(questions, correct, eventFrames, narrated, comments, quiet, quietKept, count == 0 ? 0 : lossSum / count) { ByKind = byKind };
     }
 }

@@ -8,7 +8,7 @@ namespace VidKV.Train;
 /// <summary>What examples look like: clip lengths, questions per clip, how often narration stays in the stream.</summary>
 public sealed record ExampleOptions
 {
-    /// <summary>Fewest frames (ticks) of a clip.</summary>
+    /// <summary>Fewest frames (ticks) of a clip (lengths are drawn log-uniformly between this and <see cref="MaxFrames"/>).</summary>
     public int MinFrames { get; init; } = 2;
     /// <summary>Most frames (ticks) of a clip.</summary>
     public int MaxFrames { get; init; } = 24;
@@ -22,8 +22,45 @@ public sealed record ExampleOptions
     public WorldOptions World { get; init; } = WorldOptions.Clip;
 }
 
-/// <summary>One example: its sequence, its frames' pixels [frames, 3, size, size], and where its answers and proactive decisions are.</summary>
-public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int Frames, IReadOnlyList<WorldQuestion> Questions);
+/// <summary>
+/// One example: its sequence, its frames' pixels [frames, 3, size, size], its questions in branch order, and what each
+/// frame row's cell holds (<see cref="CellTargets"/>, for the training-only perception probe).
+/// </summary>
+public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int Frames, IReadOnlyList<WorldQuestion> Questions, CellTargets Cells);
+
+/// <summary>
+/// What each frame row's cell of the frame holds: a frame's rows are a grid of cells (Idefics3's pixel shuffle keeps
+/// them in reading order), and an object belongs to the cell of its centre. Per cell: colour, shape and size as classes
+/// (0: no object; else the enum's value + 1), and the centre's offset within the cell in [0, 1]² (0 where empty).
+/// </summary>
+public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, float[] Offset)
+{
+    /// <summary>Colour classes (none + the world's colours).</summary>
+    public static int Colours => Enum.GetValues<Colour>().Length + 1;
+    /// <summary>Shape classes (none + the world's shapes).</summary>
+    public static int Shapes => Enum.GetValues<Shape>().Length + 1;
+    /// <summary>Size classes (none + small, big).</summary>
+    public static int Sizes => Enum.GetValues<Size>().Length + 1;
+
+    /// <summary>The cells of <paramref name="frames"/> frames of <paramref name="stream"/> on a <paramref name="side"/>² grid.</summary>
+    public static CellTargets Of(WorldStream stream, int frames, int side)
+    {
+        int cells = side * side;
+        var t = new CellTargets(new long[frames * cells], new long[frames * cells], new long[frames * cells], new float[frames * cells * 2]);
+        for (int f = 0; f < frames; f++)
+            foreach (var o in stream.State(f).Objects)
+            {
+                double x = Math.Clamp(o.X * side, 0, side - 1e-9), y = Math.Clamp(o.Y * side, 0, side - 1e-9);
+                int cell = f * cells + (int)y * side + (int)x;
+                t.Colour[cell] = (int)o.Colour + 1;
+                t.Shape[cell] = (int)o.Shape + 1;
+                t.Size[cell] = (int)o.Size + 1;
+                t.Offset[2 * cell] = (float)(x - Math.Floor(x));
+                t.Offset[2 * cell + 1] = (float)(y - Math.Floor(y));
+            }
+        return t;
+    }
+}
 
 /// <summary>
 /// Makes training and evaluation examples from generated worlds (<see cref="WorldStream"/>): a clip of a random length,
@@ -35,13 +72,15 @@ public sealed class WorldExamples(TinyVlmConfig config, Tokenizer tokenizer, Exa
     /// <summary>The silence token's id (what a frame without an event should predict).</summary>
     public long SilenceToken { get; } = new SequenceBuilder(tokenizer, config.TokensPerFrame).SilenceToken;
 
-    /// <summary>The example of <paramref name="seed"/>.</summary>
-    public WorldExample Make(ulong seed)
+    /// <summary>The example of <paramref name="seed"/>; with <paramref name="narrate"/> its narrations are in its stream whatever <see cref="ExampleOptions.NarrationInStream"/> says (as an evaluation of whole comments needs).</summary>
+    public WorldExample Make(ulong seed, bool narrate = false)
     {
         var random = new WorldRandom(seed ^ 0x5EED5EED5EED5EEDUL);
-        int frames = options.MinFrames + random.Next(options.MaxFrames - options.MinFrames + 1);
+        // Log-uniform lengths: most clips short (many frames seen closely for few rows), some long (distances up to the longest).
+        int frames = (int)Math.Floor(options.MinFrames * Math.Pow((options.MaxFrames + 1.0) / options.MinFrames, random.NextDouble()));
+        frames = Math.Clamp(frames, options.MinFrames, options.MaxFrames);
         var stream = WorldStream.Generate(seed, frames, options.World);
-        bool narrated = random.NextDouble() < options.NarrationInStream;
+        bool narrated = random.NextDouble() < options.NarrationInStream || narrate;
         var builder = new SequenceBuilder(tokenizer, config.TokensPerFrame);
         int size = config.ImageSize, plane = size * size;
         var pixels = new float[frames * 3 * plane];
@@ -62,7 +101,7 @@ public sealed class WorldExamples(TinyVlmConfig config, Tokenizer tokenizer, Exa
                     questions.Add(q);
                 }
         }
-        return new WorldExample(builder.Build(), pixels, frames, questions);
+        return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, config.PatchesPerSide / config.MergeFactor));
     }
 
     /// <summary>Draws the frame of <paramref name="tick"/> at the render size, resizes it to the tower's as VidKV does (bilinear) and normalises it to planes of (x/255 − 0.5)/0.5.</summary>
