@@ -29,6 +29,23 @@ internal static partial class KvPolicies
         return policy;
     }
 
+    /// <summary>
+    /// Whether the policies of <paramref name="spec"/> take a budget given apart from the spec (<c>--budget</c>, a
+    /// config's <c>budget</c>): some option whose default comes from it is left out. A spec it cannot parse is false.
+    /// </summary>
+    public static bool ReadsBudget(string spec)
+    {
+        foreach (string part in spec.Split('+', StringSplitOptions.TrimEntries))
+        {
+            int colon = part.IndexOf(':');
+            if (Find(colon < 0 ? part : part[..colon]) is not { } descriptor) return false;
+            var given = colon < 0 ? [] : part[(colon + 1)..].Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+                .Select(item => item.Split('=')[0].Trim().ToLowerInvariant()).ToHashSet();
+            if (descriptor.Options.Any(o => o.DefaultText.StartsWith("--budget", StringComparison.Ordinal) && !given.Contains(o.Name))) return true;
+        }
+        return false;
+    }
+
     static KvPolicy ParseOne(string spec, int? budget)
     {
         int colon = spec.IndexOf(':');

@@ -191,6 +191,11 @@ public sealed unsafe class PagedKvStore : IDisposable
     int coldOnlyPages;
     /// <summary>Bytes of KV rows in RAM (slots in use).</summary>
     public long HotBytes => (long)hotSlots * PageBytes;
+    /// <summary>
+    /// Most bytes of KV rows in RAM at once so far, every sequence and fork together, within steps too (a policy's
+    /// rows before it evicts them). Free slots are reused before a new one is taken, so the slots ever taken are the peak.
+    /// </summary>
+    public long PeakHotBytes => (long)Volatile.Read(ref hotSlotHigh) * PageBytes;
     /// <summary>Bytes of KV rows held only in the cold file.</summary>
     public long ColdBytes => (long)ColdOnlyPageCount * PageBytes;
     /// <summary>Bytes allocated for slots (used or free).</summary>

@@ -19,6 +19,7 @@ namespace VidKV.Cli
             WatchCommand.Create(),
             ServeCommand.Create(),
             WorldCommand.Create(),
+            EvalCommand.Create(),
         };
     }
 }

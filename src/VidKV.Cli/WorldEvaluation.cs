@@ -6,6 +6,9 @@ using VidKV.World;
 
 namespace VidKV.Cli;
 
+/// <summary>A model's answer to a world question: its text (trimmed), whether it is exactly the world's, and the time to its first piece.</summary>
+public readonly record struct WorldAnswer(string Text, bool Right, TimeSpan FirstPiece);
+
 /// <summary>What a model got right on generated worlds (<see cref="WorldEvaluation"/>).</summary>
 public sealed class WorldScore
 {
@@ -63,15 +66,12 @@ public static class WorldEvaluation
             }
             foreach (var question in WorldQuestions.SampleDistinct(stream, ticks - 1, seed, questionsPerClip))
             {
-                var answer = new System.Text.StringBuilder();
-                await foreach (var piece in session.AskAsync($"\n{question.Question}\n", new AskOptions { MaxTokens = 32 }, cancellation).ConfigureAwait(false))
-                    answer.Append(piece);
-                bool right = answer.ToString().Trim() == question.Answer;
+                var answer = await AskAsync(session, question, cancellation).ConfigureAwait(false);
                 score.Questions++;
                 var (a, r) = score.ByKind.GetValueOrDefault(question.Kind);
-                score.ByKind[question.Kind] = (a + 1, r + (right ? 1 : 0));
-                if (right) score.Correct++;
-                else if (score.Misses.Count < 20) score.Misses.Add($"clip {clip}: {question.Question} → '{answer.ToString().Trim()}' (truth '{question.Answer}')");
+                score.ByKind[question.Kind] = (a + 1, r + (answer.Right ? 1 : 0));
+                if (answer.Right) score.Correct++;
+                else if (score.Misses.Count < 20) score.Misses.Add($"clip {clip}: {question.Question} → '{answer.Text}' (truth '{question.Answer}')");
             }
             score.Clips++;
             progress?.Invoke(score);
@@ -79,7 +79,33 @@ public static class WorldEvaluation
         return score;
     }
 
-    static async IAsyncEnumerable<VideoFrame> Frames(WorldStream stream, int size, [EnumeratorCancellation] CancellationToken cancellation)
+    /// <summary>Most tokens of an answer: the longest exact answer ("a small red circle entered", "at 01:23") is far shorter.</summary>
+    public const int AnswerTokens = 32;
+
+    /// <summary>
+    /// Asks <paramref name="question"/> as <c>vidkv watch</c> asks (<c>"\n{question}\n"</c>, greedy, at most
+    /// <see cref="AnswerTokens"/> tokens) on a fork of <paramref name="session"/>: the answer trimmed, whether it is
+    /// exactly the world's, and the time from asking to its first piece (to its end when it has none).
+    /// </summary>
+    public static async Task<WorldAnswer> AskAsync(Session session, WorldQuestion question, CancellationToken cancellation = default)
+    {
+        var text = new System.Text.StringBuilder();
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        TimeSpan? first = null;
+        await foreach (var piece in session.AskAsync(Prompt(question), new AskOptions { MaxTokens = AnswerTokens }, cancellation).ConfigureAwait(false))
+        {
+            first ??= System.Diagnostics.Stopwatch.GetElapsedTime(start);
+            text.Append(piece);
+        }
+        string answer = text.ToString().Trim();
+        return new WorldAnswer(answer, answer == question.Answer, first ?? System.Diagnostics.Stopwatch.GetElapsedTime(start));
+    }
+
+    /// <summary>The text a question goes in as, after the watched frames.</summary>
+    public static string Prompt(WorldQuestion question) => $"\n{question.Question}\n";
+
+    /// <summary>Each tick of <paramref name="stream"/> drawn at <paramref name="size"/>² with its time (one tick per second) and its tick as the frame's index, as a video source gives frames.</summary>
+    public static async IAsyncEnumerable<VideoFrame> Frames(WorldStream stream, int size, [EnumeratorCancellation] CancellationToken cancellation = default)
     {
         for (int tick = 0; tick < stream.TickCount; tick++)
         {

@@ -132,7 +132,7 @@ public sealed class InferenceEngine : IAsyncDisposable
     internal FrameEncoder? Encoder { get; }
 
     /// <summary>KV memory now, all sessions together.</summary>
-    public KvMemory Memory => new(store.HotBytes, store.ColdBytes, store.HotBudgetBytes, store.PageCount, store.SequenceCount, store.ColdDroppedRows);
+    public KvMemory Memory => new(store.HotBytes, store.ColdBytes, store.HotBudgetBytes, store.PageCount, store.SequenceCount, store.ColdDroppedRows, store.PeakHotBytes);
 
     /// <summary>The page pool (tests and tools look at it between steps).</summary>
     internal PagedKvStore Store => store;
@@ -410,10 +410,11 @@ public sealed class InferenceEngine : IAsyncDisposable
 }
 
 /// <summary>
-/// KV memory of an engine: bytes in RAM and in the cold file, the hot budget (0 = none), pages and sequences, and the
-/// rows dropped from a full cold file (<see cref="KvCacheConfig.MaxColdBytes"/>) so far.
+/// KV memory of an engine: bytes in RAM and in the cold file, the hot budget (0 = none), pages and sequences, the
+/// rows dropped from a full cold file (<see cref="KvCacheConfig.MaxColdBytes"/>) so far, and the most bytes that were
+/// in RAM at once since the engine started (within steps too).
 /// </summary>
-public readonly record struct KvMemory(long HotBytes, long ColdBytes, long BudgetBytes, int Pages, int Sequences, long ColdDroppedRows = 0);
+public readonly record struct KvMemory(long HotBytes, long ColdBytes, long BudgetBytes, int Pages, int Sequences, long ColdDroppedRows = 0, long PeakHotBytes = 0);
 
 /// <summary>
 /// Work the engine loop runs for a session, a few rows per step: an ingest (rows appended, no logits) or an answer

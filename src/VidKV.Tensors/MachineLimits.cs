@@ -32,6 +32,25 @@ internal static unsafe class MachineLimits
     }
 
     /// <summary>
+    /// The processor's name as the system reports it (<c>model name</c> in /proc/cpuinfo on Linux), else the
+    /// architecture and core count; for benchmark reports.
+    /// </summary>
+    public static string CpuName
+    {
+        get
+        {
+            try
+            {
+                foreach (string line in File.ReadLines("/proc/cpuinfo"))
+                    if (line.StartsWith("model name", StringComparison.Ordinal) && line.IndexOf(':') is int colon and > 0)
+                        return line[(colon + 1)..].Trim();
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            return $"{RuntimeInformation.ProcessArchitecture}, {Environment.ProcessorCount} logical processors";
+        }
+    }
+
+    /// <summary>
     /// Both limits for the pool's thread count. The bandwidth buffer is freed again and, on Linux, the process's peak
     /// resident size is reset (<c>/proc/self/clear_refs</c>, "5") so the benchmark's peak RSS does not include it.
     /// </summary>

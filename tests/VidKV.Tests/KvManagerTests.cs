@@ -189,4 +189,34 @@ public class KvManagerTests
             for (int h = 0; h < Heads; h++) Assert.Equal(18, sequence.Table(l, h).TokenCount);
         Assert.Equal(0, store.MergeUnderfull(sequence.Table(0, 0))); // no edit since: nothing to do
     }
+
+    /// <summary>
+    /// The peak of hot bytes is the most pages in RAM at once: it follows the hot bytes up, stays when pages go back,
+    /// and a later sequence that takes fewer pages than were once hot (reusing freed slots) does not raise it.
+    /// </summary>
+    [Fact]
+    public void PeakHotBytesIsTheHighWaterMark()
+    {
+        using var store = Store();
+        var rng = new Random(5);
+        Assert.Equal(0, store.PeakHotBytes);
+        long peak;
+        using (var first = store.CreateSequence())
+        {
+            Append(first, rng, 0, 37, frameId: 1); // 3 pages of 16 per layer and head
+            Assert.Equal(3L * Layers * Heads * store.PageBytes, store.HotBytes);
+            Assert.Equal(store.HotBytes, store.PeakHotBytes);
+            using var fork = first.Fork();
+            Append(fork, rng, 37, 20); // the fork's own pages: its shared last page stays as it is
+            Assert.True(store.HotBytes > 3L * Layers * Heads * store.PageBytes);
+            peak = store.HotBytes;
+            Assert.Equal(peak, store.PeakHotBytes);
+        }
+        Assert.Equal(0, store.HotBytes);
+        Assert.Equal(peak, store.PeakHotBytes);
+        using var second = store.CreateSequence();
+        Append(second, rng, 0, 40);
+        Assert.True(store.HotBytes < peak);
+        Assert.Equal(peak, store.PeakHotBytes);
+    }
 }

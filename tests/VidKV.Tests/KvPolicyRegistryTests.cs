@@ -185,4 +185,29 @@ public class KvPolicyRegistryTests
             Assert.Contains(policy.Options.Count == 0 ? $"\n  {names}" : $"\n  {names}: {policy.Synopsis}", help);
         }
     }
+
+    /// <summary>A spec reads the separately given budget exactly when an option whose default comes from it is left out, in any part of a composition.</summary>
+    [Theory]
+    [InlineData("full", false)]
+    [InlineData("sinkwindow", true)]
+    [InlineData("sinkwindow:window=60", false)]
+    [InlineData("sinkwindow:sinks=2", true)]
+    [InlineData("freekv", true)]
+    [InlineData("freekv:budget=100", false)]
+    [InlineData("lserve", true)]
+    [InlineData("quickprefill", false)]
+    [InlineData("quickprefill:ratio=0.25,group=4", false)]
+    [InlineData("quickprefill+freekv", true)]
+    [InlineData("quickprefill+freekv:budget=64,sinks=8", false)]
+    [InlineData("infinipotv+livevlm", true)]
+    [InlineData("videoscan+resv", false)]
+    [InlineData("nonsense", false)]
+    public void ReadsBudgetWhenAnOptionDefaultsToIt(string spec, bool reads)
+    {
+        Assert.Equal(reads, KvPolicies.ReadsBudget(spec));
+        if (spec == "nonsense") return;
+        // The policy built (its name spells every option) changes with the budget exactly when the spec reads it.
+        Assert.Equal(reads, KvPolicies.Parse(spec, 100).Name != KvPolicies.Parse(spec, 200).Name);
+    }
 }
+
