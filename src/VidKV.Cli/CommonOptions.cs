@@ -8,11 +8,14 @@ namespace VidKV.Cli;
 /// <summary>Options shared by several commands, with llama.cpp's names.</summary>
 static class CommonOptions
 {
-    public static Option<string?> Model(bool required) => new("--model", "-m")
+    public static Option<string?> Model(bool required, string absent = "a small RANDOM-weight model VidKV writes itself") => new("--model", "-m")
     {
-        Description = required ? "Path of a GGUF model file." : "Path of a GGUF model file (default: a small RANDOM-weight model VidKV writes itself).",
+        Description = required ? "Path of a GGUF model file." : $"Path of a GGUF model file (default: {absent}).",
         Required = required,
     };
+
+    /// <summary>What a vision command without <c>-m</c> runs (<see cref="BuiltInModel"/>).</summary>
+    public const string BuiltInModelText = "the built-in model, a tiny VLM trained here on the generated world (models/world-tiny)";
 
     public static Option<int> ContextSize(int fallback) => new("--ctx-size", "-c")
     {

@@ -21,8 +21,8 @@ static class EvalCommand
 
     static Command Video()
     {
-        var model = CommonOptions.Model(required: true);
-        var mmproj = new Option<string>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m.", Required = true };
+        var model = CommonOptions.Model(required: false, CommonOptions.BuiltInModelText);
+        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m (neither: the built-in model)." };
         var lengths = new Option<string>("--lengths") { Description = $"Comma-separated stream lengths in frames (one frame per second of stream), each 2..{VideoEvalOptions.MaxLength}.", DefaultValueFactory = _ => "100,500,2000" };
         var streams = new Option<int>("--streams") { Description = "Held-out streams per length (seeds from 2^62 on, never trained on; the same seeds at every length, so a shorter stream is the start of a longer one).", DefaultValueFactory = _ => 1 };
         var distances = new Option<string>("--distances") { Description = "Comma-separated needle distances: ticks from a question's evidence back from the last frame; those not below a length are left out at that length.", DefaultValueFactory = _ => "1,10,100,1000" };
@@ -63,12 +63,13 @@ static class EvalCommand
                 throw new ArgumentException($"--plot '{plotPath}': no such folder '{folder}'");
             int threadCount = Math.Max(1, r.GetValue(threads));
             Tensors.WorkerPool.SetSharedThreadCount(threadCount);
-            using var text = Models.ModelLoader.Load(r.GetValue(model)!);
-            using var vision = Models.VisionModel.Load(r.GetValue(mmproj)!);
+            var (textPath, visionPath) = BuiltInModel.Or(r.GetValue(model), r.GetValue(mmproj));
+            using var text = Models.ModelLoader.Load(textPath);
+            using var vision = Models.VisionModel.Load(visionPath);
             var log = r.InvocationConfiguration.Error;
             var result = await VideoEvaluation.RunAsync(text, vision, options, log, cancellation);
             var stdout = r.InvocationConfiguration.Output;
-            if (r.GetValue(output) == "json") stdout.WriteLine(Json(result, Path.GetFileName(r.GetValue(model)!), Path.GetFileName(r.GetValue(mmproj)!), threadCount));
+            if (r.GetValue(output) == "json") stdout.WriteLine(Json(result, Path.GetFileName(textPath), Path.GetFileName(visionPath), threadCount));
             else WriteTables(stdout, result);
             if (plotPath != null)
             {

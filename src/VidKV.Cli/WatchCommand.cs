@@ -6,21 +6,24 @@ using VidKV.Engine;
 using VidKV.Formats;
 using VidKV.Models;
 using VidKV.Video;
+using VidKV.World;
 
 namespace VidKV.Cli;
 
 /// <summary>
 /// <c>vidkv watch</c>: a vision-language model watches a video (file, URL, camera, image folder) frame by frame into a
 /// bounded session; questions typed while it plays (or given with <c>--ask</c>) are answered on forks as ingestion
-/// goes on, and with <c>--proactive</c> the model comments on its own. With no source it makes a short demo video with
-/// ffmpeg and runs the whole path on a random-weight SmolVLM2-shaped pair it writes itself.
+/// goes on, and with <c>--proactive</c> the model comments on its own. Without <c>-m</c> the built-in model watches
+/// (<see cref="BuiltInModel"/>: a tiny VLM trained here on the generated world); with no source either, it watches the
+/// world demo (<see cref="WorldDemo"/>), commenting on its own, then answers the demo's questions, each shown beside
+/// the answer the world says is right.
 /// </summary>
 static class WatchCommand
 {
     public static Command Create()
     {
-        var source = new Argument<string?>("source") { Description = "Video file, URL (rtsp://, http://, HLS…), camera:/dev/videoN, or an image folder. None: a demo video made with ffmpeg.", Arity = ArgumentArity.ZeroOrOne };
-        var model = CommonOptions.Model(required: false);
+        var source = new Argument<string?>("source") { Description = "Video file, URL (rtsp://, http://, HLS…), camera:/dev/videoN, or an image folder. None: the demo, a generated world the built-in model comments on and answers questions about.", Arity = ArgumentArity.ZeroOrOne };
+        var model = CommonOptions.Model(required: false, CommonOptions.BuiltInModelText);
         var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m (not needed for a Hugging Face VLM folder)." };
         var fps = new Option<double>("--fps") { Description = "Frames per second to sample from the stream.", DefaultValueFactory = _ => 1.0 };
         var maxFrames = new Option<int?>("--max-frames") { Description = "Stop after this many frames." };
@@ -60,11 +63,21 @@ static class WatchCommand
         sampling.Validate();
         if (modelPath == null)
         {
-            (modelPath, mmprojPath) = DefaultPair(log);
-            if (source == null) sampling = sampling with { MaxFrames = sampling.MaxFrames ?? 8 };
+            (modelPath, mmprojPath) = BuiltInModel.Locate();
+            log.WriteLine("note: no -m given, so the built-in model watches: a 4.4M-parameter VLM trained here on generated videos of shapes; it knows nothing else.");
         }
         mmprojPath ??= Directory.Exists(modelPath) ? modelPath : throw new ArgumentException("watch needs --mmproj: the vision projector (mmproj GGUF) that goes with -m");
-        source ??= await DemoVideo.EnsureAsync(log: log);
+        // The demo: the world's own video, commented on as it plays, then its questions, each beside the world's answer.
+        WorldStream? demo = null;
+        IReadOnlyList<WorldQuestion> demoQuestions = [];
+        if (source == null)
+        {
+            source = await WorldDemo.EnsureAsync(log: log);
+            demo = WorldDemo.Stream();
+            proactive ??= new ProactiveOptions();
+            if (questions.Length == 0) demoQuestions = WorldDemo.Questions(demo);
+            sampling = sampling with { Fps = 1 };
+        }
 
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
@@ -95,11 +108,13 @@ static class WatchCommand
             if (proactive != null)
             {
                 await foreach (var comment in session.WatchAsync(Tap(frames.ReadAsync(stop.Token), Status), proactive, stop.Token))
-                    display.Print($"[{comment.Timestamp:mm\\:ss}] {comment.Text.Trim()}");
+                    display.Print($"[{comment.Timestamp:mm\\:ss}] {comment.Text.Trim()}{(demo == null ? "" : Judge(comment.Text.Trim(), demo.Narration(Tick(demo, comment.Timestamp))))}");
             }
             else await session.AppendVideoAsync(Tap(frames.ReadAsync(stop.Token), Status), null, stop.Token);
         }, await Length(frames, sampling));
         foreach (string question in questions) await Answer(display, session, question, maxTokens, stop.Token);
+        foreach (var question in demoQuestions)
+            display.Print(Judge((await Answer(display, session, question.Question, maxTokens, stop.Token)).Trim(), question.Answer).Trim());
         stop.Cancel();
         log.WriteLine($"watched {count} frames in {clock.Elapsed.TotalSeconds:F1} s{(video.UnchangedThreshold != null ? $" ({session.ReusedFrames} unchanged: tokens reused)" : "")}");
         return 0;
@@ -128,22 +143,14 @@ static class WatchCommand
             if (line.Trim().Length > 0) await Answer(display, session, line.Trim(), maxTokens, cancellation);
     }
 
-    static Task Answer(WatchDisplay display, Session session, string question, int maxTokens, CancellationToken cancellation) =>
+    static Task<string> Answer(WatchDisplay display, Session session, string question, int maxTokens, CancellationToken cancellation) =>
         display.AnswerAsync(question, session.AskAsync($"\n{question}\n", new AskOptions { MaxTokens = maxTokens }, cancellation));
 
-    /// <summary>The built-in default: a SmolVLM2-256M-shaped pair of RANDOM weights, written once to the cache folder.</summary>
-    static (string Text, string Projector) DefaultPair(TextWriter log)
-    {
-        string dir = Path.Combine(CommonOptions.CacheFolder, "random-smolvlm2-256m-q8_0");
-        log.WriteLine("note: no -m given, so this watches with a SmolVLM2-256M-shaped model of RANDOM weights that VidKV wrote itself:");
-        log.WriteLine("      the whole path runs (decode, encode, prefill, answers) but what it says is GIBBERISH.");
-        log.WriteLine("      For real output: vidkv watch VIDEO -m model.gguf --mmproj mmproj.gguf");
-        string text = Path.Combine(dir, RandomVisionModel.TextFileName), projector = Path.Combine(dir, RandomVisionModel.ProjectorFileName);
-        if (!File.Exists(text) || !File.Exists(projector))
-        {
-            log.WriteLine($"      writing {dir} ...");
-            RandomVisionModel.Write(dir, RandomVisionShape.SmolVlm2_256M, Tensors.GgmlType.Q8_0);
-        }
-        return (text, projector);
-    }
+    /// <summary>The demo's tick of a frame time (one tick per second).</summary>
+    static int Tick(WorldStream world, TimeSpan time) => Math.Clamp((int)Math.Round(time.TotalSeconds), 0, world.TickCount - 1);
+
+    /// <summary>What the world says of something said: "  ✓" when it is the world's text (a narration without its period, as answers give it, counts), else the world's text.</summary>
+    static string Judge(string said, string? truth) =>
+        truth == null ? "   ✗ (nothing happened)"
+        : string.Equals(said.TrimEnd('.'), truth.TrimEnd('.'), StringComparison.Ordinal) ? "   ✓" : $"   ✗ (the world: {truth})";
 }

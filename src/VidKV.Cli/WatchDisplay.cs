@@ -28,7 +28,7 @@ abstract class WatchDisplay
     /// <summary>A whole line of output (a comment).</summary>
     public abstract void Print(string line);
     /// <summary>An answer as it streams: <paramref name="question"/>, then its pieces.</summary>
-    public abstract Task AnswerAsync(string question, IAsyncEnumerable<string> pieces);
+    public abstract Task<string> AnswerAsync(string question, IAsyncEnumerable<string> pieces);
 
     sealed class Plain(TextWriter output, TextWriter log) : WatchDisplay
     {
@@ -39,11 +39,17 @@ abstract class WatchDisplay
         public override void Note(string line) { lock (gate) log.WriteLine(line); }
         public override void Print(string line) { lock (gate) output.WriteLine(line); }
 
-        public override async Task AnswerAsync(string question, IAsyncEnumerable<string> pieces)
+        public override async Task<string> AnswerAsync(string question, IAsyncEnumerable<string> pieces)
         {
             lock (gate) { output.WriteLine($"Q: {question}"); output.Write("A: "); }
-            await foreach (var piece in pieces) { lock (gate) output.Write(piece); }
+            var answer = new System.Text.StringBuilder();
+            await foreach (var piece in pieces)
+            {
+                answer.Append(piece);
+                lock (gate) output.Write(piece);
+            }
             lock (gate) output.WriteLine();
+            return answer.ToString();
         }
     }
 
@@ -75,13 +81,14 @@ abstract class WatchDisplay
         public override void Note(string line) => console.MarkupLine($"[grey]{Markup.Escape(line)}[/]");
         public override void Print(string line) => console.WriteLine(line);
 
-        public override async Task AnswerAsync(string question, IAsyncEnumerable<string> pieces)
+        public override async Task<string> AnswerAsync(string question, IAsyncEnumerable<string> pieces)
         {
             // Whole lines only: a live display cannot keep a half-written line above it.
             var answer = new System.Text.StringBuilder();
             await foreach (var piece in pieces) answer.Append(piece);
             console.WriteLine($"Q: {question}");
             console.WriteLine($"A: {answer}");
+            return answer.ToString();
         }
     }
 }

@@ -18,8 +18,8 @@ static class WorldCommand
 
     static Command Eval()
     {
-        var model = CommonOptions.Model(required: true);
-        var mmproj = new Option<string>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m.", Required = true };
+        var model = CommonOptions.Model(required: false, CommonOptions.BuiltInModelText);
+        var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF) paired with -m (neither: the built-in model)." };
         var clips = new Option<int>("--clips") { Description = "Held-out worlds to watch (seeds from 2^62 on, which the trainer never uses).", DefaultValueFactory = _ => 20 };
         var ticks = new Option<int>("--ticks") { Description = "Frames of each world (one per second).", DefaultValueFactory = _ => 24 };
         var size = new Option<int>("--size") { Description = "Side of the frames as drawn (the session resizes them for the tower, as from a video).", DefaultValueFactory = _ => 256 };
@@ -37,8 +37,9 @@ static class WorldCommand
             var kv = new VidKV.Cache.KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) };
             kv.ValidateSpecs();
             Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
-            using var text = Models.ModelLoader.Load(r.GetValue(model)!);
-            using var vision = Models.VisionModel.Load(r.GetValue(mmproj)!);
+            var (textPath, visionPath) = BuiltInModel.Or(r.GetValue(model), r.GetValue(mmproj));
+            using var text = Models.ModelLoader.Load(textPath);
+            using var vision = Models.VisionModel.Load(visionPath);
             await using var engine = new Engine.InferenceEngine(text, new Engine.EngineOptions { Kv = kv }, vision);
             var log = r.InvocationConfiguration.Error;
             var score = await WorldEvaluation.RunAsync(engine, clipCount, tickCount, side, asked, WorldOptions.Clip,
@@ -78,20 +79,21 @@ static class WorldCommand
         var eventProbability = new Option<double?>("--event-probability") { Description = "Probability of an event at a tick outside static stretches (default: the preset's)." };
         var questions = new Option<int>("--questions") { Description = "Sample questions asked at the last tick, written to the log.", DefaultValueFactory = _ => 8 };
         var crf = new Option<int>("--crf") { Description = "x264 quality, 0..51 (lower is better).", DefaultValueFactory = _ => 18 };
+        var frames = new Option<string?>("--frames") { Description = "Also write each tick's frame, drawn at --size without compression, as FOLDER/tick-NNNNNN.ppm (what a reference run feeds llama.cpp)." };
         var command = new Command("generate", "Generate a world video and its log: VIDEO plus VIDEO.json with every event (tick, mm:ss, narration) and sample questions with answers.")
-            .With(seed, ticks, size, fps, output, preset, maxObjects, eventProbability, questions, crf);
+            .With(seed, ticks, size, fps, output, preset, maxObjects, eventProbability, questions, crf, frames);
         command.SetAction(r =>
         {
             var options = r.GetValue(preset) == "stream" ? WorldOptions.Stream : WorldOptions.Clip;
             if (r.GetValue(maxObjects) is int most) options = options with { MaxObjects = most, MinObjects = Math.Min(options.MinObjects, most) };
             if (r.GetValue(eventProbability) is double p) options = options with { EventProbability = p };
             return Run(r.InvocationConfiguration.Error, r.GetValue(seed), r.GetValue(ticks), r.GetValue(size)!, r.GetValue(fps), r.GetValue(output)!, options,
-                r.GetValue(questions), r.GetValue(crf));
+                r.GetValue(questions), r.GetValue(crf), r.GetValue(frames));
         });
         return command;
     }
 
-    static int Run(TextWriter log, ulong seed, int ticks, string size, double fps, string path, WorldOptions options, int questionCount, int crf)
+    static int Run(TextWriter log, ulong seed, int ticks, string size, double fps, string path, WorldOptions options, int questionCount, int crf, string? frameFolder)
     {
         if (ticks is < 1 or > 360_000) throw new ArgumentException($"--ticks must be in 1..360000 (100 hours), got {ticks}");
         var (width, height) = ParseSize(size);
@@ -105,6 +107,11 @@ static class WorldCommand
         var stream = WorldStream.Generate(seed, ticks, options);
         var asked = WorldQuestions.SampleDistinct(stream, ticks - 1, seed, questionCount);
         WorldVideo.WriteAsync(stream, path, width, height, fps, crf).GetAwaiter().GetResult();
+        if (frameFolder != null)
+        {
+            Directory.CreateDirectory(frameFolder);
+            for (int tick = 0; tick < ticks; tick++) stream.Render(tick, width, height).WritePpm(Path.Combine(frameFolder, $"tick-{tick:D6}.ppm"));
+        }
         string logPath = Path.ChangeExtension(path, ".json");
         WorldVideo.WriteLog(WorldLog.Of(stream, width, height, fps, asked), logPath);
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -30,4 +30,12 @@ public sealed class RgbImage
 
     /// <summary>The three bytes of pixel (<paramref name="x"/>, <paramref name="y"/>).</summary>
     public Span<byte> Pixel(int x, int y) => Pixels.AsSpan(3 * (y * Width + x), 3);
+
+    /// <summary>Writes the image as a binary PPM (P6, maxval 255): the bytes <see cref="ImageReader"/> and llama.cpp's tools read back exactly.</summary>
+    public void WritePpm(string path)
+    {
+        using var file = File.Create(path);
+        file.Write(System.Text.Encoding.ASCII.GetBytes($"P6\n{Width} {Height}\n255\n"));
+        file.Write(Pixels);
+    }
 }

@@ -31,15 +31,18 @@ public class TrainerTests
     /// of the logits' scale: VidKV's GELU reads ggml's fp16 table (inputs rounded to fp16) where torch computes tanh GELU
     /// in f32.
     /// </summary>
-    [Fact]
-    public void ExportedPairGivesTheTorchModelsLogits()
+    [Theory]
+    [InlineData(32, 2)]
+    [InlineData(48, 3)] // a pixel shuffle of 3 × 3 patches (a 96² tower of 8-pixel patches merges so)
+    public void ExportedPairGivesTheTorchModelsLogits(int imageSize, int merge)
     {
         using var dir = new TempDir();
-        using var model = new TinyVlm(Small, seed: 3);
+        var config = Small with { ImageSize = imageSize, MergeFactor = merge };
+        using var model = new TinyVlm(config, seed: 3);
         var (textPath, projectorPath) = ModelExport.Write(dir.Path, model, "train-test", RandomVisionShape.SmolVlmVocabulary);
 
         var rng = new Random(5);
-        int size = Small.ImageSize, frameRows = Small.TokensPerFrame, d = Small.Embedding, vocab = Small.Vocab;
+        int size = config.ImageSize, frameRows = config.TokensPerFrame, d = config.Embedding, vocab = config.Vocab;
         var pixels = new float[3 * size * size];
         for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 2 - 1);
         int[] before = [.. Enumerable.Range(0, 7).Select(_ => rng.Next(256))], after = [.. Enumerable.Range(0, 6).Select(_ => rng.Next(256))];

@@ -9,16 +9,11 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-llama="${LLAMA_DIR:-/tmp/llama.cpp}"
 images="$root/../shared/testdata/vision/images"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-g++ -O2 -std=c++17 -w -o "$work/mtmd_reference" "$here/mtmd_reference.cpp" \
-    -I"$llama/include" -I"$llama/ggml/include" -I"$llama/tools/mtmd" \
-    "$llama/build/tools/mtmd/libmtmd.a" "$llama/build/src/libllama.a" \
-    "$llama/build/ggml/src/libggml.a" "$llama/build/ggml/src/libggml-cpu.a" "$llama/build/ggml/src/libggml-base.a" \
-    "$llama/build/vendor/hash/libvendor-hash.a" -fopenmp -lpthread -ldl -lm
+"$here/build-reference.sh" "$work/mtmd_reference"
 
 dotnet build "$root/src/VidKV.Cli" -c Release -nologo -v q >/dev/null
 vidkv="dotnet $root/src/VidKV.Cli/bin/Release/net10.0/vidkv.dll"

@@ -1,8 +1,8 @@
 // Reference runner for VidKV's vision tests, written for VidKV and linked against llama.cpp's libllama + libmtmd
 // (ngxson/llama.cpp 3f545bec, CPU). It is a tool that produces data; none of it is VidKV code.
 //
-// usage: mtmd_reference MODEL MMPROJ IMAGE.ppm PROMPT N_PREDICT OUT_PREFIX
-//   PROMPT: the raw prompt; "<__media__>" marks the image (put first when absent, as llama-mtmd-cli does).
+// usage: mtmd_reference MODEL MMPROJ IMAGE.ppm[,IMAGE.ppm...] PROMPT N_PREDICT OUT_PREFIX
+//   PROMPT: the raw prompt; "<__media__>" marks each image in order (one put first when absent, as llama-mtmd-cli does).
 // writes OUT_PREFIX.json: the mtmd chunk layout (text ids, image n_tokens / n_pos / nx / ny) and the greedy run
 //   (argmax, runner-up and their logit gap per step) of an f32-KV, no-flash-attention context on 2 threads;
 //   OUT_PREFIX.embd.f32.bin: every image chunk's embeddings (mtmd_encode_chunk), [n_tokens][n_embd] each, in order.
@@ -29,7 +29,7 @@ static std::vector<unsigned char> read_ppm(const char * path, int & w, int & h) 
 }
 
 int main(int argc, char ** argv) {
-    if (argc != 7) { fprintf(stderr, "usage: %s MODEL MMPROJ IMAGE.ppm PROMPT N_PREDICT OUT_PREFIX\n", argv[0]); return 2; }
+    if (argc != 7) { fprintf(stderr, "usage: %s MODEL MMPROJ IMAGE.ppm[,IMAGE.ppm...] PROMPT N_PREDICT OUT_PREFIX\n", argv[0]); return 2; }
     const char * model_path = argv[1], * mmproj_path = argv[2], * image_path = argv[3];
     std::string prompt = argv[4];
     const int n_predict = atoi(argv[5]);
@@ -53,14 +53,20 @@ int main(int argc, char ** argv) {
     mtmd_context * vctx = mtmd_init_from_file(mmproj_path, model, vp);
     if (!vctx) return 1;
 
-    int w, h;
-    auto rgb = read_ppm(image_path, w, h);
-    mtmd_bitmap * bitmap = mtmd_bitmap_init(w, h, rgb.data());
+    std::vector<mtmd_bitmap *> bitmaps;
+    for (std::string paths = image_path; !paths.empty();) {
+        size_t comma = paths.find(',');
+        std::string path = paths.substr(0, comma);
+        paths = comma == std::string::npos ? "" : paths.substr(comma + 1);
+        int w, h;
+        auto rgb = read_ppm(path.c_str(), w, h);
+        bitmaps.push_back(mtmd_bitmap_init(w, h, rgb.data()));
+    }
     if (prompt.find(mtmd_default_marker()) == std::string::npos) prompt = std::string(mtmd_default_marker()) + prompt;
     mtmd_input_text text = { prompt.c_str(), prompt.size(), true, true };
     mtmd_input_chunks * chunks = mtmd_input_chunks_init();
-    const mtmd_bitmap * bitmaps[] = { bitmap };
-    if (mtmd_tokenize(vctx, chunks, &text, bitmaps, 1) != 0) return 1;
+    std::vector<const mtmd_bitmap *> inputs(bitmaps.begin(), bitmaps.end());
+    if (mtmd_tokenize(vctx, chunks, &text, inputs.data(), inputs.size()) != 0) return 1;
 
     const int n_embd = llama_model_n_embd_inp(model);
     FILE * embd = fopen((out + ".embd.f32.bin").c_str(), "wb");
@@ -115,7 +121,7 @@ int main(int argc, char ** argv) {
     std::ofstream(out + ".json") << json;
     llama_batch_free(batch);
     mtmd_input_chunks_free(chunks);
-    mtmd_bitmap_free(bitmap);
+    for (mtmd_bitmap * bitmap : bitmaps) mtmd_bitmap_free(bitmap);
     mtmd_free(vctx);
     llama_free(lctx);
     llama_model_free(model);

@@ -37,6 +37,8 @@ public static class Program
     static readonly Option<int> MaxFrames = new("--max-frames") { Description = "Longest training clip, in frames (1 per second).", DefaultValueFactory = _ => new ExampleOptions().MaxFrames };
     static readonly Option<int> MinFrames = new("--min-frames") { Description = "Shortest training clip, in frames.", DefaultValueFactory = _ => new ExampleOptions().MinFrames };
     static readonly Option<double> Questions = new("--questions") { Description = "Questions per training clip on average (one after the last frame, the rest after random frames).", DefaultValueFactory = _ => new ExampleOptions().QuestionsPerClip };
+    static readonly Option<int> ImageSize = new("--image-size") { Description = "Side of the frames the tower sees (a multiple of --patch × --merge).", DefaultValueFactory = _ => new TinyVlmConfig().ImageSize };
+    static readonly Option<int> Merge = new("--merge") { Description = "Idefics3 pixel-shuffle factor: patches merged per side into one decoder row.", DefaultValueFactory = _ => new TinyVlmConfig().MergeFactor };
     static readonly Option<int> EvalClips = new("--eval-clips") { Description = "Held-out clips scored at the end (and at each checkpoint).", DefaultValueFactory = _ => 64 };
 
     static Command TrainCommand()
@@ -48,35 +50,40 @@ public static class Program
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, probe, lr, resume, EvalClips, type,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, probe, lr, resume, EvalClips, type, ImageSize, Merge,
         };
         command.SetAction(r =>
         {
             var exportType = ParseType(r.GetValue(type)!);
             var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr),
                 ProbeWeight = r.GetValue(probe) };
-            var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
+            var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size, ImageSize = r.GetValue(ImageSize), MergeFactor = r.GetValue(Merge) };
+            Check(config);
             var tokenizer = WorldVocabulary.CreateTokenizer();
             var examples = new WorldExamples(config, tokenizer, Frames(r));
             string dir = r.GetValue(output)!;
             Directory.CreateDirectory(dir);
+            // The sizes go beside the checkpoints, so eval and export build the same model from them.
+            File.WriteAllText(Path.Combine(dir, ConfigFile), System.Text.Json.JsonSerializer.Serialize(new { image_size = config.ImageSize, merge = config.MergeFactor }));
             torch.manual_seed(options.Seed);
             using var model = new TinyVlm(config, options.Seed);
+            var trainer = new Trainer(model, examples, options);
             int first = 0;
             if (r.GetValue(resume) is { } checkpoint)
             {
-                model.load(checkpoint);
-                first = int.Parse(Path.GetFileNameWithoutExtension(checkpoint).Split('-')[^1], CultureInfo.InvariantCulture);
+                string name = Path.GetFileNameWithoutExtension(checkpoint);
+                if (!name.StartsWith("step-", StringComparison.Ordinal) || !int.TryParse(name["step-".Length..], NumberStyles.None, CultureInfo.InvariantCulture, out first))
+                    throw new ArgumentException($"--resume {checkpoint}: not a step-N.bin checkpoint (its step is where the schedule goes on)");
+                trainer.Load(checkpoint);
                 Console.Error.WriteLine($"resuming from {checkpoint} at step {first}");
             }
             long parameters = model.parameters().Sum(p => p.numel());
             Console.Error.WriteLine($"tiny VLM: {parameters:N0} parameters, vocabulary {config.Vocab}, {config.TokensPerFrame} rows per frame; {options.Steps} steps on {options.Threads} threads");
-            var trainer = new Trainer(model, examples, options);
             int clips = r.GetValue(EvalClips);
             trainer.Run(Console.Error, first, step =>
             {
                 string path = Path.Combine(dir, $"step-{step}.bin");
-                model.save(path);
+                trainer.Save(path);
                 Console.Error.WriteLine($"checkpoint {path}; held-out: {trainer.Evaluate(HeldOut(Math.Min(clips, 16)))}");
                 // The evaluation leaves much garbage; collect it here, between steps, rather than while a native call runs
                 // (two runs died inside libtorch a few steps after a checkpoint, on a scalar freed under them).
@@ -84,7 +91,7 @@ public static class Program
                 GC.WaitForPendingFinalizers();
                 GC.Collect();
             });
-            model.save(Path.Combine(dir, "final.bin"));
+            trainer.Save(Path.Combine(dir, "final.bin"));
             Console.Error.WriteLine($"held-out ({clips} clips): {trainer.Evaluate(HeldOut(clips))}");
             var (text, projector) = ModelExport.Write(dir, model, "vidkv-world-tiny", WorldVocabulary.Options, exportType);
             Console.Error.WriteLine($"wrote {text} and {projector}");
@@ -96,18 +103,21 @@ public static class Program
     static Command EvalCommand()
     {
         var checkpoint = new Option<string>("--checkpoint", "-c") { Description = "A checkpoint written by train.", Required = true };
+        var fitProbe = new Option<int>("--fit-probe") { Description = "First fit the perception probe alone on the frozen tower for this many clips (what its rows tell a linear head)." };
         var command = new Command("eval", "Score a checkpoint on held-out clips (answers exact, narration F1, silence on quiet frames).")
         {
-            checkpoint, EvalClips, MinFrames, MaxFrames, Questions, Threads,
+            checkpoint, EvalClips, MinFrames, MaxFrames, Questions, Threads, fitProbe,
         };
         command.SetAction(r =>
         {
             torch.set_num_threads(Positive(r.GetValue(Threads), "--threads"));
-            var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
+            var config = ConfigOf(r.GetValue(checkpoint)!);
             var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), Frames(r));
             using var model = new TinyVlm(config);
-            model.load(r.GetValue(checkpoint)!);
-            Console.WriteLine(new Trainer(model, examples, new TrainOptions()).Evaluate(HeldOut(r.GetValue(EvalClips))));
+            var trainer = new Trainer(model, examples, new TrainOptions());
+            trainer.Load(r.GetValue(checkpoint)!);
+            if (r.GetValue(fitProbe) is > 0 and int probeSteps) trainer.FitProbe(probeSteps, Console.Error);
+            Console.WriteLine(trainer.Evaluate(HeldOut(r.GetValue(EvalClips))));
             return 0;
         });
         return command;
@@ -122,13 +132,31 @@ public static class Program
         command.SetAction(r =>
         {
             var exportType = ParseType(r.GetValue(type)!);
-            using var model = new TinyVlm(new TinyVlmConfig { Vocab = WorldVocabulary.Size });
+            using var model = new TinyVlm(ConfigOf(r.GetValue(checkpoint)!));
             model.load(r.GetValue(checkpoint)!);
             var (text, projector) = ModelExport.Write(r.GetValue(output)!, model, "vidkv-world-tiny", WorldVocabulary.Options, exportType);
             Console.Error.WriteLine($"wrote {text} and {projector}");
             return 0;
         });
         return command;
+    }
+
+    const string ConfigFile = "config.json";
+
+    /// <summary>The sizes of a checkpoint's model: those in the config.json train wrote beside it, else the defaults.</summary>
+    static TinyVlmConfig ConfigOf(string checkpoint)
+    {
+        var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size };
+        string path = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(checkpoint))!, ConfigFile);
+        if (!File.Exists(path)) return config;
+        using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(path));
+        return config with { ImageSize = json.RootElement.GetProperty("image_size").GetInt32(), MergeFactor = json.RootElement.GetProperty("merge").GetInt32() };
+    }
+
+    static void Check(TinyVlmConfig c)
+    {
+        if (c.MergeFactor < 1 || c.ImageSize < c.PatchSize * c.MergeFactor || c.ImageSize % (c.PatchSize * c.MergeFactor) != 0)
+            throw new ArgumentException($"--image-size {c.ImageSize} must be a positive multiple of the patch ({c.PatchSize}) × --merge ({c.MergeFactor})");
     }
 
     /// <summary>The seeds of the first <paramref name="count"/> held-out clips (never trained on).</summary>

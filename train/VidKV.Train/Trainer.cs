@@ -31,8 +31,8 @@ public sealed record TrainOptions
     public int Threads { get; init; }
     /// <summary>
     /// Weight of the perception probe's loss beside the language loss (0: no probe). The probe is a linear head, used in
-    /// training only, that reads each frame row and names the colour, shape and size of the object centred in its cell
-    /// and where in the cell: dense supervision of the tower that the answers alone give slowly (after 10,000 steps
+    /// training only, that reads each frame row and names the colour, shape, size and 3×3 region of the object centred in
+    /// its cell and where in the cell: dense supervision of the tower that the answers alone give slowly (after 10,000 steps
     /// without it, "where" questions were right 15 % of the time and object lists never).
     /// </summary>
     public double ProbeWeight { get; init; } = 0.5;
@@ -45,6 +45,8 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
 {
     /// <summary>Questions asked and answered right, per template.</summary>
     public IReadOnlyDictionary<VidKV.World.QuestionKind, (int Correct, int Asked)> ByKind { get; init; } = new Dictionary<VidKV.World.QuestionKind, (int, int)>();
+    /// <summary>The perception probe's accuracy on cells that hold an object's centre: colour, shape, size, region (what the tower's rows tell a linear head).</summary>
+    public (double Colour, double Shape, double Size, double Region) Probe { get; init; }
 
     /// <summary>Share of questions whose whole answer (and its end) the model gives greedily.</summary>
     public double Accuracy => Questions == 0 ? 0 : (double)Correct / Questions;
@@ -55,7 +57,7 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
 
     /// <inheritdoc/>
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"answers {Correct}/{Questions} ({Accuracy:P1}; {string.Join(", ", ByKind.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value.Correct}/{k.Value.Asked}"))}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}");
+        $"answers {Correct}/{Questions} ({Accuracy:P1}; {string.Join(", ", ByKind.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value.Correct}/{k.Value.Asked}"))}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}; probe on objects' cells: colour {Probe.Colour:P0}, shape {Probe.Shape:P0}, size {Probe.Size:P0}, region {Probe.Region:P0}");
 }
 
 /// <summary>
@@ -65,6 +67,22 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
 public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions options)
 {
     readonly PerceptionProbe probe = new(model.Config.Embedding);
+
+    /// <summary>Writes the model to <paramref name="path"/> and the probe beside it (<c>.probe.bin</c>), as a checkpoint.</summary>
+    public void Save(string path)
+    {
+        model.save(path);
+        probe.save(ProbePath(path));
+    }
+
+    /// <summary>Reads a checkpoint written by <see cref="Save"/> (the probe only when it is there: a checkpoint of the model alone leaves it new).</summary>
+    public void Load(string path)
+    {
+        model.load(path);
+        if (File.Exists(ProbePath(path))) probe.load(ProbePath(path));
+    }
+
+    static string ProbePath(string checkpoint) => Path.ChangeExtension(checkpoint, ".probe.bin");
 
     /// <summary>p(silence) at or above which VidKV's proactive mode stays silent (ProactiveOptions.Threshold's default).</summary>
     public const float SilenceThreshold = 0.725f;
@@ -108,6 +126,34 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             }
             if (checkpoint != null && options.CheckpointEvery > 0 && (step + 1) % options.CheckpointEvery == 0) checkpoint(step + 1);
         }
+    }
+
+    /// <summary>
+    /// Fits the perception probe alone on the model's frame rows, the model frozen, for <paramref name="steps"/> examples
+    /// (AdamW at 1e-2): what a linear head can read from the tower as it is, whatever the probe it was trained with.
+    /// </summary>
+    public void FitProbe(int steps, TextWriter log)
+    {
+        if (options.Threads > 0) torch.set_num_threads(options.Threads);
+        model.eval();
+        using var optimizer = optim.AdamW(probe.parameters(), lr: 1e-2, weight_decay: 0);
+        double average = double.NaN;
+        for (int step = 0; step < steps; step++)
+        {
+            var example = examples.Make(ExampleSeed(options.Seed, step) + 500_000_000UL);
+            using var noCollection = NoCollection();
+            using var scope = NewDisposeScope();
+            Tensor rows;
+            using (no_grad()) rows = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize)).view(-1, model.Config.Embedding);
+            var loss = probe.Loss(rows, example.Cells);
+            optimizer.zero_grad();
+            loss.backward();
+            optimizer.step();
+            float value = loss.item<float>();
+            average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
+            if (step % 100 == 0 || step == steps - 1) log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"probe step {step + 1}/{steps}  loss {average:F4}"));
+        }
+        model.train();
     }
 
     /// <summary>
@@ -191,29 +237,38 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     sealed class PerceptionProbe : nn.Module
     {
         readonly Parameter weight, bias;
-        readonly int colours = CellTargets.Colours, shapes = CellTargets.Shapes, sizes = CellTargets.Sizes;
+        readonly int colours = CellTargets.Colours, shapes = CellTargets.Shapes, sizes = CellTargets.Sizes, regions = CellTargets.Regions;
 
         public PerceptionProbe(int embedding) : base("perception_probe")
         {
-            int outputs = colours + shapes + sizes + 2;
+            int outputs = colours + shapes + sizes + regions + 2;
             weight = new Parameter(normal(0, 1 / Math.Sqrt(embedding), [outputs, embedding]));
             bias = new Parameter(zeros(outputs));
             RegisterComponents();
         }
 
-        /// <summary>Cross-entropy of colour, shape and size per cell plus the squared error of occupied cells' offsets.</summary>
+        /// <summary>Each cell's most likely colour, shape, size and region classes.</summary>
+        public (long[] Colour, long[] Shape, long[] Size, long[] Region) Predict(Tensor rows)
+        {
+            var y = F.linear(rows, weight, bias);
+            long[] Best(int start, int count) => y.narrow(1, start, count).argmax(1).data<long>().ToArray();
+            return (Best(0, colours), Best(colours, shapes), Best(colours + shapes, sizes), Best(colours + shapes + sizes, regions));
+        }
+
+        /// <summary>Cross-entropy of colour, shape, size and region per cell plus the squared error of occupied cells' offsets.</summary>
         public Tensor Loss(Tensor rows, CellTargets targets)
         {
             var y = F.linear(rows, weight, bias);
             var colour = tensor(targets.Colour);
             var shape = tensor(targets.Shape);
             var size = tensor(targets.Size);
+            var region = tensor(targets.Region);
             var offset = tensor(targets.Offset).view(-1, 2);
             var occupied = (size > 0).to(float32).unsqueeze(1);
-            var predicted = y.narrow(1, colours + shapes + sizes, 2).sigmoid();
+            var predicted = y.narrow(1, colours + shapes + sizes + regions, 2).sigmoid();
             var where = ((predicted - offset).pow(2) * occupied).sum() / (occupied.sum() + 1);
             return F.cross_entropy(y.narrow(1, 0, colours), colour) + F.cross_entropy(y.narrow(1, colours, shapes), shape)
-                + F.cross_entropy(y.narrow(1, colours + shapes, sizes), size) + 10 * where;
+                + F.cross_entropy(y.narrow(1, colours + shapes, sizes), size) + F.cross_entropy(y.narrow(1, colours + shapes + sizes, regions), region) + 10 * where;
         }
     }
 
@@ -230,6 +285,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         model.eval();
         int questions = 0, correct = 0, eventFrames = 0, narrated = 0, comments = 0, quiet = 0, quietKept = 0;
         var byKind = new Dictionary<VidKV.World.QuestionKind, (int Correct, int Asked)>();
+        long cells = 0, colourRight = 0, shapeRight = 0, sizeRight = 0, regionRight = 0;
         double lossSum = 0;
         int count = 0;
         long silence = examples.SilenceToken;
@@ -241,6 +297,17 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                 var example = examples.Make(seed, narrate: true);
                 var (loss, logits) = Forward(example);
                 lossSum += loss.item<float>();
+                var frames = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize));
+                var (colour, shape, size, region) = probe.Predict(frames.view(-1, model.Config.Embedding));
+                for (int cell = 0; cell < colour.Length; cell++)
+                {
+                    if (example.Cells.Size[cell] == 0) continue;
+                    cells++;
+                    if (colour[cell] == example.Cells.Colour[cell]) colourRight++;
+                    if (shape[cell] == example.Cells.Shape[cell]) shapeRight++;
+                    if (size[cell] == example.Cells.Size[cell]) sizeRight++;
+                    if (region[cell] == example.Cells.Region[cell]) regionRight++;
+                }
                 count++;
                 var s = example.Sequence;
                 var best = logits.argmax(-1).data<long>().ToArray();
@@ -289,6 +356,10 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                 }
             }
         model.train();
-        return new EvalResult(questions, correct, eventFrames, narrated, comments, quiet, quietKept, count == 0 ? 0 : lossSum / count) { ByKind = byKind };
+        return new EvalResult(questions, correct, eventFrames, narrated, comments, quiet, quietKept, count == 0 ? 0 : lossSum / count)
+        {
+            ByKind = byKind,
+            Probe = cells == 0 ? default : ((double)colourRight / cells, (double)shapeRight / cells, (double)sizeRight / cells, (double)regionRight / cells),
+        };
     }
 }

@@ -30,10 +30,11 @@ public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int
 
 /// <summary>
 /// What each frame row's cell of the frame holds: a frame's rows are a grid of cells (Idefics3's pixel shuffle keeps
-/// them in reading order), and an object belongs to the cell of its centre. Per cell: colour, shape and size as classes
-/// (0: no object; else the enum's value + 1), and the centre's offset within the cell in [0, 1]² (0 where empty).
+/// them in reading order), and an object belongs to the cell of its centre. Per cell: colour, shape, size and the 3×3
+/// region its centre is in (what "where" answers) as classes (0: no object; else the enum's value + 1), and the centre's
+/// offset within the cell in [0, 1]² (0 where empty).
 /// </summary>
-public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, float[] Offset)
+public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, long[] Region, float[] Offset)
 {
     /// <summary>Colour classes (none + the world's colours).</summary>
     public static int Colours => Enum.GetValues<Colour>().Length + 1;
@@ -41,12 +42,14 @@ public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, float
     public static int Shapes => Enum.GetValues<Shape>().Length + 1;
     /// <summary>Size classes (none + small, big).</summary>
     public static int Sizes => Enum.GetValues<Size>().Length + 1;
+    /// <summary>Region classes (none + the 3×3 grid's).</summary>
+    public static int Regions => Enum.GetValues<Region>().Length + 1;
 
     /// <summary>The cells of <paramref name="frames"/> frames of <paramref name="stream"/> on a <paramref name="side"/>² grid.</summary>
     public static CellTargets Of(WorldStream stream, int frames, int side)
     {
         int cells = side * side;
-        var t = new CellTargets(new long[frames * cells], new long[frames * cells], new long[frames * cells], new float[frames * cells * 2]);
+        var t = new CellTargets(new long[frames * cells], new long[frames * cells], new long[frames * cells], new long[frames * cells], new float[frames * cells * 2]);
         for (int f = 0; f < frames; f++)
             foreach (var o in stream.State(f).Objects)
             {
@@ -55,6 +58,7 @@ public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, float
                 t.Colour[cell] = (int)o.Colour + 1;
                 t.Shape[cell] = (int)o.Shape + 1;
                 t.Size[cell] = (int)o.Size + 1;
+                t.Region[cell] = (int)o.Region + 1;
                 t.Offset[2 * cell] = (float)(x - Math.Floor(x));
                 t.Offset[2 * cell + 1] = (float)(y - Math.Floor(y));
             }
