@@ -97,7 +97,8 @@ public sealed class TinyVlm : nn.Module
         int w = config.VisionWidth, p = config.PatchSize, d = config.Embedding;
         patchWeight = Normal([w, 3, p, p], 1 / Math.Sqrt(3 * p * p));
         patchBias = Filled([w], 0);
-        positions = Normal([config.PatchesPerSide * config.PatchesPerSide, w], 0.02);
+        // SigLIP's initialisation (1/√width): at 0.02 a fitted probe read an object's 3×3 region from its row 19–28 % of the time.
+        positions = Normal([config.PatchesPerSide * config.PatchesPerSide, w], 1 / Math.Sqrt(w));
         visionBlocks = [.. Enumerable.Range(0, config.VisionBlocks).Select(_ => new VisionBlock(config, Normal))];
         postNormWeight = Filled([w], 1);
         postNormBias = Filled([w], 0);
