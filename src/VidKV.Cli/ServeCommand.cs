@@ -19,7 +19,7 @@ static class ServeCommand
 
     public static Command Create()
     {
-        var model = CommonOptions.Model(required: true);
+        var model = CommonOptions.Model(required: false, CommonOptions.BuiltInModelText);
         var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (mmproj GGUF, or the Hugging Face folder of -m) for images and video in chat messages and live sessions." };
         var host = new Option<string>("--host") { Description = "Address to listen on (an IP address or localhost). Loopback by default: other machines reach the server only when you say so.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0: any free one).", DefaultValueFactory = _ => 8080 };
@@ -39,7 +39,7 @@ static class ServeCommand
         var prefill = PrefillOption();
         var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not; text, images and video), live video sessions (/v1/sessions, /v1/uploads, /v1/media), GET /metrics, and a web page at / to watch a video and ask about it.")
             .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, maxUpload, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, prefill, threads);
-        command.SetAction(r => Run(r.InvocationConfiguration.Error, r.GetValue(model)!, r.GetValue(mmproj), new ServerOptions
+        command.SetAction(r => Run(r.InvocationConfiguration.Error, r.GetValue(model), r.GetValue(mmproj), new ServerOptions
         {
             Host = ParseHost(r.GetValue(host)!),
             Port = r.GetValue(port),
@@ -78,9 +78,11 @@ static class ServeCommand
         : IPAddress.TryParse(host, out var address) ? address
         : throw new ArgumentException($"--host '{host}' is not an IP address (or localhost)");
 
-    static async Task<int> Run(TextWriter log, string modelPath, string? mmprojPath, ServerOptions options, int contextSize, PrefillScheduling prefill, int threads)
+    static async Task<int> Run(TextWriter log, string? modelPath, string? mmprojPath, ServerOptions options, int contextSize, PrefillScheduling prefill, int threads)
     {
         options.Validate(); // before the model loads: a bad option is reported at once
+        // No -m: the built-in pair (a -m without --mmproj serves text only).
+        if (modelPath == null) (modelPath, mmprojPath) = BuiltInModel.Or(null, mmprojPath);
         if (contextSize < 0) throw new ArgumentException($"-c must be 0 (the model's own) or more, not {contextSize}");
         Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
         using var model = ModelLoader.Load(modelPath);

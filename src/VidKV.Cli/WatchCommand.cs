@@ -63,7 +63,7 @@ static class WatchCommand
         sampling.Validate();
         if (modelPath == null)
         {
-            (modelPath, mmprojPath) = BuiltInModel.Locate();
+            (modelPath, mmprojPath) = BuiltInModel.Or(null, mmprojPath);
             log.WriteLine("note: no -m given, so the built-in model watches: a 4.4M-parameter VLM trained here on generated videos of shapes; it knows nothing else.");
         }
         mmprojPath ??= Directory.Exists(modelPath) ? modelPath : throw new ArgumentException("watch needs --mmproj: the vision projector (mmproj GGUF) that goes with -m");

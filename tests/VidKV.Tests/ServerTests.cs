@@ -568,6 +568,7 @@ public class ServerTests(TinyVisionPair pair) : IClassFixture<TinyVisionPair>
         { ["serve", "-m", "MODEL", "--max-sessions", "0"], "max sessions" },
         { ["serve", "-m", "MODEL", "--max-body", "0"], "--max-body" },
         { ["serve", "-m", "MODEL", "--max-upload", "-1"], "--max-upload" },
+        { ["serve", "--mmproj", "projector.gguf"], "--mmproj needs -m" },
     };
 
     [Theory]

@@ -140,16 +140,22 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         double average = double.NaN;
         for (int step = 0; step < steps; step++)
         {
+            // Clips the training run never drew (its k-th is Seed · 10⁹ + k).
             var example = examples.Make(ExampleSeed(options.Seed, step) + 500_000_000UL);
-            using var noCollection = NoCollection();
-            using var scope = NewDisposeScope();
-            Tensor rows;
-            using (no_grad()) rows = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize)).view(-1, model.Config.Embedding);
-            var loss = probe.Loss(rows, example.Cells);
-            optimizer.zero_grad();
-            loss.backward();
-            optimizer.step();
-            float value = loss.item<float>();
+            float value;
+            using (NoCollection())
+            {
+                using (var scope = NewDisposeScope())
+                {
+                    Tensor rows;
+                    using (no_grad()) rows = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize)).view(-1, model.Config.Embedding);
+                    var loss = probe.Loss(rows, example.Cells);
+                    optimizer.zero_grad();
+                    loss.backward();
+                    value = loss.item<float>();
+                }
+                optimizer.step(); // outside the scope, as in Run: AdamW's moments live across steps
+            }
             average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
             if (step % 100 == 0 || step == steps - 1) log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"probe step {step + 1}/{steps}  loss {average:F4}"));
         }
