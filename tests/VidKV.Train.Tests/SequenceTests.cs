@@ -107,4 +107,66 @@ public class SequenceTests
             Assert.Equal(example.Pixels, again.Pixels);
         }
     }
+
+    /// <summary>
+    /// Long-stream examples (<see cref="ExampleOptions.MaxStartSeconds"/>, <see cref="ExampleOptions.MaxPositionGap"/>):
+    /// the same clip and questions as without, every time it shows (frame stamps, questions, answers) later by one
+    /// offset per clip, positions rising with jumps only before frames, each question's branch going on from the
+    /// position after its cut; some clips shifted, some not, some with jumps.
+    /// </summary>
+    [Fact]
+    public void LongStreamExamplesShiftTimesAndPositionsOnly()
+    {
+        var tokenizer = WorldVocabulary.CreateTokenizer();
+        var plainOptions = new ExampleOptions { MaxFrames = 12, RenderSize = 48 };
+        var plain = new WorldExamples(Small, tokenizer, plainOptions);
+        var longStream = new WorldExamples(Small, tokenizer, plainOptions with { MaxStartSeconds = 3000, MaxPositionGap = 5000 });
+        var stamp = new System.Text.RegularExpressions.Regex(@"(\d\d):(\d\d)");
+        int Seconds(System.Text.RegularExpressions.Match m) => int.Parse(m.Groups[1].Value) * 60 + int.Parse(m.Groups[2].Value);
+        int shifted = 0, jumped = 0;
+        for (ulong seed = 1; seed <= 40; seed++)
+        {
+            var a = plain.Make(seed);
+            var b = longStream.Make(seed);
+            Assert.Equal(a.Pixels, b.Pixels);
+            Assert.Equal(a.Questions.Select(q => (q.Kind, q.Question, q.Answer, q.AskTick)), b.Questions.Select(q => (q.Kind, q.Question, q.Answer, q.AskTick)));
+            var s = b.Sequence;
+            int stream = s.BranchStart.TakeWhile(x => x < 0).Count();
+            string Text(TrainingSequence q, int from, int to) => tokenizer.Decode(Enumerable.Range(from, to - from).Where(i => q.FrameOf[i] < 0).Select(i => (int)q.Tokens[i]));
+            var before = stamp.Matches(Text(a.Sequence, 0, a.Sequence.BranchStart.TakeWhile(x => x < 0).Count())).Select(Seconds).ToArray();
+            var after = stamp.Matches(Text(s, 0, stream)).Select(Seconds).ToArray();
+            Assert.Equal(Enumerable.Range(0, b.Frames), before);
+            Assert.Equal(b.Frames, after.Length);
+            int offset = after[0];
+            Assert.Equal(before.Select(t => t + offset), after);
+            if (offset > 0) shifted++;
+            // Questions and answers: the same words, every stamp later by the clip's offset.
+            for (int i = 0, k = 0; i < s.Length; i++)
+            {
+                if (s.BranchStart[i] != i) continue;
+                int end = i;
+                while (end < s.Length && s.BranchStart[end] == i) end++;
+                string branch = Text(s, i, end);
+                Assert.Contains(stamp.Replace(b.Questions[k].Question, m => WorldWords.Time(Seconds(m) + offset)), branch);
+                Assert.Contains(stamp.Replace(b.Questions[k].Answer, m => WorldWords.Time(Seconds(m) + offset)), branch);
+                Assert.Equal(s.Positions[s.VisibleUntil[i] - 1] + 1, s.Positions[i]);
+                k++;
+            }
+            // Positions rise by one within a frame's text, rows and narration; they jump only where a frame's stamp starts.
+            bool jumps = false;
+            for (int i = 1; i < stream; i++)
+            {
+                float step = s.Positions[i] - s.Positions[i - 1];
+                Assert.True(step >= 1, $"seed {seed} row {i}: position {s.Positions[i]} after {s.Positions[i - 1]}");
+                if (step > 1)
+                {
+                    jumps = true;
+                    Assert.StartsWith("\nFrame from", tokenizer.Decode(Enumerable.Range(i, 3).Select(r => (int)s.Tokens[r])));
+                }
+            }
+            if (jumps) jumped++;
+        }
+        Assert.InRange(shifted, 8, 32);
+        Assert.InRange(jumped, 8, 32);
+    }
 }

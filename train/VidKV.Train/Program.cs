@@ -37,6 +37,8 @@ public static class Program
     static readonly Option<int> MaxFrames = new("--max-frames") { Description = "Longest training clip, in frames (1 per second).", DefaultValueFactory = _ => new ExampleOptions().MaxFrames };
     static readonly Option<int> MinFrames = new("--min-frames") { Description = "Shortest training clip, in frames.", DefaultValueFactory = _ => new ExampleOptions().MinFrames };
     static readonly Option<double> Questions = new("--questions") { Description = "Questions per training clip on average (one after the last frame, the rest after random frames).", DefaultValueFactory = _ => new ExampleOptions().QuestionsPerClip };
+    static readonly Option<int> MaxStart = new("--max-start") { Description = "Half the clips start at a time below this many seconds (stamps, questions and answers shifted): minutes a long watch shows. 0: every clip starts at 00:00.", DefaultValueFactory = _ => 0 };
+    static readonly Option<int> MaxGap = new("--max-gap") { Description = "In half the clips a quarter of the frames start up to this many positions after the last row (log-uniform): the holes and distances a bounded KV policy leaves in a long stream. 0: none.", DefaultValueFactory = _ => 0 };
     static readonly Option<int> ImageSize = new("--image-size") { Description = "Side of the frames the tower sees (a multiple of --patch × --merge).", DefaultValueFactory = _ => new TinyVlmConfig().ImageSize };
     static readonly Option<int> Merge = new("--merge") { Description = "Idefics3 pixel-shuffle factor: patches merged per side into one decoder row.", DefaultValueFactory = _ => new TinyVlmConfig().MergeFactor };
     static readonly Option<int> EvalClips = new("--eval-clips") { Description = "Held-out clips scored at the end (and at each checkpoint).", DefaultValueFactory = _ => 64 };
@@ -46,17 +48,19 @@ public static class Program
         var output = new Option<string>("--out", "-o") { Description = "Folder for checkpoints and the exported model.gguf + mmproj.gguf.", Required = true };
         var resume = new Option<string?>("--resume") { Description = "A checkpoint (…/step-N.bin) to go on from." };
         var probe = new Option<double>("--probe") { Description = "Weight of the training-only perception probe's loss (0: none).", DefaultValueFactory = _ => new TrainOptions().ProbeWeight };
+        var decision = new Option<double>("--decision-weight") { Description = "Weight of each frame's proactive decision (silence or the comment's first token) in the language loss.", DefaultValueFactory = _ => new TrainOptions().DecisionWeight };
+        var answer = new Option<double>("--answer-weight") { Description = "Weight of answers' tokens in the language loss.", DefaultValueFactory = _ => new TrainOptions().AnswerWeight };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => new TrainOptions().LearningRate };
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, probe, lr, resume, EvalClips, type, ImageSize, Merge,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge,
         };
         command.SetAction(r =>
         {
             var exportType = ParseType(r.GetValue(type)!);
             var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr),
-                ProbeWeight = r.GetValue(probe) };
+                ProbeWeight = r.GetValue(probe), DecisionWeight = NotNegative(r.GetValue(decision), "--decision-weight"), AnswerWeight = NotNegative(r.GetValue(answer), "--answer-weight") };
             var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size, ImageSize = r.GetValue(ImageSize), MergeFactor = r.GetValue(Merge) };
             Check(config);
             var tokenizer = WorldVocabulary.CreateTokenizer();
@@ -106,7 +110,7 @@ public static class Program
         var fitProbe = new Option<int>("--fit-probe") { Description = "First fit the perception probe alone on the frozen tower for this many clips (what its rows tell a linear head)." };
         var command = new Command("eval", "Score a checkpoint on held-out clips (answers exact, narration F1, silence on quiet frames).")
         {
-            checkpoint, EvalClips, MinFrames, MaxFrames, Questions, Threads, fitProbe,
+            checkpoint, EvalClips, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, Threads, fitProbe,
         };
         command.SetAction(r =>
         {
@@ -168,10 +172,14 @@ public static class Program
         if (most < least) throw new ArgumentException($"--max-frames {most} is below --min-frames {least}");
         double questions = r.GetValue(Questions);
         if (!(questions >= 1)) throw new ArgumentException($"--questions must be at least 1, not {questions}");
-        return new ExampleOptions { MinFrames = least, MaxFrames = most, QuestionsPerClip = questions };
+        int start = r.GetValue(MaxStart), gap = r.GetValue(MaxGap);
+        if (start < 0) throw new ArgumentException($"--max-start must be ≥ 0 seconds, not {start}");
+        if (gap < 0) throw new ArgumentException($"--max-gap must be ≥ 0 positions, not {gap}");
+        return new ExampleOptions { MinFrames = least, MaxFrames = most, QuestionsPerClip = questions, MaxStartSeconds = start, MaxPositionGap = gap };
     }
 
     static int Positive(int value, string name) => value >= 1 ? value : throw new ArgumentException($"{name} must be at least 1, not {value}");
+    static double NotNegative(double value, string name) => value >= 0 && double.IsFinite(value) ? value : throw new ArgumentException($"{name} must be a finite number ≥ 0, not {value}");
 
     static GgmlType ParseType(string name) => name.ToLowerInvariant() switch
     {

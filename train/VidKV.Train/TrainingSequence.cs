@@ -70,9 +70,11 @@ public sealed class SequenceBuilder
     readonly long silence, endOfUtterance, fake;
     readonly long[] close;
     readonly List<long> tokens = [], labels = [];
+    readonly List<float> positions = [];
+    int next; // the next stream row's position
     readonly List<int> frameOf = [], frameRow = [];
     readonly List<bool> decision = [];
-    readonly List<(int Cut, long[] Tokens, long[] Labels)> branches = [];
+    readonly List<(int Cut, long[] Tokens, long[] Labels, int Position)> branches = [];
     int frames;
 
     /// <param name="tokenizer">the model's tokenizer (its vocabulary has SmolVLM's special tokens)</param>
@@ -100,15 +102,19 @@ public sealed class SequenceBuilder
     /// <summary>
     /// Adds a frame at <paramref name="seconds"/> of stream time; its closing row learns silence, or
     /// <paramref name="narration"/>'s first token. With <paramref name="narrationInStream"/> the narration follows
-    /// in the stream (proactive mode), its tokens learning the next and the end-of-utterance token.
+    /// in the stream (proactive mode), its tokens learning the next and the end-of-utterance token. The frame's rows
+    /// start <paramref name="gap"/> positions after the last row, as if that many rows between had been evicted.
     /// </summary>
-    public void Frame(int seconds, string? narration, bool narrationInStream)
+    public void Frame(int seconds, string? narration, bool narrationInStream, int gap = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(gap);
+        next += gap;
         foreach (long t in Encode($"\nFrame from {VidKV.World.WorldWords.Time(seconds)}:<fake_token_around_image><global-img>")) Add(t, Ignore);
         for (int r = 0; r < rowsPerFrame; r++)
         {
             tokens.Add(0);
             labels.Add(Ignore);
+            positions.Add(next++);
             frameOf.Add(frames);
             frameRow.Add(r);
             decision.Add(false);
@@ -139,7 +145,7 @@ public sealed class SequenceBuilder
             t.Add(said[i]);
             l.Add(i + 1 < said.Length ? said[i + 1] : Ignore);
         }
-        branches.Add((tokens.Count, [.. t], [.. l]));
+        branches.Add((tokens.Count, [.. t], [.. l], next));
     }
 
     void Add(long token, long label, bool decides = false)
@@ -147,6 +153,7 @@ public sealed class SequenceBuilder
         decision.Add(decides);
         tokens.Add(token);
         labels.Add(label);
+        positions.Add(next++);
         frameOf.Add(-1);
         frameRow.Add(0);
     }
@@ -159,7 +166,7 @@ public sealed class SequenceBuilder
         var allLabels = new long[total];
         var allFrames = new int[total];
         var allRows = new int[total];
-        var positions = new float[total];
+        var allPositions = new float[total];
         var visible = new int[total];
         var branchStart = new int[total];
         var decides = new bool[total];
@@ -169,24 +176,24 @@ public sealed class SequenceBuilder
             allLabels[i] = labels[i];
             allFrames[i] = frameOf[i];
             allRows[i] = frameRow[i];
-            positions[i] = i;
+            allPositions[i] = positions[i];
             visible[i] = i + 1;
             branchStart[i] = -1;
             decides[i] = decision[i];
         }
         int at = stream;
-        foreach (var (cut, t, l) in branches)
+        foreach (var (cut, t, l, position) in branches)
         {
             for (int k = 0; k < t.Length; k++, at++)
             {
                 allTokens[at] = t[k];
                 allLabels[at] = l[k];
                 allFrames[at] = -1;
-                positions[at] = cut + k;
+                allPositions[at] = position + k;
                 visible[at] = cut;
                 branchStart[at] = at - k;
             }
         }
-        return new TrainingSequence(allTokens, allFrames, allRows, allLabels, positions, visible, branchStart, decides);
+        return new TrainingSequence(allTokens, allFrames, allRows, allLabels, allPositions, visible, branchStart, decides);
     }
 }

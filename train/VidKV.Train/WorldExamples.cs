@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
 using VidKV.Formats;
 using VidKV.Models;
 using VidKV.Text;
@@ -18,6 +20,18 @@ public sealed record ExampleOptions
     public double NarrationInStream { get; init; } = 0.5;
     /// <summary>Side of the frames the world is drawn at before VidKV's bilinear resize to the tower's size (as a video of that size would be).</summary>
     public int RenderSize { get; init; } = 256;
+    /// <summary>
+    /// Latest time a clip may start at, in seconds (0: every clip starts at 00:00). Half the clips then start at a time
+    /// drawn uniformly below it, every time they show (frame stamps, questions, answers) shifted by it: a clip is then a
+    /// window of a long stream, and the model reads minutes it would otherwise never see before frame 2,000 of a watch.
+    /// </summary>
+    public int MaxStartSeconds { get; init; }
+    /// <summary>
+    /// Largest jump of positions between two frames (0: none). In half the clips, a quarter of the frames start after a
+    /// jump drawn log-uniformly in [1, this], and the clip's first row at the start time's place: the holes and distances
+    /// a bounded KV policy leaves in a long stream (evicted frames keep their positions' gap), seen in short clips.
+    /// </summary>
+    public int MaxPositionGap { get; init; }
     /// <summary>How eventful the clips are.</summary>
     public WorldOptions World { get; init; } = WorldOptions.Clip;
 }
@@ -71,7 +85,7 @@ public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, long[
 /// every frame drawn and resized as VidKV's session would take it from a video, questions sampled after random frames
 /// (<see cref="WorldQuestions.Sample"/>), narrations as the proactive targets. The same seed gives the same example.
 /// </summary>
-public sealed class WorldExamples(TinyVlmConfig config, Tokenizer tokenizer, ExampleOptions options)
+public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokenizer, ExampleOptions options)
 {
     /// <summary>The silence token's id (what a frame without an event should predict).</summary>
     public long SilenceToken { get; } = new SequenceBuilder(tokenizer, config.TokensPerFrame).SilenceToken;
@@ -86,13 +100,20 @@ public sealed class WorldExamples(TinyVlmConfig config, Tokenizer tokenizer, Exa
         var stream = WorldStream.Generate(seed, frames, options.World);
         bool narrated = random.NextDouble() < options.NarrationInStream || narrate;
         var builder = new SequenceBuilder(tokenizer, config.TokensPerFrame);
+        // Long-stream draws on a generator of their own: with both options off the example is the one it always was.
+        var longStream = new WorldRandom(seed ^ 0x10C5EED10C5EED1UL);
+        int start = options.MaxStartSeconds > 0 && longStream.NextDouble() < 0.5 ? (int)(longStream.NextDouble() * options.MaxStartSeconds) : 0;
+        bool gaps = options.MaxPositionGap > 0 && longStream.NextDouble() < 0.5;
+        int Gap(int tick) => !gaps ? 0
+            : tick == 0 ? start * (config.TokensPerFrame + 14)
+            : longStream.NextDouble() < 0.25 ? (int)Math.Floor(Math.Pow(options.MaxPositionGap + 1.0, longStream.NextDouble())) : 0;
         int size = config.ImageSize, plane = size * size;
         var pixels = new float[frames * 3 * plane];
         var questions = new List<WorldQuestion>();
         double perFrame = Math.Max(0, options.QuestionsPerClip - 1) / frames;
         for (int tick = 0; tick < frames; tick++)
         {
-            builder.Frame(tick, stream.Narration(tick), narrated);
+            builder.Frame(start + tick, stream.Narration(tick), narrated, Gap(tick));
             DrawFrame(stream, tick, pixels.AsSpan(tick * 3 * plane, 3 * plane));
             bool last = tick == frames - 1;
             int asked = last ? 1 : 0;
@@ -101,12 +122,19 @@ public sealed class WorldExamples(TinyVlmConfig config, Tokenizer tokenizer, Exa
             for (int k = 0; k < asked; k++)
                 if (WorldQuestions.Sample(stream, tick, random) is { } q)
                 {
-                    builder.Question(q.Question, q.Answer);
+                    builder.Question(Shift(q.Question, start), Shift(q.Answer, start));
                     questions.Add(q);
                 }
         }
         return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, config.PatchesPerSide / config.MergeFactor));
     }
+
+    /// <summary><paramref name="text"/> with every mm:ss in it <paramref name="seconds"/> later.</summary>
+    static string Shift(string text, int seconds) => seconds == 0 ? text
+        : TimeStamp().Replace(text, m => WorldWords.Time(int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) * 60 + int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture) + seconds));
+
+    [GeneratedRegex(@"\b(\d\d):(\d\d)\b")]
+    private static partial Regex TimeStamp();
 
     /// <summary>Draws the frame of <paramref name="tick"/> at the render size, resizes it to the tower's as VidKV does (bilinear) and normalises it to planes of (x/255 − 0.5)/0.5.</summary>
     void DrawFrame(WorldStream stream, int tick, Span<float> planes)
