@@ -58,6 +58,8 @@ sealed class LiveSession
     public string Kind { get; }
     public string KvPolicy { get; }
     public bool Proactive { get; }
+    /// <summary>The demo world's questions and events (a <c>demo</c> session only).</summary>
+    public DemoInfo? Demo { get; init; }
     public long Created { get; }
     public Session Session { get; }
     public SessionEvents Events { get; }
@@ -157,7 +159,7 @@ sealed class LiveSession
         long last = Volatile.Read(ref lastTimestampTicks);
         return new SessionInfo(Id, Created, Source, Kind, state, Volatile.Read(ref frameCount), last >= 0 ? TimeSpan.FromTicks(last).TotalSeconds : null,
             Math.Round(framesPerSecond, 3), Session.Length, KvPolicy, Proactive, new EngineKv(memory.HotBytes, memory.ColdBytes, memory.BudgetBytes, memory.Pages),
-            Session.GeneratedTokens, VideoToken != null ? $"/v1/sessions/{Id}/video?token={VideoToken}" : null, error);
+            Session.GeneratedTokens, VideoToken != null ? $"/v1/sessions/{Id}/video?token={VideoToken}" : null, error) { Demo = Demo };
     }
 
     /// <summary>The event a new reader gets first: where the session is now.</summary>

@@ -8,6 +8,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using VidKV.Cache;
+using VidKV.World;
 using VidKV.Engine;
 using VidKV.Text;
 using VidKV.Video;
@@ -16,7 +17,7 @@ namespace VidKV.Server;
 
 /// <summary>
 /// The live-session endpoints: <c>POST /v1/sessions</c> starts a session that watches a file under the media root, an
-/// upload (<see cref="Uploads"/>), the built-in demo clip (<see cref="DemoVideo"/>), an http(s)/rtsp/rtmp URL, a
+/// upload (<see cref="Uploads"/>), the world demo (<see cref="WorldDemo"/>), an http(s)/rtsp/rtmp URL, a
 /// camera, or frames clients push (<c>POST /v1/sessions/{id}/frames</c>, or binary messages on the WebSocket
 /// <c>/v1/sessions/{id}/stream</c>); <c>GET /v1/sessions/{id}/video</c> plays the file a session reads (range requests,
 /// for a video element); <c>POST /v1/sessions/{id}/ask</c> answers a question on a fork of
@@ -120,7 +121,10 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         }
         string id = "sess_" + RandomNumberGenerator.GetHexString(24, lowercase: true);
         var live = new LiveSession(id, source, kind, kv.Default + (kv.Budget is int b ? $" (budget {b})" : ""), proactive != null, engine, session, frames, video,
-            options.MaxEventReaders);
+            options.MaxEventReaders)
+        {
+            Demo = kind == "demo" ? DemoWorld : null,
+        };
         sessions[id] = live;
         live.Start(UserTurnOpening(), proactive);
         options.Log?.WriteLine($"  {id}: watching {(kind == "push" ? "pushed frames" : source)} at {fps} fps, KV policy {live.KvPolicy}{(proactive != null ? ", proactive" : "")}");
@@ -141,7 +145,7 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
             string clip;
             try
             {
-                clip = await DemoVideo.EnsureAsync(log: options.Log, cancellation: cancellation).ConfigureAwait(false);
+                clip = await WorldDemo.EnsureAsync(log: options.Log, cancellation: cancellation).ConfigureAwait(false);
             }
             catch (VideoSourceException e)
             {
@@ -176,9 +180,24 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         return ("file", file, new VideoFile(path, temporary: false), source);
     }
 
-    /// <summary>The chat template's opening of a user turn: the frames go inside it, and a question closes it.</summary>
+    /// <summary>What the demo world holds (its questions and answers, its events), for the page to judge what the model says.</summary>
+    static readonly DemoInfo DemoWorld = MakeDemoInfo();
+
+    static DemoInfo MakeDemoInfo()
+    {
+        var world = WorldDemo.Stream();
+        return new DemoInfo(
+            [.. WorldDemo.Questions(world).Select(q => new DemoQuestion(q.Question, q.Answer))],
+            [.. world.Events.Select(e => new DemoEvent(e.Tick, e.Narration))]);
+    }
+
+    /// <summary>
+    /// The chat template's opening of a user turn: the frames go inside it, and a question closes it. In the plain format
+    /// (no turns) the frames open the stream and each question is a line of its own after them, as <c>vidkv watch</c> asks.
+    /// </summary>
     string UserTurnOpening()
     {
+        if (format == ChatFormat.Plain) return "";
         string opening = ChatTemplate.Apply(format, [new ChatMessage("user", Marker)], addGenerationPrompt: false);
         return opening[..opening.IndexOf(Marker, StringComparison.Ordinal)];
     }
@@ -186,6 +205,7 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
     /// <summary>A question as the rest of the user turn the session opened, then the assistant's turn.</summary>
     string QuestionPrompt(string question)
     {
+        if (format == ChatFormat.Plain) return ChatTemplate.Apply(format, [new ChatMessage("user", question)]);
         string turn = ChatTemplate.Apply(format, [new ChatMessage("user", Marker + question)]);
         return turn[(turn.IndexOf(Marker, StringComparison.Ordinal) + Marker.Length)..];
     }

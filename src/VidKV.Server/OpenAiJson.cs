@@ -198,7 +198,21 @@ sealed record SessionInfo(string Id, long Created, string Source, string Kind, s
 {
     [JsonPropertyOrder(-1)]
     public string Object => "session";
+    /// <summary>A <c>demo</c> session's world: the questions it asks with the world's answers, and its events (absent otherwise).</summary>
+    public DemoInfo? Demo { get; init; }
 }
+
+/// <summary>
+/// The built-in demo's world (VidKV.World's WorldDemo), so a page can judge the model: the questions asked after its
+/// last frame with their exact answers, and what happened at each second as the narration a comment should say.
+/// </summary>
+sealed record DemoInfo(IReadOnlyList<DemoQuestion> Questions, IReadOnlyList<DemoEvent> Events);
+
+/// <summary>A demo question and the world's answer.</summary>
+sealed record DemoQuestion(string Question, string Answer);
+
+/// <summary>A demo event: the second of the stream whose frame first shows it, and its narration.</summary>
+sealed record DemoEvent(int Second, string Narration);
 
 /// <summary>The engine's KV memory, every session together.</summary>
 sealed record EngineKv(long HotBytes, long ColdBytes, long BudgetBytes, int Pages);

@@ -99,4 +99,20 @@ public class ChatTemplateTests
         Assert.Equal("<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
             ChatTemplate.Apply(format, [new ChatMessage("system", "Be brief."), new ChatMessage("user", " Hi ")]));
     }
+
+    /// <summary>
+    /// The plain format (the built-in world model's template): only that exact template selects it (a template that
+    /// merely lacks ChatML's and Llama 3's markers stays ChatML, as llama.cpp's default); questions are lines of their
+    /// own, an assistant's text ends its line, no generation prompt.
+    /// </summary>
+    [Fact]
+    public void PlainFormatIsTheBuiltInModelsTemplateOnly()
+    {
+        Assert.Equal(ChatFormat.Plain, ChatTemplate.Detect(ChatTemplate.PlainTemplate));
+        Assert.Equal(ChatFormat.ChatMl, ChatTemplate.Detect(ChatTemplate.PlainTemplate + " "));
+        Assert.Equal(ChatFormat.ChatMl, ChatTemplate.Detect("{% for m in messages %}{{ m.content }}{% endfor %}"));
+        Assert.Equal("\nwhat is on the screen?\na red circle\n\nhow many objects are there?\n",
+            ChatTemplate.Apply(ChatFormat.Plain, [new ChatMessage("user", "what is on the screen?"), new ChatMessage("assistant", "a red circle"), new ChatMessage("user", "how many objects are there?")]));
+        Assert.Equal("\n", ChatPrompt.AssistantMessageEnd(ChatFormat.Plain));
+    }
 }

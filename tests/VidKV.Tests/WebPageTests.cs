@@ -235,7 +235,10 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
         var video = await served.Http.GetAsync(videoUrl.TrimStart('/'));
         Assert.Equal(HttpStatusCode.OK, video.StatusCode);
         Assert.Equal("video/mp4", video.Content.Headers.ContentType?.MediaType);
-        Assert.Equal(File.ReadAllBytes(VidKV.Video.DemoVideo.DefaultPath), await video.Content.ReadAsByteArrayAsync());
+        Assert.Equal(File.ReadAllBytes(VidKV.World.WorldDemo.DefaultPath), await video.Content.ReadAsByteArrayAsync());
+        // The demo's world, for the page to judge answers and comments.
+        var questions = VidKV.World.WorldDemo.Questions(VidKV.World.WorldDemo.Stream());
+        Assert.Equal(questions.Select(q => q.Question), created.GetProperty("demo").GetProperty("questions").EnumerateArray().Select(q => q.GetProperty("question").GetString()));
         await Error(await served.Http.GetAsync($"v1/sessions/{id}/video?token={new string('0', 32)}"), HttpStatusCode.Forbidden, "token", "invalid_video_token");
         await Error(await served.Http.GetAsync($"v1/sessions/{id}"), HttpStatusCode.Unauthorized, code: "invalid_api_key"); // the rest of the session still needs the key
 
@@ -247,6 +250,7 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
         // A push session has no file to play.
         var push = await Json(await served.Http.SendAsync(Request(HttpMethod.Post, "v1/sessions", Key, JsonBody(new { source = "push" }))), HttpStatusCode.Created);
         Assert.False(push.TryGetProperty("video_url", out _));
+        Assert.False(push.TryGetProperty("demo", out _));
         await Error(await served.Http.GetAsync($"v1/sessions/{push.GetProperty("id").GetString()}/video?token=x"), HttpStatusCode.NotFound, "id", "no_video");
     }
 
@@ -271,7 +275,7 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
         var page = await browser.NewPageAsync(new() { ViewportSize = new() { Width = 1280, Height = 900 } });
         var scriptErrors = new List<string>();
         page.PageError += (_, message) => scriptErrors.Add(message);
-        const float Wait = 60_000; // a deadline for a hung page, not a timing assert
+        const float Wait = 120_000; // a deadline for a hung page, not a timing assert
 
         await page.GotoAsync(served.Server.Address.ToString());
         await page.Locator("#error").Filter(new() { HasText = "API key" }).WaitForAsync(new() { Timeout = Wait });
@@ -292,8 +296,8 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
         await page.ClickAsync("#demo");
         await page.WaitForFunctionAsync("() => document.getElementById('state').textContent === 'ended'", null, new() { Timeout = Wait });
         Assert.True(await page.IsHiddenAsync("#error"));
-        Assert.Equal("10", await page.TextContentAsync("#frames"));
-        Assert.Contains("the session has ended after 10 frames", await page.TextContentAsync("#events"));
+        Assert.Equal($"{VidKV.World.WorldDemo.Ticks}", await page.TextContentAsync("#frames"));
+        Assert.Contains($"the session has ended after {VidKV.World.WorldDemo.Ticks} frames", await page.TextContentAsync("#events"));
         string sessionId = (await page.TextContentAsync("#session-id"))!;
         Assert.StartsWith("sess_", sessionId);
         Assert.True(await page.EvalOnSelectorAsync<bool>("#video", "video => video.currentSrc.includes('/video?token=') && video.error === null"));
@@ -319,6 +323,16 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
             null, new() { Timeout = Wait });
         Assert.True(await page.EvaluateAsync<double>("() => charts.kv.points[charts.kv.points.length - 1][0]") > 0); // hot KV in MiB
         Assert.NotEqual(blankChart, await page.EvalOnSelectorAsync<string>("#kv-chart", "canvas => canvas.toDataURL()"));
+
+        // The demo's own questions are buttons; an answer to one gets the world's verdict.
+        var demoQuestion = VidKV.World.WorldDemo.Questions(VidKV.World.WorldDemo.Stream())[0];
+        Assert.Equal(VidKV.World.WorldDemo.QuestionCount, await page.Locator(".demo-question").CountAsync());
+        await page.Locator(".demo-question").First.ClickAsync();
+        var verdict = page.Locator(".qa .verdict");
+        await verdict.WaitForAsync(new() { Timeout = Wait });
+        string judged = (await page.Locator(".qa:has(.verdict) .answer").TextContentAsync())!.Trim();
+        Assert.Equal(demoQuestion.Question, await page.Locator(".qa:has(.verdict) .question").TextContentAsync());
+        Assert.Equal(judged.TrimEnd('.') == demoQuestion.Answer ? "✓" : $"✗ (the world: {demoQuestion.Answer})", await verdict.TextContentAsync());
 
         string screenshot = Path.Combine(AppContext.BaseDirectory, "TestResults", "webpage.png");
         Directory.CreateDirectory(Path.GetDirectoryName(screenshot)!);

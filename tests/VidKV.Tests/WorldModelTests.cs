@@ -118,6 +118,58 @@ public class WorldModelTests
         Assert.True(comments.Count(c => c.EndsWith('✓')) >= DemoCommentsRight, stdout.ToString());
     }
 
+    /// <summary>
+    /// <c>vidkv serve</c> with the built-in model: a <c>demo</c> session (proactive, as <c>watch</c> runs it) carries the
+    /// demo's questions and events for the page to judge, and the server lays the stream and its questions out as the
+    /// model learnt them (its plain chat template: no turns), so it answers as many right as <c>watch</c> does.
+    /// </summary>
+    [Fact]
+    public async Task ServerWatchesTheDemoAsWatchDoes()
+    {
+        using var text = ModelLoader.Load(Path.Combine(ModelFolder, "model.gguf"));
+        using var vision = VisionModel.Load(Path.Combine(ModelFolder, "mmproj.gguf"));
+        Assert.Equal(VidKV.Text.ChatFormat.Plain, VidKV.Text.ChatTemplate.Detect(text.Vocabulary.ChatTemplate));
+        await using var engine = new InferenceEngine(text, new EngineOptions(), vision);
+        await using var server = await VidKV.Server.InferenceServer.StartAsync(engine, new VidKV.Server.ServerOptions { Port = 0 });
+        using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
+        static StringContent Body(object value) => new(JsonSerializer.Serialize(value), System.Text.Encoding.UTF8, "application/json");
+
+        var created = await http.PostAsync("v1/sessions", Body(new { source = "demo", fps = 1, proactive = true }));
+        Assert.Equal(System.Net.HttpStatusCode.Created, created.StatusCode);
+        var info = JsonDocument.Parse(await created.Content.ReadAsStringAsync()).RootElement;
+        string id = info.GetProperty("id").GetString()!;
+        var world = WorldDemo.Stream();
+        var questions = WorldDemo.Questions(world);
+        var demo = info.GetProperty("demo");
+        Assert.Equal(questions.Select(q => (q.Question, q.Answer)),
+            demo.GetProperty("questions").EnumerateArray().Select(q => (q.GetProperty("question").GetString()!, q.GetProperty("answer").GetString()!)));
+        Assert.Equal(world.Events.Select(e => (e.Tick, e.Narration)),
+            demo.GetProperty("events").EnumerateArray().Select(e => (e.GetProperty("second").GetInt32(), e.GetProperty("narration").GetString()!)));
+
+        var deadline = DateTime.UtcNow.AddMinutes(2); // for a hung session, not a timing assert
+        JsonElement status;
+        do
+        {
+            await Task.Delay(100);
+            status = JsonDocument.Parse(await http.GetStringAsync($"v1/sessions/{id}")).RootElement;
+        }
+        while (status.GetProperty("state").GetString() == "ingesting" && DateTime.UtcNow < deadline);
+        Assert.Equal("ended", status.GetProperty("state").GetString());
+        Assert.Equal(WorldDemo.Ticks, status.GetProperty("frames").GetInt32());
+
+        int right = 0;
+        var said = new List<string>();
+        foreach (var q in questions)
+        {
+            var reply = await http.PostAsync($"v1/sessions/{id}/ask", Body(new { question = q.Question, max_tokens = 24, temperature = 0, stream = false }));
+            Assert.Equal(System.Net.HttpStatusCode.OK, reply.StatusCode);
+            string answer = JsonDocument.Parse(await reply.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!.Trim();
+            said.Add($"{q.Question} → {answer} (the world: {q.Answer})");
+            if (answer == q.Answer) right++;
+        }
+        Assert.True(right >= DemoRight - 1, string.Join("; ", said));
+    }
+
     /// <summary>Demo answers (of <see cref="WorldDemo.QuestionCount"/>) and comments the shipped model gets right.</summary>
     const int DemoRight = 3, DemoCommentsRight = 1;
 }

@@ -9,8 +9,9 @@ namespace VidKV.Train;
 /// The tiny VLM's vocabulary: a byte-level BPE (Qwen2's pre-tokeniser, so digits are single tokens) over the 256 byte
 /// symbols, in which every word of the world (<see cref="WorldWords.Vocabulary"/>) and of the frame text ("Frame",
 /// "from") is one token, with and without its leading space, and SmolVLM's special tokens (the idefics3 image markers,
-/// <c>&lt;end_of_utterance&gt;</c> as end of generation) and chat template — so VidKV and llama.cpp read it as a
-/// SmolVLM2 vocabulary. Any other text still tokenises (byte by byte).
+/// <c>&lt;end_of_utterance&gt;</c> as end of generation) — so VidKV and llama.cpp read it as a SmolVLM2 vocabulary —
+/// with <see cref="ChatTemplate.PlainTemplate"/> as its chat template (questions on lines of their own, as it learns
+/// them). Any other text still tokenises (byte by byte).
 /// </summary>
 public static class WorldVocabulary
 {
@@ -21,7 +22,7 @@ public static class WorldVocabulary
     static readonly string[] Words = [.. FrameWords.Concat(WorldWords.Vocabulary).Where(w => w.All(char.IsAsciiLetter)).SelectMany(w => new[] { w, "Ġ" + w })];
 
     /// <summary>The vocabulary's options for <see cref="SyntheticVocabulary"/>: SmolVLM's, with merges learnt over the words.</summary>
-    internal static SyntheticVocabularyOptions Options { get; } = RandomVisionShape.SmolVlmVocabulary with { Merges = LearnMerges(Words) };
+    internal static SyntheticVocabularyOptions Options { get; } = RandomVisionShape.SmolVlmVocabulary with { Merges = LearnMerges(Words), ChatTemplate = ChatTemplate.PlainTemplate };
 
     /// <summary>Tokens in the vocabulary: the byte symbols, the merged tokens, SmolVLM's extra tokens, a little filler, the special tokens.</summary>
     public static int Size { get; } = 256 + Options.Merges.Length + 8 + 32 + Options.SpecialTokens.Length;

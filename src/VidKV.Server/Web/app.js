@@ -1,5 +1,6 @@
 'use strict';
-// VidKV's web page: start a live session on the demo clip, a file under the server's media root or an upload; play
+// VidKV's web page: start a live session on the demo (a generated world whose truth the server sends, so the page
+// marks each answer and comment right or wrong), a file under the server's media root or an upload; play
 // its video; ask questions and read the answers as they stream; read its progress and proactive comments; chart KV
 // memory, ingest frames/s and tokens/s. Everything goes through the server's HTTP API with fetch(), so the API key
 // (kept in sessionStorage) travels as a Bearer header, server-sent events included: EventSource cannot send headers.
@@ -16,6 +17,7 @@ const current = {
   events: null,        // AbortController of its event stream
   poll: 0,             // interval of its status polls
   lastTokens: null,    // {count, time} at the previous poll, for tokens/s
+  demo: null,          // a demo session's world: {questions: [{question, answer}], events: [{second, narration}]}
 };
 
 let charts;
@@ -148,6 +150,8 @@ async function startSession(source) {
 function open(info) {
   current.id = info.id;
   current.lastTokens = null;
+  current.demo = info.demo || null;
+  showDemoQuestions();
   $('answers').replaceChildren();
   $('events').replaceChildren();
   $('progress').textContent = 'starting…';
@@ -244,9 +248,16 @@ function onSessionEvent(event) {
       $('progress').textContent = `read ${event.frames} frames, up to ${(event.timestamp || 0).toFixed(1)} s of the stream`
         + ` (${(event.frames_per_second || 0).toFixed(2)} frames/s; KV hot ${(event.hot_bytes / MiB).toFixed(2)} MiB, cold ${(event.cold_bytes / MiB).toFixed(2)} MiB)`;
       break;
-    case 'comment':
-      addEvent('comment', `[${(event.timestamp || 0).toFixed(1)} s] ${event.text}`);
+    case 'comment': {
+      const text = event.text.trim();
+      let verdict = '';
+      if (current.demo) {
+        const happened = current.demo.events.find((e) => e.second === Math.round(event.timestamp || 0));
+        verdict = happened ? judge(text, happened.narration) : '   ✗ (nothing happened)';
+      }
+      addEvent('comment', `[${(event.timestamp || 0).toFixed(1)} s] ${text}${verdict}`);
       break;
+    }
     case 'error':
       addEvent('error', event.message);
       break;
@@ -295,12 +306,49 @@ async function ask(question) {
       if (choice && choice.finish_reason) answer.dataset.finish = choice.finish_reason;
     });
     if (answer.dataset.done !== 'true') throw new Error('the answer stopped before its end');
+    const asked = current.demo && current.demo.questions.find((q) => q.question === question);
+    if (asked) {
+      const verdict = document.createElement('div');
+      verdict.className = 'verdict';
+      verdict.textContent = judge(answer.textContent.trim(), asked.answer).trim();
+      verdict.dataset.right = String(verdict.textContent === '✓');
+      item.append(verdict);
+    }
   } catch (error) {
     answer.classList.add('failed');
     if (!answer.textContent) answer.textContent = '(no answer)';
     throw error;
   } finally {
     item.classList.remove('pending');
+  }
+}
+
+/** What the demo's world says of something said: ✓ when it is the world's text (a final period aside), else the world's text. */
+function judge(said, truth) {
+  const bare = (text) => text.replace(/\.+$/, '');
+  return bare(said) === bare(truth) ? '   ✓' : `   ✗ (the world: ${truth})`;
+}
+
+/** A demo session's questions as buttons that ask them (the world knows their answers); nothing for other sources. */
+function showDemoQuestions() {
+  const box = $('demo-questions');
+  box.replaceChildren();
+  box.hidden = !current.demo;
+  if (!current.demo) return;
+  const label = document.createElement('span');
+  label.className = 'muted';
+  label.textContent = 'The world\'s questions (best asked once the stream has ended):';
+  box.append(label);
+  for (const q of current.demo.questions) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'demo-question';
+    button.textContent = q.question;
+    action(button, async () => {
+      $('question').value = q.question;
+      await ask(q.question);
+    });
+    box.append(button);
   }
 }
 
