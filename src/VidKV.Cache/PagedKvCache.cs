@@ -55,6 +55,7 @@ public sealed unsafe class PagedKvCache : KvCache
     int length, nextRopePosition;
     long steps;
     readonly KeyRotation? compactRotation;
+    bool isFork;
     // A weak handle to this cache for the worker-pool job that runs the heads' Select.
     nint self;
 
@@ -117,13 +118,18 @@ public sealed unsafe class PagedKvCache : KvCache
 
     /// <summary>
     /// A cache that shares this one's pages and length (<see cref="KvSequence.Fork"/>) under its own policies (a fresh
-    /// map: policy state is per sequence): a question asked on a live stream, whose tokens go away with it.
+    /// map: policy state is per sequence): a question asked on a live stream, whose tokens go away with it. Under
+    /// compact positions the fork goes on from the stream's compact positions but does not compact again: re-rotating
+    /// would copy every page it shares with the stream for the few rows its own tokens evict (a question's rows then
+    /// sit at most its own length further on). The stream compacting while the fork lives copies the shared pages it
+    /// re-rotates first, so the fork's keys never change under it.
     /// </summary>
     public PagedKvCache Fork(KvPolicyMap forkPolicies)
     {
         var child = new PagedKvCache(sequence.Fork(), forkPolicies, ContextLength, ownsStore: false, compactRotation);
         child.length = length;
         child.nextRopePosition = nextRopePosition;
+        child.isFork = true;
         return child;
     }
     /// <inheritdoc/>
@@ -440,7 +446,7 @@ public sealed unsafe class PagedKvCache : KvCache
 
     void CompactPositions()
     {
-        if (compactRotation == null) return;
+        if (compactRotation == null || isFork) return;
         nextRopePosition = sequence.CompactKeyPositions(compactRotation, out long rotated);
         RerotatedRows += rotated;
     }
