@@ -11,6 +11,14 @@ public abstract class KvCache : IDisposable
 {
     /// <summary>The next position (tokens seen so far, including any a policy evicted).</summary>
     public abstract int Length { get; }
+    /// <summary>
+    /// The RoPE position the next appended row is rotated at: <see cref="Length"/>, or the rows kept when the cache
+    /// compacts positions (<see cref="KvPositions.Compact"/>) after a policy evicted some. Row i of a batch is rotated
+    /// at this plus i; its place in the sequence (what masks and policies order by) is <see cref="Length"/> plus i.
+    /// </summary>
+    public virtual int NextRopePosition => Length;
+    /// <summary>Whether kept rows keep their original positions (the default) or take compact ones (<see cref="KvPositions"/>).</summary>
+    public virtual KvPositions Positions => KvPositions.Original;
     /// <summary>Largest position count this cache accepts.</summary>
     public abstract int ContextLength { get; }
     /// <summary>Bytes of KV data held in memory (all layers).</summary>

@@ -61,7 +61,8 @@ internal static partial class KvPolicies
 /// <code>
 /// { "page_size": 32, "type": "f16", "budget": 2048, "default": "freekv",
 ///   "layers": { "0-1": "full" }, "heads": { "5.1": "sinkwindow:window=256" },
-///   "max_hot_pages": 0, "cold_path": "/tmp/vidkv-cold.bin", "max_cold_bytes": 0, "cold_mapped": true }
+///   "max_hot_pages": 0, "cold_path": "/tmp/vidkv-cold.bin", "max_cold_bytes": 0, "cold_mapped": true,
+///   "positions": "original" }
 /// </code>
 /// <c>layers</c> keys are a layer or an inclusive range; <c>heads</c> keys are layer.kvHead. Later entries win.
 /// </summary>
@@ -87,6 +88,23 @@ public sealed record KvCacheConfig
     public long MaxColdBytes { get; init; }
     /// <summary>Read cold pages in place through a read-only mapping (default) rather than copying them back; see <see cref="PagedKvOptions.MapColdTier"/>.</summary>
     public bool ColdMapped { get; init; } = true;
+    /// <summary>
+    /// Whether the rows a policy keeps stay at their original RoPE positions (default) or take compact ones after
+    /// evictions, StreamingLLM-style (<see cref="KvPositions.Compact"/>; one-component RoPE models only). Caches get
+    /// the model's key rotation from <see cref="CreateCache(KvSequence, int, KeyRotation?)"/>.
+    /// </summary>
+    public KvPositions Positions { get; init; } = KvPositions.Original;
+
+    /// <summary>Parses a <c>--positions</c> or config value: <c>original</c> or <c>compact</c> (case-insensitive); the error names the value.</summary>
+    public static KvPositions ParsePositions(string value) => value.Trim().ToLowerInvariant() switch
+    {
+        "original" => KvPositions.Original,
+        "compact" => KvPositions.Compact,
+        _ => throw new KvConfigException($"positions: '{value}' is not original or compact"),
+    };
+
+    /// <summary>The <c>--positions</c> and config name of <paramref name="positions"/>: <c>original</c> or <c>compact</c>.</summary>
+    public static string PositionsName(KvPositions positions) => positions == KvPositions.Compact ? "compact" : "original";
 
     /// <summary>Reads a JSON config; every error names the file, the field and the value.</summary>
     public static KvCacheConfig Load(string path)
@@ -140,6 +158,10 @@ public sealed record KvCacheConfig
                         },
                     };
                     break;
+                case "positions":
+                    try { config = config with { Positions = ParsePositions(String(field.Value, where)) }; }
+                    catch (KvConfigException e) { throw new KvConfigException($"{where}: {e.Message}"); }
+                    break;
                 case "layers":
                     foreach (var entry in Object(field.Value, where))
                     {
@@ -158,7 +180,7 @@ public sealed record KvCacheConfig
                         heads.Add((layer, head, String(entry.Value, $"{where}.{entry.Name}")));
                     }
                     break;
-                default: throw new KvConfigException($"{source}: unknown field '{field.Name}' (known: page_size, type, budget, default, layers, heads, max_hot_pages, cold_path, cold_mapped)");
+                default: throw new KvConfigException($"{source}: unknown field '{field.Name}' (known: page_size, type, budget, default, layers, heads, max_hot_pages, cold_path, max_cold_bytes, cold_mapped, positions)");
             }
         }
         if (config.PageSize is not (16 or 32 or 64)) throw new KvConfigException($"{source}: field 'page_size': {config.PageSize} is not 16, 32 or 64");
@@ -194,24 +216,34 @@ public sealed record KvCacheConfig
     }
 
     /// <summary>A cache for a model of this shape, over a store of its own (disposed with the cache).</summary>
-    public PagedKvCache CreateCache(int layerCount, int kvHeadCount, int headDim, int contextLength = int.MaxValue)
+    /// <param name="rotation">the model's key rotation, which <see cref="KvPositions.Compact"/> positions need (null for an M-RoPE model)</param>
+    public PagedKvCache CreateCache(int layerCount, int kvHeadCount, int headDim, int contextLength = int.MaxValue, KeyRotation? rotation = null)
     {
         var policies = BuildPolicies(layerCount, kvHeadCount);
-        return new PagedKvCache(new PagedKvStore(StoreOptions(layerCount, kvHeadCount, headDim, policies.Metadata)), policies, contextLength);
+        var compact = CompactRotation(rotation);
+        return new PagedKvCache(new PagedKvStore(StoreOptions(layerCount, kvHeadCount, headDim, policies.Metadata)), policies, contextLength, compact);
     }
+
+    /// <summary>The rotation a cache compacts positions with: null under <see cref="KvPositions.Original"/>; an error when compact positions have no rotation to use.</summary>
+    KeyRotation? CompactRotation(KeyRotation? rotation) => Positions != KvPositions.Compact ? null
+        : rotation ?? throw new KvConfigException("positions 'compact': the model's key rotation is needed (compact positions are not supported for M-RoPE models, whose keys turn by several position components)");
 
     /// <summary>
     /// A page pool for many sequences of a model of this shape (the KV manager's store), keeping the metadata this
-    /// config's policies read; give each sequence a cache with <see cref="CreateCache(KvSequence, int)"/>.
+    /// config's policies read; give each sequence a cache with <see cref="CreateCache(KvSequence, int, KeyRotation?)"/>.
     /// </summary>
     /// <param name="extraMetadata">page metadata to keep beyond what this config's policies read, so sequences may run
-    /// other policies that read it (<see cref="PagedKvCache(KvSequence, KvPolicyMap, int)"/>)</param>
+    /// other policies that read it (<see cref="PagedKvCache(KvSequence, KvPolicyMap, int, KeyRotation?)"/>)</param>
     public PagedKvStore CreateStore(int layerCount, int kvHeadCount, int headDim, KvMetadata extraMetadata = KvMetadata.None) =>
         new(StoreOptions(layerCount, kvHeadCount, headDim, BuildPolicies(layerCount, kvHeadCount).Metadata | extraMetadata));
 
     /// <summary>A cache over <paramref name="sequence"/> (of a store from <see cref="CreateStore"/>) with its own policies from this config.</summary>
-    public PagedKvCache CreateCache(KvSequence sequence, int contextLength = int.MaxValue) =>
-        new(sequence, BuildPolicies(sequence.Store.LayerCount, sequence.Store.KvHeadCount), contextLength);
+    /// <param name="rotation">the model's key rotation, which <see cref="KvPositions.Compact"/> positions need (null for an M-RoPE model)</param>
+    public PagedKvCache CreateCache(KvSequence sequence, int contextLength = int.MaxValue, KeyRotation? rotation = null)
+    {
+        var compact = CompactRotation(rotation);
+        return new(sequence, BuildPolicies(sequence.Store.LayerCount, sequence.Store.KvHeadCount), contextLength, compact);
+    }
 
     PagedKvOptions StoreOptions(int layerCount, int kvHeadCount, int headDim, KvMetadata metadata) => new()
     {

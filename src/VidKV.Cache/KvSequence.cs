@@ -66,7 +66,14 @@ public sealed class KvSequence : IDisposable
     /// (<paramref name="frameIds"/>, [count]; empty for none). Returns false, and changes nothing, when the pool has
     /// neither reserved (<see cref="PagedKvStore.Reserve"/>) nor free slots for the new pages.
     /// </summary>
-    public bool Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default)
+    public bool Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default) =>
+        Append(layer, position, count, keys, values, frameIds, position);
+
+    /// <summary>
+    /// As the overload above, the keys rotated at key positions <paramref name="keyPosition"/>.. rather than at their
+    /// positions (<see cref="PagedKvStore.KeyPositions"/>; a sequence with <see cref="KvPositions.Compact"/> positions).
+    /// </summary>
+    public bool Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds, int keyPosition)
     {
         int heads = Store.KvHeadCount, d = Store.HeadDim, kvRow = heads * d;
         ObjectDisposedException.ThrowIf(disposed, this);
@@ -76,8 +83,29 @@ public sealed class KvSequence : IDisposable
         for (int h = 0; h < heads; h++) needed += Store.PagesToAppend(Table(layer, h), count);
         if (!Store.TryTakePages(needed)) return false;
         for (int h = 0; h < heads; h++)
-            Store.AppendRows(Table(layer, h), position, count, keys[(h * d)..], values[(h * d)..], kvRow, frameIds);
+            Store.AppendRows(Table(layer, h), position, count, keys[(h * d)..], values[(h * d)..], kvRow, frameIds, keyPosition);
         return true;
+    }
+
+    /// <summary>
+    /// Compact positions (<see cref="KvPositions.Compact"/>; StreamingLLM's positions within the cache, Xiao et al.,
+    /// 2023, §3.2): the rows each (layer, KV head) keeps take consecutive key positions in their causal order, ending
+    /// right before the returned next position, which is the most rows any head keeps. When every head keeps the same
+    /// rows (each policy that evicts whole rows or frames for all heads alike) the K kept rows sit at 0..K−1 and new
+    /// rows go on at K; a head that keeps fewer (a streaming head beside full ones) has its rows end at the same next
+    /// position, so each head's newest kept row is one step before the next row. Stored keys are re-rotated by their
+    /// shift with <paramref name="rotation"/> (<see cref="PagedKvStore.ShiftKeyPositions"/>, whose summary says what
+    /// that costs): after an append that evicted nothing, one check per head. Returns the next key position;
+    /// <paramref name="rotated"/> counts the rows re-rotated.
+    /// </summary>
+    public int CompactKeyPositions(KeyRotation rotation, out long rotated)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        int kept = 0;
+        foreach (var table in tables) kept = Math.Max(kept, table.TokenCount);
+        rotated = 0;
+        foreach (var table in tables) rotated += Store.ShiftKeyPositions(table, kept - table.TokenCount, rotation);
+        return kept;
     }
 
     /// <summary>Drops every token at or after <paramref name="length"/> (all layers and heads).</summary>

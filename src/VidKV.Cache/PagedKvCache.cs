@@ -52,30 +52,45 @@ public sealed unsafe class PagedKvCache : KvCache
     readonly List<(int Page, int Generation)>[] prefetched;
     long[] lastRead = [];
     float[] groupQueries = [];
-    int length;
+    int length, nextRopePosition;
     long steps;
+    readonly KeyRotation? compactRotation;
+    bool isFork;
     // A weak handle to this cache for the worker-pool job that runs the heads' Select.
     nint self;
 
     /// <summary>A cache over its own store (disposed with it): one sequence, nothing shared.</summary>
-    public PagedKvCache(PagedKvStore store, KvPolicyMap policies, int contextLength = int.MaxValue)
-        : this(store.CreateSequence(), policies, contextLength, ownsStore: true) { }
+    /// <param name="compactPositions">
+    /// null keeps every row at its original position (<see cref="KvPositions.Original"/>); the model's key rotation
+    /// compacts positions after evictions (<see cref="KvPositions.Compact"/>, see <see cref="Commit"/>)
+    /// </param>
+    public PagedKvCache(PagedKvStore store, KvPolicyMap policies, int contextLength = int.MaxValue, KeyRotation? compactPositions = null)
+        : this(store.CreateSequence(), policies, contextLength, ownsStore: true, compactPositions) { }
 
     /// <summary>
     /// A cache over one sequence of a shared store (the KV manager's pool): the policies are this sequence's own; the
     /// cache disposes the sequence (its pages go back to the pool), never the store.
     /// </summary>
-    public PagedKvCache(KvSequence sequence, KvPolicyMap policies, int contextLength = int.MaxValue)
-        : this(sequence, policies, contextLength, ownsStore: false) { }
+    /// <param name="compactPositions">
+    /// null keeps every row at its original position (<see cref="KvPositions.Original"/>); the model's key rotation
+    /// compacts positions after evictions (<see cref="KvPositions.Compact"/>, see <see cref="Commit"/>)
+    /// </param>
+    public PagedKvCache(KvSequence sequence, KvPolicyMap policies, int contextLength = int.MaxValue, KeyRotation? compactPositions = null)
+        : this(sequence, policies, contextLength, ownsStore: false, compactPositions) { }
 
-    PagedKvCache(KvSequence sequence, KvPolicyMap policies, int contextLength, bool ownsStore)
+    PagedKvCache(KvSequence sequence, KvPolicyMap policies, int contextLength, bool ownsStore, KeyRotation? compactPositions)
     {
         store = sequence.Store;
         this.sequence = sequence;
         this.policies = policies;
         this.ownsStore = ownsStore;
         ContextLength = contextLength;
-        try { policies.Attach(sequence); }
+        compactRotation = compactPositions;
+        try
+        {
+            compactPositions?.Validate(store.HeadDim);
+            policies.Attach(sequence);
+        }
         catch
         {
             sequence.Dispose();
@@ -103,14 +118,28 @@ public sealed unsafe class PagedKvCache : KvCache
 
     /// <summary>
     /// A cache that shares this one's pages and length (<see cref="KvSequence.Fork"/>) under its own policies (a fresh
-    /// map: policy state is per sequence): a question asked on a live stream, whose tokens go away with it.
+    /// map: policy state is per sequence): a question asked on a live stream, whose tokens go away with it. Under
+    /// compact positions the fork goes on from the stream's compact positions but does not compact again: re-rotating
+    /// would copy every page it shares with the stream for the few rows its own tokens evict (a question's rows then
+    /// sit at most its own length further on). The stream compacting while the fork lives copies the shared pages it
+    /// re-rotates first, so the fork's keys never change under it.
     /// </summary>
     public PagedKvCache Fork(KvPolicyMap forkPolicies)
     {
-        var child = new PagedKvCache(sequence.Fork(), forkPolicies, ContextLength);
+        var child = new PagedKvCache(sequence.Fork(), forkPolicies, ContextLength, ownsStore: false, compactRotation);
         child.length = length;
+        child.nextRopePosition = nextRopePosition;
+        child.isFork = true;
         return child;
     }
+    /// <inheritdoc/>
+    public override int NextRopePosition => compactRotation == null ? length : nextRopePosition;
+    /// <inheritdoc/>
+    public override KvPositions Positions => compactRotation == null ? KvPositions.Original : KvPositions.Compact;
+    /// <summary>The key rotation compact positions turn stored keys with; null under <see cref="KvPositions.Original"/>.</summary>
+    public KeyRotation? KeyRotation => compactRotation;
+    /// <summary>Stored keys re-rotated to compact positions so far, over every layer and head (<see cref="KvPositions.Compact"/>).</summary>
+    public long RerotatedRows { get; private set; }
     /// <inheritdoc/>
     public override int Length => length;
     /// <inheritdoc/>
@@ -147,7 +176,8 @@ public sealed unsafe class PagedKvCache : KvCache
     /// </summary>
     public override void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default)
     {
-        if (!sequence.Append(layer, position, count, keys, values, frameIds))
+        int keyPosition = compactRotation == null ? position : nextRopePosition + position - length;
+        if (!sequence.Append(layer, position, count, keys, values, frameIds, keyPosition))
             throw new InvalidOperationException(
                 $"KV hot tier full: layer {layer} needs pages for {count} more tokens at position {position} ({store.HotPageCount} pages of {store.Options.MaxHotPages} in use); use a policy that evicts or moves pages cold, or raise the page limit");
     }
@@ -399,11 +429,26 @@ public sealed unsafe class PagedKvCache : KvCache
         };
     }
 
-    /// <inheritdoc/>
+    /// <summary>
+    /// Marks positions below <paramref name="length"/> as filled once every layer appended them. With compact positions
+    /// the rows kept after this step's evictions take their compact key positions here, once per step and after every
+    /// layer's policies acted (<see cref="KvSequence.CompactKeyPositions"/>): per frame that costs one check per
+    /// (layer, KV head) when nothing was evicted, and otherwise re-rotating the kept rows after the first row that
+    /// moved — for a sink + window policy the whole window (its rows × layers × KV heads, each headDim/2 rotations
+    /// plus the key type's dequantise and quantise), far below the frame's attention over that window.
+    /// </summary>
     public override void Commit(int length)
     {
         this.length = length;
         steps++;
+        CompactPositions();
+    }
+
+    void CompactPositions()
+    {
+        if (compactRotation == null || isFork) return;
+        nextRopePosition = sequence.CompactKeyPositions(compactRotation, out long rotated);
+        RerotatedRows += rotated;
     }
 
     /// <summary>Forgets positions at and after <paramref name="length"/>: their rows leave the pages, pending prefetches are cancelled, and the policies are told.</summary>
@@ -419,6 +464,7 @@ public sealed unsafe class PagedKvCache : KvCache
         sequence.Truncate(length);
         foreach (var policy in policies.Distinct) policy.OnTruncated(length);
         this.length = length;
+        CompactPositions();
     }
 
     /// <summary>Gives this cache's pages back to the store, and disposes the store too when the cache was built over a store of its own.</summary>

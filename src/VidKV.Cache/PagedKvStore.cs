@@ -110,7 +110,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     readonly Stack<int> freePages = new();
     int[] count = [], hotSlotOf = [], coldSlotOf = [], generation = [], holders = [];
     int* positions; // [page, PageSize], native so page views can point at it
-    int[] frameIds = [];
+    int[] frameIds = [], keyPositions = [];
     ulong[] hashes = [];
     float[] minKeys = [], maxKeys = [], keySums = [], centres = [], radii = [], rowScores = [];
     bool[] digestValid = [];
@@ -135,6 +135,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     long coldWrites;
     readonly float[] rowScratch;
     byte[]? coldStaging;
+    float[] shiftCos = [], shiftSin = [];
 
     /// <summary>An empty pool of the given shape; slots are allocated as pages are taken, the cold file created if named.</summary>
     public PagedKvStore(PagedKvOptions options)
@@ -244,6 +245,12 @@ public sealed unsafe class PagedKvStore : IDisposable
     public int LastPosition(int page) => positions[(long)page * options.PageSize + count[page] - 1];
     /// <summary>Each row's video frame id ([Count]; -1 for a token of no frame).</summary>
     public ReadOnlySpan<int> FrameIds(int page) => frameIds.AsSpan(page * options.PageSize, count[page]);
+    /// <summary>
+    /// Each row's key position ([Count], ascending): the one-component RoPE position its stored key is rotated at. It
+    /// is the row's <see cref="Positions"/> unless the sequence compacts positions (<see cref="KvPositions.Compact"/>,
+    /// <see cref="ShiftKeyPositions"/>); M-RoPE keys, which turn by several components, are never re-rotated.
+    /// </summary>
+    public ReadOnlySpan<int> KeyPositions(int page) => keyPositions.AsSpan(page * options.PageSize, count[page]);
     /// <summary>Each row's key SimHash (<see cref="KvMetadata.SimHash"/>; <see cref="PagedKvOptions.SimHashBits"/> low bits), [Count].</summary>
     public ReadOnlySpan<ulong> SimHashes(int page) => Requires(KvMetadata.SimHash) ? hashes.AsSpan(page * options.PageSize, count[page]) : default;
     /// <summary>The page's per-row scores (<see cref="KvMetadata.RowScores"/>), read-only; see <see cref="WritableRowScores"/>.</summary>
@@ -436,10 +443,11 @@ public sealed unsafe class PagedKvStore : IDisposable
     /// <summary>
     /// Appends <paramref name="count"/> rows of one head (row t's key and value at <paramref name="keys"/>[t ·
     /// <paramref name="stride"/>..] and the same in <paramref name="values"/>, headDim f32 each) at positions
-    /// <paramref name="position"/>.. to <paramref name="table"/>. The slots must have been checked
+    /// <paramref name="position"/>.. to <paramref name="table"/>, their keys rotated at key positions
+    /// <paramref name="keyPosition"/>.. (<see cref="KeyPositions"/>). The slots must have been checked
     /// (<see cref="TryTakePages"/>); positions must come after the table's last.
     /// </summary>
-    internal void AppendRows(PageTable table, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int stride, ReadOnlySpan<int> frameIds)
+    internal void AppendRows(PageTable table, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int stride, ReadOnlySpan<int> frameIds, int keyPosition)
     {
         if (table.Count > 0 && this.count[table[^1]] > 0 && LastPosition(table[^1]) >= position)
             throw new InvalidOperationException($"position {position} is not after the last stored position {LastPosition(table[^1])}");
@@ -451,7 +459,7 @@ public sealed unsafe class PagedKvStore : IDisposable
                 page = NewPage();
                 table.Add(page);
             }
-            AppendRow(page, position + t, frameIds.IsEmpty ? -1 : frameIds[t], keys.Slice(t * stride, d), values.Slice(t * stride, d));
+            AppendRow(page, position + t, keyPosition + t, frameIds.IsEmpty ? -1 : frameIds[t], keys.Slice(t * stride, d), values.Slice(t * stride, d));
         }
         table.TokenCount += count;
     }
@@ -499,7 +507,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         }
     }
 
-    void AppendRow(int page, int position, int frameId, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
+    void AppendRow(int page, int position, int keyPosition, int frameId, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
         int j = count[page];
         byte* slot = HotSlotPointer(hotSlotOf[page]);
@@ -507,6 +515,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         Quantize.Row(options.KeyType, key, keyBytes);
         Quantize.Row(options.ValueType, value, new Span<byte>(slot + (long)options.PageSize * keyRow + (long)j * valueRow, valueRow));
         positions[(long)page * options.PageSize + j] = position;
+        keyPositions[page * options.PageSize + j] = keyPosition;
         frameIds[page * options.PageSize + j] = frameId;
         count[page] = j + 1;
         if ((metadata & (KvMetadata.MinMax | KvMetadata.KeySum | KvMetadata.SimHash | KvMetadata.RowScores)) != 0)
@@ -610,6 +619,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         Array.Resize(ref holders, capacity);
         Array.Resize(ref generation, capacity);
         Array.Resize(ref frameIds, capacity * p);
+        Array.Resize(ref keyPositions, capacity * p);
         Array.Resize(ref digestValid, capacity);
         Array.Resize(ref digestStamp, capacity);
         Array.Resize(ref pendingTicket, capacity);
@@ -633,7 +643,7 @@ public sealed unsafe class PagedKvStore : IDisposable
 
     /// <summary>Bytes of page metadata allocated (all pages the pool has room for): what the chosen <see cref="KvMetadata"/> costs.</summary>
     public long MetadataBytes =>
-        (long)pageCapacity * (6 * sizeof(int) + sizeof(bool) + sizeof(long) + options.PageSize * 2 * sizeof(int))
+        (long)pageCapacity * (6 * sizeof(int) + sizeof(bool) + sizeof(long) + options.PageSize * 3 * sizeof(int))
         + (long)hashes.Length * sizeof(ulong) + 4L * (rowScores.Length + minKeys.Length + maxKeys.Length + keySums.Length + centres.Length + radii.Length);
 
     // Slots are taken and given back under a lock: heads recall their pages concurrently (see Recall).
@@ -749,6 +759,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         count[to] = n;
         new ReadOnlySpan<int>(positions + (long)from * p, n).CopyTo(new Span<int>(positions + (long)to * p, n));
         frameIds.AsSpan(from * p, n).CopyTo(frameIds.AsSpan(to * p));
+        keyPositions.AsSpan(from * p, n).CopyTo(keyPositions.AsSpan(to * p));
         if ((metadata & KvMetadata.SimHash) != 0) hashes.AsSpan(from * p, n).CopyTo(hashes.AsSpan(to * p));
         if ((metadata & KvMetadata.RowScores) != 0) rowScores.AsSpan(from * p, n).CopyTo(rowScores.AsSpan(to * p));
         if ((metadata & KvMetadata.MinMax) != 0)
@@ -802,6 +813,7 @@ public sealed unsafe class PagedKvStore : IDisposable
                 Buffer.MemoryCopy(slot + (long)j * keyRow, slot + (long)write * keyRow, keyRow, keyRow);
                 Buffer.MemoryCopy(values + (long)j * valueRow, values + (long)write * valueRow, valueRow, valueRow);
                 pos[write] = pos[j];
+                keyPositions[page * p + write] = keyPositions[page * p + j];
                 frameIds[page * p + write] = frameIds[page * p + j];
                 if ((metadata & KvMetadata.SimHash) != 0) hashes[page * p + write] = hashes[page * p + j];
                 if ((metadata & KvMetadata.RowScores) != 0) rowScores[page * p + write] = rowScores[page * p + j];
@@ -815,16 +827,112 @@ public sealed unsafe class PagedKvStore : IDisposable
         RebuildDigest(page);
     }
 
-    void RebuildDigest(int page)
+    void RebuildDigest(int page) => RebuildDigest(page, KeyRows(page));
+
+    /// <summary>Min/max and key sums of the page recomputed from its key rows at <paramref name="keys"/> (its hot slot, or a staged copy of its cold one).</summary>
+    void RebuildDigest(int page, byte* keys)
     {
         if ((metadata & KvMetadata.KeySum) != 0) keySums.AsSpan(page * d, d).Clear();
         if ((metadata & (KvMetadata.MinMax | KvMetadata.KeySum)) != 0)
             for (int j = 0; j < count[page]; j++)
             {
-                ReadKey(page, j, rowScratch);
+                Dequantize.Row(options.KeyType, new ReadOnlySpan<byte>(keys + (long)j * keyRow, keyRow), rowScratch);
                 AddToDigest(page, j, rowScratch);
             }
         InvalidateDigest(page);
+    }
+
+    // ---- key positions ----
+
+    /// <summary>
+    /// Gives the rows of <paramref name="table"/> the key positions <paramref name="firstKeyPosition"/>,
+    /// <paramref name="firstKeyPosition"/> + 1, … in table order, turning each stored key whose position changes by
+    /// its shift δ = new − old with <paramref name="rotation"/> (RoPE rotations compose, R(old + δ) = R(δ)·R(old); the
+    /// model's own angles and pairing, <see cref="Kernels.RopeAngles(int, int, float, Span{float}, Span{float})"/>):
+    /// StreamingLLM's positions within the cache (Xiao et al., 2023, §3.2). Returns the rows re-rotated. Positions,
+    /// values and frame ids stay; SimHashes and digests are recomputed from the new keys, and the table counts an
+    /// edit (policies' copies of key summaries must look again).
+    /// <para>
+    /// Cost: nothing when the table's first and last rows already hold the first and last of the new key positions
+    /// (key positions ascend, so every row does: one check per table); else only pages holding a row that moves are
+    /// touched, each such row dequantised, turned (headDim/2 pairs, the angles computed once per distinct shift) and
+    /// stored again. A page other sequences hold (a question's fork) is copied first (<see cref="MakeOwn"/>), so their
+    /// keys never change under them; a cold page this table alone holds is read, turned and written back in place
+    /// (it stays cold, and a prefetch in flight is cancelled), so recalling it later gives the new keys.
+    /// </para>
+    /// </summary>
+    public int ShiftKeyPositions(PageTable table, int firstKeyPosition, KeyRotation rotation)
+    {
+        int rows = table.TokenCount;
+        if (rows == 0 || table.Count == 0) return 0;
+        int p = options.PageSize, first = table[0], last = table[^1];
+        if (count[first] > 0 && count[last] > 0 && keyPositions[first * p] == firstKeyPosition
+            && keyPositions[last * p + count[last] - 1] == firstKeyPosition + rows - 1) return 0;
+        rotation.Validate(d);
+        if (shiftCos.Length != rotation.Dimensions / 2)
+        {
+            shiftCos = new float[rotation.Dimensions / 2];
+            shiftSin = new float[rotation.Dimensions / 2];
+        }
+        int target = firstKeyPosition, rotated = 0, angleShift = 0;
+        for (int i = 0; i < table.Count; i++)
+        {
+            int page = table[i], n = count[page];
+            if (n == 0) continue;
+            if (keyPositions[page * p] == target && keyPositions[page * p + n - 1] == target + n - 1)
+            {
+                target += n;
+                continue;
+            }
+            rotated += ShiftPage(table, i, target, rotation, ref angleShift);
+            target += n;
+        }
+        if (rotated > 0) table.Edited();
+        return rotated;
+    }
+
+    /// <summary>Turns the keys of page <paramref name="index"/> of the table to key positions <paramref name="target"/>..; see <see cref="ShiftKeyPositions"/>.</summary>
+    int ShiftPage(PageTable table, int index, int target, KeyRotation rotation, ref int angleShift)
+    {
+        int page = table[index];
+        if (holders[page] > 1) page = MakeOwn(table, index); // the fork keeps its copy as it was
+        int p = options.PageSize, n = count[page], rotated = 0;
+        bool hot = IsHot(page);
+        if (!hot)
+        {
+            CancelPrefetch(page);
+            coldStaging ??= new byte[PageBytes];
+            cold!.Read(coldSlotOf[page], coldStaging);
+        }
+        fixed (byte* staged = coldStaging)
+        {
+            byte* keys = hot ? HotSlotPointer(HotSlot(page)) : staged;
+            for (int j = 0; j < n; j++)
+            {
+                int shift = target + j - keyPositions[page * p + j];
+                if (shift == 0) continue;
+                if (angleShift != shift)
+                {
+                    Kernels.RopeAngles(shift, rotation.Dimensions, rotation.FreqBase, shiftCos, shiftSin);
+                    angleShift = shift;
+                }
+                var keyBytes = new Span<byte>(keys + (long)j * keyRow, keyRow);
+                Dequantize.Row(options.KeyType, keyBytes, rowScratch);
+                Kernels.Rope(rowScratch, shiftCos, shiftSin, rotation.Mode);
+                Quantize.Row(options.KeyType, rowScratch, keyBytes);
+                if ((metadata & KvMetadata.SimHash) != 0)
+                {
+                    Dequantize.Row(options.KeyType, keyBytes, rowScratch); // the hash of the key as stored (rounded)
+                    hashes[page * p + j] = SimHash(rowScratch);
+                }
+                rotated++;
+            }
+            if (!hot) cold!.Write(coldSlotOf[page], new ReadOnlySpan<byte>(staged, PageBytes)); // throws (naming the file) before any metadata changes
+            else if (coldSlotOf[page] >= 0) { cold!.Free(coldSlotOf[page]); coldSlotOf[page] = -1; } // a clean cold copy is stale now
+            for (int j = 0; j < n; j++) keyPositions[page * p + j] = target + j;
+            RebuildDigest(page, keys);
+        }
+        return rotated;
     }
 
     /// <summary>
@@ -897,6 +1005,7 @@ public sealed unsafe class PagedKvStore : IDisposable
             Buffer.MemoryCopy(s + (long)p * keyRow + (long)(from + k) * valueRow, t + (long)p * keyRow + (long)(to + k) * valueRow, valueRow, valueRow);
             positions[(long)target * p + to + k] = positions[(long)source * p + from + k];
             frameIds[target * p + to + k] = frameIds[source * p + from + k];
+            keyPositions[target * p + to + k] = keyPositions[source * p + from + k];
             if ((metadata & KvMetadata.SimHash) != 0) hashes[target * p + to + k] = hashes[source * p + from + k];
             if ((metadata & KvMetadata.RowScores) != 0) rowScores[target * p + to + k] = rowScores[source * p + from + k];
         }

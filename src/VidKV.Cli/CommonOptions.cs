@@ -61,6 +61,25 @@ static class CommonOptions
     public static double? CheckUnchangedThreshold(double? threshold) =>
         threshold is double t && !(t >= 0 && t <= 255) ? throw new ArgumentException($"--unchanged-threshold must be in 0..255 (mean levels per byte), not {t}") : threshold;
 
+    /// <summary>The help of <c>--positions</c>: what original and compact positions are.</summary>
+    public const string PositionsHelp = "original (default): the rows a KV policy keeps stay at their RoPE positions and new rows go on at the stream's; "
+        + "compact: after evictions the kept rows take consecutive positions (0..K-1 when every head keeps the same rows) and new rows go on at K, "
+        + "their stored keys re-rotated, as StreamingLLM assigns positions within its cache. Only rows a policy evicts count (a retriever such as freekv "
+        + "reads a subset without evicting); M-RoPE models (Qwen2-VL) take original only.";
+
+    public static Option<string> Positions() => new("--positions")
+    {
+        Description = "RoPE positions of the kept KV rows: " + PositionsHelp,
+        DefaultValueFactory = _ => "original",
+    };
+
+    /// <summary>The value of <see cref="Positions"/>; a bad one is an error naming the option.</summary>
+    public static KvPositions ParsePositions(string? value)
+    {
+        try { return KvCacheConfig.ParsePositions(value ?? "original"); }
+        catch (KvConfigException e) { throw new ArgumentException($"--{e.Message}"); }
+    }
+
     /// <summary><paramref name="kv"/> with a cold file in <paramref name="dir"/> (one per process) of at most <paramref name="maxMib"/> MiB.</summary>
     public static KvCacheConfig WithColdTier(KvCacheConfig kv, string? dir, double maxMib)
     {

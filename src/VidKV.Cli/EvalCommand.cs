@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using VidKV.Cache;
 using VidKV.World;
 
 namespace VidKV.Cli;
@@ -35,6 +36,11 @@ static class EvalCommand
             AllowMultipleArgumentsPerToken = true,
         };
         var hotCap = new Option<double>("--hot-cap") { Description = "MiB of hot KV (in RAM) the bounded policies are sized for: the token budget per KV head they get keeps every layer's and head's pages, a step's new rows and a question's fork included, under it; pages a policy moves out of RAM (freekv, resv) go to a cold file.", DefaultValueFactory = _ => 64 };
+        var positions = new Option<string>("--positions")
+        {
+            Description = "RoPE positions each capped policy runs with, comma-separated for a row per policy and mode (original,compact compares them; 'full' evicts nothing and runs once, original). " + CommonOptions.PositionsHelp,
+            DefaultValueFactory = _ => "original",
+        };
         var proactive = new Option<bool>("--proactive") { Description = "Let the model comment on its own while it watches (as watch --proactive); off: frames only, as watch without it." };
         var coldDir = new Option<string?>("--cold-dir") { Description = "Folder for the capped runs' cold-tier files (default: the system's temporary folder); each is deleted after its run." };
         var plot = new Option<string?>("--plot") { Description = "Also write an SVG chart to this file: needle accuracy and peak hot KV MiB against stream length, one line per policy." };
@@ -45,7 +51,7 @@ static class EvalCommand
             + "through VidKV's engine as watch does; after the last frame, questions whose evidence lies chosen distances back are asked on forks of the session (greedy) and scored exactly. "
             + "Per policy and length: accuracy (overall, per distance, per question kind), time to first token (median, P90), hot and cold KV at the end, peak hot KV, ingest frames/s, frames, tokens. "
             + "Progress goes to stderr; Ctrl-C stops and prints the rows done.")
-            .With(model, mmproj, lengths, streams, distances, questions, size, policies, hotCap, proactive, coldDir, plot, output, threads);
+            .With(model, mmproj, lengths, streams, distances, questions, size, policies, positions, hotCap, proactive, coldDir, plot, output, threads);
         command.SetAction(async (r, cancellation) =>
         {
             double capMib = r.GetValue(hotCap);
@@ -56,6 +62,7 @@ static class EvalCommand
                 QuestionsPerDistance = r.GetValue(questions), FrameSize = r.GetValue(size),
                 Policies = r.GetValue(policies) is { Length: > 0 } given ? VideoEvalOptions.SplitSpecs(given) : VideoEvalOptions.DefaultPolicies,
                 HotCapBytes = (long)(capMib * 1048576), Proactive = r.GetValue(proactive), ColdDir = r.GetValue(coldDir),
+                Positions = VideoEvalOptions.ParsePositions(r.GetValue(positions)!),
             };
             options.Validate();
             string? plotPath = r.GetValue(plot);
@@ -105,14 +112,14 @@ static class EvalCommand
         if (!result.Complete) output.WriteLine("Stopped before the end: only the rows done are shown.");
         output.WriteLine();
         int[] distances = [.. o.Distances.Order()];
-        var head = new StringBuilder("| policy | frames | budget | hot cap | questions | accuracy |");
+        var head = new StringBuilder("| policy | positions | frames | budget | hot cap | questions | accuracy |");
         foreach (int d in distances) head.Append(CultureInfo.InvariantCulture, $" d={d} |");
         head.Append(" \"nothing\" | TTFT p50 ms | TTFT p90 ms | hot MiB | peak hot MiB | cold MiB | frames/s | tokens |");
         output.WriteLine(head);
-        output.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + string.Concat(distances.Select(_ => " ---: |")) + " ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        output.WriteLine("| --- | --- | ---: | ---: | --- | ---: | ---: |" + string.Concat(distances.Select(_ => " ---: |")) + " ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var row in result.Rows)
         {
-            var line = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"| {row.Policy} | {row.Length} | {(row.Budget is int b ? b.ToString(CultureInfo.InvariantCulture) : "–")} | {Cap(row, result)} | {row.Questions} | {Number(100 * row.Accuracy, "F1")} % |"));
+            var line = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"| {row.Policy} | {KvCacheConfig.PositionsName(row.Positions)} | {row.Length} | {(row.Budget is int b ? b.ToString(CultureInfo.InvariantCulture) : "–")} | {Cap(row, result)} | {row.Questions} | {Number(100 * row.Accuracy, "F1")} % |"));
             var byDistance = row.ByDistance.ToDictionary(x => x.Distance);
             foreach (int d in distances) line.Append(byDistance.TryGetValue(d, out var x) ? $" {x.Right}/{x.Asked} |" : " – |");
             line.Append(CultureInfo.InvariantCulture,
@@ -122,12 +129,12 @@ static class EvalCommand
         var kinds = result.Rows.SelectMany(r => r.Answers).Select(a => a.Kind).Distinct().Order().ToArray();
         if (kinds.Length == 0) return;
         output.WriteLine();
-        output.WriteLine("| policy | frames |" + string.Concat(kinds.Select(k => $" {k} |")));
-        output.WriteLine("| --- | ---: |" + string.Concat(kinds.Select(_ => " ---: |")));
+        output.WriteLine("| policy | positions | frames |" + string.Concat(kinds.Select(k => $" {k} |")));
+        output.WriteLine("| --- | --- | ---: |" + string.Concat(kinds.Select(_ => " ---: |")));
         foreach (var row in result.Rows)
         {
             var byKind = row.ByKind.ToDictionary(x => x.Kind);
-            output.WriteLine($"| {row.Policy} | {row.Length} |" + string.Concat(kinds.Select(k => byKind.TryGetValue(k, out var x) ? $" {x.Right}/{x.Asked} |" : " – |")));
+            output.WriteLine($"| {row.Policy} | {KvCacheConfig.PositionsName(row.Positions)} | {row.Length} |" + string.Concat(kinds.Select(k => byKind.TryGetValue(k, out var x) ? $" {x.Right}/{x.Asked} |" : " – |")));
         }
     }
 
@@ -144,12 +151,12 @@ static class EvalCommand
             options = new
             {
                 lengths = o.Lengths, streams = o.Streams, distances = o.Distances, questions_per_distance = o.QuestionsPerDistance, size = o.FrameSize,
-                policies = o.Policies, hot_cap_bytes = o.HotCapBytes, proactive = o.Proactive,
+                policies = o.Policies, positions = o.Positions.Select(KvCacheConfig.PositionsName), hot_cap_bytes = o.HotCapBytes, proactive = o.Proactive,
             },
             kv_bytes_per_token = result.KvBytesPerToken, cap_tokens_per_head = result.CapTokens, reserve_tokens_per_head = result.ReserveTokens, budget = result.Budget,
             rows = result.Rows.Select(row => new
             {
-                policy = row.Policy, length = row.Length, uncapped = row.Uncapped, budget = row.Budget,
+                policy = row.Policy, positions = KvCacheConfig.PositionsName(row.Positions), length = row.Length, uncapped = row.Uncapped, budget = row.Budget,
                 within_cap = row.Uncapped ? (bool?)null : row.PeakHotBytes <= o.HotCapBytes,
                 streams = row.Streams, frames = row.Frames, tokens = row.Tokens, comments = row.Comments,
                 questions = row.Questions, correct = row.Correct, accuracy = Finite(row.Accuracy), nothing_answers = row.NothingAnswers,
@@ -169,10 +176,10 @@ static class EvalCommand
     /// <summary>The chart: needle accuracy and peak hot KV against stream length, a line per policy, the cap as a reference line.</summary>
     internal static string Plot(VideoEvalResult result)
     {
-        var policies = result.Rows.Select(r => r.Policy).Distinct().ToList();
+        var policies = result.Rows.Select(r => r.Label).Distinct().ToList();
         IReadOnlyList<SvgChart.Series> Lines(Func<VideoEvalRow, double> y) => [.. policies.Select(p => new SvgChart.Series(
-            result.Rows.FirstOrDefault(r => r.Policy == p)?.Uncapped == true ? $"{p} (uncapped)" : p,
-            [.. result.Rows.Where(r => r.Policy == p).OrderBy(r => r.Length).Select(r => (X: (double)r.Length, Y: y(r)))]))];
+            result.Rows.FirstOrDefault(r => r.Label == p)?.Uncapped == true ? $"{p} (uncapped)" : p,
+            [.. result.Rows.Where(r => r.Label == p).OrderBy(r => r.Length).Select(r => (X: (double)r.Length, Y: y(r)))]))];
         double[] lengths = [.. result.Rows.Select(r => (double)r.Length).Distinct().Order()];
         return SvgChart.Render($"vidkv eval video: needle accuracy and hot KV per policy (hot cap {result.Options.HotCapBytes / 1048576.0:G4} MiB)",
             "stream length (frames)", lengths,

@@ -48,6 +48,26 @@ public sealed record VideoEvalOptions
     public bool Proactive { get; init; }
     /// <summary>Folder for the capped runs' cold-tier files (pages FreeKV and ReSV move out of RAM); null: the system's temporary folder.</summary>
     public string? ColdDir { get; init; }
+    /// <summary>
+    /// The RoPE positions each capped policy runs with, a row per policy and mode (<see cref="KvPositions"/>):
+    /// original (default), compact, or both to compare. <c>full</c> evicts nothing, so it runs once, at original positions.
+    /// </summary>
+    public IReadOnlyList<KvPositions> Positions { get; init; } = [KvPositions.Original];
+
+    /// <summary>The modes of a <c>--positions</c> value: <c>original</c>, <c>compact</c> or both, comma-separated; a bad one is an error naming the option.</summary>
+    public static KvPositions[] ParsePositions(string text)
+    {
+        var modes = new List<KvPositions>();
+        foreach (string part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            try { modes.Add(KvCacheConfig.ParsePositions(part)); }
+            catch (KvConfigException e) { throw new ArgumentException($"--{e.Message}"); }
+        }
+        return modes.Count > 0 ? [.. modes] : throw new ArgumentException("--positions: give original, compact or both");
+    }
+
+    /// <summary>The modes <paramref name="spec"/> runs with: <see cref="Positions"/>, or original alone for the uncapped full reference.</summary>
+    public IEnumerable<KvPositions> PositionsOf(string spec) => IsUncapped(spec) ? [KvPositions.Original] : Positions;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first option (as <c>vidkv eval video</c> spells it) out of range.</summary>
     public void Validate()
@@ -74,6 +94,8 @@ public sealed record VideoEvalOptions
         if (Policies.Distinct(StringComparer.OrdinalIgnoreCase).Count() != Policies.Count) throw new ArgumentException("--policies: a policy is given twice");
         if (HotCapBytes <= 0) throw new ArgumentException($"--hot-cap must be more than 0 MiB, not {HotCapBytes / 1048576.0:G4}");
         if (ColdDir != null && !Directory.Exists(ColdDir)) throw new ArgumentException($"--cold-dir '{ColdDir}': no such folder");
+        if (Positions.Count == 0) throw new ArgumentException("--positions: give original, compact or both");
+        if (Positions.Distinct().Count() != Positions.Count) throw new ArgumentException("--positions: a mode is given twice");
     }
 
     /// <summary>
@@ -104,10 +126,14 @@ public sealed record Needle(int Distance, WorldQuestion Question);
 public sealed record VideoEvalAnswer(int Stream, int Distance, QuestionKind Kind, string Question, string Truth, string Answer, bool Right, double TtftMs);
 
 /// <summary>One (policy, stream length) of <see cref="VideoEvaluation"/>: every question asked on its streams and what the runs cost.</summary>
-public sealed class VideoEvalRow(string policy, int length, bool uncapped, int? budget)
+public sealed class VideoEvalRow(string policy, int length, bool uncapped, int? budget, KvPositions positions = KvPositions.Original)
 {
     /// <summary>The policy spec.</summary>
     public string Policy { get; } = policy;
+    /// <summary>The RoPE positions the run kept its rows at (<see cref="VideoEvalOptions.Positions"/>).</summary>
+    public KvPositions Positions { get; } = positions;
+    /// <summary>The policy, with <c>@compact</c> after it for a compact-positions run (how tables and charts name the row).</summary>
+    public string Label => Positions == KvPositions.Compact ? Policy + "@compact" : Policy;
     /// <summary>Frames of each stream.</summary>
     public int Length { get; } = length;
     /// <summary>Run without the hot cap (the full reference).</summary>
@@ -251,7 +277,10 @@ public static class VideoEvaluation
 
         string coldDir = Path.Combine(options.ColdDir ?? Path.GetTempPath(), $"vidkv-eval-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(coldDir);
-        int run = 0, runs = worlds.Count * options.Policies.Count * options.Streams;
+        if (options.Positions.Contains(KvPositions.Compact) && text.KeyRotation == null && options.Policies.Any(p => !VideoEvalOptions.IsUncapped(p)))
+            throw new ArgumentException($"--positions compact: not supported for M-RoPE models ({text.Path} turns keys by {text.PositionComponents} position components)");
+        int rowsPerLength = options.Policies.Sum(p => options.PositionsOf(p).Count());
+        int run = 0, runs = worlds.Count * rowsPerLength * options.Streams;
         try
         {
             foreach (var (length, streams) in worlds)
@@ -259,25 +288,26 @@ public static class VideoEvaluation
                 var skipped = options.Distances.Where(d => d >= length).ToList();
                 if (skipped.Count > 0) log?.WriteLine($"  {length} frames: distances {string.Join(",", skipped)} do not fit, left out");
                 foreach (string spec in options.Policies)
-                {
-                    bool uncapped = VideoEvalOptions.IsUncapped(spec);
-                    var row = new VideoEvalRow(spec, length, uncapped, !uncapped && KvPolicies.ReadsBudget(spec) ? result.Budget : null);
-                    var kv = uncapped ? baseKv with { Default = spec } : baseKv with { Default = spec, Budget = result.Budget };
-                    for (int i = 0; i < streams.Count; i++)
+                    foreach (var positions in options.PositionsOf(spec))
                     {
-                        run++;
-                        var runKv = uncapped ? kv : kv with { ColdPath = Path.Combine(coldDir, $"run-{run}.bin") };
-                        await RunStreamAsync(text, vision, runKv, streams[i].Stream, i, streams[i].Needles, options, row, log, $"[{run}/{runs}] {spec}, {length} frames, stream {i + 1}/{streams.Count}", cancellation).ConfigureAwait(false);
-                        if (runKv.ColdPath != null) File.Delete(runKv.ColdPath);
+                        bool uncapped = VideoEvalOptions.IsUncapped(spec);
+                        var row = new VideoEvalRow(spec, length, uncapped, !uncapped && KvPolicies.ReadsBudget(spec) ? result.Budget : null, positions);
+                        var kv = uncapped ? baseKv with { Default = spec } : baseKv with { Default = spec, Budget = result.Budget, Positions = positions };
+                        for (int i = 0; i < streams.Count; i++)
+                        {
+                            run++;
+                            var runKv = uncapped ? kv : kv with { ColdPath = Path.Combine(coldDir, $"run-{run}.bin") };
+                            await RunStreamAsync(text, vision, runKv, streams[i].Stream, i, streams[i].Needles, options, row, log, $"[{run}/{runs}] {row.Label}, {length} frames, stream {i + 1}/{streams.Count}", cancellation).ConfigureAwait(false);
+                            if (runKv.ColdPath != null) File.Delete(runKv.ColdPath);
+                        }
+                        result.Rows.Add(row);
                     }
-                    result.Rows.Add(row);
-                }
             }
             result.Complete = true;
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
         {
-            log?.WriteLine($"  stopped: {result.Rows.Count} of {worlds.Count * options.Policies.Count} rows done");
+            log?.WriteLine($"  stopped: {result.Rows.Count} of {worlds.Count * rowsPerLength} rows done");
         }
         finally
         {

@@ -40,17 +40,18 @@ static class WatchCommand
         var unchanged = CommonOptions.UnchangedThreshold();
         var coldDir = CommonOptions.ColdDir();
         var coldMax = CommonOptions.ColdMax();
+        var positions = CommonOptions.Positions();
         var threads = CommonOptions.Threads();
         var command = new Command("watch", "Watch a video with a vision-language model: bounded memory, questions while it plays, comments on its own.")
         {
             source,
         };
-        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, coldDir, coldMax, ask, proactive, silence, threshold, brackets, unchanged, predict, threads);
+        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, positions, coldDir, coldMax, ask, proactive, silence, threshold, brackets, unchanged, predict, threads);
         command.SetAction(r => Run(r.InvocationConfiguration.Output, r.InvocationConfiguration.Error, r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
         {
             Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames),
             Start = r.GetValue(start) is double s ? TimeSpan.FromSeconds(s) : null, End = r.GetValue(end) is double e ? TimeSpan.FromSeconds(e) : null,
-        }, CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(ask) ?? [], r.GetValue(proactive) ? new ProactiveOptions { SilenceToken = r.GetValue(silence)!, Threshold = r.GetValue(threshold) } : null,
+        }, CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget), Positions = CommonOptions.ParsePositions(r.GetValue(positions)) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(ask) ?? [], r.GetValue(proactive) ? new ProactiveOptions { SilenceToken = r.GetValue(silence)!, Threshold = r.GetValue(threshold) } : null,
             new VideoOptions { Format = r.GetValue(brackets) ? VideoFormat.FrameBrackets : VideoFormat.Native, UnchangedThreshold = CommonOptions.CheckUnchangedThreshold(r.GetValue(unchanged)) },
             r.GetValue(predict), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;

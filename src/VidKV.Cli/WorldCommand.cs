@@ -26,15 +26,16 @@ static class WorldCommand
         var questions = new Option<int>("--questions") { Description = "Distinct questions asked about each world after its last frame.", DefaultValueFactory = _ => 4 };
         var policy = new Option<string?>("--policy") { Description = PolicyDocs.SpecHelp("KV policy spec of the sessions; default full.") };
         var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policy." };
+        var positions = CommonOptions.Positions();
         var threads = CommonOptions.Threads();
         var json = new Option<bool>("--json") { Description = "Print the result as JSON." };
         var command = new Command("eval", "Watch held-out generated worlds with a model through VidKV's engine (proactive comments on, then questions) and score it: exact answers per question kind, narration F1 on event frames, silence on event-free frames.")
-            .With(model, mmproj, clips, ticks, size, questions, policy, budget, threads, json);
+            .With(model, mmproj, clips, ticks, size, questions, policy, budget, positions, threads, json);
         command.SetAction(async (r, cancellation) =>
         {
             int clipCount = Positive(r.GetValue(clips), "--clips"), tickCount = Positive(r.GetValue(ticks), "--ticks"), side = Positive(r.GetValue(size), "--size");
             int asked = Positive(r.GetValue(questions), "--questions");
-            var kv = new VidKV.Cache.KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) };
+            var kv = new VidKV.Cache.KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget), Positions = CommonOptions.ParsePositions(r.GetValue(positions)) };
             kv.ValidateSpecs();
             Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
             var (textPath, visionPath) = BuiltInModel.Or(r.GetValue(model), r.GetValue(mmproj));
@@ -49,7 +50,7 @@ static class WorldCommand
             {
                 output.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
                 {
-                    clips = score.Clips, questions = score.Questions, correct = score.Correct, accuracy = score.Accuracy,
+                    positions = VidKV.Cache.KvCacheConfig.PositionsName(kv.Positions), clips = score.Clips, questions = score.Questions, correct = score.Correct, accuracy = score.Accuracy,
                     by_kind = score.ByKind.ToDictionary(kv => kv.Key.ToString(), kv => new { asked = kv.Value.Asked, right = kv.Value.Right }),
                     event_frames = score.EventFrames, comments = score.Comments, hits = score.Hits, narration_f1 = score.NarrationF1,
                     quiet_frames = score.QuietFrames, quiet_silent = score.QuietSilent, silence = score.Silence, misses = score.Misses,

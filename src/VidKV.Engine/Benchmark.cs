@@ -91,7 +91,7 @@ internal static class Benchmark
                     var config = interleave && kv?.ColdPath is string cold ? kv with { ColdPath = $"{cold}.{groupDepths[0]}" } : kv;
                     var c = model.Config;
                     var state = config == null ? model.CreateState(context, keyType, valueType)
-                        : model.CreateState(config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, context));
+                        : model.CreateState(config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, context, model.KeyRotation));
                     bool owner = true;
                     foreach (int depth in groupDepths)
                     {

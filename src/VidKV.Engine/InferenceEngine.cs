@@ -113,6 +113,7 @@ public sealed class InferenceEngine : IAsyncDisposable
         if (!Enum.IsDefined(this.options.Prefill))
             throw new ArgumentException($"prefill scheduling {this.options.Prefill} is not one of {string.Join(", ", Enum.GetNames<PrefillScheduling>())}", nameof(options));
         var c = model.Config;
+        CheckPositions(this.options.Kv);
         store = this.options.Kv.CreateStore(c.LayerCount, c.KvHeadCount, c.HeadDim, this.options.KvMetadata);
         EngineMetrics.Register(this);
         batch = model.CreateBatch();
@@ -179,6 +180,7 @@ public sealed class InferenceEngine : IAsyncDisposable
         if (contextLength < 1) throw new ArgumentOutOfRangeException(nameof(options), $"the context length must be at least 1, not {contextLength}");
         if (options?.Kv != null)
         {
+            CheckPositions(kv);
             // Checked here, on the caller's thread: a policy the store cannot serve would otherwise fail on the loop.
             var policies = kv.BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount);
             var missing = policies.Metadata & ~store.Metadata;
@@ -217,7 +219,14 @@ public sealed class InferenceEngine : IAsyncDisposable
         return done.Task;
     }
 
-    internal PagedKvCache CreateCache(KvCacheConfig kv, int contextLength) => kv.CreateCache(store.CreateSequence(), contextLength);
+    internal PagedKvCache CreateCache(KvCacheConfig kv, int contextLength) => kv.CreateCache(store.CreateSequence(), contextLength, model.KeyRotation);
+
+    /// <summary>Compact positions need one-component RoPE: an M-RoPE model's keys turn by several position components.</summary>
+    void CheckPositions(KvCacheConfig kv)
+    {
+        if (kv.Positions == KvPositions.Compact && model.KeyRotation == null)
+            throw new KvConfigException($"positions 'compact' are not supported for M-RoPE models: {model.Path} ({model.Config.Architecture}) turns keys by {model.PositionComponents} position components; use positions 'original'");
+    }
     internal PagedKvCache Fork(PagedKvCache cache, KvCacheConfig kv) =>
         cache.Fork(kv.BuildPolicies(model.Config.LayerCount, model.Config.KvHeadCount));
 

@@ -92,7 +92,7 @@ internal static class KvEvaluation
         // Full against itself: one cache serves both sides.
         bool reference = config.Default == "full" && config.Layers.Count == 0 && config.Heads.Count == 0 && config.ColdPath == null && config.MaxHotPages == 0;
         using var full = model.CreateState(fullConfig.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim));
-        var cache = reference ? (PagedKvCache)full.Cache : config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim);
+        var cache = reference ? (PagedKvCache)full.Cache : config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, rotation: model.KeyRotation);
         using var state = reference ? null : model.CreateState(cache);
         var fullCache = (PagedKvCache)full.Cache;
         var fullStore = fullCache.Store;

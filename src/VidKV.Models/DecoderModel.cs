@@ -110,6 +110,12 @@ public sealed unsafe class DecoderModel : IDisposable
     /// <summary>Components of a row's position in a <see cref="DecoderBatch"/> for this model (1, or M-RoPE's sections).</summary>
     public int PositionComponents => rope.Components;
 
+    /// <summary>
+    /// How this model rotates its keys (pairing, rotary dimensions, frequency base), for caches that compact positions
+    /// (<see cref="KvPositions.Compact"/>); null for an M-RoPE model, whose keys turn by several position components.
+    /// </summary>
+    public KeyRotation? KeyRotation => rope.Sections == null ? new KeyRotation(rope.Mode, rope.Dimensions, rope.FreqBase) : null;
+
     /// <summary>The input embedding of <paramref name="token"/> ([embedding length] f32): what a token row starts from.</summary>
     public void TokenEmbedding(int token, Span<float> destination)
     {
@@ -200,9 +206,18 @@ public sealed unsafe class DecoderModel : IDisposable
         if (!ReservePages(runList)) return DecodeStatus.NoKvRoom;
 
         Span<float> x = buffers.X(n * e), h = buffers.H(n * e);
+        // Rows without a position of their own turn at the cache's next RoPE position onwards: their place in the
+        // sequence, or fewer under compact positions, whose rows take theirs from the cache alone.
         var places = buffers.Places(n);
         foreach (var run in runList)
-            for (int i = 0; i < run.Count; i++) places[run.FirstRow + i] = run.Start + i;
+        {
+            int rope = run.Cache.NextRopePosition;
+            if (run.Cache.Positions == KvPositions.Compact)
+                for (int i = 0; i < run.Count; i++)
+                    if (batch.HasPosition(run.FirstRow + i) || PositionComponents > 1)
+                        throw new ArgumentException($"row {run.FirstRow + i}: its sequence's cache compacts positions, so its rows take their RoPE positions from the cache; a row with a position of its own (or an M-RoPE model's) cannot go in", nameof(batch));
+            for (int i = 0; i < run.Count; i++) places[run.FirstRow + i] = rope + i;
+        }
         for (int t = 0; t < n; t++)
         {
             int token = batch.Token(t);

@@ -124,6 +124,31 @@ public class EvalVideoTests
     }
 
     /// <summary>
+    /// <c>--positions original,compact</c>: a row per capped policy and mode (full, which evicts nothing, once at original
+    /// positions), each asked the same needles; the JSON and the tables name each row's mode.
+    /// </summary>
+    [Fact]
+    public void BothPositionModesGiveARowPerPolicyAndMode()
+    {
+        using var dir = new TempDirectory();
+        var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
+        string[] common = ["eval", "video", "-m", text, "--mmproj", projector, "--lengths", "30", "--distances", "1,20", "--questions", "1", "--size", "64",
+            "--hot-cap", "0.125", "--policies", "full,sinkwindow", "--positions", "original,compact", "-t", "1"];
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        Assert.True(CliRunner.Run(CliApp.BuildRoot(), [.. common, "-o", "json"], stderr, stdout) == 0, stderr.ToString());
+        using var json = JsonDocument.Parse(stdout.ToString());
+        var root = json.RootElement;
+        Assert.Equal(["original", "compact"], root.GetProperty("options").GetProperty("positions").EnumerateArray().Select(x => x.GetString()));
+        var rows = root.GetProperty("rows").EnumerateArray().Select(r => (Policy: r.GetProperty("policy").GetString(), Positions: r.GetProperty("positions").GetString(), Row: r)).ToList();
+        Assert.Equal([("full", "original"), ("sinkwindow", "original"), ("sinkwindow", "compact")], rows.Select(r => (r.Policy, r.Positions)));
+        string Questions(JsonElement row) => string.Join("|", row.GetProperty("answers").EnumerateArray().Select(a => a.GetProperty("question").GetString()));
+        Assert.Equal(Questions(rows[1].Row), Questions(rows[2].Row));
+        Assert.Equal(rows[1].Row.GetProperty("budget").GetInt32(), rows[2].Row.GetProperty("budget").GetInt32());
+        Assert.True(rows[2].Row.GetProperty("within_cap").GetBoolean());
+    }
+
+    /// <summary>
     /// Needles: for each distance that fits, questions of <see cref="WorldQuestions.About"/> at that distance, as many as
     /// asked for or as there are; one whose answer is "nothing" only once every other candidate was taken; the same
     /// draw every time.
@@ -231,6 +256,8 @@ public class EvalVideoTests
     [InlineData("--size", "8", "--size")]
     [InlineData("--plot", "/no/such/folder/chart.svg", "--plot")]
     [InlineData("--cold-dir", "/no/such/folder", "--cold-dir")]
+    [InlineData("--positions", "sideways", "--positions: 'sideways' is not original or compact")]
+    [InlineData("--positions", "compact,compact", "--positions: a mode is given twice")]
     public void BadOptionsExit2NamingTheOption(string option, string value, string message)
     {
         using var dir = new TempDirectory();

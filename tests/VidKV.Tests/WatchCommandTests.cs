@@ -38,6 +38,30 @@ public class WatchCommandTests
         Assert.StartsWith("A: ", lines[question + 1]); // random weights: what follows is gibberish, but it is an answer
     }
 
+    /// <summary>
+    /// Compact positions under a window small enough to evict within the first frame: the session's rows turn at the
+    /// kept rows' positions and the question is answered; a bad --positions value is exit 2 naming the option.
+    /// </summary>
+    [Fact]
+    public void WatchesWithCompactPositionsAndRejectsABadValue()
+    {
+        using var dir = new TempDirectory();
+        var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
+        string video = MakeVideo(dir);
+        var stderr = new StringWriter();
+        var stdout = new StringWriter();
+        Assert.Equal(0, CliRunner.Run(CliApp.BuildRoot(), ["watch", video, "-m", text, "--mmproj", projector, "--fps", "2", "--max-frames", "3",
+            "--policy", "sinkwindow:sinks=2,window=12", "--positions", "compact", "--ask", "What moved?", "-n", "2", "-t", "2"], stderr, stdout));
+        string[] lines = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        int question = Array.FindIndex(lines, l => l.TrimEnd('\r') == "Q: What moved?");
+        Assert.True(question >= 0 && question + 1 < lines.Length, stdout.ToString() + stderr);
+        Assert.StartsWith("A: ", lines[question + 1]);
+
+        var bad = new StringWriter();
+        Assert.Equal(2, CliRunner.Run(CliApp.BuildRoot(), ["watch", video, "-m", text, "--mmproj", projector, "--positions", "sideways"], bad));
+        Assert.Contains("--positions: 'sideways' is not original or compact", bad.ToString());
+    }
+
     public static TheoryData<string, string> BadSources => new()
     {
         { "missing.mp4", "no such file" },

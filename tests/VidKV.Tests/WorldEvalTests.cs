@@ -47,6 +47,7 @@ public class WorldEvalTests
     [InlineData("--clips", "0", "--clips must be at least 1")]
     [InlineData("--ticks", "-3", "--ticks must be at least 1")]
     [InlineData("--policy", "nonsense", "nonsense")]
+    [InlineData("--positions", "sideways", "--positions: 'sideways' is not original or compact")]
     public void BadOptionsExit2(string option, string value, string message)
     {
         using var dir = new TempDirectory();
