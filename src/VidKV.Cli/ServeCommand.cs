@@ -4,6 +4,7 @@ using VidKV.Cache;
 using VidKV.Engine;
 using VidKV.Models;
 using VidKV.Server;
+using VidKV.World;
 
 namespace VidKV.Cli;
 
@@ -12,8 +13,22 @@ namespace VidKV.Cli;
 /// serves one: chat completions whole or streamed, with images and video when the model's vision projector is given,
 /// live video sessions, and a web page at <c>/</c> to watch and ask from a browser.
 /// </summary>
-static class ServeCommand
+public static class ServeCommand
 {
+    /// <summary>
+    /// The server's demo: the world demo <c>vidkv watch</c> plays without arguments (<see cref="WorldDemo"/>), with its
+    /// questions and events, so the web page marks what the model says as <c>watch</c> does.
+    /// </summary>
+    public static ServerDemo BuiltInDemo { get; } = MakeDemo();
+
+    static ServerDemo MakeDemo()
+    {
+        var world = WorldDemo.Stream();
+        return new ServerDemo((log, cancellation) => WorldDemo.EnsureAsync(log: log, cancellation: cancellation),
+            [.. WorldDemo.Questions(world).Select(q => new DemoQuestion(q.Question, q.Answer))],
+            [.. world.Events.Select(e => new DemoEvent(e.Tick, e.Narration))]);
+    }
+
     /// <summary>The environment variable read for the API key when <c>--api-key</c> is not given (a key on the command line shows in ps).</summary>
     public const string ApiKeyVariable = "VIDKV_API_KEY";
 
@@ -53,6 +68,7 @@ static class ServeCommand
             SessionKv = new KvCacheConfig { Default = r.GetValue(sessionPolicy)!, Budget = r.GetValue(sessionBudget) },
             VideoFps = r.GetValue(videoFps),
             MaxVideoFrames = r.GetValue(maxVideoFrames),
+            Demo = BuiltInDemo,
             FetchTimeout = r.GetValue(fetchTimeout) is var seconds && seconds > 0 && seconds <= 3600 ? TimeSpan.FromSeconds(seconds) : throw new ArgumentException($"--fetch-timeout must be more than 0 and at most 3600 seconds, not {seconds}"),
         }, r.GetValue(context), ParsePrefill(r.GetValue(prefill)!), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;

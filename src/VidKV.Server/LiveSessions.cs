@@ -8,7 +8,6 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using VidKV.Cache;
-using VidKV.World;
 using VidKV.Engine;
 using VidKV.Text;
 using VidKV.Video;
@@ -17,7 +16,7 @@ namespace VidKV.Server;
 
 /// <summary>
 /// The live-session endpoints: <c>POST /v1/sessions</c> starts a session that watches a file under the media root, an
-/// upload (<see cref="Uploads"/>), the world demo (<see cref="WorldDemo"/>), an http(s)/rtsp/rtmp URL, a
+/// upload (<see cref="Uploads"/>), the server's demo clip (<see cref="ServerOptions.Demo"/>), an http(s)/rtsp/rtmp URL, a
 /// camera, or frames clients push (<c>POST /v1/sessions/{id}/frames</c>, or binary messages on the WebSocket
 /// <c>/v1/sessions/{id}/stream</c>); <c>GET /v1/sessions/{id}/video</c> plays the file a session reads (range requests,
 /// for a video element); <c>POST /v1/sessions/{id}/ask</c> answers a question on a fork of
@@ -33,6 +32,7 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
 
     readonly ConcurrentDictionary<string, LiveSession> sessions = new(StringComparer.Ordinal);
     readonly ChatFormat format = ChatTemplate.Detect(engine.Model.Vocabulary.ChatTemplate);
+    readonly DemoInfo? demoInfo = options.Demo is { } demo ? new DemoInfo(demo.Questions, demo.Events) : null;
     const string Marker = "\u0001vidkv-question\u0001";
 
     /// <summary>Live sessions now.</summary>
@@ -123,7 +123,7 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         var live = new LiveSession(id, source, kind, kv.Default + (kv.Budget is int b ? $" (budget {b})" : ""), proactive != null, engine, session, frames, video,
             options.MaxEventReaders)
         {
-            Demo = kind == "demo" ? DemoWorld : null,
+            Demo = kind == "demo" ? demoInfo : null,
         };
         sessions[id] = live;
         live.Start(UserTurnOpening(), proactive);
@@ -142,10 +142,11 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         if (source == "push") return ("push", new PushedFrameSource(PushQueue, sampling, "pushed frames"), null, source);
         if (source == "demo")
         {
+            if (options.Demo == null) throw ApiException.BadRequest("this server has no demo clip (vidkv serve gives the world demo)", "source", "no_demo");
             string clip;
             try
             {
-                clip = await WorldDemo.EnsureAsync(log: options.Log, cancellation: cancellation).ConfigureAwait(false);
+                clip = await options.Demo.EnsureVideoAsync(options.Log, cancellation).ConfigureAwait(false);
             }
             catch (VideoSourceException e)
             {
@@ -178,17 +179,6 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
             throw new ApiException(StatusCodes.Status400BadRequest, "invalid_request_error", $"source: '{Shorten(source)}' cannot be read as a video: {problem}", "source", "invalid_video");
         }
         return ("file", file, new VideoFile(path, temporary: false), source);
-    }
-
-    /// <summary>What the demo world holds (its questions and answers, its events), for the page to judge what the model says.</summary>
-    static readonly DemoInfo DemoWorld = MakeDemoInfo();
-
-    static DemoInfo MakeDemoInfo()
-    {
-        var world = WorldDemo.Stream();
-        return new DemoInfo(
-            [.. WorldDemo.Questions(world).Select(q => new DemoQuestion(q.Question, q.Answer))],
-            [.. world.Events.Select(e => new DemoEvent(e.Tick, e.Narration))]);
     }
 
     /// <summary>

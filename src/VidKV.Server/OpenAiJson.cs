@@ -202,17 +202,8 @@ sealed record SessionInfo(string Id, long Created, string Source, string Kind, s
     public DemoInfo? Demo { get; init; }
 }
 
-/// <summary>
-/// The built-in demo's world (VidKV.World's WorldDemo), so a page can judge the model: the questions asked after its
-/// last frame with their exact answers, and what happened at each second as the narration a comment should say.
-/// </summary>
+/// <summary>A demo session's truth on the wire (<see cref="ServerDemo"/>'s questions and events).</summary>
 sealed record DemoInfo(IReadOnlyList<DemoQuestion> Questions, IReadOnlyList<DemoEvent> Events);
-
-/// <summary>A demo question and the world's answer.</summary>
-sealed record DemoQuestion(string Question, string Answer);
-
-/// <summary>A demo event: the second of the stream whose frame first shows it, and its narration.</summary>
-sealed record DemoEvent(int Second, string Narration);
 
 /// <summary>The engine's KV memory, every session together.</summary>
 sealed record EngineKv(long HotBytes, long ColdBytes, long BudgetBytes, int Pages);

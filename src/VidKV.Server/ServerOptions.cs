@@ -42,6 +42,11 @@ public sealed record ServerOptions
     public int MaxAsksPerSession { get; init; } = 4;
     /// <summary>Most clients reading one live session's events at once; more get 429.</summary>
     public int MaxEventReaders { get; init; } = 8;
+    /// <summary>
+    /// What a live session's <c>"demo"</c> source plays, with what is true of it (null: no demo, and such a session is
+    /// a 400). <c>vidkv serve</c> gives the world demo <c>vidkv watch</c> plays without arguments.
+    /// </summary>
+    public ServerDemo? Demo { get; init; }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first setting out of range.</summary>
     public void Validate()
@@ -61,3 +66,19 @@ public sealed record ServerOptions
         SessionKv.ValidateSpecs();
     }
 }
+
+/// <summary>
+/// The demo clip of a server (<see cref="ServerOptions.Demo"/>) and its truth, which a <c>demo</c> session's JSON carries
+/// so a page can mark what the model says: the questions asked after its last frame with their exact answers, and what
+/// happens at each second as the narration a comment should say.
+/// </summary>
+/// <param name="EnsureVideoAsync">the clip's path, made first when it is not there yet (a <c>VidKV.Video.VideoSourceException</c> when it cannot be); the log gets a line when it is being made</param>
+/// <param name="Questions">questions about the clip, asked after its last frame, with the exact answers</param>
+/// <param name="Events">what happens in the clip: the second whose frame first shows it and its narration</param>
+public sealed record ServerDemo(Func<TextWriter?, CancellationToken, Task<string>> EnsureVideoAsync, IReadOnlyList<DemoQuestion> Questions, IReadOnlyList<DemoEvent> Events);
+
+/// <summary>A demo question and its exact answer.</summary>
+public sealed record DemoQuestion(string Question, string Answer);
+
+/// <summary>A demo event: the second of the stream whose frame first shows it, and its narration.</summary>
+public sealed record DemoEvent(int Second, string Narration);

@@ -55,7 +55,7 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
     const string Key = "web-page-key";
 
     Task<Served> StartAsync(ServerOptions? options = null) =>
-        Served.StartAsync((options ?? new ServerOptions()) with { MediaRoot = media.Root, SessionKv = new() { Default = "infinipotv", Budget = 64 } }, Exact, pair);
+        Served.StartAsync((options ?? new ServerOptions()) with { MediaRoot = media.Root, SessionKv = new() { Default = "infinipotv", Budget = 64 }, Demo = VidKV.Cli.ServeCommand.BuiltInDemo }, Exact, pair);
 
     static StringContent JsonBody(object value) => new(JsonSerializer.Serialize(value), Encoding.UTF8, "application/json");
 
@@ -150,6 +150,9 @@ public partial class WebPageTests(TinyVisionPair pair, WebPageTests.Media media,
         await using var bare = await Served.StartAsync(new ServerOptions(), Exact, pair);
         var empty = await Json(await bare.Http.GetAsync("v1/media"), HttpStatusCode.OK);
         Assert.Empty(empty.GetProperty("data").EnumerateArray());
+        // A server given no demo clip refuses a demo session, and serves on.
+        await Error(await bare.Http.PostAsync("v1/sessions", JsonBody(new { source = "demo" })), HttpStatusCode.BadRequest, "source", "no_demo");
+        Assert.Equal(HttpStatusCode.OK, (await bare.Http.GetAsync("v1/media")).StatusCode);
     }
 
     [Fact]

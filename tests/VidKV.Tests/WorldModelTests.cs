@@ -138,7 +138,7 @@ public class WorldModelTests
         using var vision = VisionModel.Load(Path.Combine(ModelFolder, "mmproj.gguf"));
         Assert.Equal(VidKV.Text.ChatFormat.Plain, VidKV.Text.ChatTemplate.Detect(text.Vocabulary.ChatTemplate));
         await using var engine = new InferenceEngine(text, new EngineOptions(), vision);
-        await using var server = await VidKV.Server.InferenceServer.StartAsync(engine, new VidKV.Server.ServerOptions { Port = 0 });
+        await using var server = await VidKV.Server.InferenceServer.StartAsync(engine, new VidKV.Server.ServerOptions { Port = 0, Demo = ServeCommand.BuiltInDemo });
         using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(2) };
         static StringContent Body(object value) => new(JsonSerializer.Serialize(value), System.Text.Encoding.UTF8, "application/json");
 
