@@ -178,6 +178,8 @@ async function closeSession() {
   const id = current.id;
   if (!id) return;
   current.id = null;
+  current.demo = null;
+  showDemoQuestions();
   clearInterval(current.poll);
   if (current.events) current.events.abort();
   $('ask').disabled = $('delete').disabled = true;
