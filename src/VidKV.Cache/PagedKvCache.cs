@@ -52,7 +52,8 @@ public sealed unsafe class PagedKvCache : KvCache
     readonly List<(int Page, int Generation)>[] prefetched;
     long[] lastRead = [];
     float[] groupQueries = [];
-    int length, nextRopePosition;
+    int length;
+    int ropeShift; // positions the rows' RoPE positions lag their places by: 0, or what compaction took out
     long steps;
     readonly KeyRotation? compactRotation;
     bool isFork;
@@ -128,12 +129,12 @@ public sealed unsafe class PagedKvCache : KvCache
     {
         var child = new PagedKvCache(sequence.Fork(), forkPolicies, ContextLength, ownsStore: false, compactRotation);
         child.length = length;
-        child.nextRopePosition = nextRopePosition;
+        child.ropeShift = ropeShift;
         child.isFork = true;
         return child;
     }
     /// <inheritdoc/>
-    public override int NextRopePosition => compactRotation == null ? length : nextRopePosition;
+    public override int NextRopePosition => length - ropeShift;
     /// <inheritdoc/>
     public override KvPositions Positions => compactRotation == null ? KvPositions.Original : KvPositions.Compact;
     /// <summary>The key rotation compact positions turn stored keys with; null under <see cref="KvPositions.Original"/>.</summary>
@@ -176,7 +177,7 @@ public sealed unsafe class PagedKvCache : KvCache
     /// </summary>
     public override void Append(int layer, int position, int count, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, ReadOnlySpan<int> frameIds = default)
     {
-        int keyPosition = compactRotation == null ? position : nextRopePosition + position - length;
+        int keyPosition = position - ropeShift;
         if (!sequence.Append(layer, position, count, keys, values, frameIds, keyPosition))
             throw new InvalidOperationException(
                 $"KV hot tier full: layer {layer} needs pages for {count} more tokens at position {position} ({store.HotPageCount} pages of {store.Options.MaxHotPages} in use); use a policy that evicts or moves pages cold, or raise the page limit");
@@ -447,7 +448,7 @@ public sealed unsafe class PagedKvCache : KvCache
     void CompactPositions()
     {
         if (compactRotation == null || isFork) return;
-        nextRopePosition = sequence.CompactKeyPositions(compactRotation, out long rotated);
+        ropeShift = length - sequence.CompactKeyPositions(compactRotation, out long rotated);
         RerotatedRows += rotated;
     }
 

@@ -294,6 +294,43 @@ public class CompactPositionsTests
         Assert.True(MaxDifference(reference, original) > 1e-2f * scale, $"original positions should differ from the fresh prefill, but only by {MaxDifference(reference, original)}");
     }
 
+    /// <summary>
+    /// A question's fork of a compacted stream, fed a token at a time (as an answer is generated), gives the logits of the
+    /// same tokens fed at once: each step's rows go on at the fork's next compact position (it does not compact itself).
+    /// </summary>
+    [Fact]
+    public void AForkOfACompactedStreamGoesOnAtConsecutivePositions()
+    {
+        using var dir = new TempDirectory();
+        using var model = Load(dir, Shape("llama"));
+        var c = model.Config;
+        int vocab = c.VocabSize;
+        var rng = new Random(5);
+        var tokens = Enumerable.Range(0, 71).Select(_ => rng.Next(vocab)).ToArray();
+        int[] question = [.. Enumerable.Range(0, 4).Select(_ => rng.Next(vocab))];
+        var config = new KvCacheConfig { Default = "sinkwindow:sinks=3,window=19", PageSize = PageSize, Type = GgmlType.F32, Positions = KvPositions.Compact };
+        var cache = config.CreateCache(c.LayerCount, c.KvHeadCount, c.HeadDim, rotation: model.KeyRotation);
+        using var stream = model.CreateState(cache);
+        int kept = Stream(model, stream, tokens).Length;
+        Assert.Equal(kept, cache.NextRopePosition);
+
+        float[] Ask(bool stepwise)
+        {
+            var fork = cache.Fork(new KvPolicyMap(c.LayerCount, c.KvHeadCount, new FullPolicy()));
+            using var state = model.CreateState(fork);
+            var logits = new float[question.Length * vocab];
+            if (stepwise)
+                for (int i = 0; i < question.Length; i++) model.Forward(state, question.AsSpan(i, 1), logits.AsSpan(i * vocab, vocab));
+            else model.Forward(state, question, logits, allLogits: true);
+            Assert.Equal(kept + question.Length, fork.NextRopePosition);
+            return logits;
+        }
+        var once = Ask(stepwise: false);
+        var stepwise = Ask(stepwise: true);
+        float scale = 1 + once.Max(Math.Abs);
+        Assert.True(MaxDifference(once, stepwise) <= 1e-4f * scale, $"a token at a time differs from all at once by {MaxDifference(once, stepwise)} (logits up to {scale})");
+    }
+
     /// <summary>With nothing evicted, compact positions are the original ones: a multi-layer model's logits are bit for bit the same.</summary>
     [Fact]
     public void CompactWithoutEvictionsChangesNothing()
