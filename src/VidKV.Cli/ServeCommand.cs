@@ -19,7 +19,10 @@ public static class ServeCommand
     /// The server's demo: the world demo <c>vidkv watch</c> plays without arguments (<see cref="WorldDemo"/>), with its
     /// questions and events, so the web page marks what the model says as <c>watch</c> does.
     /// </summary>
-    public static ServerDemo BuiltInDemo { get; } = MakeDemo();
+    public static ServerDemo BuiltInDemo => builtInDemo.Value;
+
+    // Made when a server first needs it, not each time the CLI builds its commands.
+    static readonly Lazy<ServerDemo> builtInDemo = new(MakeDemo);
 
     static ServerDemo MakeDemo()
     {
