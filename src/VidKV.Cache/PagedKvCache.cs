@@ -164,8 +164,12 @@ public sealed unsafe class PagedKvCache : KvCache
     /// <summary>Called after every (layer, KV head) attention with the group's queries and what was read, for evaluation tools.</summary>
     internal KvObserver? Observer { get; set; }
 
-    /// <summary>Whether positions below <paramref name="endPosition"/> fit the context length; pages are taken as rows are appended.</summary>
-    public override bool Reserve(int endPosition) => endPosition <= ContextLength;
+    /// <summary>
+    /// Whether places below <paramref name="endPosition"/> fit the context length: their RoPE positions do, which under
+    /// compact positions lag the places by what evictions took out, so a compacted stream goes on past the context length
+    /// in places while its positions stay inside it. Pages are taken as rows are appended.
+    /// </summary>
+    public override bool Reserve(int endPosition) => endPosition - ropeShift <= ContextLength;
 
     /// <inheritdoc/>
     public override int PagesToAppend(int tokens) => sequence.PagesToAppend(tokens);

@@ -139,7 +139,10 @@ public sealed class Session : IAsyncDisposable
     /// <summary>Rows in the session's KV sequence so far (what questions see).</summary>
     public int Length => cache?.Length ?? 0;
 
-    /// <summary>The position the session's next text row takes: <see cref="Length"/>, or less under M-RoPE after images and video.</summary>
+    /// <summary>
+    /// The position the session's next text row takes: <see cref="Length"/>, or less under M-RoPE after images and video
+    /// and under compact positions after evictions (<see cref="KvPositions.Compact"/>). What a context length bounds.
+    /// </summary>
     public int NextPosition => Volatile.Read(ref nextPosition);
 
     /// <summary>Video frame units in the session so far (frames; Qwen-VL frame pairs), which is the next frame id.</summary>
@@ -609,7 +612,9 @@ public sealed class Session : IAsyncDisposable
         {
             var append = queue.Peek();
             append.Cursor!.Advance(rows);
-            Volatile.Write(ref session.nextPosition, session.positions.Next);
+            // Under compact positions the next row turns at the cache's next RoPE position, behind its place once evictions compacted.
+            var cache = session.cache!;
+            Volatile.Write(ref session.nextPosition, cache.Positions == KvPositions.Compact ? cache.NextRopePosition : session.positions.Next);
             if (!append.Cursor.Finished) return;
             queue.Dequeue();
             if (session.KeepLogits && !logits.IsEmpty) session.LastLogits = logits.ToArray();

@@ -438,4 +438,42 @@ public class CompactPositionsTests
         Assert.Equal(3, usage.CompletionTokens);
         Assert.Equal(1, engine.Store.SequenceCount); // the question's fork gave its pages back
     }
+
+    /// <summary>
+    /// A context length bounds RoPE positions, not places: under compact positions a bounded stream goes on past it
+    /// (its rows turn at the kept rows' count, which <see cref="Session.NextPosition"/> reports and the server's and chat
+    /// client's checks read), under original positions the same stream stops at it with the engine's error.
+    /// </summary>
+    [Theory]
+    [InlineData(KvPositions.Compact)]
+    [InlineData(KvPositions.Original)]
+    public async Task TheContextLengthBoundsPositionsNotPlaces(KvPositions positions)
+    {
+        using var dir = new TempDirectory();
+        using var model = Load(dir, Shape("qwen2") with { Name = "odd-qwen2-ctx", Layers = 2 });
+        await using var engine = new InferenceEngine(model, new EngineOptions
+        {
+            Kv = new KvCacheConfig { Default = "sinkwindow:sinks=4,window=40", Positions = positions },
+            PrefillChunk = 16,
+            ContextLength = 64,
+        });
+        await using var session = engine.CreateSession();
+        var rng = new Random(5);
+        int[] Tokens() => Enumerable.Range(0, 25).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+        await session.AppendTokensAsync(Tokens());
+        await session.AppendTokensAsync(Tokens());
+        if (positions == KvPositions.Original)
+        {
+            Assert.Equal(50, session.NextPosition);
+            var e = await Assert.ThrowsAsync<InvalidOperationException>(() => session.AppendTokensAsync(Tokens()));
+            Assert.Contains("context full", e.Message);
+            return;
+        }
+        for (int i = 0; i < 4; i++) await session.AppendTokensAsync(Tokens());
+        Assert.Equal(150, session.Length);
+        Assert.Equal(44, session.NextPosition);
+        var usage = new AskUsage();
+        await foreach (var _ in session.AskAsync("what next?", new AskOptions { MaxTokens = 3, IgnoreEndOfGeneration = true, Usage = usage })) { }
+        Assert.Equal(3, usage.CompletionTokens);
+    }
 }
