@@ -37,13 +37,50 @@ internal static partial class KvPolicies
     {
         foreach (string part in spec.Split('+', StringSplitOptions.TrimEntries))
         {
-            int colon = part.IndexOf(':');
-            if (Find(colon < 0 ? part : part[..colon]) is not { } descriptor) return false;
-            var given = colon < 0 ? [] : part[(colon + 1)..].Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
-                .Select(item => item.Split('=')[0].Trim().ToLowerInvariant()).ToHashSet();
+            if (Describe(part) is not var (descriptor, given)) return false;
             if (descriptor.Options.Any(o => o.DefaultText.StartsWith("--budget", StringComparison.Ordinal) && !given.Contains(o.Name))) return true;
         }
         return false;
+    }
+
+    /// <summary>
+    /// <paramref name="spec"/> with <paramref name="option"/>=<paramref name="value"/> added to each of its policies that
+    /// has that option and leaves it out (a value the spec gives stays); null when none does, or the spec cannot be parsed.
+    /// </summary>
+    public static string? WithDefaultOption(string spec, string option, string value)
+    {
+        var parts = spec.Split('+', StringSplitOptions.TrimEntries);
+        bool changed = false;
+        for (int i = 0; i < parts.Length; i++)
+        {
+            if (Describe(parts[i]) is not var (descriptor, given)) return null;
+            if (!descriptor.Options.Any(o => o.Name == option) || given.Contains(option)) continue;
+            parts[i] += (parts[i].Contains(':') ? "," : ":") + option + "=" + value;
+            changed = true;
+        }
+        return changed ? string.Join('+', parts) : null;
+    }
+
+    /// <summary>
+    /// The value of <paramref name="option"/> in one spec part (no <c>+</c>): the one it gives, else the registry's default
+    /// text; null when the policy is unknown or has no such option.
+    /// </summary>
+    public static string? OptionText(string part, string option)
+    {
+        if (Describe(part) is not var (descriptor, given) || descriptor.Options.FirstOrDefault(o => o.Name == option) is not { } known) return null;
+        if (!given.Contains(option)) return known.DefaultText;
+        return part[(part.IndexOf(':') + 1)..].Split(',', StringSplitOptions.TrimEntries)
+            .Select(item => item.Split('=', 2)).First(kv => kv[0].Trim().Equals(option, StringComparison.OrdinalIgnoreCase))[^1].Trim();
+    }
+
+    /// <summary>The registered policy of one spec part and the options it gives (lower case); null when the name is unknown.</summary>
+    static (KvPolicyDescriptor Descriptor, HashSet<string> Given)? Describe(string part)
+    {
+        int colon = part.IndexOf(':');
+        if (Find(colon < 0 ? part : part[..colon]) is not { } descriptor) return null;
+        var given = colon < 0 ? [] : part[(colon + 1)..].Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(item => item.Split('=')[0].Trim().ToLowerInvariant()).ToHashSet();
+        return (descriptor, given);
     }
 
     static KvPolicy ParseOne(string spec, int? budget)

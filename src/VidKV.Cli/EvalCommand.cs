@@ -32,7 +32,7 @@ static class EvalCommand
         var policies = new Option<string[]>("--policies")
         {
             Description = PolicyDocs.SpecHelp("KV policy specs to compare, comma-separated or repeated (an option after a comma, name=value, belongs to the spec before it); "
-                + $"default: {string.Join(",", VideoEvalOptions.DefaultPolicies)}. 'full' runs uncapped, as the reference; every other runs under --hot-cap, which sets the budget ('--budget' below)."),
+                + $"default: {string.Join(",", VideoEvalOptions.DefaultPolicies)}. 'full' runs uncapped, as the reference; every other runs under --hot-cap, which sets the budget ('--budget' below), or, for a spec that takes none but keeps a share of each group of frames (quickprefill, livevlm, keynorm without ratio=), the ratio that keeps full's run of the same streams within that budget (so full runs first)."),
             AllowMultipleArgumentsPerToken = true,
         };
         var hotCap = new Option<double>("--hot-cap") { Description = "MiB of hot KV (in RAM) the bounded policies are sized for: the token budget per KV head they get keeps every layer's and head's pages, a step's new rows and a question's fork included, under it; pages a policy moves out of RAM (freekv, resv) go to a cold file.", DefaultValueFactory = _ => 64 };
@@ -102,24 +102,28 @@ static class EvalCommand
 
     static string Cap(VideoEvalRow row, VideoEvalResult result) => row.Uncapped ? "uncapped" : row.PeakHotBytes <= result.Options.HotCapBytes ? "within" : "OVER";
 
+    /// <summary>What the cap sized for a row: its token budget, its ratio (a share of the video rows), or nothing.</summary>
+    static string Sizing(VideoEvalRow row) => row.Budget is int b ? b.ToString(CultureInfo.InvariantCulture)
+        : row.Ratio is double r ? "ratio " + r.ToString("0.####", CultureInfo.InvariantCulture) : "–";
+
     static void WriteTables(TextWriter output, VideoEvalResult result)
     {
         var o = result.Options;
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Needle accuracy on {o.Streams} held-out stream{(o.Streams == 1 ? "" : "s")} per length (sparse events), {o.QuestionsPerDistance} questions per distance; "
             + $"hot cap {o.HotCapBytes / 1048576.0:G4} MiB = {result.CapTokens} tokens per KV head at {result.KvBytesPerToken} bytes a token over layers and KV heads; "
-            + $"budget {result.Budget} tokens per KV head ({result.ReserveTokens} kept free for a step's rows and a question's fork); full runs uncapped."));
+            + $"budget {result.Budget} tokens per KV head ({result.ReserveTokens} kept free for a step's rows and a question's fork); a policy that keeps a share of its frames gets the ratio that fits full's rows in the budget; full runs uncapped."));
         if (!result.Complete) output.WriteLine("Stopped before the end: only the rows done are shown.");
         output.WriteLine();
         int[] distances = [.. o.Distances.Order()];
-        var head = new StringBuilder("| policy | positions | frames | budget | hot cap | questions | accuracy |");
+        var head = new StringBuilder("| policy | positions | frames | budget or ratio | hot cap | questions | accuracy |");
         foreach (int d in distances) head.Append(CultureInfo.InvariantCulture, $" d={d} |");
         head.Append(" \"nothing\" | TTFT p50 ms | TTFT p90 ms | hot MiB | peak hot MiB | cold MiB | frames/s | tokens |");
         output.WriteLine(head);
         output.WriteLine("| --- | --- | ---: | ---: | --- | ---: | ---: |" + string.Concat(distances.Select(_ => " ---: |")) + " ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var row in result.Rows)
         {
-            var line = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"| {row.Policy} | {KvCacheConfig.PositionsName(row.Positions)} | {row.Length} | {(row.Budget is int b ? b.ToString(CultureInfo.InvariantCulture) : "–")} | {Cap(row, result)} | {row.Questions} | {Number(100 * row.Accuracy, "F1")} % |"));
+            var line = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"| {row.Policy} | {KvCacheConfig.PositionsName(row.Positions)} | {row.Length} | {Sizing(row)} | {Cap(row, result)} | {row.Questions} | {Number(100 * row.Accuracy, "F1")} % |"));
             var byDistance = row.ByDistance.ToDictionary(x => x.Distance);
             foreach (int d in distances) line.Append(byDistance.TryGetValue(d, out var x) ? $" {x.Right}/{x.Asked} |" : " – |");
             line.Append(CultureInfo.InvariantCulture,
@@ -156,7 +160,7 @@ static class EvalCommand
             kv_bytes_per_token = result.KvBytesPerToken, cap_tokens_per_head = result.CapTokens, reserve_tokens_per_head = result.ReserveTokens, budget = result.Budget,
             rows = result.Rows.Select(row => new
             {
-                policy = row.Policy, positions = KvCacheConfig.PositionsName(row.Positions), length = row.Length, uncapped = row.Uncapped, budget = row.Budget,
+                policy = row.Policy, positions = KvCacheConfig.PositionsName(row.Positions), length = row.Length, uncapped = row.Uncapped, budget = row.Budget, ratio = row.Ratio,
                 within_cap = row.Uncapped ? (bool?)null : row.PeakHotBytes <= o.HotCapBytes,
                 streams = row.Streams, frames = row.Frames, tokens = row.Tokens, comments = row.Comments,
                 questions = row.Questions, correct = row.Correct, accuracy = Finite(row.Accuracy), nothing_answers = row.NothingAnswers,

@@ -92,6 +92,8 @@ public sealed record VideoEvalOptions
             catch (KvConfigException e) { throw new ArgumentException($"--policies: '{spec}': {e.Message}"); }
         }
         if (Policies.Distinct(StringComparer.OrdinalIgnoreCase).Count() != Policies.Count) throw new ArgumentException("--policies: a policy is given twice");
+        if (Policies.FirstOrDefault(SizesRatio) is { } share && !Policies.Any(IsUncapped))
+            throw new ArgumentException($"--policies: '{share}' keeps a share of each frame's tokens (its ratio), which --hot-cap sizes from full's run of the same streams: add full, or give the ratio in the spec");
         if (HotCapBytes <= 0) throw new ArgumentException($"--hot-cap must be more than 0 MiB, not {HotCapBytes / 1048576.0:G4}");
         if (ColdDir != null && !Directory.Exists(ColdDir)) throw new ArgumentException($"--cold-dir '{ColdDir}': no such folder");
         if (Positions.Count == 0) throw new ArgumentException("--positions: give original, compact or both");
@@ -117,6 +119,44 @@ public sealed record VideoEvalOptions
 
     /// <summary>Whether <paramref name="spec"/> runs without the cap: the plain full policy, the reference the others are measured against.</summary>
     public static bool IsUncapped(string spec) => spec.Trim().Equals("full", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>The video reducers that keep a share of each group of frames (their <c>ratio</c>), and the option that names a group's frames.</summary>
+    static readonly Dictionary<string, string> FrameShares = new(StringComparer.OrdinalIgnoreCase) { ["quickprefill"] = "group", ["livevlm"] = "clip" };
+
+    /// <summary>
+    /// Whether the cap sizes <paramref name="spec"/>'s ratio rather than its budget: no part of it takes the budget, and
+    /// a video reducer in it keeps a share of each group of frames (quickprefill, livevlm) with the ratio left out, so
+    /// its memory grows with the stream at any fixed ratio.
+    /// </summary>
+    public static bool SizesRatio(string spec) => !IsUncapped(spec) && !KvPolicies.ReadsBudget(spec) && RatioParts(spec).Any();
+
+    /// <summary>The parts of <paramref name="spec"/> whose ratio the cap sizes, with the frames of one of their groups.</summary>
+    static IEnumerable<(int Index, int GroupFrames)> RatioParts(string spec)
+    {
+        var parts = spec.Split('+', StringSplitOptions.TrimEntries);
+        for (int i = 0; i < parts.Length; i++)
+        {
+            int colon = parts[i].IndexOf(':');
+            if (!FrameShares.TryGetValue(colon < 0 ? parts[i] : parts[i][..colon], out var groupOption)) continue;
+            if (KvPolicies.WithDefaultOption(parts[i], "ratio", "1") == null) continue; // the spec gives its ratio
+            yield return (i, int.TryParse(KvPolicies.OptionText(parts[i], groupOption), NumberStyles.None, CultureInfo.InvariantCulture, out int frames) ? frames : 1);
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="spec"/> with the ratio that keeps <paramref name="textRows"/> text rows and a share of
+    /// <paramref name="videoRows"/> video rows (<paramref name="frameRows"/> a frame) within <paramref name="budget"/>
+    /// (<see cref="VideoEvaluation.SizeRatio"/>; the largest group's frames are the margin, as a group waits whole before
+    /// it is reduced), and that ratio.
+    /// </summary>
+    public static (string Spec, double Ratio) WithSizedRatio(string spec, int budget, long textRows, long videoRows, int frameRows)
+    {
+        var sized = RatioParts(spec).ToList();
+        double ratio = VideoEvaluation.SizeRatio(budget, textRows, videoRows, sized.Max(p => p.GroupFrames) * frameRows);
+        var parts = spec.Split('+', StringSplitOptions.TrimEntries);
+        foreach (var (index, _) in sized) parts[index] = KvPolicies.WithDefaultOption(parts[index], "ratio", ratio.ToString("0.####", CultureInfo.InvariantCulture))!;
+        return (string.Join('+', parts), ratio);
+    }
 }
 
 /// <summary>One needle question: the distance it was placed at (ticks from its evidence to the last frame) and the question.</summary>
@@ -126,7 +166,7 @@ public sealed record Needle(int Distance, WorldQuestion Question);
 public sealed record VideoEvalAnswer(int Stream, int Distance, QuestionKind Kind, string Question, string Truth, string Answer, bool Right, double TtftMs);
 
 /// <summary>One (policy, stream length) of <see cref="VideoEvaluation"/>: every question asked on its streams and what the runs cost.</summary>
-public sealed class VideoEvalRow(string policy, int length, bool uncapped, int? budget, KvPositions positions = KvPositions.Original)
+public sealed class VideoEvalRow(string policy, int length, bool uncapped, int? budget, KvPositions positions = KvPositions.Original, double? ratio = null)
 {
     /// <summary>The policy spec.</summary>
     public string Policy { get; } = policy;
@@ -140,6 +180,8 @@ public sealed class VideoEvalRow(string policy, int length, bool uncapped, int? 
     public bool Uncapped { get; } = uncapped;
     /// <summary>Token budget per KV head the policy got; null when it takes none (or ran uncapped).</summary>
     public int? Budget { get; } = budget;
+    /// <summary>The share of video rows the cap sized the policy's ratio to (<see cref="VideoEvaluation.SizeRatio"/>); null when it was not sized.</summary>
+    public double? Ratio { get; } = ratio;
     /// <summary>Streams watched, frames and tokens ingested over all of them, proactive comments said.</summary>
     public int Streams { get; internal set; }
     public int Frames { get; internal set; }
@@ -245,6 +287,20 @@ public static class VideoEvaluation
     }
 
     /// <summary>
+    /// The share of video rows a policy that keeps a share of each group of frames may keep so that a stream of
+    /// <paramref name="textRows"/> text rows (every one kept) and <paramref name="videoRows"/> video rows fits
+    /// <paramref name="budget"/> tokens per KV head: (budget − text − margin) / video, rounded down to 1/10,000 and held
+    /// in 1/10,000..1; <paramref name="marginRows"/> covers the frames of a group not yet reduced. A stream whose text alone
+    /// does not fit gets the least share, and its row shows it over the cap.
+    /// </summary>
+    public static double SizeRatio(int budget, long textRows, long videoRows, int marginRows)
+    {
+        if (videoRows <= 0) return 1;
+        double share = Math.Floor((budget - textRows - marginRows) * 10000.0 / videoRows) / 10000;
+        return Math.Clamp(share, 1e-4, 1);
+    }
+
+    /// <summary>
     /// Runs every (length, policy) over <see cref="VideoEvalOptions.Streams"/> held-out streams; <paramref name="log"/>
     /// hears of each stream as it goes. Cancelling stops at once: the rows finished come back with
     /// <see cref="VideoEvalResult.Complete"/> false.
@@ -280,6 +336,9 @@ public static class VideoEvaluation
         if (options.Positions.Contains(KvPositions.Compact) && text.KeyRotation == null && options.Policies.Any(p => !VideoEvalOptions.IsUncapped(p)))
             throw new ArgumentException($"--positions compact: not supported for M-RoPE models ({text.Path} turns keys by {text.PositionComponents} position components)");
         int rowsPerLength = options.Policies.Sum(p => options.PositionsOf(p).Count());
+        // The full reference runs first: the policies whose ratio the cap sizes read its row counts.
+        var policies = options.Policies.OrderBy(p => VideoEvalOptions.IsUncapped(p) ? 0 : 1).ToList();
+        int frameRows = vision.VideoFrameTokens;
         int run = 0, runs = worlds.Count * rowsPerLength * options.Streams;
         try
         {
@@ -287,18 +346,33 @@ public static class VideoEvaluation
             {
                 var skipped = options.Distances.Where(d => d >= length).ToList();
                 if (skipped.Count > 0) log?.WriteLine($"  {length} frames: distances {string.Join(",", skipped)} do not fit, left out");
-                foreach (string spec in options.Policies)
+                long textRows = 0, videoRows = 0; // the most over full's streams of this length
+                foreach (string spec in policies)
                     foreach (var positions in options.PositionsOf(spec))
                     {
                         bool uncapped = VideoEvalOptions.IsUncapped(spec);
-                        var row = new VideoEvalRow(spec, length, uncapped, !uncapped && KvPolicies.ReadsBudget(spec) ? result.Budget : null, positions);
-                        var kv = uncapped ? baseKv with { Default = spec } : baseKv with { Default = spec, Budget = result.Budget, Positions = positions };
+                        string runSpec = spec;
+                        double? ratio = null;
+                        if (VideoEvalOptions.SizesRatio(spec))
+                        {
+                            (runSpec, double sized) = VideoEvalOptions.WithSizedRatio(spec, result.Budget, textRows, videoRows, frameRows);
+                            ratio = sized;
+                            log?.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                                $"  {spec}, {length} frames: ratio {ratio:0.####}, sized to keep full's {textRows} text rows and a share of its {videoRows} video rows within the budget of {result.Budget}"));
+                        }
+                        var row = new VideoEvalRow(spec, length, uncapped, !uncapped && KvPolicies.ReadsBudget(spec) ? result.Budget : null, positions, ratio);
+                        var kv = uncapped ? baseKv with { Default = spec } : baseKv with { Default = runSpec, Budget = result.Budget, Positions = positions };
                         for (int i = 0; i < streams.Count; i++)
                         {
                             run++;
                             var runKv = uncapped ? kv : kv with { ColdPath = Path.Combine(coldDir, $"run-{run}.bin") };
-                            await RunStreamAsync(text, vision, runKv, streams[i].Stream, i, streams[i].Needles, options, row, log, $"[{run}/{runs}] {row.Label}, {length} frames, stream {i + 1}/{streams.Count}", cancellation).ConfigureAwait(false);
+                            var (rows, visual) = await RunStreamAsync(text, vision, runKv, streams[i].Stream, i, streams[i].Needles, options, row, log, $"[{run}/{runs}] {row.Label}, {length} frames, stream {i + 1}/{streams.Count}", cancellation).ConfigureAwait(false);
                             if (runKv.ColdPath != null) File.Delete(runKv.ColdPath);
+                            if (uncapped)
+                            {
+                                textRows = Math.Max(textRows, rows - visual);
+                                videoRows = Math.Max(videoRows, visual);
+                            }
                         }
                         result.Rows.Add(row);
                     }
@@ -317,8 +391,8 @@ public static class VideoEvaluation
         return result;
     }
 
-    /// <summary>One stream through a fresh engine under <paramref name="kv"/>: watch it, ask its needles, add all to <paramref name="row"/>.</summary>
-    static async Task RunStreamAsync(DecoderModel text, VisionModel vision, KvCacheConfig kv, WorldStream stream, int streamIndex, List<Needle> needles,
+    /// <summary>One stream through a fresh engine under <paramref name="kv"/>: watch it, ask its needles, add all to <paramref name="row"/>; returns the rows the stream put in the session and how many of them are video rows.</summary>
+    static async Task<(long Rows, long VideoRows)> RunStreamAsync(DecoderModel text, VisionModel vision, KvCacheConfig kv, WorldStream stream, int streamIndex, List<Needle> needles,
         VideoEvalOptions options, VideoEvalRow row, TextWriter? log, string label, CancellationToken cancellation)
     {
         await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv }, vision);
@@ -356,6 +430,7 @@ public static class VideoEvaluation
         row.PeakHotBytes = Math.Max(row.PeakHotBytes, engine.Memory.PeakHotBytes);
         log?.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"  {label}: {stream.TickCount / seconds:F1} frames/s, questions {needles.Count}/{needles.Count} ({right} right), KV hot {memory.HotBytes / 1048576.0:F2} MiB (peak {row.PeakHotBytes / 1048576.0:F2}) cold {memory.ColdBytes / 1048576.0:F2} MiB"));
+        return (session.Length, (long)session.FrameCount * vision.VideoFrameTokens);
     }
 
     static async IAsyncEnumerable<VideoFrame> Tap(IAsyncEnumerable<VideoFrame> frames, Action<long> seen, [EnumeratorCancellation] CancellationToken cancellation = default)

@@ -14,7 +14,7 @@ namespace VidKV.Tests;
 /// </summary>
 public class EvalVideoTests
 {
-    static readonly string[] Policies = ["full", "sinkwindow", "infinipotv+freekv", "quickprefill"];
+    static readonly string[] Policies = ["full", "sinkwindow", "infinipotv+freekv", "quickprefill:group=2"];
     static readonly int[] Lengths = [12, 40], Distances = [1, 10, 30];
     const double CapMib = 0.125;
 
@@ -51,6 +51,8 @@ public class EvalVideoTests
 
         var rows = root.GetProperty("rows").EnumerateArray().ToList();
         Assert.Equal(Policies.Length * Lengths.Length, rows.Count);
+        int frameRows;
+        using (var vision = VisionModel.Load(projector)) frameRows = vision.VideoFrameTokens;
         foreach (int length in Lengths)
         {
             var stream = WorldStream.Generate(WorldStream.HeldOutSeeds, length, WorldOptions.Stream);
@@ -92,9 +94,12 @@ public class EvalVideoTests
                         Assert.Equal(0, row.GetProperty("cold_kv_bytes").GetInt64());
                         if (length == 40) Assert.True(peak > cap, $"full's peak {peak} should pass the cap {cap} at {length} frames, or the cap does not bind");
                         break;
-                    case "quickprefill": // takes no budget: it runs under the cap's cold tier but nothing sizes it
+                    case "quickprefill:group=2": // takes no budget: the cap sizes its ratio from full's rows of the same stream (this tiny vocabulary's text alone passes it at 40 frames: RatioPoliciesAreSizedToTheCap binds it)
                         Assert.False(row.GetProperty("uncapped").GetBoolean());
                         Assert.Equal(JsonValueKind.Null, row.GetProperty("budget").ValueKind);
+                        long fullRows = rows.Single(r => r.GetProperty("policy").GetString() == "full" && r.GetProperty("length").GetInt32() == length).GetProperty("tokens").GetInt64();
+                        long videoRows = (long)length * frameRows;
+                        Assert.Equal(VideoEvaluation.SizeRatio(budget, fullRows - videoRows, videoRows, 2 * frameRows), row.GetProperty("ratio").GetDouble()); // a group of 2 frames waits whole
                         Assert.Equal(peak <= cap, row.GetProperty("within_cap").GetBoolean());
                         break;
                     default: // bounded: sized by the cap, and under it
@@ -202,6 +207,77 @@ public class EvalVideoTests
         Assert.True(VideoEvaluation.SizeBudget(1 << 10, 256, 32, 128, 52).Budget < 0);
     }
 
+    /// <summary>
+    /// A cap between full's text rows and all its rows: full passes it, quickprefill (which takes no budget) gets a ratio
+    /// below 1 that keeps its hot KV under it. The cap is set from a first run of full alone on the same stream.
+    /// </summary>
+    [Fact]
+    public void RatioPoliciesAreSizedToTheCap()
+    {
+        using var dir = new TempDirectory();
+        var (text, projector) = RandomVisionModel.Write(dir.File("pair"), RandomVisionShape.TinyIdefics3, GgmlType.F32);
+        int frameRows;
+        using (var vision = VisionModel.Load(projector)) frameRows = vision.VideoFrameTokens;
+        const int length = 120, page = 32; // long enough that full's video rows outgrow what the cap keeps free for a step and a question
+        JsonElement Run(string policies, double capMib)
+        {
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            int code = CliRunner.Run(CliApp.BuildRoot(), ["eval", "video", "-m", text, "--mmproj", projector, "--lengths", $"{length}", "--distances", "1",
+                "--questions", "1", "--size", "64", "--hot-cap", capMib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--policies", policies, "-t", "1", "-o", "json"], stderr, stdout);
+            Assert.True(code == 0, stderr.ToString());
+            return JsonDocument.Parse(stdout.ToString()).RootElement.Clone();
+        }
+        var first = Run("full", 1);
+        long rows = first.GetProperty("rows")[0].GetProperty("tokens").GetInt64(), video = (long)length * frameRows, textRows = rows - video;
+        int reserve = first.GetProperty("reserve_tokens_per_head").GetInt32();
+        long bytesPerToken = first.GetProperty("kv_bytes_per_token").GetInt64();
+        // A budget between the text (with a group's margin) and every row less the reserve, in whole pages: full passes the cap, the text fits.
+        long budget = (textRows + 2 * frameRows + (video - reserve) / 2) / page * page;
+        Assert.True(budget > textRows + 2 * frameRows && budget + reserve < rows, $"text {textRows}, video {video}, reserve {reserve}: no page-sized budget between them");
+        double capMib = (budget + reserve) * bytesPerToken / 1048576.0;
+        var second = Run("full,quickprefill:group=2", capMib);
+        Assert.Equal(budget, second.GetProperty("budget").GetInt32());
+        long cap = second.GetProperty("options").GetProperty("hot_cap_bytes").GetInt64();
+        var full = second.GetProperty("rows")[0];
+        var shared = second.GetProperty("rows")[1];
+        Assert.Equal("quickprefill:group=2", shared.GetProperty("policy").GetString());
+        Assert.True(full.GetProperty("peak_hot_kv_bytes").GetInt64() > cap);
+        double ratio = shared.GetProperty("ratio").GetDouble();
+        Assert.Equal(VideoEvaluation.SizeRatio((int)budget, textRows, video, 2 * frameRows), ratio);
+        Assert.InRange(ratio, 0.01, 0.99);
+        Assert.True(shared.GetProperty("peak_hot_kv_bytes").GetInt64() <= cap, $"quickprefill at ratio {ratio}: peak {shared.GetProperty("peak_hot_kv_bytes").GetInt64()} over the cap {cap}");
+        Assert.True(shared.GetProperty("within_cap").GetBoolean());
+    }
+
+    /// <summary>The share a ratio policy keeps: what the budget leaves after the text rows and a group's margin, over the video rows, rounded down and held in 1/10,000..1.</summary>
+    [Fact]
+    public void RatioKeepsTextAndAShareOfTheVideoWithinTheBudget()
+    {
+        Assert.Equal(0.2, VideoEvaluation.SizeRatio(1000, 300, 3000, 100));
+        Assert.Equal(0.1333, VideoEvaluation.SizeRatio(1000, 500, 3000, 100)); // 400/3000, rounded down
+        Assert.Equal(1, VideoEvaluation.SizeRatio(10000, 300, 3000, 100));
+        Assert.Equal(1e-4, VideoEvaluation.SizeRatio(1000, 950, 3000, 100)); // text alone does not fit: the least share
+        Assert.Equal(1, VideoEvaluation.SizeRatio(1000, 300, 0, 100));
+        Assert.True(VideoEvalOptions.SizesRatio("quickprefill"));
+        Assert.True(VideoEvalOptions.SizesRatio("quickprefill+resv"));
+        Assert.True(VideoEvalOptions.SizesRatio("livevlm:clip=4"));
+        Assert.False(VideoEvalOptions.SizesRatio("quickprefill:ratio=0.3")); // given: the spec's own
+        Assert.False(VideoEvalOptions.SizesRatio("infinipotv+livevlm")); // infinipotv's budget holds the cap
+        Assert.False(VideoEvalOptions.SizesRatio("resv"));
+        Assert.False(VideoEvalOptions.SizesRatio("full"));
+        Assert.Equal(("quickprefill:ratio=0.2+resv", 0.2), VideoEvalOptions.WithSizedRatio("quickprefill+resv", 996, 300, 3000, 6)); // margin: a group of 16 frames of 6 rows
+        Assert.Equal(("livevlm:clip=4,ratio=0.2", 0.2), VideoEvalOptions.WithSizedRatio("livevlm:clip=4", 1000, 300, 3000, 25));
+        Assert.Equal("4", KvPolicies.OptionText("livevlm:clip=4", "clip"));
+        Assert.Equal("16", KvPolicies.OptionText("quickprefill", "group"));
+        Assert.Null(KvPolicies.OptionText("quickprefill", "window"));
+        Assert.Equal("quickprefill:ratio=0.2+resv", KvPolicies.WithDefaultOption("quickprefill+resv", "ratio", "0.2"));
+        Assert.Equal("livevlm:clip=4,ratio=0.2", KvPolicies.WithDefaultOption("livevlm:clip=4", "ratio", "0.2"));
+        Assert.Null(KvPolicies.WithDefaultOption("quickprefill:ratio=0.3", "ratio", "0.2"));
+        Assert.Null(KvPolicies.WithDefaultOption("sinkwindow", "ratio", "0.2"));
+        Assert.Null(KvPolicies.WithDefaultOption("nonsense", "ratio", "0.2"));
+    }
+
     [Theory]
     [InlineData("full,sinkwindow:sinks=3,window=61,resv", new[] { "full", "sinkwindow:sinks=3,window=61", "resv" })]
     [InlineData("infinipotv+freekv:budget=100,sinks=10", new[] { "infinipotv+freekv:budget=100,sinks=10" })]
@@ -256,6 +332,7 @@ public class EvalVideoTests
     [InlineData("--size", "8", "--size")]
     [InlineData("--plot", "/no/such/folder/chart.svg", "--plot")]
     [InlineData("--cold-dir", "/no/such/folder", "--cold-dir")]
+    [InlineData("--policies", "sinkwindow,quickprefill", "'quickprefill' keeps a share of each frame's tokens (its ratio), which --hot-cap sizes from full's run")]
     [InlineData("--positions", "sideways", "--positions: 'sideways' is not original or compact")]
     [InlineData("--positions", "compact,compact", "--positions: a mode is given twice")]
     public void BadOptionsExit2NamingTheOption(string option, string value, string message)
