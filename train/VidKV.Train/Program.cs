@@ -41,6 +41,7 @@ public static class Program
     static readonly Option<int> MaxGap = new("--max-gap") { Description = "In half the clips a quarter of the frames start up to this many positions after the last row (log-uniform): the holes and distances a bounded KV policy leaves in a long stream. 0: none.", DefaultValueFactory = _ => 0 };
     static readonly Option<int> ImageSize = new("--image-size") { Description = "Side of the frames the tower sees (a multiple of --patch × --merge).", DefaultValueFactory = _ => new TinyVlmConfig().ImageSize };
     static readonly Option<int> Merge = new("--merge") { Description = "Idefics3 pixel-shuffle factor: patches merged per side into one decoder row.", DefaultValueFactory = _ => new TinyVlmConfig().MergeFactor };
+    static readonly Option<int> Layers = new("--layers") { Description = "Decoder layers.", DefaultValueFactory = _ => new TinyVlmConfig().Layers };
     static readonly Option<int> EvalClips = new("--eval-clips") { Description = "Held-out clips scored at the end (and at each checkpoint).", DefaultValueFactory = _ => 64 };
 
     static Command TrainCommand()
@@ -54,21 +55,21 @@ public static class Program
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge, Layers,
         };
         command.SetAction(r =>
         {
             var exportType = ParseType(r.GetValue(type)!);
             var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr),
                 ProbeWeight = r.GetValue(probe), DecisionWeight = NotNegative(r.GetValue(decision), "--decision-weight"), AnswerWeight = NotNegative(r.GetValue(answer), "--answer-weight") };
-            var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size, ImageSize = r.GetValue(ImageSize), MergeFactor = r.GetValue(Merge) };
+            var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size, ImageSize = r.GetValue(ImageSize), MergeFactor = r.GetValue(Merge), Layers = r.GetValue(Layers) };
             Check(config);
             var tokenizer = WorldVocabulary.CreateTokenizer();
             var examples = new WorldExamples(config, tokenizer, Frames(r));
             string dir = r.GetValue(output)!;
             Directory.CreateDirectory(dir);
             // The sizes go beside the checkpoints, so eval and export build the same model from them.
-            File.WriteAllText(Path.Combine(dir, ConfigFile), System.Text.Json.JsonSerializer.Serialize(new { image_size = config.ImageSize, merge = config.MergeFactor }));
+            File.WriteAllText(Path.Combine(dir, ConfigFile), System.Text.Json.JsonSerializer.Serialize(new { image_size = config.ImageSize, merge = config.MergeFactor, layers = config.Layers }));
             torch.manual_seed(options.Seed);
             using var model = new TinyVlm(config, options.Seed);
             var trainer = new Trainer(model, examples, options);
@@ -154,11 +155,17 @@ public static class Program
         string path = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(checkpoint))!, ConfigFile);
         if (!File.Exists(path)) return config;
         using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(path));
-        return config with { ImageSize = json.RootElement.GetProperty("image_size").GetInt32(), MergeFactor = json.RootElement.GetProperty("merge").GetInt32() };
+        var root = json.RootElement;
+        return config with
+        {
+            ImageSize = root.GetProperty("image_size").GetInt32(), MergeFactor = root.GetProperty("merge").GetInt32(),
+            Layers = root.TryGetProperty("layers", out var layers) ? layers.GetInt32() : config.Layers, // checkpoints before --layers have the default
+        };
     }
 
     static void Check(TinyVlmConfig c)
     {
+        if (c.Layers < 1) throw new ArgumentException($"--layers must be at least 1, not {c.Layers}");
         if (c.MergeFactor < 1 || c.ImageSize < c.PatchSize * c.MergeFactor || c.ImageSize % (c.PatchSize * c.MergeFactor) != 0)
             throw new ArgumentException($"--image-size {c.ImageSize} must be a positive multiple of the patch ({c.PatchSize}) × --merge ({c.MergeFactor})");
     }
