@@ -112,6 +112,32 @@ public class TrainerTests
         Assert.All(results, r => Assert.True(r.Questions >= 1 && r.QuietFrames + r.EventFrames >= 2));
     }
 
+    /// <summary>
+    /// Training the eyes alone (<see cref="Trainer.PretrainVision"/>): the probe's loss falls, the tower and the
+    /// projector change, and the decoder's weights (token embeddings, blocks, output) stay exactly as they were.
+    /// </summary>
+    [Fact]
+    public void PretrainingTheEyesTeachesTheProbeAndLeavesTheDecoder()
+    {
+        torch.manual_seed(5);
+        var config = Small with { Vocab = WorldVocabulary.Size };
+        using var model = new TinyVlm(config, seed: 3);
+        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { RenderSize = 32 });
+        var trainer = new Trainer(model, examples, new TrainOptions { LearningRate = 3e-3, WarmupSteps = 1 });
+        static bool Vision(string name) => !name.StartsWith("blk_", StringComparison.Ordinal) && name is not ("tokenEmbedding" or "outputNorm" or "output");
+        var before = model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone());
+        Assert.Contains(before.Keys, Vision);
+        Assert.Contains(before.Keys, name => !Vision(name));
+        var (first, last) = trainer.PretrainVision(60, 8, TextWriter.Null);
+        Assert.True(last < 0.9 * first, $"probe loss {first:F3} → {last:F3} after 60 steps"); // 9.0 → 7.7 when written
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            bool same = parameter.detach().equal(before[name]).all().item<bool>();
+            if (Vision(name)) Assert.False(same, $"{name} did not change");
+            else Assert.True(same, $"{name} changed");
+        }
+    }
+
     /// <summary>A few AdamW steps on one fixed batch (a frame between tokens, loss on the tokens after it) at least halve the loss.</summary>
     [Fact]
     public void LossFallsOnAFixedBatch()

@@ -51,11 +51,13 @@ public static class Program
         var probe = new Option<double>("--probe") { Description = "Weight of the training-only perception probe's loss (0: none).", DefaultValueFactory = _ => new TrainOptions().ProbeWeight };
         var decision = new Option<double>("--decision-weight") { Description = "Weight of each frame's proactive decision (silence or the comment's first token) in the language loss.", DefaultValueFactory = _ => new TrainOptions().DecisionWeight };
         var answer = new Option<double>("--answer-weight") { Description = "Weight of answers' tokens in the language loss.", DefaultValueFactory = _ => new TrainOptions().AnswerWeight };
+        var visionSteps = new Option<int>("--vision-steps") { Description = "Steps that train the eyes alone first (tower, projector and perception probe on frames; the decoder waits), as towers come pretrained. 0: none.", DefaultValueFactory = _ => 0 };
+        var visionFrames = new Option<int>("--vision-frames") { Description = "Frames per --vision-steps step.", DefaultValueFactory = _ => 32 };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => new TrainOptions().LearningRate };
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge, Layers,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge, Layers, visionSteps, visionFrames,
         };
         command.SetAction(r =>
         {
@@ -82,6 +84,9 @@ public static class Program
                 trainer.Load(checkpoint);
                 Console.Error.WriteLine($"resuming from {checkpoint} at step {first}");
             }
+            int pretrain = r.GetValue(visionSteps);
+            if (pretrain < 0) throw new ArgumentException($"--vision-steps must be 0 or more, not {pretrain}");
+            if (pretrain > 0 && first == 0) trainer.PretrainVision(pretrain, Positive(r.GetValue(visionFrames), "--vision-frames"), Console.Error);
             long parameters = model.parameters().Sum(p => p.numel());
             Console.Error.WriteLine($"tiny VLM: {parameters:N0} parameters, vocabulary {config.Vocab}, {config.TokensPerFrame} rows per frame; {options.Steps} steps on {options.Threads} threads");
             int clips = r.GetValue(EvalClips);

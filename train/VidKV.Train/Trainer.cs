@@ -137,6 +137,83 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     }
 
     /// <summary>
+    /// Trains the eyes alone before the language model (the staged recipe of LLaVA and SmolVLM, whose towers come
+    /// pretrained): the tower, the projector and the perception probe on <paramref name="framesPerStep"/> frames a step
+    /// (<see cref="WorldExamples.Frames"/>), the probe's loss only, AdamW at the run's peak rate with its warm-up and
+    /// cosine over <paramref name="steps"/>. The decoder is untouched (it gets no gradient). Reports the probe's accuracy
+    /// on held-out frames at the end, and returns the probe's loss at the first step and over the last ten.
+    /// </summary>
+    public (double First, double Last) PretrainVision(int steps, int framesPerStep, TextWriter log)
+    {
+        if (options.Threads > 0) torch.set_num_threads(options.Threads);
+        model.train();
+        var parameters = model.parameters().Concat(probe.parameters()).ToList();
+        using var optimizer = optim.AdamW(parameters, lr: options.LearningRate, weight_decay: options.WeightDecay);
+        var clock = Stopwatch.StartNew();
+        double average = double.NaN, first = double.NaN;
+        var last = new Queue<double>();
+        int side = model.Config.ImageSize;
+        for (int step = 0; step < steps; step++)
+        {
+            foreach (var group in optimizer.ParamGroups) group.LearningRate = Schedule(step, steps);
+            // Worlds the language run never draws (its k-th is Seed · 10⁹ + k; FitProbe's start 5 · 10⁸ later).
+            var (pixels, cells) = examples.Frames(ExampleSeed(options.Seed, step) + 700_000_000UL, framesPerStep);
+            float value;
+            using (NoCollection())
+            {
+                using (var scope = NewDisposeScope())
+                {
+                    var rows = model.EncodeFrames(tensor(pixels).view(framesPerStep, 3, side, side)).view(-1, model.Config.Embedding);
+                    var loss = probe.Loss(rows, cells);
+                    optimizer.zero_grad();
+                    loss.backward();
+                    value = loss.item<float>();
+                }
+                nn.utils.clip_grad_norm_(parameters, options.ClipNorm);
+                optimizer.step();
+            }
+            average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
+            if (step == 0) first = value;
+            last.Enqueue(value);
+            if (last.Count > 10) last.Dequeue();
+            if (step % 50 == 0 || step == steps - 1)
+            {
+                var eta = TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / (step + 1) * (steps - step - 1));
+                log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"vision step {step + 1}/{steps}  probe loss {average:F4}  elapsed {clock.Elapsed:hh\\:mm\\:ss}  ETA {eta:hh\\:mm\\:ss}"));
+            }
+        }
+        var (colour, shape, size, region) = ProbeAccuracy(Enumerable.Range(0, 8).Select(i => VidKV.World.WorldStream.HeldOutSeeds + 1_000_000UL + (ulong)i), framesPerStep);
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"vision pretrained: probe on held-out objects' cells: colour {colour:P1}, shape {shape:P1}, size {size:P1}, region {region:P1}"));
+        return (first, last.Count == 0 ? double.NaN : last.Average());
+    }
+
+    /// <summary>The probe's accuracy on the cells that hold an object's centre, over <paramref name="framesEach"/> frames of each world of <paramref name="seeds"/>.</summary>
+    public (double Colour, double Shape, double Size, double Region) ProbeAccuracy(IEnumerable<ulong> seeds, int framesEach)
+    {
+        model.eval();
+        long cells = 0, colourRight = 0, shapeRight = 0, sizeRight = 0, regionRight = 0;
+        int side = model.Config.ImageSize;
+        using (no_grad())
+            foreach (ulong seed in seeds)
+            {
+                using var scope = NewDisposeScope();
+                var (pixels, targets) = examples.Frames(seed, framesEach);
+                var (colour, shape, size, region) = probe.Predict(model.EncodeFrames(tensor(pixels).view(framesEach, 3, side, side)).view(-1, model.Config.Embedding));
+                for (int cell = 0; cell < colour.Length; cell++)
+                {
+                    if (targets.Size[cell] == 0) continue;
+                    cells++;
+                    if (colour[cell] == targets.Colour[cell]) colourRight++;
+                    if (shape[cell] == targets.Shape[cell]) shapeRight++;
+                    if (size[cell] == targets.Size[cell]) sizeRight++;
+                    if (region[cell] == targets.Region[cell]) regionRight++;
+                }
+            }
+        model.train();
+        return cells == 0 ? default : ((double)colourRight / cells, (double)shapeRight / cells, (double)sizeRight / cells, (double)regionRight / cells);
+    }
+
+    /// <summary>
     /// Fits the perception probe alone on the model's frame rows, the model frozen, for <paramref name="steps"/> examples
     /// (AdamW at 1e-2): what a linear head can read from the tower as it is, whatever the probe it was trained with.
     /// </summary>
@@ -197,10 +274,13 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         }
     }
 
-    double LearningRate(int step)
+    double LearningRate(int step) => Schedule(step, options.Steps);
+
+    /// <summary>The rate at <paramref name="step"/> of <paramref name="steps"/>: linear warm-up to the peak, then cosine down to a tenth of it.</summary>
+    double Schedule(int step, int steps)
     {
         if (step < options.WarmupSteps) return options.LearningRate * (step + 1) / options.WarmupSteps;
-        double progress = (double)(step - options.WarmupSteps) / Math.Max(1, options.Steps - options.WarmupSteps);
+        double progress = (double)(step - options.WarmupSteps) / Math.Max(1, steps - options.WarmupSteps);
         return options.LearningRate * (0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1, progress))));
     }
 

@@ -59,13 +59,16 @@ public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, long[
     /// <summary>Region classes (none + the 3×3 grid's).</summary>
     public static int Regions => Enum.GetValues<Region>().Length + 1;
 
-    /// <summary>The cells of <paramref name="frames"/> frames of <paramref name="stream"/> on a <paramref name="side"/>² grid.</summary>
-    public static CellTargets Of(WorldStream stream, int frames, int side)
+    /// <summary>The cells of the first <paramref name="frames"/> frames of <paramref name="stream"/> on a <paramref name="side"/>² grid.</summary>
+    public static CellTargets Of(WorldStream stream, int frames, int side) => Of(stream, Enumerable.Range(0, frames).ToArray(), side);
+
+    /// <summary>The cells of the frames of <paramref name="ticks"/> of <paramref name="stream"/>, in that order, on a <paramref name="side"/>² grid.</summary>
+    public static CellTargets Of(WorldStream stream, IReadOnlyList<int> ticks, int side)
     {
-        int cells = side * side;
+        int cells = side * side, frames = ticks.Count;
         var t = new CellTargets(new long[frames * cells], new long[frames * cells], new long[frames * cells], new long[frames * cells], new float[frames * cells * 2]);
         for (int f = 0; f < frames; f++)
-            foreach (var o in stream.State(f).Objects)
+            foreach (var o in stream.State(ticks[f]).Objects)
             {
                 double x = Math.Clamp(o.X * side, 0, side - 1e-9), y = Math.Clamp(o.Y * side, 0, side - 1e-9);
                 int cell = f * cells + (int)y * side + (int)x;
@@ -127,6 +130,21 @@ public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokeni
                 }
         }
         return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, config.PatchesPerSide / config.MergeFactor));
+    }
+
+    /// <summary>
+    /// <paramref name="count"/> frames of the world of <paramref name="seed"/>, every <paramref name="every"/>-th tick (so
+    /// consecutive frames differ more than a clip's), drawn as <see cref="Make"/> draws them, with what their cells hold:
+    /// a batch for training the eyes alone (<see cref="Trainer.PretrainVision"/>).
+    /// </summary>
+    public (float[] Pixels, CellTargets Cells) Frames(ulong seed, int count, int every = 4)
+    {
+        var stream = WorldStream.Generate(seed, (count - 1) * every + 1, options.World);
+        int plane = config.ImageSize * config.ImageSize;
+        var pixels = new float[count * 3 * plane];
+        var ticks = Enumerable.Range(0, count).Select(i => i * every).ToArray();
+        for (int i = 0; i < count; i++) DrawFrame(stream, ticks[i], pixels.AsSpan(i * 3 * plane, 3 * plane));
+        return (pixels, CellTargets.Of(stream, ticks, config.PatchesPerSide / config.MergeFactor));
     }
 
     /// <summary><paramref name="text"/> with every mm:ss in it <paramref name="seconds"/> later.</summary>
