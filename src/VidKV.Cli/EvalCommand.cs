@@ -32,7 +32,7 @@ static class EvalCommand
         var policies = new Option<string[]>("--policies")
         {
             Description = PolicyDocs.SpecHelp("KV policy specs to compare, comma-separated or repeated (an option after a comma, name=value, belongs to the spec before it); "
-                + $"default: {string.Join(",", VideoEvalOptions.DefaultPolicies)}. 'full' runs uncapped, as the reference; every other runs under --hot-cap, which sets the budget ('--budget' below), or, for a spec that takes none but keeps a share of each group of frames (quickprefill, livevlm, keynorm without ratio=), the ratio that keeps full's run of the same streams within that budget (so full runs first)."),
+                + $"default: {string.Join(",", VideoEvalOptions.DefaultPolicies)}. 'full' runs uncapped, as the reference; every other runs under --hot-cap, which sets the budget ('--budget' below), or, for a spec that takes none but keeps a share of each group of frames (quickprefill, livevlm, without ratio=), the ratio that keeps full's run of the same streams within that budget (so full runs first)."),
             AllowMultipleArgumentsPerToken = true,
         };
         var hotCap = new Option<double>("--hot-cap") { Description = "MiB of hot KV (in RAM) the bounded policies are sized for: the token budget per KV head they get keeps every layer's and head's pages, a step's new rows and a question's fork included, under it; pages a policy moves out of RAM (freekv, resv) go to a cold file.", DefaultValueFactory = _ => 64 };
