@@ -109,20 +109,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         {
             foreach (var group in optimizer.ParamGroups) group.LearningRate = LearningRate(step);
             var example = examples.Make(ExampleSeed(options.Seed, step));
-            float value;
-            using (NoCollection())
-            {
-                using (var scope = NewDisposeScope())
-                {
-                    var (loss, _) = Forward(example, options.ProbeWeight, options.DecisionWeight, options.AnswerWeight);
-                    optimizer.zero_grad();
-                    loss.backward();
-                    value = loss.item<float>();
-                }
-                // Outside the scope: AdamW keeps its state (the moments it makes on its first step) across steps.
-                nn.utils.clip_grad_norm_(parameters, options.ClipNorm);
-                optimizer.step();
-            }
+            float value = Step(optimizer, parameters, () => Forward(example, options.ProbeWeight, options.DecisionWeight, options.AnswerWeight).Loss);
             average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
             done++;
             if (step % 20 == 0 || step == options.Steps - 1)
@@ -158,20 +145,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             foreach (var group in optimizer.ParamGroups) group.LearningRate = Schedule(step, steps);
             // Worlds the language run never draws (its k-th is Seed · 10⁹ + k; FitProbe's start 5 · 10⁸ later).
             var (pixels, cells) = examples.Frames(ExampleSeed(options.Seed, step) + 700_000_000UL, framesPerStep);
-            float value;
-            using (NoCollection())
-            {
-                using (var scope = NewDisposeScope())
-                {
-                    var rows = model.EncodeFrames(tensor(pixels).view(framesPerStep, 3, side, side)).view(-1, model.Config.Embedding);
-                    var loss = probe.Loss(rows, cells);
-                    optimizer.zero_grad();
-                    loss.backward();
-                    value = loss.item<float>();
-                }
-                nn.utils.clip_grad_norm_(parameters, options.ClipNorm);
-                optimizer.step();
-            }
+            float value = Step(optimizer, parameters, () => probe.Loss(model.EncodeFrames(tensor(pixels).view(framesPerStep, 3, side, side)).view(-1, model.Config.Embedding), cells));
             average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
             if (step == 0) first = value;
             last.Enqueue(value);
@@ -191,26 +165,39 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     public (double Colour, double Shape, double Size, double Region) ProbeAccuracy(IEnumerable<ulong> seeds, int framesEach)
     {
         model.eval();
-        long cells = 0, colourRight = 0, shapeRight = 0, sizeRight = 0, regionRight = 0;
+        var tally = new ProbeTally();
         int side = model.Config.ImageSize;
         using (no_grad())
             foreach (ulong seed in seeds)
             {
                 using var scope = NewDisposeScope();
                 var (pixels, targets) = examples.Frames(seed, framesEach);
-                var (colour, shape, size, region) = probe.Predict(model.EncodeFrames(tensor(pixels).view(framesEach, 3, side, side)).view(-1, model.Config.Embedding));
-                for (int cell = 0; cell < colour.Length; cell++)
-                {
-                    if (targets.Size[cell] == 0) continue;
-                    cells++;
-                    if (colour[cell] == targets.Colour[cell]) colourRight++;
-                    if (shape[cell] == targets.Shape[cell]) shapeRight++;
-                    if (size[cell] == targets.Size[cell]) sizeRight++;
-                    if (region[cell] == targets.Region[cell]) regionRight++;
-                }
+                tally.Add(probe.Predict(model.EncodeFrames(tensor(pixels).view(framesEach, 3, side, side)).view(-1, model.Config.Embedding)), targets);
             }
         model.train();
-        return cells == 0 ? default : ((double)colourRight / cells, (double)shapeRight / cells, (double)sizeRight / cells, (double)regionRight / cells);
+        return tally.Accuracy;
+    }
+
+    /// <summary>The probe's right answers on the cells that hold an object's centre (empty cells are not counted).</summary>
+    sealed class ProbeTally
+    {
+        long cells, colour, shape, size, region;
+
+        public void Add((long[] Colour, long[] Shape, long[] Size, long[] Region) predicted, CellTargets targets)
+        {
+            for (int cell = 0; cell < predicted.Colour.Length; cell++)
+            {
+                if (targets.Size[cell] == 0) continue;
+                cells++;
+                if (predicted.Colour[cell] == targets.Colour[cell]) colour++;
+                if (predicted.Shape[cell] == targets.Shape[cell]) shape++;
+                if (predicted.Size[cell] == targets.Size[cell]) size++;
+                if (predicted.Region[cell] == targets.Region[cell]) region++;
+            }
+        }
+
+        public (double Colour, double Shape, double Size, double Region) Accuracy =>
+            cells == 0 ? default : ((double)colour / cells, (double)shape / cells, (double)size / cells, (double)region / cells);
     }
 
     /// <summary>
@@ -227,24 +214,40 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         {
             // Clips the training run never drew (its k-th is Seed · 10⁹ + k).
             var example = examples.Make(ExampleSeed(options.Seed, step) + 500_000_000UL);
-            float value;
-            using (NoCollection())
+            float value = Step(optimizer, clipped: null, () =>
             {
-                using (var scope = NewDisposeScope())
-                {
-                    Tensor rows;
-                    using (no_grad()) rows = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize)).view(-1, model.Config.Embedding);
-                    var loss = probe.Loss(rows, example.Cells);
-                    optimizer.zero_grad();
-                    loss.backward();
-                    value = loss.item<float>();
-                }
-                optimizer.step(); // outside the scope, as in Run: AdamW's moments live across steps
-            }
+                Tensor rows;
+                using (no_grad()) rows = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize)).view(-1, model.Config.Embedding);
+                return probe.Loss(rows, example.Cells);
+            });
             average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
             if (step % 100 == 0 || step == steps - 1) log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"probe step {step + 1}/{steps}  loss {average:F4}"));
         }
         model.train();
+    }
+
+    /// <summary>
+    /// One optimizer step on <paramref name="loss"/>'s value: no collection meanwhile (<see cref="NoCollection"/>), the
+    /// graph freed before the update — which runs outside the scope, since AdamW keeps the moments it makes on its first
+    /// step across steps — and the gradients of <paramref name="clipped"/> clipped to the run's norm first (null: none).
+    /// Returns the loss.
+    /// </summary>
+    float Step(optim.Optimizer optimizer, IEnumerable<Parameter>? clipped, Func<Tensor> loss)
+    {
+        using (NoCollection())
+        {
+            float value;
+            using (NewDisposeScope())
+            {
+                var l = loss();
+                optimizer.zero_grad();
+                l.backward();
+                value = l.item<float>();
+            }
+            if (clipped != null) nn.utils.clip_grad_norm_(clipped, options.ClipNorm);
+            optimizer.step();
+            return value;
+        }
     }
 
     /// <summary>
@@ -403,7 +406,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         model.eval();
         int questions = 0, correct = 0, eventFrames = 0, narrated = 0, comments = 0, quiet = 0, quietKept = 0;
         var byKind = new Dictionary<VidKV.World.QuestionKind, (int Correct, int Asked)>();
-        long cells = 0, colourRight = 0, shapeRight = 0, sizeRight = 0, regionRight = 0;
+        var tally = new ProbeTally();
         double lossSum = 0;
         int count = 0;
         long silence = examples.SilenceToken;
@@ -416,16 +419,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                 var (loss, logits) = Forward(example);
                 lossSum += loss.item<float>();
                 var frames = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize));
-                var (colour, shape, size, region) = probe.Predict(frames.view(-1, model.Config.Embedding));
-                for (int cell = 0; cell < colour.Length; cell++)
-                {
-                    if (example.Cells.Size[cell] == 0) continue;
-                    cells++;
-                    if (colour[cell] == example.Cells.Colour[cell]) colourRight++;
-                    if (shape[cell] == example.Cells.Shape[cell]) shapeRight++;
-                    if (size[cell] == example.Cells.Size[cell]) sizeRight++;
-                    if (region[cell] == example.Cells.Region[cell]) regionRight++;
-                }
+                tally.Add(probe.Predict(frames.view(-1, model.Config.Embedding)), example.Cells);
                 count++;
                 var s = example.Sequence;
                 var best = logits.argmax(-1).data<long>().ToArray();
@@ -477,7 +471,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         return new EvalResult(questions, correct, eventFrames, narrated, comments, quiet, quietKept, count == 0 ? 0 : lossSum / count)
         {
             ByKind = byKind,
-            Probe = cells == 0 ? default : ((double)colourRight / cells, (double)shapeRight / cells, (double)sizeRight / cells, (double)regionRight / cells),
+            Probe = tally.Accuracy,
         };
     }
 }
