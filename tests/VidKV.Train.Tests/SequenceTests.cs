@@ -109,6 +109,62 @@ public class SequenceTests
     }
 
     /// <summary>
+    /// Change targets (<see cref="ChangeTargets"/>): nothing in a clip's first frame; in a frame without an event, every
+    /// cell and the frame none; in a scene cut's, every cell the cut; otherwise exactly one cell holds the event — the one
+    /// of the object's centre now, or before for a leave; an object seen in both frames of a scene is marked moved
+    /// exactly when its centre moved (where it is the only one centred in its cell), and cells without an object centred in
+    /// them have no moved target.
+    /// </summary>
+    [Fact]
+    public void ChangeTargetsMarkTheEventsCellAndWhatMoved()
+    {
+        const int side = 3, cells = side * side, ticks = 300;
+        var stream = WorldStream.Generate(77, ticks);
+        var t = ChangeTargets.Of(stream, ticks, side);
+        int Cell(WorldObject o) => Math.Min(side - 1, (int)(o.Y * side)) * side + Math.Min(side - 1, (int)(o.X * side));
+        Assert.All(t.Cell.Take(cells), v => Assert.Equal(-1, v));
+        Assert.Equal(-1, t.Frame[0]);
+        var seen = new HashSet<WorldEventKind>();
+        int moved = 0, still = 0;
+        for (int f = 1; f < ticks; f++)
+        {
+            var row = t.Cell.AsSpan(f * cells, cells).ToArray();
+            var e = stream.EventAt(f);
+            if (e == null)
+            {
+                Assert.Equal(0, t.Frame[f]);
+                Assert.All(row, v => Assert.Equal(0, v));
+            }
+            else
+            {
+                long kind = (long)e.Kind + 1;
+                seen.Add(e.Kind);
+                Assert.Equal(kind, t.Frame[f]);
+                if (e.Kind == WorldEventKind.SceneCut) Assert.All(row, v => Assert.Equal(kind, v));
+                else
+                {
+                    var at = e.Kind == WorldEventKind.Leave ? e.Object!.Value : stream.State(f).Find(e.Object!.Value.Id)!.Value;
+                    Assert.Equal(kind, row[Cell(at)]);
+                    Assert.Equal(cells - 1, row.Count(v => v == 0));
+                }
+            }
+            var now = stream.State(f);
+            var centred = now.Objects.Select(Cell).ToHashSet();
+            for (int c = 0; c < cells; c++)
+                if (!centred.Contains(c)) Assert.Equal(-1, t.Moved[f * cells + c]);
+            foreach (var o in now.Objects)
+                if (now.Objects.Count(other => Cell(other) == Cell(o)) == 1 && stream.State(f - 1).Find(o.Id) is { } was && stream.State(f - 1).Scene == now.Scene)
+                {
+                    bool move = was.X != o.X || was.Y != o.Y;
+                    Assert.Equal(move ? 1 : 0, t.Moved[f * cells + Cell(o)]);
+                    if (move) moved++; else still++;
+                }
+        }
+        Assert.Equal(Enum.GetValues<WorldEventKind>().Length, seen.Count);
+        Assert.True(moved > 0 && still > 0, $"{moved} moved, {still} still");
+    }
+
+    /// <summary>
     /// Long-stream examples (<see cref="ExampleOptions.MaxStartSeconds"/>, <see cref="ExampleOptions.MaxPositionGap"/>):
     /// the same clip and questions as without, every time it shows (frame stamps, questions, answers) later by one
     /// offset per clip, positions rising with jumps only before frames, each question's branch going on from the

@@ -138,6 +138,40 @@ public class TrainerTests
         }
     }
 
+    /// <summary>
+    /// The change probe (<see cref="TrainOptions.ChangeWeight"/>) learns: after 80 steps its loss on held-out clips is
+    /// well below its start. And the decoder's tap gives the rows after its first layers without changing the logits
+    /// (none: the inputs themselves).
+    /// </summary>
+    [Fact]
+    public void TheChangeProbeLearnsFromTheDecodersMiddleRows()
+    {
+        torch.manual_seed(13);
+        var config = Small with { Vocab = WorldVocabulary.Size };
+        using var model = new TinyVlm(config, seed: 4);
+        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MinFrames = 3, MaxFrames = 6, QuestionsPerClip = 1, RenderSize = 32 });
+        var trainer = new Trainer(model, examples, new TrainOptions { Steps = 80, LearningRate = 3e-3, WarmupSteps = 1, ProbeWeight = 0, ChangeWeight = 5, CheckpointEvery = 0 });
+        var heldOut = Enumerable.Range(0, 6).Select(i => examples.Make(VidKV.World.WorldStream.HeldOutSeeds + (ulong)i)).ToArray();
+        double Loss() => heldOut.Average(trainer.ChangeLoss);
+        double first = Loss();
+        trainer.Run(TextWriter.Null);
+        double last = Loss();
+        Assert.True(last < 0.8 * first, $"change probe loss {first:F3} → {last:F3} after 80 steps");
+
+        using var scope = NewDisposeScope();
+        var inputs = randn(1, 7, config.Embedding);
+        var positions = arange(7, dtype: float32).unsqueeze(0);
+        using (no_grad())
+        {
+            var plain = model.Decode(inputs, positions);
+            var tapped = model.Decode(inputs, positions, null, 1, out var middle);
+            Assert.True(plain.equal(tapped).all().item<bool>());
+            Assert.False(middle.equal(inputs).all().item<bool>());
+            model.Decode(inputs, positions, null, 0, out var none);
+            Assert.True(none.equal(inputs).all().item<bool>());
+        }
+    }
+
     /// <summary>A few AdamW steps on one fixed batch (a frame between tokens, loss on the tokens after it) at least halve the loss.</summary>
     [Fact]
     public void LossFallsOnAFixedBatch()

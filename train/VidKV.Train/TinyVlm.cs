@@ -144,14 +144,27 @@ public sealed class TinyVlm : nn.Module
     /// <paramref name="positionIds"/> [B, T] (float32), causal; <paramref name="mask"/> (optional, [B, 1, T, T] additive,
     /// causal already in it) for packed or padded batches. Returns logits [B, T, vocab].
     /// </summary>
-    public Tensor Decode(Tensor inputs, Tensor positionIds, Tensor? mask = null)
+    public Tensor Decode(Tensor inputs, Tensor positionIds, Tensor? mask = null) => Decode(inputs, positionIds, mask, 0, out _);
+
+    /// <summary>
+    /// <see cref="Decode(Tensor, Tensor, Tensor?)"/>, also giving the rows after the first <paramref name="tapLayers"/>
+    /// layers as <paramref name="tapped"/> [B, T, embedding] (what a training-only probe reads; 0: the inputs).
+    /// </summary>
+    public Tensor Decode(Tensor inputs, Tensor positionIds, Tensor? mask, int tapLayers, out Tensor tapped)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(tapLayers);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(tapLayers, layers.Length);
         using var scope = NewDisposeScope();
         var angles = positionIds.unsqueeze(-1) * inverseFrequencies; // [B, T, hd/2]
         var cos = angles.cos().unsqueeze(2);
         var sin = angles.sin().unsqueeze(2);
         var x = inputs;
-        foreach (var layer in layers) x = layer.Forward(x, cos, sin, mask);
+        tapped = inputs;
+        for (int i = 0; i < layers.Length; i++)
+        {
+            x = layers[i].Forward(x, cos, sin, mask);
+            if (i + 1 == tapLayers) tapped = x.MoveToOuterDisposeScope();
+        }
         x = RmsNorm(x, outputNorm, config.RmsEps);
         return matmul(x, output.t()).MoveToOuterDisposeScope();
     }

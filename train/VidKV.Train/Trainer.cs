@@ -42,6 +42,14 @@ public sealed record TrainOptions
     /// several: unweighted, a run whose tower learnt more kept silent on only 56 % of quiet frames.
     /// </summary>
     public double DecisionWeight { get; init; } = 1;
+    /// <summary>
+    /// Weight of the change probe's loss (0: no probe). The change probe is a linear head, used in training only, on the
+    /// decoder's rows after its first half of layers: at each frame row it names the event whose object is in the row's
+    /// cell (<see cref="ChangeTargets"/>) and whether that cell's object moved since the frame before; at each frame's
+    /// closing row, the frame's event. Dense supervision of the comparison of a frame with the one before, which the
+    /// proactive decision needs and one token a frame taught too weakly (every run's decision stayed at the base rate).
+    /// </summary>
+    public double ChangeWeight { get; init; }
     /// <summary>Weight of an answer's targets (a question branch's rows) in the language loss.</summary>
     public double AnswerWeight { get; init; } = 1;
     /// <summary>Write a checkpoint every this many steps (0: only at the end).</summary>
@@ -55,6 +63,8 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
     public IReadOnlyDictionary<VidKV.World.QuestionKind, (int Correct, int Asked)> ByKind { get; init; } = new Dictionary<VidKV.World.QuestionKind, (int, int)>();
     /// <summary>The perception probe's accuracy on cells that hold an object's centre: colour, shape, size, region (what the tower's rows tell a linear head).</summary>
     public (double Colour, double Shape, double Size, double Region) Probe { get; init; }
+    /// <summary>The change probe's accuracy on frames' event classes: on frames with an event, and on frames without.</summary>
+    public (double Events, double Quiet) Change { get; init; }
 
     /// <summary>Share of questions whose whole answer (and its end) the model gives greedily.</summary>
     public double Accuracy => Questions == 0 ? 0 : (double)Correct / Questions;
@@ -65,7 +75,7 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
 
     /// <inheritdoc/>
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"answers {Correct}/{Questions} ({Accuracy:P1}; {string.Join(", ", ByKind.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value.Correct}/{k.Value.Asked}"))}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}; probe on objects' cells: colour {Probe.Colour:P0}, shape {Probe.Shape:P0}, size {Probe.Size:P0}, region {Probe.Region:P0}");
+        $"answers {Correct}/{Questions} ({Accuracy:P1}; {string.Join(", ", ByKind.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value.Correct}/{k.Value.Asked}"))}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}; probe on objects' cells: colour {Probe.Colour:P0}, shape {Probe.Shape:P0}, size {Probe.Size:P0}, region {Probe.Region:P0}; change probe on frames: events {Change.Events:P0}, quiet {Change.Quiet:P0}");
 }
 
 /// <summary>
@@ -75,22 +85,29 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
 public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions options)
 {
     readonly PerceptionProbe probe = new(model.Config.Embedding);
+    readonly ChangeProbe change = new(model.Config.Embedding);
 
-    /// <summary>Writes the model to <paramref name="path"/> and the probe beside it (<c>.probe.bin</c>), as a checkpoint.</summary>
+    /// <summary>Decoder layers before the rows the change probe reads (half of them).</summary>
+    int ChangeLayers => Math.Max(1, model.Config.Layers / 2);
+
+    /// <summary>Writes the model to <paramref name="path"/> and the probes beside it (<c>.probe.bin</c>, <c>.change.bin</c>), as a checkpoint.</summary>
     public void Save(string path)
     {
         model.save(path);
         probe.save(ProbePath(path));
+        change.save(ChangePath(path));
     }
 
-    /// <summary>Reads a checkpoint written by <see cref="Save"/> (the probe only when it is there: a checkpoint of the model alone leaves it new).</summary>
+    /// <summary>Reads a checkpoint written by <see cref="Save"/> (each probe only when it is there: a checkpoint without one leaves it new).</summary>
     public void Load(string path)
     {
         model.load(path);
         if (File.Exists(ProbePath(path))) probe.load(ProbePath(path));
+        if (File.Exists(ChangePath(path))) change.load(ChangePath(path));
     }
 
     static string ProbePath(string checkpoint) => Path.ChangeExtension(checkpoint, ".probe.bin");
+    static string ChangePath(string checkpoint) => Path.ChangeExtension(checkpoint, ".change.bin");
 
     /// <summary>p(silence) at or above which VidKV's proactive mode stays silent (ProactiveOptions.Threshold's default).</summary>
     public const float SilenceThreshold = 0.725f;
@@ -100,7 +117,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     {
         if (options.Threads > 0) torch.set_num_threads(options.Threads);
         model.train();
-        var parameters = model.parameters().Concat(options.ProbeWeight > 0 ? probe.parameters() : []).ToList();
+        var parameters = model.parameters().Concat(options.ProbeWeight > 0 ? probe.parameters() : []).Concat(options.ChangeWeight > 0 ? change.parameters() : []).ToList();
         using var optimizer = optim.AdamW(parameters, lr: options.LearningRate, weight_decay: options.WeightDecay);
         var clock = Stopwatch.StartNew();
         double average = double.NaN;
@@ -109,7 +126,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         {
             foreach (var group in optimizer.ParamGroups) group.LearningRate = LearningRate(step);
             var example = examples.Make(ExampleSeed(options.Seed, step));
-            float value = Step(optimizer, parameters, () => Forward(example, options.ProbeWeight, options.DecisionWeight, options.AnswerWeight).Loss);
+            float value = Step(optimizer, parameters, () => Forward(example, options.ProbeWeight, options.DecisionWeight, options.AnswerWeight, options.ChangeWeight).Loss);
             average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
             done++;
             if (step % 20 == 0 || step == options.Steps - 1)
@@ -293,9 +310,25 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     /// <summary>
     /// The loss of one example (the weighted mean over its targets: <paramref name="decisionWeight"/> on proactive
     /// decisions, <paramref name="answerWeight"/> on answers, 1 elsewhere; plus <paramref name="probeWeight"/> times the
-    /// perception probe's) and its logits [rows, vocab].
+    /// perception probe's and <paramref name="changeWeight"/> times the change probe's) and its logits [rows, vocab].
     /// </summary>
-    public (Tensor Loss, Tensor Logits) Forward(WorldExample example, double probeWeight = 0, double decisionWeight = 1, double answerWeight = 1)
+    public (Tensor Loss, Tensor Logits) Forward(WorldExample example, double probeWeight = 0, double decisionWeight = 1, double answerWeight = 1, double changeWeight = 0)
+    {
+        var (loss, logits, tapped) = Run(example, probeWeight, decisionWeight, answerWeight);
+        if (changeWeight > 0) loss = loss + changeWeight * change.Loss(tapped, example);
+        return (loss, logits);
+    }
+
+    /// <summary>The change probe's loss on <paramref name="example"/> as the model and probe stand (no gradient).</summary>
+    public double ChangeLoss(WorldExample example)
+    {
+        using var noCollection = NoCollection();
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        return change.Loss(Run(example, 0, 1, 1).Tapped, example).item<float>();
+    }
+
+    (Tensor Loss, Tensor Logits, Tensor Tapped) Run(WorldExample example, double probeWeight, double decisionWeight, double answerWeight)
     {
         var s = example.Sequence;
         var c = model.Config;
@@ -311,7 +344,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                 isFrame[i] = true;
             }
         var inputs = where(tensor(isFrame).unsqueeze(1), flat.index_select(0, tensor(frameIndex)), model.EmbedTokens(tensor(s.Tokens)));
-        var logits = model.Decode(inputs.unsqueeze(0), tensor(s.Positions).unsqueeze(0), Mask(s))[0];
+        var logits = model.Decode(inputs.unsqueeze(0), tensor(s.Positions).unsqueeze(0), Mask(s), ChangeLayers, out var tapped)[0];
         Tensor loss;
         if (decisionWeight == 1 && answerWeight == 1) loss = F.cross_entropy(logits, tensor(s.Labels), ignore_index: -100);
         else
@@ -323,7 +356,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             loss = (F.cross_entropy(logits, tensor(s.Labels), ignore_index: -100, reduction: nn.Reduction.None) * w).sum() / weights.Sum();
         }
         if (probeWeight > 0) loss = loss + probeWeight * probe.Loss(flat, example.Cells);
-        return (loss, logits);
+        return (loss, logits, tapped[0]);
     }
 
     /// <summary>The additive attention mask [1, 1, rows, rows]: stream rows causal, a question's branch its stream prefix and itself causally.</summary>
@@ -394,6 +427,77 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     }
 
     /// <summary>
+    /// The training-only linear head on the decoder's middle rows (<see cref="TrainOptions.ChangeWeight"/>); never
+    /// exported. At a frame row: the event class of its cell and whether its object moved; at a frame's closing row: the
+    /// frame's event class.
+    /// </summary>
+    sealed class ChangeProbe : nn.Module
+    {
+        readonly Parameter weight, bias;
+        readonly int classes = ChangeTargets.Classes;
+
+        public ChangeProbe(int embedding) : base("change_probe")
+        {
+            weight = new Parameter(normal(0, 1 / Math.Sqrt(embedding), [classes + 1, embedding]));
+            bias = new Parameter(zeros(classes + 1));
+            RegisterComponents();
+        }
+
+        /// <summary>The rows of <paramref name="hidden"/> [rows, embedding] that hold each frame cell (cell order) and each frame's closing row (frame order).</summary>
+        static (long[] Cells, long[] Closing) Rows(TrainingSequence s, int cellsPerFrame, int frames)
+        {
+            var cells = new long[frames * cellsPerFrame];
+            var closing = new long[frames];
+            int frame = 0;
+            for (int i = 0; i < s.Length; i++)
+            {
+                if (s.FrameOf[i] >= 0) cells[s.FrameOf[i] * cellsPerFrame + s.FrameRow[i]] = i;
+                else if (s.Decision[i]) closing[frame++] = i;
+            }
+            return (cells, closing);
+        }
+
+        /// <summary>
+        /// Each frame's event class as the probe reads it from its closing row (<paramref name="hidden"/>: the tapped rows
+        /// of <paramref name="example"/>'s sequence).
+        /// </summary>
+        public long[] PredictFrames(Tensor hidden, WorldExample example)
+        {
+            var (_, closing) = Rows(example.Sequence, example.Changes.Cell.Length / Math.Max(1, example.Frames), example.Frames);
+            return F.linear(hidden.index_select(0, tensor(closing)), weight, bias).narrow(1, 0, classes).argmax(1).data<long>().ToArray();
+        }
+
+        /// <summary>
+        /// The cross-entropy of the event class over event cells and over quiet cells, each averaged apart (events are
+        /// rare: averaged together the head learnt "none"), the same over frames, and the moved bit's binary cross-entropy.
+        /// </summary>
+        public Tensor Loss(Tensor hidden, WorldExample example)
+        {
+            var t = example.Changes;
+            int frames = example.Frames, perFrame = t.Cell.Length / Math.Max(1, frames);
+            var (cellRows, closing) = Rows(example.Sequence, perFrame, frames);
+            var atCells = F.linear(hidden.index_select(0, tensor(cellRows)), weight, bias);
+            var atFrames = F.linear(hidden.index_select(0, tensor(closing)), weight, bias);
+            Tensor Balanced(Tensor logits, long[] targets)
+            {
+                var each = F.cross_entropy(logits.narrow(1, 0, classes), tensor(targets.Select(v => Math.Max(0, v)).ToArray()), reduction: nn.Reduction.None);
+                var total = zeros(1);
+                foreach (bool eventful in new[] { true, false })
+                {
+                    var chosen = targets.Select(v => v >= 0 && (v > 0) == eventful ? 1f : 0f).ToArray();
+                    float n = chosen.Sum();
+                    if (n > 0) total = total + (each * tensor(chosen)).sum() / n;
+                }
+                return total;
+            }
+            var known = t.Moved.Select(v => v >= 0 ? 1f : 0f).ToArray();
+            var movedLoss = F.binary_cross_entropy_with_logits(atCells.select(1, classes), tensor(t.Moved.Select(v => v > 0 ? 1f : 0f).ToArray()), reduction: nn.Reduction.None);
+            var moved = (movedLoss * tensor(known)).sum() / Math.Max(1f, known.Sum());
+            return (Balanced(atCells, t.Cell) + Balanced(atFrames, t.Frame) + moved).squeeze();
+        }
+    }
+
+    /// <summary>
     /// Scores <paramref name="seeds"/>' examples: a question is right when every token of its answer and the end of the
     /// utterance are the model's greedy choice (teacher-forced: the same as generating greedily, since each choice then
     /// equals its input); a frame is narrated when p(silence) falls below <see cref="SilenceThreshold"/>, and a hit when
@@ -405,6 +509,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     {
         model.eval();
         int questions = 0, correct = 0, eventFrames = 0, narrated = 0, comments = 0, quiet = 0, quietKept = 0;
+        int changeEvents = 0, changeEventsRight = 0, changeQuiet = 0, changeQuietRight = 0;
         var byKind = new Dictionary<VidKV.World.QuestionKind, (int Correct, int Asked)>();
         var tally = new ProbeTally();
         double lossSum = 0;
@@ -416,8 +521,15 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
                 using var noCollection = NoCollection();
                 using var scope = NewDisposeScope();
                 var example = examples.Make(seed, narrate: true);
-                var (loss, logits) = Forward(example);
+                var (loss, logits, tapped) = Run(example, 0, 1, 1);
                 lossSum += loss.item<float>();
+                var frameEvents = change.PredictFrames(tapped, example);
+                for (int f = 1; f < example.Frames; f++)
+                {
+                    bool eventful = example.Changes.Frame[f] > 0, right = frameEvents[f] == example.Changes.Frame[f];
+                    if (eventful) { changeEvents++; if (right) changeEventsRight++; }
+                    else { changeQuiet++; if (right) changeQuietRight++; }
+                }
                 var frames = model.EncodeFrames(tensor(example.Pixels).view(example.Frames, 3, model.Config.ImageSize, model.Config.ImageSize));
                 tally.Add(probe.Predict(frames.view(-1, model.Config.Embedding)), example.Cells);
                 count++;
@@ -472,6 +584,7 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         {
             ByKind = byKind,
             Probe = tally.Accuracy,
+            Change = (changeEvents == 0 ? 0 : (double)changeEventsRight / changeEvents, changeQuiet == 0 ? 0 : (double)changeQuietRight / changeQuiet),
         };
     }
 }

@@ -40,7 +40,60 @@ public sealed record ExampleOptions
 /// One example: its sequence, its frames' pixels [frames, 3, size, size], its questions in branch order, and what each
 /// frame row's cell holds (<see cref="CellTargets"/>, for the training-only perception probe).
 /// </summary>
-public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int Frames, IReadOnlyList<WorldQuestion> Questions, CellTargets Cells);
+public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int Frames, IReadOnlyList<WorldQuestion> Questions, CellTargets Cells)
+{
+    /// <summary>What changed in each frame row's cell since the frame before (for the training-only change probe).</summary>
+    public ChangeTargets Changes { get; init; } = ChangeTargets.Empty;
+}
+
+/// <summary>
+/// What changed in each cell of a frame since the frame before, and in the frame as a whole: the event of the tick
+/// (<see cref="WorldEventKind"/> + 1; 0: none) at the cell of the object it concerns — where it is now for an enter, a
+/// start, a stop or a colour change, where it was for a leave — or at every cell for a scene cut; and per cell whether
+/// the object centred there now stood elsewhere a frame ago (it moves). A clip's first frame has no frame before: −1
+/// (no target). What a model needs to compute from two frames before it can say what happened (the proactive decision).
+/// </summary>
+/// <param name="Cell">each cell's event class, −1 in a clip's first frame</param>
+/// <param name="Moved">1 where the cell's object moved since the frame before, 0 where it did not, −1 where no object is centred or there is no frame before</param>
+/// <param name="Frame">each frame's event class (what its proactive decision is about), −1 for the first</param>
+public sealed record ChangeTargets(long[] Cell, long[] Moved, long[] Frame)
+{
+    /// <summary>No frames.</summary>
+    public static ChangeTargets Empty { get; } = new([], [], []);
+
+    /// <summary>Classes: none and each event kind.</summary>
+    public static int Classes => Enum.GetValues<WorldEventKind>().Length + 1;
+
+    /// <summary>The changes of the first <paramref name="frames"/> frames of <paramref name="stream"/> on a <paramref name="side"/>² grid.</summary>
+    public static ChangeTargets Of(WorldStream stream, int frames, int side)
+    {
+        int cells = side * side;
+        var cell = new long[frames * cells];
+        var moved = new long[frames * cells];
+        var frame = new long[frames];
+        Array.Fill(moved, -1);
+        Array.Fill(cell, -1, 0, Math.Min(cells, cell.Length));
+        if (frames > 0) frame[0] = -1;
+        int CellOf(WorldObject o) =>
+            (int)Math.Clamp(o.Y * side, 0, side - 1e-9) * side + (int)Math.Clamp(o.X * side, 0, side - 1e-9);
+        for (int f = 1; f < frames; f++)
+        {
+            var now = stream.State(f);
+            var before = stream.State(f - 1);
+            foreach (var o in now.Objects)
+                if (before.Find(o.Id) is { } was && now.Scene == before.Scene)
+                    moved[f * cells + CellOf(o)] = was.X != o.X || was.Y != o.Y ? 1 : 0;
+            if (stream.EventAt(f) is not { } e) continue;
+            long kind = (long)e.Kind + 1;
+            frame[f] = kind;
+            if (e.Kind == WorldEventKind.SceneCut)
+                Array.Fill(cell, kind, f * cells, cells);
+            else if ((e.Kind == WorldEventKind.Leave ? e.Object : now.Find(e.Object!.Value.Id)) is { } at)
+                cell[f * cells + CellOf(at)] = kind;
+        }
+        return new ChangeTargets(cell, moved, frame);
+    }
+}
 
 /// <summary>
 /// What each frame row's cell of the frame holds: a frame's rows are a grid of cells (Idefics3's pixel shuffle keeps
@@ -129,7 +182,8 @@ public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokeni
                     questions.Add(q);
                 }
         }
-        return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, config.PatchesPerSide / config.MergeFactor));
+        int side = config.PatchesPerSide / config.MergeFactor;
+        return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, side)) { Changes = ChangeTargets.Of(stream, frames, side) };
     }
 
     /// <summary>
