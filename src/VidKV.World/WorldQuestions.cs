@@ -32,6 +32,13 @@ public enum QuestionKind
 /// </summary>
 public sealed record WorldQuestion(QuestionKind Kind, string Question, string Answer, int AskTick, IReadOnlyList<int> EvidenceTicks)
 {
+    /// <summary>
+    /// The objects (<see cref="WorldObject.Id"/>) the answer is about: the one named, both of a "which first", every one on
+    /// screen for "what is on the screen" and "how many"; none for "nothing happened" and a scene cut. Where in its
+    /// evidence frames the answer is to be read (a trainer can point a model's attention there).
+    /// </summary>
+    public IReadOnlyList<int> Subjects { get; init; } = [];
+
     /// <summary>Ticks from the earliest evidence to the question.</summary>
     public int Distance => AskTick - EvidenceTicks.Min();
 }
@@ -58,14 +65,15 @@ public static class WorldQuestions
             1 => objects[0],
             _ => $"{string.Join(", ", objects[..^1])} and {objects[^1]}",
         };
-        yield return new WorldQuestion(QuestionKind.Objects, "what is on the screen?", list, askTick, evidence);
-        yield return new WorldQuestion(QuestionKind.Count, "how many objects are there?", state.Objects.Count.ToString(CultureInfo.InvariantCulture), askTick, evidence);
+        int[] all = [.. state.Objects.Select(o => o.Id)];
+        yield return new WorldQuestion(QuestionKind.Objects, "what is on the screen?", list, askTick, evidence) { Subjects = all };
+        yield return new WorldQuestion(QuestionKind.Count, "how many objects are there?", state.Objects.Count.ToString(CultureInfo.InvariantCulture), askTick, evidence) { Subjects = all };
         foreach (var o in state.Objects)
             if (o.ShapeNameAmong(state.ObjectSpan) is { } name)
-                yield return new WorldQuestion(QuestionKind.Colour, $"what colour is the {name}?", WorldWords.Of(o.Colour), askTick, evidence);
+                yield return new WorldQuestion(QuestionKind.Colour, $"what colour is the {name}?", WorldWords.Of(o.Colour), askTick, evidence) { Subjects = [o.Id] };
         foreach (var o in state.Objects)
             if (WorldGeometry.GridLineDistance(o.X, o.Y) >= WhereMargin)
-                yield return new WorldQuestion(QuestionKind.Where, $"where is the {o.NameAmong(state.ObjectSpan)}?", WorldWords.Of(o.Region), askTick, evidence);
+                yield return new WorldQuestion(QuestionKind.Where, $"where is the {o.NameAmong(state.ObjectSpan)}?", WorldWords.Of(o.Region), askTick, evidence) { Subjects = [o.Id] };
     }
 
     /// <summary>
@@ -174,21 +182,24 @@ public static class WorldQuestions
     }
 
     static WorldQuestion Happened(WorldStream stream, int tick, int askTick) =>
-        new(QuestionKind.Happened, $"what happened at {WorldWords.Time(tick)}?", stream.Narration(tick)?.TrimEnd('.') ?? "nothing", askTick, [tick - 1, tick]);
+        new(QuestionKind.Happened, $"what happened at {WorldWords.Time(tick)}?", stream.Narration(tick)?.TrimEnd('.') ?? "nothing", askTick, [tick - 1, tick])
+        {
+            Subjects = stream.EventAt(tick)?.Object is { } o ? [o.Id] : [],
+        };
 
     static IEnumerable<WorldQuestion> ColourAt(WorldStream stream, int tick, int askTick)
     {
         var state = stream.State(tick);
         foreach (var o in state.Objects)
             if (o.ShapeNameAmong(state.ObjectSpan) is { } name)
-                yield return new WorldQuestion(QuestionKind.ColourAt, $"what colour was the {name} at {WorldWords.Time(tick)}?", WorldWords.Of(o.Colour), askTick, [tick]);
+                yield return new WorldQuestion(QuestionKind.ColourAt, $"what colour was the {name} at {WorldWords.Time(tick)}?", WorldWords.Of(o.Colour), askTick, [tick]) { Subjects = [o.Id] };
     }
 
     static WorldQuestion When(WorldEvent e, string name, int askTick)
     {
         bool entered = e.Kind == WorldEventKind.Enter;
         return new WorldQuestion(entered ? QuestionKind.WhenEntered : QuestionKind.WhenLeft, $"when did the {name} {(entered ? "enter" : "leave")}?",
-            $"at {e.Time}", askTick, [e.Tick - 1, e.Tick]);
+            $"at {e.Time}", askTick, [e.Tick - 1, e.Tick]) { Subjects = [e.Object!.Value.Id] };
     }
 
     /// <summary>Which of two enters (or leaves) came first; <paramref name="first"/> is the earlier.</summary>
@@ -198,7 +209,7 @@ public static class WorldQuestions
         var (a, b) = (first.Event.Tick + second.Event.Tick) % 2 == 0 ? (first, second) : (second, first);
         string verb = first.Event.Kind == WorldEventKind.Enter ? "entered" : "left";
         return new WorldQuestion(QuestionKind.WhichFirst, $"which {verb} first, the {a.Name} or the {b.Name}?", $"the {first.Name}", askTick,
-            [first.Event.Tick - 1, first.Event.Tick, second.Event.Tick - 1, second.Event.Tick]);
+            [first.Event.Tick - 1, first.Event.Tick, second.Event.Tick - 1, second.Event.Tick]) { Subjects = [first.Event.Object!.Value.Id, second.Event.Object!.Value.Id] };
     }
 
     static void Check(WorldStream stream, int evidenceTick, int askTick)

@@ -165,6 +165,58 @@ public class SequenceTests
     }
 
     /// <summary>
+    /// A question's evidence cells (<see cref="WorldExamples.EvidenceCells"/>) hold what it asks about: the colour asked
+    /// ("what colour is/was the …") and the region asked ("where is the …") are those of the object centred in them; "what
+    /// is on the screen" points at one cell per object; an enter's "when" at the cell of the object in the frame it
+    /// entered, not the one before.
+    /// </summary>
+    [Fact]
+    public void EvidenceCellsHoldTheAnswer()
+    {
+        const int side = 3, cells = side * side;
+        int checkedColour = 0, checkedWhere = 0, checkedWhen = 0;
+        for (ulong seed = 1; seed <= 12; seed++)
+        {
+            var stream = WorldStream.Generate(seed, 24);
+            var targets = CellTargets.Of(stream, 24, side);
+            foreach (int ask in new[] { 5, 15, 23 })
+                foreach (var q in WorldQuestions.All(stream, ask))
+                {
+                    int[] evidence = WorldExamples.EvidenceCells(stream, q, side);
+                    // A cell where two objects are centred holds one of them in the targets: those say nothing here.
+                    if (evidence.Any(cell => Shared(stream, cell))) continue;
+                    switch (q.Kind)
+                    {
+                        case QuestionKind.Colour or QuestionKind.ColourAt:
+                            Assert.Single(evidence);
+                            Assert.Equal(q.Answer, WorldWords.Of((Colour)(targets.Colour[evidence[0]] - 1)));
+                            checkedColour++;
+                            break;
+                        case QuestionKind.Where:
+                            Assert.Single(evidence);
+                            Assert.Equal(q.Answer, WorldWords.Of((Region)(targets.Region[evidence[0]] - 1)));
+                            Assert.Equal(ask, evidence[0] / cells);
+                            checkedWhere++;
+                            break;
+                        case QuestionKind.Objects:
+                            Assert.Equal(stream.State(ask).Objects.Count, q.Subjects.Count);
+                            Assert.All(evidence, cell => Assert.True(targets.Size[cell] > 0));
+                            break;
+                        case QuestionKind.WhenEntered:
+                            Assert.Single(evidence);
+                            Assert.Equal(q.EvidenceTicks.Max(), evidence[0] / cells);
+                            checkedWhen++;
+                            break;
+                    }
+                }
+        }
+        Assert.True(checkedColour > 20 && checkedWhere > 20 && checkedWhen > 5, $"{checkedColour} colour, {checkedWhere} where, {checkedWhen} when questions");
+
+        static bool Shared(WorldStream stream, int cell) =>
+            stream.State(cell / cells).Objects.Count(o => Math.Min(side - 1, (int)(o.Y * side)) * side + Math.Min(side - 1, (int)(o.X * side)) == cell % cells) > 1;
+    }
+
+    /// <summary>
     /// Long-stream examples (<see cref="ExampleOptions.MaxStartSeconds"/>, <see cref="ExampleOptions.MaxPositionGap"/>):
     /// the same clip and questions as without, every time it shows (frame stamps, questions, answers) later by one
     /// offset per clip, positions rising with jumps only before frames, each question's branch going on from the

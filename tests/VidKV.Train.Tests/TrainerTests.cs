@@ -172,6 +172,40 @@ public class TrainerTests
         }
     }
 
+    /// <summary>
+    /// The pointer loss (<see cref="TrainOptions.PointerWeight"/>) teaches its head where to look: after 80 steps the
+    /// attention it gives the evidence rows of held-out questions is well above its start; and its logits are a head's:
+    /// moving every position by one constant (RoPE is relative) leaves them, moving one row's position changes that row's.
+    /// </summary>
+    [Fact]
+    public void ThePointerLossTeachesAHeadWhereTheAnswerIs()
+    {
+        torch.manual_seed(17);
+        var config = Small with { Vocab = WorldVocabulary.Size };
+        using var model = new TinyVlm(config, seed: 6);
+        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MinFrames = 2, MaxFrames = 5, QuestionsPerClip = 6, RenderSize = 32 });
+        var trainer = new Trainer(model, examples, new TrainOptions { Steps = 80, LearningRate = 3e-3, WarmupSteps = 1, ProbeWeight = 0, PointerWeight = 5, CheckpointEvery = 0 });
+        var heldOut = Enumerable.Range(0, 6).Select(i => VidKV.World.WorldStream.HeldOutSeeds + (ulong)i).ToArray();
+        double first = trainer.Evaluate(heldOut).Pointer;
+        trainer.Run(TextWriter.Null);
+        double last = trainer.Evaluate(heldOut).Pointer;
+        Assert.True(last > 1.5 * first, $"attention on the evidence {first:P1} → {last:P1} after 80 steps");
+
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var input = randn(9, config.Embedding);
+        var positions = arange(9, dtype: float32) * 3;
+        long[] queries = [4, 8];
+        var logits = model.AttentionLogits(1, 3, input, positions, queries);
+        Assert.Equal(new long[] { 2, 9 }, logits.shape);
+        Assert.True(logits.allclose(model.AttentionLogits(1, 3, input, positions + 1000, queries), rtol: 1e-3, atol: 1e-3));
+        var moved = positions + tensor(new float[] { 0, 0, 5, 0, 0, 0, 0, 0, 0 });
+        var changed = (model.AttentionLogits(1, 3, input, moved, queries) - logits).abs().amax([0]).data<float>().ToArray();
+        for (int row = 0; row < changed.Length; row++)
+            if (row == 2) Assert.True(changed[row] > 1e-4, "the moved row's logits did not change");
+            else if (!queries.Contains(row)) Assert.True(changed[row] < 1e-5, $"row {row}'s logits changed by {changed[row]}");
+    }
+
     /// <summary>A few AdamW steps on one fixed batch (a frame between tokens, loss on the tokens after it) at least halve the loss.</summary>
     [Fact]
     public void LossFallsOnAFixedBatch()

@@ -50,6 +50,7 @@ public static class Program
         var resume = new Option<string?>("--resume") { Description = "A checkpoint (…/step-N.bin) to go on from." };
         var probe = new Option<double>("--probe") { Description = "Weight of the training-only perception probe's loss (0: none).", DefaultValueFactory = _ => new TrainOptions().ProbeWeight };
         var changeProbe = new Option<double>("--change") { Description = "Weight of the training-only change probe's loss (0: none): at the decoder's middle layer each frame row names what happened in its cell since the frame before, each frame's closing row the frame's event.", DefaultValueFactory = _ => new TrainOptions().ChangeWeight };
+        var pointer = new Option<double>("--pointer") { Description = "Weight of the training-only pointer loss (0: none): one head of the decoder's middle layer learns to look, from each answer row, at the frame rows of the objects the question is about.", DefaultValueFactory = _ => new TrainOptions().PointerWeight };
         var decision = new Option<double>("--decision-weight") { Description = "Weight of each frame's proactive decision (silence or the comment's first token) in the language loss.", DefaultValueFactory = _ => new TrainOptions().DecisionWeight };
         var answer = new Option<double>("--answer-weight") { Description = "Weight of answers' tokens in the language loss.", DefaultValueFactory = _ => new TrainOptions().AnswerWeight };
         var visionSteps = new Option<int>("--vision-steps") { Description = "Steps that train the eyes alone first (tower, projector and perception probe on frames; the decoder waits), as towers come pretrained. 0: none.", DefaultValueFactory = _ => 0 };
@@ -58,14 +59,14 @@ public static class Program
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, changeProbe, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge, Layers, visionSteps, visionFrames,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, changeProbe, pointer, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge, Layers, visionSteps, visionFrames,
         };
         command.SetAction(r =>
         {
             var exportType = ParseType(r.GetValue(type)!);
             var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr),
                 ProbeWeight = r.GetValue(probe), DecisionWeight = NotNegative(r.GetValue(decision), "--decision-weight"), AnswerWeight = NotNegative(r.GetValue(answer), "--answer-weight"),
-                ChangeWeight = NotNegative(r.GetValue(changeProbe), "--change") };
+                ChangeWeight = NotNegative(r.GetValue(changeProbe), "--change"), PointerWeight = NotNegative(r.GetValue(pointer), "--pointer") };
             var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size, ImageSize = r.GetValue(ImageSize), MergeFactor = r.GetValue(Merge), Layers = r.GetValue(Layers) };
             Check(config);
             var tokenizer = WorldVocabulary.CreateTokenizer();
@@ -116,20 +117,24 @@ public static class Program
     {
         var checkpoint = new Option<string>("--checkpoint", "-c") { Description = "A checkpoint written by train.", Required = true };
         var fitProbe = new Option<int>("--fit-probe") { Description = "First fit the perception probe alone on the frozen tower for this many clips (what its rows tell a linear head)." };
+        var mistakes = new Option<bool>("--mistakes") { Description = "Print each wrong answer (kind, frames back to its evidence, question, right answer, the model's greedy tokens) to stdout." };
         var command = new Command("eval", "Score a checkpoint on held-out clips (answers exact, narration F1, silence on quiet frames).")
         {
-            checkpoint, EvalClips, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, Threads, fitProbe,
+            checkpoint, EvalClips, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, Threads, fitProbe, mistakes,
         };
         command.SetAction(r =>
         {
             torch.set_num_threads(Positive(r.GetValue(Threads), "--threads"));
             var config = ConfigOf(r.GetValue(checkpoint)!);
-            var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), Frames(r));
+            var tokenizer = WorldVocabulary.CreateTokenizer();
+            var examples = new WorldExamples(config, tokenizer, Frames(r));
             using var model = new TinyVlm(config);
             var trainer = new Trainer(model, examples, new TrainOptions());
             trainer.Load(r.GetValue(checkpoint)!);
             if (r.GetValue(fitProbe) is > 0 and int probeSteps) trainer.FitProbe(probeSteps, Console.Error);
-            Console.WriteLine(trainer.Evaluate(HeldOut(r.GetValue(EvalClips))));
+            Action<WorldQuestion, long[]>? wrong = !r.GetValue(mistakes) ? null : (q, said) =>
+                Console.WriteLine($"{q.Kind}\t{q.Distance}\t{q.Question}\t{q.Answer}\t{tokenizer.Decode(said.Select(t => (int)t).ToArray())}");
+            Console.WriteLine(trainer.Evaluate(HeldOut(r.GetValue(EvalClips)), wrong));
             return 0;
         });
         return command;

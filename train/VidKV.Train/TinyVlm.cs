@@ -169,6 +169,14 @@ public sealed class TinyVlm : nn.Module
         return matmul(x, output.t()).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Attention logits (q·k/√d, before any mask) of head <paramref name="head"/> of layer <paramref name="layer"/> from
+    /// rows <paramref name="queries"/> to every row, given the layer's input rows <paramref name="input"/> [T, embedding]
+    /// at positions <paramref name="positionIds"/> [T]: [queries, T]. What a training-only loss on where a head looks reads.
+    /// </summary>
+    public Tensor AttentionLogits(int layer, int head, Tensor input, Tensor positionIds, long[] queries) =>
+        layers[layer].Logits(head, input, positionIds.unsqueeze(-1) * inverseFrequencies, queries);
+
     internal static Tensor RmsNorm(Tensor x, Tensor weight, float eps) => x * rsqrt(x.pow(2).mean([-1], keepdim: true) + eps) * weight;
 
     /// <summary>Rotates adjacent pairs (2i, 2i + 1) of each head's row by position · base^(−2i/d) (llama.cpp's NORM RoPE).</summary>
@@ -293,6 +301,21 @@ public sealed class TinyVlm : nn.Module
             x = x + F.linear(a.transpose(1, 2).reshape(b, t, heads * hd), o);
             h = RmsNorm(x, ffnNorm, c.RmsEps);
             return x + F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), down);
+        }
+
+        public Tensor Logits(int head, Tensor x, Tensor angles, long[] queries)
+        {
+            int hd = c.HeadDim, kvHead = head / (c.Heads / c.KvHeads);
+            long t = x.shape[0];
+            var h = RmsNorm(x, attnNorm, c.RmsEps);
+            var cos = angles.cos().unsqueeze(1);
+            var sin = angles.sin().unsqueeze(1);
+            var index = tensor(queries);
+            var qh = F.linear(h.index_select(0, index), q.narrow(0, head * hd, hd)).view(1, queries.Length, 1, hd);
+            var kh = F.linear(h, k.narrow(0, kvHead * hd, hd)).view(1, t, 1, hd);
+            qh = Rope(qh, cos.index_select(0, index).unsqueeze(0), sin.index_select(0, index).unsqueeze(0)).view(queries.Length, hd);
+            kh = Rope(kh, cos.unsqueeze(0), sin.unsqueeze(0)).view(t, hd);
+            return matmul(qh, kh.t()) / Math.Sqrt(hd);
         }
 
         public void Export(string p, Action<string, Tensor> add)

@@ -44,6 +44,13 @@ public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int
 {
     /// <summary>What changed in each frame row's cell since the frame before (for the training-only change probe).</summary>
     public ChangeTargets Changes { get; init; } = ChangeTargets.Empty;
+
+    /// <summary>
+    /// Per question (branch order), the frame cells (frame · cells per frame + cell) where its answer is to be read: the
+    /// cell of each of its <see cref="WorldQuestion.Subjects"/> in each of its evidence frames that shows it (for the
+    /// training-only pointer loss); empty where the answer is about no object.
+    /// </summary>
+    public IReadOnlyList<int[]> Evidence { get; init; } = [];
 }
 
 /// <summary>
@@ -183,7 +190,26 @@ public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokeni
                 }
         }
         int side = config.PatchesPerSide / config.MergeFactor;
-        return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, side)) { Changes = ChangeTargets.Of(stream, frames, side) };
+        return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, side))
+        {
+            Changes = ChangeTargets.Of(stream, frames, side),
+            Evidence = [.. questions.Select(q => EvidenceCells(stream, q, side))],
+        };
+    }
+
+    /// <summary>The frame cells where <paramref name="question"/>'s answer is to be read (<see cref="WorldExample.Evidence"/>).</summary>
+    public static int[] EvidenceCells(WorldStream stream, WorldQuestion question, int side)
+    {
+        var cells = new List<int>();
+        foreach (int tick in question.EvidenceTicks.Distinct())
+        {
+            if (tick < 0) continue;
+            var state = stream.State(tick);
+            foreach (int id in question.Subjects)
+                if (state.Find(id) is { } o)
+                    cells.Add(tick * side * side + (int)Math.Clamp(o.Y * side, 0, side - 1e-9) * side + (int)Math.Clamp(o.X * side, 0, side - 1e-9));
+        }
+        return [.. cells.Distinct()];
     }
 
     /// <summary>
