@@ -206,6 +206,34 @@ public class TrainerTests
             else if (!queries.Contains(row)) Assert.True(changed[row] < 1e-5, $"row {row}'s logits changed by {changed[row]}");
     }
 
+    /// <summary>
+    /// <see cref="TrainOptions.TowerRate"/>: the tower and the rest split every parameter between them; at 0 a run leaves
+    /// the tower bit-identical and moves everything else; at a tenth the tower moves, less than at the full rate.
+    /// </summary>
+    [Fact]
+    public void TheTowerRateScalesOnlyTheTower()
+    {
+        var config = Small with { Vocab = WorldVocabulary.Size };
+        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MaxFrames = 3, RenderSize = 32 });
+        double TowerMove(double rate, bool checkRest)
+        {
+            torch.manual_seed(19);
+            using var model = new TinyVlm(config, seed: 8);
+            var tower = model.TowerParameters().ToList();
+            var rest = model.LanguageParameters().ToList();
+            Assert.Equal(model.parameters().Count(), tower.Count + rest.Count);
+            var before = tower.Concat(rest).Select(p => p.detach().clone()).ToList();
+            new Trainer(model, examples, new TrainOptions { Steps = 4, WarmupSteps = 1, TowerRate = rate, CheckpointEvery = 0 }).Run(TextWriter.Null);
+            var after = tower.Concat(rest).ToList();
+            if (checkRest)
+                for (int i = tower.Count; i < after.Count; i++) Assert.False(after[i].detach().equal(before[i]).all().item<bool>(), "a language parameter did not move");
+            return Enumerable.Range(0, tower.Count).Sum(i => (after[i].detach() - before[i]).abs().sum().item<float>());
+        }
+        Assert.Equal(0, TowerMove(0, checkRest: true));
+        double tenth = TowerMove(0.1, checkRest: false), full = TowerMove(1, checkRest: false);
+        Assert.True(tenth > 0 && tenth < 0.5 * full, $"tower moved {tenth} at a tenth of the rate, {full} at the full rate");
+    }
+
     /// <summary>A few AdamW steps on one fixed batch (a frame between tokens, loss on the tokens after it) at least halve the loss.</summary>
     [Fact]
     public void LossFallsOnAFixedBatch()

@@ -117,6 +117,17 @@ public sealed class TinyVlm : nn.Module
     /// <summary>The sizes.</summary>
     public TinyVlmConfig Config => config;
 
+    /// <summary>The tower's parameters (patch embedding, positions, ViT blocks, post-norm), without the projector.</summary>
+    public IEnumerable<Parameter> TowerParameters() =>
+        new[] { patchWeight, patchBias, positions, postNormWeight, postNormBias }.Concat(visionBlocks.SelectMany(b => b.parameters()));
+
+    /// <summary>Every parameter but the tower's: the projector and the decoder.</summary>
+    public IEnumerable<Parameter> LanguageParameters()
+    {
+        var tower = TowerParameters().ToHashSet(ReferenceEqualityComparer.Instance);
+        return parameters().Where(p => !tower.Contains(p));
+    }
+
     /// <summary>
     /// Frames [N, 3, size, size] of normalised pixels ((x/255 − 0.5)/0.5, planes as VidKV's preprocessor writes them) →
     /// decoder rows [N, <see cref="TinyVlmConfig.TokensPerFrame"/>, embedding].
