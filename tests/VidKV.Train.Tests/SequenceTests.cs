@@ -102,6 +102,14 @@ public class SequenceTests
                 bool last = i + 1 == s.Length || s.BranchStart[i + 1] != s.BranchStart[i];
                 if (last) Assert.Equal(end, s.Tokens[i]);
             }
+            Assert.Equal(example.Frames, s.Stamps.Count);
+            var decisions = Enumerable.Range(0, s.Length).Where(i => s.Decision[i]).ToArray();
+            for (int f = 0; f < example.Frames; f++)
+            {
+                // The frame's stamp: its own time, among the rows before its frame rows and after the last frame's decision.
+                Assert.Equal(WorldWords.Time(f), tokenizer.Decode(s.Stamps[f].Select(r => (int)s.Tokens[r])));
+                Assert.True(s.Stamps[f][^1] < Array.IndexOf(s.FrameOf, f) && (f == 0 || s.Stamps[f][0] > decisions[f - 1]));
+            }
             var again = examples.Make(seed);
             Assert.Equal(s.Tokens, again.Sequence.Tokens);
             Assert.Equal(example.Pixels, again.Pixels);

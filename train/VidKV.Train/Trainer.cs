@@ -54,7 +54,7 @@ public sealed record TrainOptions
     /// Weight of the pointer loss (0: none): at each row of a question's branch that predicts an answer token, head 0 of the
     /// decoder's middle layer is taught to look at the frame rows that hold the answer — the cells of the objects the
     /// question is about in its evidence frames (<see cref="WorldExample.Evidence"/>): −log of the attention it gives
-    /// them together. Supervised attention for binding a question to its rows, which the answers alone teach slowly (a
+    /// them together; and head 1, for a "when" question, to the time stamp of the frame its answer reads. Supervised attention for binding a question to its rows, which the answers alone teach slowly (a
     /// run whose probe read 98 % of objects' colours and regions from the rows still answered "what colour is the …"
     /// 64 % and "where is the …" 58 % right, mostly naming another object's colour or the wrong row of the grid).
     /// </summary>
@@ -80,7 +80,7 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
     public (double Colour, double Shape, double Size, double Region) Probe { get; init; }
     /// <summary>The change probe's accuracy on frames' event classes: on frames with an event, and on frames without.</summary>
     public (double Events, double Quiet) Change { get; init; }
-    /// <summary>The attention head 0 of the decoder's middle layer gives the rows of a question's evidence from its answer rows (geometric mean over rows and clips: exp of −the pointer loss).</summary>
+    /// <summary>The attention the pointer heads of the decoder's middle layer give the rows of a question's evidence from its answer rows (geometric mean over rows and clips, the heads' product where both have targets: exp of −the pointer loss).</summary>
     public double Pointer { get; init; }
 
     /// <summary>Share of questions whose whole answer (and its end) the model gives greedily.</summary>
@@ -92,7 +92,7 @@ public sealed record EvalResult(int Questions, int Correct, int EventFrames, int
 
     /// <inheritdoc/>
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"answers {Correct}/{Questions} ({Accuracy:P1}; {string.Join(", ", ByKind.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value.Correct}/{k.Value.Asked}"))}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}; probe on objects' cells: colour {Probe.Colour:P0}, shape {Probe.Shape:P0}, size {Probe.Size:P0}, region {Probe.Region:P0}; change probe on frames: events {Change.Events:P0}, quiet {Change.Quiet:P0}; pointer head's attention on the evidence {Pointer:P0}");
+        $"answers {Correct}/{Questions} ({Accuracy:P1}; {string.Join(", ", ByKind.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value.Correct}/{k.Value.Asked}"))}), narration F1 {NarrationF1:F3}, silent on {QuietKept}/{QuietFrames} quiet frames ({Silence:P1}), loss {Loss:F4}; probe on objects' cells: colour {Probe.Colour:P0}, shape {Probe.Shape:P0}, size {Probe.Size:P0}, region {Probe.Region:P0}; change probe on frames: events {Change.Events:P0}, quiet {Change.Quiet:P0}; pointer heads' attention on the evidence {Pointer:P0}");
 }
 
 /// <summary>
@@ -349,8 +349,10 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
 
     /// <summary>
     /// The pointer loss (<see cref="TrainOptions.PointerWeight"/>) given the middle layer's input rows
-    /// <paramref name="tapped"/> [rows, embedding]: the mean over answer-predicting rows of questions about objects of
-    /// −log Σ attention(head 0 → the evidence rows), under the same mask as the decoder's. Null when no question has evidence.
+    /// <paramref name="tapped"/> [rows, embedding]: the mean over answer-predicting rows of −log Σ attention(head → its
+    /// targets), under the same mask as the decoder's — head 0 to the frame rows of the objects a question is about in
+    /// its evidence frames, head 1 (where there is one) to the time stamp of the frame a "when" question's answer reads.
+    /// Null when no question has targets.
     /// </summary>
     public Tensor? PointerLoss(Tensor tapped, WorldExample example)
     {
@@ -359,16 +361,27 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         var rowOfCell = new long[example.Frames * perFrame];
         for (int i = 0; i < s.Length; i++)
             if (s.FrameOf[i] >= 0) rowOfCell[s.FrameOf[i] * perFrame + s.FrameRow[i]] = i;
+        var cells = PointerLoss(tapped, s, 0, branch => example.Evidence.Count > branch ? [.. example.Evidence[branch].Select(cell => rowOfCell[cell])] : []);
+        if (model.Config.Heads < 2) return cells;
+        var stamps = PointerLoss(tapped, s, 1, branch =>
+            example.Questions[branch] is { Kind: VidKV.World.QuestionKind.WhenEntered or VidKV.World.QuestionKind.WhenLeft } q ? [.. s.Stamps[q.EvidenceTicks.Max()].Select(r => (long)r)] : []);
+        return cells is null ? stamps : stamps is null ? cells : cells + stamps;
+    }
+
+    /// <summary>−log of the attention <paramref name="head"/> gives each branch's <paramref name="targets"/> from its answer-predicting rows, averaged; null when no branch has targets.</summary>
+    Tensor? PointerLoss(Tensor tapped, TrainingSequence s, int head, Func<int, long[]> targets)
+    {
         var queries = new List<long>();
-        var targets = new List<long[]>();
+        var aimed = new List<long[]>();
         int branch = -1;
+        long[] current = [];
         for (int i = 0; i < s.Length; i++)
         {
             if (s.BranchStart[i] < 0) continue;
-            if (s.BranchStart[i] == i) branch++;
-            if (s.Labels[i] < 0 || example.Evidence.Count <= branch || example.Evidence[branch].Length == 0) continue;
+            if (s.BranchStart[i] == i) current = targets(++branch);
+            if (s.Labels[i] < 0 || current.Length == 0) continue;
             queries.Add(i);
-            targets.Add([.. example.Evidence[branch].Select(cell => rowOfCell[cell])]);
+            aimed.Add(current);
         }
         if (queries.Count == 0) return null;
         int n = s.Length, q = queries.Count;
@@ -381,9 +394,9 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             int row = (int)queries[k];
             Array.Clear(mask, k * n, s.VisibleUntil[row]);
             Array.Clear(mask, k * n + s.BranchStart[row], row - s.BranchStart[row] + 1);
-            foreach (long t in targets[k]) aim[k * n + t] = 0;
+            foreach (long t in aimed[k]) aim[k * n + t] = 0;
         }
-        var logits = model.AttentionLogits(TapLayers, 0, tapped, tensor(s.Positions), [.. queries]) + tensor(mask).view(q, n);
+        var logits = model.AttentionLogits(TapLayers, head, tapped, tensor(s.Positions), [.. queries]) + tensor(mask).view(q, n);
         var logProbabilities = F.log_softmax(logits, 1);
         return -(logProbabilities + tensor(aim).view(q, n)).logsumexp(1).mean();
     }

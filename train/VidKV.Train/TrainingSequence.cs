@@ -54,6 +54,8 @@ public sealed class TrainingSequence
 
     /// <summary>Whether the row is a frame's closing row, whose target is the proactive decision (silence or the narration's first token).</summary>
     public bool[] Decision { get; }
+    /// <summary>Per frame, the rows of its time stamp's mm:ss in <c>"\nFrame from mm:ss:"</c>.</summary>
+    public IReadOnlyList<int[]> Stamps { get; init; } = [];
     /// <summary>Rows with a target.</summary>
     public int LabelCount => Labels.Count(l => l >= 0);
 }
@@ -75,6 +77,7 @@ public sealed class SequenceBuilder
     readonly List<int> frameOf = [], frameRow = [];
     readonly List<bool> decision = [];
     readonly List<(int Cut, long[] Tokens, long[] Labels, int Position)> branches = [];
+    readonly List<int[]> stamps = [];
     int frames;
 
     /// <param name="tokenizer">the model's tokenizer (its vocabulary has SmolVLM's special tokens)</param>
@@ -109,7 +112,10 @@ public sealed class SequenceBuilder
     {
         ArgumentOutOfRangeException.ThrowIfNegative(gap);
         next += gap;
-        foreach (long t in Encode($"\nFrame from {VidKV.World.WorldWords.Time(seconds)}:<fake_token_around_image><global-img>")) Add(t, Ignore);
+        string time = VidKV.World.WorldWords.Time(seconds);
+        long[] prefix = Encode($"\nFrame from {time}:<fake_token_around_image><global-img>");
+        stamps.Add(StampRows(prefix, Encode(time), tokens.Count));
+        foreach (long t in prefix) Add(t, Ignore);
         for (int r = 0; r < rowsPerFrame; r++)
         {
             tokens.Add(0);
@@ -130,6 +136,14 @@ public sealed class SequenceBuilder
         if (!narrationInStream) return;
         for (int i = 0; i < said.Length; i++) Add(said[i], i + 1 < said.Length ? said[i + 1] : endOfUtterance);
         Add(endOfUtterance, Ignore);
+    }
+
+    /// <summary>The rows (from <paramref name="start"/>) where <paramref name="stamp"/>'s tokens stand in <paramref name="prefix"/>, after its first token ("Frame").</summary>
+    static int[] StampRows(long[] prefix, long[] stamp, int start)
+    {
+        for (int i = 1; i + stamp.Length <= prefix.Length; i++)
+            if (prefix.AsSpan(i, stamp.Length).SequenceEqual(stamp)) return [.. Enumerable.Range(start + i, stamp.Length)];
+        throw new InvalidOperationException("the time stamp is not tokenized alike on its own and in the frame's prefix");
     }
 
     /// <summary>Adds a question asked now (after the frames so far) and its answer, on a branch of its own.</summary>
@@ -194,6 +208,6 @@ public sealed class SequenceBuilder
                 branchStart[at] = at - k;
             }
         }
-        return new TrainingSequence(allTokens, allFrames, allRows, allLabels, allPositions, visible, branchStart, decides);
+        return new TrainingSequence(allTokens, allFrames, allRows, allLabels, allPositions, visible, branchStart, decides) { Stamps = [.. stamps] };
     }
 }
