@@ -34,7 +34,7 @@ public sealed record WorldQuestion(QuestionKind Kind, string Question, string An
 {
     /// <summary>
     /// The objects (<see cref="WorldObject.Id"/>) the answer is about: the one named, both of a "which first", every one on
-    /// screen for "what is on the screen" and "how many"; none for "nothing happened" and a scene cut. Where in its
+    /// screen for "what is on the screen" (in the answer's order) and "how many"; none for "nothing happened" and a scene cut. Where in its
     /// evidence frames the answer is to be read (a trainer can point a model's attention there).
     /// </summary>
     public IReadOnlyList<int> Subjects { get; init; } = [];
@@ -58,14 +58,15 @@ public static class WorldQuestions
     {
         var state = stream.State(askTick);
         int[] evidence = [askTick];
-        var objects = state.Objects.OrderBy(o => (int)o.Region / 3).ThenBy(o => o.X).Select(o => $"a {o.Description}").ToArray();
+        var listed = state.Objects.OrderBy(o => (int)o.Region / 3).ThenBy(o => o.X).ToArray();
+        var objects = listed.Select(o => $"a {o.Description}").ToArray();
         string list = objects.Length switch
         {
             0 => "nothing",
             1 => objects[0],
             _ => $"{string.Join(", ", objects[..^1])} and {objects[^1]}",
         };
-        int[] all = [.. state.Objects.Select(o => o.Id)];
+        int[] all = [.. listed.Select(o => o.Id)];
         yield return new WorldQuestion(QuestionKind.Objects, "what is on the screen?", list, askTick, evidence) { Subjects = all };
         yield return new WorldQuestion(QuestionKind.Count, "how many objects are there?", state.Objects.Count.ToString(CultureInfo.InvariantCulture), askTick, evidence) { Subjects = all };
         foreach (var o in state.Objects)

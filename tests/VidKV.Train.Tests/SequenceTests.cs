@@ -225,6 +225,58 @@ public class SequenceTests
     }
 
     /// <summary>
+    /// Per-row evidence (<see cref="WorldExample.Evidence"/>): one entry per row of a branch that predicts an answer
+    /// token, in long-stream clips too (times shifted); in "what is on the screen", the row that predicts an object's
+    /// colour word points at one cell, whose object has that colour.
+    /// </summary>
+    [Fact]
+    public void EachAnswerRowHasItsEvidence()
+    {
+        var tokenizer = WorldVocabulary.CreateTokenizer();
+        var config = Small with { ImageSize = 48 };
+        var examples = new WorldExamples(config, tokenizer, new ExampleOptions { MaxFrames = 12, QuestionsPerClip = 12, RenderSize = 48, MaxStartSeconds = 3600, MaxPositionGap = 100 });
+        var colours = Enum.GetValues<Colour>().ToDictionary(WorldWords.Of);
+        int listed = 0;
+        for (ulong seed = 1; seed <= 30; seed++)
+        {
+            var example = examples.Make(seed);
+            var s = example.Sequence;
+            Assert.Equal(example.Questions.Count, example.Evidence.Count);
+            int branch = -1, row = 0;
+            for (int i = 0; i < s.Length; i++)
+            {
+                if (s.BranchStart[i] < 0) continue;
+                if (s.BranchStart[i] == i)
+                {
+                    if (branch >= 0) Assert.Equal(example.Evidence[branch].Length, row);
+                    branch++;
+                    row = 0;
+                }
+                if (s.Labels[i] < 0) continue;
+                int[] cells = example.Evidence[branch][row++];
+                var q = example.Questions[branch];
+                if (q.Kind != QuestionKind.Objects || q.Subjects.Count < 2) continue;
+                if (!colours.TryGetValue(tokenizer.Decode([(int)s.Labels[i]]).Trim(), out var colour)) continue;
+                Assert.Single(cells);
+                // A cell two objects share holds one of them in the targets.
+                if (Centred(WorldStream.Generate(seed, example.Frames), cells[0]) == 1)
+                {
+                    Assert.True((int)colour + 1 == example.Cells.Colour[cells[0]], $"seed {seed} q '{q.Answer}' row {row - 1} cell {cells[0]} all [{string.Join(",", example.Evidence[branch][^1])}] colour {colour} target {example.Cells.Colour[cells[0]]} ask {q.AskTick}");
+                    listed++;
+                }
+            }
+            if (branch >= 0) Assert.Equal(example.Evidence[branch].Length, row);
+        }
+        Assert.True(listed > 20, $"{listed} listed colours checked");
+
+        int Centred(WorldStream stream, int cell)
+        {
+            const int side = 3;
+            return stream.State(cell / (side * side)).Objects.Count(o => Math.Min(side - 1, (int)(o.Y * side)) * side + Math.Min(side - 1, (int)(o.X * side)) == cell % (side * side));
+        }
+    }
+
+    /// <summary>
     /// Long-stream examples (<see cref="ExampleOptions.MaxStartSeconds"/>, <see cref="ExampleOptions.MaxPositionGap"/>):
     /// the same clip and questions as without, every time it shows (frame stamps, questions, answers) later by one
     /// offset per clip, positions rising with jumps only before frames, each question's branch going on from the

@@ -361,25 +361,29 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         var rowOfCell = new long[example.Frames * perFrame];
         for (int i = 0; i < s.Length; i++)
             if (s.FrameOf[i] >= 0) rowOfCell[s.FrameOf[i] * perFrame + s.FrameRow[i]] = i;
-        var cells = PointerLoss(tapped, s, 0, branch => example.Evidence.Count > branch ? [.. example.Evidence[branch].Select(cell => rowOfCell[cell])] : []);
+        var cells = PointerLoss(tapped, s, 0, (branch, k) => example.Evidence.Count > branch ? [.. example.Evidence[branch][k].Select(cell => rowOfCell[cell])] : []);
         if (model.Config.Heads < 2) return cells;
-        var stamps = PointerLoss(tapped, s, 1, branch =>
+        var stamps = PointerLoss(tapped, s, 1, (branch, _) =>
             example.Questions[branch] is { Kind: VidKV.World.QuestionKind.WhenEntered or VidKV.World.QuestionKind.WhenLeft } q ? [.. s.Stamps[q.EvidenceTicks.Max()].Select(r => (long)r)] : []);
         return cells is null ? stamps : stamps is null ? cells : cells + stamps;
     }
 
-    /// <summary>−log of the attention <paramref name="head"/> gives each branch's <paramref name="targets"/> from its answer-predicting rows, averaged; null when no branch has targets.</summary>
-    Tensor? PointerLoss(Tensor tapped, TrainingSequence s, int head, Func<int, long[]> targets)
+    /// <summary>
+    /// −log of the attention <paramref name="head"/> gives the <paramref name="targets"/> of each answer-predicting row
+    /// (the k-th of its branch), averaged over the rows that have any; null when none has.
+    /// </summary>
+    Tensor? PointerLoss(Tensor tapped, TrainingSequence s, int head, Func<int, int, long[]> targets)
     {
         var queries = new List<long>();
         var aimed = new List<long[]>();
-        int branch = -1;
-        long[] current = [];
+        int branch = -1, answerRow = 0;
         for (int i = 0; i < s.Length; i++)
         {
             if (s.BranchStart[i] < 0) continue;
-            if (s.BranchStart[i] == i) current = targets(++branch);
-            if (s.Labels[i] < 0 || current.Length == 0) continue;
+            if (s.BranchStart[i] == i) { branch++; answerRow = 0; }
+            if (s.Labels[i] < 0) continue;
+            long[] current = targets(branch, answerRow++);
+            if (current.Length == 0) continue;
             queries.Add(i);
             aimed.Add(current);
         }

@@ -46,11 +46,13 @@ public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int
     public ChangeTargets Changes { get; init; } = ChangeTargets.Empty;
 
     /// <summary>
-    /// Per question (branch order), the frame cells (frame · cells per frame + cell) where its answer is to be read: the
-    /// cell of each of its <see cref="WorldQuestion.Subjects"/> in each of its evidence frames that shows it (for the
-    /// training-only pointer loss); empty where the answer is about no object.
+    /// Per question (branch order) and per row of its branch that predicts an answer token (in order, the end of the
+    /// utterance last), the frame cells (frame · cells per frame + cell) where that token is to be read: the cell of each
+    /// of its <see cref="WorldQuestion.Subjects"/> in each of its evidence frames that shows it; for "what is on the
+    /// screen", each object's phrase the object's cell, a separator the objects still to come, the end all of them (for
+    /// the training-only pointer loss). Empty where the answer is about no object.
     /// </summary>
-    public IReadOnlyList<int[]> Evidence { get; init; } = [];
+    public IReadOnlyList<int[][]> Evidence { get; init; } = [];
 }
 
 /// <summary>
@@ -81,8 +83,7 @@ public sealed record ChangeTargets(long[] Cell, long[] Moved, long[] Frame)
         Array.Fill(moved, -1);
         Array.Fill(cell, -1, 0, Math.Min(cells, cell.Length));
         if (frames > 0) frame[0] = -1;
-        int CellOf(WorldObject o) =>
-            (int)Math.Clamp(o.Y * side, 0, side - 1e-9) * side + (int)Math.Clamp(o.X * side, 0, side - 1e-9);
+        int CellOf(WorldObject o) => CellTargets.CellOf(o, side);
         for (int f = 1; f < frames; f++)
         {
             var now = stream.State(f);
@@ -119,6 +120,9 @@ public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, long[
     /// <summary>Region classes (none + the 3×3 grid's).</summary>
     public static int Regions => Enum.GetValues<Region>().Length + 1;
 
+    /// <summary>The cell of a <paramref name="side"/>² grid (in reading order) that <paramref name="o"/>'s centre is in.</summary>
+    public static int CellOf(WorldObject o, int side) => (int)Math.Clamp(o.Y * side, 0, side - 1e-9) * side + (int)Math.Clamp(o.X * side, 0, side - 1e-9);
+
     /// <summary>The cells of the first <paramref name="frames"/> frames of <paramref name="stream"/> on a <paramref name="side"/>² grid.</summary>
     public static CellTargets Of(WorldStream stream, int frames, int side) => Of(stream, Enumerable.Range(0, frames).ToArray(), side);
 
@@ -131,7 +135,7 @@ public sealed record CellTargets(long[] Colour, long[] Shape, long[] Size, long[
             foreach (var o in stream.State(ticks[f]).Objects)
             {
                 double x = Math.Clamp(o.X * side, 0, side - 1e-9), y = Math.Clamp(o.Y * side, 0, side - 1e-9);
-                int cell = f * cells + (int)y * side + (int)x;
+                int cell = f * cells + CellOf(o, side);
                 t.Colour[cell] = (int)o.Colour + 1;
                 t.Shape[cell] = (int)o.Shape + 1;
                 t.Size[cell] = (int)o.Size + 1;
@@ -193,8 +197,32 @@ public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokeni
         return new WorldExample(builder.Build(), pixels, frames, questions, CellTargets.Of(stream, frames, side))
         {
             Changes = ChangeTargets.Of(stream, frames, side),
-            Evidence = [.. questions.Select(q => EvidenceCells(stream, q, side))],
+            Evidence = [.. questions.Select(q => RowEvidence(stream, q, Shift(q.Answer, start), side))],
         };
+    }
+
+    /// <summary><see cref="WorldExample.Evidence"/> of one question: per answer-predicting row, the cells it reads.</summary>
+    int[][] RowEvidence(WorldStream stream, WorldQuestion question, string answer, int side)
+    {
+        int[] cells = EvidenceCells(stream, question, side);
+        // The answer's tokens (as asked: times shifted) and the end of the utterance, as SequenceBuilder.Question lays them out.
+        var said = tokenizer.Encode(answer, addSpecial: false, parseSpecial: true);
+        int rows = said.Count + 1;
+        if (question.Kind != QuestionKind.Objects || question.Subjects.Count < 2) return [.. Enumerable.Repeat(cells, rows)];
+        // "a big red circle, a small blue square and a big white ring": "a", size, colour, shape per object in the order
+        // listed; two objects may share a cell.
+        var state = stream.State(question.AskTick);
+        cells = [.. question.Subjects.Select(id => question.AskTick * side * side + CellTargets.CellOf(state.Find(id)!.Value, side))];
+        var perRow = new int[rows][];
+        int objectIndex = -1, phraseLeft = 0;
+        for (int k = 0; k < said.Count; k++)
+        {
+            if (phraseLeft == 0 && tokenizer.Decode([said[k]]).Trim() == "a") { objectIndex++; phraseLeft = 4; }
+            if (phraseLeft > 0) { perRow[k] = [cells[Math.Min(objectIndex, cells.Length - 1)]]; phraseLeft--; }
+            else perRow[k] = cells[Math.Min(objectIndex + 1, cells.Length - 1)..]; // a separator: "," or "and" says whether more come
+        }
+        perRow[^1] = cells;
+        return perRow;
     }
 
     /// <summary>The frame cells where <paramref name="question"/>'s answer is to be read (<see cref="WorldExample.Evidence"/>).</summary>
@@ -206,8 +234,7 @@ public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokeni
             if (tick < 0) continue;
             var state = stream.State(tick);
             foreach (int id in question.Subjects)
-                if (state.Find(id) is { } o)
-                    cells.Add(tick * side * side + (int)Math.Clamp(o.Y * side, 0, side - 1e-9) * side + (int)Math.Clamp(o.X * side, 0, side - 1e-9));
+                if (state.Find(id) is { } o) cells.Add(tick * side * side + CellTargets.CellOf(o, side));
         }
         return [.. cells.Distinct()];
     }
