@@ -225,6 +225,37 @@ public class SequenceTests
     }
 
     /// <summary>
+    /// A narration's cells (<see cref="WorldExamples.NarrationCells"/>): none without an event or for a scene cut; the
+    /// entering object in its first frame only, the leaving one in its last only, any other event's object in both
+    /// frames — and the object the world draws there is the event's.
+    /// </summary>
+    [Fact]
+    public void NarrationCellsHoldTheEventsObject()
+    {
+        const int side = 3, cells = side * side, ticks = 300;
+        var stream = WorldStream.Generate(91, ticks);
+        var targets = CellTargets.Of(stream, ticks, side);
+        int checkedEvents = 0;
+        for (int t = 0; t < ticks; t++)
+        {
+            int[] found = WorldExamples.NarrationCells(stream, t, side);
+            var e = t == 0 ? null : stream.EventAt(t);
+            if (e?.Object is not { } o) { Assert.Empty(found); continue; }
+            int[] frames = e.Kind switch { WorldEventKind.Enter => [t], WorldEventKind.Leave => [t - 1], _ => [t - 1, t] };
+            Assert.Equal(frames, found.Select(c => c / cells).ToArray());
+            foreach (int c in found)
+            {
+                var at = stream.State(c / cells).Find(o.Id)!.Value;
+                Assert.Equal(CellTargets.CellOf(at, side), c % cells);
+                if (stream.State(c / cells).Objects.Count(x => CellTargets.CellOf(x, side) == c % cells) == 1)
+                    Assert.Equal((int)at.Shape + 1, targets.Shape[c]);
+            }
+            checkedEvents++;
+        }
+        Assert.True(checkedEvents > 20, $"{checkedEvents} events");
+    }
+
+    /// <summary>
     /// Per-row evidence (<see cref="WorldExample.Evidence"/>): one entry per row of a branch that predicts an answer
     /// token, in long-stream clips too (times shifted); in "what is on the screen", the row that predicts an object's
     /// colour word points at one cell, whose object has that colour.

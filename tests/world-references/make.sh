@@ -18,7 +18,8 @@ trap 'rm -rf "$work"' EXIT
 
 dotnet build "$root/src/VidKV.Cli" -c Release -nologo -v q >/dev/null
 vidkv="dotnet $root/src/VidKV.Cli/bin/Release/net10.0/vidkv.dll"
-size=64   # the tower's side: frames go in unresized, so both engines see the same pixels
+# the tower's side: frames go in unresized, so both engines see the same pixels
+size=$($vidkv model info -m "$model/mmproj.gguf" | awk '$1 == "clip.vision.image_size" { print $3 }')
 for k in 0 1 2 3 4; do
     seed=$(( (1 << 62) + k ))
     $vidkv world generate -s "$seed" --ticks "$ticks" --size "$size" --fps 1 --questions 1 -o "$work/clip$k.mp4" --frames "$work/clip$k" 2>/dev/null

@@ -351,8 +351,9 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     /// The pointer loss (<see cref="TrainOptions.PointerWeight"/>) given the middle layer's input rows
     /// <paramref name="tapped"/> [rows, embedding]: the mean over answer-predicting rows of −log Σ attention(head → its
     /// targets), under the same mask as the decoder's — head 0 to the frame rows of the objects a question is about in
-    /// its evidence frames, head 1 (where there is one) to the time stamp of the frame a "when" question's answer reads.
-    /// Null when no question has targets.
+    /// its evidence frames (<see cref="WorldExample.Evidence"/>), and from a frame's decision and narration rows to the
+    /// event's object (<see cref="WorldExample.Narration"/>); head 1 (where there is one) to the time stamp of the frame
+    /// a "when" question's answer reads. Null when nothing has targets.
     /// </summary>
     public Tensor? PointerLoss(Tensor tapped, WorldExample example)
     {
@@ -361,46 +362,49 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
         var rowOfCell = new long[example.Frames * perFrame];
         for (int i = 0; i < s.Length; i++)
             if (s.FrameOf[i] >= 0) rowOfCell[s.FrameOf[i] * perFrame + s.FrameRow[i]] = i;
-        var cells = PointerLoss(tapped, s, 0, (branch, k) => example.Evidence.Count > branch ? [.. example.Evidence[branch][k].Select(cell => rowOfCell[cell])] : []);
-        if (model.Config.Heads < 2) return cells;
-        var stamps = PointerLoss(tapped, s, 1, (branch, _) =>
-            example.Questions[branch] is { Kind: VidKV.World.QuestionKind.WhenEntered or VidKV.World.QuestionKind.WhenLeft } q ? [.. s.Stamps[q.EvidenceTicks.Max()].Select(r => (long)r)] : []);
+        long[] Rows(int[] cells) => [.. cells.Select(cell => rowOfCell[cell])];
+        var onCells = new List<(int Row, long[] Targets)>();
+        var onStamps = new List<(int Row, long[] Targets)>();
+        int frame = -1, branch = -1, answerRow = 0;
+        for (int i = 0; i < s.Length; i++)
+        {
+            if (s.BranchStart[i] < 0)
+            {
+                // A frame's decision and the narration after it: the event's object, before and after.
+                if (s.Decision[i]) frame++;
+                if (s.Labels[i] >= 0 && frame >= 0 && frame < example.Narration.Count && example.Narration[frame].Length > 0) onCells.Add((i, Rows(example.Narration[frame])));
+                continue;
+            }
+            if (s.BranchStart[i] == i) { branch++; answerRow = 0; }
+            if (s.Labels[i] < 0) continue;
+            int k = answerRow++;
+            if (branch < example.Evidence.Count && example.Evidence[branch][k].Length > 0) onCells.Add((i, Rows(example.Evidence[branch][k])));
+            if (example.Questions[branch] is { Kind: VidKV.World.QuestionKind.WhenEntered or VidKV.World.QuestionKind.WhenLeft } q)
+                onStamps.Add((i, [.. s.Stamps[q.EvidenceTicks.Max()].Select(r => (long)r)]));
+        }
+        var cells = PointerLoss(tapped, s, 0, onCells);
+        var stamps = model.Config.Heads < 2 ? null : PointerLoss(tapped, s, 1, onStamps);
         return cells is null ? stamps : stamps is null ? cells : cells + stamps;
     }
 
-    /// <summary>
-    /// −log of the attention <paramref name="head"/> gives the <paramref name="targets"/> of each answer-predicting row
-    /// (the k-th of its branch), averaged over the rows that have any; null when none has.
-    /// </summary>
-    Tensor? PointerLoss(Tensor tapped, TrainingSequence s, int head, Func<int, int, long[]> targets)
+    /// <summary>−log of the attention <paramref name="head"/> gives each query row's targets, averaged; null when there are none.</summary>
+    Tensor? PointerLoss(Tensor tapped, TrainingSequence s, int head, List<(int Row, long[] Targets)> aimed)
     {
-        var queries = new List<long>();
-        var aimed = new List<long[]>();
-        int branch = -1, answerRow = 0;
-        for (int i = 0; i < s.Length; i++)
-        {
-            if (s.BranchStart[i] < 0) continue;
-            if (s.BranchStart[i] == i) { branch++; answerRow = 0; }
-            if (s.Labels[i] < 0) continue;
-            long[] current = targets(branch, answerRow++);
-            if (current.Length == 0) continue;
-            queries.Add(i);
-            aimed.Add(current);
-        }
-        if (queries.Count == 0) return null;
-        int n = s.Length, q = queries.Count;
+        if (aimed.Count == 0) return null;
+        int n = s.Length, q = aimed.Count;
         var mask = new float[q * n];
         var aim = new float[q * n];
         Array.Fill(mask, float.NegativeInfinity);
         Array.Fill(aim, float.NegativeInfinity);
         for (int k = 0; k < q; k++)
         {
-            int row = (int)queries[k];
+            int row = aimed[k].Row;
             Array.Clear(mask, k * n, s.VisibleUntil[row]);
-            Array.Clear(mask, k * n + s.BranchStart[row], row - s.BranchStart[row] + 1);
-            foreach (long t in aimed[k]) aim[k * n + t] = 0;
+            if (s.BranchStart[row] >= 0) Array.Clear(mask, k * n + s.BranchStart[row], row - s.BranchStart[row] + 1);
+            foreach (long t in aimed[k].Targets) aim[k * n + t] = 0;
         }
-        var logits = model.AttentionLogits(TapLayers, head, tapped, tensor(s.Positions), [.. queries]) + tensor(mask).view(q, n);
+        long[] queries = [.. aimed.Select(a => (long)a.Row)];
+        var logits = model.AttentionLogits(TapLayers, head, tapped, tensor(s.Positions), queries) + tensor(mask).view(q, n);
         var logProbabilities = F.log_softmax(logits, 1);
         return -(logProbabilities + tensor(aim).view(q, n)).logsumexp(1).mean();
     }

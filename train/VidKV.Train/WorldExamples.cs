@@ -53,6 +53,13 @@ public sealed record WorldExample(TrainingSequence Sequence, float[] Pixels, int
     /// the training-only pointer loss). Empty where the answer is about no object.
     /// </summary>
     public IReadOnlyList<int[][]> Evidence { get; init; } = [];
+
+    /// <summary>
+    /// Per frame, the cells of the object its event concerns, in the frame before and its own (where it is on screen);
+    /// empty for a frame without an event or with a scene cut: what its decision and narration are about (for the
+    /// training-only pointer loss).
+    /// </summary>
+    public IReadOnlyList<int[]> Narration { get; init; } = [];
 }
 
 /// <summary>
@@ -198,6 +205,7 @@ public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokeni
         {
             Changes = ChangeTargets.Of(stream, frames, side),
             Evidence = [.. questions.Select(q => RowEvidence(stream, q, Shift(q.Answer, start), side))],
+            Narration = [.. Enumerable.Range(0, frames).Select(tick => NarrationCells(stream, tick, side))],
         };
     }
 
@@ -223,6 +231,14 @@ public sealed partial class WorldExamples(TinyVlmConfig config, Tokenizer tokeni
         }
         perRow[^1] = cells;
         return perRow;
+    }
+
+    /// <summary>The frame cells of the object the event at <paramref name="tick"/> concerns, at the tick before and its own (<see cref="WorldExample.Narration"/>).</summary>
+    public static int[] NarrationCells(WorldStream stream, int tick, int side)
+    {
+        if (tick == 0 || stream.EventAt(tick)?.Object is not { } o) return [];
+        return [.. new[] { tick - 1, tick }.Where(t => stream.State(t).Find(o.Id) is not null)
+            .Select(t => t * side * side + CellTargets.CellOf(stream.State(t).Find(o.Id)!.Value, side))];
     }
 
     /// <summary>The frame cells where <paramref name="question"/>'s answer is to be read (<see cref="WorldExample.Evidence"/>).</summary>
