@@ -51,6 +51,7 @@ public static class Program
         var probe = new Option<double>("--probe") { Description = "Weight of the training-only perception probe's loss (0: none).", DefaultValueFactory = _ => new TrainOptions().ProbeWeight };
         var changeProbe = new Option<double>("--change") { Description = "Weight of the training-only change probe's loss (0: none): at the decoder's middle layer each frame row names what happened in its cell since the frame before, each frame's closing row the frame's event.", DefaultValueFactory = _ => new TrainOptions().ChangeWeight };
         var pointer = new Option<double>("--pointer") { Description = "Weight of the training-only pointer loss (0: none): heads of the decoder's middle layer learn to look, from each answer row, at the frame rows of the objects the question is about (and a \"when\" answer at its frame's time stamp), from each decision and narration at the event's object.", DefaultValueFactory = _ => new TrainOptions().PointerWeight };
+        var pointerTargets = new Option<PointerTargets>("--pointer-targets") { Description = "What --pointer points from: answers (answer rows at the question's objects: the built-in model's recipe) or all (also each listed object's words at it, decisions and narrations at the event's object, and a second head from \"when\" answers at the frame's time stamp).", DefaultValueFactory = _ => new TrainOptions().PointerTargets };
         var towerRate = new Option<double>("--tower-rate") { Description = "The tower's learning rate as a share of --lr in the language run (1: the same; 0: frozen, as after --vision-steps a LLaVA-style first stage keeps it).", DefaultValueFactory = _ => new TrainOptions().TowerRate };
         var decision = new Option<double>("--decision-weight") { Description = "Weight of each frame's proactive decision (silence or the comment's first token) in the language loss.", DefaultValueFactory = _ => new TrainOptions().DecisionWeight };
         var answer = new Option<double>("--answer-weight") { Description = "Weight of answers' tokens in the language loss.", DefaultValueFactory = _ => new TrainOptions().AnswerWeight };
@@ -60,14 +61,14 @@ public static class Program
         var type = new Option<string>("--type") { Description = "Tensor type of the exported files: f32, f16 or q8_0.", DefaultValueFactory = _ => "q8_0" };
         var command = new Command("train", "Train from scratch (or --resume), score held-out clips, export the GGUF pair.")
         {
-            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, changeProbe, pointer, towerRate, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge, Layers, visionSteps, visionFrames,
+            output, Steps, Seed, Threads, MinFrames, MaxFrames, Questions, MaxStart, MaxGap, probe, changeProbe, pointer, pointerTargets, towerRate, decision, answer, lr, resume, EvalClips, type, ImageSize, Merge, Layers, visionSteps, visionFrames,
         };
         command.SetAction(r =>
         {
             var exportType = ParseType(r.GetValue(type)!);
             var options = new TrainOptions { Steps = Positive(r.GetValue(Steps), "--steps"), Seed = r.GetValue(Seed), Threads = Positive(r.GetValue(Threads), "--threads"), LearningRate = r.GetValue(lr),
                 ProbeWeight = r.GetValue(probe), DecisionWeight = NotNegative(r.GetValue(decision), "--decision-weight"), AnswerWeight = NotNegative(r.GetValue(answer), "--answer-weight"),
-                ChangeWeight = NotNegative(r.GetValue(changeProbe), "--change"), PointerWeight = NotNegative(r.GetValue(pointer), "--pointer"),
+                ChangeWeight = NotNegative(r.GetValue(changeProbe), "--change"), PointerWeight = NotNegative(r.GetValue(pointer), "--pointer"), PointerTargets = r.GetValue(pointerTargets),
                 TowerRate = NotNegative(r.GetValue(towerRate), "--tower-rate") };
             var config = new TinyVlmConfig { Vocab = WorldVocabulary.Size, ImageSize = r.GetValue(ImageSize), MergeFactor = r.GetValue(Merge), Layers = r.GetValue(Layers) };
             Check(config);

@@ -59,6 +59,8 @@ public sealed record TrainOptions
     /// 64 % and "where is the …" 58 % right, mostly naming another object's colour or the wrong row of the grid).
     /// </summary>
     public double PointerWeight { get; init; }
+    /// <summary>What the pointer loss points from (<see cref="PointerTargets"/>).</summary>
+    public PointerTargets PointerTargets { get; init; } = PointerTargets.All;
     /// <summary>
     /// The tower's learning rate as a share of the run's (1: the same; 0: frozen) in the language run. Eyes trained first
     /// (<see cref="Trainer.PretrainVision"/>) lost much of what they read to the young decoder's gradients at the full
@@ -69,6 +71,18 @@ public sealed record TrainOptions
     public double AnswerWeight { get; init; } = 1;
     /// <summary>Write a checkpoint every this many steps (0: only at the end).</summary>
     public int CheckpointEvery { get; init; } = 500;
+}
+
+/// <summary>What the pointer loss (<see cref="TrainOptions.PointerWeight"/>) points from.</summary>
+public enum PointerTargets
+{
+    /// <summary>Answer rows only, each at every cell of the question's objects (the built-in model's recipe).</summary>
+    Answers,
+    /// <summary>
+    /// Answer rows (in "what is on the screen" each object's words at that object), a frame's decision and narration at
+    /// the event's object, and a second head from a "when" answer at its frame's time stamp.
+    /// </summary>
+    All,
 }
 
 /// <summary>Answer and narration scores of a model on examples (<see cref="Trainer.Evaluate"/>).</summary>
@@ -355,8 +369,11 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     /// event's object (<see cref="WorldExample.Narration"/>); head 1 (where there is one) to the time stamp of the frame
     /// a "when" question's answer reads. Null when nothing has targets.
     /// </summary>
-    public Tensor? PointerLoss(Tensor tapped, WorldExample example)
+    public Tensor? PointerLoss(Tensor tapped, WorldExample example) => PointerLoss(tapped, example, options.PointerTargets);
+
+    Tensor? PointerLoss(Tensor tapped, WorldExample example, PointerTargets what)
     {
+        bool all = what == PointerTargets.All;
         var s = example.Sequence;
         int perFrame = model.Config.TokensPerFrame;
         var rowOfCell = new long[example.Frames * perFrame];
@@ -372,14 +389,16 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
             {
                 // A frame's decision and the narration after it: the event's object, before and after.
                 if (s.Decision[i]) frame++;
-                if (s.Labels[i] >= 0 && frame >= 0 && frame < example.Narration.Count && example.Narration[frame].Length > 0) onCells.Add((i, Rows(example.Narration[frame])));
+                if (all && s.Labels[i] >= 0 && frame >= 0 && frame < example.Narration.Count && example.Narration[frame].Length > 0) onCells.Add((i, Rows(example.Narration[frame])));
                 continue;
             }
             if (s.BranchStart[i] == i) { branch++; answerRow = 0; }
             if (s.Labels[i] < 0) continue;
             int k = answerRow++;
-            if (branch < example.Evidence.Count && example.Evidence[branch][k].Length > 0) onCells.Add((i, Rows(example.Evidence[branch][k])));
-            if (example.Questions[branch] is { Kind: VidKV.World.QuestionKind.WhenEntered or VidKV.World.QuestionKind.WhenLeft } q)
+            // Answers only: every row at the last row's cells (all of the question's objects).
+            var evidence = branch < example.Evidence.Count ? example.Evidence[branch][all ? k : ^1] : [];
+            if (evidence.Length > 0) onCells.Add((i, Rows(evidence)));
+            if (all && example.Questions[branch] is { Kind: VidKV.World.QuestionKind.WhenEntered or VidKV.World.QuestionKind.WhenLeft } q)
                 onStamps.Add((i, [.. s.Stamps[q.EvidenceTicks.Max()].Select(r => (long)r)]));
         }
         var cells = PointerLoss(tapped, s, 0, onCells);
