@@ -367,8 +367,8 @@ public class WorldTests
             for (int i = 0; i < 20; i++)
             {
                 var sampled = WorldQuestions.Sample(stream, ask, random)!;
-                Assert.True(asked.TryGetValue(sampled.Question, out var same) && same == sampled with { EvidenceTicks = same.EvidenceTicks }
-                    && same.EvidenceTicks.SequenceEqual(sampled.EvidenceTicks), $"sampled '{sampled.Question}' → '{sampled.Answer}' is not among the questions");
+                Assert.True(asked.TryGetValue(sampled.Question, out var same) && same == sampled with { EvidenceTicks = same.EvidenceTicks, Subjects = same.Subjects }
+                    && same.EvidenceTicks.SequenceEqual(sampled.EvidenceTicks) && same.Subjects.SequenceEqual(sampled.Subjects), $"sampled '{sampled.Question}' → '{sampled.Answer}' is not among the questions");
                 sampledKinds.Add(sampled.Kind);
             }
         }
