@@ -139,6 +139,18 @@ public class TrainerTests
     }
 
     /// <summary>
+    /// A small model on the world's vocabulary and a trainer for it: 80 steps at 3e-3 with one warm-up step, no perception
+    /// probe and no checkpoints, beside what <paramref name="options"/> sets (its weights). The caller disposes the model.
+    /// </summary>
+    static (TinyVlm Model, WorldExamples Examples, Trainer Trainer) WorldTrainer(long modelSeed, ExampleOptions clips, TrainOptions options)
+    {
+        var config = Small with { Vocab = WorldVocabulary.Size };
+        var model = new TinyVlm(config, modelSeed);
+        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), clips);
+        return (model, examples, new Trainer(model, examples, options with { Steps = 80, LearningRate = 3e-3, WarmupSteps = 1, ProbeWeight = 0, CheckpointEvery = 0 }));
+    }
+
+    /// <summary>
     /// The change probe (<see cref="TrainOptions.ChangeWeight"/>) learns: after 80 steps its loss on held-out clips is
     /// well below its start. And the decoder's tap gives the rows after its first layers without changing the logits
     /// (none: the inputs themselves).
@@ -147,10 +159,9 @@ public class TrainerTests
     public void TheChangeProbeLearnsFromTheDecodersMiddleRows()
     {
         torch.manual_seed(13);
-        var config = Small with { Vocab = WorldVocabulary.Size };
-        using var model = new TinyVlm(config, seed: 4);
-        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MinFrames = 3, MaxFrames = 6, QuestionsPerClip = 1, RenderSize = 32 });
-        var trainer = new Trainer(model, examples, new TrainOptions { Steps = 80, LearningRate = 3e-3, WarmupSteps = 1, ProbeWeight = 0, ChangeWeight = 5, CheckpointEvery = 0 });
+        var (model, examples, trainer) = WorldTrainer(modelSeed: 4, new ExampleOptions { MinFrames = 3, MaxFrames = 6, QuestionsPerClip = 1, RenderSize = 32 }, new TrainOptions { ChangeWeight = 5 });
+        using var disposeModel = model;
+        var config = model.Config;
         var heldOut = Enumerable.Range(0, 6).Select(i => examples.Make(VidKV.World.WorldStream.HeldOutSeeds + (ulong)i)).ToArray();
         double Loss() => heldOut.Average(trainer.ChangeLoss);
         double first = Loss();
@@ -181,10 +192,9 @@ public class TrainerTests
     public void ThePointerLossTeachesAHeadWhereTheAnswerIs()
     {
         torch.manual_seed(17);
-        var config = Small with { Vocab = WorldVocabulary.Size };
-        using var model = new TinyVlm(config, seed: 6);
-        var examples = new WorldExamples(config, WorldVocabulary.CreateTokenizer(), new ExampleOptions { MinFrames = 2, MaxFrames = 5, QuestionsPerClip = 6, RenderSize = 32 });
-        var trainer = new Trainer(model, examples, new TrainOptions { Steps = 80, LearningRate = 3e-3, WarmupSteps = 1, ProbeWeight = 0, PointerWeight = 5, CheckpointEvery = 0 });
+        var (model, _, trainer) = WorldTrainer(modelSeed: 6, new ExampleOptions { MinFrames = 2, MaxFrames = 5, QuestionsPerClip = 6, RenderSize = 32 }, new TrainOptions { PointerWeight = 5 });
+        using var disposeModel = model;
+        var config = model.Config;
         var heldOut = Enumerable.Range(0, 6).Select(i => VidKV.World.WorldStream.HeldOutSeeds + (ulong)i).ToArray();
         double first = trainer.Evaluate(heldOut).Pointer;
         trainer.Run(TextWriter.Null);
@@ -192,7 +202,7 @@ public class TrainerTests
         Assert.True(last > 1.5 * first, $"attention on the evidence {first:P1} → {last:P1} after 80 steps");
 
         using var scope = NewDisposeScope();
-        using var _ = no_grad();
+        using var noGrad = no_grad();
         var input = randn(9, config.Embedding);
         var positions = arange(9, dtype: float32) * 3;
         long[] queries = [4, 8];

@@ -370,11 +370,9 @@ public sealed class Trainer(TinyVlm model, WorldExamples examples, TrainOptions 
     /// event's object (<see cref="WorldExample.Narration"/>); head 1 (where there is one) to the time stamp of the frame
     /// a "when" question's answer reads. Null when nothing has targets.
     /// </summary>
-    public Tensor? PointerLoss(Tensor tapped, WorldExample example) => PointerLoss(tapped, example, options.PointerTargets);
-
-    Tensor? PointerLoss(Tensor tapped, WorldExample example, PointerTargets what)
+    public Tensor? PointerLoss(Tensor tapped, WorldExample example)
     {
-        bool all = what == PointerTargets.All;
+        bool all = options.PointerTargets == PointerTargets.All;
         var s = example.Sequence;
         int perFrame = model.Config.TokensPerFrame;
         var rowOfCell = new long[example.Frames * perFrame];

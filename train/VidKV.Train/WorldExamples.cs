@@ -90,21 +90,20 @@ public sealed record ChangeTargets(long[] Cell, long[] Moved, long[] Frame)
         Array.Fill(moved, -1);
         Array.Fill(cell, -1, 0, Math.Min(cells, cell.Length));
         if (frames > 0) frame[0] = -1;
-        int CellOf(WorldObject o) => CellTargets.CellOf(o, side);
         for (int f = 1; f < frames; f++)
         {
             var now = stream.State(f);
             var before = stream.State(f - 1);
             foreach (var o in now.Objects)
                 if (before.Find(o.Id) is { } was && now.Scene == before.Scene)
-                    moved[f * cells + CellOf(o)] = was.X != o.X || was.Y != o.Y ? 1 : 0;
+                    moved[f * cells + CellTargets.CellOf(o, side)] = was.X != o.X || was.Y != o.Y ? 1 : 0;
             if (stream.EventAt(f) is not { } e) continue;
             long kind = (long)e.Kind + 1;
             frame[f] = kind;
             if (e.Kind == WorldEventKind.SceneCut)
                 Array.Fill(cell, kind, f * cells, cells);
             else if ((e.Kind == WorldEventKind.Leave ? e.Object : now.Find(e.Object!.Value.Id)) is { } at)
-                cell[f * cells + CellOf(at)] = kind;
+                cell[f * cells + CellTargets.CellOf(at, side)] = kind;
         }
         return new ChangeTargets(cell, moved, frame);
     }
