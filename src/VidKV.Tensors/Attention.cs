@@ -107,18 +107,25 @@ internal static unsafe class Attention
         // Rows rounded up to whole 32-row tiles: packing zeroes the rows past the end in place.
         int keyRowsPadded = (n + 31) & ~31, valueRowsPadded = (d + 31) & ~31;
         bool packed = Vector512.IsHardwareAccelerated;
-        float* keyRows = scratch.Floats(0, kvHeadCount * keyRowsPadded * d), valueColumns = scratch.Floats(1, kvHeadCount * valueRowsPadded * n);
         fixed (float* pq = queries, pk = keys, pv = values, po = destination)
         {
             var job = new BidirectionalJob
             {
-                Q = pq, K = pk, V = pv, O = po, KeyRows = keyRows, ValueColumns = valueColumns, Tokens = n, Heads = headCount, KvHeads = kvHeadCount,
+                Q = pq, K = pk, V = pv, O = po, Tokens = n, Heads = headCount, KvHeads = kvHeadCount,
                 HeadDim = d, Scale = scale, Blocks = (n + QueryBlock - 1) / QueryBlock, KeyRowsPadded = keyRowsPadded, ValueRowsPadded = valueRowsPadded,
-                PackedKeys = packed ? scratch.Floats(5, kvHeadCount * keyRowsPadded * d) : null,
-                PackedValues = packed ? scratch.Floats(6, kvHeadCount * valueRowsPadded * n) : null,
             };
-            pool.Run(&GatherKeysAndValues, &job);
-            if (packed) pool.Run(&PackKeysAndValues, &job);
+            if (packed)
+            {
+                job.PackedKeys = scratch.Floats(5, kvHeadCount * keyRowsPadded * d);
+                job.PackedValues = scratch.Floats(6, kvHeadCount * valueRowsPadded * n);
+                pool.Run(&PackKeysAndValues, &job);
+            }
+            else
+            {
+                job.KeyRows = scratch.Floats(0, kvHeadCount * keyRowsPadded * d);
+                job.ValueColumns = scratch.Floats(1, kvHeadCount * valueRowsPadded * n);
+                pool.Run(&GatherKeysAndValues, &job);
+            }
             pool.Run(&AttendBlocks, &job);
         }
     }
@@ -130,7 +137,10 @@ internal static unsafe class Attention
         public float Scale;
     }
 
-    /// <summary>Each KV head's keys as rows [n][d] and values as columns [d][n] (the "weights" of the two products), tokens split over the pool.</summary>
+    /// <summary>
+    /// Without AVX-512: each KV head's keys as rows [n][d] and values as columns [d][n] (the "weights" of the two
+    /// products of <see cref="WeightMatrix.MultiplyF32"/>), tokens split over the pool.
+    /// </summary>
     static void GatherKeysAndValues(void* context, int thread, int threads)
     {
         ref BidirectionalJob job = ref *(BidirectionalJob*)context;
@@ -149,14 +159,16 @@ internal static unsafe class Attention
     }
 
     /// <summary>
-    /// Each KV head's keys and values packed once into the prefill kernel's tiles (<see cref="WeightMatrix.PackF32"/>),
-    /// one 32-row tile per item: every query block of the head then multiplies them as they are (packing them inside
-    /// each block's product cost as much as a third of the attention of a 1024-patch frame).
+    /// Each KV head's keys and values packed once, straight from [tokens, kvHeads × headDim], into the prefill kernel's
+    /// tiles (<see cref="WeightMatrix.PackF32"/> of the keys, <see cref="WeightMatrix.PackF32Transposed"/> of the
+    /// values), one 32-row tile per item: every query block of the head then multiplies them as they are (packing them
+    /// inside each block's product cost as much as a third of the attention of a 1024-patch frame, and gathering each
+    /// head's values into columns first — 4 KiB-strided stores — another 18 % of it on AMD EPYC Zen 5).
     /// </summary>
     static void PackKeysAndValues(void* context, int thread, int threads)
     {
         ref BidirectionalJob job = ref *(BidirectionalJob*)context;
-        int n = job.Tokens, d = job.HeadDim, keyTiles = job.KeyRowsPadded / 32, valueTiles = job.ValueRowsPadded / 32;
+        int n = job.Tokens, d = job.HeadDim, kvDim = job.KvHeads * d, keyTiles = job.KeyRowsPadded / 32, valueTiles = job.ValueRowsPadded / 32;
         var (start, end) = WorkerPool.Split(job.KvHeads * (keyTiles + valueTiles), thread, threads);
         for (int item = start; item < end; item++)
         {
@@ -164,13 +176,13 @@ internal static unsafe class Attention
             if (tile < keyTiles)
             {
                 long at = (long)g * job.KeyRowsPadded * d + (long)tile * 32 * d;
-                WeightMatrix.PackF32(job.KeyRows + at, Math.Min(32, n - tile * 32), d, job.PackedKeys + at);
+                WeightMatrix.PackF32(job.K + (long)tile * 32 * kvDim + g * d, kvDim, Math.Min(32, n - tile * 32), d, job.PackedKeys + at);
             }
             else
             {
                 tile -= keyTiles;
                 long at = (long)g * job.ValueRowsPadded * n + (long)tile * 32 * n;
-                WeightMatrix.PackF32(job.ValueColumns + at, Math.Min(32, d - tile * 32), n, job.PackedValues + at);
+                WeightMatrix.PackF32Transposed(job.V + g * d + tile * 32, kvDim, Math.Min(32, d - tile * 32), n, job.PackedValues + at);
             }
         }
     }
@@ -202,15 +214,13 @@ internal static unsafe class Attention
     }
 
     /// <summary>
-    /// The softmax's numerators in place, e^(scale·row − max), returning their sum (<see cref="VectorMath.ExpShiftedSum"/>:
-    /// three passes over the row where scale, max, subtract, exp, sum and divide took six, and TensorPrimitives.Exp
-    /// measured 1.6 ns an element; the division waits for the output). 1.1 ns per score before, on AMD EPYC Zen 4.
+    /// The softmax's numerators in place, e^(scale·row − max), returning their sum, in two passes over the row: the max
+    /// of the unscaled scores, then <see cref="VectorMath.ExpScaledShiftedSum"/>. For scale &gt; 0 (1/√d) rounding is
+    /// monotonic, so round(scale·max) is the max of the rounded scaled scores: the same bits as scaling the row first
+    /// (ggml's soft_max_ext order). Scale, max, subtract, exp, sum and divide took six passes once, then three.
     /// </summary>
-    static float ExpOfScaled(Span<float> row, float scale)
-    {
-        TensorPrimitives.Multiply(row, scale, row);
-        return VectorMath.ExpShiftedSum(row, TensorPrimitives.Max(row));
-    }
+    static float ExpOfScaled(Span<float> row, float scale) =>
+        VectorMath.ExpScaledShiftedSum(row, scale, scale * TensorPrimitives.Max(row));
 
     /// <summary>Pinned per-thread buffers of <see cref="Bidirectional"/>, grown to the largest call and reused.</summary>
     sealed class BidirectionalScratch

@@ -140,6 +140,47 @@ internal static class VectorMath
         }
     }
 
+    /// <summary>
+    /// row[i] = e^(scale·row[i] − shift), the product rounded before the subtraction (no fused multiply-add: the bits of
+    /// scaling the row first and then <see cref="ExpShiftedSum"/>), returning Σ row[i]; one pass where those took two.
+    /// </summary>
+    public static unsafe float ExpScaledShiftedSum(Span<float> row, float scale, float shift)
+    {
+        fixed (float* p = row)
+        {
+            int n = row.Length, i = 0;
+            float sum = 0;
+            if (Vector512.IsHardwareAccelerated && n >= 16)
+            {
+                var s = Vector512.Create(shift);
+                var k = Vector512.Create(scale);
+                var total = Vector512<float>.Zero;
+                for (; i + 16 <= n; i += 16)
+                {
+                    var e = Exp(Vector512.Load(p + i) * k - s);
+                    e.Store(p + i);
+                    total += e;
+                }
+                sum = Vector512.Sum(total);
+            }
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var s = Vector256.Create(shift);
+                var k = Vector256.Create(scale);
+                var total = Vector256<float>.Zero;
+                for (; i + 8 <= n; i += 8)
+                {
+                    var e = Exp(Vector256.Load(p + i) * k - s);
+                    e.Store(p + i);
+                    total += e;
+                }
+                sum += Vector256.Sum(total);
+            }
+            for (; i < n; i++) sum += p[i] = Exp(p[i] * scale - shift);
+            return sum;
+        }
+    }
+
     /// <summary>destination[i] = silu(gate[i])·up[i] = gate/(1 + e^−gate)·up (may alias gate), the SwiGLU of ggml.</summary>
     public static unsafe void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> destination)
     {

@@ -325,20 +325,45 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     }
 
     /// <summary>
-    /// Packs f32 <paramref name="w"/> [rows, columns] once into the tiles <see cref="MultiplyPacked"/> runs on (32-row
-    /// tiles of two panels [column][16], as the prefill kernel packs each tile of a weight matrix as it goes), for a
-    /// product repeated over many groups of tokens. <paramref name="w"/> must have room for its rows rounded up to 32:
-    /// the rows past <paramref name="rows"/> are zeroed. <paramref name="packed"/> takes rows rounded up to 32 × columns.
+    /// Packs f32 <paramref name="w"/> [rows, columns], row r at w + r·<paramref name="stride"/>, once into the tiles
+    /// <see cref="MultiplyPacked"/> runs on (32-row tiles of two panels [column][16], as the prefill kernel packs each
+    /// tile of a weight matrix as it goes), for a product repeated over many groups of tokens. Reads only the given
+    /// rows, in place (one head's keys inside [tokens, heads × headDim]); the tile's rows past <paramref name="rows"/> are
+    /// packed as zeros. <paramref name="packed"/> takes rows rounded up to 32 × columns.
     /// </summary>
-    internal static void PackF32(float* w, int rows, int columns, float* packed)
+    internal static void PackF32(float* w, long stride, int rows, int columns, float* packed)
     {
         for (int tile = 0; tile < rows; tile += PanelRows)
         {
             int n = Math.Min(PanelRows, rows - tile);
-            float* source = w + (long)tile * columns, target = packed + (long)tile * columns;
-            SmallMatrix.Transpose(source, Math.Min(n, 16), columns, target, 16);
-            if (n > 16) SmallMatrix.Transpose(source + 16 * columns, n - 16, columns, target + 16 * columns, 16);
+            float* source = w + tile * stride, target = packed + (long)tile * columns;
+            SmallMatrix.TransposeStrided(source, stride, Math.Min(n, 16), columns, target, 16);
+            if (n > 16) SmallMatrix.TransposeStrided(source + 16 * stride, stride, n - 16, columns, target + 16 * columns, 16);
             else new Span<float>(target + 16 * columns, 16 * columns).Clear();
+        }
+    }
+
+    /// <summary>
+    /// <see cref="PackF32"/> of the transpose of <paramref name="w"/>: packs the matrix whose row r, column c is
+    /// w[c·<paramref name="stride"/> + r] (r &lt; <paramref name="rows"/>, c &lt; <paramref name="columns"/>) — e.g. one
+    /// head's values inside [tokens, heads × headDim] as the [headDim, tokens] matrix of an attention's second product.
+    /// A panel [column][16] of that matrix is 16 consecutive floats of each w row, so this copies and never transposes.
+    /// </summary>
+    internal static void PackF32Transposed(float* w, long stride, int rows, int columns, float* packed)
+    {
+        int padded = (rows + PanelRows - 1) / PanelRows * PanelRows;
+        for (int panel = 0; panel < padded; panel += 16)
+        {
+            int n = Math.Clamp(rows - panel, 0, 16);
+            float* target = packed + (long)panel * columns;
+            if (n == 16)
+                for (int c = 0; c < columns; c++) Buffer.MemoryCopy(w + c * stride + panel, target + 16 * c, 64, 64);
+            else
+                for (int c = 0; c < columns; c++)
+                {
+                    for (int j = 0; j < n; j++) target[16 * c + j] = w[c * stride + panel + j];
+                    for (int j = n; j < 16; j++) target[16 * c + j] = 0;
+                }
         }
     }
 

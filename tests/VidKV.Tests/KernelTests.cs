@@ -79,6 +79,28 @@ public class KernelTests
     }
 
     /// <summary>
+    /// <see cref="VectorMath.ExpScaledShiftedSum"/> with shift = scale·max(x) gives the bits of scaling the row first
+    /// (x·scale rounded) and then <see cref="VectorMath.ExpShiftedSum"/> with the max of the scaled row, as the
+    /// bidirectional attention's softmax relies on, at every length 0–256 and large odd ones, −∞ entries included.
+    /// </summary>
+    [Fact]
+    public void ExpScaledShiftedSumMatchesScalingFirst()
+    {
+        var rng = new Random(24);
+        foreach (float scale in new[] { 0.125f, 1f / MathF.Sqrt(72), 0.37f })
+            foreach (int n in Lengths)
+            {
+                float[] x = Enumerable.Range(0, n).Select(i => i % 13 == 7 ? float.NegativeInfinity : (float)(rng.NextDouble() * 200 - 120)).ToArray();
+                float[] scaled = x.Select(v => v * scale).ToArray();
+                float[] row = (float[])x.Clone();
+                float got = VectorMath.ExpScaledShiftedSum(row, scale, n == 0 ? 0 : scale * x.Max());
+                float want = VectorMath.ExpShiftedSum(scaled, n == 0 ? 0 : scaled.Max());
+                Assert.Equal(scaled, row);
+                Assert.Equal(want, got);
+            }
+    }
+
+    /// <summary>
     /// The vectorised f32 → bf16 rounding of the BF16 prefill (<see cref="Bf16Tiles.Round"/>) gives
     /// <see cref="Quantize.ToBF16"/>'s bits at every length 0–256 and large odd ones, ties, NaN, ±∞ and subnormals included.
     /// </summary>
@@ -632,6 +654,7 @@ public class KernelTests
     [InlineData(9, 3, 33)]
     [InlineData(17, 128, 64)]
     [InlineData(56, 64, 15)]
+    [InlineData(6, 72, 121)]
     public unsafe void SmallMatrixMultiplyMatchesScalar(int rows, int k, int n)
     {
         var rng = new Random(rows * 1000 + k * 10 + n);
@@ -651,6 +674,13 @@ public class KernelTests
                     want[j] = (float)sum;
                 }
                 AssertClose(want, c.AsSpan(r * ldc, n), 1e-5f, $"row {r} accumulate={accumulate}");
+                // Every width of the kernel (32, 16, 8 columns, scalar) sums each entry as the same chain of FMAs over k.
+                for (int j = 0; j < n; j++)
+                {
+                    float chain = accumulate ? start[r * ldc + j] : 0f;
+                    for (int i = 0; i < k; i++) chain = MathF.FusedMultiplyAdd(a[r * lda + i], b[i * ldb + j], chain);
+                    Assert.Equal(chain, c[r * ldc + j]);
+                }
                 // Columns past n are not touched.
                 Assert.Equal(start.AsSpan(r * ldc + n, ldc - n).ToArray(), c.AsSpan(r * ldc + n, ldc - n).ToArray());
             }
@@ -716,5 +746,45 @@ public class KernelTests
         for (int r = 0; r < padded; r++)
             for (int c = 0; c < columns; c++)
                 Assert.Equal(r < rows ? original[r * columns + c] : 0f, destination[c * stride + r]);
+    }
+
+    /// <summary>
+    /// The attention's packs read one head in place: <see cref="WeightMatrix.PackF32"/> of a strided [rows, columns] block
+    /// and <see cref="WeightMatrix.PackF32Transposed"/> of the transpose of one, multiplied by
+    /// <see cref="WeightMatrix.MultiplyPacked"/>, give the bits of <see cref="WeightMatrix.MultiplyF32"/> on the same
+    /// matrices copied out densely; the pack never writes its source (odd sizes, partial tiles and panels).
+    /// </summary>
+    [Theory]
+    [InlineData(1, 7, 5)]
+    [InlineData(13, 24, 9)]
+    [InlineData(33, 72, 17)]
+    [InlineData(64, 64, 64)]
+    [InlineData(50, 16, 8)]
+    public unsafe void StridedPacksMultiplyAsDenseMatrices(int rows, int columns, int tokens)
+    {
+        if (!System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) return; // MultiplyPacked runs on AVX-512 only
+        var rng = new Random(rows * 7 + columns);
+        int stride = columns * 3 + 5, padded = (rows + 31) & ~31;
+        // A: rows r at a[r·stride + 2 .. + columns]; B (for the transposed pack): row r of the matrix is column r of b.
+        float[] a = Random(rng, rows * stride), b = Random(rng, columns * stride), x = Random(rng, tokens * columns), xt = Random(rng, tokens * columns);
+        float[] aCopy = (float[])a.Clone(), bCopy = (float[])b.Clone();
+        float[] dense = new float[padded * columns], denseT = new float[padded * columns];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < columns; c++) { dense[r * columns + c] = a[r * stride + 2 + c]; denseT[r * columns + c] = b[c * stride + 3 + r]; }
+        float[] packed = new float[padded * columns], packedT = new float[padded * columns];
+        float[] got = new float[tokens * rows], want = new float[tokens * rows];
+        fixed (float* pa = a, pb = b, pp = packed, ppt = packedT, px = x, pxt = xt, pd = dense, pdt = denseT, pg = got, pw = want)
+        {
+            WeightMatrix.PackF32(pa + 2, stride, rows, columns, pp);
+            WeightMatrix.PackF32Transposed(pb + 3, stride, rows, columns, ppt);
+            WeightMatrix.MultiplyPacked(pp, rows, columns, px, tokens, pg);
+            WeightMatrix.MultiplyF32(pd, rows, columns, px, tokens, pw);
+            Assert.Equal(want, got);
+            WeightMatrix.MultiplyPacked(ppt, rows, columns, pxt, tokens, pg);
+            WeightMatrix.MultiplyF32(pdt, rows, columns, pxt, tokens, pw);
+            Assert.Equal(want, got);
+        }
+        Assert.Equal(aCopy, a);
+        Assert.Equal(bCopy, b);
     }
 }
