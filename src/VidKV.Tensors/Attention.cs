@@ -134,6 +134,7 @@ internal static unsafe class Attention
     {
         public float* Q, K, V, O, KeyRows, ValueColumns, PackedKeys, PackedValues;
         public int Tokens, Heads, KvHeads, HeadDim, Blocks, KeyRowsPadded, ValueRowsPadded;
+        public int NextItem; // the first (head, block) item no thread has claimed yet
         public float Scale;
     }
 
@@ -187,17 +188,21 @@ internal static unsafe class Attention
         }
     }
 
-    /// <summary>The (head, query block) items, split over the pool in equal shares (every item costs the same but the last block's).</summary>
+    /// <summary>
+    /// The (head, query block) items, claimed one at a time by the threads (an atomic counter): every item costs the same
+    /// but the last block's, and a thread slowed by another process (the video decoder) leaves more items to the other
+    /// instead of holding both up at the end.
+    /// </summary>
     static void AttendBlocks(void* context, int thread, int threads)
     {
         ref BidirectionalJob job = ref *(BidirectionalJob*)context;
-        var (first, end) = WorkerPool.Split(job.Heads * job.Blocks, thread, threads);
-        if (first >= end) return;
+        int items = job.Heads * job.Blocks;
+        if (Volatile.Read(ref job.NextItem) >= items) return;
         int n = job.Tokens, d = job.HeadDim, qDim = job.Heads * d, group = job.Heads / job.KvHeads;
         var scratch = BidirectionalScratch.ForCurrentThread;
         float* queryRows = scratch.Floats(2, QueryBlock * d), scores = scratch.Floats(3, QueryBlock * n), output = scratch.Floats(4, QueryBlock * d);
         float* sums = stackalloc float[QueryBlock];
-        for (int item = first; item < end; item++)
+        for (int item = Interlocked.Increment(ref job.NextItem) - 1; item < items; item = Interlocked.Increment(ref job.NextItem) - 1)
         {
             int h = item / job.Blocks, firstRow = item % job.Blocks * QueryBlock, rows = Math.Min(QueryBlock, n - firstRow), g = h / group;
             for (int t = 0; t < rows; t++)
@@ -286,6 +291,7 @@ internal static unsafe class Attention
         public KvPageView* Pages;
         public int* HeadPageStart;
         public int Tokens, Start, Heads, KvHeads, HeadDim, Block;
+        public int NextItem; // the first item no thread has claimed yet
         public float Scale;
         public GgmlType KeyType, ValueType;
     }
@@ -323,18 +329,19 @@ internal static unsafe class Attention
         if (scratch == null || scratch.Length < need) scratch = new float[need];
         int blocks = (job.Tokens + job.Block - 1) / job.Block;
         int keyRowBytes = (int)GgmlTypes.RowBytes(job.KeyType, d), valueRowBytes = (int)GgmlTypes.RowBytes(job.ValueType, d);
-        var (start, end) = WorkerPool.Split(blocks * job.KvHeads, thread, threads);
+        int items = blocks * job.KvHeads;
         fixed (float* buffer = scratch)
         {
             float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + lanes;
             float* keyTile = sum + lanes, keyT = keyTile + Tile * d, valueTile = keyT + Tile * d;
             int* tilePositions = (int*)(valueTile + Tile * d);
-            for (int item = start; item < end; item++)
+            for (int item = Interlocked.Increment(ref job.NextItem) - 1; item < items; item = Interlocked.Increment(ref job.NextItem) - 1)
             {
-                // Blocks in the order first, last, second, second to last, …: a causal block's work grows with its
-                // position, so each pair costs about the same and contiguous shares of the items balance the threads
-                // (in plain order, of 2 threads on pp512 one did 3/4 of the work).
-                int order = item / job.KvHeads, block = (order & 1) == 0 ? order >> 1 : blocks - 1 - (order >> 1);
+                // Items are claimed one at a time (an atomic counter), the last block first: a causal block's work
+                // grows with its position, so the biggest go first and the small ones fill in at the end (static
+                // shares left one of 2 threads 3/4 of pp512's work in plain order, and a thread slowed by another
+                // process held the other up).
+                int order = item / job.KvHeads, block = blocks - 1 - order;
                 int g = item % job.KvHeads, t0 = block * job.Block, t1 = Math.Min(job.Tokens, t0 + job.Block);
                 int count = (t1 - t0) * group;
                 for (int t = t0; t < t1; t++)

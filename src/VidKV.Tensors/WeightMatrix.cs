@@ -428,6 +428,7 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     {
         public Part P0, P1, P2;
         public int PartCount, TotalRows, Columns, Tokens;
+        public int NextRow; // the first row no thread has claimed yet (ClaimsTiles)
         public GgmlType Type;
         public bool InterleavedDecode;
         public float* X, Plain, Scales, Sums;
@@ -446,17 +447,42 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         }
     }
 
+    /// <summary>
+    /// Tokens from which the threads claim tiles of rows one at a time (an atomic counter, as llama.cpp's chunks) instead
+    /// of taking equal shares: a prefill tile is long enough (32 rows × ≥ 64 tokens) that the claim costs nothing, and
+    /// when another process takes a core for a while — ffmpeg decoding the next frame beside a ViT pass — the other
+    /// thread does more of the rows instead of waiting for its share at the end.
+    /// </summary>
+    const int ClaimTokens = 64;
+
+    static bool ClaimsTiles(ref Job job) => job.Tokens >= ClaimTokens && !job.InterleavedDecode && UsesFloatTiles(job.Tokens);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Execute(void* context, int thread, int threads)
     {
         ref Job job = ref *(Job*)context;
+        if (ClaimsTiles(ref job))
+        {
+            while (true)
+            {
+                int first = Interlocked.Add(ref job.NextRow, PanelRows) - PanelRows;
+                if (first >= job.TotalRows) return;
+                RunParts(ref job, first, Math.Min(job.TotalRows, first + PanelRows));
+            }
+        }
         var (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, UsesFloatTiles(job.Tokens) ? PanelRows : RowTile);
-        bool integer = UsesIntegerTiles(job.Type, job.Tokens);
         if (job.InterleavedDecode)
         {
             // Whole groups of 16 per thread (every part has whole groups, so every part starts at a multiple of 16).
             (start, end) = WorkerPool.Split(job.TotalRows, thread, threads, Interleaved.Group);
         }
+        RunParts(ref job, start, end);
+    }
+
+    /// <summary>Rows [start, end) of the job's matrices, taken together (Q, K and V as one range).</summary>
+    static void RunParts(ref Job job, int start, int end)
+    {
+        bool integer = UsesIntegerTiles(job.Type, job.Tokens);
         for (int i = 0; i < job.PartCount; i++)
         {
             ref Part part = ref i == 0 ? ref job.P0 : ref i == 1 ? ref job.P1 : ref job.P2;
