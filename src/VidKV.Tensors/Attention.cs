@@ -104,7 +104,8 @@ internal static unsafe class Attention
         if (n == 0) return;
         pool ??= WorkerPool.Shared;
         var scratch = BidirectionalScratch.ForCurrentThread;
-        // Rows rounded up to whole 32-row tiles: packing zeroes the rows past the end in place.
+        // Rows rounded up to whole 32-row tiles: the packed tiles' size (their rows past the end are zeros), and room for
+        // the gathered copies' tiles, which the product zero-pads in place.
         int keyRowsPadded = (n + 31) & ~31, valueRowsPadded = (d + 31) & ~31;
         bool packed = Vector512.IsHardwareAccelerated;
         fixed (float* pq = queries, pk = keys, pv = values, po = destination)
@@ -221,11 +222,12 @@ internal static unsafe class Attention
     /// <summary>
     /// The softmax's numerators in place, e^(scale·row − max), returning their sum, in two passes over the row: the max
     /// of the unscaled scores, then <see cref="VectorMath.ExpScaledShiftedSum"/>. For scale &gt; 0 (1/√d) rounding is
-    /// monotonic, so round(scale·max) is the max of the rounded scaled scores: the same bits as scaling the row first
-    /// (ggml's soft_max_ext order). Scale, max, subtract, exp, sum and divide took six passes once, then three.
+    /// monotonic, so round(scale·max) is the max of the rounded scaled scores (for a negative scale, the min's): the same
+    /// bits as scaling the row first (ggml's soft_max_ext order). Scale, max, subtract, exp, sum and divide took six
+    /// passes once, then three.
     /// </summary>
     static float ExpOfScaled(Span<float> row, float scale) =>
-        VectorMath.ExpScaledShiftedSum(row, scale, scale * TensorPrimitives.Max(row));
+        VectorMath.ExpScaledShiftedSum(row, scale, scale * (scale >= 0 ? TensorPrimitives.Max(row) : TensorPrimitives.Min(row)));
 
     /// <summary>Pinned per-thread buffers of <see cref="Bidirectional"/>, grown to the largest call and reused.</summary>
     sealed class BidirectionalScratch
