@@ -43,6 +43,15 @@ public class KernelTests
                 Assert.Equal(VectorMath.Exp(x[i]), y[i]);
             }
         }
+        // Every float within 2,000 ulp inside both clamps (where 2^n is 2^−126 and 2^128), 16 lanes at a time.
+        foreach (float edge in new[] { -87.3365479f, 88.7228394f })
+        {
+            float[] near = new float[4000], nearExp = new float[near.Length];
+            float v = edge;
+            for (int i = 0; i < near.Length; i++) { near[i] = v; v = edge < 0 ? MathF.BitIncrement(v) : MathF.BitDecrement(v); }
+            VectorMath.Exp(near, nearExp);
+            for (int i = 0; i < near.Length; i++) Assert.Equal(VectorMath.Exp(near[i]), nearExp[i]);
+        }
         float[] edges = [float.NegativeInfinity, -1000f, -87.34f, 88.73f, 1000f, float.PositiveInfinity, float.NaN, 0f, -0f,
             float.NegativeInfinity, -1000f, -87.34f, 88.73f, 1000f, float.PositiveInfinity, float.NaN, 0f]; // 17: one vector and a tail
         float[] got = new float[edges.Length];
