@@ -205,6 +205,42 @@ public class KernelTests
 
     public static TheoryData<GgmlType> MatMulTypes => new() { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.Q5_K };
 
+    /// <summary>
+    /// A prefill of three products that share their input (odd row counts, so claimed 32-row tiles straddle the parts),
+    /// with two threads claiming tiles, gives every row the bits of each product alone on one thread.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.F32)]
+    public unsafe void ClaimedTilesGiveEachRowItsBits(GgmlType type)
+    {
+        var rng = new Random(77);
+        const int columns = 96, tokens = 70;
+        int[] rows = [40, 24, 57];
+        var bytes = rows.Select(r =>
+        {
+            var b = new byte[GgmlTypes.RowBytes(type, columns) * r];
+            var w = Random(rng, r * columns);
+            for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan((int)(i * GgmlTypes.RowBytes(type, columns))));
+            return b;
+        }).ToArray();
+        float[] x = Random(rng, tokens * columns);
+        fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2])
+        {
+            var m = new[] { new WeightMatrix("a", type, rows[0], columns, p0), new WeightMatrix("b", type, rows[1], columns, p1), new WeightMatrix("c", type, rows[2], columns, p2) };
+            var fused = rows.Select(r => new float[tokens * r]).ToArray();
+            using (var two = new WorkerPool(2)) WeightMatrix.MatMul(x, tokens, m[0], fused[0], m[1], fused[1], m[2], fused[2], two);
+            using var one = new WorkerPool(1);
+            for (int i = 0; i < 3; i++)
+            {
+                var alone = new float[tokens * rows[i]];
+                m[i].MatMul(x, tokens, alone, one);
+                Assert.Equal(alone, fused[i]);
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(MatMulTypes))]
     public unsafe void MatMulMatchesReference(GgmlType type)
