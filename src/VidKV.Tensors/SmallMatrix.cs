@@ -19,14 +19,8 @@ internal static unsafe class SmallMatrix
     {
         int padded = (rows + 15) & ~15;
         new Span<float>(source + rows * columns, (padded - rows) * columns).Clear();
-        int c = 0;
-        if (Avx512F.IsSupported)
-            for (; c + 16 <= columns; c += 16)
-                for (int r = 0; r < padded; r += 16)
-                    Transpose16(source + r * columns + c, columns, destination + c * destinationStride + r, destinationStride);
-        for (; c < columns; c++)
-            for (int r = 0; r < padded; r++)
-                destination[c * destinationStride + r] = source[r * columns + c];
+        for (int r = 0; r < padded; r += 16)
+            TransposeStrided(source + r * columns, columns, 16, columns, destination + r, destinationStride);
     }
 
     /// <summary>

@@ -113,44 +113,12 @@ internal static class VectorMath
     /// row[i] = e^(row[i] − shift) in place, returning their sum: the softmax's exp and denominator in one pass (−∞
     /// entries, masked scores, give 0).
     /// </summary>
-    public static unsafe float ExpShiftedSum(Span<float> row, float shift)
-    {
-        fixed (float* p = row)
-        {
-            int n = row.Length, i = 0;
-            float sum = 0;
-            if (Vector512.IsHardwareAccelerated && n >= 16)
-            {
-                var s = Vector512.Create(shift);
-                var total = Vector512<float>.Zero;
-                for (; i + 16 <= n; i += 16)
-                {
-                    var e = Exp(Vector512.Load(p + i) - s);
-                    e.Store(p + i);
-                    total += e;
-                }
-                sum = Vector512.Sum(total);
-            }
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var s = Vector256.Create(shift);
-                var total = Vector256<float>.Zero;
-                for (; i + 8 <= n; i += 8)
-                {
-                    var e = Exp(Vector256.Load(p + i) - s);
-                    e.Store(p + i);
-                    total += e;
-                }
-                sum += Vector256.Sum(total);
-            }
-            for (; i < n; i++) sum += p[i] = Exp(p[i] - shift);
-            return sum;
-        }
-    }
+    public static float ExpShiftedSum(Span<float> row, float shift) => ExpScaledShiftedSum(row, 1f, shift); // x·1 is x: the same bits
 
     /// <summary>
     /// row[i] = e^(scale·row[i] − shift), the product rounded before the subtraction (no fused multiply-add: the bits of
-    /// scaling the row first and then <see cref="ExpShiftedSum"/>), returning Σ row[i]; one pass where those took two.
+    /// scaling the row first and then <see cref="ExpShiftedSum"/>), returning Σ row[i] (16 lanes, then 8, then one at a
+    /// time); one pass where those took two.
     /// </summary>
     public static unsafe float ExpScaledShiftedSum(Span<float> row, float scale, float shift)
     {

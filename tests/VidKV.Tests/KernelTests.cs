@@ -797,7 +797,8 @@ public class KernelTests
     /// The attention's packs read one head in place: <see cref="WeightMatrix.PackF32"/> of a strided [rows, columns] block
     /// and <see cref="WeightMatrix.PackF32Transposed"/> of the transpose of one, multiplied by
     /// <see cref="WeightMatrix.MultiplyPacked"/>, give the bits of <see cref="WeightMatrix.MultiplyF32"/> on the same
-    /// matrices copied out densely; the pack never writes its source (odd sizes, partial tiles and panels).
+    /// matrices copied out densely; the packs hold each value at its place in the tiles' panels ([column][16], zeros past
+    /// the rows) and never write their source (odd sizes, partial tiles and panels). The products run on AVX-512 only.
     /// </summary>
     [Theory]
     [InlineData(1, 7, 5)]
@@ -807,7 +808,6 @@ public class KernelTests
     [InlineData(50, 16, 8)]
     public unsafe void StridedPacksMultiplyAsDenseMatrices(int rows, int columns, int tokens)
     {
-        if (!System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) return; // MultiplyPacked runs on AVX-512 only
         var rng = new Random(rows * 7 + columns);
         int stride = columns * 3 + 5, padded = (rows + 31) & ~31;
         // A: rows r at a[r·stride + 2 .. + columns]; B (for the transposed pack): row r of the matrix is column r of b.
@@ -817,11 +817,22 @@ public class KernelTests
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < columns; c++) { dense[r * columns + c] = a[r * stride + 2 + c]; denseT[r * columns + c] = b[c * stride + 3 + r]; }
         float[] packed = new float[padded * columns], packedT = new float[padded * columns];
+        packed.AsSpan().Fill(float.NaN); // so the zeros past the rows must be written
+        packedT.AsSpan().Fill(float.NaN);
         float[] got = new float[tokens * rows], want = new float[tokens * rows];
         fixed (float* pa = a, pb = b, pp = packed, ppt = packedT, px = x, pxt = xt, pd = dense, pdt = denseT, pg = got, pw = want)
         {
             WeightMatrix.PackF32(pa + 2, stride, rows, columns, pp);
             WeightMatrix.PackF32Transposed(pb + 3, stride, rows, columns, ppt);
+            // Row r's panel starts at (r / 16)·16·columns; column c's 16 values at + 16c.
+            for (int r = 0; r < padded; r++)
+                for (int c = 0; c < columns; c++)
+                {
+                    long at = (long)(r / 16) * 16 * columns + 16 * c + r % 16;
+                    Assert.Equal(r < rows ? dense[r * columns + c] : 0f, packed[at]);
+                    Assert.Equal(r < rows ? denseT[r * columns + c] : 0f, packedT[at]);
+                }
+            if (!System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) return; // MultiplyPacked needs AVX-512
             WeightMatrix.MultiplyPacked(pp, rows, columns, px, tokens, pg);
             WeightMatrix.MultiplyF32(pd, rows, columns, px, tokens, pw);
             Assert.Equal(want, got);
