@@ -229,19 +229,15 @@ internal static unsafe class Attention
     static float ExpOfScaled(Span<float> row, float scale) =>
         VectorMath.ExpScaledShiftedSum(row, scale, scale * (scale >= 0 ? TensorPrimitives.Max(row) : TensorPrimitives.Min(row)));
 
-    /// <summary>Pinned per-thread buffers of <see cref="Bidirectional"/>, grown to the largest call and reused.</summary>
+    /// <summary>Per-thread buffers of <see cref="Bidirectional"/> on cache-line boundaries, grown to the largest call and reused.</summary>
     sealed class BidirectionalScratch
     {
         [ThreadStatic] static BidirectionalScratch? current;
         public static BidirectionalScratch ForCurrentThread => current ??= new BidirectionalScratch();
 
-        readonly float[][] buffers = [[], [], [], [], [], [], []];
+        readonly AlignedBuffer<float>[] buffers = [new(), new(), new(), new(), new(), new(), new()];
 
-        public float* Floats(int slot, int length)
-        {
-            if (buffers[slot].Length < length) buffers[slot] = GC.AllocateUninitializedArray<float>(Math.Max(length, 16), pinned: true);
-            return (float*)Unsafe.AsPointer(ref buffers[slot][0]);
-        }
+        public float* Floats(int slot, int length) => buffers[slot].Pointer(Math.Max(length, 16));
     }
 
     static void CheckType(GgmlType type, int headDim)
@@ -298,7 +294,7 @@ internal static unsafe class Attention
         public GgmlType KeyType, ValueType;
     }
 
-    [ThreadStatic] static float[]? scratch;
+    [ThreadStatic] static AlignedBuffer<float>? scratch;
 
     /// <summary>
     /// Consecutive query tokens that share each widened and transposed K/V tile: 32 while that leaves at least two work
@@ -327,15 +323,15 @@ internal static unsafe class Attention
         ref Job job = ref *(Job*)context;
         int group = job.Heads / job.KvHeads, d = job.HeadDim, qRow = job.Heads * d;
         int lanes = job.Block * group; // (token, head) pairs of one work item
-        int need = lanes * (Tile + 2 * d + 2) + 3 * Tile * d + Tile;
-        if (scratch == null || scratch.Length < need) scratch = new float[need];
+        int padded = (lanes + 15) & ~15; // max and sum padded to whole cache lines, so the tiles after them start on one
+        int need = lanes * (Tile + 2 * d) + 2 * padded + 3 * Tile * d + Tile;
+        float* buffer = (scratch ??= new()).Pointer(need);
         int blocks = (job.Tokens + job.Block - 1) / job.Block;
         int keyRowBytes = (int)GgmlTypes.RowBytes(job.KeyType, d), valueRowBytes = (int)GgmlTypes.RowBytes(job.ValueType, d);
         int items = blocks * job.KvHeads;
-        fixed (float* buffer = scratch)
         {
-            float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + lanes;
-            float* keyTile = sum + lanes, keyT = keyTile + Tile * d, valueTile = keyT + Tile * d;
+            float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + padded;
+            float* keyTile = sum + padded, keyT = keyTile + Tile * d, valueTile = keyT + Tile * d;
             int* tilePositions = (int*)(valueTile + Tile * d);
             for (int item = Interlocked.Increment(ref job.NextItem) - 1; item < items; item = Interlocked.Increment(ref job.NextItem) - 1)
             {

@@ -201,16 +201,14 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                     // The integer offsets of Q4_0 (8) and Q8_0 (128) need Σq per block; Q4_K's mins use the float sums.
                     bool offsetSums = !q4k && a.Type != GgmlType.Q6_K;
                     QuantizeRows(px, scratch, tokens, columns, q4k, offsetSums, pool);
-                    scratch.Quants.AsSpan(tokens * columns, (padded - tokens) * columns).Clear();
-                    scratch.Scales.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
-                    scratch.Sums.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
-                    if (offsetSums) scratch.BlockSums.AsSpan(tokens * blocks, (padded - tokens) * blocks).Clear();
+                    new Span<sbyte>(scratch.Quants + (long)tokens * columns, (padded - tokens) * columns).Clear();
+                    new Span<float>(scratch.Scales + (long)tokens * blocks, (padded - tokens) * blocks).Clear();
+                    new Span<float>(scratch.Sums + (long)tokens * blocks, (padded - tokens) * blocks).Clear();
+                    if (offsetSums) new Span<int>(scratch.BlockSums + (long)tokens * blocks, (padded - tokens) * blocks).Clear();
                     if (a.Type == GgmlType.Q6_K)
                     {
                         // Q6_K's tile blocks are 16 columns: Σq per 16 for its −32, and each d_x twice (in Sums).
-                        fixed (sbyte* q = scratch.Quants)
-                        fixed (int* sums = scratch.BlockSums)
-                            IntegerTiles.BlockSums16(q, 2 * padded * blocks, sums);
+                        IntegerTiles.BlockSums16(scratch.Quants, 2 * padded * blocks, scratch.BlockSums);
                         for (int i = 0; i < padded * blocks; i++) scratch.Sums[2 * i] = scratch.Sums[2 * i + 1] = scratch.Scales[i];
                     }
                     break;
@@ -222,12 +220,11 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                     // Q4_K takes its mins off with the float sums; Q6_K's −32 needs sums of 16 (a scale covers 16).
                     QuantizeRows(px, scratch, tokens, columns, q4k, offsetSums: !q4k && a.Type != GgmlType.Q6_K, pool);
                     if (a.Type == GgmlType.Q6_K)
-                        fixed (sbyte* q = scratch.Quants)
-                        fixed (int* sums = scratch.BlockSums)
-                            IntegerTiles.BlockSums16(q, 2 * tokens * blocks, sums);
+                        IntegerTiles.BlockSums16(scratch.Quants, 2 * tokens * blocks, scratch.BlockSums);
                     // The interleaved kernels widen f16 scales as d·2^−112 (HalfDot's trick); 2^112 goes on the activations.
-                    TensorPrimitives.Multiply(scratch.Scales.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Scales.AsSpan(0, tokens * blocks));
-                    if (q4k) TensorPrimitives.Multiply(scratch.Sums.AsSpan(0, tokens * blocks), 5.192296858534828e+33f, scratch.Sums.AsSpan(0, tokens * blocks));
+                    var scales = new Span<float>(scratch.Scales, tokens * blocks);
+                    TensorPrimitives.Multiply(scales, 5.192296858534828e+33f, scales);
+                    if (q4k) TensorPrimitives.Multiply(new Span<float>(scratch.Sums, tokens * blocks), 5.192296858534828e+33f, new Span<float>(scratch.Sums, tokens * blocks));
                     break;
                 }
                 case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K when !UsesFloatTiles(tokens):
@@ -239,30 +236,22 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                     // bf16 activations for whole groups of Bf16Tiles.Tokens (zeros after the last token), kept in Floats.
                     int padded = (tokens + Bf16Tiles.Tokens - 1) / Bf16Tiles.Tokens * Bf16Tiles.Tokens;
                     scratch.Ensure((padded * columns + 1) / 2, 0);
-                    fixed (float* pf = scratch.Floats)
-                    {
-                        Bf16Tiles.Round(px, (ushort*)pf, (long)tokens * columns);
-                        new Span<ushort>((ushort*)pf + (long)tokens * columns, (padded - tokens) * columns).Clear();
-                    }
+                    Bf16Tiles.Round(px, (ushort*)scratch.Floats, (long)tokens * columns);
+                    new Span<ushort>((ushort*)scratch.Floats + (long)tokens * columns, (padded - tokens) * columns).Clear();
                     break;
                 }
                 case GgmlType.F16 when !UsesFloatTiles(tokens) && !F16Rows.Handles(columns):
                     scratch.Ensure(tokens * columns, 0);
-                    System.Numerics.Tensors.TensorPrimitives.Multiply(x[..(tokens * columns)], HalfDot.InputScale, scratch.Floats.AsSpan(0, tokens * columns));
+                    System.Numerics.Tensors.TensorPrimitives.Multiply(x[..(tokens * columns)], HalfDot.InputScale, new Span<float>(scratch.Floats, tokens * columns));
                     break;
             }
-            fixed (sbyte* pq = scratch.Quants)
-            fixed (float* ps = scratch.Scales, psum = scratch.Sums, pf = scratch.Floats)
-            fixed (int* pbs = scratch.BlockSums)
-            {
-                job.Quants = pq;
-                job.Scales = ps;
-                job.Sums = psum;
-                job.BlockSums = pbs;
-                if (a.Type == GgmlType.F16 && !UsesFloatTiles(tokens) && !F16Rows.Handles(columns)) job.X = pf; // HalfDot's 2^64-scaled copy
-                if (UsesBf16Tiles(a.Type, columns, tokens)) job.Bf16 = (ushort*)pf;
-                pool.Run(&Execute, &job);
-            }
+            job.Quants = scratch.Quants;
+            job.Scales = scratch.Scales;
+            job.Sums = scratch.Sums;
+            job.BlockSums = scratch.BlockSums;
+            if (a.Type == GgmlType.F16 && !UsesFloatTiles(tokens) && !F16Rows.Handles(columns)) job.X = scratch.Floats; // HalfDot's 2^64-scaled copy
+            if (UsesBf16Tiles(a.Type, columns, tokens)) job.Bf16 = (ushort*)scratch.Floats;
+            pool.Run(&Execute, &job);
         }
     }
 
@@ -275,17 +264,13 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     static void QuantizeRows(float* x, Scratch scratch, int tokens, int columns, bool floatSums, bool offsetSums, WorkerPool pool)
     {
-        fixed (sbyte* q = scratch.Quants)
-        fixed (float* scales = scratch.Scales, sums = scratch.Sums)
-        fixed (int* blockSums = scratch.BlockSums)
+        var job = new QuantizeJob
         {
-            var job = new QuantizeJob
-            {
-                X = x, Quants = q, Scales = scales, Sums = floatSums ? sums : null, BlockSums = offsetSums ? blockSums : null, Tokens = tokens, Columns = columns,
-            };
-            if (tokens < ParallelQuantizeTokens) QuantizeShare(&job, 0, 1);
-            else pool.Run(&QuantizeShare, &job);
-        }
+            X = x, Quants = scratch.Quants, Scales = scratch.Scales, Sums = floatSums ? scratch.Sums : null, BlockSums = offsetSums ? scratch.BlockSums : null,
+            Tokens = tokens, Columns = columns,
+        };
+        if (tokens < ParallelQuantizeTokens) QuantizeShare(&job, 0, 1);
+        else pool.Run(&QuantizeShare, &job);
     }
 
     /// <summary>Tokens from which <see cref="QuantizeRows"/> shares the rows out.</summary>
@@ -376,9 +361,8 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     {
         if (rows <= 0 || tokens <= 0) return;
         int whole = tokens / PanelTokens * PanelTokens;
-        float[] tailBuffer = Scratch.ForCurrentThread.Tail(tokens > whole ? PanelTokens * columns : 0);
+        float* tail = Scratch.ForCurrentThread.Tail(tokens > whole ? PanelTokens * columns : 0);
         float* output = stackalloc float[PanelTokens * PanelRows];
-        fixed (float* tail = tailBuffer)
         {
             if (tokens > whole)
             {
@@ -514,12 +498,12 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         if (job.Type is not (GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
         {
             // Other dtypes: dequantise each row once into an L1-resident buffer, then dot it with every token.
-            float[] buffer = Scratch.ForCurrentThread.Row(columns);
+            var buffer = new Span<float>(Scratch.ForCurrentThread.Row(columns), columns);
             for (int r = start; r < end; r++)
             {
-                Dequantize.Row(job.Type, new ReadOnlySpan<byte>(part.Weights + (long)r * part.RowBytes, part.RowBytes), buffer.AsSpan(0, columns));
+                Dequantize.Row(job.Type, new ReadOnlySpan<byte>(part.Weights + (long)r * part.RowBytes, part.RowBytes), buffer);
                 for (int t = 0; t < job.Tokens; t++)
-                    part.Y[(long)t * part.Rows + r] = TensorPrimitives.Dot(buffer.AsSpan(0, columns), new ReadOnlySpan<float>(job.X + (long)t * columns, columns));
+                    part.Y[(long)t * part.Rows + r] = TensorPrimitives.Dot(buffer, new ReadOnlySpan<float>(job.X + (long)t * columns, columns));
             }
             return;
         }
@@ -586,11 +570,9 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         }
         int columns = job.Columns, tokens = job.Tokens, whole = tokens / PanelTokens * PanelTokens;
         var scratch = Scratch.ForCurrentThread;
-        float[] rowBuffer = scratch.Row(PanelRows * columns);
-        float[] packedBuffer = scratch.Packed(PanelRows * columns);
-        float[] tailBuffer = scratch.Tail(tokens > whole ? PanelTokens * columns : 0);
+        float* rowsF32 = scratch.Row(PanelRows * columns), packed = scratch.Packed(PanelRows * columns);
+        float* tail = scratch.Tail(tokens > whole ? PanelTokens * columns : 0);
         float* output = stackalloc float[PanelTokens * PanelRows];
-        fixed (float* rowsF32 = rowBuffer, packed = packedBuffer, tail = tailBuffer)
         {
             if (tokens > whole)
             {
@@ -643,11 +625,9 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     {
         int columns = job.Columns, tokens = job.Tokens;
         var scratch = Scratch.ForCurrentThread;
-        float[] packedBuffer = scratch.Packed(Bf16Tiles.Rows * columns / 2);
+        uint* packed = (uint*)scratch.Packed(Bf16Tiles.Rows * columns / 2);
         float* output = stackalloc float[Bf16Tiles.Tokens * Bf16Tiles.Rows];
-        fixed (float* packedFloats = packedBuffer)
         {
-            uint* packed = (uint*)packedFloats;
             for (int tile = start; tile < end; tile += Bf16Tiles.Rows)
             {
                 int rows = Math.Min(end, tile + Bf16Tiles.Rows) - tile;
@@ -689,14 +669,11 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         int blockBytes = IntegerTiles.PackedBytes(job.Type, 1), chunk = Math.Max(1, ChunkBytes / blockBytes);
         int whole = tokens / IntegerTiles.Tokens * IntegerTiles.Tokens;
         var scratch = Scratch.ForCurrentThread;
-        byte[] packedBuffer = scratch.Bytes(IntegerTiles.PackedBytes(job.Type, blocks));
-        float[] scaleBuffer = scratch.Packed(IntegerTiles.Rows * blocks);
-        float[] minBuffer = job.Type == GgmlType.Q4_K ? scratch.Row(IntegerTiles.Rows * blocks) : [];
+        byte* packed = scratch.Bytes(IntegerTiles.PackedBytes(job.Type, blocks));
+        float* scales = scratch.Packed(IntegerTiles.Rows * blocks);
+        float* mins = job.Type == GgmlType.Q4_K ? scratch.Row(IntegerTiles.Rows * blocks) : null;
         float* output = stackalloc float[IntegerTiles.Tokens * IntegerTiles.Rows];
-        fixed (byte* packed = packedBuffer)
-        fixed (float* scales = scaleBuffer, minsPinned = minBuffer)
         {
-            float* mins = job.Type == GgmlType.Q4_K ? minsPinned : null;
             for (int tile = start; tile < end; tile += IntegerTiles.Rows)
             {
                 int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
@@ -799,28 +776,38 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         };
     }
 
-    /// <summary>Per-thread buffers that grow to the largest size seen and are then reused (no allocation per call).</summary>
+    /// <summary>
+    /// Per-thread buffers on cache-line boundaries (<see cref="AlignedBuffer{T}"/>) that grow to the largest size seen
+    /// and are then reused (no allocation per call). The caller's activation buffers are the fields <see cref="Ensure"/>
+    /// sets, valid until its next call.
+    /// </summary>
     sealed class Scratch
     {
         [ThreadStatic] static Scratch? current;
         public static Scratch ForCurrentThread => current ??= new Scratch();
 
-        public sbyte[] Quants = [];
-        public float[] Scales = [], Sums = [], Floats = [];
-        public int[] BlockSums = [];
-        float[] row = [], packed = [], tail = [];
-        byte[] bytes = [];
+        public sbyte* Quants;
+        public float* Scales, Sums, Floats;
+        public int* BlockSums;
+        readonly AlignedBuffer<sbyte> quants = new();
+        readonly AlignedBuffer<float> scales = new(), sums = new(), floats = new(), row = new(), packed = new(), tail = new();
+        readonly AlignedBuffer<int> blockSums = new();
+        readonly AlignedBuffer<byte> bytes = new();
+
+        public Scratch() => Ensure(0, 0);
 
         public void Ensure(int elements, int blocks)
         {
-            if (Quants.Length < elements) { Quants = new sbyte[elements]; Floats = new float[elements]; }
-            if (Scales.Length < blocks) { Scales = new float[blocks]; Sums = new float[blocks]; BlockSums = new int[blocks]; }
+            Quants = quants.Pointer(elements);
+            Floats = floats.Pointer(elements);
+            Scales = scales.Pointer(blocks);
+            Sums = sums.Pointer(blocks);
+            BlockSums = blockSums.Pointer(blocks);
         }
 
-        public byte[] Bytes(int length) => bytes.Length >= length ? bytes : bytes = GC.AllocateUninitializedArray<byte>(length, pinned: true);
-
-        public float[] Row(int length) => row.Length >= length ? row : row = new float[length];
-        public float[] Packed(int length) => packed.Length >= length ? packed : packed = new float[length];
-        public float[] Tail(int length) => tail.Length >= length ? tail : tail = new float[length];
+        public byte* Bytes(int length) => bytes.Pointer(length);
+        public float* Row(int length) => row.Pointer(length);
+        public float* Packed(int length) => packed.Pointer(length);
+        public float* Tail(int length) => tail.Pointer(length);
     }
 }
