@@ -25,9 +25,7 @@ internal static class Kernels
     /// <summary>y = x / sqrt(mean(x²) + eps) * weight, one row of <paramref name="x"/>.Length. The sum of squares is accumulated in f64 as ggml does.</summary>
     public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> destination)
     {
-        double sum = 0;
-        for (int i = 0; i < x.Length; i++) sum += (double)(x[i] * x[i]);
-        float mean = (float)(sum / x.Length);
+        float mean = (float)(VectorMath.SumAsDouble(x, square: true) / x.Length);
         float scale = 1f / MathF.Sqrt(mean + eps);
         TensorPrimitives.Multiply(x, scale, destination);
         TensorPrimitives.Multiply(destination, weight, destination);
@@ -108,16 +106,10 @@ internal static class Kernels
     /// </summary>
     public static void LayerNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, Span<float> destination)
     {
-        double sum = 0;
-        for (int i = 0; i < x.Length; i++) sum += x[i];
-        float mean = (float)(sum / x.Length);
+        float mean = (float)(VectorMath.SumAsDouble(x, square: false) / x.Length);
         TensorPrimitives.Subtract(x, mean, destination);
-        double squares = 0;
-        for (int i = 0; i < x.Length; i++) squares += (double)(destination[i] * destination[i]);
-        float scale = 1f / MathF.Sqrt((float)(squares / x.Length) + eps);
-        TensorPrimitives.Multiply(destination, scale, destination);
-        TensorPrimitives.Multiply(destination, weight, destination);
-        if (!bias.IsEmpty) TensorPrimitives.Add(destination, bias, destination);
+        float scale = 1f / MathF.Sqrt((float)(VectorMath.SumAsDouble(destination[..x.Length], square: true) / x.Length) + eps);
+        VectorMath.NormalizeAffine(destination[..x.Length], scale, weight, bias, destination);
     }
 
     /// <summary>

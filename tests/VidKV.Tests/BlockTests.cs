@@ -65,6 +65,43 @@ public class BlockTests
     }
 
     /// <summary>
+    /// LayerNorm and RMSNorm give the bits of ggml's scalar order (sums in f64 one element after another, then the
+    /// normalisation, the weight and the bias each rounded to f32 on its own) on random rows of odd widths: the
+    /// vector f64 sums only add in another order.
+    /// </summary>
+    [Fact]
+    public void NormsGiveTheBitsOfGgmlsScalarOrder()
+    {
+        var rng = new Random(11);
+        foreach (int n in new[] { 1, 7, 31, 33, 65, 576, 768, 1153 })
+            for (int row = 0; row < 50; row++)
+            {
+                float spread = (float)Math.Pow(10, rng.Next(-3, 4));
+                float[] x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 3 - 1) * spread).ToArray();
+                float[] w = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2)).ToArray();
+                float[] b = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+                float[] got = new float[n], want = new float[n];
+
+                double sum = 0;
+                for (int i = 0; i < n; i++) sum += x[i];
+                float mean = (float)(sum / n);
+                double squares = 0;
+                for (int i = 0; i < n; i++) { want[i] = x[i] - mean; squares += (double)(want[i] * want[i]); }
+                float scale = 1f / MathF.Sqrt((float)(squares / n) + 1e-6f);
+                for (int i = 0; i < n; i++) { float v = want[i] * scale; v *= w[i]; want[i] = v + b[i]; }
+                Kernels.LayerNorm(x, w, b, 1e-6f, got);
+                Assert.Equal(want, got);
+
+                squares = 0;
+                for (int i = 0; i < n; i++) squares += (double)(x[i] * x[i]);
+                scale = 1f / MathF.Sqrt((float)(squares / n) + 1e-5f);
+                for (int i = 0; i < n; i++) { float v = x[i] * scale; want[i] = v * w[i]; }
+                Kernels.RmsNorm(x, w, 1e-5f, got);
+                Assert.Equal(want, got);
+            }
+    }
+
+    /// <summary>
     /// GELU and quick GELU as ggml's fp16 tables: the input rounded to fp16, the formula evaluated in f32 there (as
     /// ggml builds its tables), the result rounded to fp16; GELU passes x ≥ 10 through and zeroes x ≤ −10. Where f32
     /// does not cancel (GELU above −4) the values are also within half an fp16 step of the definition in f64.
