@@ -241,6 +241,62 @@ public class KernelTests
         }
     }
 
+    /// <summary>
+    /// Prefill tiles packed once at load (<see cref="WeightMatrix.PackTiles"/>) give the bits of packing each tile per
+    /// call: three matrices of 40, 24 and 57 rows fused into one product (the second and third start inside a tile of
+    /// 32, the last ends in a short tile) on 2 threads, against each matrix alone, unpacked, on 1; also a product of
+    /// fewer than 4 tokens, which reads the stored rows.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
+    public unsafe void TilesPackedAtLoadGiveTheBitsOfPackingPerCall(GgmlType type)
+    {
+        var rng = new Random(91);
+        const int columns = 512;
+        int[] rows = [40, 24, 57];
+        var bytes = rows.Select(r =>
+        {
+            var b = new byte[GgmlTypes.RowBytes(type, columns) * r];
+            var w = Random(rng, r * columns);
+            for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan((int)(i * GgmlTypes.RowBytes(type, columns))));
+            return b;
+        }).ToArray();
+        fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2])
+        {
+            byte*[] pointers = [p0, p1, p2];
+            var packed = Enumerable.Range(0, 3).Select(i => new WeightMatrix("p" + i, type, rows[i], columns, pointers[i])).ToArray();
+            var plain = Enumerable.Range(0, 3).Select(i => new WeightMatrix("s" + i, type, rows[i], columns, pointers[i])).ToArray();
+            try
+            {
+                using var two = new WorkerPool(2);
+                using var one = new WorkerPool(1);
+                foreach (var m in packed) Assert.Equal(IntegerTilesRun(type), m.PackTiles(two));
+                foreach (int tokens in new[] { 70, 3 })
+                {
+                    float[] x = Random(rng, tokens * columns);
+                    var fused = rows.Select(r => new float[tokens * r]).ToArray();
+                    WeightMatrix.MatMul(x, tokens, packed[0], fused[0], packed[1], fused[1], packed[2], fused[2], two);
+                    for (int i = 0; i < 3; i++)
+                    {
+                        var alone = new float[tokens * rows[i]];
+                        plain[i].MatMul(x, tokens, alone, one);
+                        Assert.Equal(alone, fused[i]);
+                    }
+                }
+            }
+            finally
+            {
+                foreach (var m in packed) m.Dispose();
+            }
+        }
+
+        static bool IntegerTilesRun(GgmlType type) =>
+            System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && (type != GgmlType.Q6_K || VnniTiles.IsSupported);
+    }
+
     [Theory]
     [MemberData(nameof(MatMulTypes))]
     public unsafe void MatMulMatchesReference(GgmlType type)

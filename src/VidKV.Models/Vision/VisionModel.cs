@@ -40,6 +40,15 @@ public sealed unsafe class VisionModel : IDisposable
     readonly int[] featureLayers; // inputs of these blocks (0 = the tower's input), and the output when it is listed
     readonly int blocksToRun;
     readonly Linear? mlpIn, mlpOut, shuffleProjection;
+    readonly List<WeightMatrix> matrices = []; // every matrix of the tower and projector, as loaded
+
+    /// <summary>A matrix of the file, recorded so that loading can pack its prefill tiles and <see cref="Dispose"/> free them.</summary>
+    WeightMatrix Matrix(string name, int rows, int columns)
+    {
+        var matrix = weights.Matrix(name, rows, columns);
+        matrices.Add(matrix);
+        return matrix;
+    }
 
     VisionModel(VisionConfig config, IWeightSource weights)
     {
@@ -100,11 +109,11 @@ public sealed unsafe class VisionModel : IDisposable
                 {
                     int stacked = e * Math.Max(1, featureLayers.Length);
                     var w0 = Rows("mm.0.weight");
-                    mlpIn = new Linear(weights.Matrix("mm.0.weight", w0, stacked), weights.Vector("mm.0.bias", w0), ForwardPhase.Other);
+                    mlpIn = new Linear(Matrix("mm.0.weight", w0, stacked), weights.Vector("mm.0.bias", w0), ForwardPhase.Other);
                     if (weights.Contains("mm.2.weight"))
                     {
                         var w2 = Rows("mm.2.weight");
-                        mlpOut = new Linear(weights.Matrix("mm.2.weight", w2, w0), weights.Vector("mm.2.bias", w2), ForwardPhase.Other);
+                        mlpOut = new Linear(Matrix("mm.2.weight", w2, w0), weights.Vector("mm.2.bias", w2), ForwardPhase.Other);
                     }
                     OutputLength = (mlpOut ?? mlpIn).Outputs;
                     TokensPerEntry = config.PatchesPerSide * config.PatchesPerSide;
@@ -115,7 +124,7 @@ public sealed unsafe class VisionModel : IDisposable
                     int s = config.MergeFactor;
                     if (s < 1 || config.PatchesPerSide % s != 0)
                         throw ModelFormatException.InFile(Path, $"scale factor {s} does not divide the {config.PatchesPerSide} patches per side");
-                    shuffleProjection = new Linear(weights.Matrix("mm.model.fc.weight", Rows("mm.model.fc.weight"), e * s * s), null, ForwardPhase.Other);
+                    shuffleProjection = new Linear(Matrix("mm.model.fc.weight", Rows("mm.model.fc.weight"), e * s * s), null, ForwardPhase.Other);
                     OutputLength = shuffleProjection.Outputs;
                     TokensPerEntry = config.PatchesPerSide / s * (config.PatchesPerSide / s);
                     break;
@@ -124,15 +133,18 @@ public sealed unsafe class VisionModel : IDisposable
                 {
                     if (config.MergeFactor != 2) throw ModelFormatException.InFile(Path, $"spatial merge {config.MergeFactor} is not supported (2)");
                     var w0 = Rows("mm.0.weight");
-                    mlpIn = new Linear(weights.Matrix("mm.0.weight", w0, 4 * e), weights.Vector("mm.0.bias", w0), ForwardPhase.Other);
+                    mlpIn = new Linear(Matrix("mm.0.weight", w0, 4 * e), weights.Vector("mm.0.bias", w0), ForwardPhase.Other);
                     var w2 = Rows("mm.2.weight");
-                    mlpOut = new Linear(weights.Matrix("mm.2.weight", w2, w0), weights.Vector("mm.2.bias", w2), ForwardPhase.Other);
+                    mlpOut = new Linear(Matrix("mm.2.weight", w2, w0), weights.Vector("mm.2.bias", w2), ForwardPhase.Other);
                     OutputLength = w2;
                     TokensPerEntry = config.PatchesPerSide / 2 * (config.PatchesPerSide / 2);
                     break;
                 }
             }
             ImageNewline = weights.Contains("v.image_newline") ? weights.Vector("v.image_newline", OutputLength) : null;
+            // Every product of a tower multiplies a whole entry's patches, so integer weights are packed into their
+            // prefill tiles once here instead of tile by tile in every pass; a GGUF mapping then gives the stored rows' pages back.
+            foreach (var matrix in matrices) matrix.PackTiles(releaseStoredPages: weights is GgufWeights);
         }
         catch
         {
@@ -201,7 +213,7 @@ public sealed unsafe class VisionModel : IDisposable
         int e = c.EmbeddingLength, inner = c.HeadCount * c.HeadDim;
         string p = $"v.blk.{index}.";
         Linear Project(string name, int rows, int columns, ForwardPhase phase) =>
-            new(weights.Matrix(p + name + ".weight", rows, columns), weights.Contains(p + name + ".bias") ? weights.Vector(p + name + ".bias", rows) : null, phase);
+            new(Matrix(p + name + ".weight", rows, columns), weights.Contains(p + name + ".bias") ? weights.Vector(p + name + ".bias", rows) : null, phase);
         Norm BlockNorm(string name) => TowerNorm(p + name) ?? throw ModelFormatException.AtTensor(Path, p + name + ".weight", "required tensor is missing");
 
         var attention = new SelfAttention(Project("attn_q", inner, e, ForwardPhase.QkvProjection), Project("attn_k", inner, e, ForwardPhase.QkvProjection),
@@ -551,9 +563,10 @@ public sealed unsafe class VisionModel : IDisposable
         public int[] GroupOfCell { get; }
     }
 
-    /// <summary>Frees the fp16 patch kernel and the file mapping.</summary>
+    /// <summary>Frees the fp16 patch kernel, the prefill tiles and the file mapping.</summary>
     public void Dispose()
     {
+        foreach (var matrix in matrices) matrix.Dispose();
         if (patchKernelData != null) NativeMemory.AlignedFree(patchKernelData);
         weights.Dispose();
     }
