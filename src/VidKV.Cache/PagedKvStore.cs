@@ -365,31 +365,38 @@ public sealed unsafe class PagedKvStore : IDisposable
     }
 
     /// <summary>All stored keys of a page as f32 ([Count, headDim]), from either tier.</summary>
-    public void ReadKeys(int page, Span<float> destination) => ReadRows(page, values: false, destination);
+    public void ReadKeys(int page, Span<float> destination) => ReadRows(page, values: false, 0, count[page], destination);
+
+    /// <summary>Stored keys of rows [<paramref name="first"/>, <paramref name="first"/> + <paramref name="rows"/>) of a page as f32, from either tier.</summary>
+    public void ReadKeys(int page, int first, int rows, Span<float> destination) => ReadRows(page, values: false, first, rows, destination);
+
+    /// <summary>Stored values of rows [<paramref name="first"/>, <paramref name="first"/> + <paramref name="rows"/>) of a page as f32, from either tier.</summary>
+    public void ReadValues(int page, int first, int rows, Span<float> destination) => ReadRows(page, values: true, first, rows, destination);
 
     /// <summary>All stored values of a page as f32 ([Count, headDim]), from either tier.</summary>
-    public void ReadValues(int page, Span<float> destination) => ReadRows(page, values: true, destination);
+    public void ReadValues(int page, Span<float> destination) => ReadRows(page, values: true, 0, count[page], destination);
 
-    void ReadRows(int page, bool values, Span<float> destination)
+    void ReadRows(int page, bool values, int first, int rows, Span<float> destination)
     {
-        byte* rows = ReadableRows(page);
-        if (rows == null)
+        if (first < 0 || rows < 0 || first + rows > count[page]) throw new ArgumentOutOfRangeException(nameof(rows), $"rows {first}..{first + rows} of page {page}, which holds {count[page]}");
+        byte* stored = ReadableRows(page);
+        if (stored == null)
         {
             coldStaging ??= new byte[PageBytes];
             cold!.Read(coldSlotOf[page], coldStaging);
-            fixed (byte* s = coldStaging) ReadRows(s, page, values, destination);
+            fixed (byte* s = coldStaging) ReadRows(s, values, first, rows, destination);
             return;
         }
-        ReadRows(rows, page, values, destination);
+        ReadRows(stored, values, first, rows, destination);
     }
 
-    void ReadRows(byte* rows, int page, bool values, Span<float> destination)
+    /// <summary>Rows lie one after another in whole blocks of their type, so a run of them is one long row to dequantise.</summary>
+    void ReadRows(byte* stored, bool values, int first, int rows, Span<float> destination)
     {
         var type = values ? options.ValueType : options.KeyType;
         int rowBytes = values ? valueRow : keyRow;
-        if (values) rows += (long)options.PageSize * keyRow;
-        for (int j = 0; j < count[page]; j++)
-            Dequantize.Row(type, new ReadOnlySpan<byte>(rows + (long)j * rowBytes, rowBytes), destination.Slice(j * d, d));
+        if (values) stored += (long)options.PageSize * keyRow;
+        Dequantize.Row(type, new ReadOnlySpan<byte>(stored + (long)first * rowBytes, rows * rowBytes), destination[..(rows * d)]);
     }
 
     /// <summary>

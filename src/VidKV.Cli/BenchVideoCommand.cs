@@ -212,6 +212,24 @@ static class BenchVideoCommand
         // are busy times and do not add up; prefill is not split out); serial, it is the window's decode + append.
         var clock = Stopwatch.StartNew();
         double windowDecode = 0, windowAppend = 0, windowPreprocess = 0, windowEncode = 0, windowWall = 0;
+        var windowForward = engine.Times; // the engine loop's forward passes (every session's)
+        var windowKv = session.KvTimes;
+        // The text model's forward phases per frame since the row before (serial only: overlapped, a question's decode
+        // would land in a window's phases too); the KV cache's policy work shows under attention.
+        Dictionary<string, double>? PrefillPhases(in Models.ForwardTimes before, int frames)
+        {
+            if (!serial) return null;
+            var now = engine.Times;
+            double tokensPerFrame = (double)(now.Tokens - before.Tokens) / frames;
+            var phases = now.MillisecondsPerToken(before).ToDictionary(p => p.Key, p => p.Value * tokensPerFrame);
+            // Attention's own stages: the kernel, and the policies' choosing, recalls and updates (eviction, compression).
+            var kv = session.KvTimes;
+            phases["kv_select"] = Cache.KvPhaseTimes.Milliseconds(kv.Select - windowKv.Select) / frames;
+            phases["kv_recall"] = Cache.KvPhaseTimes.Milliseconds(kv.Recall - windowKv.Recall) / frames;
+            phases["kv_kernel"] = Cache.KvPhaseTimes.Milliseconds(kv.Attention - windowKv.Attention) / frames;
+            phases["kv_update"] = Cache.KvPhaseTimes.Milliseconds(kv.Update - windowKv.Update) / frames;
+            return phases;
+        }
         object Row(int n)
         {
             var memory = engine.Memory;
@@ -229,7 +247,10 @@ static class BenchVideoCommand
                     decode_wait = decode / frames, preprocess = preprocess / frames, encode = encode / frames,
                     prefill = serial ? Math.Max(0, append - preprocess - encode) / frames : (double?)null,
                 },
+                window_prefill_ms_per_frame = PrefillPhases(windowForward, frames),
             };
+            windowForward = engine.Times;
+            windowKv = session.KvTimes;
             (windowDecode, windowAppend, windowPreprocess, windowEncode, windowWall) = (decodeMs, appendMs, session.PreprocessTime.TotalMilliseconds, session.EncodeTime.TotalMilliseconds, wall);
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"  frame {n}: {row.window_frames_per_second:F2} frames/s (last {frames}; encode {row.window_ms_per_frame.encode:F0} ms{(serial ? $", prefill {row.window_ms_per_frame.prefill:F0} ms" : "")} per frame), KV hot {memory.HotBytes / 1048576.0:F1} MiB cold {memory.ColdBytes / 1048576.0:F1} MiB, RSS {row.rss_bytes / 1048576.0:F0} MiB, GC pauses {row.gc_pause_ms / 1000:F1} s"));

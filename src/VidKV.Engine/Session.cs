@@ -163,6 +163,12 @@ public sealed class Session : IAsyncDisposable
 
     internal PagedKvCache Cache => cache ?? throw new InvalidOperationException("the session's cache is not created yet");
 
+    /// <summary>
+    /// Time this session's KV cache spent in each stage of attention (choosing pages, recalls, the kernel, the policies'
+    /// updates: eviction, compression), summed since it was created; zero before (profiles, benchmarks).
+    /// </summary>
+    public KvPhaseTimes KvTimes => cache?.Times ?? default;
+
     /// <summary>Every row the session sends to the model, with its position and frame id, when set (tests and tools; loop thread).</summary>
     internal List<SessionRow>? Record { get; set; }
     /// <summary>Whether each append's last row computes logits, kept in <see cref="LastLogits"/> (the hook proactive mode needs).</summary>

@@ -55,7 +55,7 @@ internal sealed class FrameTracker
 internal sealed class FrameRows
 {
     int[] positions = [], frames = [];
-    float[] keys = [], values = [], page = [];
+    float[] keys = [], values = [];
 
     /// <summary>Rows gathered by the last call.</summary>
     public int Count { get; private set; }
@@ -103,18 +103,15 @@ internal sealed class FrameRows
             Grow(ref frames, Count + n);
             rows[from..to].CopyTo(positions.AsSpan(Count));
             ids[from..to].CopyTo(frames.AsSpan(Count));
-            if (withKeys || withValues) Grow(ref page, store.PageSize * d);
             if (withKeys)
             {
                 Grow(ref keys, (Count + n) * d);
-                store.ReadKeys(id, page);
-                page.AsSpan(from * d, n * d).CopyTo(keys.AsSpan(Count * d));
+                store.ReadKeys(id, from, n, keys.AsSpan(Count * d, n * d));
             }
             if (withValues)
             {
                 Grow(ref values, (Count + n) * d);
-                store.ReadValues(id, page);
-                page.AsSpan(from * d, n * d).CopyTo(values.AsSpan(Count * d));
+                store.ReadValues(id, from, n, values.AsSpan(Count * d, n * d));
             }
             Count += n;
         }
