@@ -245,17 +245,20 @@ public class KernelTests
     /// Prefill tiles packed once at load (<see cref="WeightMatrix.PackTiles"/>) give the bits of packing each tile per
     /// call: three matrices of 40, 24 and 57 rows fused into one product (the second and third start inside a tile of
     /// 32, the last ends in a short tile) on 2 threads, against each matrix alone, unpacked, on 1; also a product of
-    /// fewer than 4 tokens, which reads the stored rows.
+    /// fewer than 4 tokens, which reads the stored rows. Rows of 4096 columns take the tokens in blocks of 64 (the last
+    /// of 5: a short group), so threads claim (block, tile) items.
     /// </summary>
     [Theory]
-    [InlineData(GgmlType.Q4_0)]
-    [InlineData(GgmlType.Q8_0)]
-    [InlineData(GgmlType.Q4_K)]
-    [InlineData(GgmlType.Q6_K)]
-    public unsafe void TilesPackedAtLoadGiveTheBitsOfPackingPerCall(GgmlType type)
+    [InlineData(GgmlType.Q4_0, 512)]
+    [InlineData(GgmlType.Q8_0, 512)]
+    [InlineData(GgmlType.Q4_K, 512)]
+    [InlineData(GgmlType.Q6_K, 512)]
+    [InlineData(GgmlType.Q8_0, 4096)]
+    [InlineData(GgmlType.Q4_K, 4096)]
+    public unsafe void TilesPackedAtLoadGiveTheBitsOfPackingPerCall(GgmlType type, int columns)
     {
         var rng = new Random(91);
-        const int columns = 512;
+        Assert.Equal(64, columns == 4096 ? WeightMatrix.TokenBlockBytes / columns : 64);
         int[] rows = [40, 24, 57];
         var bytes = rows.Select(r =>
         {
@@ -274,7 +277,7 @@ public class KernelTests
                 using var two = new WorkerPool(2);
                 using var one = new WorkerPool(1);
                 foreach (var m in packed) Assert.Equal(IntegerTilesRun(type), m.PackTiles(two));
-                foreach (int tokens in new[] { 70, 3 })
+                foreach (int tokens in new[] { 70, 3, 261 })
                 {
                     float[] x = Random(rng, tokens * columns);
                     var fused = rows.Select(r => new float[tokens * r]).ToArray();
