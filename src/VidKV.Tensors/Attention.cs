@@ -227,7 +227,7 @@ internal static unsafe class Attention
     /// passes once, then three.
     /// </summary>
     static float ExpOfScaled(Span<float> row, float scale) =>
-        VectorMath.ExpScaledShiftedSum(row, scale, scale * (scale >= 0 ? TensorPrimitives.Max(row) : TensorPrimitives.Min(row)));
+        VectorMath.ExpScaledShiftedSum(row, scale, scale * (scale >= 0 ? VectorMath.Max(row) : TensorPrimitives.Min(row)));
 
     /// <summary>Per-thread buffers of <see cref="Bidirectional"/> on cache-line boundaries, grown to the largest call and reused.</summary>
     sealed class BidirectionalScratch
@@ -404,7 +404,7 @@ internal static unsafe class Attention
                             new Span<float>(sc + visible, n - visible).Fill(float.NegativeInfinity);
                             // Online softmax: rescale what was accumulated under the old maximum.
                             var scoreRow = new Span<float>(sc, n);
-                            float newMax = MathF.Max(max[lane], TensorPrimitives.Max(scoreRow.Slice(0, visible))), correction = MathF.Exp(max[lane] - newMax);
+                            float newMax = MathF.Max(max[lane], VectorMath.Max(scoreRow.Slice(0, visible))), correction = MathF.Exp(max[lane] - newMax);
                             // One pass for e^(s − max) and its sum (TensorPrimitives.Exp: 1.6 ns per element here).
                             sum[lane] = sum[lane] * correction + VectorMath.ExpShiftedSum(scoreRow, newMax);
                             max[lane] = newMax;

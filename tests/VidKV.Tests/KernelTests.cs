@@ -22,6 +22,24 @@ public class KernelTests
         Assert.True(err <= tolerance * Math.Max(scale, 1e-3f), $"{what}: max |Δ| {err} against magnitude {scale}");
     }
 
+    /// <summary>A row's maximum (the softmax shift) equals a scalar scan's at every length 1–300 and at 4099, wherever it lies.</summary>
+    [Fact]
+    public void RowMaximumMatchesAScalarScan()
+    {
+        var rng = new Random(17);
+        foreach (int n in Enumerable.Range(1, 300).Append(4099))
+            for (int trial = 0; trial < 3; trial++)
+            {
+                float[] row = Random(rng, n, 50);
+                for (int i = 0; i < n; i++) row[i] -= 60; // all negative: a zero start would hide a bug
+                if (trial == 1) row[rng.Next(n)] = 7.25f; // one clear maximum anywhere, the tail included
+                float want = row[0];
+                foreach (float v in row) want = Math.Max(want, v);
+                Assert.Equal(want, VectorMath.Max(row));
+            }
+        Assert.Throws<ArgumentException>(() => VectorMath.Max(ReadOnlySpan<float>.Empty));
+    }
+
     /// <summary>
     /// <see cref="VectorMath.Exp(ReadOnlySpan{float}, Span{float})"/> against f64 e^x at every length 0–256 and large odd
     /// ones (so the 512-bit, 256-bit and scalar paths all run): within 2 ulp over the normal range, and the edges as
