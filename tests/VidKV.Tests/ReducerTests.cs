@@ -471,6 +471,39 @@ public class ReducerTests
     }
 
     /// <summary>
+    /// With a compression target below the cap (the paper's |C| &lt; |M|), a head's video rows grow a frame at a time
+    /// until a step passes the cap, then drop to exactly the target, the newest frames whole: every head holds the
+    /// count a plain simulation of that rule gives, so the pass runs once per (cap − target) rows, not every step.
+    /// </summary>
+    [Fact]
+    public void InfiniPotVCompressesDownToItsTargetWhenItPassesTheCap()
+    {
+        const int rows = 10, frames = 30, cap = 64, target = 35, recent = 2;
+        var rng = new Random(29);
+        using var video = new Video($"infinipotv:budget={cap},target={target},recent={recent}");
+        video.Text();
+        int held = 0, compressions = 0;
+        for (int f = 0; f < frames; f++)
+        {
+            video.Frame(f, Gaussian(rng, rows * KvHeads * D), chunks: f % 2 + 1);
+            held += rows;
+            if (held > cap) { held = target; compressions++; }
+            for (int l = 0; l < Layers; l++)
+                for (int h = 0; h < KvHeads; h++)
+                {
+                    var stored = video.Stored(l, h);
+                    Assert.Equal(held, stored.Count(p => video.Frames[p] >= 0));
+                    for (int newest = Math.Max(0, f - recent + 1); newest <= f; newest++)
+                        Assert.Equal(rows, stored.Count(p => video.Frames[p] == newest));
+                    Assert.True(Enumerable.Range(0, video.Position).Where(p => video.Frames[p] < 0).All(stored.Contains), "text was dropped");
+                }
+        }
+        Assert.InRange(compressions, 8, 10); // every 3 frames once full, where target = cap compresses at every one
+        Assert.Throws<ArgumentOutOfRangeException>(() => new InfiniPotVPolicy(64, target: 65));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new InfiniPotVPolicy(64, target: 0));
+    }
+
+    /// <summary>
     /// A frame's own text (a timestamp before its rows, a delimiter after, tagged <see cref="FrameIds.TextOf"/>) counts
     /// against InfiniPot-V's cap with the frame: however many frames go by, a head holds at most the cap in visual rows
     /// plus frame text, a frame keeps its text exactly while it keeps a visual row, the newest frames stay whole with

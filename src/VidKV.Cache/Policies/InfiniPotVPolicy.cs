@@ -5,9 +5,10 @@ namespace VidKV.Cache;
 /// <summary>
 /// InfiniPot-V (Kim et al., "InfiniPot-V: Memory-Constrained KV Cache Compression for Streaming Video
 /// Understanding", 2025): a hard cap on the video KV of each head, held by compressing the oldest frames as the
-/// stream goes. After each step whose video rows (frame id ≥ 0) pass <see cref="Budget"/>, the newest frames — up to
-/// <see cref="Recent"/> of them, and only while together they fit the cap — stay whole as the reference; of the older
-/// video rows exactly budget − reference rows stay, chosen by the paper's two scores:
+/// stream goes. After each step whose video rows (frame id ≥ 0) pass <see cref="Budget"/> (the paper's threshold |M|),
+/// the cache is compressed down to <see cref="Target"/> rows (its |C|): the newest frames — up to <see cref="Recent"/>
+/// of them, and only while together they fit the target — stay whole as the reference; of the older video rows exactly
+/// target − reference rows stay, chosen by the paper's two scores:
 /// <list type="bullet">
 /// <item>temporal redundancy (TaR): a row is redundant when a reference frame holds a similar key at the same spatial
 /// slot (its position minus its frame's first position; the encoder's raster order). Score −max cos(k, k_ref) over
@@ -15,8 +16,11 @@ namespace VidKV.Cache;
 /// <item>value norm (VaN): ‖v‖, the row's spatial importance.</item>
 /// </list>
 /// The ⌈<see cref="Alpha"/> · kept⌉ least redundant rows stay first, then the rest of the kept rows by the largest
-/// value norm (the paper combines the two; how the kept rows are split between them is open, α = 0.5 here). So after
-/// every step a head holds exactly min(video rows appended, budget) video rows. A frame's own text (its timestamp and
+/// value norm (the paper combines the two; how the kept rows are split between them is open, α = 0.5 here). So a head
+/// never holds more than budget video rows after a step. With target = budget (the default) it holds exactly
+/// min(video rows appended, budget) and compresses at every step once full; a lower target compresses once per
+/// (budget − target) rows of video, so the pass's cost — a gather and scoring of every stored row of the head — is
+/// spread over several frames (the paper's design: compress to |C| when |M| is reached). A frame's own text (its timestamp and
 /// delimiters, <see cref="FrameIds.TextOf"/>) counts against the cap with the frame: a kept row of a frame nothing was
 /// kept of yet also costs that frame's text, and a frame that keeps no row loses its text too, so the cap holds
 /// however many frames go by. Other text (prompt, questions, answers) is not counted and never evicted.
@@ -27,10 +31,11 @@ internal sealed class InfiniPotVPolicy : KvPolicy
         "InfiniPot-V (Kim et al., 2025): a hard cap on each head's video tokens, kept by compressing older frames by temporal redundancy against the newest frames and value norm",
         [
             KvPolicyOption.Budget("video tokens kept per KV head (the hard cap)"),
+            KvPolicyOption.Int("target", "budget", a => a.Int("budget"), "video tokens a compression leaves (≤ budget): lower compresses less often, by more each time"),
             KvPolicyOption.Int("recent", 4, "newest frames kept whole as the redundancy reference (while they fit the cap)"),
             KvPolicyOption.Float("alpha", 0.5f, "share of the older frames' kept tokens chosen as least redundant; the rest by value norm"),
         ],
-        a => new InfiniPotVPolicy(a.Int("budget"), a.Int("recent"), a.Float("alpha"))) { Example = "budget=100,recent=2,alpha=0.3125001" };
+        a => new InfiniPotVPolicy(a.Int("budget"), a.Int("recent"), a.Float("alpha"), a.Int("target"))) { Example = "budget=100,target=80,recent=2,alpha=0.3125001" };
 
     readonly FrameRows rows = new(), appended = new();
     // Per layer: the first position of every frame seen (ascending), for the slot of rows whose frame lost its first row.
@@ -42,20 +47,24 @@ internal sealed class InfiniPotVPolicy : KvPolicy
     float[] tar = [], norms = [], scratch = [];
     bool[] keep = [], charged = [];
 
-    public InfiniPotVPolicy(int budget, int recent = 4, float alpha = 0.5f)
+    public InfiniPotVPolicy(int budget, int recent = 4, float alpha = 0.5f, int? target = null)
     {
         Budget = budget >= 1 ? budget : throw new ArgumentOutOfRangeException(nameof(budget), $"budget must be at least 1 token, not {budget}");
+        Target = target ?? budget;
+        if (Target < 1 || Target > budget) throw new ArgumentOutOfRangeException(nameof(target), $"target must be between 1 and the budget ({budget}) tokens, not {Target}");
         Recent = recent >= 0 ? recent : throw new ArgumentOutOfRangeException(nameof(recent), $"recent must be at least 0 frames, not {recent}");
         Alpha = alpha is >= 0 and <= 1 ? alpha : throw new ArgumentOutOfRangeException(nameof(alpha), $"alpha must be in [0, 1], not {alpha}");
     }
 
     /// <summary>Video rows a head keeps (the hard cap).</summary>
     public int Budget { get; }
+    /// <summary>Video rows a head keeps after a compression (≤ <see cref="Budget"/>).</summary>
+    public int Target { get; }
     /// <summary>Newest frames kept whole as the redundancy reference.</summary>
     public int Recent { get; }
     /// <summary>Share of the older frames' kept rows chosen by temporal redundancy; the rest by value norm.</summary>
     public float Alpha { get; }
-    public override string Name => FormattableString.Invariant($"infinipotv:budget={Budget},recent={Recent},alpha={Alpha}");
+    public override string Name => FormattableString.Invariant($"infinipotv:budget={Budget},{(Target != Budget ? $"target={Target}," : "")}recent={Recent},alpha={Alpha}");
     public override bool ConcurrentSelect => true;
 
     public override void Attach(KvSequence sequence)
@@ -142,11 +151,11 @@ internal sealed class InfiniPotVPolicy : KvPolicy
             if (orphans > 0) FrameRows.Evict(Store, table, evict.AsSpan(0, orphans));
             return;
         }
-        // The newest frames stay whole (with their text) as the reference, while they fit the cap.
+        // The newest frames stay whole (with their text) as the reference, while they fit the target.
         int reference = 0, referenceRows = 0;
-        while (reference < Math.Min(Recent, runs) && referenceRows + RunCost(runs - 1 - reference) <= Budget)
+        while (reference < Math.Min(Recent, runs) && referenceRows + RunCost(runs - 1 - reference) <= Target)
             referenceRows += RunCost(runs - 1 - reference++);
-        int firstReference = runs - reference, keepOld = Budget - referenceRows;
+        int firstReference = runs - reference, keepOld = Target - referenceRows;
         // Older visual rows: the candidates, in row order.
         var keys = rows.Keys(d);
         var values = rows.Values(d);
