@@ -48,20 +48,27 @@ internal static unsafe class VnniTiles
     public static bool IsSupported => Offset3 != null;
 
     /// <summary>
+    /// Bytes of one Q8_0 block of a group of 16 interleaved rows (<see cref="Interleaved"/>): 16 f16 scales, then 8
+    /// vectors of 4 columns × 16 rows of offset bytes — each vector one half of a tile step, as it is.
+    /// </summary>
+    const int InterleavedQ8Block = 32 + 8 * 64;
+
+    /// <summary>
     /// Σq·8 (Q4_0: shift 3) and Σq·128 (Q8_0: shift 7) come off; Q4_K has mins instead; Q6_K's blocks are 16 columns
     /// (4 steps) with Σq·32 off.
     /// </summary>
-    static readonly delegate* unmanaged[SuppressGCTransition]<Call*, void> Offset3, Offset7, WithMins, Offset5Short;
+    static readonly delegate* unmanaged[SuppressGCTransition]<Call*, void> Offset3, Offset7, WithMins, Offset5Short, Offset7Interleaved;
 
     static VnniTiles()
     {
         // CPUID.(EAX=7, ECX=0):ECX[11] = AVX512_VNNI
         if (!EmittedCode.Allowed || (X86Base.CpuId(7, 0).Ecx & (1 << 11)) == 0) return;
-        if (EmittedCode.Install(Emit(3, false, 8), Emit(7, false, 8), Emit(0, true, 8), Emit(5, false, 4)) is not { } entries) return;
+        if (EmittedCode.Install(Emit(3, false, 8), Emit(7, false, 8), Emit(0, true, 8), Emit(5, false, 4), Emit(7, false, 8, interleaved: true)) is not { } entries) return;
         Offset3 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[0];
         Offset7 = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[1];
         WithMins = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[2];
         Offset5Short = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[3];
+        Offset7Interleaved = (delegate* unmanaged[SuppressGCTransition]<Call*, void>)entries[4];
     }
 
     /// <summary>Q4_0 (<paramref name="mins"/> null) or Q4_K tile: as <see cref="IntegerTiles.Q4_0"/>.</summary>
@@ -71,6 +78,15 @@ internal static unsafe class VnniTiles
     /// <summary>Q8_0 tile of one plane of offset bytes: as <see cref="IntegerTiles.Q8_0"/>.</summary>
     internal static void Q8_0(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate) =>
         Run(Offset7, packed, scales, null, xq, xs, xd, columns, blocks, count, groups, y, ldy, accumulate);
+
+    /// <summary>
+    /// Q8_0 straight from the decode layout (<see cref="Interleaved"/>): rows 0–15 of the tile from the group block at
+    /// <paramref name="group0"/>, rows 16–31 from <paramref name="group1"/> (the same for a tile of 16 rows, whose upper
+    /// outputs the caller drops), each block's f16 scales widened in the kernel. The same integers, scales and
+    /// operations as <see cref="Q8_0"/> on a tile packed from it, so the same bits, without the per-call repacking.
+    /// </summary>
+    internal static void Q8_0Interleaved(byte* group0, byte* group1, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate) =>
+        Run(Offset7Interleaved, group0, (float*)group1, null, xq, xs, xd, columns, blocks, count, groups, y, ldy, accumulate);
 
     /// <summary>Q6_K tile (blocks of 16 columns, scale and Σq per 16): as <see cref="IntegerTiles.Q6_K"/>.</summary>
     internal static void Q6_K(byte* packed, float* scales, sbyte* xq, float* xd, int* xs, int columns, int blocks, int count, int groups, float* y, int ldy, bool accumulate) =>
@@ -97,8 +113,10 @@ internal static unsafe class VnniTiles
     /// block's address stays on the stack and each group reloads from it and moves its token pointers on by 4 tokens.
     /// <paramref name="shift"/>: log2 of the offset (Σ − Σq·2^shift), ignored with <paramref name="mins"/>;
     /// <paramref name="steps"/>: steps of 4 columns per block (8, or 4 for Q6_K's 16-column blocks).
+    /// <paramref name="interleaved"/>: the two halves of each step and their f16 scales come from the Q8_0 group blocks
+    /// at rax and rsi (<see cref="Q8_0Interleaved"/>) instead of a packed tile and its f32 scales.
     /// </summary>
-    static byte[] Emit(int shift, bool mins, int steps)
+    static byte[] Emit(int shift, bool mins, int steps, bool interleaved = false)
     {
         var e = new X86Emitter();
         int[] saved = [Rbx, Rbp, R12, R13, R14, R15];
@@ -143,16 +161,32 @@ internal static unsafe class VnniTiles
         for (int r = 8; r < 16; r++) e.VZero(r);
         for (int step = 0; step < steps; step++)
         {
-            e.VLoad(16, new(Rax, Disp: step * 128));
-            e.VLoad(17, new(Rax, Disp: step * 128 + 64));
+            if (interleaved)
+            {
+                e.VLoad(16, new(Rax, Disp: 32 + step * 64));
+                e.VLoad(17, new(Rsi, Disp: 32 + step * 64));
+            }
+            else
+            {
+                e.VLoad(16, new(Rax, Disp: step * 128));
+                e.VLoad(17, new(Rax, Disp: step * 128 + 64));
+            }
             for (int t = 0; t < 4; t++)
             {
                 e.VpdpbusdBroadcast(8 + 2 * t, 16, x[t] + 4 * step);
                 e.VpdpbusdBroadcast(9 + 2 * t, 17, x[t] + 4 * step);
             }
         }
-        e.VLoad(18, new(Rsi));
-        e.VLoad(19, new(Rsi, Disp: 64));
+        if (interleaved)
+        {
+            e.Vcvtph2ps(18, new(Rax));
+            e.Vcvtph2ps(19, new(Rsi));
+        }
+        else
+        {
+            e.VLoad(18, new(Rsi));
+            e.VLoad(19, new(Rsi, Disp: 64));
+        }
         if (mins) { e.VLoad(20, new(Rdx)); e.VLoad(21, new(Rdx, Disp: 64)); }
         for (int t = 0; t < 4; t++)
         {
@@ -175,10 +209,10 @@ internal static unsafe class VnniTiles
                 e.Vfnmadd231psBroadcast(2 * t + 1, 21, s[t]);
             }
         }
-        e.Add(Rax, 128 * steps);
+        e.Add(Rax, interleaved ? InterleavedQ8Block : 128 * steps);
         e.Add(R8, 4 * steps);
         e.Add(R9, 4 * steps);
-        e.Add(Rsi, 128);
+        e.Add(Rsi, interleaved ? InterleavedQ8Block : 128);
         e.Add(Rdx, 128);
         foreach (int r in new[] { R11, Rbx, R12, R13 }) e.Add(r, 4);
         e.Add(Rcx, -1);

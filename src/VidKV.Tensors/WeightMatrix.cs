@@ -780,6 +780,8 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
             for (int tile = start; tile < end; tile += IntegerTiles.Rows)
             {
                 int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
+                byte* second = null; // the upper half's group when the kernel reads the decode layout directly
+                int stride = blockBytes;
                 if (part.Tiles != null && tile % IntegerTiles.Rows == 0 && rows == Math.Min(IntegerTiles.Rows, part.Rows - tile))
                 {
                     // Packed at load: a whole tile of the matrix's own grid (a range claimed across parts can cut one).
@@ -787,6 +789,15 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                     packed = part.Tiles + index * blocks * blockBytes;
                     scales = part.TileScales + index * IntegerTiles.Rows * blocks;
                     mins = part.TileMins == null ? null : part.TileMins + index * IntegerTiles.Rows * blocks;
+                }
+                else if (job.Type == GgmlType.Q8_0 && VnniTiles.IsSupported && part.Interleaved != null && tile % Interleaved.Group == 0)
+                {
+                    // The VNNI kernel reads the decode layout's groups as they are (Q8_0's offset bytes are its one
+                    // plane), where repacking each tile per call cost ~5 % of an 80-token frame's products (SmolLM2-135M shape).
+                    stride = Interleaved.BlockBytes(GgmlType.Q8_0);
+                    packed = part.Interleaved + (long)(tile / Interleaved.Group) * blocks * stride;
+                    second = rows > Interleaved.Group ? packed + (long)blocks * stride : packed;
+                    scales = mins = null;
                 }
                 else
                 {
@@ -805,14 +816,13 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                 {
                     int count = Math.Min(chunk, blocks - c);
                     for (int t = t0; t < direct; t += MaxGroupsPerCall * IntegerTiles.Tokens)
-                        Group(ref job, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, count,
+                        Group(ref job, packed, second, scales, mins, stride, t, c, count,
                             Math.Min(MaxGroupsPerCall, (direct - t) / IntegerTiles.Tokens), part.Y + (long)t * part.Rows + tile, part.Rows, c > 0);
                 }
                 for (int t = direct; t < t1; t += IntegerTiles.Tokens)
                 {
                     for (int c = 0; c < blocks; c += chunk)
-                        Group(ref job, packed + (long)c * blockBytes, scales + c * IntegerTiles.Rows, mins == null ? null : mins + c * IntegerTiles.Rows, t, c, Math.Min(chunk, blocks - c),
-                            1, output, IntegerTiles.Rows, c > 0);
+                        Group(ref job, packed, second, scales, mins, stride, t, c, Math.Min(chunk, blocks - c), 1, output, IntegerTiles.Rows, c > 0);
                     for (int u = 0; u < Math.Min(IntegerTiles.Tokens, t1 - t); u++)
                         new ReadOnlySpan<float>(output + u * IntegerTiles.Rows, rows).CopyTo(new Span<float>(part.Y + (long)(t + u) * part.Rows + tile, rows));
                 }
@@ -820,12 +830,24 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         }
     }
 
-    /// <summary>Tokens t … t + 4·groups − 1 against tile blocks c … c+count−1 of a packed tile.</summary>
-    static void Group(ref Job job, byte* packed, float* scales, float* mins, int t, int c, int count, int groups, float* y, int ldy, bool accumulate)
+    /// <summary>
+    /// Tokens t … t + 4·groups − 1 against blocks c … c+count−1 of a packed tile (blocks <paramref name="stride"/> bytes
+    /// apart, scales and mins 32 a block), or of Q8_0's two interleaved groups at <paramref name="packed"/> and
+    /// <paramref name="second"/> when that is not null.
+    /// </summary>
+    static void Group(ref Job job, byte* packed, byte* second, float* scales, float* mins, int stride, int t, int c, int count, int groups, float* y, int ldy, bool accumulate)
     {
         int columns = job.Columns, width = IntegerTiles.BlockColumns(job.Type), blocks = columns / width;
         sbyte* xq = job.Quants + (long)t * columns + c * width;
         int* xs = job.BlockSums + (long)t * blocks + c;
+        if (second != null)
+        {
+            VnniTiles.Q8_0Interleaved(packed + (long)c * stride, second + (long)c * stride, xq, job.Scales + (long)t * blocks + c, xs, columns, blocks, count, groups, y, ldy, accumulate);
+            return;
+        }
+        packed += (long)c * stride;
+        scales += c * IntegerTiles.Rows;
+        if (mins != null) mins += c * IntegerTiles.Rows;
         if (job.Type == GgmlType.Q6_K) // scales and sums per 16 columns, the scales in Sums
             IntegerTiles.Q6_K(packed, scales, xq, job.Sums + (long)t * blocks + c, xs, columns, blocks, count, groups, y, ldy, accumulate);
         else if (job.Type == GgmlType.Q8_0)

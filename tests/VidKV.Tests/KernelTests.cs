@@ -318,6 +318,58 @@ public class KernelTests
             System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && (type != GgmlType.Q6_K || VnniTiles.IsSupported);
     }
 
+    /// <summary>
+    /// Prefill from the interleaved decode copy (Q8_0's VNNI kernel reads its groups as they are; the other types
+    /// repack each tile) gives the bits of the stored rows: matrices of 48, 16 and 80 rows fused into one product (a
+    /// claimed tile holds the first's last 16 rows and the second's only 16), 2 threads against 1.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
+    public unsafe void InterleavedPrefillGivesTheBitsOfTheStoredRows(GgmlType type)
+    {
+        var rng = new Random(93);
+        const int columns = 512;
+        int[] rows = [48, 16, 80];
+        var bytes = rows.Select(r =>
+        {
+            var b = new byte[GgmlTypes.RowBytes(type, columns) * r];
+            var w = Random(rng, r * columns);
+            for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan((int)(i * GgmlTypes.RowBytes(type, columns))));
+            return b;
+        }).ToArray();
+        fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2])
+        {
+            byte*[] pointers = [p0, p1, p2];
+            var interleaved = Enumerable.Range(0, 3).Select(i => new WeightMatrix("i" + i, type, rows[i], columns, pointers[i])).ToArray();
+            var plain = Enumerable.Range(0, 3).Select(i => new WeightMatrix("s" + i, type, rows[i], columns, pointers[i])).ToArray();
+            try
+            {
+                using var two = new WorkerPool(2);
+                using var one = new WorkerPool(1);
+                foreach (var m in interleaved) Assert.Equal(Interleaved.Supports(type), m.Interleave(two));
+                foreach (int tokens in new[] { 5, 70, 261 })
+                {
+                    float[] x = Random(rng, tokens * columns);
+                    var fused = rows.Select(r => new float[tokens * r]).ToArray();
+                    WeightMatrix.MatMul(x, tokens, interleaved[0], fused[0], interleaved[1], fused[1], interleaved[2], fused[2], two);
+                    for (int i = 0; i < 3; i++)
+                    {
+                        var alone = new float[tokens * rows[i]];
+                        plain[i].MatMul(x, tokens, alone, one);
+                        Assert.Equal(alone, fused[i]);
+                    }
+                }
+            }
+            finally
+            {
+                foreach (var m in interleaved) m.Dispose();
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(MatMulTypes))]
     public unsafe void MatMulMatchesReference(GgmlType type)
