@@ -336,7 +336,17 @@ public sealed class Session : IAsyncDisposable
     async Task<Task> QueueUnit(FrameEncoder encoder, PreparedFrame first, PreparedFrame? second, CancellationToken cancellation)
     {
         long encodeStart = System.Diagnostics.Stopwatch.GetTimestamp();
-        var encoded = await encoder.EncodeAsync(first, second, cancellation).ConfigureAwait(false);
+        EncodedFrame encoded;
+        try
+        {
+            encoded = await encoder.EncodeAsync(first, second, cancellation).ConfigureAwait(false);
+        }
+        finally
+        {
+            // The tower has read the planes (EncodeAsync returns, or throws, only after its work has ended).
+            encoder.Release(first);
+            if (second != null && second != first) encoder.Release(second);
+        }
         Interlocked.Add(ref encodeTicks, System.Diagnostics.Stopwatch.GetElapsedTime(encodeStart).Ticks);
         if (encoded.Reused) Interlocked.Increment(ref reusedFrames);
         bool firstAppend = Interlocked.Increment(ref appendCalls) == 1;
