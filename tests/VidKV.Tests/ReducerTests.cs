@@ -504,6 +504,46 @@ public class ReducerTests
     }
 
     /// <summary>
+    /// Heads of one layer that keep different frames each keep their frames' starts (the slot of a row is its position
+    /// minus its frame's first): head 0 sees frame 0 repeated by every later reference and drops it first, head 1 sees
+    /// frame 0 as the one novel frame and keeps it; every stored video row of either head still finds its frame's
+    /// first position.
+    /// </summary>
+    [Fact]
+    public void InfiniPotVKeepsTheFrameStartsOfEveryHeadsOldestFrame()
+    {
+        const int rows = 8, frames = 12, cap = 24;
+        var rng = new Random(31);
+        using var video = new Video($"infinipotv:budget={cap},recent=1,alpha=1");
+        var policy = (InfiniPotVPolicy)video.Cache.Policies[0, 0];
+        float[] sceneA = Scene(rng, rows), sceneB = Scene(rng, rows);
+        video.Text();
+        bool diverged = false;
+        for (int f = 0; f < frames; f++)
+        {
+            // Head 0: frame 0 is scene A, frames 1–2 novel, then A again (frame 0 becomes redundant, 1–2 stay).
+            // Head 1: frame 0 novel, then scene B throughout (frame 0 stays, the repeats go).
+            var keys = new float[rows * KvHeads * D];
+            var a = f == 0 || f >= 3 ? Shot(rng, sceneA) : Scene(rng, rows);
+            var b = f == 0 ? Scene(rng, rows) : Shot(rng, sceneB);
+            for (int r = 0; r < rows; r++)
+            {
+                a.AsSpan((r * KvHeads + 0) * D, D).CopyTo(keys.AsSpan((r * KvHeads + 0) * D));
+                b.AsSpan((r * KvHeads + 1) * D, D).CopyTo(keys.AsSpan((r * KvHeads + 1) * D));
+            }
+            video.Frame(f, keys);
+            for (int l = 0; l < Layers; l++)
+            {
+                for (int h = 0; h < KvHeads; h++)
+                    foreach (int p in video.Stored(l, h).Where(p => video.Frames[p] >= 0))
+                        Assert.Equal(video.Frames.IndexOf(video.Frames[p]), policy.FrameStart(l, p, video.Frames[p]));
+                diverged |= video.Stored(l, 1).Any(p => video.Frames[p] == 0) && !video.Stored(l, 0).Any(p => video.Frames[p] == 0);
+            }
+        }
+        Assert.True(diverged, "head 1 never kept frame 0 while head 0 had dropped it: the case this tests did not arise");
+    }
+
+    /// <summary>
     /// A frame's own text (a timestamp before its rows, a delimiter after, tagged <see cref="FrameIds.TextOf"/>) counts
     /// against InfiniPot-V's cap with the frame: however many frames go by, a head holds at most the cap in visual rows
     /// plus frame text, a frame keeps its text exactly while it keeps a visual row, the newest frames stay whole with

@@ -42,6 +42,11 @@ internal sealed class InfiniPotVPolicy : KvPolicy
     FrameTracker[] trackers = [];
     List<(int Position, int Frame)>[] starts = [];
     long[] trackedStep = [];
+    // Per (layer, head): the position of the head's oldest video row at its last compression (0 before its first: it may
+    // hold every frame; int.MaxValue for a head this policy does not run). The layer's frame starts are dropped only
+    // before the oldest of these, so a head that kept an older frame than another head of its layer keeps that
+    // frame's start, which its rows' slots need.
+    int[,] oldestVideo = new int[0, 0];
     int[] runFirst = [], runStart = [], runEnd = [], runText = [], slot = [], candidateRow = [], candidateRun = [], picked = [], evict = [],
         textRow = [], textRun = [];
     float[] tar = [], norms = [], scratch = [];
@@ -76,6 +81,9 @@ internal sealed class InfiniPotVPolicy : KvPolicy
         for (int l = 0; l < layers; l++) { trackers[l] = new FrameTracker(); starts[l] = []; }
         trackedStep = new long[layers];
         trackedStep.AsSpan().Fill(-1);
+        oldestVideo = new int[layers, sequence.Store.KvHeadCount];
+        for (int l = 0; l < layers; l++)
+            for (int h = 0; h < oldestVideo.GetLength(1); h++) oldestVideo[l, h] = int.MaxValue;
     }
 
     public override void OnAppended(in KvStep step)
@@ -95,6 +103,7 @@ internal sealed class InfiniPotVPolicy : KvPolicy
                 if (opens) starts[layer].Add((appended.Positions[i], frame));
             }
         }
+        if (oldestVideo[layer, step.Head] == int.MaxValue) oldestVideo[layer, step.Head] = 0; // a head of this policy
         Compress(step, layer);
     }
 
@@ -125,7 +134,13 @@ internal sealed class InfiniPotVPolicy : KvPolicy
             runEnd[runs - 1] = i + 1;
             slot[i] = positions[i] - runFirst[runs - 1];
         }
-        if (runs > 0) ForgetStartsBefore(layer, positions[runStart[0]]);
+        if (runs > 0)
+        {
+            oldestVideo[layer, step.Head] = positions[runStart[0]];
+            int oldest = int.MaxValue;
+            for (int h = 0; h < oldestVideo.GetLength(1); h++) oldest = Math.Min(oldest, oldestVideo[layer, h]);
+            ForgetStartsBefore(layer, oldest);
+        }
         // A frame's own text goes with its run (the run just after or before it that holds its frame); text of a frame
         // with no visual row left goes now, unless it comes after the last visual row (its frame is still arriving).
         int texts = 0, orphans = 0, previous = -1;
@@ -241,7 +256,7 @@ internal sealed class InfiniPotVPolicy : KvPolicy
     }
 
     /// <summary>The first position of the frame of the row at <paramref name="position"/> (as appended), or the position itself when unknown.</summary>
-    int FrameStart(int layer, int position, int frame)
+    internal int FrameStart(int layer, int position, int frame)
     {
         var list = starts[layer];
         int lo = 0, hi = list.Count;
@@ -260,6 +275,8 @@ internal sealed class InfiniPotVPolicy : KvPolicy
             trackers[l].Truncate(length);
             starts[l].RemoveAll(s => s.Position >= length);
             trackedStep[l] = -1;
+            for (int h = 0; h < oldestVideo.GetLength(1); h++)
+                if (oldestVideo[l, h] != int.MaxValue) oldestVideo[l, h] = Math.Min(oldestVideo[l, h], length);
         }
     }
 }
