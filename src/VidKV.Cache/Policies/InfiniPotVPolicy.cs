@@ -47,6 +47,12 @@ internal sealed class InfiniPotVPolicy : KvPolicy
     // before the oldest of these, so a head that kept an older frame than another head of its layer keeps that
     // frame's start, which its rows' slots need.
     int[,] oldestVideo = new int[0, 0];
+    // Per layer: the frames its heads held at this step's compressions and how many heads added theirs; once every
+    // head of the policy has, the starts of frames none holds go, so the list stays bounded by what the heads keep
+    // even when one head keeps its first frame for hours.
+    HashSet<int>[] heldFrames = [];
+    long[] heldStep = [];
+    int[] heldHeads = [];
     int[] runFirst = [], runStart = [], runEnd = [], runText = [], slot = [], candidateRow = [], candidateRun = [], picked = [], evict = [],
         textRow = [], textRun = [];
     float[] tar = [], norms = [], scratch = [];
@@ -84,6 +90,11 @@ internal sealed class InfiniPotVPolicy : KvPolicy
         oldestVideo = new int[layers, sequence.Store.KvHeadCount];
         for (int l = 0; l < layers; l++)
             for (int h = 0; h < oldestVideo.GetLength(1); h++) oldestVideo[l, h] = int.MaxValue;
+        heldFrames = new HashSet<int>[layers];
+        for (int l = 0; l < layers; l++) heldFrames[l] = [];
+        heldStep = new long[layers];
+        heldStep.AsSpan().Fill(-1);
+        heldHeads = new int[layers];
     }
 
     public override void OnAppended(in KvStep step)
@@ -137,9 +148,17 @@ internal sealed class InfiniPotVPolicy : KvPolicy
         if (runs > 0)
         {
             oldestVideo[layer, step.Head] = positions[runStart[0]];
-            int oldest = int.MaxValue;
-            for (int h = 0; h < oldestVideo.GetLength(1); h++) oldest = Math.Min(oldest, oldestVideo[layer, h]);
+            int oldest = int.MaxValue, served = 0;
+            for (int h = 0; h < oldestVideo.GetLength(1); h++)
+            {
+                oldest = Math.Min(oldest, oldestVideo[layer, h]);
+                if (oldestVideo[layer, h] != int.MaxValue) served++;
+            }
             ForgetStartsBefore(layer, oldest);
+            var held = heldFrames[layer];
+            if (heldStep[layer] != step.StepIndex) { held.Clear(); heldStep[layer] = step.StepIndex; heldHeads[layer] = 0; }
+            for (int r = 0; r < runs; r++) held.Add(frames[runStart[r]]);
+            if (++heldHeads[layer] == served) ForgetStartsNotHeld(layer, held);
         }
         // A frame's own text goes with its run (the run just after or before it that holds its frame); text of a frame
         // with no visual row left goes now, unless it comes after the last visual row (its frame is still arriving).
@@ -254,6 +273,19 @@ internal sealed class InfiniPotVPolicy : KvPolicy
         while (stale + 1 < list.Count && list[stale + 1].Position <= position) stale++;
         if (stale > 0) list.RemoveRange(0, stale);
     }
+
+    /// <summary>Drops the starts of frames no head of the layer held at this step (the newest start stays: its frame may still be arriving).</summary>
+    void ForgetStartsNotHeld(int layer, HashSet<int> held)
+    {
+        var list = starts[layer];
+        int kept = 0;
+        for (int i = 0; i < list.Count; i++)
+            if (i == list.Count - 1 || held.Contains(list[i].Frame)) list[kept++] = list[i];
+        if (kept < list.Count) list.RemoveRange(kept, list.Count - kept);
+    }
+
+    /// <summary>Frame starts the policy holds for <paramref name="layer"/> (tests: they stay bounded).</summary>
+    internal int FrameStartCount(int layer) => starts[layer].Count;
 
     /// <summary>The first position of the frame of the row at <paramref name="position"/> (as appended), or the position itself when unknown.</summary>
     internal int FrameStart(int layer, int position, int frame)
