@@ -168,7 +168,7 @@ static class BenchVideoCommand
         var every = new Option<int>("--every") { Description = "A row of hot/cold KV bytes and RSS every this many frames.", DefaultValueFactory = _ => 100 };
         var workers = new Option<int>("--workers") { Description = "0: sequential decoding (FfmpegSource, ffmpeg's threads); N > 0: QuickDecoder with N workers.", DefaultValueFactory = _ => 0 };
         var unchanged = CommonOptions.UnchangedThreshold();
-        var serial = new Option<bool>("--serial") { Description = "Frames go in one at a time, each through every stage before the next is read, so the stages' ms per frame add up (default: as watch runs them, through the session's video path — the source decodes ahead while a frame is encoded and prefilled — and questions are asked while ingestion goes on; prefill is not split out)." };
+        var serial = new Option<bool>("--serial") { Description = "Frames go in one at a time, each through every stage before the next is read, so the stages' ms per frame add up, and each row splits prefill into the text model's phases and the KV cache's stages (kernel, select, recall, policy update) (default: as watch runs them, through the session's video path — the source decodes ahead while a frame is encoded and prefilled — and questions are asked while ingestion goes on; prefill is not split out)." };
         var coldDir = CommonOptions.ColdDir();
         var coldMax = CommonOptions.ColdMax();
         var threads = CommonOptions.Threads();

@@ -69,5 +69,17 @@ public class BenchVideoTests
             Assert.Equal(JsonValueKind.Number, stages.GetProperty(stage).ValueKind);
         Assert.Equal(serial ? JsonValueKind.Number : JsonValueKind.Null, stages.GetProperty("prefill").ValueKind);
         Assert.True(stages.GetProperty("encode").GetDouble() > 0);
+        // Serial rows split prefill: the text model's phases and the KV cache's stages, the kernel and the products timed.
+        foreach (var row in rows)
+        {
+            var split = row.GetProperty("window_prefill_ms_per_frame");
+            Assert.Equal(serial ? JsonValueKind.Object : JsonValueKind.Null, split.ValueKind);
+            if (!serial) continue;
+            foreach (string phase in new[] { "qkv_projection", "attention", "ffn_down", "kv_select", "kv_recall", "kv_update" })
+                Assert.True(split.GetProperty(phase).GetDouble() >= 0, phase);
+            Assert.True(split.GetProperty("kv_kernel").GetDouble() > 0);
+            Assert.True(split.GetProperty("ffn_gate_up").GetDouble() > 0);
+            Assert.True(split.GetProperty("kv_kernel").GetDouble() <= split.GetProperty("attention").GetDouble() * 1.01 + 0.01, "the kernel is part of attention");
+        }
     }
 }
