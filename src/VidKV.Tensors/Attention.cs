@@ -329,99 +329,97 @@ internal static unsafe class Attention
         int blocks = (job.Tokens + job.Block - 1) / job.Block;
         int keyRowBytes = (int)GgmlTypes.RowBytes(job.KeyType, d), valueRowBytes = (int)GgmlTypes.RowBytes(job.ValueType, d);
         int items = blocks * job.KvHeads;
+        float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + padded;
+        float* keyTile = sum + padded, keyT = keyTile + Tile * d, valueTile = keyT + Tile * d;
+        int* tilePositions = (int*)(valueTile + Tile * d);
+        for (int item = Interlocked.Increment(ref job.NextItem) - 1; item < items; item = Interlocked.Increment(ref job.NextItem) - 1)
         {
-            float* scores = buffer, acc = scores + lanes * Tile, q = acc + lanes * d, max = q + lanes * d, sum = max + padded;
-            float* keyTile = sum + padded, keyT = keyTile + Tile * d, valueTile = keyT + Tile * d;
-            int* tilePositions = (int*)(valueTile + Tile * d);
-            for (int item = Interlocked.Increment(ref job.NextItem) - 1; item < items; item = Interlocked.Increment(ref job.NextItem) - 1)
+            // Items are claimed one at a time (an atomic counter), the last block first: a causal block's work
+            // grows with its position, so the biggest go first and the small ones fill in at the end (static
+            // shares left one of 2 threads 3/4 of pp512's work in plain order, and a thread slowed by another
+            // process held the other up).
+            int order = item / job.KvHeads, block = blocks - 1 - order;
+            int g = item % job.KvHeads, t0 = block * job.Block, t1 = Math.Min(job.Tokens, t0 + job.Block);
+            int count = (t1 - t0) * group;
+            for (int t = t0; t < t1; t++)
             {
-                // Items are claimed one at a time (an atomic counter), the last block first: a causal block's work
-                // grows with its position, so the biggest go first and the small ones fill in at the end (static
-                // shares left one of 2 threads 3/4 of pp512's work in plain order, and a thread slowed by another
-                // process held the other up).
-                int order = item / job.KvHeads, block = blocks - 1 - order;
-                int g = item % job.KvHeads, t0 = block * job.Block, t1 = Math.Min(job.Tokens, t0 + job.Block);
-                int count = (t1 - t0) * group;
-                for (int t = t0; t < t1; t++)
+                float* query = job.Q + (long)t * qRow + g * group * d;
+                for (int i = 0; i < group * d; i++) q[(t - t0) * group * d + i] = query[i] * job.Scale;
+            }
+            new Span<float>(acc, count * d).Clear();
+            new Span<float>(max, count).Fill(float.NegativeInfinity);
+            new Span<float>(sum, count).Clear();
+            int lastPosition = job.Start + t1 - 1; // the last token of the block sees rows up to here
+            int page = job.HeadPageStart[g], pageEnd = job.HeadPageStart[g + 1], row = 0;
+            while (true)
+            {
+                // Gather the next tile of selected, possibly visible rows as f32.
+                int n = 0;
+                while (n < Tile && page < pageEnd)
                 {
-                    float* query = job.Q + (long)t * qRow + g * group * d;
-                    for (int i = 0; i < group * d; i++) q[(t - t0) * group * d + i] = query[i] * job.Scale;
-                }
-                new Span<float>(acc, count * d).Clear();
-                new Span<float>(max, count).Fill(float.NegativeInfinity);
-                new Span<float>(sum, count).Clear();
-                int lastPosition = job.Start + t1 - 1; // the last token of the block sees rows up to here
-                int page = job.HeadPageStart[g], pageEnd = job.HeadPageStart[g + 1], row = 0;
-                while (true)
-                {
-                    // Gather the next tile of selected, possibly visible rows as f32.
-                    int n = 0;
-                    while (n < Tile && page < pageEnd)
+                    KvPageView* view = job.Pages + page;
+                    // A whole page that is visible, fits and lies row after row: widened with one call per side.
+                    if (row == 0 && view->Mask == KvPageView.AllRows && view->Count > 0 && n + view->Count <= Tile
+                        && view->KeyStride == keyRowBytes && view->ValueStride == valueRowBytes)
                     {
-                        KvPageView* view = job.Pages + page;
-                        // A whole page that is visible, fits and lies row after row: widened with one call per side.
-                        if (row == 0 && view->Mask == KvPageView.AllRows && view->Count > 0 && n + view->Count <= Tile
-                            && view->KeyStride == keyRowBytes && view->ValueStride == valueRowBytes)
+                        int rows = view->Count;
+                        int last = view->Positions == null ? view->FirstPosition + rows - 1 : view->Positions[rows - 1];
+                        if (last <= lastPosition)
                         {
-                            int rows = view->Count;
-                            int last = view->Positions == null ? view->FirstPosition + rows - 1 : view->Positions[rows - 1];
-                            if (last <= lastPosition)
-                            {
-                                WidenRow(job.KeyType, view->Keys, keyTile + n * d, rows * d);
-                                WidenRow(job.ValueType, view->Values, valueTile + n * d, rows * d);
-                                for (int j = 0; j < rows; j++) tilePositions[n + j] = view->Positions == null ? view->FirstPosition + j : view->Positions[j];
-                                n += rows;
-                                page++;
-                                continue;
-                            }
-                        }
-                        if (view->Mask != KvPageView.AllRows)
-                        {
-                            ulong rest = row < 64 ? view->Mask & (ulong.MaxValue << row) : 0;
-                            if (rest == 0) { page++; row = 0; continue; }
-                            row = System.Numerics.BitOperations.TrailingZeroCount(rest);
-                        }
-                        if (row >= view->Count) { page++; row = 0; continue; }
-                        int position = view->Positions == null ? view->FirstPosition + row : view->Positions[row];
-                        if (position > lastPosition) { page = pageEnd; break; }
-                        WidenRow(job.KeyType, view->Keys + (long)row * view->KeyStride, keyTile + n * d, d);
-                        WidenRow(job.ValueType, view->Values + (long)row * view->ValueStride, valueTile + n * d, d);
-                        tilePositions[n++] = position;
-                        row++;
-                    }
-                    if (n == 0) break;
-                    SmallMatrix.Transpose(keyTile, n, d, keyT, Tile);
-                    SmallMatrix.Multiply(q, d, count, keyT, Tile, d, n, scores, Tile, accumulate: false);
-                    for (int t = t0; t < t1; t++)
-                    {
-                        int visible = n, own = job.Start + t;
-                        while (visible > 0 && tilePositions[visible - 1] > own) visible--;
-                        for (int h = 0; h < group; h++)
-                        {
-                            int lane = (t - t0) * group + h;
-                            float* sc = scores + lane * Tile;
-                            if (visible == 0) { new Span<float>(sc, n).Clear(); continue; }
-                            new Span<float>(sc + visible, n - visible).Fill(float.NegativeInfinity);
-                            // Online softmax: rescale what was accumulated under the old maximum.
-                            var scoreRow = new Span<float>(sc, n);
-                            float newMax = MathF.Max(max[lane], VectorMath.Max(scoreRow.Slice(0, visible))), correction = MathF.Exp(max[lane] - newMax);
-                            // One pass for e^(s − max) and its sum (TensorPrimitives.Exp: 1.6 ns per element here).
-                            sum[lane] = sum[lane] * correction + VectorMath.ExpShiftedSum(scoreRow, newMax);
-                            max[lane] = newMax;
-                            if (correction != 1f) TensorPrimitives.Multiply(new Span<float>(acc + lane * d, d), correction, new Span<float>(acc + lane * d, d));
+                            WidenRow(job.KeyType, view->Keys, keyTile + n * d, rows * d);
+                            WidenRow(job.ValueType, view->Values, valueTile + n * d, rows * d);
+                            for (int j = 0; j < rows; j++) tilePositions[n + j] = view->Positions == null ? view->FirstPosition + j : view->Positions[j];
+                            n += rows;
+                            page++;
+                            continue;
                         }
                     }
-                    SmallMatrix.Multiply(scores, Tile, count, valueTile, d, n, d, acc, d, accumulate: true);
+                    if (view->Mask != KvPageView.AllRows)
+                    {
+                        ulong rest = row < 64 ? view->Mask & (ulong.MaxValue << row) : 0;
+                        if (rest == 0) { page++; row = 0; continue; }
+                        row = System.Numerics.BitOperations.TrailingZeroCount(rest);
+                    }
+                    if (row >= view->Count) { page++; row = 0; continue; }
+                    int position = view->Positions == null ? view->FirstPosition + row : view->Positions[row];
+                    if (position > lastPosition) { page = pageEnd; break; }
+                    WidenRow(job.KeyType, view->Keys + (long)row * view->KeyStride, keyTile + n * d, d);
+                    WidenRow(job.ValueType, view->Values + (long)row * view->ValueStride, valueTile + n * d, d);
+                    tilePositions[n++] = position;
+                    row++;
                 }
+                if (n == 0) break;
+                SmallMatrix.Transpose(keyTile, n, d, keyT, Tile);
+                SmallMatrix.Multiply(q, d, count, keyT, Tile, d, n, scores, Tile, accumulate: false);
                 for (int t = t0; t < t1; t++)
                 {
+                    int visible = n, own = job.Start + t;
+                    while (visible > 0 && tilePositions[visible - 1] > own) visible--;
                     for (int h = 0; h < group; h++)
                     {
                         int lane = (t - t0) * group + h;
-                        float* o = job.O + (long)t * qRow + (g * group + h) * d;
-                        float factor = sum[lane] > 0 ? 1f / sum[lane] : 0f;
-                        for (int i = 0; i < d; i++) o[i] = acc[lane * d + i] * factor;
+                        float* sc = scores + lane * Tile;
+                        if (visible == 0) { new Span<float>(sc, n).Clear(); continue; }
+                        new Span<float>(sc + visible, n - visible).Fill(float.NegativeInfinity);
+                        // Online softmax: rescale what was accumulated under the old maximum.
+                        var scoreRow = new Span<float>(sc, n);
+                        float newMax = MathF.Max(max[lane], VectorMath.Max(scoreRow.Slice(0, visible))), correction = MathF.Exp(max[lane] - newMax);
+                        // One pass for e^(s − max) and its sum (TensorPrimitives.Exp: 1.6 ns per element here).
+                        sum[lane] = sum[lane] * correction + VectorMath.ExpShiftedSum(scoreRow, newMax);
+                        max[lane] = newMax;
+                        if (correction != 1f) TensorPrimitives.Multiply(new Span<float>(acc + lane * d, d), correction, new Span<float>(acc + lane * d, d));
                     }
+                }
+                SmallMatrix.Multiply(scores, Tile, count, valueTile, d, n, d, acc, d, accumulate: true);
+            }
+            for (int t = t0; t < t1; t++)
+            {
+                for (int h = 0; h < group; h++)
+                {
+                    int lane = (t - t0) * group + h;
+                    float* o = job.O + (long)t * qRow + (g * group + h) * d;
+                    float factor = sum[lane] > 0 ? 1f / sum[lane] : 0f;
+                    for (int i = 0; i < d; i++) o[i] = acc[lane * d + i] * factor;
                 }
             }
         }

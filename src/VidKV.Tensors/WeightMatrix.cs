@@ -81,9 +81,6 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     byte* tiles;
     float* tileScales, tileMins;
 
-    /// <summary>Whether <see cref="PackTiles"/> made the prefill tiles, which products of 4+ tokens then read.</summary>
-    public bool HasTiles => tiles != null;
-
     /// <summary>
     /// Packs the whole matrix into the prefill tiles of <see cref="IntegerTiles"/> once, for a matrix that only ever
     /// multiplies many tokens at a time (a vision tower: 729–1024 rows an entry): products then skip the per-call
@@ -428,30 +425,28 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         int whole = tokens / PanelTokens * PanelTokens;
         float* tail = Scratch.ForCurrentThread.Tail(tokens > whole ? PanelTokens * columns : 0);
         float* output = stackalloc float[PanelTokens * PanelRows];
+        if (tokens > whole)
         {
+            new Span<float>(x + (long)whole * columns, (tokens - whole) * columns).CopyTo(new Span<float>(tail, PanelTokens * columns));
+            new Span<float>(tail + (tokens - whole) * columns, (PanelTokens - tokens + whole) * columns).Clear();
+        }
+        for (int tile = 0; tile < rows; tile += PanelRows)
+        {
+            int n = Math.Min(PanelRows, rows - tile);
+            float* panel = packed + (long)tile * columns, yt = y + tile;
+            for (int t = 0; t < whole; t += PanelTokens)
+            {
+                if (n == PanelRows) Panel32x8(panel, x + (long)t * columns, columns, yt + (long)t * rows, rows);
+                else
+                {
+                    Panel32x8(panel, x + (long)t * columns, columns, output, PanelRows);
+                    CopyOut(output, PanelTokens, n, yt + (long)t * rows, rows);
+                }
+            }
             if (tokens > whole)
             {
-                new Span<float>(x + (long)whole * columns, (tokens - whole) * columns).CopyTo(new Span<float>(tail, PanelTokens * columns));
-                new Span<float>(tail + (tokens - whole) * columns, (PanelTokens - tokens + whole) * columns).Clear();
-            }
-            for (int tile = 0; tile < rows; tile += PanelRows)
-            {
-                int n = Math.Min(PanelRows, rows - tile);
-                float* panel = packed + (long)tile * columns, yt = y + tile;
-                for (int t = 0; t < whole; t += PanelTokens)
-                {
-                    if (n == PanelRows) Panel32x8(panel, x + (long)t * columns, columns, yt + (long)t * rows, rows);
-                    else
-                    {
-                        Panel32x8(panel, x + (long)t * columns, columns, output, PanelRows);
-                        CopyOut(output, PanelTokens, n, yt + (long)t * rows, rows);
-                    }
-                }
-                if (tokens > whole)
-                {
-                    Panel32x8(panel, tail, columns, output, PanelRows);
-                    CopyOut(output, tokens - whole, n, yt + (long)whole * rows, rows);
-                }
+                Panel32x8(panel, tail, columns, output, PanelRows);
+                CopyOut(output, tokens - whole, n, yt + (long)whole * rows, rows);
             }
         }
     }
@@ -676,45 +671,43 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         float* rowsF32 = scratch.Row(PanelRows * columns), packed = scratch.Packed(PanelRows * columns);
         float* tail = scratch.Tail(tokens > whole ? PanelTokens * columns : 0);
         float* output = stackalloc float[PanelTokens * PanelRows];
+        if (tokens > whole)
         {
+            new Span<float>(job.Plain + (long)whole * columns, (tokens - whole) * columns).CopyTo(new Span<float>(tail, PanelTokens * columns));
+            new Span<float>(tail + (tokens - whole) * columns, (PanelTokens - tokens + whole) * columns).Clear();
+        }
+        for (int tile = start; tile < end; tile += PanelRows)
+        {
+            int rows = Math.Min(end, tile + PanelRows) - tile;
+            for (int r = 0; r < rows; r++)
+            {
+                byte* source = part.Weights + (long)(tile + r) * part.RowBytes;
+                float* row = rowsF32 + r * columns;
+                if (job.Type == GgmlType.F32) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(row, columns));
+                else if (job.Type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, row, columns);
+                else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16((ushort*)source, row, columns);
+                else if (part.Interleaved != null) // Q6_K without VNNI, the one repacked type on f32 tiles: its widened copy, not the file
+                    Interleaved.DequantizeRowQ6_K(part.Interleaved, columns / 256, tile + r, row);
+                else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(row, columns));
+            }
+            SmallMatrix.Transpose(rowsF32, Math.Min(rows, 16), columns, packed, 16);
+            if (rows > 16) SmallMatrix.Transpose(rowsF32 + 16 * columns, rows - 16, columns, packed + 16 * columns, 16);
+            else new Span<float>(packed + 16 * columns, 16 * columns).Clear();
+
+            float* y = part.Y + tile;
+            for (int t = 0; t < whole; t += PanelTokens)
+            {
+                if (rows == PanelRows) Panel32x8(packed, job.Plain + (long)t * columns, columns, y + (long)t * part.Rows, part.Rows);
+                else
+                {
+                    Panel32x8(packed, job.Plain + (long)t * columns, columns, output, PanelRows);
+                    CopyOut(output, PanelTokens, rows, y + (long)t * part.Rows, part.Rows);
+                }
+            }
             if (tokens > whole)
             {
-                new Span<float>(job.Plain + (long)whole * columns, (tokens - whole) * columns).CopyTo(new Span<float>(tail, PanelTokens * columns));
-                new Span<float>(tail + (tokens - whole) * columns, (PanelTokens - tokens + whole) * columns).Clear();
-            }
-            for (int tile = start; tile < end; tile += PanelRows)
-            {
-                int rows = Math.Min(end, tile + PanelRows) - tile;
-                for (int r = 0; r < rows; r++)
-                {
-                    byte* source = part.Weights + (long)(tile + r) * part.RowBytes;
-                    float* row = rowsF32 + r * columns;
-                    if (job.Type == GgmlType.F32) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(row, columns));
-                    else if (job.Type == GgmlType.F16) HalfDot.WidenF16((ushort*)source, row, columns);
-                    else if (job.Type == GgmlType.BF16) HalfDot.WidenBF16((ushort*)source, row, columns);
-                    else if (part.Interleaved != null) // Q6_K without VNNI, the one repacked type on f32 tiles: its widened copy, not the file
-                        Interleaved.DequantizeRowQ6_K(part.Interleaved, columns / 256, tile + r, row);
-                    else Dequantize.Row(job.Type, new ReadOnlySpan<byte>(source, part.RowBytes), new Span<float>(row, columns));
-                }
-                SmallMatrix.Transpose(rowsF32, Math.Min(rows, 16), columns, packed, 16);
-                if (rows > 16) SmallMatrix.Transpose(rowsF32 + 16 * columns, rows - 16, columns, packed + 16 * columns, 16);
-                else new Span<float>(packed + 16 * columns, 16 * columns).Clear();
-
-                float* y = part.Y + tile;
-                for (int t = 0; t < whole; t += PanelTokens)
-                {
-                    if (rows == PanelRows) Panel32x8(packed, job.Plain + (long)t * columns, columns, y + (long)t * part.Rows, part.Rows);
-                    else
-                    {
-                        Panel32x8(packed, job.Plain + (long)t * columns, columns, output, PanelRows);
-                        CopyOut(output, PanelTokens, rows, y + (long)t * part.Rows, part.Rows);
-                    }
-                }
-                if (tokens > whole)
-                {
-                    Panel32x8(packed, tail, columns, output, PanelRows);
-                    CopyOut(output, tokens - whole, rows, y + (long)whole * part.Rows, part.Rows);
-                }
+                Panel32x8(packed, tail, columns, output, PanelRows);
+                CopyOut(output, tokens - whole, rows, y + (long)whole * part.Rows, part.Rows);
             }
         }
     }
@@ -730,21 +723,19 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         var scratch = Scratch.ForCurrentThread;
         uint* packed = (uint*)scratch.Packed(Bf16Tiles.Rows * columns / 2);
         float* output = stackalloc float[Bf16Tiles.Tokens * Bf16Tiles.Rows];
+        for (int tile = start; tile < end; tile += Bf16Tiles.Rows)
         {
-            for (int tile = start; tile < end; tile += Bf16Tiles.Rows)
+            int rows = Math.Min(end, tile + Bf16Tiles.Rows) - tile;
+            Bf16Tiles.Pack(part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, columns, packed);
+            for (int t = 0; t < tokens; t += Bf16Tiles.Tokens)
             {
-                int rows = Math.Min(end, tile + Bf16Tiles.Rows) - tile;
-                Bf16Tiles.Pack(part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, columns, packed);
-                for (int t = 0; t < tokens; t += Bf16Tiles.Tokens)
+                ushort* x = job.Bf16 + (long)t * columns;
+                float* y = part.Y + (long)t * part.Rows + tile;
+                if (rows == Bf16Tiles.Rows && t + Bf16Tiles.Tokens <= tokens) Bf16Tiles.Run(packed, x, columns, columns, y, part.Rows);
+                else
                 {
-                    ushort* x = job.Bf16 + (long)t * columns;
-                    float* y = part.Y + (long)t * part.Rows + tile;
-                    if (rows == Bf16Tiles.Rows && t + Bf16Tiles.Tokens <= tokens) Bf16Tiles.Run(packed, x, columns, columns, y, part.Rows);
-                    else
-                    {
-                        Bf16Tiles.Run(packed, x, columns, columns, output, Bf16Tiles.Rows);
-                        CopyOut(output, Math.Min(Bf16Tiles.Tokens, tokens - t), rows, y, part.Rows);
-                    }
+                    Bf16Tiles.Run(packed, x, columns, columns, output, Bf16Tiles.Rows);
+                    CopyOut(output, Math.Min(Bf16Tiles.Tokens, tokens - t), rows, y, part.Rows);
                 }
             }
         }
@@ -776,56 +767,54 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         float* scaleBuffer = scratch.Packed(IntegerTiles.Rows * blocks), scales;
         float* minBuffer = job.Type == GgmlType.Q4_K ? scratch.Row(IntegerTiles.Rows * blocks) : null, mins;
         float* output = stackalloc float[IntegerTiles.Tokens * IntegerTiles.Rows];
+        for (int tile = start; tile < end; tile += IntegerTiles.Rows)
         {
-            for (int tile = start; tile < end; tile += IntegerTiles.Rows)
+            int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
+            byte* second = null; // the upper half's group when the kernel reads the decode layout directly
+            int stride = blockBytes;
+            if (part.Tiles != null && tile % IntegerTiles.Rows == 0 && rows == Math.Min(IntegerTiles.Rows, part.Rows - tile))
             {
-                int rows = Math.Min(end, tile + IntegerTiles.Rows) - tile;
-                byte* second = null; // the upper half's group when the kernel reads the decode layout directly
-                int stride = blockBytes;
-                if (part.Tiles != null && tile % IntegerTiles.Rows == 0 && rows == Math.Min(IntegerTiles.Rows, part.Rows - tile))
-                {
-                    // Packed at load: a whole tile of the matrix's own grid (a range claimed across parts can cut one).
-                    long index = tile / IntegerTiles.Rows;
-                    packed = part.Tiles + index * blocks * blockBytes;
-                    scales = part.TileScales + index * IntegerTiles.Rows * blocks;
-                    mins = part.TileMins == null ? null : part.TileMins + index * IntegerTiles.Rows * blocks;
-                }
-                else if (job.Type == GgmlType.Q8_0 && VnniTiles.IsSupported && part.Interleaved != null && tile % Interleaved.Group == 0)
-                {
-                    // The VNNI kernel reads the decode layout's groups as they are (Q8_0's offset bytes are its one
-                    // plane), where repacking each tile per call cost ~5 % of an 80-token frame's products (SmolLM2-135M shape).
-                    stride = Interleaved.BlockBytes(GgmlType.Q8_0);
-                    packed = part.Interleaved + (long)(tile / Interleaved.Group) * blocks * stride;
-                    second = rows > Interleaved.Group ? packed + (long)blocks * stride : packed;
-                    scales = mins = null;
-                }
-                else
-                {
-                    packed = packedBuffer;
-                    scales = scaleBuffer;
-                    mins = minBuffer;
-                    // A part behind one of rows not a multiple of 16 can start its tiles mid-group: those pack from the stored rows.
-                    if (part.Interleaved != null && tile % Interleaved.Group == 0)
-                        Interleaved.PackTile(job.Type, part.Interleaved, columns / Interleaved.BlockColumns(job.Type), tile / Interleaved.Group, rows > Interleaved.Group, packed, scales, mins);
-                    else IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales, mins);
-                }
-                // Full groups of a full tile write straight into y; the rest (a partial tile's groups, the last short group)
-                // into the buffer, one group at a time over all chunks. t0 is a whole number of groups.
-                int direct = rows == IntegerTiles.Rows ? Math.Min(t1, whole) : t0;
+                // Packed at load: a whole tile of the matrix's own grid (a range claimed across parts can cut one).
+                long index = tile / IntegerTiles.Rows;
+                packed = part.Tiles + index * blocks * blockBytes;
+                scales = part.TileScales + index * IntegerTiles.Rows * blocks;
+                mins = part.TileMins == null ? null : part.TileMins + index * IntegerTiles.Rows * blocks;
+            }
+            else if (job.Type == GgmlType.Q8_0 && VnniTiles.IsSupported && part.Interleaved != null && tile % Interleaved.Group == 0)
+            {
+                // The VNNI kernel reads the decode layout's groups as they are (Q8_0's offset bytes are its one
+                // plane), where repacking each tile per call cost ~5 % of an 80-token frame's products (SmolLM2-135M shape).
+                stride = Interleaved.BlockBytes(GgmlType.Q8_0);
+                packed = part.Interleaved + (long)(tile / Interleaved.Group) * blocks * stride;
+                second = rows > Interleaved.Group ? packed + (long)blocks * stride : packed;
+                scales = mins = null;
+            }
+            else
+            {
+                packed = packedBuffer;
+                scales = scaleBuffer;
+                mins = minBuffer;
+                // A part behind one of rows not a multiple of 16 can start its tiles mid-group: those pack from the stored rows.
+                if (part.Interleaved != null && tile % Interleaved.Group == 0)
+                    Interleaved.PackTile(job.Type, part.Interleaved, columns / Interleaved.BlockColumns(job.Type), tile / Interleaved.Group, rows > Interleaved.Group, packed, scales, mins);
+                else IntegerTiles.Pack(job.Type, part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, blocks, packed, scales, mins);
+            }
+            // Full groups of a full tile write straight into y; the rest (a partial tile's groups, the last short group)
+            // into the buffer, one group at a time over all chunks. t0 is a whole number of groups.
+            int direct = rows == IntegerTiles.Rows ? Math.Min(t1, whole) : t0;
+            for (int c = 0; c < blocks; c += chunk)
+            {
+                int count = Math.Min(chunk, blocks - c);
+                for (int t = t0; t < direct; t += MaxGroupsPerCall * IntegerTiles.Tokens)
+                    Group(ref job, packed, second, scales, mins, stride, t, c, count,
+                        Math.Min(MaxGroupsPerCall, (direct - t) / IntegerTiles.Tokens), part.Y + (long)t * part.Rows + tile, part.Rows, c > 0);
+            }
+            for (int t = direct; t < t1; t += IntegerTiles.Tokens)
+            {
                 for (int c = 0; c < blocks; c += chunk)
-                {
-                    int count = Math.Min(chunk, blocks - c);
-                    for (int t = t0; t < direct; t += MaxGroupsPerCall * IntegerTiles.Tokens)
-                        Group(ref job, packed, second, scales, mins, stride, t, c, count,
-                            Math.Min(MaxGroupsPerCall, (direct - t) / IntegerTiles.Tokens), part.Y + (long)t * part.Rows + tile, part.Rows, c > 0);
-                }
-                for (int t = direct; t < t1; t += IntegerTiles.Tokens)
-                {
-                    for (int c = 0; c < blocks; c += chunk)
-                        Group(ref job, packed, second, scales, mins, stride, t, c, Math.Min(chunk, blocks - c), 1, output, IntegerTiles.Rows, c > 0);
-                    for (int u = 0; u < Math.Min(IntegerTiles.Tokens, t1 - t); u++)
-                        new ReadOnlySpan<float>(output + u * IntegerTiles.Rows, rows).CopyTo(new Span<float>(part.Y + (long)(t + u) * part.Rows + tile, rows));
-                }
+                    Group(ref job, packed, second, scales, mins, stride, t, c, Math.Min(chunk, blocks - c), 1, output, IntegerTiles.Rows, c > 0);
+                for (int u = 0; u < Math.Min(IntegerTiles.Tokens, t1 - t); u++)
+                    new ReadOnlySpan<float>(output + u * IntegerTiles.Rows, rows).CopyTo(new Span<float>(part.Y + (long)(t + u) * part.Rows + tile, rows));
             }
         }
     }

@@ -231,33 +231,8 @@ public class KernelTests
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.F16)]
     [InlineData(GgmlType.F32)]
-    public unsafe void ClaimedTilesGiveEachRowItsBits(GgmlType type)
-    {
-        var rng = new Random(77);
-        const int columns = 96, tokens = 70;
-        int[] rows = [40, 24, 57];
-        var bytes = rows.Select(r =>
-        {
-            var b = new byte[GgmlTypes.RowBytes(type, columns) * r];
-            var w = Random(rng, r * columns);
-            for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan((int)(i * GgmlTypes.RowBytes(type, columns))));
-            return b;
-        }).ToArray();
-        float[] x = Random(rng, tokens * columns);
-        fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2])
-        {
-            var m = new[] { new WeightMatrix("a", type, rows[0], columns, p0), new WeightMatrix("b", type, rows[1], columns, p1), new WeightMatrix("c", type, rows[2], columns, p2) };
-            var fused = rows.Select(r => new float[tokens * r]).ToArray();
-            using (var two = new WorkerPool(2)) WeightMatrix.MatMul(x, tokens, m[0], fused[0], m[1], fused[1], m[2], fused[2], two);
-            using var one = new WorkerPool(1);
-            for (int i = 0; i < 3; i++)
-            {
-                var alone = new float[tokens * rows[i]];
-                m[i].MatMul(x, tokens, alone, one);
-                Assert.Equal(alone, fused[i]);
-            }
-        }
-    }
+    public void ClaimedTilesGiveEachRowItsBits(GgmlType type) =>
+        FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(new Random(77), type, 96, [40, 24, 57], [70], prepare: null);
 
     /// <summary>
     /// Prefill tiles packed once at load (<see cref="WeightMatrix.PackTiles"/>) give the bits of packing each tile per
@@ -273,49 +248,12 @@ public class KernelTests
     [InlineData(GgmlType.Q6_K, 512)]
     [InlineData(GgmlType.Q8_0, 4096)]
     [InlineData(GgmlType.Q4_K, 4096)]
-    public unsafe void TilesPackedAtLoadGiveTheBitsOfPackingPerCall(GgmlType type, int columns)
+    public void TilesPackedAtLoadGiveTheBitsOfPackingPerCall(GgmlType type, int columns)
     {
-        var rng = new Random(91);
         Assert.Equal(64, columns == 4096 ? WeightMatrix.TokenBlockBytes / columns : 64);
-        int[] rows = [40, 24, 57];
-        var bytes = rows.Select(r =>
-        {
-            var b = new byte[GgmlTypes.RowBytes(type, columns) * r];
-            var w = Random(rng, r * columns);
-            for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan((int)(i * GgmlTypes.RowBytes(type, columns))));
-            return b;
-        }).ToArray();
-        fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2])
-        {
-            byte*[] pointers = [p0, p1, p2];
-            var packed = Enumerable.Range(0, 3).Select(i => new WeightMatrix("p" + i, type, rows[i], columns, pointers[i])).ToArray();
-            var plain = Enumerable.Range(0, 3).Select(i => new WeightMatrix("s" + i, type, rows[i], columns, pointers[i])).ToArray();
-            try
-            {
-                using var two = new WorkerPool(2);
-                using var one = new WorkerPool(1);
-                foreach (var m in packed) Assert.Equal(IntegerTilesRun(type), m.PackTiles(two));
-                foreach (int tokens in new[] { 70, 3, 261 })
-                {
-                    float[] x = Random(rng, tokens * columns);
-                    var fused = rows.Select(r => new float[tokens * r]).ToArray();
-                    WeightMatrix.MatMul(x, tokens, packed[0], fused[0], packed[1], fused[1], packed[2], fused[2], two);
-                    for (int i = 0; i < 3; i++)
-                    {
-                        var alone = new float[tokens * rows[i]];
-                        plain[i].MatMul(x, tokens, alone, one);
-                        Assert.Equal(alone, fused[i]);
-                    }
-                }
-            }
-            finally
-            {
-                foreach (var m in packed) m.Dispose();
-            }
-        }
-
-        static bool IntegerTilesRun(GgmlType type) =>
-            System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && (type != GgmlType.Q6_K || VnniTiles.IsSupported);
+        bool runs = System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && (type != GgmlType.Q6_K || VnniTiles.IsSupported);
+        FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(new Random(91), type, columns, [40, 24, 57], [70, 3, 261],
+            prepare: (m, pool) => Assert.Equal(runs, m.PackTiles(pool)));
     }
 
     /// <summary>
@@ -328,44 +266,50 @@ public class KernelTests
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_K)]
     [InlineData(GgmlType.Q6_K)]
-    public unsafe void InterleavedPrefillGivesTheBitsOfTheStoredRows(GgmlType type)
+    public void InterleavedPrefillGivesTheBitsOfTheStoredRows(GgmlType type) =>
+        FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(new Random(93), type, 512, [48, 16, 80], [5, 70, 261],
+            prepare: (m, pool) => Assert.Equal(Interleaved.Supports(type), m.Interleave(pool)));
+
+    /// <summary>
+    /// Three matrices of random rows (made ready by <paramref name="prepare"/>: packed, interleaved, or as stored)
+    /// multiplied as one fused product on 2 threads give, for every token count, the bits of each stored matrix alone on 1.
+    /// </summary>
+    static unsafe void FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(Random rng, GgmlType type, int columns, int[] rows, int[] tokenCounts, Action<WeightMatrix, WorkerPool>? prepare)
     {
-        var rng = new Random(93);
-        const int columns = 512;
-        int[] rows = [48, 16, 80];
+        int rowBytes = (int)GgmlTypes.RowBytes(type, columns);
         var bytes = rows.Select(r =>
         {
-            var b = new byte[GgmlTypes.RowBytes(type, columns) * r];
+            var b = new byte[rowBytes * r];
             var w = Random(rng, r * columns);
-            for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan((int)(i * GgmlTypes.RowBytes(type, columns))));
+            for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan(i * rowBytes));
             return b;
         }).ToArray();
         fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2])
         {
             byte*[] pointers = [p0, p1, p2];
-            var interleaved = Enumerable.Range(0, 3).Select(i => new WeightMatrix("i" + i, type, rows[i], columns, pointers[i])).ToArray();
-            var plain = Enumerable.Range(0, 3).Select(i => new WeightMatrix("s" + i, type, rows[i], columns, pointers[i])).ToArray();
+            var ready = Enumerable.Range(0, 3).Select(i => new WeightMatrix("r" + i, type, rows[i], columns, pointers[i])).ToArray();
+            var stored = Enumerable.Range(0, 3).Select(i => new WeightMatrix("s" + i, type, rows[i], columns, pointers[i])).ToArray();
             try
             {
                 using var two = new WorkerPool(2);
                 using var one = new WorkerPool(1);
-                foreach (var m in interleaved) Assert.Equal(Interleaved.Supports(type), m.Interleave(two));
-                foreach (int tokens in new[] { 5, 70, 261 })
+                if (prepare != null) foreach (var m in ready) prepare(m, two);
+                foreach (int tokens in tokenCounts)
                 {
                     float[] x = Random(rng, tokens * columns);
                     var fused = rows.Select(r => new float[tokens * r]).ToArray();
-                    WeightMatrix.MatMul(x, tokens, interleaved[0], fused[0], interleaved[1], fused[1], interleaved[2], fused[2], two);
+                    WeightMatrix.MatMul(x, tokens, ready[0], fused[0], ready[1], fused[1], ready[2], fused[2], two);
                     for (int i = 0; i < 3; i++)
                     {
                         var alone = new float[tokens * rows[i]];
-                        plain[i].MatMul(x, tokens, alone, one);
+                        stored[i].MatMul(x, tokens, alone, one);
                         Assert.Equal(alone, fused[i]);
                     }
                 }
             }
             finally
             {
-                foreach (var m in interleaved) m.Dispose();
+                foreach (var m in ready) m.Dispose();
             }
         }
     }
