@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -76,19 +77,21 @@ internal static unsafe class Bf16Tiles
     {
         long i = 0;
         if (Avx512F.IsSupported)
-        {
-            var magnitude = Vector512.Create(0x7fffffffu);
-            var infinity = Vector512.Create(0x7f800000u);
             for (; i + 16 <= n; i += 16)
-            {
-                var u = Vector512.Load((uint*)x + i);
-                var rounded = (u + Vector512.Create(0x7fffu) + ((u >> 16) & Vector512<uint>.One)) >> 16;
-                var nan = Vector512.GreaterThan(u & magnitude, infinity);
-                var bits = Vector512.ConditionalSelect(nan, (u >> 16) | Vector512.Create(64u), rounded);
-                Avx512F.ConvertToVector256UInt16(bits).Store(destination + i);
-            }
-        }
+                Avx512F.ConvertToVector256UInt16(RoundBits(Vector512.Load((uint*)x + i))).Store(destination + i);
         for (; i < n; i++) destination[i] = Quantize.ToBF16(x[i]);
+    }
+
+    /// <summary>
+    /// Each lane's f32 bits <paramref name="u"/> rounded to bf16 (to nearest even; NaN stays a quiet NaN), in the low
+    /// 16 bits of the lane, the high 16 bits zero.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<uint> RoundBits(Vector512<uint> u)
+    {
+        var rounded = (u + Vector512.Create(0x7fffu) + ((u >> 16) & Vector512<uint>.One)) >> 16;
+        var nan = Vector512.GreaterThan(u & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
+        return Vector512.ConditionalSelect(nan, (u >> 16) | Vector512.Create(64u), rounded);
     }
 
     /// <summary>
@@ -103,7 +106,9 @@ internal static unsafe class Bf16Tiles
     }
 
     /// <summary>
-    /// zmm0–15 accumulate (token t: rows 0–15 in 2t, 16–31 in 2t+1), zmm16/17 hold one pair's weights. Tokens 0–3
+    /// zmm0–15 accumulate (token t: rows 0–15 in 2t, 16–31 in 2t+1), zmm16/17 hold one pair's weights, zmm18–25 each
+    /// token's pair broadcast once for both halves (as the instructions' {1to16} memory operand, 18 loads fed 16
+    /// products and set the pace on AMD EPYC Zen 5: 139 → 208 GMAC/s on one thread over 1024 columns). Tokens 0–3
     /// read from r8 (+ r10 = stride, 2·r10, r11 = 3·stride), tokens 4–7 from r9 the same way.
     /// </summary>
     static byte[] Emit()
@@ -125,8 +130,9 @@ internal static unsafe class Bf16Tiles
         e.VLoad(17, new(Rax, Disp: 64));
         for (int t = 0; t < Tokens; t++)
         {
-            e.Vdpbf16psBroadcast(2 * t, 16, x[t]);
-            e.Vdpbf16psBroadcast(2 * t + 1, 17, x[t]);
+            e.VBroadcast32(18 + t, x[t]);
+            e.Vdpbf16ps(2 * t, 16, 18 + t);
+            e.Vdpbf16ps(2 * t + 1, 17, 18 + t);
         }
         e.Add(Rax, 128);
         e.Add(R8, 4);

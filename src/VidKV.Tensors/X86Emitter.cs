@@ -156,15 +156,18 @@ internal sealed class X86Emitter
     /// <summary>vmovups zmm, [m]</summary>
     public void VLoad(int dst, Mem m) => Evex(Map0F, NoPrefix, 0x10, dst, -1, 0, m, false);
 
+    /// <summary>vpbroadcastd zmm, [m]: one 32-bit element to all 16 lanes</summary>
+    public void VBroadcast32(int dst, Mem m) => Evex(Map0F38, P66, 0x58, dst, -1, 0, m, false, memoryBytes: 4);
+
     /// <summary>vmovups [m], zmm</summary>
     public void VStore(Mem m, int src) => Evex(Map0F, NoPrefix, 0x11, src, -1, 0, m, false);
 
     /// <summary>vpxord zmm, zmm, zmm (with itself: zero).</summary>
     public void VZero(int dst) => Evex(Map0F, P66, 0xEF, dst, dst, dst, null, false);
 
-    /// <summary>vpdpbusd acc, u8, [m]{1to16}: acc (int32 lanes) += Σ of 4 products of unsigned bytes of
-    /// <paramref name="unsigned"/> with the signed bytes of the 32-bit word at <paramref name="m"/>.</summary>
-    public void VpdpbusdBroadcast(int acc, int unsigned, Mem m) => Evex(Map0F38, P66, 0x50, acc, unsigned, 0, m, true);
+    /// <summary>vpdpbusd acc, u8, s8: acc (int32 lanes) += Σ of the 4 products of each lane's unsigned bytes of
+    /// <paramref name="unsigned"/> with its signed bytes of <paramref name="signed"/>.</summary>
+    public void Vpdpbusd(int acc, int unsigned, int signed) => Evex(Map0F38, P66, 0x50, acc, unsigned, signed, null, false);
 
     /// <summary>vpslld dst, [m]{1to16}, imm8</summary>
     public void VpslldBroadcast(int dst, Mem m, int shift) { Evex(Map0F, P66, 0x72, 6, dst, 0, m, true); Byte(shift); }
@@ -181,9 +184,9 @@ internal sealed class X86Emitter
     /// <summary>vfmadd231ps acc, a, b (acc = a·b + acc, one rounding)</summary>
     public void Vfmadd231ps(int acc, int a, int b) => Evex(Map0F38, P66, 0xB8, acc, a, b, null, false);
 
-    /// <summary>vdpbf16ps acc, a, [m]{1to16}: acc (16 f32 lanes) += the two bf16 products of each lane's pair in
-    /// <paramref name="a"/> and the bf16 pair at <paramref name="m"/> (AVX512_BF16).</summary>
-    public void Vdpbf16psBroadcast(int acc, int a, Mem m) => Evex(Map0F38, PF3, 0x52, acc, a, 0, m, true);
+    /// <summary>vdpbf16ps acc, a, b: acc (16 f32 lanes) += the two bf16 products of each lane's pairs in
+    /// <paramref name="a"/> and <paramref name="b"/> (AVX512_BF16).</summary>
+    public void Vdpbf16ps(int acc, int a, int b) => Evex(Map0F38, PF3, 0x52, acc, a, b, null, false);
 
     /// <summary>vcvtph2ps zmm, [m] (16 f16 at m to f32, exact)</summary>
     public void Vcvtph2ps(int dst, Mem m) => Evex(Map0F38, P66, 0x13, dst, -1, 0, m, false, memoryBytes: 32);

@@ -121,7 +121,8 @@ public class X86EmitterTests
         e.VStore(new(X86Emitter.Rsi, Disp: 512), 3);
         e.VZero(4);
         e.VLoad(5, new(X86Emitter.Rdi, Disp: 0)); // unsigned bytes of source + 1024
-        e.VpdpbusdBroadcast(4, 5, new(X86Emitter.Rdi, Disp: 28)); // the word at source + 1052 (disp8·4)
+        e.VBroadcast32(6, new(X86Emitter.Rdi, Disp: 28)); // the word at source + 1052 (disp8·4) to every lane
+        e.Vpdpbusd(4, 5, 6);
         e.VStore(new(X86Emitter.Rsi, Disp: 576), 4);
         e.VStoreScalar(new(X86Emitter.Rsi, Disp: 644), 16); // lane 0 of the first vector at destination + 644 (disp8·4)
         e.Vzeroupper();
