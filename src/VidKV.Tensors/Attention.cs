@@ -94,8 +94,15 @@ internal static unsafe class Attention
     /// <param name="keys">[tokenCount, kvHeadCount, headDim] f32</param>
     /// <param name="values">[tokenCount, kvHeadCount, headDim] f32</param>
     /// <param name="destination">[tokenCount, headCount, headDim]</param>
+    /// <param name="bf16">
+    /// Multiply in bf16 where the CPU has vdpbf16ps (<see cref="Bf16Tiles"/>): queries, keys, values and the softmax's
+    /// numerators rounded to bf16 (each moves by at most 2^−9 of itself), products summed in f32, the max, exp, sum and
+    /// division in f32 as before. The two products then run ~1.2× (scores, a 64-wide sum per call) and ~1.5× (values)
+    /// faster on AMD EPYC Zen 5. llama.cpp's default (flash) attention for a ViT on the CPU rounds keys, values and
+    /// queries to f16 and sums the values in f16; bf16 keeps f32's range with two fewer mantissa bits than f16's.
+    /// </param>
     public static void Bidirectional(ReadOnlySpan<float> queries, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
-        int tokenCount, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination, WorkerPool? pool = null)
+        int tokenCount, int headCount, int kvHeadCount, int headDim, float scale, Span<float> destination, WorkerPool? pool = null, bool bf16 = false)
     {
         int n = tokenCount, d = headDim, qDim = headCount * d, kvDim = kvHeadCount * d;
         if (kvHeadCount <= 0 || headCount % kvHeadCount != 0) throw new ArgumentException($"{headCount} heads do not share {kvHeadCount} KV heads evenly");
@@ -115,6 +122,17 @@ internal static unsafe class Attention
                 Q = pq, K = pk, V = pv, O = po, Tokens = n, Heads = headCount, KvHeads = kvHeadCount,
                 HeadDim = d, Scale = scale, Blocks = (n + QueryBlock - 1) / QueryBlock, KeyRowsPadded = keyRowsPadded, ValueRowsPadded = valueRowsPadded,
             };
+            if (packed && bf16 && Bf16Tiles.Handles(d))
+            {
+                // Whole pairs of keys for the values' product (an odd last key pairs with a zero one) and score rows
+                // of whole key tiles, which the kernel writes 32 at a time.
+                job.KeyPairs = (n + 1) & ~1;
+                job.Bf16Keys = (uint*)scratch.Floats(5, kvHeadCount * keyRowsPadded * d / 2);
+                job.Bf16Values = (uint*)scratch.Floats(6, kvHeadCount * valueRowsPadded * job.KeyPairs / 2);
+                pool.Run(&PackBf16KeysAndValues, &job);
+                pool.Run(&AttendBlocksBf16, &job);
+                return;
+            }
             if (packed)
             {
                 job.PackedKeys = scratch.Floats(5, kvHeadCount * keyRowsPadded * d);
@@ -134,7 +152,8 @@ internal static unsafe class Attention
     struct BidirectionalJob
     {
         public float* Q, K, V, O, KeyRows, ValueColumns, PackedKeys, PackedValues;
-        public int Tokens, Heads, KvHeads, HeadDim, Blocks, KeyRowsPadded, ValueRowsPadded;
+        public uint* Bf16Keys, Bf16Values;
+        public int Tokens, Heads, KvHeads, HeadDim, Blocks, KeyRowsPadded, ValueRowsPadded, KeyPairs;
         public int NextItem; // the first (head, block) item no thread has claimed yet
         public float Scale;
     }
@@ -216,6 +235,102 @@ internal static unsafe class Attention
             // The softmax's division, on the d outputs of a row instead of its n weights.
             for (int t = 0; t < rows; t++)
                 TensorPrimitives.Multiply(new ReadOnlySpan<float>(output + (long)t * d, d), 1f / sums[t], new Span<float>(job.O + (long)(firstRow + t) * qDim + h * d, d));
+        }
+    }
+
+    /// <summary>
+    /// <see cref="PackKeysAndValues"/> for <see cref="Bf16Tiles"/>: each 32-key tile of a KV head as [column pair][2 halves][16 keys] words of two bf16 (a key's 32-bit words of its rounded row, transposed 16 keys
+    /// at a time), and each 32-channel tile of its values as [key pair][2 halves][16 channels] words holding the
+    /// channel of keys 2p and 2p+1 (an odd last key's partner is zero), one tile per item.
+    /// </summary>
+    static void PackBf16KeysAndValues(void* context, int thread, int threads)
+    {
+        ref BidirectionalJob job = ref *(BidirectionalJob*)context;
+        int n = job.Tokens, d = job.HeadDim, kvDim = job.KvHeads * d, keyTiles = job.KeyRowsPadded / 32, valueTiles = job.ValueRowsPadded / 32;
+        var (start, end) = WorkerPool.Split(job.KvHeads * (keyTiles + valueTiles), thread, threads);
+        ushort* rounded = (ushort*)BidirectionalScratch.ForCurrentThread.Floats(2, 8 * d);
+        for (int item = start; item < end; item++)
+        {
+            int g = item / (keyTiles + valueTiles), tile = item % (keyTiles + valueTiles);
+            if (tile < keyTiles)
+            {
+                uint* target = job.Bf16Keys + (long)g * job.KeyRowsPadded * d / 2 + (long)tile * 16 * d;
+                for (int half = 0; half < 2; half++)
+                {
+                    int first = tile * 32 + half * 16, rows = Math.Clamp(n - first, 0, 16);
+                    for (int r = 0; r < rows; r++) Bf16Tiles.Round(job.K + (long)(first + r) * kvDim + g * d, rounded + r * d, d);
+                    SmallMatrix.TransposeStrided((float*)rounded, d / 2, rows, d / 2, (float*)target + half * 16, 32);
+                }
+            }
+            else
+            {
+                tile -= keyTiles;
+                int pairs = job.KeyPairs / 2;
+                uint* target = job.Bf16Values + (long)g * job.ValueRowsPadded * pairs + (long)tile * 32 * pairs;
+                for (int half = 0; half < 2; half++)
+                {
+                    int channel = tile * 32 + half * 16, count = Math.Clamp(d - channel, 0, 16);
+                    float* v = job.V + g * d + channel;
+                    for (int p = 0; p < pairs; p++)
+                    {
+                        uint* words = target + p * 32 + half * 16;
+                        float* even = v + (long)2 * p * kvDim, odd = even + kvDim;
+                        bool partner = 2 * p + 1 < n;
+                        if (count == 16 && Avx512F.IsSupported)
+                        {
+                            var low = Bf16Tiles.RoundBits(Vector512.Load((uint*)even));
+                            var high = partner ? Bf16Tiles.RoundBits(Vector512.Load((uint*)odd)) << 16 : Vector512<uint>.Zero;
+                            Vector512.Store(low | high, words);
+                            continue;
+                        }
+                        for (int c = 0; c < 16; c++)
+                            words[c] = c >= count ? 0 : Quantize.ToBF16(even[c]) | (partner ? (uint)Quantize.ToBF16(odd[c]) << 16 : 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AttendBlocks"/> on <see cref="Bf16Tiles"/>: a block's queries rounded to bf16 (rows padded with zeros
+    /// to whole groups of 8), scores a whole key tile at a time, the softmax's numerators in f32 rounded to bf16 for the
+    /// values' product, the division by the f32 sum last.
+    /// </summary>
+    static void AttendBlocksBf16(void* context, int thread, int threads)
+    {
+        ref BidirectionalJob job = ref *(BidirectionalJob*)context;
+        int items = job.Heads * job.Blocks;
+        if (Volatile.Read(ref job.NextItem) >= items) return;
+        int n = job.Tokens, d = job.HeadDim, qDim = job.Heads * d, group = job.Heads / job.KvHeads, keyPairs = job.KeyPairs;
+        int scoreStride = job.KeyRowsPadded, outputStride = job.ValueRowsPadded, pairs = keyPairs / 2;
+        var scratch = BidirectionalScratch.ForCurrentThread;
+        ushort* queryRows = (ushort*)scratch.Floats(2, QueryBlock * d / 2), weights = (ushort*)scratch.Floats(0, QueryBlock * keyPairs / 2);
+        float* scores = scratch.Floats(3, QueryBlock * scoreStride), output = scratch.Floats(4, QueryBlock * outputStride);
+        float* sums = stackalloc float[QueryBlock];
+        for (int item = Interlocked.Increment(ref job.NextItem) - 1; item < items; item = Interlocked.Increment(ref job.NextItem) - 1)
+        {
+            int h = item / job.Blocks, firstRow = item % job.Blocks * QueryBlock, rows = Math.Min(QueryBlock, n - firstRow), g = h / group;
+            int groups = (rows + Bf16Tiles.Tokens - 1) / Bf16Tiles.Tokens, padded = groups * Bf16Tiles.Tokens;
+            for (int t = 0; t < rows; t++) Bf16Tiles.Round(job.Q + (long)(firstRow + t) * qDim + h * d, queryRows + t * d, d);
+            new Span<ushort>(queryRows + rows * d, (padded - rows) * d).Clear();
+            uint* keys = job.Bf16Keys + (long)g * job.KeyRowsPadded * d / 2;
+            for (int tile = 0; tile < job.KeyRowsPadded / 32; tile++)
+                for (int k = 0; k < groups; k++)
+                    Bf16Tiles.Run(keys + (long)tile * 16 * d, queryRows + k * Bf16Tiles.Tokens * d, d, d, scores + (long)k * Bf16Tiles.Tokens * scoreStride + tile * 32, scoreStride);
+            for (int t = 0; t < rows; t++)
+            {
+                var row = new ReadOnlySpan<float>(scores + (long)t * scoreStride, n);
+                float scale = job.Scale, shift = scale * (scale >= 0 ? VectorMath.Max(row) : TensorPrimitives.Min(row));
+                sums[t] = VectorMath.ExpScaledShiftedSumToBf16(row, scale, shift, weights + t * keyPairs);
+                if (keyPairs > n) weights[t * keyPairs + n] = 0;
+            }
+            new Span<ushort>(weights + rows * keyPairs, (padded - rows) * keyPairs).Clear();
+            uint* values = job.Bf16Values + (long)g * job.ValueRowsPadded * pairs;
+            for (int tile = 0; tile < outputStride / 32; tile++)
+                for (int k = 0; k < groups; k++)
+                    Bf16Tiles.Run(values + (long)tile * 32 * pairs, weights + k * Bf16Tiles.Tokens * keyPairs, keyPairs, keyPairs, output + (long)k * Bf16Tiles.Tokens * outputStride + tile * 32, outputStride);
+            for (int t = 0; t < rows; t++)
+                TensorPrimitives.Multiply(new ReadOnlySpan<float>(output + (long)t * outputStride, d), 1f / sums[t], new Span<float>(job.O + (long)(firstRow + t) * qDim + h * d, d));
         }
     }
 

@@ -128,6 +128,32 @@ public class KernelTests
     }
 
     /// <summary>
+    /// <see cref="VectorMath.ExpScaledShiftedSumToBf16"/> (the bf16 attention's softmax) returns the bits of
+    /// <see cref="VectorMath.ExpScaledShiftedSum"/>'s sum, writes its exponentials rounded by <see cref="Quantize.ToBF16"/>
+    /// and leaves the row alone, at every length 0–256 and large odd ones, −∞ entries included.
+    /// </summary>
+    [Fact]
+    public unsafe void ExpToBf16IsTheRoundedExp()
+    {
+        var rng = new Random(25);
+        foreach (int n in Lengths)
+        {
+            float[] x = Enumerable.Range(0, n).Select(i => i % 11 == 3 ? float.NegativeInfinity : (float)(rng.NextDouble() * 60 - 40)).ToArray();
+            float shift = n == 0 ? 0 : 0.125f * x.Max();
+            float[] row = (float[])x.Clone();
+            var rounded = new ushort[n + 1];
+            float got;
+            fixed (ushort* p = rounded) got = VectorMath.ExpScaledShiftedSumToBf16(row, 0.125f, shift, p);
+            float[] exp = (float[])x.Clone();
+            float want = VectorMath.ExpScaledShiftedSum(exp, 0.125f, shift);
+            Assert.Equal(x, row);
+            Assert.Equal(want, got);
+            Assert.Equal(exp.Select(Quantize.ToBF16), rounded.Take(n));
+            Assert.Equal(0, rounded[n]);
+        }
+    }
+
+    /// <summary>
     /// The vectorised f32 → bf16 rounding of the BF16 prefill (<see cref="Bf16Tiles.Round"/>) gives
     /// <see cref="Quantize.ToBF16"/>'s bits at every length 0–256 and large odd ones, ties, NaN, ±∞ and subnormals included.
     /// </summary>

@@ -18,6 +18,46 @@ public class RandomVisionModelTests
     static (string Text, string Projector) WriteTiny(TempDirectory dir, string name, GgmlType type = GgmlType.Q8_0, ulong seed = 42) =>
         RandomVisionModel.Write(dir.File(name), RandomVisionShape.Find(name)!, type, seed);
 
+    /// <summary>
+    /// A tower stored in 16 bits or fewer attends in bf16 unless loaded exact; an F32 tower is exact either way. An F16
+    /// tower's output moves by at most 2^−8 of its norm (twice bf16's unit roundoff; measured 1.5–1.8e-3, where the F16
+    /// weights themselves move it 5–7e-4 from the F32 tower's), a Q8_0 tower's by less than storing the weights in
+    /// Q8_0 moved it from the F32 tower's (its int8 activations amplify any change alike: measured 1.3–1.6e-2 against
+    /// 1.5–1.8e-2).
+    /// </summary>
+    [Theory]
+    [InlineData("tiny-idefics3", GgmlType.Q8_0)]
+    [InlineData("tiny-qwen25vl", GgmlType.Q8_0)]
+    [InlineData("tiny-llava", GgmlType.F16)]
+    [InlineData("tiny-idefics3", GgmlType.F16)]
+    [InlineData("tiny-llava", GgmlType.F32)]
+    public void TowersOfSixteenBitsOrFewerAttendInBf16UnlessExact(string name, GgmlType type)
+    {
+        using var dir = new TempDirectory();
+        float[] Encode(GgmlType stored, bool exact)
+        {
+            var (_, projectorPath) = RandomVisionModel.Write(dir.File($"{name}-{stored}-{exact}"), RandomVisionShape.Find(name)!, stored, seed: 42);
+            using var model = VisionModel.Load(projectorPath, exact);
+            Assert.Equal(exact, model.Exact);
+            var c = model.Config;
+            var pixels = new float[3 * c.ImageSize * c.ImageSize];
+            for (int i = 0; i < pixels.Length; i++) pixels[i] = MathF.Sin(i * 0.37f);
+            var output = new float[model.TokensPerEntry * model.OutputLength];
+            model.Encode(pixels, output, new Activations());
+            return output;
+        }
+        static double Relative(float[] a, float[] b) => Math.Sqrt(a.Zip(b, (x, y) => (double)(x - y) * (x - y)).Sum() / b.Sum(x => (double)x * x));
+        float[] fast = Encode(type, exact: false), exact = Encode(type, exact: true);
+        if (type == GgmlType.F32 || !Bf16Tiles.Handles(2)) // every tiny head width is even
+        {
+            Assert.Equal(exact, fast);
+            return;
+        }
+        Assert.NotEqual(exact, fast);
+        double moved = Relative(fast, exact), bound = type == GgmlType.F16 ? 1.0 / 256 : Relative(exact, Encode(GgmlType.F32, exact: true));
+        Assert.True(moved <= bound, $"bf16 attention moved the output by {moved:E2} of its norm (bound {bound:E2})");
+    }
+
     [Theory]
     [InlineData("tiny-idefics3")]
     [InlineData("tiny-llava")]

@@ -25,6 +25,11 @@ internal sealed unsafe class SelfAttention(Linear query, Linear key, Linear valu
     public int KvHeadCount { get; } = kvHeadCount;
     public int HeadDim { get; } = headDim;
     public Rope? Rope { get; } = rope;
+    /// <summary>
+    /// Whether attention without a cache (a ViT's) multiplies in bf16 (see <see cref="Attention.Bidirectional"/>): set
+    /// for towers stored in 16 bits or fewer, whose products already round their inputs as much or more.
+    /// </summary>
+    public bool Bf16Attention { get; init; }
 
     /// <summary>
     /// Attention of <paramref name="tokens"/> rows: <paramref name="h"/> [tokens, embedding] in (normalised), the
@@ -52,7 +57,7 @@ internal sealed unsafe class SelfAttention(Linear query, Linear key, Linear valu
         float scale = 1f / MathF.Sqrt(HeadDim);
         if (runs.IsEmpty && windows.Length <= 2)
         {
-            Attention.Bidirectional(q, k, v, tokens, HeadCount, KvHeadCount, HeadDim, scale, attention);
+            Attention.Bidirectional(q, k, v, tokens, HeadCount, KvHeadCount, HeadDim, scale, attention, bf16: Bf16Attention);
             profile?.Lap(ForwardPhase.Attention);
         }
         else if (runs.IsEmpty)
@@ -61,7 +66,7 @@ internal sealed unsafe class SelfAttention(Linear query, Linear key, Linear valu
             {
                 int first = windows[w], count = windows[w + 1] - first;
                 Attention.Bidirectional(q.Slice(first * qDim, count * qDim), k.Slice(first * kvDim, count * kvDim), v.Slice(first * kvDim, count * kvDim),
-                    count, HeadCount, KvHeadCount, HeadDim, scale, attention.Slice(first * qDim, count * qDim));
+                    count, HeadCount, KvHeadCount, HeadDim, scale, attention.Slice(first * qDim, count * qDim), bf16: Bf16Attention);
             }
             profile?.Lap(ForwardPhase.Attention);
         }

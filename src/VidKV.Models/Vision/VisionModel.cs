@@ -50,9 +50,10 @@ public sealed unsafe class VisionModel : IDisposable
         return matrix;
     }
 
-    VisionModel(VisionConfig config, IWeightSource weights)
+    VisionModel(VisionConfig config, IWeightSource weights, bool exact)
     {
         Config = config;
+        Exact = exact;
         this.weights = weights;
         int e = config.EmbeddingLength, p = config.PatchSize, patchArea = 3 * p * p;
         Path = weights.Path;
@@ -159,17 +160,22 @@ public sealed unsafe class VisionModel : IDisposable
     /// <see cref="HuggingFaceVision"/>); a file that is not one, or whose tensors do not fit its keys, throws
     /// <see cref="ModelFormatException"/>.
     /// </summary>
-    public static VisionModel Load(string path)
+    /// <param name="path">the mmproj GGUF, or the Hugging Face folder or file</param>
+    /// <param name="exact">
+    /// Keep the attention in f32 for a tower stored in 16 bits or fewer too (see <see cref="Exact"/>); the default
+    /// multiplies it in bf16 there.
+    /// </param>
+    public static VisionModel Load(string path, bool exact = false)
     {
         if (HuggingFaceVision.FolderOf(path) is { } folder)
         {
             var (config, source) = HuggingFaceVision.Open(folder);
-            return new VisionModel(config, source); // the constructor disposes the source when it throws
+            return new VisionModel(config, source, exact); // the constructor disposes the source when it throws
         }
         var file = GgufFile.Open(path);
         try
         {
-            return new VisionModel(VisionConfig.FromGguf(file), new GgufWeights(file));
+            return new VisionModel(VisionConfig.FromGguf(file), new GgufWeights(file), exact);
         }
         catch
         {
@@ -177,6 +183,14 @@ public sealed unsafe class VisionModel : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Whether every product runs at the precision of llama.cpp's non-flash graph (f32 attention). Otherwise (the
+    /// default) a tower whose matrices are stored in 16 bits or fewer (F16, BF16, Q8_0, …) attends in bf16: its
+    /// products already round their activations to 8–11 bits, and llama.cpp's default flash attention rounds queries,
+    /// keys and values to f16. An F32 tower is exact either way.
+    /// </summary>
+    public bool Exact { get; }
 
     /// <summary>The tower's and projector's hyper-parameters.</summary>
     public VisionConfig Config { get; }
@@ -216,8 +230,12 @@ public sealed unsafe class VisionModel : IDisposable
             new(Matrix(p + name + ".weight", rows, columns), weights.Contains(p + name + ".bias") ? weights.Vector(p + name + ".bias", rows) : null, phase);
         Norm BlockNorm(string name) => TowerNorm(p + name) ?? throw ModelFormatException.AtTensor(Path, p + name + ".weight", "required tensor is missing");
 
-        var attention = new SelfAttention(Project("attn_q", inner, e, ForwardPhase.QkvProjection), Project("attn_k", inner, e, ForwardPhase.QkvProjection),
-            Project("attn_v", inner, e, ForwardPhase.QkvProjection), Project("attn_out", e, inner, ForwardPhase.OutputProjection), c.HeadCount, c.HeadCount, c.HeadDim, rope);
+        var query = Project("attn_q", inner, e, ForwardPhase.QkvProjection);
+        var attention = new SelfAttention(query, Project("attn_k", inner, e, ForwardPhase.QkvProjection),
+            Project("attn_v", inner, e, ForwardPhase.QkvProjection), Project("attn_out", e, inner, ForwardPhase.OutputProjection), c.HeadCount, c.HeadCount, c.HeadDim, rope)
+        {
+            Bf16Attention = !Exact && query.Weight.Type != GgmlType.F32,
+        };
         if (weights.Contains(p + "ffn_gate.weight"))
         {
             // Qwen2.5-VL: SwiGLU with biases (llama.cpp's build_ffn with a gate and FFN_SILU).
