@@ -102,8 +102,9 @@ static class BenchCommand
         var output = new Option<string>("--output", "-o") { Description = "Output format: md (table) or json.", DefaultValueFactory = _ => "md" };
         output.AcceptOnlyFromAmong("md", "json");
         var roofline = new Option<bool>("--roofline") { Description = "Also measure this machine's f32 FMA throughput and report the fraction of it each test reaches (FLOPs of the products and attention ÷ time)." };
+        var visionExact = CommonOptions.VisionExact();
         var command = new Command("vision", "Measure the vision encoder + projector: ms and FLOPs per frame (one entry of the tower's size) and per image.")
-            .With(model, image, threads, repetitions, output, roofline);
+            .With(model, image, threads, repetitions, output, roofline, visionExact);
         command.SetAction(r =>
         {
             int[] threadCounts = ParseList(r.GetValue(threads)!, "-t", min: 1);
@@ -111,7 +112,7 @@ static class BenchCommand
             if (reps < 1) throw new ArgumentException("-r must be at least 1");
             string path = r.GetValue(model)!;
             var picture = r.GetValue(image) is string file ? Formats.ImageReader.Read(file) : null;
-            using var vision = VisionModel.Load(path);
+            using var vision = VisionModel.Load(path, r.GetValue(visionExact));
             Console.Error.WriteLine($"  kernels: {Tensors.MachineLimits.KernelSet}");
             var results = VisionBenchmark.Run(vision, Path.GetFileName(path.TrimEnd('/')), picture, threadCounts, reps, r.GetValue(roofline),
                 message => Console.Error.WriteLine($"  {message}")).ToList();

@@ -179,15 +179,16 @@ static class BenchVideoCommand
         {
             source,
         };
-        command.With(model, mmproj, fps, maxFrames, policy, budget, coldDir, coldMax, askAt, question, every, workers, serial, unchanged, threads, output);
+        var visionExact = CommonOptions.VisionExact();
+        command.With(model, mmproj, fps, maxFrames, policy, budget, coldDir, coldMax, askAt, question, every, workers, serial, unchanged, visionExact, threads, output);
         command.SetAction(r => RunIngest(r.GetValue(source)!, r.GetValue(model)!, r.GetValue(mmproj)!, new FrameSampling { Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames) },
-            CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(askAt) ?? [], r.GetValue(question)!, r.GetValue(every), r.GetValue(workers), r.GetValue(serial), CommonOptions.CheckUnchangedThreshold(r.GetValue(unchanged)), r.GetValue(threads),
+            CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(askAt) ?? [], r.GetValue(question)!, r.GetValue(every), r.GetValue(workers), r.GetValue(serial), CommonOptions.CheckUnchangedThreshold(r.GetValue(unchanged)), r.GetValue(visionExact), r.GetValue(threads),
             r.GetValue(output) == "json", r.InvocationConfiguration.Output).GetAwaiter().GetResult());
         return command;
     }
 
     static async Task<int> RunIngest(string source, string modelPath, string mmprojPath, FrameSampling sampling, KvCacheConfig kv, int[] askAt,
-        string question, int every, int workers, bool serial, double? unchangedThreshold, int threads, bool json, TextWriter output)
+        string question, int every, int workers, bool serial, double? unchangedThreshold, bool visionExact, int threads, bool json, TextWriter output)
     {
         sampling.Validate();
         if (every < 1) throw new ArgumentException("--every must be at least 1");
@@ -197,7 +198,7 @@ static class BenchVideoCommand
         var log = Console.Error;
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
-        using var vision = VisionModel.Load(mmprojPath);
+        using var vision = VisionModel.Load(mmprojPath, visionExact);
         await using var frames = workers > 0 ? (IFrameSource)new QuickDecoder(source, sampling, new QuickDecoderOptions { Workers = workers }) : new FfmpegSource(source, sampling);
         await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = new VideoOptions { UnchangedThreshold = unchangedThreshold } }, vision);
         await using var session = engine.CreateSession();

@@ -35,6 +35,12 @@ static class CommonOptions
 
     public static GgmlType ParseCacheType(string value) => value == "f32" ? GgmlType.F32 : GgmlType.F16;
 
+    public static Option<bool> VisionExact() => new("--vision-exact")
+    {
+        Description = "Run the vision tower at llama.cpp's non-flash precision: f32 attention, F16 matrices with f32 activations (default: a tower stored in 16 bits or fewer "
+            + "attends in bf16 and multiplies its F16 matrices in bf16, 1.5–2× faster where the CPU has AVX512_BF16; an F32 tower is exact either way).",
+    };
+
     public static Option<int> Threads() => new("--threads", "-t")
     {
         Description = "Threads for the kernels (default: one per core, or VIDKV_THREADS).",

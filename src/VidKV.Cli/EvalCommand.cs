@@ -46,12 +46,13 @@ static class EvalCommand
         var plot = new Option<string?>("--plot") { Description = "Also write an SVG chart to this file: needle accuracy and peak hot KV MiB against stream length, one line per policy." };
         var output = new Option<string>("--output", "-o") { Description = "Output format: md (tables) or json (one object: the options, the CPU and threads, the cap's sizing, one row per policy and length with every answer).", DefaultValueFactory = _ => "md" };
         output.AcceptOnlyFromAmong("md", "json");
+        var visionExact = CommonOptions.VisionExact();
         var threads = CommonOptions.Threads();
         var command = new Command("video", "Needle accuracy against stream length and memory, per KV policy: generated streams (sparse events, long static stretches) of each length are watched "
             + "through VidKV's engine as watch does; after the last frame, questions whose evidence lies chosen distances back are asked on forks of the session (greedy) and scored exactly. "
             + "Per policy and length: accuracy (overall, per distance, per question kind), time to first token (median, P90), hot and cold KV at the end, peak hot KV, ingest frames/s, frames, tokens. "
             + "Progress goes to stderr; Ctrl-C stops and prints the rows done.")
-            .With(model, mmproj, lengths, streams, distances, questions, size, policies, positions, hotCap, proactive, coldDir, plot, output, threads);
+            .With(model, mmproj, lengths, streams, distances, questions, size, policies, positions, hotCap, proactive, coldDir, plot, output, visionExact, threads);
         command.SetAction(async (r, cancellation) =>
         {
             double capMib = r.GetValue(hotCap);
@@ -72,7 +73,7 @@ static class EvalCommand
             Tensors.WorkerPool.SetSharedThreadCount(threadCount);
             var (textPath, visionPath) = BuiltInModel.Or(r.GetValue(model), r.GetValue(mmproj));
             using var text = Models.ModelLoader.Load(textPath);
-            using var vision = Models.VisionModel.Load(visionPath);
+            using var vision = Models.VisionModel.Load(visionPath, r.GetValue(visionExact));
             var log = r.InvocationConfiguration.Error;
             var result = await VideoEvaluation.RunAsync(text, vision, options, log, cancellation);
             var stdout = r.InvocationConfiguration.Output;

@@ -27,12 +27,13 @@ static class GenerateCommand
         var system = new Option<string?>("--system") { Description = "System message for --chat." };
         var mmproj = new Option<string?>("--mmproj") { Description = "Vision projector (llama.cpp mmproj GGUF) paired with -m; needed for --image unless -m is a Hugging Face vision-language folder (then the folder's own vision tower is used)." };
         var image = new Option<string[]>("--image") { Description = $"Image file (PNG, JPEG, BMP, PPM); repeat for several. Each goes where -p has a {MediaPrompt.Marker} marker, else all go before the text.", AllowMultipleArgumentsPerToken = false };
+        var visionExact = CommonOptions.VisionExact();
         var threads = CommonOptions.Threads();
         var cacheK = CommonOptions.CacheTypeK();
         var cacheV = CommonOptions.CacheTypeV();
 
         var command = new Command("generate", "Generate text from a prompt (like llama-completion). Without -m it uses a random-weight demo model.")
-            .With(model, prompt, file, predict, context, temperature, topK, topP, minP, repeatPenalty, repeatLastN, seed, chat, system, mmproj, image, threads, cacheK, cacheV);
+            .With(model, prompt, file, predict, context, temperature, topK, topP, minP, repeatPenalty, repeatLastN, seed, chat, system, mmproj, image, visionExact, threads, cacheK, cacheV);
         command.SetAction(r =>
         {
             Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
@@ -47,7 +48,7 @@ static class GenerateCommand
             if (imagePaths.Length > 0 && !text.Contains(MediaPrompt.Marker)) text = string.Concat(Enumerable.Repeat(MediaPrompt.Marker, imagePaths.Length)) + text;
             var images = imagePaths.Select(ImageReader.Read).ToList();
             using var m = ModelLoader.Load(path);
-            using var vision = visionPath != null ? VisionModel.Load(visionPath) : null;
+            using var vision = visionPath != null ? VisionModel.Load(visionPath, r.GetValue(visionExact)) : null;
             if (r.GetValue(chat))
             {
                 var messages = new List<ChatMessage>();

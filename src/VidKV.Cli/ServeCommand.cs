@@ -55,8 +55,9 @@ public static class ServeCommand
         var maxVideoFrames = new Option<int>("--max-video-frames") { Description = "Most frames read from one video in a chat message (and the most media_io_kwargs.video.num_frames may ask).", DefaultValueFactory = _ => 64 };
         var fetchTimeout = new Option<double>("--fetch-timeout") { Description = "Seconds an http(s) video URL may take to arrive whole (at most --max-body MiB); past it the request gets 400.", DefaultValueFactory = _ => 10 };
         var prefill = PrefillOption();
+        var visionExact = CommonOptions.VisionExact();
         var command = new Command("serve", "Serve the model over HTTP with an OpenAI-compatible API (like llama-server): GET /health, GET /v1/models, POST /v1/chat/completions (stream or not; text, images and video), live video sessions (/v1/sessions, /v1/uploads, /v1/media), GET /metrics, and a web page at / to watch a video and ask about it.")
-            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, maxUpload, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, prefill, threads);
+            .With(model, mmproj, host, port, apiKey, mediaRoot, maxSessions, maxBody, maxUpload, context, predict, sessionPolicy, sessionBudget, videoFps, maxVideoFrames, fetchTimeout, prefill, visionExact, threads);
         command.SetAction(r => Run(r.InvocationConfiguration.Error, r.GetValue(model), r.GetValue(mmproj), new ServerOptions
         {
             Host = ParseHost(r.GetValue(host)!),
@@ -73,7 +74,7 @@ public static class ServeCommand
             MaxVideoFrames = r.GetValue(maxVideoFrames),
             Demo = BuiltInDemo,
             FetchTimeout = r.GetValue(fetchTimeout) is var seconds && seconds > 0 && seconds <= 3600 ? TimeSpan.FromSeconds(seconds) : throw new ArgumentException($"--fetch-timeout must be more than 0 and at most 3600 seconds, not {seconds}"),
-        }, r.GetValue(context), ParsePrefill(r.GetValue(prefill)!), r.GetValue(threads)).GetAwaiter().GetResult());
+        }, r.GetValue(context), ParsePrefill(r.GetValue(prefill)!), r.GetValue(visionExact), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;
     }
 
@@ -97,7 +98,7 @@ public static class ServeCommand
         : IPAddress.TryParse(host, out var address) ? address
         : throw new ArgumentException($"--host '{host}' is not an IP address (or localhost)");
 
-    static async Task<int> Run(TextWriter log, string? modelPath, string? mmprojPath, ServerOptions options, int contextSize, PrefillScheduling prefill, int threads)
+    static async Task<int> Run(TextWriter log, string? modelPath, string? mmprojPath, ServerOptions options, int contextSize, PrefillScheduling prefill, bool visionExact, int threads)
     {
         options.Validate(); // before the model loads: a bad option is reported at once
         // No -m: the built-in pair (a -m without --mmproj serves text only).
@@ -105,7 +106,7 @@ public static class ServeCommand
         if (contextSize < 0) throw new ArgumentException($"-c must be 0 (the model's own) or more, not {contextSize}");
         Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
         using var model = ModelLoader.Load(modelPath);
-        using var vision = mmprojPath != null ? VisionModel.Load(mmprojPath) : null;
+        using var vision = mmprojPath != null ? VisionModel.Load(mmprojPath, visionExact) : null;
         int ctx = contextSize > 0 ? Math.Min(contextSize, model.Config.ContextLength) : model.Config.ContextLength;
         // The store keeps every kind of page metadata, so each live session may run the policy it names.
         await using var engine = new InferenceEngine(model, new EngineOptions { ContextLength = ctx, KvMetadata = Cache.KvMetadata.All, Prefill = prefill }, vision);

@@ -41,24 +41,25 @@ static class WatchCommand
         var coldDir = CommonOptions.ColdDir();
         var coldMax = CommonOptions.ColdMax();
         var positions = CommonOptions.Positions();
+        var visionExact = CommonOptions.VisionExact();
         var threads = CommonOptions.Threads();
         var command = new Command("watch", "Watch a video with a vision-language model: bounded memory, questions while it plays, comments on its own.")
         {
             source,
         };
-        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, positions, coldDir, coldMax, ask, proactive, silence, threshold, brackets, unchanged, predict, threads);
+        command.With(model, mmproj, fps, maxFrames, start, end, policy, budget, positions, coldDir, coldMax, ask, proactive, silence, threshold, brackets, unchanged, predict, visionExact, threads);
         command.SetAction(r => Run(r.InvocationConfiguration.Output, r.InvocationConfiguration.Error, r.GetValue(source), r.GetValue(model), r.GetValue(mmproj), new FrameSampling
         {
             Fps = r.GetValue(fps), MaxFrames = r.GetValue(maxFrames),
             Start = r.GetValue(start) is double s ? TimeSpan.FromSeconds(s) : null, End = r.GetValue(end) is double e ? TimeSpan.FromSeconds(e) : null,
         }, CommonOptions.WithColdTier(new KvCacheConfig { Default = r.GetValue(policy) ?? "full", Budget = r.GetValue(budget), Positions = CommonOptions.ParsePositions(r.GetValue(positions)) }, r.GetValue(coldDir), r.GetValue(coldMax)), r.GetValue(ask) ?? [], r.GetValue(proactive) ? new ProactiveOptions { SilenceToken = r.GetValue(silence)!, Threshold = r.GetValue(threshold) } : null,
             new VideoOptions { Format = r.GetValue(brackets) ? VideoFormat.FrameBrackets : VideoFormat.Native, UnchangedThreshold = CommonOptions.CheckUnchangedThreshold(r.GetValue(unchanged)) },
-            r.GetValue(predict), r.GetValue(threads)).GetAwaiter().GetResult());
+            r.GetValue(predict), r.GetValue(visionExact), r.GetValue(threads)).GetAwaiter().GetResult());
         return command;
     }
 
     static async Task<int> Run(TextWriter output, TextWriter log, string? source, string? modelPath, string? mmprojPath, FrameSampling sampling, KvCacheConfig kv,
-        string[] questions, ProactiveOptions? proactive, VideoOptions video, int maxTokens, int threads)
+        string[] questions, ProactiveOptions? proactive, VideoOptions video, int maxTokens, bool visionExact, int threads)
     {
         Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, threads));
         sampling.Validate();
@@ -82,7 +83,7 @@ static class WatchCommand
 
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
-        using var vision = VisionModel.Load(mmprojPath);
+        using var vision = VisionModel.Load(mmprojPath, visionExact);
         await using var frames = Directory.Exists(source) ? (IFrameSource)new ImageFolderSource(source, sampling.Fps ?? 1, sampling) : new FfmpegSource(source, sampling);
         await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = video }, vision);
         await using var session = engine.CreateSession();

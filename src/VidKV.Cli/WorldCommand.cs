@@ -27,10 +27,11 @@ static class WorldCommand
         var policy = new Option<string?>("--policy") { Description = PolicyDocs.SpecHelp("KV policy spec of the sessions; default full.") };
         var budget = new Option<int?>("--budget") { Description = "Token budget per KV head for the policy." };
         var positions = CommonOptions.Positions();
+        var visionExact = CommonOptions.VisionExact();
         var threads = CommonOptions.Threads();
         var json = new Option<bool>("--json") { Description = "Print the result as JSON." };
         var command = new Command("eval", "Watch held-out generated worlds with a model through VidKV's engine (proactive comments on, then questions) and score it: exact answers per question kind, narration F1 on event frames, silence on event-free frames.")
-            .With(model, mmproj, clips, ticks, size, questions, policy, budget, positions, threads, json);
+            .With(model, mmproj, clips, ticks, size, questions, policy, budget, positions, visionExact, threads, json);
         command.SetAction(async (r, cancellation) =>
         {
             int clipCount = Positive(r.GetValue(clips), "--clips"), tickCount = Positive(r.GetValue(ticks), "--ticks"), side = Positive(r.GetValue(size), "--size");
@@ -40,7 +41,7 @@ static class WorldCommand
             Tensors.WorkerPool.SetSharedThreadCount(Math.Max(1, r.GetValue(threads)));
             var (textPath, visionPath) = BuiltInModel.Or(r.GetValue(model), r.GetValue(mmproj));
             using var text = Models.ModelLoader.Load(textPath);
-            using var vision = Models.VisionModel.Load(visionPath);
+            using var vision = Models.VisionModel.Load(visionPath, r.GetValue(visionExact));
             await using var engine = new Engine.InferenceEngine(text, new Engine.EngineOptions { Kv = kv }, vision);
             var log = r.InvocationConfiguration.Error;
             var score = await WorldEvaluation.RunAsync(engine, clipCount, tickCount, side, asked, WorldOptions.Clip,

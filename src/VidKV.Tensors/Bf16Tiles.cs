@@ -72,6 +72,28 @@ internal static unsafe class Bf16Tiles
         }
     }
 
+    /// <summary>
+    /// <see cref="Pack"/> of F16 rows, each weight rounded to bf16 (f16 → f32 exactly, then <see cref="Quantize.ToBF16"/>):
+    /// an F16 matrix whose products may take bf16's precision (see <see cref="WeightMatrix.PackTiles"/>).
+    /// <paramref name="scratch"/> holds 1.5 × <paramref name="columns"/> floats.
+    /// </summary>
+    public static void PackF16(byte* weights, long rowBytes, int rows, int columns, uint* packed, float* scratch)
+    {
+        ushort* rounded = (ushort*)(scratch + columns);
+        for (int r = 0; r < Math.Min(rows, Rows); r++)
+        {
+            HalfDot.WidenF16((ushort*)(weights + r * rowBytes), scratch, columns);
+            Round(scratch, rounded, columns);
+            uint* target = packed + (r >> 4) * 16 + (r & 15), words = (uint*)rounded;
+            for (int p = 0; p < columns / 2; p++) target[p * 32] = words[p];
+        }
+        for (int r = rows; r < Rows; r++)
+        {
+            uint* target = packed + (r >> 4) * 16 + (r & 15);
+            for (int p = 0; p < columns / 2; p++) target[p * 32] = 0;
+        }
+    }
+
     /// <summary>f32 → bf16 with round to nearest even (NaN stays a quiet NaN): <see cref="Quantize.ToBF16"/> vectorised.</summary>
     public static void Round(float* x, ushort* destination, long n)
     {

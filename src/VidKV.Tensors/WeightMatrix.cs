@@ -80,6 +80,8 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     byte* tiles;
     float* tileScales, tileMins;
+    /// <summary>Whether <see cref="tiles"/> hold <see cref="Bf16Tiles"/>' layout (a BF16 matrix, or an F16 one rounded at load).</summary>
+    bool bf16Tiles;
 
     /// <summary>
     /// Packs the whole matrix into the prefill tiles of <see cref="IntegerTiles"/> once, for a matrix that only ever
@@ -87,11 +89,25 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     /// repacking of each tile (2–3 % of a SigLIP-B/16 pass) and decode-sized products read the stored rows. Q4_0, Q8_0,
     /// Q4_K (and Q6_K where the VNNI kernel runs) on AVX-512BW, and not beside an interleaved copy; returns whether it
     /// packed. <paramref name="releaseStoredPages"/> as for <see cref="Interleave"/>. Freed by <see cref="Dispose"/>.
+    /// BF16 (and, with <paramref name="roundF16ToBf16"/>, F16 rounded to bf16: the products then round weights and
+    /// activations to bf16's 8 significant bits where f16 keeps 11) go into <see cref="Bf16Tiles"/>' layout where that
+    /// kernel runs, and their products claim tiles token block by token block as the integer tiles' do.
     /// </summary>
-    public bool PackTiles(WorkerPool? pool = null, bool releaseStoredPages = false)
+    public bool PackTiles(WorkerPool? pool = null, bool releaseStoredPages = false, bool roundF16ToBf16 = false)
     {
         if (tiles != null) return true;
-        if (!IntegerTiles.Supports(Type) || interleaved != null) return false;
+        if (interleaved != null) return false;
+        if ((Type == GgmlType.BF16 || (Type == GgmlType.F16 && roundF16ToBf16)) && UsesFloatTiles(Bf16Tiles.Tokens) && Bf16Tiles.Handles(Columns))
+        {
+            int tileCount = (Rows + Bf16Tiles.Rows - 1) / Bf16Tiles.Rows;
+            tiles = (byte*)NativeMemory.AlignedAlloc((nuint)((long)tileCount * Bf16Tiles.Rows * Columns * 2), 64);
+            bf16Tiles = true;
+            var bf16Job = new TileJob { Type = Type, Source = data, RowBytes = RowBytes, Rows = Rows, Count = tileCount, Columns = Columns, Tiles = tiles };
+            (pool ?? WorkerPool.Shared).Run(&PackBf16TileShare, &bf16Job);
+            if (releaseStoredPages) ReleasePages(data, (long)Rows * RowBytes);
+            return true;
+        }
+        if (!IntegerTiles.Supports(Type)) return false;
         int blocks = Columns / IntegerTiles.BlockColumns(Type), count = (Rows + IntegerTiles.Rows - 1) / IntegerTiles.Rows;
         long tileBytes = IntegerTiles.PackedBytes(Type, blocks), scaleCount = (long)count * IntegerTiles.Rows * blocks;
         tiles = (byte*)NativeMemory.AlignedAlloc((nuint)(count * tileBytes), 64);
@@ -111,7 +127,30 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         public GgmlType Type;
         public byte* Source, Tiles;
         public float* Scales, Mins;
-        public int RowBytes, Rows, Count, Blocks;
+        public int RowBytes, Rows, Count, Blocks, Columns;
+    }
+
+    static void PackBf16TileShare(void* context, int thread, int threads)
+    {
+        ref TileJob job = ref *(TileJob*)context;
+        var (first, end) = WorkerPool.Split(job.Count, thread, threads);
+        float* scratch = job.Type == GgmlType.F16 ? (float*)NativeMemory.AlignedAlloc((nuint)(job.Columns * 6 + 64), 64) : null;
+        try
+        {
+            for (int t = first; t < end; t++) PackBf16(job.Type, job.Source, job.RowBytes, t * Bf16Tiles.Rows, Math.Min(Bf16Tiles.Rows, job.Rows - t * Bf16Tiles.Rows),
+                job.Columns, (uint*)job.Tiles + (long)t * Bf16Tiles.Rows * job.Columns / 2, scratch);
+        }
+        finally
+        {
+            if (scratch != null) NativeMemory.AlignedFree(scratch);
+        }
+    }
+
+    /// <summary>Rows [first, first + rows) of a BF16 matrix, or of an F16 one rounded to bf16, packed into one <see cref="Bf16Tiles"/> tile.</summary>
+    static void PackBf16(GgmlType type, byte* weights, int rowBytes, int first, int rows, int columns, uint* packed, float* scratch)
+    {
+        if (type == GgmlType.F16) Bf16Tiles.PackF16(weights + (long)first * rowBytes, rowBytes, rows, columns, packed, scratch);
+        else Bf16Tiles.Pack(weights + (long)first * rowBytes, rowBytes, rows, columns, packed);
     }
 
     static void PackTileShare(void* context, int thread, int threads)
@@ -149,6 +188,7 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         float* scales = tileScales, mins = tileMins;
         tiles = null;
         tileScales = tileMins = null;
+        bf16Tiles = false;
         if (packed != null) NativeMemory.AlignedFree(packed);
         if (scales != null) NativeMemory.AlignedFree(scales);
         if (mins != null) NativeMemory.AlignedFree(mins);
@@ -204,11 +244,14 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     static bool UsesIntegerTiles(GgmlType type, int tokens) => tokens >= 4 && IntegerTiles.Supports(type);
 
-    /// <summary>Prefill (4+ tokens) of BF16 weights runs <see cref="Bf16Tiles"/> (vdpbf16ps) where the CPU has AVX512_BF16.</summary>
-    static bool UsesBf16Tiles(GgmlType type, int columns, int tokens) => type == GgmlType.BF16 && UsesFloatTiles(tokens) && Bf16Tiles.Handles(columns);
+    /// <summary>
+    /// Prefill (4+ tokens) of BF16 weights, and of F16 weights packed into bf16 tiles (<see cref="PackTiles"/>), runs
+    /// <see cref="Bf16Tiles"/> (vdpbf16ps) where the CPU has AVX512_BF16.
+    /// </summary>
+    static bool UsesBf16Tiles(WeightMatrix w, int tokens) => (w.Type == GgmlType.BF16 || w.bf16Tiles) && UsesFloatTiles(tokens) && Bf16Tiles.Handles(w.Columns);
 
     /// <summary>Whether a product over <paramref name="tokens"/> tokens rounds the activations to bf16 (<see cref="Bf16Tiles"/>).</summary>
-    public bool RoundsActivationsToBF16(int tokens) => UsesBf16Tiles(Type, Columns, tokens);
+    public bool RoundsActivationsToBF16(int tokens) => UsesBf16Tiles(this, tokens);
 
     /// <summary>Whether a product over <paramref name="tokens"/> tokens quantises the activations to 8 bits.</summary>
     public bool QuantizesActivations(int tokens) => UsesQuantizedActivations && (!UsesFloatTiles(tokens) || UsesIntegerTiles(Type, tokens));
@@ -231,7 +274,7 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     public static void MatMul(ReadOnlySpan<float> x, int tokens, WeightMatrix a, Span<float> ya,
         WeightMatrix? b, Span<float> yb, WeightMatrix? c, Span<float> yc, WorkerPool? pool = null)
     {
-        if ((b != null && (b.Type != a.Type || b.Columns != a.Columns)) || (c != null && (c.Type != a.Type || c.Columns != a.Columns)))
+        if ((b != null && (b.Type != a.Type || b.Columns != a.Columns || b.bf16Tiles != a.bf16Tiles)) || (c != null && (c.Type != a.Type || c.Columns != a.Columns || c.bf16Tiles != a.bf16Tiles)))
         {
             a.MatMul(x, tokens, ya, pool);
             b?.MatMul(x, tokens, yb, pool);
@@ -251,8 +294,19 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
             job.Add(a, pa);
             if (b != null) job.Add(b, pb);
             if (c != null) job.Add(c, pc);
+            bool bf16 = UsesBf16Tiles(a, tokens);
             switch (a.Type)
             {
+                case GgmlType.BF16 or GgmlType.F16 when bf16:
+                {
+                    // bf16 activations for whole groups of Bf16Tiles.Tokens (zeros after the last token), kept in Floats.
+                    int padded = (tokens + Bf16Tiles.Tokens - 1) / Bf16Tiles.Tokens * Bf16Tiles.Tokens;
+                    scratch.Ensure((padded * columns + 1) / 2, 0);
+                    RoundRows(px, (ushort*)scratch.Floats, tokens, columns, pool);
+                    new Span<ushort>((ushort*)scratch.Floats + (long)tokens * columns, (padded - tokens) * columns).Clear();
+                    job.Bf16 = (ushort*)scratch.Floats;
+                    break;
+                }
                 case GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K when UsesIntegerTiles(a.Type, tokens):
                 {
                     // Whole groups of IntegerTiles.Tokens: the padding tokens are zero quants with scale 0.
@@ -292,15 +346,6 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                     scratch.Ensure(tokens * columns, tokens * blocks);
                     QuantizeRows(px, scratch, tokens, columns, floatSums: a.Type is GgmlType.Q4_0 or GgmlType.Q4_K, offsetSums: false, pool);
                     break;
-                case GgmlType.BF16 when UsesBf16Tiles(a.Type, columns, tokens):
-                {
-                    // bf16 activations for whole groups of Bf16Tiles.Tokens (zeros after the last token), kept in Floats.
-                    int padded = (tokens + Bf16Tiles.Tokens - 1) / Bf16Tiles.Tokens * Bf16Tiles.Tokens;
-                    scratch.Ensure((padded * columns + 1) / 2, 0);
-                    Bf16Tiles.Round(px, (ushort*)scratch.Floats, (long)tokens * columns);
-                    new Span<ushort>((ushort*)scratch.Floats + (long)tokens * columns, (padded - tokens) * columns).Clear();
-                    break;
-                }
                 case GgmlType.F16 when !UsesFloatTiles(tokens) && !F16Rows.Handles(columns):
                     scratch.Ensure(tokens * columns, 0);
                     System.Numerics.Tensors.TensorPrimitives.Multiply(x[..(tokens * columns)], HalfDot.InputScale, new Span<float>(scratch.Floats, tokens * columns));
@@ -312,7 +357,6 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
             job.Sums = scratch.Sums;
             job.BlockSums = scratch.BlockSums;
             if (a.Type == GgmlType.F16 && !UsesFloatTiles(tokens) && !F16Rows.Handles(columns)) job.X = scratch.Floats; // HalfDot's 2^64-scaled copy
-            if (UsesBf16Tiles(a.Type, columns, tokens)) job.Bf16 = (ushort*)scratch.Floats;
             pool.Run(&Execute, &job);
         }
     }
@@ -335,7 +379,32 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
         else pool.Run(&QuantizeShare, &job);
     }
 
-    /// <summary>Tokens from which <see cref="QuantizeRows"/> shares the rows out.</summary>
+    /// <summary>
+    /// The activations rounded to bf16 (<see cref="Bf16Tiles.Round"/>), tokens shared out as <see cref="QuantizeRows"/>
+    /// does (on the caller alone, a ViT layer's 1024 × 3072 down-projection inputs kept the other core waiting).
+    /// </summary>
+    static void RoundRows(float* x, ushort* destination, int tokens, int columns, WorkerPool pool)
+    {
+        var job = new RoundJob { X = x, Destination = destination, Tokens = tokens, Columns = columns };
+        if (tokens < ParallelQuantizeTokens) RoundShare(&job, 0, 1);
+        else pool.Run(&RoundShare, &job);
+    }
+
+    struct RoundJob
+    {
+        public float* X;
+        public ushort* Destination;
+        public int Tokens, Columns;
+    }
+
+    static void RoundShare(void* context, int thread, int threads)
+    {
+        ref RoundJob job = ref *(RoundJob*)context;
+        var (start, end) = WorkerPool.Split(job.Tokens, thread, threads);
+        Bf16Tiles.Round(job.X + (long)start * job.Columns, job.Destination + (long)start * job.Columns, (long)(end - start) * job.Columns);
+    }
+
+    /// <summary>Tokens from which <see cref="QuantizeRows"/> and <see cref="RoundRows"/> share the rows out.</summary>
     const int ParallelQuantizeTokens = 16;
 
     struct QuantizeJob
@@ -515,10 +584,13 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     static int TokenBlockFor(ref Job job)
     {
-        if (!UsesIntegerTiles(job.Type, job.Tokens) || job.Tokens < ClaimTokens) return job.Tokens;
+        bool bf16 = job.Bf16 != null;
+        if (!(bf16 || UsesIntegerTiles(job.Type, job.Tokens)) || job.Tokens < ClaimTokens) return job.Tokens;
         for (int i = 0; i < job.PartCount; i++)
             if ((i == 0 ? job.P0 : i == 1 ? job.P1 : job.P2).Tiles == null) return job.Tokens;
-        int block = Math.Max(ClaimTokens, TokenBlockBytes / job.Columns / IntegerTiles.Tokens * IntegerTiles.Tokens);
+        // Whole groups of either kernel (8 tokens for bf16, 4 for the integer tiles), 2 bytes an activation for bf16.
+        int group = bf16 ? Bf16Tiles.Tokens : IntegerTiles.Tokens;
+        int block = Math.Max(ClaimTokens, TokenBlockBytes / (job.Columns * (bf16 ? 2 : 1)) / group * group);
         return block >= job.Tokens ? job.Tokens : block;
     }
 
@@ -580,6 +652,7 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
                         part.Y + (long)t * part.Rows);
             }
             else if (integer) RunIntegerTiles(ref job, ref part, from, to, t0, t1);
+            else if (job.Bf16 != null) RunBf16Tiles(ref job, ref part, from, to, t0, t1);
             else RunRows(ref job, ref part, from, to);
         }
     }
@@ -661,11 +734,6 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     /// </summary>
     static void FloatTiles(ref Job job, ref Part part, int start, int end)
     {
-        if (job.Bf16 != null)
-        {
-            RunBf16Tiles(ref job, ref part, start, end);
-            return;
-        }
         int columns = job.Columns, tokens = job.Tokens, whole = tokens / PanelTokens * PanelTokens;
         var scratch = Scratch.ForCurrentThread;
         float* rowsF32 = scratch.Row(PanelRows * columns), packed = scratch.Packed(PanelRows * columns);
@@ -713,29 +781,32 @@ internal sealed unsafe partial class WeightMatrix : IDisposable
     }
 
     /// <summary>
-    /// BF16 prefill on <see cref="Bf16Tiles"/>: each tile of 32 rows is packed once (pairs of columns, 16 rows per
-    /// vector), then every group of 8 tokens passes over it; a tile of fewer rows or the last group writes through a
-    /// buffer.
+    /// BF16 prefill on <see cref="Bf16Tiles"/> for tokens [t0, t1) (t0 a whole number of groups): each tile of 32 rows is
+    /// the one packed at load (<see cref="PackTiles"/>) or packed here once, then every group of 8 tokens passes over
+    /// it; a tile of fewer rows or the last group writes through a buffer.
     /// </summary>
-    static void RunBf16Tiles(ref Job job, ref Part part, int start, int end)
+    static void RunBf16Tiles(ref Job job, ref Part part, int start, int end, int t0, int t1)
     {
-        int columns = job.Columns, tokens = job.Tokens;
+        int columns = job.Columns;
         var scratch = Scratch.ForCurrentThread;
-        uint* packed = (uint*)scratch.Packed(Bf16Tiles.Rows * columns / 2);
+        uint* buffer = (uint*)scratch.Packed(Bf16Tiles.Rows * columns / 2);
         float* output = stackalloc float[Bf16Tiles.Tokens * Bf16Tiles.Rows];
         for (int tile = start; tile < end; tile += Bf16Tiles.Rows)
         {
             int rows = Math.Min(end, tile + Bf16Tiles.Rows) - tile;
-            Bf16Tiles.Pack(part.Weights + (long)tile * part.RowBytes, part.RowBytes, rows, columns, packed);
-            for (int t = 0; t < tokens; t += Bf16Tiles.Tokens)
+            uint* packed = buffer;
+            if (part.Tiles != null && tile % Bf16Tiles.Rows == 0 && rows == Math.Min(Bf16Tiles.Rows, part.Rows - tile))
+                packed = (uint*)part.Tiles + (long)tile * columns / 2; // a whole tile of the matrix's own grid
+            else PackBf16(job.Type, part.Weights, part.RowBytes, tile, rows, columns, buffer, scratch.Row(columns * 3 / 2 + 16));
+            for (int t = t0; t < t1; t += Bf16Tiles.Tokens)
             {
                 ushort* x = job.Bf16 + (long)t * columns;
                 float* y = part.Y + (long)t * part.Rows + tile;
-                if (rows == Bf16Tiles.Rows && t + Bf16Tiles.Tokens <= tokens) Bf16Tiles.Run(packed, x, columns, columns, y, part.Rows);
+                if (rows == Bf16Tiles.Rows && t + Bf16Tiles.Tokens <= t1) Bf16Tiles.Run(packed, x, columns, columns, y, part.Rows);
                 else
                 {
                     Bf16Tiles.Run(packed, x, columns, columns, output, Bf16Tiles.Rows);
-                    CopyOut(output, Math.Min(Bf16Tiles.Tokens, tokens - t), rows, y, part.Rows);
+                    CopyOut(output, Math.Min(Bf16Tiles.Tokens, t1 - t), rows, y, part.Rows);
                 }
             }
         }

@@ -274,12 +274,35 @@ public class KernelTests
     [InlineData(GgmlType.Q6_K, 512)]
     [InlineData(GgmlType.Q8_0, 4096)]
     [InlineData(GgmlType.Q4_K, 4096)]
+    [InlineData(GgmlType.BF16, 512)]
+    [InlineData(GgmlType.BF16, 2048)]
     public void TilesPackedAtLoadGiveTheBitsOfPackingPerCall(GgmlType type, int columns)
     {
-        Assert.Equal(64, columns == 4096 ? WeightMatrix.TokenBlockBytes / columns : 64);
-        bool runs = System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && (type != GgmlType.Q6_K || VnniTiles.IsSupported);
-        FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(new Random(91), type, columns, [40, 24, 57], [70, 3, 261],
+        Assert.Equal(64, columns == 4096 ? WeightMatrix.TokenBlockBytes / columns : columns == 2048 ? WeightMatrix.TokenBlockBytes / columns / 2 : 64);
+        bool runs = type == GgmlType.BF16 ? Bf16Tiles.Handles(columns) && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated
+            : System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && (type != GgmlType.Q6_K || VnniTiles.IsSupported);
+        // BF16: the second matrix's first tile straddles a claimed tile, so that part of it packs from the stored rows.
+        FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(new Random(91), type, columns, type == GgmlType.BF16 ? [40, 40, 57] : [40, 24, 57], [70, 3, 261],
             prepare: (m, pool) => Assert.Equal(runs, m.PackTiles(pool)));
+    }
+
+    /// <summary>
+    /// An F16 matrix packed into bf16 tiles at load (<see cref="WeightMatrix.PackTiles"/> with roundF16ToBf16, a vision
+    /// tower's default) gives the bits of a BF16 matrix of its rows rounded to bf16, fused and claimed on 2 threads
+    /// (2048 columns: token blocks of 64; the second matrix's first tile straddles a claimed tile and packs from the
+    /// stored rows, rounding them the same way) against each alone on 1; without the kernel it does not pack. Fewer
+    /// than 4 tokens read the stored f16 rows, exactly.
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(2048)]
+    public void F16RoundedAtLoadGivesTheBitsOfItsBf16Rows(int columns)
+    {
+        bool runs = Bf16Tiles.Handles(columns) && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated;
+        FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(new Random(95), GgmlType.F16, columns, [40, 40, 57], [70, 261],
+            prepare: (m, pool) => Assert.Equal(runs, m.PackTiles(pool, roundF16ToBf16: true)), aloneType: runs ? GgmlType.BF16 : null);
+        FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(new Random(97), GgmlType.F16, columns, [40, 24, 57], [3],
+            prepare: (m, pool) => Assert.Equal(runs, m.PackTiles(pool, roundF16ToBf16: true)));
     }
 
     /// <summary>
@@ -300,9 +323,14 @@ public class KernelTests
     /// Three matrices of random rows (made ready by <paramref name="prepare"/>: packed, interleaved, or as stored)
     /// multiplied as one fused product on 2 threads give, for every token count, the bits of each stored matrix alone on 1.
     /// </summary>
-    static unsafe void FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(Random rng, GgmlType type, int columns, int[] rows, int[] tokenCounts, Action<WeightMatrix, WorkerPool>? prepare)
+    /// <param name="aloneType">
+    /// the type of the matrices each product alone runs on, their rows the stored rows read back and stored again in it
+    /// (F16 rows rounded to BF16); null: the stored rows as they are
+    /// </param>
+    static unsafe void FusedOnTwoThreadsGiveTheBitsOfEachAloneOnOne(Random rng, GgmlType type, int columns, int[] rows, int[] tokenCounts, Action<WeightMatrix, WorkerPool>? prepare,
+        GgmlType? aloneType = null)
     {
-        int rowBytes = (int)GgmlTypes.RowBytes(type, columns);
+        int rowBytes = (int)GgmlTypes.RowBytes(type, columns), aloneBytes = (int)GgmlTypes.RowBytes(aloneType ?? type, columns);
         var bytes = rows.Select(r =>
         {
             var b = new byte[rowBytes * r];
@@ -310,11 +338,23 @@ public class KernelTests
             for (int i = 0; i < r; i++) Quantize.Row(type, w.AsSpan(i * columns, columns), b.AsSpan(i * rowBytes));
             return b;
         }).ToArray();
-        fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2])
+        var aloneRows = bytes.Select((b, m) =>
         {
-            byte*[] pointers = [p0, p1, p2];
+            if (aloneType is not { } restored) return b;
+            var copy = new byte[aloneBytes * rows[m]];
+            var row = new float[columns];
+            for (int i = 0; i < rows[m]; i++)
+            {
+                Dequantize.Row(type, b.AsSpan(i * rowBytes, rowBytes), row);
+                Quantize.Row(restored, row, copy.AsSpan(i * aloneBytes));
+            }
+            return copy;
+        }).ToArray();
+        fixed (byte* p0 = bytes[0], p1 = bytes[1], p2 = bytes[2], a0 = aloneRows[0], a1 = aloneRows[1], a2 = aloneRows[2])
+        {
+            byte*[] pointers = [p0, p1, p2], alonePointers = [a0, a1, a2];
             var ready = Enumerable.Range(0, 3).Select(i => new WeightMatrix("r" + i, type, rows[i], columns, pointers[i])).ToArray();
-            var stored = Enumerable.Range(0, 3).Select(i => new WeightMatrix("s" + i, type, rows[i], columns, pointers[i])).ToArray();
+            var stored = Enumerable.Range(0, 3).Select(i => new WeightMatrix("s" + i, aloneType ?? type, rows[i], columns, alonePointers[i])).ToArray();
             try
             {
                 using var two = new WorkerPool(2);
