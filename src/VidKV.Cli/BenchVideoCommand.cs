@@ -199,7 +199,8 @@ static class BenchVideoCommand
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
         using var vision = VisionModel.Load(mmprojPath, visionExact);
-        await using var frames = workers > 0 ? (IFrameSource)new QuickDecoder(source, sampling, new QuickDecoderOptions { Workers = workers }) : new FfmpegSource(source, sampling);
+        await using var frames = workers > 0 ? (IFrameSource)new QuickDecoder(source, sampling, new QuickDecoderOptions { Workers = workers })
+            : new FfmpegSource(source, sampling, new FfmpegOptions { ReuseFrameBuffers = true }); // frames go to the session and nowhere else
         await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = new VideoOptions { UnchangedThreshold = unchangedThreshold } }, vision);
         await using var session = engine.CreateSession();
         var asks = new SortedSet<int>(askAt);

@@ -84,7 +84,8 @@ static class WatchCommand
         kv.ValidateSpecs();
         using var text = ModelLoader.Load(modelPath);
         using var vision = VisionModel.Load(mmprojPath, visionExact);
-        await using var frames = Directory.Exists(source) ? (IFrameSource)new ImageFolderSource(source, sampling.Fps ?? 1, sampling) : new FfmpegSource(source, sampling);
+        await using var frames = Directory.Exists(source) ? (IFrameSource)new ImageFolderSource(source, sampling.Fps ?? 1, sampling)
+            : new FfmpegSource(source, sampling, new FfmpegOptions { ReuseFrameBuffers = true }); // frames go to the session and nowhere else
         await using var engine = new InferenceEngine(text, new EngineOptions { Kv = kv, Video = video }, vision);
         await using var session = engine.CreateSession();
         log.WriteLine($"watching {frames.Name} with {Path.GetFileName(modelPath)} + {Path.GetFileName(mmprojPath)} ({vision.Config.Projector}), KV policy {kv.Default}");

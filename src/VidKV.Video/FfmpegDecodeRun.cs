@@ -46,6 +46,8 @@ internal sealed partial class FfmpegDecodeRun
     public long? FrameCount { get; init; }
     /// <summary>Keep the stream's timestamps (<c>-copyts</c>); off for cameras, whose clock ffmpeg then starts at zero.</summary>
     public bool CopyTimestamps { get; init; } = true;
+    /// <summary>Buffers handed back by consumers, decoded into before a new array is made (<see cref="FfmpegOptions.ReuseFrameBuffers"/>).</summary>
+    public FrameBuffers? Buffers { get; init; }
 
     const int DecodedFilter = 0;
 
@@ -140,7 +142,7 @@ internal sealed partial class FfmpegDecodeRun
             int width = int.Parse(match.Groups["width"].ValueSpan, CultureInfo.InvariantCulture);
             int height = int.Parse(match.Groups["height"].ValueSpan, CultureInfo.InvariantCulture);
             if (beforeFrameRead != null) await beforeFrameRead(cancellation).ConfigureAwait(false);
-            var pixels = new byte[checked(3 * width * height)];
+            var pixels = Buffers?.Take(checked(3 * width * height)) ?? new byte[checked(3 * width * height)];
             stall.CancelAfter(Options.StallTimeout);
             int read = await ReadFullyAsync(process.Output, pixels).ConfigureAwait(false);
             stall.CancelAfter(Timeout.Infinite);
@@ -191,5 +193,28 @@ internal sealed partial class FfmpegDecodeRun
             total += read;
         }
         return total;
+    }
+}
+
+/// <summary>
+/// A few frame buffers handed back by the consumer (<see cref="VideoFrame.Recycle"/>) for the decoder to fill again:
+/// at most <see cref="Kept"/> (the frames in flight between decoder and engine), of the size asked or none.
+/// </summary>
+internal sealed class FrameBuffers
+{
+    const int Kept = 4;
+    readonly System.Collections.Concurrent.ConcurrentQueue<byte[]> spare = new();
+
+    /// <summary>A spare buffer of <paramref name="length"/> bytes, or null (a spare of another size is dropped).</summary>
+    public byte[]? Take(int length)
+    {
+        while (spare.TryDequeue(out var buffer))
+            if (buffer.Length == length) return buffer;
+        return null;
+    }
+
+    public void Return(byte[] buffer)
+    {
+        if (spare.Count < Kept) spare.Enqueue(buffer);
     }
 }

@@ -16,6 +16,13 @@ public sealed record FfmpegOptions
     public int DecoderThreads { get; init; }
     /// <summary>A probe, or a decode that yields no decoded frame, for this long fails with a <see cref="VideoSourceException"/>.</summary>
     public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>
+    /// Decode into buffers that earlier frames handed back (<see cref="VidKV.Formats.VideoFrame.Recycle"/>, which the engine calls
+    /// once it has resized a frame) instead of a new array a frame: a 720p stream otherwise puts 2.6 MiB a frame on the
+    /// large-object heap, and the process's memory drifts up with the collections that churn brings. Only for a consumer
+    /// that keeps no frame once it has handed it to the engine (watch, bench video do so).
+    /// </summary>
+    public bool ReuseFrameBuffers { get; init; }
 
     internal string FfmpegExecutable => BinaryFolder is { } folder ? Path.Combine(folder, "ffmpeg") : "ffmpeg";
     internal string FfprobeExecutable => BinaryFolder is { } folder ? Path.Combine(folder, "ffprobe") : "ffprobe";

@@ -65,8 +65,10 @@ public sealed class FfmpegSource : IFrameSource
         int threads, Action<SkippedFrame> onSkipped, [EnumeratorCancellation] CancellationToken cancellation)
     {
         var timing = TimingOf(input, info, sampling);
+        var buffers = options.ReuseFrameBuffers ? new FrameBuffers() : null;
         var run = new FfmpegDecodeRun
         {
+            Buffers = buffers,
             Input = input,
             Options = options,
             Threads = threads,
@@ -91,7 +93,7 @@ public sealed class FfmpegSource : IFrameSource
                 onSkipped(new SkippedFrame(index, time, item.SkipReason ?? "not decoded"));
                 continue;
             }
-            yield return new VideoFrame(item.Image, time ?? TimeSpan.Zero, index++);
+            yield return new VideoFrame(item.Image, time ?? TimeSpan.Zero, index++) { Recycler = buffers == null ? null : buffers.Return };
         }
         if (index == 0) throw NoFrames(input, sampling);
     }

@@ -344,6 +344,31 @@ public class VideoSessionTests
         return session.Record;
     }
 
+    /// <summary>
+    /// The session hands a frame's pixels back to its source (<see cref="VideoFrame.Recycle"/>) once it has resized it,
+    /// once per frame, and a recycled frame's rows are those of the same frame without a recycler.
+    /// </summary>
+    [Fact]
+    public async Task FramesGoBackToTheirSourceOnceResized()
+    {
+        using var pair = new Pair("tiny-idefics3");
+        await using var engine = new InferenceEngine(pair.Text, Options(), pair.Vision);
+        var returned = new List<byte[]>();
+        var frames = Enumerable.Range(0, 3).Select(i => Frame(i, 64, 40)).ToArray();
+        async Task<float[]> Logits(bool recycled)
+        {
+            await using var session = engine.CreateSession();
+            session.KeepLogits = true;
+            foreach (var frame in frames) await session.AppendFrameAsync(recycled ? frame with { Recycler = b => { lock (returned) returned.Add(b); } } : frame);
+            await session.AppendAsync("?");
+            return session.LastLogits!.ToArray();
+        }
+        var plain = await Logits(false);
+        Assert.Empty(returned);
+        Assert.Equal(plain, await Logits(true));
+        Assert.Equal(frames.Select(f => f.Image.Pixels), returned);
+    }
+
     /// <summary>The KV store holds each frame's id beside its visual rows (every layer and head), −1 beside text.</summary>
     [Fact]
     public async Task FrameIdsReachTheKvStore()
