@@ -412,6 +412,7 @@ public sealed class InferenceEngine : IAsyncDisposable
         wake.Release();
         await stopped.Task.ConfigureAwait(false);
         loop.Join();
+        Encoder?.Dispose();
         EngineMetrics.Unregister(this);
         store.Dispose();
         wake.Dispose();

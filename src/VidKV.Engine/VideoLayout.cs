@@ -75,10 +75,15 @@ internal sealed record EncodedFrame(float[] Rows, int Width, int Columns, TimeSp
 /// The engine's vision half: frames and images through the preprocessor, tower and projector, one entry at a time
 /// (the model's scratch buffers and Qwen-VL's layout cache are not shared between threads).
 /// </summary>
-internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoOptions options)
+internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoOptions options) : IDisposable
 {
     readonly SemaphoreSlim gate = new(1, 1);
     readonly Activations buffers = new();
+    /// <summary>Where the tower's passes run (one at a time, as <see cref="gate"/> has them anyway).</summary>
+    readonly WorkThread tower = new("vidkv-vision");
+
+    /// <summary>Ends the tower's thread once its last pass is done.</summary>
+    public void Dispose() => tower.Dispose();
 
     public VisionModel Vision => vision;
     bool IsQwen => vision.Config.Projector is VisionProjector.Qwen2VL or VisionProjector.Qwen25VL;
@@ -141,7 +146,7 @@ internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoO
             if (last is { } previous && options.UnchangedThreshold is double threshold && first.Width == previous.Width && first.Height == previous.Height
                 && Unchanged(first.Resized, previous.First, threshold) && Unchanged((second ?? first).Resized, previous.Second ?? previous.First, threshold))
                 return previous.Encoded with { Timestamp = first.Timestamp, Index = first.Index, Reused = true };
-            var encoded = await Task.Run(() =>
+            var encoded = await tower.RunAsync(() =>
             {
                 int width = vision.OutputLength, columns = 0;
                 float[] rows;
@@ -179,7 +184,7 @@ internal sealed class FrameEncoder(VisionModel vision, DecoderModel text, VideoO
         await gate.WaitAsync(cancellation).ConfigureAwait(false);
         try
         {
-            var prompt = await Task.Run(() => MediaPrompt.Build(text, vision, MediaPrompt.Marker, [image], addSpecial: false, buffers), cancellation).ConfigureAwait(false);
+            var prompt = await tower.RunAsync(() => MediaPrompt.Build(text, vision, MediaPrompt.Marker, [image], addSpecial: false, buffers), cancellation).ConfigureAwait(false);
             return prompt.Chunks.Select(chunk => chunk switch
             {
                 TextChunk t => RowRun.Text(t.Tokens),
