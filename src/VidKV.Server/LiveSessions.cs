@@ -133,6 +133,9 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
         await context.Response.WriteAsJsonAsync(live.Info(), Wire.SessionInfo, contentType: "application/json", context.RequestAborted).ConfigureAwait(false);
     }
 
+    /// <summary>A live session's frames go to its session and nowhere else, so their buffers are decoded into again once the session has resized them.</summary>
+    static readonly FfmpegOptions LiveFrames = new() { ReuseFrameBuffers = true };
+
     /// <summary>
     /// The frame source <paramref name="source"/> names, the video file it reads (if one), and the source as the
     /// session shows it (an upload by its file name); a file is probed at once, so a corrupt one is a 400 here.
@@ -152,23 +155,23 @@ sealed partial class LiveSessions(InferenceEngine engine, ServerOptions options,
             {
                 throw new ApiException(StatusCodes.Status500InternalServerError, "server_error", $"the demo video cannot be made: {e.Message}", "source", "demo_unavailable");
             }
-            return ("demo", new FfmpegSource(clip, sampling), new VideoFile(clip, temporary: false), source);
+            return ("demo", new FfmpegSource(clip, sampling, LiveFrames), new VideoFile(clip, temporary: false), source);
         }
         if (source.StartsWith(Uploads.SourcePrefix, StringComparison.Ordinal))
         {
             // Probed when it was uploaded.
             var (upload, name) = uploads.Take(source[Uploads.SourcePrefix.Length..], "source");
-            return ("upload", new FfmpegSource(upload.Path, sampling), upload, $"{source} ({name})");
+            return ("upload", new FfmpegSource(upload.Path, sampling, LiveFrames), upload, $"{source} ({name})");
         }
         if (source.StartsWith("camera:", StringComparison.Ordinal))
-            return CameraSource().IsMatch(source) ? ("camera", new FfmpegSource(source, sampling), null, source)
+            return CameraSource().IsMatch(source) ? ("camera", new FfmpegSource(source, sampling, LiveFrames), null, source)
                 : throw ApiException.BadRequest($"'{Shorten(source)}' is not a camera (camera:/dev/videoN)", "source");
         int scheme = source.IndexOf("://", StringComparison.Ordinal);
         if (scheme > 0 && !source.StartsWith("file:", StringComparison.OrdinalIgnoreCase))
-            return StreamSchemes.Contains(source[..scheme].ToLowerInvariant()) ? ("url", new FfmpegSource(source, sampling), null, source)
+            return StreamSchemes.Contains(source[..scheme].ToLowerInvariant()) ? ("url", new FfmpegSource(source, sampling, LiveFrames), null, source)
                 : throw ApiException.BadRequest($"unsupported URL scheme in '{Shorten(source)}' (http, https, rtsp, rtsps, rtmp, rtmps; or a file under --media-root)", "source");
         string path = media.ResolveFile(source, "source", "video");
-        var file = new FfmpegSource(path, sampling);
+        var file = new FfmpegSource(path, sampling, LiveFrames);
         try
         {
             await file.ProbeAsync(cancellation).ConfigureAwait(false);
