@@ -122,86 +122,60 @@ internal static class VectorMath
     /// </summary>
     public static unsafe float ExpScaledShiftedSum(Span<float> row, float scale, float shift)
     {
-        fixed (float* p = row)
-        {
-            int n = row.Length, i = 0;
-            float sum = 0;
-            if (Vector512.IsHardwareAccelerated && n >= 16)
-            {
-                var s = Vector512.Create(shift);
-                var k = Vector512.Create(scale);
-                var total = Vector512<float>.Zero;
-                for (; i + 16 <= n; i += 16)
-                {
-                    var e = Exp(Vector512.Load(p + i) * k - s);
-                    e.Store(p + i);
-                    total += e;
-                }
-                sum = Vector512.Sum(total);
-            }
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var s = Vector256.Create(shift);
-                var k = Vector256.Create(scale);
-                var total = Vector256<float>.Zero;
-                for (; i + 8 <= n; i += 8)
-                {
-                    var e = Exp(Vector256.Load(p + i) * k - s);
-                    e.Store(p + i);
-                    total += e;
-                }
-                sum += Vector256.Sum(total);
-            }
-            for (; i < n; i++) sum += p[i] = Exp(p[i] * scale - shift);
-            return sum;
-        }
+        fixed (float* p = row) return ExpSum(p, row.Length, scale, shift, null);
     }
 
     /// <summary>
-    /// <see cref="ExpScaledShiftedSum"/> that writes the exponentials rounded to bf16 (<see cref="Quantize.ToBF16"/>) to
-    /// <paramref name="destination"/> and leaves <paramref name="row"/> as it was; the sum is of the f32 values, in the
-    /// same order.
+    /// <see cref="ExpScaledShiftedSum"/> that writes the exponentials rounded to bf16
+    /// (<see cref="Quantize.ToBF16"/>) to <paramref name="destination"/> and leaves <paramref name="row"/> as it was; the
+    /// sum is of the f32 values, in the same order.
     /// </summary>
     public static unsafe float ExpScaledShiftedSumToBf16(ReadOnlySpan<float> row, float scale, float shift, ushort* destination)
     {
-        fixed (float* p = row)
+        fixed (float* p = row) return ExpSum(p, row.Length, scale, shift, destination);
+    }
+
+    /// <summary>The exponentials back into <paramref name="p"/>, or rounded to bf16 into <paramref name="bf16"/> when it is not null.</summary>
+    static unsafe float ExpSum(float* p, int n, float scale, float shift, ushort* bf16)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
         {
-            int n = row.Length, i = 0;
-            float sum = 0;
-            if (Avx512F.IsSupported && n >= 16)
+            var s = Vector512.Create(shift);
+            var k = Vector512.Create(scale);
+            var total = Vector512<float>.Zero;
+            for (; i + 16 <= n; i += 16)
             {
-                var s = Vector512.Create(shift);
-                var k = Vector512.Create(scale);
-                var total = Vector512<float>.Zero;
-                for (; i + 16 <= n; i += 16)
-                {
-                    var e = Exp(Vector512.Load(p + i) * k - s);
-                    Avx512F.ConvertToVector256UInt16(Bf16Tiles.RoundBits(e.AsUInt32())).Store(destination + i);
-                    total += e;
-                }
-                sum = Vector512.Sum(total);
+                var e = Exp(Vector512.Load(p + i) * k - s);
+                if (bf16 == null) e.Store(p + i);
+                else Avx512F.ConvertToVector256UInt16(Bf16Tiles.RoundBits(e.AsUInt32())).Store(bf16 + i);
+                total += e;
             }
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var s = Vector256.Create(shift);
-                var k = Vector256.Create(scale);
-                var total = Vector256<float>.Zero;
-                for (; i + 8 <= n; i += 8)
-                {
-                    var e = Exp(Vector256.Load(p + i) * k - s);
-                    for (int j = 0; j < 8; j++) destination[i + j] = Quantize.ToBF16(e[j]);
-                    total += e;
-                }
-                sum += Vector256.Sum(total);
-            }
-            for (; i < n; i++)
-            {
-                float e = Exp(p[i] * scale - shift);
-                destination[i] = Quantize.ToBF16(e);
-                sum += e;
-            }
-            return sum;
+            sum = Vector512.Sum(total);
         }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var s = Vector256.Create(shift);
+            var k = Vector256.Create(scale);
+            var total = Vector256<float>.Zero;
+            for (; i + 8 <= n; i += 8)
+            {
+                var e = Exp(Vector256.Load(p + i) * k - s);
+                if (bf16 == null) e.Store(p + i);
+                else for (int j = 0; j < 8; j++) bf16[i + j] = Quantize.ToBF16(e[j]);
+                total += e;
+            }
+            sum += Vector256.Sum(total);
+        }
+        for (; i < n; i++)
+        {
+            float e = Exp(p[i] * scale - shift);
+            if (bf16 == null) p[i] = e;
+            else bf16[i] = Quantize.ToBF16(e);
+            sum += e;
+        }
+        return sum;
     }
 
     /// <summary>destination[i] = silu(gate[i])·up[i] = gate/(1 + e^−gate)·up (may alias gate), the SwiGLU of ggml.</summary>

@@ -153,13 +153,7 @@ public class BlockTests
             for (int h = 0; h < heads; h++)
             {
                 int g = h / group;
-                var scores = new double[tokens];
-                for (int j = 0; j < tokens; j++)
-                {
-                    double s = 0;
-                    for (int i = 0; i < d; i++) s += (double)q[(t * heads + h) * d + i] * k[(j * kvHeads + g) * d + i];
-                    scores[j] = s * scale;
-                }
+                var scores = Scores(q, k, t, h, g, tokens, heads, kvHeads, d, scale, x => x);
                 double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
                 for (int i = 0; i < d; i++)
                 {
@@ -207,13 +201,7 @@ public class BlockTests
             for (int h = 0; h < heads; h++)
             {
                 int g = h / group;
-                var scores = new double[tokens];
-                for (int j = 0; j < tokens; j++)
-                {
-                    double s = 0;
-                    for (int i = 0; i < d; i++) s += Bf16(q[(t * heads + h) * d + i]) * Bf16(k[(j * kvHeads + g) * d + i]);
-                    scores[j] = s * scale;
-                }
+                var scores = Scores(q, k, t, h, g, tokens, heads, kvHeads, d, scale, Bf16);
                 double max = scores.Max();
                 var p = scores.Select(s => Math.Exp(s - max)).ToArray();
                 double sum = p.Sum();
@@ -231,5 +219,18 @@ public class BlockTests
                     Assert.True(Math.Abs(want - got) <= bound, $"token {t} head {h} dim {i}: {got} vs {want} (bound {bound})");
                 }
             }
+    }
+
+    /// <summary>scale · q_t,h · k_j,g for every key j in f64, each element through <paramref name="element"/> first (bf16 rounding, or as it is).</summary>
+    static double[] Scores(float[] q, float[] k, int t, int h, int g, int tokens, int heads, int kvHeads, int d, float scale, Func<float, double> element)
+    {
+        var scores = new double[tokens];
+        for (int j = 0; j < tokens; j++)
+        {
+            double s = 0;
+            for (int i = 0; i < d; i++) s += element(q[(t * heads + h) * d + i]) * element(k[(j * kvHeads + g) * d + i]);
+            scores[j] = s * scale;
+        }
+        return scores;
     }
 }
